@@ -1,0 +1,188 @@
+//! A small async client of the Plexus hub: publish and read (short and long polls).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), plexus_client::Error> {
+//! let client = plexus_client::Client::new("http://127.0.0.1:7539")?;
+//! let published = client.publish("orders", "hello", &Default::default()).await?;
+//! let page = client.read("orders", &plexus_client::ReadOptions::default()).await?;
+//! assert_eq!(page.messages[0].seq, published.seq);
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// What went wrong talking to the hub.
+#[derive(Debug)]
+pub enum Error {
+    /// The request could not be made or its answer not read.
+    Transport(reqwest::Error),
+    /// The hub answered with a problem (RFC 9457).
+    Problem(Problem),
+    /// The base URL given to [`Client::new`] is not usable.
+    BadUrl(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Transport(e) => write!(f, "cannot reach the hub: {e}"),
+            Error::Problem(p) => write!(f, "{} ({}): {}", p.title, p.status, p.detail),
+            Error::BadUrl(u) => write!(f, "{u:?} is not an http:// or https:// URL"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<reqwest::Error> for Error {
+    fn from(e: reqwest::Error) -> Self {
+        Error::Transport(e)
+    }
+}
+
+/// A `problem+json` answer.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Problem {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub title: String,
+    pub status: u16,
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// The acknowledgement of a publish.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Published {
+    pub topic: String,
+    pub seq: u64,
+    pub time: String,
+}
+
+/// A message as the hub shows it (the JSON envelope).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Envelope {
+    pub topic: String,
+    pub seq: u64,
+    pub time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+}
+
+/// Messages a reader will never get: announced, never skipped silently.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Gap {
+    pub topic: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<u64>,
+    pub reason: String,
+}
+
+/// One answer of a poll.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Page {
+    pub messages: Vec<Envelope>,
+    /// The cursor to pass as `since` to continue exactly after this page.
+    pub next: String,
+    #[serde(default)]
+    pub gaps: Vec<Gap>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    pub event: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions {
+    /// A cursor, `all`, `now`, an RFC 3339 time or a duration such as `10m`.
+    pub since: Option<String>,
+    pub limit: Option<u32>,
+    /// Hold the request until a message comes or this long passes (long poll).
+    pub wait: Option<Duration>,
+}
+
+/// A handle to one hub. Cheap to clone; reuses connections.
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Result<Self, Error> {
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::BadUrl(base.to_owned()));
+        }
+        let http = reqwest::Client::builder().build()?;
+        Ok(Client {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// Publishes one message; returns once the hub has made it durable.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        data: impl Into<Bytes>,
+        options: &PublishOptions,
+    ) -> Result<Published, Error> {
+        let mut request = self
+            .http
+            .post(format!("{}/v1/topics/{topic}/messages", self.base))
+            .body(data.into());
+        if let Some(event) = &options.event {
+            request = request.header("plexus-event", event);
+        }
+        if let Some(key) = &options.idempotency_key {
+            request = request.header("idempotency-key", key);
+        }
+        decode(request.send().await?).await
+    }
+
+    /// Reads `topics` (one, or several comma-separated): a short poll, or a long poll with `wait`.
+    pub async fn read(&self, topics: &str, options: &ReadOptions) -> Result<Page, Error> {
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if let Some(since) = &options.since {
+            query.push(("since", since.clone()));
+        }
+        if let Some(limit) = options.limit {
+            query.push(("limit", limit.to_string()));
+        }
+        let mut request = self.http.get(format!("{}/v1/topics/{topics}/messages", self.base));
+        if let Some(wait) = options.wait {
+            query.push(("wait", format!("{:.3}", wait.as_secs_f64())));
+            // The hub holds the request up to `wait`: leave room for the answer.
+            request = request.timeout(wait + Duration::from_secs(30));
+        }
+        decode(request.query(&query).send().await?).await
+    }
+}
+
+async fn decode<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> Result<T, Error> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response.json().await?);
+    }
+    let body = response.bytes().await?;
+    let problem = serde_json::from_slice(&body).unwrap_or_else(|_| Problem {
+        kind: String::new(),
+        title: status.canonical_reason().unwrap_or("error").to_owned(),
+        status: status.as_u16(),
+        detail: String::from_utf8_lossy(&body).chars().take(500).collect(),
+    });
+    Err(Error::Problem(problem))
+}

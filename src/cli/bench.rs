@@ -1,0 +1,216 @@
+//! `plexus bench`: measurements against the real store and a live server. Each run prints
+//! its numbers next to a baseline measured in the same run; docs/BENCHMARKS.md records them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::post;
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ServeArgs};
+use crate::model::NewMessage;
+use crate::server::{self, ServerOptions};
+use crate::store::{Durability, Log, Retention, SqliteLog};
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Append throughput of the sqlite store at several batch sizes
+    Store(StoreArgs),
+    /// Durable HTTP publish throughput next to a bare axum handler, same client, same run
+    Publish(PublishArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StoreArgs {
+    /// Batch sizes to measure
+    #[arg(long, value_delimiter = ',', default_value = "1,64,1024")]
+    pub batch: Vec<usize>,
+    /// Messages appended per batch size
+    #[arg(long, default_value_t = 100_000)]
+    pub messages: usize,
+    /// Payload size in bytes
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// process or machine
+    #[arg(long, default_value = "process")]
+    pub durability: String,
+}
+
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    /// Concurrent keep-alive connections of the load generator
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Seconds each target is measured
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Payload size in bytes
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Topics the publishes are spread over
+    #[arg(long, default_value_t = 1)]
+    pub topics: usize,
+}
+
+pub fn run(cmd: BenchCommand) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    match cmd {
+        BenchCommand::Store(args) => runtime.block_on(store(args)),
+        BenchCommand::Publish(args) => runtime.block_on(publish(args)),
+    }
+}
+
+fn temp_dir(name: &str) -> Result<std::path::PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!("plexus-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+async fn store(args: StoreArgs) -> Result<(), String> {
+    let durability = match args.durability.as_str() {
+        "machine" => Durability::Machine,
+        _ => Durability::Process,
+    };
+    let payload = Bytes::from(vec![b'x'; args.size]);
+    println!(
+        "store append: sqlite, durability {:?}, {} messages of {} bytes per batch size",
+        durability, args.messages, args.size
+    );
+    for batch_size in args.batch {
+        let dir = temp_dir("store")?;
+        let log = SqliteLog::open(&dir, Retention::default(), durability).map_err(|e| e.to_string())?;
+        let topic: crate::model::Topic = "bench".parse().map_err(|e| format!("{e}"))?;
+        let started = Instant::now();
+        let mut done = 0;
+        while done < args.messages {
+            let n = batch_size.min(args.messages - done);
+            let batch = (0..n)
+                .map(|_| NewMessage {
+                    topic: topic.clone(),
+                    event: None,
+                    data: payload.clone(),
+                    idempotency_key: None,
+                })
+                .collect();
+            log.append(batch).await.map_err(|e| e.to_string())?;
+            done += n;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        log.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        println!(
+            "  batch {batch_size:>5}: {:>10.0} msgs/s ({done} in {secs:.2} s)",
+            done as f64 / secs
+        );
+    }
+    Ok(())
+}
+
+/// Serves `app` on a fresh loopback port until the token is cancelled.
+async fn spawn_server(app: Router, stop: CancellationToken) -> Result<String, String> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot bind: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(server::run(
+        listener,
+        app,
+        stop,
+        ServerOptions {
+            header_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(1),
+        },
+    ));
+    Ok(format!("http://{addr}"))
+}
+
+/// Drives `base` with `connections` concurrent publishers for `seconds`; returns requests/s.
+async fn load(base: &str, args: &PublishArgs) -> Result<(f64, u64), String> {
+    let payload = Bytes::from(vec![b'x'; args.size]);
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..args.connections {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let url = format!("{base}/v1/topics/bench-{}/messages", c % args.topics.max(1));
+        let (ok, failed, stop, payload) = (ok.clone(), failed.clone(), stop.clone(), payload.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match client.post(&url).body(payload.clone()).send().await {
+                    Ok(r) if r.status() == StatusCode::CREATED => {
+                        let _ = r.bytes().await;
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    // Warm up for a second, then count.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let start_ok = ok.load(Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    let counted = ok.load(Ordering::Relaxed) - start_ok;
+    let secs = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+    Ok((counted as f64 / secs, failed.load(Ordering::Relaxed)))
+}
+
+async fn publish(args: PublishArgs) -> Result<(), String> {
+    let stop = CancellationToken::new();
+    // Baseline: a bare axum handler answering what a publish answers, storing nothing.
+    let bare = Router::new().route(
+        "/v1/topics/{topic}/messages",
+        post(|_body: Bytes| async {
+            (
+                StatusCode::CREATED,
+                axum::Json(serde_json::json!({"topic":"bench","seq":1,"time":"2026-11-24T19:00:00.000Z"})),
+            )
+        }),
+    );
+    let bare_url = spawn_server(bare, stop.clone()).await?;
+
+    let dir = temp_dir("publish")?;
+    let config = Config::load(&ServeArgs {
+        data_dir: Some(dir.clone()),
+        ..ServeArgs::default()
+    })
+    .map_err(|e| e.to_string())?;
+    let store = super::serve::open_store(&config)?;
+    let app = super::serve::app(&config, store.clone(), stop.clone());
+    let hub_url = spawn_server(app, stop.clone()).await?;
+
+    println!(
+        "publish: {} connections, {} s each, {}-byte payloads, {} topic(s)",
+        args.connections, args.seconds, args.size, args.topics
+    );
+    let (bare_rps, bare_failed) = load(&bare_url, &args).await?;
+    println!("  bare axum handler:           {bare_rps:>10.0} req/s ({bare_failed} failed)");
+    let (hub_rps, hub_failed) = load(&hub_url, &args).await?;
+    println!("  durable publish (sqlite):    {hub_rps:>10.0} req/s ({hub_failed} failed)");
+    println!("  ratio durable / bare:        {:>10.2}", hub_rps / bare_rps);
+    stop.cancel();
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! `plexus pub`: publish one message, print the result JSON.
+
+use std::io::Read;
+
+use clap::Args;
+
+use super::DEFAULT_SERVER;
+
+#[derive(Args, Debug)]
+pub struct PubArgs {
+    /// The hub's URL
+    #[arg(long, env = "PLEXUS_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// The topic to publish to
+    pub topic: String,
+    /// The payload; read from stdin when absent
+    pub data: Option<String>,
+    /// The message's event type
+    #[arg(long)]
+    pub event: Option<String>,
+    /// Publish at most once under this key (kept 24 h)
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+}
+
+pub async fn run(args: PubArgs) -> Result<(), String> {
+    let data = match args.data {
+        Some(data) => data.into_bytes(),
+        None => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(|e| format!("cannot read stdin: {e}"))?;
+            buf
+        }
+    };
+    let client = plexus_client::Client::new(&args.server).map_err(|e| e.to_string())?;
+    let options = plexus_client::PublishOptions {
+        event: args.event,
+        idempotency_key: args.idempotency_key,
+    };
+    let published = client
+        .publish(&args.topic, data, &options)
+        .await
+        .map_err(|e| e.to_string())?;
+    let line = serde_json::to_string(&published).map_err(|e| e.to_string())?;
+    println!("{line}");
+    Ok(())
+}

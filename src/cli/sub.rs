@@ -1,0 +1,77 @@
+//! `plexus sub`: follow topics, print one JSON envelope a line (gaps as gap lines).
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use plexus_client::{Client, ReadOptions};
+
+use super::DEFAULT_SERVER;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Via {
+    /// Short polls, one a second
+    Poll,
+    /// Long polls (the hub answers as soon as something arrives)
+    LongPoll,
+}
+
+#[derive(Args, Debug)]
+pub struct SubArgs {
+    /// The hub's URL
+    #[arg(long, env = "PLEXUS_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// One topic or several, comma-separated
+    pub topics: String,
+    /// How to receive
+    #[arg(long, value_enum, default_value = "long-poll")]
+    pub via: Via,
+    /// Where to start: a cursor, all, now, an RFC 3339 time or a duration such as 10m
+    #[arg(long, default_value = "now")]
+    pub since: String,
+    /// Exit after this many messages
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Interval between short polls
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    crate::model::parse_duration(s).map_err(|e| e.to_string())
+}
+
+pub async fn run(args: SubArgs) -> Result<(), String> {
+    let client = Client::new(&args.server).map_err(|e| e.to_string())?;
+    let mut since = args.since.clone();
+    let mut seen = 0u64;
+    let stdout = std::io::stdout();
+    loop {
+        let options = ReadOptions {
+            since: Some(since.clone()),
+            limit: None,
+            wait: matches!(args.via, Via::LongPoll).then_some(Duration::from_secs(30)),
+        };
+        let page = client.read(&args.topics, &options).await.map_err(|e| e.to_string())?;
+        let mut out = stdout.lock();
+        for gap in &page.gaps {
+            let mut line = serde_json::to_value(gap).map_err(|e| e.to_string())?;
+            line["event"] = "gap".into();
+            writeln!(out, "{line}").map_err(|e| e.to_string())?;
+        }
+        for msg in &page.messages {
+            let line = serde_json::to_string(msg).map_err(|e| e.to_string())?;
+            writeln!(out, "{line}").map_err(|e| e.to_string())?;
+            seen += 1;
+            if args.count.is_some_and(|n| seen >= n) {
+                return out.flush().map_err(|e| e.to_string());
+            }
+        }
+        out.flush().map_err(|e| e.to_string())?;
+        drop(out);
+        since = page.next;
+        if matches!(args.via, Via::Poll) && page.messages.is_empty() {
+            tokio::time::sleep(args.interval).await;
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! Configuration: the embedded default file < the `--config` file < `PLEXUS_*` environment
+//! variables < flags, validated into a [`Config`]. Every mistake names its key.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::model::parse_duration;
+use crate::store::{Durability, Retention};
+
+/// The default configuration, every key with a comment; also what `--print-config` prints.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The flags of `plexus serve`. Each has a `PLEXUS_*` environment variable; clap lets a flag
+/// beat its variable, and both beat the file.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    /// A TOML configuration file (see --print-config for every key)
+    #[arg(long, env = "PLEXUS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7539]
+    #[arg(long, env = "PLEXUS_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Directory of the sqlite database [default: ./plexus-data]
+    #[arg(long, env = "PLEXUS_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Storage engine: sqlite or memory [default: sqlite]
+    #[arg(long, env = "PLEXUS_STORAGE", value_name = "ENGINE")]
+    pub storage: Option<String>,
+    /// process (survives a hub crash) or machine (fsync: survives a machine crash) [default: process]
+    #[arg(long, env = "PLEXUS_DURABILITY", value_name = "LEVEL")]
+    pub durability: Option<String>,
+    /// Messages kept per topic [default: 100000]
+    #[arg(long, env = "PLEXUS_RETENTION_MESSAGES", value_name = "N")]
+    pub retention_messages: Option<u64>,
+    /// Age after which messages expire, e.g. 7d, 12h [default: 7d]
+    #[arg(long, env = "PLEXUS_RETENTION_AGE", value_name = "DUR")]
+    pub retention_age: Option<String>,
+    /// Largest message payload in bytes [default: 1048576]
+    #[arg(long, env = "PLEXUS_MAX_MESSAGE_BYTES", value_name = "N")]
+    pub max_message_bytes: Option<u64>,
+    /// Longest long-poll wait [default: 60s]
+    #[arg(long, env = "PLEXUS_MAX_WAIT", value_name = "DUR")]
+    pub max_wait: Option<String>,
+    /// Keepalive interval of idle streams [default: 15s]
+    #[arg(long, env = "PLEXUS_KEEPALIVE", value_name = "DUR")]
+    pub keepalive: Option<String>,
+    /// Cut a client that has not sent its request head by then [default: 10s]
+    #[arg(long, env = "PLEXUS_HEADER_TIMEOUT", value_name = "DUR")]
+    pub header_timeout: Option<String>,
+    /// Log format: text or json [default: text]
+    #[arg(long, env = "PLEXUS_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Grace period of a shutdown [default: 10s]
+    #[arg(long, env = "PLEXUS_SHUTDOWN_GRACE", value_name = "DUR")]
+    pub shutdown_grace: Option<String>,
+    /// Print the default configuration file (every key, its default) and exit
+    #[arg(long)]
+    pub print_config: bool,
+    /// Validate the configuration, print it, and exit
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// The file's shape. Unknown keys are errors, so a typo is a message, not a silent default.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: String,
+    data_dir: PathBuf,
+    storage: String,
+    durability: String,
+    shutdown_grace: String,
+    retention: FileRetention,
+    limits: FileLimits,
+    streams: FileStreams,
+    log: FileLog,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct FileRetention {
+    max_messages: u64,
+    max_age: String,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_message_bytes: u64,
+    max_batch_bytes: u64,
+    max_wait: String,
+    max_topics: u64,
+    header_timeout: String,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct FileStreams {
+    keepalive: String,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct FileLog {
+    format: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageKind {
+    Sqlite,
+    Memory,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration of `plexus serve`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub storage: StorageKind,
+    pub durability: Durability,
+    pub shutdown_grace: Duration,
+    pub retention: Retention,
+    pub max_message_bytes: usize,
+    pub max_batch_bytes: usize,
+    pub max_wait: Duration,
+    pub max_topics: usize,
+    pub header_timeout: Duration,
+    pub keepalive: Duration,
+    pub log_format: LogFormat,
+}
+
+/// Overlays `over` onto `base`, table by table.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+fn duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    parse_duration(value).map_err(|e| ConfigError(format!("{key}: {e}")))
+}
+
+impl Config {
+    /// Loads the configuration of `plexus serve` from its layers.
+    pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = DEFAULT_TOML
+            .parse()
+            .map_err(|e| ConfigError(format!("the embedded default config is broken: {e}")))?;
+        if let Some(path) = &args.config {
+            merge(&mut table, read_file(path)?);
+        }
+        let file: FileConfig = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError(format!("config: {}", e.message())))?;
+        Self::validate(file, args)
+    }
+
+    fn validate(f: FileConfig, a: &ServeArgs) -> Result<Config, ConfigError> {
+        let listen_text = a.listen.clone().unwrap_or(f.listen);
+        let listen = listen_text.parse().map_err(|_| {
+            ConfigError(format!("listen: {listen_text:?} is not an address such as 127.0.0.1:7539"))
+        })?;
+        let storage = match a.storage.as_deref().unwrap_or(&f.storage) {
+            "sqlite" => StorageKind::Sqlite,
+            "memory" => StorageKind::Memory,
+            s if s.starts_with("redis://") || s.starts_with("redis+cluster://") => {
+                return Err(ConfigError(format!(
+                    "storage: {s:?}: the redis engine is not built yet; use sqlite or memory"
+                )));
+            }
+            s => return Err(ConfigError(format!("storage: {s:?} is not one of sqlite, memory"))),
+        };
+        let durability = match a.durability.as_deref().unwrap_or(&f.durability) {
+            "process" => Durability::Process,
+            "machine" => Durability::Machine,
+            s => {
+                return Err(ConfigError(format!(
+                    "durability: {s:?} is not one of process, machine"
+                )));
+            }
+        };
+        let max_messages = a.retention_messages.unwrap_or(f.retention.max_messages);
+        if max_messages == 0 {
+            return Err(ConfigError("retention.max_messages: must be at least 1".into()));
+        }
+        let max_age = duration(
+            "retention.max_age",
+            a.retention_age.as_deref().unwrap_or(&f.retention.max_age),
+        )?;
+        if max_age.is_zero() {
+            return Err(ConfigError("retention.max_age: must be more than 0".into()));
+        }
+        let max_message_bytes = a.max_message_bytes.unwrap_or(f.limits.max_message_bytes);
+        if max_message_bytes == 0 || max_message_bytes > 64 << 20 {
+            return Err(ConfigError(
+                "limits.max_message_bytes: must be from 1 to 67108864".into(),
+            ));
+        }
+        if f.limits.max_batch_bytes < max_message_bytes {
+            return Err(ConfigError(
+                "limits.max_batch_bytes: must be at least limits.max_message_bytes".into(),
+            ));
+        }
+        if f.limits.max_topics == 0 || f.limits.max_topics > 10_000 {
+            return Err(ConfigError("limits.max_topics: must be from 1 to 10000".into()));
+        }
+        let log_format = match a.log_format.as_deref().unwrap_or(&f.log.format) {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            s => return Err(ConfigError(format!("log.format: {s:?} is not one of text, json"))),
+        };
+        Ok(Config {
+            listen,
+            data_dir: a.data_dir.clone().unwrap_or(f.data_dir),
+            storage,
+            durability,
+            shutdown_grace: duration(
+                "shutdown_grace",
+                a.shutdown_grace.as_deref().unwrap_or(&f.shutdown_grace),
+            )?,
+            retention: Retention {
+                max_messages,
+                max_age,
+            },
+            max_message_bytes: max_message_bytes as usize,
+            max_batch_bytes: f.limits.max_batch_bytes as usize,
+            max_wait: duration(
+                "limits.max_wait",
+                a.max_wait.as_deref().unwrap_or(&f.limits.max_wait),
+            )?,
+            max_topics: f.limits.max_topics as usize,
+            header_timeout: duration(
+                "limits.header_timeout",
+                a.header_timeout.as_deref().unwrap_or(&f.limits.header_timeout),
+            )?,
+            keepalive: duration(
+                "streams.keepalive",
+                a.keepalive.as_deref().unwrap_or(&f.streams.keepalive),
+            )?,
+            log_format,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+    text.parse()
+        .map_err(|e: toml::de::Error| ConfigError(format!("{}: {}", path.display(), e.message())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_file(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plexus.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+    }
+
+    #[test]
+    fn defaults_match_design() {
+        let c = Config::load(&ServeArgs::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7539");
+        assert_eq!(c.retention.max_messages, 100_000);
+        assert_eq!(c.retention.max_age, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.max_message_bytes, 1 << 20);
+        assert_eq!(c.max_wait, Duration::from_secs(60));
+        assert_eq!(c.storage, StorageKind::Sqlite);
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let c = with_file("[retention]\nmax_messages = 5\n").unwrap();
+        assert_eq!(c.retention.max_messages, 5);
+        assert_eq!(c.retention.max_age, Duration::from_secs(7 * 86_400));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "[retention]\nmax_messages = 5\n").unwrap();
+        let c = Config::load(&ServeArgs {
+            config: Some(path),
+            retention_messages: Some(9),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(c.retention.max_messages, 9);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = with_file("[retention]\nmax_age = \"forever\"\n").unwrap_err();
+        assert!(e.0.contains("retention.max_age"), "{e}");
+        let e = with_file("[limits]\nmax_mesage_bytes = 5\n").unwrap_err();
+        assert!(e.0.contains("max_mesage_bytes"), "{e}");
+        let e = with_file("listen = 5\n").unwrap_err();
+        assert!(e.0.contains("listen"), "{e}");
+        let e = with_file("storage = \"disk\"\n").unwrap_err();
+        assert!(e.0.contains("storage"), "{e}");
+    }
+}

@@ -1,0 +1,91 @@
+//! Manage and observe: topics, health and readiness.
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use super::AppState;
+use super::error::ApiError;
+use super::publish::topic_from_path;
+use crate::model::{Topic, format_rfc3339_millis};
+use crate::store::TopicInfo;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/topics", get(list))
+        .route("/v1/topics/{topic}", get(show).delete(delete))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+}
+
+#[derive(Serialize)]
+struct TopicJson<'a> {
+    topic: &'a str,
+    first_seq: u64,
+    last_seq: u64,
+    messages: u64,
+    bytes: u64,
+    subscribers: usize,
+    last_publish: Option<String>,
+}
+
+fn topic_json(info: &TopicInfo, subscribers: usize) -> TopicJson<'_> {
+    TopicJson {
+        topic: info.topic.as_str(),
+        first_seq: info.first_seq,
+        last_seq: info.last_seq,
+        messages: info.messages,
+        bytes: info.bytes,
+        subscribers,
+        last_publish: info.last_publish.map(format_rfc3339_millis),
+    }
+}
+
+#[derive(Serialize)]
+struct TopicList<'a> {
+    topics: Vec<TopicJson<'a>>,
+}
+
+async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let topics = state.hub.topics().await?;
+    let body = TopicList {
+        topics: topics.iter().map(|(info, subs)| topic_json(info, *subs)).collect(),
+    };
+    Ok(Json(body).into_response())
+}
+
+async fn show(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let topic: Topic = topic_from_path(path)?.parse()?;
+    match state.hub.topic(&topic).await? {
+        Some((info, subs)) => Ok(Json(topic_json(&info, subs)).into_response()),
+        None => Err(ApiError::not_found(format!("topic {topic} has never been published to"))),
+    }
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let topic: Topic = topic_from_path(path)?.parse()?;
+    if state.hub.delete_topic(&topic).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("topic {topic} has never been published to")))
+    }
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    state.hub.ready().await?;
+    Ok(Json(serde_json::json!({"status": "ready"})))
+}

@@ -1,0 +1,65 @@
+//! The HTTP API: one file per feature, each with its own `routes()`. The only layer that
+//! knows HTTP; it parses, calls the hub, and encodes.
+
+mod admin;
+pub mod error;
+mod params;
+mod poll;
+mod publish;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::Uri;
+
+use crate::hub::Hub;
+use error::ApiError;
+
+/// What the HTTP layer needs to know of the configuration.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    pub max_message_bytes: usize,
+    /// Largest `POST /v1/publish` body.
+    pub max_batch_bytes: usize,
+    pub max_wait: Duration,
+    /// Most topics one read or subscription may name.
+    pub max_topics: usize,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            max_message_bytes: 1 << 20,
+            max_batch_bytes: 16 << 20,
+            max_wait: Duration::from_secs(60),
+            max_topics: 64,
+        }
+    }
+}
+
+/// Shared by every handler: a cheap handle.
+#[derive(Clone)]
+pub struct AppState {
+    pub hub: Arc<Hub>,
+    pub options: Arc<HttpOptions>,
+}
+
+/// The whole API as one router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(publish::routes(&state.options))
+        .merge(poll::routes())
+        .merge(admin::routes())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {}", uri.path()))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}

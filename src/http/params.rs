@@ -1,0 +1,95 @@
+//! Our own parsing of query strings and headers, so bad input is reported in our format.
+
+use std::time::Duration;
+
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::http::{HeaderMap, StatusCode};
+
+use super::error::ApiError;
+
+/// Query parameters as pairs; a malformed query string is a 400 problem.
+pub type QueryPairs = Result<axum::extract::Query<Vec<(String, String)>>, QueryRejection>;
+
+pub struct Params(Vec<(String, String)>);
+
+impl Params {
+    pub fn from(query: QueryPairs) -> Result<Self, ApiError> {
+        query
+            .map(|q| Params(q.0))
+            .map_err(|e| ApiError::bad_request(format!("malformed query string: {}", e.body_text())))
+    }
+
+    /// The value of a parameter; given twice is a 400 (which one would win is unclear).
+    pub fn get(&self, name: &str) -> Result<Option<&str>, ApiError> {
+        let mut values = self.0.iter().filter(|(k, _)| k == name);
+        let first = values.next().map(|(_, v)| v.as_str());
+        if values.next().is_some() {
+            return Err(ApiError::bad_request(format!("parameter {name} given more than once")));
+        }
+        Ok(first)
+    }
+}
+
+/// Seconds as a whole or decimal number (`30`, `0.5`).
+pub fn parse_seconds(name: &str, value: &str) -> Result<Duration, ApiError> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9 && !value.starts_with('+'))
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("{name}={value:?} is not a number of seconds"))
+        })
+}
+
+/// `Prefer: wait=N` (RFC 7240); other preferences are ignored.
+pub fn prefer_wait(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
+    for value in headers.get_all("prefer") {
+        let Ok(text) = value.to_str() else {
+            return Err(ApiError::bad_request("Prefer header is not ASCII"));
+        };
+        for pref in text.split([',', ';']) {
+            if let Some((k, v)) = pref.split_once('=')
+                && k.trim().eq_ignore_ascii_case("wait")
+            {
+                return parse_seconds("Prefer: wait", v.trim().trim_matches('"')).map(Some);
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// A request body, or the problem for one that is too large or broken.
+pub fn body(body: Result<bytes::Bytes, BytesRejection>, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(format!("the body is larger than {limit} bytes"))
+        } else {
+            ApiError::bad_request(format!("cannot read the body: {}", e.body_text()))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds() {
+        assert_eq!(parse_seconds("wait", "30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_seconds("wait", "0.5").unwrap(), Duration::from_millis(500));
+        for bad in ["", "-1", "x", "NaN", "inf", "1e99", "+3"] {
+            assert!(parse_seconds("wait", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prefer() {
+        let mut h = HeaderMap::new();
+        assert_eq!(prefer_wait(&h).unwrap(), None);
+        h.insert("prefer", "respond-async, wait=5".parse().unwrap());
+        assert_eq!(prefer_wait(&h).unwrap(), Some(Duration::from_secs(5)));
+        h.insert("prefer", "wait=abc".parse().unwrap());
+        assert!(prefer_wait(&h).is_err());
+    }
+}

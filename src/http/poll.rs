@@ -1,0 +1,80 @@
+//! Short and long polling: `GET /v1/topics/{topics}/messages?since=&limit=&wait=`.
+
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use serde::Serialize;
+
+use super::AppState;
+use super::error::ApiError;
+use super::params::{self, Params, QueryPairs};
+use super::publish::topic_from_path;
+use crate::hub::ReadRequest;
+use crate::model::{Since, TopicList};
+use crate::wire::{Envelope, GapJson};
+
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+/// The poll route lives with publish (same path); nothing else to add here.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+}
+
+#[derive(Serialize)]
+struct PollBody<'a> {
+    messages: Vec<Envelope<'a>>,
+    next: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    gaps: Vec<GapJson<'a>>,
+}
+
+pub async fn poll(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: QueryPairs,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let topics = TopicList::parse(&topic_from_path(path)?, state.options.max_topics)?;
+    let params = Params::from(query)?;
+    let since = match params.get("since")? {
+        Some(s) => s.parse::<Since>()?,
+        None => Since::All,
+    };
+    let limit = match params.get("limit")? {
+        None => DEFAULT_LIMIT,
+        Some(v) => match v.parse::<u64>() {
+            Ok(0) | Err(_) => {
+                return Err(ApiError::bad_request(format!(
+                    "limit={v:?}: give a whole number from 1 (values above {MAX_LIMIT} are clamped)"
+                )));
+            }
+            Ok(n) => n.min(MAX_LIMIT as u64) as usize,
+        },
+    };
+    // The query wins over `Prefer: wait` when both are given.
+    let wait = match params.get("wait")? {
+        Some(v) => params::parse_seconds("wait", v)?,
+        None => params::prefer_wait(&headers)?.unwrap_or_default(),
+    }
+    .min(state.options.max_wait);
+    let result = state
+        .hub
+        .read(ReadRequest {
+            topics,
+            since,
+            default_since: Since::All,
+            limit,
+            wait,
+        })
+        .await?;
+    let body = PollBody {
+        messages: result.messages.iter().map(|m| Envelope::of(m)).collect(),
+        next: result.next.to_string(),
+        gaps: result.gaps.iter().map(GapJson::of).collect(),
+    };
+    // Serialised here, while the borrowed messages are alive.
+    Ok(Json(body).into_response())
+}

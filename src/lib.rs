@@ -1,0 +1,22 @@
+//! Plexus: a self-hosted communication hub over one durable topic log.
+//!
+//! # Layout
+//! - [`model`]: topics, messages, seqs, cursors, `since`, gaps — pure types, parsed at the edge.
+//! - [`store`]: the `Log` trait and its engines (`memory`, `sqlite`); the only place that knows storage.
+//! - [`hub`]: per-topic heads and wake-ups, cursor resolution and gaps; knows no HTTP, no SQL.
+//! - [`wire`]: encodings of messages (the JSON envelope, base64).
+//! - [`http`]: the HTTP API, one file per feature; `http/error.rs` maps every error to problem+json.
+//! - [`server`]: the accept loop serving HTTP/1.1 and HTTP/2 on one port, graceful drain.
+//! - [`config`]: file < environment < flags, validated into a [`config::Config`].
+//! - [`cli`]: the `plexus` subcommands.
+//!
+//! Layers point one way: `http` → `hub` → `store`, and all of them use `model`.
+
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod model;
+pub mod server;
+pub mod store;
+pub mod wire;

@@ -1,0 +1,21 @@
+//! Pure domain types: no I/O, no HTTP, no storage. Everything here is parsed at the edge
+//! (`FromStr`) into a value that cannot be invalid, then passed inward.
+
+mod cursor;
+mod duration;
+mod gap;
+mod message;
+mod since;
+mod time;
+mod topic;
+
+pub use cursor::{Cursor, CursorError};
+pub use duration::{DurationError, parse_duration};
+pub use gap::{Gap, GapReason};
+pub use message::{EventName, EventNameError, Message, NewMessage, valid_idempotency_key};
+pub use since::{Since, SinceError};
+pub use time::{Millis, format_rfc3339_millis, now_millis, parse_rfc3339};
+pub use topic::{Topic, TopicError, TopicList};
+
+/// A topic's sequence number: 1, 2, 3… without holes. 0 means "before the first message".
+pub type Seq = u64;

@@ -1,0 +1,281 @@
+//! The `memory` engine: the whole log in a map, for tests and ephemeral hubs.
+//! Retention is applied on every touch of a topic, so it is never later than the next access.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::{
+    Appended, BoxFuture, IDEMPOTENCY_TTL, Log, LogBounds, ReadBatch, Retention, StoreError,
+    StoreResult, TopicInfo,
+};
+use crate::model::{Message, Millis, NewMessage, Seq, Topic, now_millis};
+
+#[derive(Default)]
+struct TopicLog {
+    messages: VecDeque<Arc<Message>>,
+    head: Seq,
+    deleted_through: Seq,
+    bytes: u64,
+    last_time: Millis,
+}
+
+impl TopicLog {
+    fn bounds(&self) -> LogBounds {
+        LogBounds {
+            first_seq: self.messages.front().map_or(self.head + 1, |m| m.seq),
+            last_seq: self.head,
+            deleted_through: self.deleted_through,
+        }
+    }
+
+    fn trim(&mut self, retention: Retention, now: Millis) {
+        let oldest_kept = now - retention.max_age.as_millis() as Millis;
+        while let Some(front) = self.messages.front() {
+            if (self.messages.len() as u64) > retention.max_messages || front.time < oldest_kept {
+                self.bytes -= front.data.len() as u64;
+                self.messages.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+struct IdemEntry {
+    fingerprint: u64,
+    appended: Appended,
+}
+
+#[derive(Default)]
+struct State {
+    topics: HashMap<Topic, TopicLog>,
+    idempotency: HashMap<(Topic, String), IdemEntry>,
+    /// Keys in insertion order, to expire them from the front.
+    idem_order: VecDeque<(Millis, Topic, String)>,
+}
+
+/// The `memory` engine. A std mutex guards the state: every operation is short and never
+/// awaits while holding it.
+pub struct MemoryLog {
+    state: Mutex<State>,
+    retention: Retention,
+}
+
+impl MemoryLog {
+    pub fn new(retention: Retention) -> Self {
+        MemoryLog {
+            state: Mutex::new(State::default()),
+            retention,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the log half-written (appends check
+        // before they write), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn touch<'a>(&self, state: &'a mut State, topic: &Topic) -> Option<&'a mut TopicLog> {
+        let log = state.topics.get_mut(topic)?;
+        log.trim(self.retention, now_millis());
+        Some(log)
+    }
+
+    fn append_now(&self, batch: Vec<NewMessage>) -> StoreResult<Vec<Appended>> {
+        let mut state = self.lock();
+        let now = now_millis();
+        while let Some((expires, _, _)) = state.idem_order.front() {
+            if *expires > now {
+                break;
+            }
+            if let Some((_, topic, key)) = state.idem_order.pop_front() {
+                state.idempotency.remove(&(topic, key));
+            }
+        }
+        // Check every key first, so a conflict stores nothing.
+        let mut in_batch: HashMap<(Topic, String), u64> = HashMap::new();
+        for msg in &batch {
+            if let Some(key) = &msg.idempotency_key {
+                let id = (msg.topic.clone(), key.clone());
+                let known = state
+                    .idempotency
+                    .get(&id)
+                    .map(|e| e.fingerprint)
+                    .or_else(|| in_batch.get(&id).copied());
+                match known {
+                    Some(fp) if fp != msg.fingerprint() => {
+                        return Err(StoreError::IdempotencyConflict {
+                            topic: msg.topic.clone(),
+                            key: key.clone(),
+                        });
+                    }
+                    Some(_) => {}
+                    None => {
+                        in_batch.insert(id, msg.fingerprint());
+                    }
+                }
+            }
+        }
+        let mut results = Vec::with_capacity(batch.len());
+        for msg in batch {
+            if let Some(key) = &msg.idempotency_key
+                && let Some(entry) = state.idempotency.get(&(msg.topic.clone(), key.clone()))
+            {
+                results.push(Appended {
+                    replayed: true,
+                    ..entry.appended
+                });
+                continue;
+            }
+            let fingerprint = msg.fingerprint();
+            let log = state.topics.entry(msg.topic.clone()).or_default();
+            log.head += 1;
+            log.last_time = log.last_time.max(now);
+            let appended = Appended {
+                seq: log.head,
+                time: log.last_time,
+                replayed: false,
+            };
+            log.bytes += msg.data.len() as u64;
+            log.messages.push_back(Arc::new(Message {
+                topic: msg.topic.clone(),
+                seq: appended.seq,
+                time: appended.time,
+                event: msg.event,
+                data: msg.data,
+            }));
+            log.trim(self.retention, now);
+            if let Some(key) = msg.idempotency_key {
+                let expires = now + IDEMPOTENCY_TTL.as_millis() as Millis;
+                state
+                    .idem_order
+                    .push_back((expires, msg.topic.clone(), key.clone()));
+                state.idempotency.insert(
+                    (msg.topic, key),
+                    IdemEntry {
+                        fingerprint,
+                        appended,
+                    },
+                );
+            }
+            results.push(appended);
+        }
+        Ok(results)
+    }
+}
+
+impl Log for MemoryLog {
+    fn append(&self, batch: Vec<NewMessage>) -> BoxFuture<'_, StoreResult<Vec<Appended>>> {
+        let result = self.append_now(batch);
+        Box::pin(async move { result })
+    }
+
+    fn read(
+        &self,
+        topic: &Topic,
+        after: Seq,
+        limit: usize,
+        max_bytes: usize,
+    ) -> BoxFuture<'_, StoreResult<ReadBatch>> {
+        let mut state = self.lock();
+        let batch = match self.touch(&mut state, topic) {
+            None => ReadBatch::default(),
+            Some(log) => {
+                let bounds = log.bounds();
+                let start = after.saturating_add(1).max(bounds.first_seq);
+                let skip = (start - bounds.first_seq) as usize;
+                let mut bytes = 0usize;
+                let messages = log
+                    .messages
+                    .iter()
+                    .skip(skip)
+                    .take(limit)
+                    .take_while(|m| {
+                        let first = bytes == 0;
+                        bytes += m.data.len().max(1);
+                        first || bytes <= max_bytes
+                    })
+                    .cloned()
+                    .collect();
+                ReadBatch {
+                    messages,
+                    bounds: Some(bounds),
+                }
+            }
+        };
+        Box::pin(async move { Ok(batch) })
+    }
+
+    fn bounds(&self, topic: &Topic) -> BoxFuture<'_, StoreResult<Option<LogBounds>>> {
+        let mut state = self.lock();
+        let bounds = self.touch(&mut state, topic).map(|log| log.bounds());
+        Box::pin(async move { Ok(bounds) })
+    }
+
+    fn seek_time(&self, topic: &Topic, time: Millis) -> BoxFuture<'_, StoreResult<Seq>> {
+        let mut state = self.lock();
+        let seq = match self.touch(&mut state, topic) {
+            None => 0,
+            Some(log) => {
+                let idx = log.messages.partition_point(|m| m.time < time);
+                log.messages.get(idx).map_or(log.head, |m| m.seq - 1)
+            }
+        };
+        Box::pin(async move { Ok(seq) })
+    }
+
+    fn topics(&self) -> BoxFuture<'_, StoreResult<Vec<TopicInfo>>> {
+        let mut state = self.lock();
+        let now = now_millis();
+        let mut infos: Vec<TopicInfo> = state
+            .topics
+            .iter_mut()
+            .map(|(topic, log)| {
+                log.trim(self.retention, now);
+                info(topic, log)
+            })
+            .collect();
+        infos.sort_by(|a, b| a.topic.cmp(&b.topic));
+        Box::pin(async move { Ok(infos) })
+    }
+
+    fn topic(&self, topic: &Topic) -> BoxFuture<'_, StoreResult<Option<TopicInfo>>> {
+        let mut state = self.lock();
+        let found = self.touch(&mut state, topic).map(|log| info(topic, log));
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn delete_topic(&self, topic: &Topic) -> BoxFuture<'_, StoreResult<bool>> {
+        let mut state = self.lock();
+        let found = match state.topics.get_mut(topic) {
+            None => false,
+            Some(log) => {
+                log.messages.clear();
+                log.bytes = 0;
+                log.deleted_through = log.head;
+                true
+            }
+        };
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+fn info(topic: &Topic, log: &TopicLog) -> TopicInfo {
+    let bounds = log.bounds();
+    TopicInfo {
+        topic: topic.clone(),
+        first_seq: bounds.first_seq,
+        last_seq: bounds.last_seq,
+        messages: log.messages.len() as u64,
+        bytes: log.bytes,
+        last_publish: (log.head > 0).then_some(log.last_time),
+    }
+}

@@ -1,0 +1,150 @@
+//! The durable topic log. One trait, several engines; nothing above this module knows which.
+//!
+//! The trait speaks only domain types (no SQL, no Redis types), so a Redis engine (Streams for
+//! the log, a Lua script for append, Pub/Sub for wake-ups) fits behind it unchanged.
+
+mod memory;
+mod sqlite;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use memory::MemoryLog;
+pub use sqlite::{Durability, SqliteLog};
+
+use crate::model::{Message, Millis, NewMessage, Seq, Topic};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How long an idempotency key is remembered.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Per-topic retention; whichever limit is hit first removes the oldest messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub max_messages: u64,
+    pub max_age: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_messages: 100_000,
+            max_age: Duration::from_secs(7 * 86_400),
+        }
+    }
+}
+
+/// The result of one appended message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: Seq,
+    pub time: Millis,
+    /// The idempotency key was seen before with the same body: nothing was stored.
+    pub replayed: bool,
+}
+
+/// Where a topic's retained log stands. A topic with nothing retained has
+/// `first_seq == last_seq + 1`; an unknown topic is `first_seq 1, last_seq 0`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogBounds {
+    pub first_seq: Seq,
+    pub last_seq: Seq,
+    /// The highest seq dropped by a topic delete (0: none), to tell `deleted` from `expired`.
+    pub deleted_through: Seq,
+}
+
+impl LogBounds {
+    pub const EMPTY: LogBounds = LogBounds {
+        first_seq: 1,
+        last_seq: 0,
+        deleted_through: 0,
+    };
+}
+
+/// Messages after a position, read in one snapshot with the bounds they were read against.
+#[derive(Clone, Debug, Default)]
+pub struct ReadBatch {
+    pub messages: Vec<Arc<Message>>,
+    pub bounds: Option<LogBounds>,
+}
+
+impl ReadBatch {
+    pub fn bounds(&self) -> LogBounds {
+        self.bounds.unwrap_or(LogBounds::EMPTY)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub topic: Topic,
+    pub first_seq: Seq,
+    pub last_seq: Seq,
+    pub messages: u64,
+    pub bytes: u64,
+    pub last_publish: Option<Millis>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The engine cannot serve now (I/O error, closed, unreachable): a 503 upstream.
+    Unavailable(String),
+    /// An idempotency key of this topic was used with another body within its lifetime.
+    IdempotencyConflict { topic: Topic, key: String },
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Unavailable(why) => write!(f, "store unavailable: {why}"),
+            StoreError::IdempotencyConflict { topic, key } => write!(
+                f,
+                "idempotency key {key:?} of topic {topic} was already used with another body"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The log every engine implements.
+pub trait Log: Send + Sync + 'static {
+    /// Appends a batch atomically: all messages are durable (per the engine's durability)
+    /// when this returns `Ok`, or none is stored. Results are in input order.
+    fn append(&self, batch: Vec<NewMessage>) -> BoxFuture<'_, StoreResult<Vec<Appended>>>;
+
+    /// Up to `limit` messages of `topic` with seq > `after`, in seq order, stopping early once
+    /// `max_bytes` of payload are gathered (at least one message is always returned if any).
+    fn read(
+        &self,
+        topic: &Topic,
+        after: Seq,
+        limit: usize,
+        max_bytes: usize,
+    ) -> BoxFuture<'_, StoreResult<ReadBatch>>;
+
+    /// The bounds of a topic's log (`None`: never published).
+    fn bounds(&self, topic: &Topic) -> BoxFuture<'_, StoreResult<Option<LogBounds>>>;
+
+    /// The position just before the first retained message at or after `time`
+    /// (the head when there is none).
+    fn seek_time(&self, topic: &Topic, time: Millis) -> BoxFuture<'_, StoreResult<Seq>>;
+
+    fn topics(&self) -> BoxFuture<'_, StoreResult<Vec<TopicInfo>>>;
+
+    fn topic(&self, topic: &Topic) -> BoxFuture<'_, StoreResult<Option<TopicInfo>>>;
+
+    /// Drops every message of a topic, keeping its seq counter. `false`: unknown topic.
+    fn delete_topic(&self, topic: &Topic) -> BoxFuture<'_, StoreResult<bool>>;
+
+    /// Checks the engine can serve (for `/readyz`).
+    fn ping(&self) -> BoxFuture<'_, StoreResult<()>>;
+
+    /// Finishes pending writes and releases the engine.
+    fn close(&self) -> BoxFuture<'_, ()>;
+}

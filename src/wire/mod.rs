@@ -1,0 +1,7 @@
+//! Encodings of messages for the wire. Each format lives here once, so every transport
+//! shows a message the same way.
+
+pub mod base64;
+mod envelope;
+
+pub use envelope::{Envelope, GapJson};

@@ -1,0 +1,181 @@
+//! `plexus pub` and `plexus sub` against a running hub.
+
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use tokio::time::timeout;
+
+use crate::harness::{Server, messages, seq};
+
+/// A guard against a CLI that never exits; not a timing assertion.
+const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn plexus() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_plexus"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("PLEXUS_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.kill_on_drop(true);
+    cmd
+}
+
+async fn run(cmd: &mut Command, what: &str) -> Output {
+    let out = timeout(CLI_TIMEOUT, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not exit within {CLI_TIMEOUT:?}"))
+        .expect("run plexus");
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Parses stdout as one JSON value per non-empty line.
+fn json_lines(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("line {l:?} is not JSON: {e}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn pub_prints_the_result_json() {
+    let server = Server::start(&[]).await;
+    let out = run(
+        plexus().args(["pub", "--server", server.base(), "cli.topic", "hello from cli"]),
+        "plexus pub",
+    )
+    .await;
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1, "one result: {lines:?}");
+    assert_eq!(lines[0]["topic"], json!("cli.topic"));
+    assert_eq!(lines[0]["seq"], json!(1));
+    assert!(lines[0]["time"].is_string());
+
+    let msgs = messages(&server.read("cli.topic", "since=all").await);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0]["data"], json!("hello from cli"));
+}
+
+#[tokio::test]
+async fn pub_reads_data_from_stdin() {
+    let server = Server::start(&[]).await;
+    let mut child = plexus()
+        .args(["pub", "--server", server.base(), "piped"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn plexus pub");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"from stdin").await.unwrap();
+    drop(stdin);
+    let out = timeout(CLI_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("plexus pub exits")
+        .unwrap();
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json_lines(&out)[0]["seq"], json!(1));
+    let msgs = messages(&server.read("piped", "since=all").await);
+    assert_eq!(msgs[0]["data"], json!("from stdin"));
+}
+
+#[tokio::test]
+async fn pub_to_a_reserved_topic_fails() {
+    let server = Server::start(&[]).await;
+    let out = timeout(
+        CLI_TIMEOUT,
+        plexus().args(["pub", "--server", server.base(), "_x", "no"]).output(),
+    )
+    .await
+    .expect("plexus pub exits")
+    .unwrap();
+    assert!(!out.status.success(), "a 403 is a failure exit");
+    assert!(!out.stderr.is_empty(), "the failure is explained on stderr");
+}
+
+#[tokio::test]
+async fn sub_via_poll_prints_count_envelopes_and_exits() {
+    let server = Server::start(&[]).await;
+    server.publish_n("t", 3, "m").await;
+    let out = run(
+        plexus().args([
+            "sub", "--server", server.base(), "t", "--via", "poll", "--since", "all", "--count", "2",
+        ]),
+        "plexus sub --via poll",
+    )
+    .await;
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 2, "exactly --count envelopes: {lines:?}");
+    assert_eq!(lines.iter().map(seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(lines[0]["topic"], json!("t"));
+    assert_eq!(lines[1]["data"], json!("m2"));
+}
+
+#[tokio::test]
+async fn sub_via_long_poll_waits_for_the_next_message() {
+    let server = Server::start(&[]).await;
+    server.publish("t", "m1").await;
+    let mut child = plexus()
+        .args([
+            "sub", "--server", server.base(), "t", "--via", "long-poll", "--since", "all", "--count",
+            "2",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn plexus sub");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = timeout(CLI_TIMEOUT, lines.next_line())
+        .await
+        .expect("first line")
+        .unwrap()
+        .expect("sub printed a first envelope");
+    let first: Value = serde_json::from_str(&first).expect("first line is JSON");
+    assert_eq!(first["seq"], json!(1));
+
+    // The subscriber has printed m1 and now waits for a second message.
+    server.publish("t", "m2").await;
+    let second = timeout(CLI_TIMEOUT, lines.next_line())
+        .await
+        .expect("second line")
+        .unwrap()
+        .expect("sub printed a second envelope");
+    let second: Value = serde_json::from_str(&second).expect("second line is JSON");
+    assert_eq!(second["seq"], json!(2));
+    assert_eq!(second["data"], json!("m2"));
+
+    let status = timeout(CLI_TIMEOUT, child.wait()).await.expect("sub exits").unwrap();
+    assert!(status.success(), "sub exits 0 after --count messages");
+    assert_eq!(lines.next_line().await.unwrap(), None, "nothing after --count envelopes");
+}
+
+#[tokio::test]
+async fn sub_via_poll_on_several_topics() {
+    let server = Server::start(&[]).await;
+    server.publish("a", "a1").await;
+    server.publish("b", "b1").await;
+    let out = run(
+        plexus().args([
+            "sub", "--server", server.base(), "a,b", "--via", "poll", "--since", "all", "--count", "2",
+        ]),
+        "plexus sub a,b --via poll",
+    )
+    .await;
+    let mut topics: Vec<String> = json_lines(&out)
+        .iter()
+        .map(|e| e["topic"].as_str().unwrap().to_string())
+        .collect();
+    topics.sort();
+    assert_eq!(topics, vec!["a", "b"]);
+}

@@ -1,0 +1,14 @@
+//! Plexus integration tests: one binary, a real `plexus serve` per test on port 0, real
+//! HTTP clients and the real CLI. See `harness.rs` for how a server is started and observed.
+
+mod harness;
+
+mod admin;
+mod batch;
+mod cli;
+mod crash;
+mod errors;
+mod longpoll;
+mod publish;
+mod read;
+mod retention;
