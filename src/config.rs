@@ -173,19 +173,24 @@ impl Config {
         let mut table: toml::Table = DEFAULT_TOML
             .parse()
             .map_err(|e| ConfigError(format!("the embedded default config is broken: {e}")))?;
+        let mut source = "the default configuration".to_owned();
         if let Some(path) = &args.config {
             merge(&mut table, read_file(path)?);
+            source = path.display().to_string();
         }
-        let file: FileConfig = table
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError(format!("config: {}", e.message())))?;
+        // Deserialised from text, so an error quotes the offending line and so names the key.
+        let text = toml::to_string(&table).map_err(|e| ConfigError(format!("{source}: {e}")))?;
+        let file: FileConfig =
+            toml::from_str(&text).map_err(|e| ConfigError(format!("{source}: {e}")))?;
         Self::validate(file, args)
     }
 
     fn validate(f: FileConfig, a: &ServeArgs) -> Result<Config, ConfigError> {
         let listen_text = a.listen.clone().unwrap_or(f.listen);
         let listen = listen_text.parse().map_err(|_| {
-            ConfigError(format!("listen: {listen_text:?} is not an address such as 127.0.0.1:7539"))
+            ConfigError(format!(
+                "listen: {listen_text:?} is not an address such as 127.0.0.1:7539"
+            ))
         })?;
         let storage = match a.storage.as_deref().unwrap_or(&f.storage) {
             "sqlite" => StorageKind::Sqlite,
@@ -195,7 +200,11 @@ impl Config {
                     "storage: {s:?}: the redis engine is not built yet; use sqlite or memory"
                 )));
             }
-            s => return Err(ConfigError(format!("storage: {s:?} is not one of sqlite, memory"))),
+            s => {
+                return Err(ConfigError(format!(
+                    "storage: {s:?} is not one of sqlite, memory"
+                )));
+            }
         };
         let durability = match a.durability.as_deref().unwrap_or(&f.durability) {
             "process" => Durability::Process,
@@ -208,7 +217,9 @@ impl Config {
         };
         let max_messages = a.retention_messages.unwrap_or(f.retention.max_messages);
         if max_messages == 0 {
-            return Err(ConfigError("retention.max_messages: must be at least 1".into()));
+            return Err(ConfigError(
+                "retention.max_messages: must be at least 1".into(),
+            ));
         }
         let max_age = duration(
             "retention.max_age",
@@ -229,12 +240,18 @@ impl Config {
             ));
         }
         if f.limits.max_topics == 0 || f.limits.max_topics > 10_000 {
-            return Err(ConfigError("limits.max_topics: must be from 1 to 10000".into()));
+            return Err(ConfigError(
+                "limits.max_topics: must be from 1 to 10000".into(),
+            ));
         }
         let log_format = match a.log_format.as_deref().unwrap_or(&f.log.format) {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
-            s => return Err(ConfigError(format!("log.format: {s:?} is not one of text, json"))),
+            s => {
+                return Err(ConfigError(format!(
+                    "log.format: {s:?} is not one of text, json"
+                )));
+            }
         };
         Ok(Config {
             listen,
@@ -258,7 +275,9 @@ impl Config {
             max_topics: f.limits.max_topics as usize,
             header_timeout: duration(
                 "limits.header_timeout",
-                a.header_timeout.as_deref().unwrap_or(&f.limits.header_timeout),
+                a.header_timeout
+                    .as_deref()
+                    .unwrap_or(&f.limits.header_timeout),
             )?,
             keepalive: duration(
                 "streams.keepalive",
@@ -273,7 +292,7 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
     text.parse()
-        .map_err(|e: toml::de::Error| ConfigError(format!("{}: {}", path.display(), e.message())))
+        .map_err(|e: toml::de::Error| ConfigError(format!("{}: {e}", path.display())))
 }
 
 #[cfg(test)]

@@ -162,7 +162,9 @@ impl Client {
         if let Some(limit) = options.limit {
             query.push(("limit", limit.to_string()));
         }
-        let mut request = self.http.get(format!("{}/v1/topics/{topics}/messages", self.base));
+        let mut request = self
+            .http
+            .get(format!("{}/v1/topics/{topics}/messages", self.base));
         if let Some(wait) = options.wait {
             query.push(("wait", format!("{:.3}", wait.as_secs_f64())));
             // The hub holds the request up to `wait`: leave room for the answer.

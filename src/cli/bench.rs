@@ -88,7 +88,8 @@ async fn store(args: StoreArgs) -> Result<(), String> {
     );
     for batch_size in args.batch {
         let dir = temp_dir("store")?;
-        let log = SqliteLog::open(&dir, Retention::default(), durability).map_err(|e| e.to_string())?;
+        let log =
+            SqliteLog::open(&dir, Retention::default(), durability).map_err(|e| e.to_string())?;
         let topic: crate::model::Topic = "bench".parse().map_err(|e| format!("{e}"))?;
         let started = Instant::now();
         let mut done = 0;
@@ -147,7 +148,8 @@ async fn load(base: &str, args: &PublishArgs) -> Result<(f64, u64), String> {
             .build()
             .map_err(|e| e.to_string())?;
         let url = format!("{base}/v1/topics/bench-{}/messages", c % args.topics.max(1));
-        let (ok, failed, stop, payload) = (ok.clone(), failed.clone(), stop.clone(), payload.clone());
+        let (ok, failed, stop, payload) =
+            (ok.clone(), failed.clone(), stop.clone(), payload.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 match client.post(&url).body(payload.clone()).send().await {
@@ -184,7 +186,9 @@ async fn publish(args: PublishArgs) -> Result<(), String> {
         post(|_body: Bytes| async {
             (
                 StatusCode::CREATED,
-                axum::Json(serde_json::json!({"topic":"bench","seq":1,"time":"2026-11-24T19:00:00.000Z"})),
+                axum::Json(
+                    serde_json::json!({"topic":"bench","seq":1,"time":"2026-11-24T19:00:00.000Z"}),
+                ),
             )
         }),
     );
@@ -208,7 +212,10 @@ async fn publish(args: PublishArgs) -> Result<(), String> {
     println!("  bare axum handler:           {bare_rps:>10.0} req/s ({bare_failed} failed)");
     let (hub_rps, hub_failed) = load(&hub_url, &args).await?;
     println!("  durable publish (sqlite):    {hub_rps:>10.0} req/s ({hub_failed} failed)");
-    println!("  ratio durable / bare:        {:>10.2}", hub_rps / bare_rps);
+    println!(
+        "  ratio durable / bare:        {:>10.2}",
+        hub_rps / bare_rps
+    );
     stop.cancel();
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);

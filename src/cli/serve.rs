@@ -46,8 +46,14 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Log>, String> {
     Ok(match config.storage {
         StorageKind::Memory => Arc::new(MemoryLog::new(config.retention)),
         StorageKind::Sqlite => Arc::new(
-            SqliteLog::open(&config.data_dir, config.retention, config.durability)
-                .map_err(|e| format!("cannot open the store in {}: {e}", config.data_dir.display()))?,
+            SqliteLog::open(&config.data_dir, config.retention, config.durability).map_err(
+                |e| {
+                    format!(
+                        "cannot open the store in {}: {e}",
+                        config.data_dir.display()
+                    )
+                },
+            )?,
         ),
     })
 }

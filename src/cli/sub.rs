@@ -52,7 +52,10 @@ pub async fn run(args: SubArgs) -> Result<(), String> {
             limit: None,
             wait: matches!(args.via, Via::LongPoll).then_some(Duration::from_secs(30)),
         };
-        let page = client.read(&args.topics, &options).await.map_err(|e| e.to_string())?;
+        let page = client
+            .read(&args.topics, &options)
+            .await
+            .map_err(|e| e.to_string())?;
         let mut out = stdout.lock();
         for gap in &page.gaps {
             let mut line = serde_json::to_value(gap).map_err(|e| e.to_string())?;

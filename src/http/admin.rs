@@ -53,7 +53,10 @@ struct TopicList<'a> {
 async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     let topics = state.hub.topics().await?;
     let body = TopicList {
-        topics: topics.iter().map(|(info, subs)| topic_json(info, *subs)).collect(),
+        topics: topics
+            .iter()
+            .map(|(info, subs)| topic_json(info, *subs))
+            .collect(),
     };
     Ok(Json(body).into_response())
 }
@@ -65,7 +68,9 @@ async fn show(
     let topic: Topic = topic_from_path(path)?.parse()?;
     match state.hub.topic(&topic).await? {
         Some((info, subs)) => Ok(Json(topic_json(&info, subs)).into_response()),
-        None => Err(ApiError::not_found(format!("topic {topic} has never been published to"))),
+        None => Err(ApiError::not_found(format!(
+            "topic {topic} has never been published to"
+        ))),
     }
 }
 
@@ -77,7 +82,9 @@ async fn delete(
     if state.hub.delete_topic(&topic).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError::not_found(format!("topic {topic} has never been published to")))
+        Err(ApiError::not_found(format!(
+            "topic {topic} has never been published to"
+        )))
     }
 }
 

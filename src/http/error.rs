@@ -29,7 +29,12 @@ struct Problem<'a> {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, slug: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+    fn new(
+        status: StatusCode,
+        slug: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
         ApiError {
             status,
             slug,
@@ -40,15 +45,30 @@ impl ApiError {
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", detail)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "Bad request",
+            detail,
+        )
     }
 
     pub fn bad_topic(e: TopicError) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad-topic", "Bad topic name", e.to_string())
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad-topic",
+            "Bad topic name",
+            e.to_string(),
+        )
     }
 
     pub fn too_large(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", "Payload too large", detail)
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            "Payload too large",
+            detail,
+        )
     }
 
     pub fn not_found(detail: impl Into<String>) -> Self {
@@ -77,19 +97,34 @@ impl From<TopicError> for ApiError {
 
 impl From<SinceError> for ApiError {
     fn from(e: SinceError) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad-since", "Bad since", e.to_string())
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad-since",
+            "Bad since",
+            e.to_string(),
+        )
     }
 }
 
 impl From<CursorError> for ApiError {
     fn from(e: CursorError) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad-cursor", "Bad cursor", e.to_string())
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad-cursor",
+            "Bad cursor",
+            e.to_string(),
+        )
     }
 }
 
 impl From<EventNameError> for ApiError {
     fn from(e: EventNameError) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad-event", "Bad event name", e.to_string())
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad-event",
+            "Bad event name",
+            e.to_string(),
+        )
     }
 }
 
@@ -129,9 +164,12 @@ impl From<HubError> for ApiError {
                 "Reserved topic",
                 e.to_string(),
             ),
-            HubError::BareCursorForTopics(_) => {
-                ApiError::new(StatusCode::BAD_REQUEST, "bad-cursor", "Bad cursor", e.to_string())
-            }
+            HubError::BareCursorForTopics(_) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad-cursor",
+                "Bad cursor",
+                e.to_string(),
+            ),
         }
     }
 }

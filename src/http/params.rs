@@ -14,9 +14,9 @@ pub struct Params(Vec<(String, String)>);
 
 impl Params {
     pub fn from(query: QueryPairs) -> Result<Self, ApiError> {
-        query
-            .map(|q| Params(q.0))
-            .map_err(|e| ApiError::bad_request(format!("malformed query string: {}", e.body_text())))
+        query.map(|q| Params(q.0)).map_err(|e| {
+            ApiError::bad_request(format!("malformed query string: {}", e.body_text()))
+        })
     }
 
     /// The value of a parameter; given twice is a 400 (which one would win is unclear).
@@ -24,7 +24,9 @@ impl Params {
         let mut values = self.0.iter().filter(|(k, _)| k == name);
         let first = values.next().map(|(_, v)| v.as_str());
         if values.next().is_some() {
-            return Err(ApiError::bad_request(format!("parameter {name} given more than once")));
+            return Err(ApiError::bad_request(format!(
+                "parameter {name} given more than once"
+            )));
         }
         Ok(first)
     }
@@ -60,7 +62,10 @@ pub fn prefer_wait(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
 }
 
 /// A request body, or the problem for one that is too large or broken.
-pub fn body(body: Result<bytes::Bytes, BytesRejection>, limit: usize) -> Result<bytes::Bytes, ApiError> {
+pub fn body(
+    body: Result<bytes::Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(format!("the body is larger than {limit} bytes"))
@@ -76,8 +81,14 @@ mod tests {
 
     #[test]
     fn seconds() {
-        assert_eq!(parse_seconds("wait", "30").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_seconds("wait", "0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(
+            parse_seconds("wait", "30").unwrap(),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            parse_seconds("wait", "0.5").unwrap(),
+            Duration::from_millis(500)
+        );
         for bad in ["", "-1", "x", "NaN", "inf", "1e99", "+3"] {
             assert!(parse_seconds("wait", bad).is_err(), "{bad}");
         }

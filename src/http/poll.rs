@@ -1,10 +1,10 @@
 //! Short and long polling: `GET /v1/topics/{topics}/messages?since=&limit=&wait=`.
 
-use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
 use serde::Serialize;
 
 use super::AppState;

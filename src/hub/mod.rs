@@ -118,12 +118,17 @@ impl Hub {
     }
 
     /// Publishes on behalf of the hub itself (reserved topics allowed).
-    pub async fn publish_internal(&self, batch: Vec<NewMessage>) -> Result<Vec<Appended>, HubError> {
+    pub async fn publish_internal(
+        &self,
+        batch: Vec<NewMessage>,
+    ) -> Result<Vec<Appended>, HubError> {
         let topics: Vec<Topic> = batch.iter().map(|m| m.topic.clone()).collect();
         let results = self.store.append(batch).await?;
         for (topic, appended) in topics.iter().zip(&results) {
             if let Some(state) = self.existing_state(topic) {
-                state.head.send_modify(|head| *head = (*head).max(appended.seq));
+                state
+                    .head
+                    .send_modify(|head| *head = (*head).max(appended.seq));
             }
         }
         Ok(results)

@@ -42,7 +42,9 @@ struct Position {
 impl Hub {
     /// A short poll (`wait` zero) or a long poll.
     pub async fn read(&self, req: ReadRequest) -> Result<ReadResult, HubError> {
-        let mut positions = self.resolve(&req.topics, &req.since, &req.default_since).await?;
+        let mut positions = self
+            .resolve(&req.topics, &req.since, &req.default_since)
+            .await?;
         let deadline = Instant::now() + req.wait;
         loop {
             // Subscribe before reading: a publish committed after the read still wakes us.
@@ -128,7 +130,10 @@ impl Hub {
         let mut gaps = Vec::new();
         let mut per_topic: Vec<Vec<Arc<Message>>> = Vec::with_capacity(positions.len());
         for pos in positions.iter_mut() {
-            let mut batch = self.store.read(&pos.topic, pos.after, limit, max_bytes).await?;
+            let mut batch = self
+                .store
+                .read(&pos.topic, pos.after, limit, max_bytes)
+                .await?;
             let bounds = batch.bounds();
             if pos.after > bounds.last_seq {
                 // The cursor is beyond the head: the log was reset. Restart at the oldest.
@@ -138,14 +143,22 @@ impl Hub {
                     reason: GapReason::Reset,
                 });
                 pos.after = bounds.first_seq.saturating_sub(1);
-                batch = self.store.read(&pos.topic, pos.after, limit, max_bytes).await?;
+                batch = self
+                    .store
+                    .read(&pos.topic, pos.after, limit, max_bytes)
+                    .await?;
             }
             let bounds = batch.bounds();
             // Something below the first message we got is gone; report it once, then move on.
             let first_available = batch.messages.first().map_or(bounds.first_seq, |m| m.seq);
             if pos.after + 1 < first_available {
                 if !pos.from_oldest {
-                    gaps.extend(missing(&pos.topic, pos.after + 1, first_available - 1, &bounds));
+                    gaps.extend(missing(
+                        &pos.topic,
+                        pos.after + 1,
+                        first_available - 1,
+                        &bounds,
+                    ));
                 }
                 pos.after = first_available - 1;
             }
@@ -259,9 +272,6 @@ mod tests {
         let b = vec![m("b", 1, 20), m("b", 2, 40)];
         let out = merge(vec![a, b], 3, 1000);
         let got: Vec<_> = out.iter().map(|m| (m.topic.to_string(), m.seq)).collect();
-        assert_eq!(
-            got,
-            vec![("a".into(), 1), ("b".into(), 1), ("a".into(), 2)]
-        );
+        assert_eq!(got, vec![("a".into(), 1), ("b".into(), 1), ("a".into(), 2)]);
     }
 }

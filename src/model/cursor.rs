@@ -113,7 +113,16 @@ mod tests {
             "orders:42,alerts:7".parse(),
             Ok(Cursor::Multi(vec![(t("orders"), 42), (t("alerts"), 7)]))
         );
-        for bad in ["", "x", "a:", ":1", "a:1,", "a:-1", "a b:1", "99999999999999999999999"] {
+        for bad in [
+            "",
+            "x",
+            "a:",
+            ":1",
+            "a:1,",
+            "a:-1",
+            "a b:1",
+            "99999999999999999999999",
+        ] {
             assert!(bad.parse::<Cursor>().is_err(), "{bad}");
         }
     }

@@ -48,7 +48,16 @@ mod tests {
         assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        for bad in ["", "10", "m", "-1s", "1.5s", "10x", "1 s", "99999999999999d"] {
+        for bad in [
+            "",
+            "10",
+            "m",
+            "-1s",
+            "1.5s",
+            "10x",
+            "1 s",
+            "99999999999999d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

@@ -80,7 +80,12 @@ impl NewMessage {
             h ^= b as u64;
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         };
-        for b in self.event.as_ref().map(|e| e.as_str().as_bytes()).unwrap_or_default() {
+        for b in self
+            .event
+            .as_ref()
+            .map(|e| e.as_str().as_bytes())
+            .unwrap_or_default()
+        {
             eat(*b);
         }
         eat(0xff);
@@ -119,7 +124,10 @@ mod tests {
         };
         assert_eq!(m(None, b"x").fingerprint(), m(None, b"x").fingerprint());
         assert_ne!(m(None, b"x").fingerprint(), m(None, b"y").fingerprint());
-        assert_ne!(m(Some("a"), b"x").fingerprint(), m(None, b"x").fingerprint());
+        assert_ne!(
+            m(Some("a"), b"x").fingerprint(),
+            m(None, b"x").fingerprint()
+        );
     }
 
     #[test]

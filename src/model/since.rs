@@ -65,7 +65,10 @@ mod tests {
         assert_eq!("10m".parse(), Ok(Since::Ago(Duration::from_secs(600))));
         assert_eq!("42".parse(), Ok(Since::Cursor(Cursor::Single(42))));
         assert!(matches!("2026-11-24T19:00:00Z".parse(), Ok(Since::Time(_))));
-        assert!(matches!("a:1,b:2".parse(), Ok(Since::Cursor(Cursor::Multi(_)))));
+        assert!(matches!(
+            "a:1,b:2".parse(),
+            Ok(Since::Cursor(Cursor::Multi(_)))
+        ));
         for bad in ["", "ALL", "yesterday", "2026-11-24", "-5", "10 m"] {
             assert!(bad.parse::<Since>().is_err(), "{bad}");
         }

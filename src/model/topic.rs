@@ -25,9 +25,15 @@ impl fmt::Display for TopicError {
         match self {
             TopicError::Empty => write!(f, "topic name is empty"),
             TopicError::TooLong(n) => {
-                write!(f, "topic name is {n} bytes, at most {MAX_TOPIC_BYTES} allowed")
+                write!(
+                    f,
+                    "topic name is {n} bytes, at most {MAX_TOPIC_BYTES} allowed"
+                )
             }
-            TopicError::EmptyToken => write!(f, "topic name has an empty token (leading, trailing or double dot)"),
+            TopicError::EmptyToken => write!(
+                f,
+                "topic name has an empty token (leading, trailing or double dot)"
+            ),
             TopicError::BadChar(c) => write!(
                 f,
                 "topic name contains {c:?}; tokens are [A-Za-z0-9_-] separated by dots"
@@ -140,7 +146,13 @@ mod tests {
 
     #[test]
     fn accepts_design_examples() {
-        for ok in ["orders", "chat.room-1", "user.42.alerts", "_jobs.abc", "A_b-9"] {
+        for ok in [
+            "orders",
+            "chat.room-1",
+            "user.42.alerts",
+            "_jobs.abc",
+            "A_b-9",
+        ] {
             assert_eq!(ok.parse::<Topic>().unwrap().as_str(), ok);
         }
     }

@@ -168,10 +168,7 @@ impl SqliteLog {
 }
 
 impl ReadPool {
-    fn run<T>(
-        &self,
-        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
-    ) -> StoreResult<T> {
+    fn run<T>(&self, f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>) -> StoreResult<T> {
         let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut conn = match pooled {
             Some(conn) => conn,
@@ -221,14 +218,7 @@ fn time_at(tx: &Transaction<'_>, id: i64, seq: Seq) -> rusqlite::Result<Option<M
         .optional()
 }
 
-fn topic_info(
-    topic: Topic,
-    head: i64,
-    first: i64,
-    count: i64,
-    bytes: i64,
-    last: i64,
-) -> TopicInfo {
+fn topic_info(topic: Topic, head: i64, first: i64, count: i64, bytes: i64, last: i64) -> TopicInfo {
     TopicInfo {
         topic,
         first_seq: first as Seq,
@@ -261,7 +251,8 @@ impl Log for SqliteLog {
                 "SELECT seq, time, event, data FROM messages
                  WHERE topic_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
             )?;
-            let mut rows = stmt.query(params![id, after.min(i64::MAX as u64) as i64, limit as i64])?;
+            let mut rows =
+                stmt.query(params![id, after.min(i64::MAX as u64) as i64, limit as i64])?;
             let mut messages = Vec::new();
             let mut bytes = 0usize;
             while let Some(row) = rows.next()? {
@@ -381,10 +372,7 @@ impl Log for SqliteLog {
     fn close(&self) -> BoxFuture<'_, ()> {
         let (reply, rx) = oneshot::channel();
         let sent = self.send(Op::Close { reply }).is_ok();
-        self.writer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         Box::pin(async move {
             if sent {
                 let _ = rx.await;
@@ -450,7 +438,10 @@ fn load_topics(conn: &Connection) -> rusqlite::Result<HashMap<Topic, TopicRow>> 
 }
 
 enum Reply {
-    Append(oneshot::Sender<StoreResult<Vec<Appended>>>, StoreResult<Vec<Appended>>),
+    Append(
+        oneshot::Sender<StoreResult<Vec<Appended>>>,
+        StoreResult<Vec<Appended>>,
+    ),
     Delete(oneshot::Sender<StoreResult<bool>>, bool),
     Close(oneshot::Sender<()>),
 }
@@ -538,7 +529,9 @@ impl Writer {
                 // The cache ran ahead of the rolled-back transaction: reload it.
                 match load_topics(&self.conn) {
                     Ok(topics) => self.topics = topics,
-                    Err(e) => tracing::error!(error = %e, "cannot reload topics after a failed commit"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot reload topics after a failed commit")
+                    }
                 }
                 for reply in replies {
                     match reply {
@@ -610,7 +603,12 @@ impl Writer {
 
     /// Removes up to `chunk` of the oldest messages of `topic` that retention no longer keeps.
     /// Returns how many were removed and whether the topic is now within its limits.
-    fn trim_topic(&mut self, topic: &Topic, oldest_allowed: Millis, chunk: u64) -> rusqlite::Result<(u64, bool)> {
+    fn trim_topic(
+        &mut self,
+        topic: &Topic,
+        oldest_allowed: Millis,
+        chunk: u64,
+    ) -> rusqlite::Result<(u64, bool)> {
         let Some(row) = self.topics.get(topic).cloned() else {
             return Ok((0, true));
         };
@@ -638,7 +636,9 @@ impl Writer {
                 "SELECT COUNT(*), COALESCE(SUM(length(data)), 0) FROM messages
                  WHERE topic_id = ?1 AND seq < ?2",
             )?
-            .query_row(params![row.id, new_first as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            .query_row(params![row.id, new_first as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
         tx.prepare_cached("DELETE FROM messages WHERE topic_id = ?1 AND seq < ?2")?
             .execute(params![row.id, new_first as i64])?;
         let mut updated = row.clone();

@@ -64,7 +64,7 @@ mod tests {
         let mut msg = Message {
             topic: "orders".parse().unwrap(),
             seq: 42,
-            time: 1_795_892_400_123,
+            time: 1_795_546_800_123,
             event: Some("created".parse().unwrap()),
             data: Bytes::from_static(b"hi"),
         };
