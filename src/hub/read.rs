@@ -59,7 +59,7 @@ impl Hub {
             let result = self.read_once(&mut positions, req.limit).await?;
             let done = !result.messages.is_empty()
                 || !result.gaps.is_empty()
-                || req.wait.is_zero()
+                || watchers.is_empty()
                 || Instant::now() >= deadline;
             if done {
                 return Ok(result);

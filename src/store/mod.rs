@@ -6,6 +6,9 @@
 mod memory;
 mod sqlite;
 
+#[cfg(test)]
+mod conformance;
+
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
