@@ -53,9 +53,15 @@ pub struct PublishArgs {
     /// Payload size in bytes
     #[arg(long, default_value_t = 100)]
     pub size: usize,
-    /// Topics the publishes are spread over
+    /// Topics the publishes are spread over (built-in load generator only)
     #[arg(long, default_value_t = 1)]
     pub topics: usize,
+    /// Durability of the hub under test: process or machine
+    #[arg(long, default_value = "process")]
+    pub durability: String,
+    /// Load generator: wrk (a separate, lean process; used when installed) or builtin
+    #[arg(long, default_value = "auto")]
+    pub load: String,
 }
 
 pub fn run(cmd: BenchCommand) -> Result<(), String> {
@@ -178,6 +184,41 @@ async fn load(base: &str, args: &PublishArgs) -> Result<(f64, u64), String> {
     Ok((counted as f64 / secs, failed.load(Ordering::Relaxed)))
 }
 
+/// Drives `base` with wrk (one thread, `connections` connections); returns requests/s and
+/// the count of non-2xx answers and socket errors.
+async fn wrk(base: &str, args: &PublishArgs) -> Result<(f64, u64), String> {
+    let script = std::env::temp_dir().join(format!("plexus-bench-{}.lua", std::process::id()));
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = string.rep(\"x\", {})\n",
+            args.size
+        ),
+    )
+    .map_err(|e| format!("cannot write the wrk script: {e}"))?;
+    let output = tokio::process::Command::new("wrk")
+        .arg("-t1")
+        .arg(format!("-c{}", args.connections))
+        .arg(format!("-d{}s", args.seconds))
+        .arg("-s")
+        .arg(&script)
+        .arg(format!("{base}/v1/topics/bench-0/messages"))
+        .output()
+        .await
+        .map_err(|e| format!("cannot run wrk: {e}"))?;
+    let _ = std::fs::remove_file(&script);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let rps = field("Requests/sec:").ok_or_else(|| format!("unexpected wrk output: {text}"))?;
+    let failed = field("Non-2xx or 3xx responses:").unwrap_or(0.0) as u64;
+    Ok((rps, failed))
+}
+
 async fn publish(args: PublishArgs) -> Result<(), String> {
     let stop = CancellationToken::new();
     // Baseline: a bare axum handler answering what a publish answers, storing nothing.
@@ -197,6 +238,7 @@ async fn publish(args: PublishArgs) -> Result<(), String> {
     let dir = temp_dir("publish")?;
     let config = Config::load(&ServeArgs {
         data_dir: Some(dir.clone()),
+        durability: Some(args.durability.clone()),
         ..ServeArgs::default()
     })
     .map_err(|e| e.to_string())?;
@@ -204,14 +246,35 @@ async fn publish(args: PublishArgs) -> Result<(), String> {
     let app = super::serve::app(&config, store.clone(), stop.clone());
     let hub_url = spawn_server(app, stop.clone()).await?;
 
+    let use_wrk = match args.load.as_str() {
+        "wrk" => true,
+        "builtin" => false,
+        _ => std::process::Command::new("wrk").arg("--version").output().is_ok(),
+    };
     println!(
-        "publish: {} connections, {} s each, {}-byte payloads, {} topic(s)",
-        args.connections, args.seconds, args.size, args.topics
+        "publish: {} connections, {} s each, {}-byte payloads, load generator {}",
+        args.connections,
+        args.seconds,
+        args.size,
+        if use_wrk { "wrk (1 thread)" } else { "built-in (reqwest, in-process)" }
     );
-    let (bare_rps, bare_failed) = load(&bare_url, &args).await?;
+    let run = |url: String| {
+        let args = &args;
+        async move {
+            if use_wrk {
+                wrk(&url, args).await
+            } else {
+                load(&url, args).await
+            }
+        }
+    };
+    let (bare_rps, bare_failed) = run(bare_url).await?;
     println!("  bare axum handler:           {bare_rps:>10.0} req/s ({bare_failed} failed)");
-    let (hub_rps, hub_failed) = load(&hub_url, &args).await?;
-    println!("  durable publish (sqlite):    {hub_rps:>10.0} req/s ({hub_failed} failed)");
+    let (hub_rps, hub_failed) = run(hub_url).await?;
+    println!(
+        "  durable publish (sqlite, {}): {hub_rps:>10.0} req/s ({hub_failed} failed)",
+        args.durability
+    );
     println!(
         "  ratio durable / bare:        {:>10.2}",
         hub_rps / bare_rps
