@@ -37,7 +37,11 @@ async fn json_array_batch_answers_results_in_order() {
 
     let a = messages(&server.read("a", "since=all").await);
     assert_eq!(a[1]["data"], json!("one"));
-    assert_eq!(a[2]["data"], json!("hello"), "data_base64 that decodes to UTF-8 reads as data");
+    assert_eq!(
+        a[2]["data"],
+        json!("hello"),
+        "data_base64 that decodes to UTF-8 reads as data"
+    );
     let b = messages(&server.read("b", "since=all").await);
     assert_eq!(b[0]["data"], json!("two"));
     assert_eq!(b[0]["event"], json!("greeting"), "the item's event is kept");
@@ -77,14 +81,34 @@ async fn batch_with_one_bad_item_stores_nothing() {
     server.publish("b", "existing").await;
     let good = json!({"topic": "a", "data": "fine"});
     let cases: Vec<(&str, Value, u16)> = vec![
-        ("bad topic name", json!({"topic": "no spaces", "data": "x"}), 400),
+        (
+            "bad topic name",
+            json!({"topic": "no spaces", "data": "x"}),
+            400,
+        ),
         ("empty topic name", json!({"topic": "", "data": "x"}), 400),
-        ("both data and data_base64", json!({"topic": "b", "data": "x", "data_base64": "eA=="}), 400),
+        (
+            "both data and data_base64",
+            json!({"topic": "b", "data": "x", "data_base64": "eA=="}),
+            400,
+        ),
         ("neither data nor data_base64", json!({"topic": "b"}), 400),
-        ("invalid base64", json!({"topic": "b", "data_base64": "not base64!"}), 400),
-        ("bad event name", json!({"topic": "b", "data": "x", "event": "no spaces"}), 400),
+        (
+            "invalid base64",
+            json!({"topic": "b", "data_base64": "not base64!"}),
+            400,
+        ),
+        (
+            "bad event name",
+            json!({"topic": "b", "data": "x", "event": "no spaces"}),
+            400,
+        ),
         ("reserved topic", json!({"topic": "_x", "data": "x"}), 403),
-        ("reserved job topic", json!({"topic": "_jobs.1", "data": "x"}), 403),
+        (
+            "reserved job topic",
+            json!({"topic": "_jobs.1", "data": "x"}),
+            403,
+        ),
     ];
     for (what, bad, status) in cases {
         let before = server.snapshot(&["a", "b"]).await;
@@ -97,24 +121,51 @@ async fn batch_with_one_bad_item_stores_nothing() {
             "a batch with {what} must store nothing"
         );
     }
-    assert_eq!(server.publish("a", "next").await["seq"], json!(2), "no seq was used up");
+    assert_eq!(
+        server.publish("a", "next").await["seq"],
+        json!(2),
+        "no seq was used up"
+    );
 }
 
 #[tokio::test]
 async fn malformed_batch_bodies_are_400() {
     let server = Server::start(&[]).await;
     server.publish("a", "existing").await;
+    // A lone JSON object is not listed: on one line it is a valid one-item NDJSON batch.
     let cases = [
         ("not JSON", "this is not json", "application/json"),
-        ("a JSON object, not an array", r#"{"topic":"a","data":"x"}"#, "application/json"),
+        (
+            "a truncated JSON array",
+            r#"[{"topic":"a","data":"x"}"#,
+            "application/json",
+        ),
+        (
+            "an array inside the array",
+            r#"[[{"topic":"a","data":"x"}]]"#,
+            "application/json",
+        ),
+        (
+            "an item that is a number",
+            r#"[{"topic":"a","data":"x"},7]"#,
+            "application/json",
+        ),
         ("an array of strings", r#"["a","b"]"#, "application/json"),
-        ("truncated NDJSON", "{\"topic\":\"a\",\"data\":\"x\"}\n{\"topic\":", "application/x-ndjson"),
+        (
+            "truncated NDJSON",
+            "{\"topic\":\"a\",\"data\":\"x\"}\n{\"topic\":",
+            "application/x-ndjson",
+        ),
     ];
     for (what, body, ct) in cases {
         let before = server.snapshot(&["a"]).await;
         let resp = server.batch_raw(body.to_string(), ct).await;
         expect_problem(resp, 400, &format!("batch body {what}")).await;
-        assert_eq!(server.snapshot(&["a"]).await, before, "{what} stores nothing");
+        assert_eq!(
+            server.snapshot(&["a"]).await,
+            before,
+            "{what} stores nothing"
+        );
     }
 }
 
@@ -123,7 +174,9 @@ async fn empty_batch_is_400() {
     let server = Server::start(&[]).await;
     let resp = server.batch_raw("[]".into(), "application/json").await;
     expect_problem(resp, 400, "empty JSON batch").await;
-    let resp = server.batch_raw(String::new(), "application/x-ndjson").await;
+    let resp = server
+        .batch_raw(String::new(), "application/x-ndjson")
+        .await;
     expect_problem(resp, 400, "empty NDJSON batch").await;
     assert!(server.topics().await.is_empty(), "nothing was created");
 }
@@ -132,12 +185,17 @@ async fn empty_batch_is_400() {
 async fn batch_of_1000_is_accepted_and_1001_is_400() {
     let server = Server::start(&[]).await;
     let items = |n: usize| -> Vec<Value> {
-        (1..=n).map(|i| json!({"topic": "bulk", "data": i.to_string()})).collect()
+        (1..=n)
+            .map(|i| json!({"topic": "bulk", "data": i.to_string()}))
+            .collect()
     };
     let body = Value::Array(items(1001)).to_string();
     let resp = server.batch_raw(body, "application/json").await;
     expect_problem(resp, 400, "batch of 1001 items").await;
-    assert!(server.topics().await.is_empty(), "the 1001-item batch stored nothing");
+    assert!(
+        server.topics().await.is_empty(),
+        "the 1001-item batch stored nothing"
+    );
 
     let results = server.batch(&items(1000)).await;
     assert_eq!(results.len(), 1000);
@@ -155,8 +213,17 @@ async fn batch_item_over_max_message_bytes_is_413() {
     ])
     .to_string();
     let resp = server.batch_raw(body, "application/json").await;
-    expect_problem(resp, 413, "batch item of 101 bytes with --max-message-bytes 100").await;
-    assert_eq!(server.snapshot(&["a"]).await, before, "the oversized batch stored nothing");
+    expect_problem(
+        resp,
+        413,
+        "batch item of 101 bytes with --max-message-bytes 100",
+    )
+    .await;
+    assert_eq!(
+        server.snapshot(&["a"]).await,
+        before,
+        "the oversized batch stored nothing"
+    );
 
     // The limit is on the payload, so base64 of 100 raw bytes is fine.
     let results = server
@@ -171,7 +238,9 @@ async fn batch_item_over_max_message_bytes_is_413() {
 #[tokio::test]
 async fn batch_shares_the_idempotency_key_space_with_the_header() {
     let server = Server::start(&[]).await;
-    let resp = server.publish_with("orders", "p", &[("Idempotency-Key", "k-7")]).await;
+    let resp = server
+        .publish_with("orders", "p", &[("Idempotency-Key", "k-7")])
+        .await;
     let (status, _, first) = into_json(resp).await;
     assert_eq!(status, StatusCode::CREATED);
 
@@ -181,17 +250,28 @@ async fn batch_shares_the_idempotency_key_space_with_the_header() {
             json!({"topic": "orders", "data": "q", "idempotency_key": "k-8"}),
         ])
         .await;
-    assert_eq!(results[0]["seq"], first["seq"], "a batch item replays the header's key");
+    assert_eq!(
+        results[0]["seq"], first["seq"],
+        "a batch item replays the header's key"
+    );
     assert_eq!(results[1]["seq"], json!(2));
     let msgs = messages(&server.read("orders", "since=all").await);
     assert_eq!(msgs.len(), 2, "the replayed item stored nothing: {msgs:?}");
 
-    let resp = server.publish_with("orders", "q", &[("Idempotency-Key", "k-8")]).await;
+    let resp = server
+        .publish_with("orders", "q", &[("Idempotency-Key", "k-8")])
+        .await;
     let (status, headers, replay) = into_json(resp).await;
     assert_eq!(status, StatusCode::CREATED);
-    assert_eq!(replay["seq"], json!(2), "the header replays a batch item's key");
     assert_eq!(
-        headers.get("idempotent-replayed").map(|v| v.to_str().unwrap()),
+        replay["seq"],
+        json!(2),
+        "the header replays a batch item's key"
+    );
+    assert_eq!(
+        headers
+            .get("idempotent-replayed")
+            .map(|v| v.to_str().unwrap()),
         Some("true")
     );
 

@@ -52,7 +52,13 @@ fn json_lines(out: &Output) -> Vec<Value> {
 async fn pub_prints_the_result_json() {
     let server = Server::start(&[]).await;
     let out = run(
-        plexus().args(["pub", "--server", server.base(), "cli.topic", "hello from cli"]),
+        plexus().args([
+            "pub",
+            "--server",
+            server.base(),
+            "cli.topic",
+            "hello from cli",
+        ]),
         "plexus pub",
     )
     .await;
@@ -84,7 +90,11 @@ async fn pub_reads_data_from_stdin() {
         .await
         .expect("plexus pub exits")
         .unwrap();
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(json_lines(&out)[0]["seq"], json!(1));
     let msgs = messages(&server.read("piped", "since=all").await);
     assert_eq!(msgs[0]["data"], json!("from stdin"));
@@ -95,7 +105,9 @@ async fn pub_to_a_reserved_topic_fails() {
     let server = Server::start(&[]).await;
     let out = timeout(
         CLI_TIMEOUT,
-        plexus().args(["pub", "--server", server.base(), "_x", "no"]).output(),
+        plexus()
+            .args(["pub", "--server", server.base(), "_x", "no"])
+            .output(),
     )
     .await
     .expect("plexus pub exits")
@@ -110,7 +122,16 @@ async fn sub_via_poll_prints_count_envelopes_and_exits() {
     server.publish_n("t", 3, "m").await;
     let out = run(
         plexus().args([
-            "sub", "--server", server.base(), "t", "--via", "poll", "--since", "all", "--count", "2",
+            "sub",
+            "--server",
+            server.base(),
+            "t",
+            "--via",
+            "poll",
+            "--since",
+            "all",
+            "--count",
+            "2",
         ]),
         "plexus sub --via poll",
     )
@@ -128,7 +149,15 @@ async fn sub_via_long_poll_waits_for_the_next_message() {
     server.publish("t", "m1").await;
     let mut child = plexus()
         .args([
-            "sub", "--server", server.base(), "t", "--via", "long-poll", "--since", "all", "--count",
+            "sub",
+            "--server",
+            server.base(),
+            "t",
+            "--via",
+            "long-poll",
+            "--since",
+            "all",
+            "--count",
             "2",
         ])
         .stdout(Stdio::piped())
@@ -155,9 +184,16 @@ async fn sub_via_long_poll_waits_for_the_next_message() {
     assert_eq!(second["seq"], json!(2));
     assert_eq!(second["data"], json!("m2"));
 
-    let status = timeout(CLI_TIMEOUT, child.wait()).await.expect("sub exits").unwrap();
+    let status = timeout(CLI_TIMEOUT, child.wait())
+        .await
+        .expect("sub exits")
+        .unwrap();
     assert!(status.success(), "sub exits 0 after --count messages");
-    assert_eq!(lines.next_line().await.unwrap(), None, "nothing after --count envelopes");
+    assert_eq!(
+        lines.next_line().await.unwrap(),
+        None,
+        "nothing after --count envelopes"
+    );
 }
 
 #[tokio::test]
@@ -167,7 +203,16 @@ async fn sub_via_poll_on_several_topics() {
     server.publish("b", "b1").await;
     let out = run(
         plexus().args([
-            "sub", "--server", server.base(), "a,b", "--via", "poll", "--since", "all", "--count", "2",
+            "sub",
+            "--server",
+            server.base(),
+            "a,b",
+            "--via",
+            "poll",
+            "--since",
+            "all",
+            "--count",
+            "2",
         ]),
         "plexus sub a,b --via poll",
     )

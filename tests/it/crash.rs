@@ -31,7 +31,11 @@ async fn crash_and_recover(args: &[&str]) {
         acked
     });
     let acked: BTreeMap<u64, Vec<u8>> = join_all(publishers).await.into_iter().flatten().collect();
-    assert_eq!(acked.len(), TASKS * PER_TASK, "every publish got its own seq");
+    assert_eq!(
+        acked.len(),
+        TASKS * PER_TASK,
+        "every publish got its own seq"
+    );
 
     server.sigkill().await;
     server.restart().await;
@@ -39,7 +43,10 @@ async fn crash_and_recover(args: &[&str]) {
     let stored = server.read_all("crash").await;
     let got: Vec<u64> = stored.iter().map(seq).collect();
     let expected: Vec<u64> = (1..=(TASKS * PER_TASK) as u64).collect();
-    assert_eq!(got, expected, "after the crash: seqs 1..=1000, each once, in order");
+    assert_eq!(
+        got, expected,
+        "after the crash: seqs 1..=1000, each once, in order"
+    );
     for env in &stored {
         let s = seq(env);
         assert_eq!(
@@ -49,7 +56,11 @@ async fn crash_and_recover(args: &[&str]) {
         );
     }
     let next = server.publish("crash", "after").await;
-    assert_eq!(next["seq"], json!(1001), "the counter continues after the crash");
+    assert_eq!(
+        next["seq"],
+        json!(1001),
+        "the counter continues after the crash"
+    );
 }
 
 #[tokio::test]

@@ -25,7 +25,10 @@ async fn check(
     status: u16,
 ) {
     let before = server.snapshot(&["a", "b"]).await;
-    let mut req = server.client().request(method.clone(), server.url(path)).body(body);
+    let mut req = server
+        .client()
+        .request(method.clone(), server.url(path))
+        .body(body);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -60,18 +63,52 @@ async fn bad_topic_names_are_400() {
         check(&server, Method::GET, &publish, b"", &[], 400).await;
     }
     // One bad name in a list spoils the whole read.
-    check(&server, Method::GET, "/v1/topics/a,b..c/messages", b"", &[], 400).await;
-    check(&server, Method::GET, "/v1/topics/a,,b/messages", b"", &[], 400).await;
+    check(
+        &server,
+        Method::GET,
+        "/v1/topics/a,b..c/messages",
+        b"",
+        &[],
+        400,
+    )
+    .await;
+    check(
+        &server,
+        Method::GET,
+        "/v1/topics/a,,b/messages",
+        b"",
+        &[],
+        400,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn bad_since_is_400() {
     let server = seeded(&[]).await;
-    for since in ["yesterday", "ALL", "-5", "10%20m", "10x", "a:", "a:-1", "2026-13-45T00:00:00Z", "1.5"] {
+    for since in [
+        "yesterday",
+        "ALL",
+        "-5",
+        "10%20m",
+        "10x",
+        "a:",
+        "a:-1",
+        "2026-13-45T00:00:00Z",
+        "1.5",
+    ] {
         let path = format!("/v1/topics/a/messages?since={since}");
         check(&server, Method::GET, &path, b"", &[], 400).await;
     }
-    check(&server, Method::GET, "/v1/topics/a,b/messages?since=2", b"", &[], 400).await;
+    check(
+        &server,
+        Method::GET,
+        "/v1/topics/a,b/messages?since=2",
+        b"",
+        &[],
+        400,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -97,8 +134,15 @@ async fn bad_event_name_is_400() {
     let server = seeded(&[]).await;
     let too_long = "e".repeat(65);
     for event in ["has space", "semi;colon", too_long.as_str()] {
-        check(&server, Method::POST, "/v1/topics/a/messages", b"x", &[("Plexus-Event", event)], 400)
-            .await;
+        check(
+            &server,
+            Method::POST,
+            "/v1/topics/a/messages",
+            b"x",
+            &[("Plexus-Event", event)],
+            400,
+        )
+        .await;
     }
 }
 
@@ -118,10 +162,30 @@ async fn publishing_to_a_reserved_topic_is_403() {
 async fn body_over_max_message_bytes_is_413() {
     let server = seeded(&["--max-message-bytes", "100"]).await;
     static BIG: [u8; 101] = [b'x'; 101];
-    check(&server, Method::POST, "/v1/topics/a/messages", &BIG, &[], 413).await;
-    check(&server, Method::POST, "/v1/topics/new/messages", &BIG, &[], 413).await;
+    check(
+        &server,
+        Method::POST,
+        "/v1/topics/a/messages",
+        &BIG,
+        &[],
+        413,
+    )
+    .await;
+    check(
+        &server,
+        Method::POST,
+        "/v1/topics/new/messages",
+        &BIG,
+        &[],
+        413,
+    )
+    .await;
     let result = server.publish("a", vec![b'y'; 100]).await;
-    assert_eq!(result["seq"], json!(4), "exactly max-message-bytes is accepted");
+    assert_eq!(
+        result["seq"],
+        json!(4),
+        "exactly max-message-bytes is accepted"
+    );
 }
 
 #[tokio::test]
@@ -130,7 +194,15 @@ async fn idempotency_conflict_is_409() {
     let key = [("Idempotency-Key", "once")];
     let resp = server.publish_with("a", "first", &key).await;
     assert_eq!(resp.status(), 201);
-    check(&server, Method::POST, "/v1/topics/a/messages", b"second", &key, 409).await;
+    check(
+        &server,
+        Method::POST,
+        "/v1/topics/a/messages",
+        b"second",
+        &key,
+        409,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -142,7 +214,12 @@ async fn unknown_topic_is_404() {
 #[tokio::test]
 async fn unknown_routes_are_404() {
     let server = seeded(&[]).await;
-    for path in ["/v1/nothing", "/nope", "/v1/topics/a/messages/1/extra", "/v2/topics/a/messages"] {
+    for path in [
+        "/v1/nothing",
+        "/nope",
+        "/v1/topics/a/messages/1/extra",
+        "/v2/topics/a/messages",
+    ] {
         check(&server, Method::GET, path, b"", &[], 404).await;
     }
     check(&server, Method::POST, "/v1/nothing", b"x", &[], 404).await;
@@ -151,9 +228,33 @@ async fn unknown_routes_are_404() {
 #[tokio::test]
 async fn wrong_methods_are_405() {
     let server = seeded(&[]).await;
-    check(&server, Method::PUT, "/v1/topics/a/messages", b"x", &[], 405).await;
-    check(&server, Method::DELETE, "/v1/topics/a/messages", b"", &[], 405).await;
-    check(&server, Method::PATCH, "/v1/topics/a/messages", b"x", &[], 405).await;
+    check(
+        &server,
+        Method::PUT,
+        "/v1/topics/a/messages",
+        b"x",
+        &[],
+        405,
+    )
+    .await;
+    check(
+        &server,
+        Method::DELETE,
+        "/v1/topics/a/messages",
+        b"",
+        &[],
+        405,
+    )
+    .await;
+    check(
+        &server,
+        Method::PATCH,
+        "/v1/topics/a/messages",
+        b"x",
+        &[],
+        405,
+    )
+    .await;
     check(&server, Method::GET, "/v1/publish", b"", &[], 405).await;
     check(&server, Method::PUT, "/v1/publish", b"[]", &[], 405).await;
     check(&server, Method::POST, "/v1/topics", b"x", &[], 405).await;

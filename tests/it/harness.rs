@@ -237,8 +237,14 @@ impl Server {
         let path = format!("/v1/topics/{topics}/messages?{query}");
         let (status, _, value) = self.get_json(&path).await;
         assert_eq!(status, StatusCode::OK, "GET {path}: {value}");
-        assert!(value["messages"].is_array(), "GET {path}: no `messages` array in {value}");
-        assert!(value["next"].is_string(), "GET {path}: `next` is not a string in {value}");
+        assert!(
+            value["messages"].is_array(),
+            "GET {path}: no `messages` array in {value}"
+        );
+        assert!(
+            value["next"].is_string(),
+            "GET {path}: `next` is not a string in {value}"
+        );
         value
     }
 
@@ -247,14 +253,19 @@ impl Server {
         let mut out = Vec::new();
         let mut since = "all".to_string();
         loop {
-            let page = self.read(topics, &format!("since={}&limit=1000", enc(&since))).await;
+            let page = self
+                .read(topics, &format!("since={}&limit=1000", enc(&since)))
+                .await;
             let msgs = messages(&page);
             if msgs.is_empty() {
                 return out;
             }
             out.extend(msgs.iter().cloned());
             let next = next(&page);
-            assert_ne!(next, since, "`next` must move forward after a non-empty page");
+            assert_ne!(
+                next, since,
+                "`next` must move forward after a non-empty page"
+            );
             since = next;
         }
     }
@@ -290,14 +301,22 @@ impl Server {
 
     /// The tail of what the server wrote to stderr.
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("---- plexus serve {:?} stderr (tail) ----\n{}", self.args, self.stderr());
+        // A failed startup already panicked with the stderr; otherwise show it with the failure.
+        if std::thread::panicking() && self.child.is_some() {
+            eprintln!(
+                "---- plexus serve {:?} stderr (tail) ----\n{}",
+                self.args,
+                self.stderr()
+            );
         }
     }
 }
@@ -343,7 +362,11 @@ pub async fn expect_problem(resp: Response, status: u16, what: &str) -> Value {
         .map(|v| v.to_str().unwrap_or("").to_string())
         .unwrap_or_default();
     let text = resp.text().await.expect("read problem body");
-    assert_eq!(got.as_u16(), status, "{what}: expected {status}, got {got}: {text}");
+    assert_eq!(
+        got.as_u16(),
+        status,
+        "{what}: expected {status}, got {got}: {text}"
+    );
     assert!(
         ct.starts_with("application/problem+json"),
         "{what}: Content-Type is {ct:?}, expected application/problem+json; body {text}"
@@ -351,9 +374,16 @@ pub async fn expect_problem(resp: Response, status: u16, what: &str) -> Value {
     let body: Value = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("{what}: problem body is not JSON ({e}): {text}"));
     for field in ["type", "title", "detail"] {
-        assert!(body[field].is_string(), "{what}: problem has no string `{field}`: {body}");
+        assert!(
+            body[field].is_string(),
+            "{what}: problem has no string `{field}`: {body}"
+        );
     }
-    assert_eq!(body["status"], json!(status), "{what}: problem `status` field: {body}");
+    assert_eq!(
+        body["status"],
+        json!(status),
+        "{what}: problem `status` field: {body}"
+    );
     body
 }
 
@@ -368,7 +398,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "gave up after {DEADLINE:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "gave up after {DEADLINE:?} waiting for {what}"
+        );
         sleep(Duration::from_millis(50)).await;
     }
 }
@@ -387,7 +420,9 @@ pub fn seqs(page: &Value) -> Vec<u64> {
 }
 
 pub fn seq(v: &Value) -> u64 {
-    v["seq"].as_u64().unwrap_or_else(|| panic!("no numeric `seq` in {v}"))
+    v["seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no numeric `seq` in {v}"))
 }
 
 /// The `gaps` of a poll answer; a missing field means none.
@@ -436,7 +471,9 @@ pub fn payload(env: &Value) -> Vec<u8> {
 
 /// Asserts an RFC 3339 UTC time with milliseconds: `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub fn assert_time(t: &Value) {
-    let s = t.as_str().unwrap_or_else(|| panic!("time is not a string: {t}"));
+    let s = t
+        .as_str()
+        .unwrap_or_else(|| panic!("time is not a string: {t}"));
     let b = s.as_bytes();
     let digits = |r: std::ops::Range<usize>| r.into_iter().all(|i| b[i].is_ascii_digit());
     let ok = b.len() == 24
@@ -454,7 +491,10 @@ pub fn assert_time(t: &Value) {
         && b[19] == b'.'
         && digits(20..23)
         && b[23] == b'Z';
-    assert!(ok, "{s:?} is not RFC 3339 UTC with milliseconds (YYYY-MM-DDTHH:MM:SS.mmmZ)");
+    assert!(
+        ok,
+        "{s:?} is not RFC 3339 UTC with milliseconds (YYYY-MM-DDTHH:MM:SS.mmmZ)"
+    );
 }
 
 /// Percent-encodes a query value (everything but RFC 3986 unreserved characters).

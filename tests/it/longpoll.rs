@@ -12,7 +12,11 @@ use tokio::task::JoinHandle;
 use crate::harness::{Server, eventually, into_json, messages, next, parse_cursor, seqs};
 
 /// Starts `GET path` with `headers` in a task.
-fn spawn_get(server: &Server, path: &str, headers: &[(&str, &str)]) -> JoinHandle<(StatusCode, Value)> {
+fn spawn_get(
+    server: &Server,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> JoinHandle<(StatusCode, Value)> {
     let mut req = server.client().get(server.url(path));
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -43,7 +47,11 @@ async fn long_poll_answers_with_a_message_published_while_it_waits() {
 
     let (status, page) = poll.await.expect("poll task");
     assert_eq!(status, StatusCode::OK, "{page}");
-    assert_eq!(seqs(&page), vec![2], "the poll answers with the new message: {page}");
+    assert_eq!(
+        seqs(&page),
+        vec![2],
+        "the poll answers with the new message: {page}"
+    );
     assert_eq!(messages(&page)[0]["data"], json!("new"));
     assert_eq!(next(&page), "2");
 }
@@ -78,7 +86,10 @@ async fn long_poll_times_out_with_an_empty_list() {
     let server = Server::start(&[]).await;
     server.publish_n("t", 2, "m").await;
     let page = server.read("t", "since=2&wait=1").await;
-    assert!(messages(&page).is_empty(), "nothing new: empty at the timeout: {page}");
+    assert!(
+        messages(&page).is_empty(),
+        "nothing new: empty at the timeout: {page}"
+    );
     assert_eq!(next(&page), "2");
 }
 
@@ -86,19 +97,29 @@ async fn long_poll_times_out_with_an_empty_list() {
 async fn prefer_wait_header_long_polls() {
     let server = Server::start(&[]).await;
     server.publish("t", "old").await;
-    let poll = spawn_get(&server, "/v1/topics/t/messages?since=1", &[("Prefer", "wait=30")]);
+    let poll = spawn_get(
+        &server,
+        "/v1/topics/t/messages?since=1",
+        &[("Prefer", "wait=30")],
+    );
     until_subscribed(&server, "t").await;
     server.publish("t", "new").await;
     let (status, page) = poll.await.expect("poll task");
     assert_eq!(status, StatusCode::OK, "{page}");
-    assert_eq!(seqs(&page), vec![2], "Prefer: wait=30 waits like ?wait=30: {page}");
+    assert_eq!(
+        seqs(&page),
+        vec![2],
+        "Prefer: wait=30 waits like ?wait=30: {page}"
+    );
 }
 
 #[tokio::test]
 async fn prefer_wait_header_times_out_with_an_empty_list() {
     let server = Server::start(&[]).await;
     server.publish("t", "old").await;
-    let resp = server.get("/v1/topics/t/messages?since=1", &[("Prefer", "wait=1")]).await;
+    let resp = server
+        .get("/v1/topics/t/messages?since=1", &[("Prefer", "wait=1")])
+        .await;
     let (status, _, page) = into_json(resp).await;
     assert_eq!(status, StatusCode::OK, "{page}");
     assert!(messages(&page).is_empty(), "{page}");
@@ -110,14 +131,21 @@ async fn long_poll_on_several_topics_wakes_on_any() {
     let server = Server::start(&[]).await;
     server.publish("a", "a1").await;
     server.publish("b", "b1").await;
-    let poll = spawn_get(&server, "/v1/topics/a,b/messages?since=a:1,b:1&wait=30", &[]);
+    let poll = spawn_get(
+        &server,
+        "/v1/topics/a,b/messages?since=a:1,b:1&wait=30",
+        &[],
+    );
     until_subscribed(&server, "b").await;
     server.publish("b", "b2").await;
     let (status, page) = poll.await.expect("poll task");
     assert_eq!(status, StatusCode::OK, "{page}");
     let msgs = messages(&page);
     assert_eq!(msgs.len(), 1, "{page}");
-    assert_eq!((msgs[0]["topic"].clone(), msgs[0]["seq"].clone()), (json!("b"), json!(2)));
+    assert_eq!(
+        (msgs[0]["topic"].clone(), msgs[0]["seq"].clone()),
+        (json!("b"), json!(2))
+    );
     let cur = parse_cursor(&next(&page));
     assert_eq!(cur.get("a"), Some(&1));
     assert_eq!(cur.get("b"), Some(&2));

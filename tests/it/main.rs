@@ -7,6 +7,7 @@ mod admin;
 mod batch;
 mod cli;
 mod crash;
+mod engines;
 mod errors;
 mod longpoll;
 mod publish;

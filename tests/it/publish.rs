@@ -3,17 +3,29 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::harness::{Server, assert_time, b64_encode, expect_problem, into_json, messages, payload};
+use crate::harness::{
+    Server, assert_time, b64_encode, expect_problem, into_json, messages, payload,
+};
 
 #[tokio::test]
 async fn publish_answers_201_with_seq_1_2_3_on_a_fresh_topic() {
     let server = Server::start(&[]).await;
     for expected in 1..=3u64 {
-        let resp = server.publish_with("orders", format!("m{expected}"), &[]).await;
+        let resp = server
+            .publish_with("orders", format!("m{expected}"), &[])
+            .await;
         let (status, _, result) = into_json(resp).await;
         assert_eq!(status, StatusCode::CREATED, "publish #{expected}: {result}");
-        assert_eq!(result["topic"], json!("orders"), "result names the topic: {result}");
-        assert_eq!(result["seq"], json!(expected), "seqs count 1, 2, 3: {result}");
+        assert_eq!(
+            result["topic"],
+            json!("orders"),
+            "result names the topic: {result}"
+        );
+        assert_eq!(
+            result["seq"],
+            json!(expected),
+            "seqs count 1, 2, 3: {result}"
+        );
         assert_time(&result["time"]);
     }
 }
@@ -22,7 +34,11 @@ async fn publish_answers_201_with_seq_1_2_3_on_a_fresh_topic() {
 async fn seqs_are_per_topic() {
     let server = Server::start(&[]).await;
     assert_eq!(server.publish("a", "x").await["seq"], json!(1));
-    assert_eq!(server.publish("b", "x").await["seq"], json!(1), "b has its own counter");
+    assert_eq!(
+        server.publish("b", "x").await["seq"],
+        json!(1),
+        "b has its own counter"
+    );
     assert_eq!(server.publish("a", "x").await["seq"], json!(2));
 }
 
@@ -48,20 +64,36 @@ async fn envelope_matches_the_publish_result() {
     let env = &msgs[0];
     assert_eq!(env["topic"], json!("orders"));
     assert_eq!(env["seq"], result["seq"]);
-    assert_eq!(env["time"], result["time"], "the envelope's time is the one acknowledged");
+    assert_eq!(
+        env["time"], result["time"],
+        "the envelope's time is the one acknowledged"
+    );
     assert_time(&env["time"]);
     assert_eq!(env["data"], json!("hello world"));
-    assert!(env.get("data_base64").is_none(), "UTF-8 payload has no data_base64: {env}");
-    assert!(env.get("event").is_none(), "no Plexus-Event header, so no `event`: {env}");
+    assert!(
+        env.get("data_base64").is_none(),
+        "UTF-8 payload has no data_base64: {env}"
+    );
+    assert!(
+        env.get("event").is_none(),
+        "no Plexus-Event header, so no `event`: {env}"
+    );
 }
 
 #[tokio::test]
 async fn plexus_event_header_becomes_event() {
     let server = Server::start(&[]).await;
-    let resp = server.publish_with("orders", "{}", &[("Plexus-Event", "order.created")]).await;
+    let resp = server
+        .publish_with("orders", "{}", &[("Plexus-Event", "order.created")])
+        .await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     let msgs = messages(&server.read("orders", "since=all").await);
-    assert_eq!(msgs[0]["event"], json!("order.created"), "envelope: {}", msgs[0]);
+    assert_eq!(
+        msgs[0]["event"],
+        json!("order.created"),
+        "envelope: {}",
+        msgs[0]
+    );
 }
 
 #[tokio::test]
@@ -73,7 +105,11 @@ async fn json_payload_stays_a_string() {
         .await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     let msgs = messages(&server.read("orders", "since=all").await);
-    assert_eq!(msgs[0]["data"], json!(body), "payload is the body verbatim, as a string");
+    assert_eq!(
+        msgs[0]["data"],
+        json!(body),
+        "payload is the body verbatim, as a string"
+    );
 }
 
 #[tokio::test]
@@ -94,7 +130,10 @@ async fn non_utf8_body_comes_back_as_padded_base64() {
     let msgs = messages(&server.read("bin", "since=all").await);
     assert_eq!(msgs.len(), 3);
     for (env, body) in msgs.iter().zip(bodies) {
-        assert!(env.get("data").is_none(), "non-UTF-8 payload has no `data`: {env}");
+        assert!(
+            env.get("data").is_none(),
+            "non-UTF-8 payload has no `data`: {env}"
+        );
         assert_eq!(
             env["data_base64"],
             json!(b64_encode(body)),
@@ -136,7 +175,11 @@ async fn idempotency_key_replays_the_first_result() {
 
     let msgs = messages(&server.read("orders", "since=all").await);
     assert_eq!(msgs.len(), 2, "the replay stored nothing: {msgs:?}");
-    assert_eq!(server.publish("orders", "after").await["seq"], json!(3), "no seq was used up");
+    assert_eq!(
+        server.publish("orders", "after").await["seq"],
+        json!(3),
+        "no seq was used up"
+    );
 }
 
 #[tokio::test]
@@ -149,7 +192,11 @@ async fn idempotency_key_with_another_body_is_409() {
 
     let resp = server.publish_with("orders", "two", &key).await;
     expect_problem(resp, 409, "same Idempotency-Key, other body").await;
-    assert_eq!(server.snapshot(&["orders"]).await, before, "a 409 stores nothing");
+    assert_eq!(
+        server.snapshot(&["orders"]).await,
+        before,
+        "a 409 stores nothing"
+    );
 }
 
 #[tokio::test]
@@ -160,9 +207,17 @@ async fn idempotency_keys_are_scoped_to_the_topic() {
     server.publish("b", "first").await;
     let (status, headers, b) = into_json(server.publish_with("b", "x", &key).await).await;
     assert_eq!(status, StatusCode::CREATED);
-    assert!(headers.get("idempotent-replayed").is_none_or(|v| v != "true"));
+    assert!(
+        headers
+            .get("idempotent-replayed")
+            .is_none_or(|v| v != "true")
+    );
     assert_eq!(b["topic"], json!("b"));
-    assert_eq!(b["seq"], json!(2), "a new message on b, not a replay of {a}");
+    assert_eq!(
+        b["seq"],
+        json!(2),
+        "a new message on b, not a replay of {a}"
+    );
     assert_eq!(messages(&server.read("b", "since=all").await).len(), 2);
 }
 
@@ -175,7 +230,9 @@ async fn idempotency_key_survives_a_restart() {
     let (status, headers, second) = into_json(server.publish_with("orders", "p", &key).await).await;
     assert_eq!(status, StatusCode::CREATED, "{second}");
     assert_eq!(
-        headers.get("idempotent-replayed").map(|v| v.to_str().unwrap()),
+        headers
+            .get("idempotent-replayed")
+            .map(|v| v.to_str().unwrap()),
         Some("true"),
         "keys are durable"
     );

@@ -24,7 +24,10 @@ async fn since_all_returns_everything_in_order() {
     let data: Vec<Vec<u8>> = messages(&page).iter().map(payload).collect();
     assert_eq!(data, vec![b"m1".to_vec(), b"m2".to_vec(), b"m3".to_vec()]);
     assert_eq!(next(&page), "3", "next is the last seq delivered");
-    assert!(gaps(&page).is_empty(), "since=all never reports a gap: {page}");
+    assert!(
+        gaps(&page).is_empty(),
+        "since=all never reports a gap: {page}"
+    );
 }
 
 #[tokio::test]
@@ -62,7 +65,11 @@ async fn since_now_is_empty_with_next_at_the_head() {
     assert_eq!(next(&page), "3", "next is the head");
     server.publish("t", "m4").await;
     let page = server.read("t", &format!("since={}", next(&page))).await;
-    assert_eq!(seqs(&page), vec![4], "resuming from `now` gets only what came after");
+    assert_eq!(
+        seqs(&page),
+        vec![4],
+        "resuming from `now` gets only what came after"
+    );
 }
 
 #[tokio::test]
@@ -78,22 +85,41 @@ async fn since_an_rfc3339_time_starts_at_the_first_message_at_or_after_it() {
         .filter(|r| r["time"].as_str().unwrap() >= pivot.as_str())
         .map(seq)
         .collect();
-    assert!(expected.contains(&2), "the pivot message itself is included");
+    assert!(
+        expected.contains(&2),
+        "the pivot message itself is included"
+    );
     let page = server.read("t", &format!("since={}", enc(&pivot))).await;
     assert_eq!(seqs(&page), expected, "since={pivot}: {page}");
-    assert!(gaps(&page).is_empty(), "a time is not a cursor: no gap: {page}");
+    assert!(
+        gaps(&page).is_empty(),
+        "a time is not a cursor: no gap: {page}"
+    );
 }
 
 #[tokio::test]
 async fn since_far_past_and_future_times() {
     let server = three("t").await;
-    let page = server.read("t", &format!("since={}", enc("1970-01-01T00:00:00Z"))).await;
+    let page = server
+        .read("t", &format!("since={}", enc("1970-01-01T00:00:00Z")))
+        .await;
     assert_eq!(seqs(&page), vec![1, 2, 3]);
-    let page = server.read("t", &format!("since={}", enc("2999-01-01T00:00:00.000Z"))).await;
-    assert!(messages(&page).is_empty(), "nothing at or after 2999: {page}");
-    assert_eq!(next(&page), "3", "a reader past every message stands at the head");
+    let page = server
+        .read("t", &format!("since={}", enc("2999-01-01T00:00:00.000Z")))
+        .await;
+    assert!(
+        messages(&page).is_empty(),
+        "nothing at or after 2999: {page}"
+    );
+    assert_eq!(
+        next(&page),
+        "3",
+        "a reader past every message stands at the head"
+    );
     // A numeric offset is RFC 3339 too.
-    let page = server.read("t", &format!("since={}", enc("1970-01-01T01:00:00+01:00"))).await;
+    let page = server
+        .read("t", &format!("since={}", enc("1970-01-01T01:00:00+01:00")))
+        .await;
     assert_eq!(seqs(&page), vec![1, 2, 3]);
 }
 
@@ -114,14 +140,25 @@ async fn limit_and_next_page_through_a_topic() {
     let mut got = Vec::new();
     for expected_len in [10, 10, 5] {
         let page = server.read("t", &format!("since={since}&limit=10")).await;
-        assert_eq!(messages(&page).len(), expected_len, "page after {since}: {page}");
+        assert_eq!(
+            messages(&page).len(),
+            expected_len,
+            "page after {since}: {page}"
+        );
         got.extend(seqs(&page));
         since = next(&page);
     }
-    assert_eq!(got, (1..=25).collect::<Vec<u64>>(), "every message once, in order");
+    assert_eq!(
+        got,
+        (1..=25).collect::<Vec<u64>>(),
+        "every message once, in order"
+    );
     assert_eq!(since, "25");
     let page = server.read("t", &format!("since={since}&limit=10")).await;
-    assert!(messages(&page).is_empty(), "nothing after the last page: {page}");
+    assert!(
+        messages(&page).is_empty(),
+        "nothing after the last page: {page}"
+    );
     assert_eq!(next(&page), since, "an empty page keeps the same `next`");
 }
 
@@ -157,13 +194,23 @@ async fn unpublished_topic_reads_empty() {
 fn by_topic(page: &Value) -> BTreeMap<String, Vec<u64>> {
     let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for m in messages(page) {
-        out.entry(m["topic"].as_str().unwrap().to_string()).or_default().push(seq(&m));
+        out.entry(
+            m["topic"]
+                .as_str()
+                .expect("envelope has a topic")
+                .to_string(),
+        )
+        .or_default()
+        .push(seq(&m));
     }
     out
 }
 
 fn map(pairs: &[(&str, Vec<u64>)]) -> BTreeMap<String, Vec<u64>> {
-    pairs.iter().map(|(t, s)| (t.to_string(), s.clone())).collect()
+    pairs
+        .iter()
+        .map(|(t, s)| (t.to_string(), s.clone()))
+        .collect()
 }
 
 fn cursor(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
@@ -176,7 +223,11 @@ async fn several_topics_in_one_read() {
     server.publish_n("a", 2, "a").await;
     server.publish_n("b", 3, "b").await;
     let page = server.read("a,b", "since=all").await;
-    assert_eq!(by_topic(&page), map(&[("a", vec![1, 2]), ("b", vec![1, 2, 3])]), "{page}");
+    assert_eq!(
+        by_topic(&page),
+        map(&[("a", vec![1, 2]), ("b", vec![1, 2, 3])]),
+        "{page}"
+    );
     assert_eq!(parse_cursor(&next(&page)), cursor(&[("a", 2), ("b", 3)]));
 }
 
@@ -222,8 +273,13 @@ async fn multi_topic_paging_delivers_each_message_once() {
     let mut since = "all".to_string();
     let mut got: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for _ in 0..20 {
-        let page = server.read("a,b", &format!("since={}&limit=4", enc(&since))).await;
-        assert!(messages(&page).len() <= 4, "limit holds across topics: {page}");
+        let page = server
+            .read("a,b", &format!("since={}&limit=4", enc(&since)))
+            .await;
+        assert!(
+            messages(&page).len() <= 4,
+            "limit holds across topics: {page}"
+        );
         if messages(&page).is_empty() {
             break;
         }
@@ -232,7 +288,10 @@ async fn multi_topic_paging_delivers_each_message_once() {
         }
         since = next(&page);
     }
-    assert_eq!(got, map(&[("a", (1..=7).collect()), ("b", (1..=6).collect())]));
+    assert_eq!(
+        got,
+        map(&[("a", (1..=7).collect()), ("b", (1..=6).collect())])
+    );
 }
 
 #[tokio::test]
@@ -266,6 +325,10 @@ async fn cursor_beyond_the_head_resets_to_the_oldest_retained() {
     assert_eq!(g.len(), 1, "one reset gap: {page}");
     assert_eq!(g[0]["topic"], json!("t"));
     assert_eq!(g[0]["reason"], json!("reset"), "{page}");
-    assert_eq!(seqs(&page), vec![1, 2, 3], "reading restarts at the oldest retained");
+    assert_eq!(
+        seqs(&page),
+        vec![1, 2, 3],
+        "reading restarts at the oldest retained"
+    );
     assert_eq!(next(&page), "3");
 }

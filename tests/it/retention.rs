@@ -9,10 +9,13 @@ use crate::harness::{Server, eventually, gaps, messages, next, seqs};
 
 /// Waits until `GET /v1/topics/{topic}` shows at most `max` messages; that info.
 async fn until_at_most(server: &Server, topic: &str, max: u64) -> Value {
-    eventually(&format!("{topic} to hold at most {max} messages"), || async {
-        let info = server.topic_info(topic).await;
-        (info["messages"].as_u64().is_some_and(|n| n <= max)).then_some(info)
-    })
+    eventually(
+        &format!("{topic} to hold at most {max} messages"),
+        || async {
+            let info = server.topic_info(topic).await;
+            (info["messages"].as_u64().is_some_and(|n| n <= max)).then_some(info)
+        },
+    )
     .await
 }
 
@@ -30,18 +33,35 @@ async fn retention_by_count_expires_the_oldest() {
     assert_eq!(g[0]["from"], json!(1), "{page}");
     assert_eq!(g[0]["reason"], json!("expired"), "{page}");
     let to = g[0]["to"].as_u64().expect("gap `to` is a seq");
-    assert!((15..20).contains(&to), "at most 5 retained, so the gap ends at 15..19: {page}");
+    assert!(
+        (15..20).contains(&to),
+        "at most 5 retained, so the gap ends at 15..19: {page}"
+    );
     let expected: Vec<u64> = (to + 1..=20).collect();
-    assert_eq!(seqs(&page), expected, "the messages after the gap, with no hole");
-    assert_eq!(info["first_seq"], json!(to + 1), "info agrees with the gap: {info}");
+    assert_eq!(
+        seqs(&page),
+        expected,
+        "the messages after the gap, with no hole"
+    );
+    assert_eq!(
+        info["first_seq"],
+        json!(to + 1),
+        "info agrees with the gap: {info}"
+    );
     assert_eq!(info["messages"], json!(20 - to), "{info}");
 
     let page = server.read("t", "since=all").await;
-    assert!(gaps(&page).is_empty(), "since=all never reports a gap: {page}");
+    assert!(
+        gaps(&page).is_empty(),
+        "since=all never reports a gap: {page}"
+    );
     assert_eq!(seqs(&page), expected);
 
     let page = server.read("t", &format!("since={to}")).await;
-    assert!(gaps(&page).is_empty(), "a cursor at the gap's end sees no gap: {page}");
+    assert!(
+        gaps(&page).is_empty(),
+        "a cursor at the gap's end sees no gap: {page}"
+    );
     assert_eq!(seqs(&page), expected);
 }
 
@@ -59,7 +79,11 @@ async fn retention_by_age_expires_everything_old() {
     server.publish_n("t", 3, "m").await;
     let info = until_at_most(&server, "t", 0).await;
     assert_eq!(info["last_seq"], json!(3), "{info}");
-    assert_eq!(info["first_seq"], json!(4), "nothing retained: first_seq = last_seq + 1");
+    assert_eq!(
+        info["first_seq"],
+        json!(4),
+        "nothing retained: first_seq = last_seq + 1"
+    );
     assert_eq!(info["bytes"], json!(0), "{info}");
 
     let page = server.read("t", "since=0").await;
@@ -75,7 +99,11 @@ async fn retention_by_age_expires_everything_old() {
     assert!(gaps(&page).is_empty(), "{page}");
     assert!(messages(&page).is_empty(), "{page}");
 
-    assert_eq!(server.publish("t", "new").await["seq"], json!(4), "seqs are never reused");
+    assert_eq!(
+        server.publish("t", "new").await["seq"],
+        json!(4),
+        "seqs are never reused"
+    );
 }
 
 #[tokio::test]
