@@ -1,0 +1,158 @@
+//! The core delivery scenarios once per store engine (STYLE rule 8): what a reader sees must
+//! not depend on where the log lives.
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::harness::{Server, eventually, gaps, into_json, messages, next, parse_cursor, seqs};
+
+const SQLITE: &[&str] = &["--storage", "sqlite"];
+const MEMORY: &[&str] = &["--storage", "memory"];
+
+/// Publish, page, resume a multi-topic cursor, replay an idempotent publish, delete.
+async fn delivery(engine: &[&str]) {
+    let server = Server::start(engine).await;
+    server.publish_n("a", 25, "m").await;
+
+    let mut since = "all".to_string();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let page = server.read("a", &format!("since={since}&limit=10")).await;
+        got.extend(seqs(&page));
+        since = next(&page);
+    }
+    assert_eq!(got, (1..=25).collect::<Vec<u64>>(), "{engine:?}: paging");
+
+    let page = server.read("a,b", "since=all&limit=1000").await;
+    let cursor = next(&page);
+    assert_eq!(
+        parse_cursor(&cursor).get("b"),
+        Some(&0),
+        "{engine:?}: {cursor}"
+    );
+    server.publish("b", "b1").await;
+    let page = server
+        .read("a,b", &format!("since={}", crate::harness::enc(&cursor)))
+        .await;
+    let m = messages(&page);
+    assert_eq!(m.len(), 1, "{engine:?}: only the new message: {page}");
+    assert_eq!(
+        (m[0]["topic"].clone(), m[0]["seq"].clone()),
+        (json!("b"), json!(1))
+    );
+
+    let key = [("Idempotency-Key", "k")];
+    let (_, _, first) = into_json(server.publish_with("a", "once", &key).await).await;
+    let (status, headers, again) = into_json(server.publish_with("a", "once", &key).await).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(again, first, "{engine:?}: replay answers the first result");
+    assert_eq!(
+        headers
+            .get("idempotent-replayed")
+            .map(|v| v.to_str().expect("header is ASCII")),
+        Some("true")
+    );
+    assert_eq!(first["seq"], json!(26));
+
+    let resp = server
+        .client()
+        .delete(server.url("/v1/topics/a"))
+        .send()
+        .await
+        .expect("send DELETE");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let page = server.read("a", "since=20").await;
+    assert_eq!(
+        gaps(&page),
+        vec![json!({"topic": "a", "from": 21, "to": 26, "reason": "deleted"})],
+        "{engine:?}: {page}"
+    );
+    assert_eq!(
+        server.publish("a", "after").await["seq"],
+        json!(27),
+        "{engine:?}"
+    );
+}
+
+/// A long poll parked on the topic is answered by the next publish.
+async fn long_poll(engine: &[&str]) {
+    let server = Server::start(engine).await;
+    server.publish("t", "old").await;
+    let req = server
+        .client()
+        .get(server.url("/v1/topics/t/messages?since=1&wait=30"));
+    let poll = tokio::spawn(async move { into_json(req.send().await.expect("poll")).await });
+    eventually("a subscriber on t", || async {
+        (server.topic_info("t").await["subscribers"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1)
+            .then_some(())
+    })
+    .await;
+    server.publish("t", "new").await;
+    let (status, _, page) = poll.await.expect("poll task");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(seqs(&page), vec![2], "{engine:?}: {page}");
+}
+
+/// Retention by count leaves an `expired` gap followed by the retained tail.
+async fn retention(engine: &[&str]) {
+    let args: Vec<&str> = engine
+        .iter()
+        .copied()
+        .chain(["--retention-messages", "5"])
+        .collect();
+    let server = Server::start(&args).await;
+    server.publish_n("t", 20, "m").await;
+    eventually("retention to apply", || async {
+        let info = server.topic_info("t").await;
+        info["messages"]
+            .as_u64()
+            .is_some_and(|n| n <= 5)
+            .then_some(())
+    })
+    .await;
+    let page = server.read("t", "since=0").await;
+    let g = gaps(&page);
+    assert_eq!(g.len(), 1, "{engine:?}: {page}");
+    assert_eq!(g[0]["reason"], json!("expired"));
+    assert_eq!(g[0]["from"], json!(1));
+    let to = g[0]["to"].as_u64().expect("gap `to` is a seq");
+    assert_eq!(
+        seqs(&page),
+        (to + 1..=20).collect::<Vec<u64>>(),
+        "{engine:?}: {page}"
+    );
+    assert!(gaps(&server.read("t", "since=all").await).is_empty());
+}
+
+#[tokio::test]
+async fn sqlite_delivery() {
+    delivery(SQLITE).await;
+}
+
+#[tokio::test]
+async fn memory_delivery() {
+    delivery(MEMORY).await;
+}
+
+#[tokio::test]
+async fn sqlite_long_poll() {
+    long_poll(SQLITE).await;
+}
+
+#[tokio::test]
+async fn memory_long_poll() {
+    long_poll(MEMORY).await;
+}
+
+#[tokio::test]
+async fn sqlite_retention() {
+    retention(SQLITE).await;
+}
+
+#[tokio::test]
+async fn memory_retention() {
+    retention(MEMORY).await;
+}
