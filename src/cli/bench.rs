@@ -249,14 +249,21 @@ async fn publish(args: PublishArgs) -> Result<(), String> {
     let use_wrk = match args.load.as_str() {
         "wrk" => true,
         "builtin" => false,
-        _ => std::process::Command::new("wrk").arg("--version").output().is_ok(),
+        _ => std::process::Command::new("wrk")
+            .arg("--version")
+            .output()
+            .is_ok(),
     };
     println!(
         "publish: {} connections, {} s each, {}-byte payloads, load generator {}",
         args.connections,
         args.seconds,
         args.size,
-        if use_wrk { "wrk (1 thread)" } else { "built-in (reqwest, in-process)" }
+        if use_wrk {
+            "wrk (1 thread)"
+        } else {
+            "built-in (reqwest, in-process)"
+        }
     );
     let run = |url: String| {
         let args = &args;
