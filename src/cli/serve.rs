@@ -60,7 +60,7 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Log>, String> {
 
 /// Builds the application of a configuration: the router and the hub behind it.
 pub fn app(config: &Config, store: Arc<dyn Log>, shutdown: CancellationToken) -> axum::Router {
-    let hub = Arc::new(Hub::new(store, HubOptions::default(), shutdown));
+    let hub = Hub::new(store, HubOptions::default(), shutdown);
     crate::http::router(AppState {
         hub,
         options: Arc::new(HttpOptions {

@@ -2,18 +2,26 @@
 //! It knows neither HTTP nor storage details: it speaks `model` types and calls a [`Log`].
 
 mod read;
+mod subscribe;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use read::{ReadRequest, ReadResult};
+pub use subscribe::{Event, SlowPolicy, Subscription, TopicEvents};
 
-use crate::model::{NewMessage, Seq, Topic};
-use crate::store::{Appended, Log, StoreError, TopicInfo};
+use crate::model::{Message, NewMessage, Seq, Topic};
+use crate::store::{Appended, CommitFeed, Log, StoreError, TopicInfo};
+use crate::wire::Encoded;
+
+/// Messages a topic's live broadcast holds. A subscriber further behind than this catches
+/// up from the store instead, so this (not the slowest client) bounds the hub's memory.
+const LIVE_BUFFER: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HubError {
@@ -63,10 +71,20 @@ impl Default for HubOptions {
     }
 }
 
-/// Per topic: a watch of its head seq. Long polls subscribe to it before they read, so a
-/// publish committed after their read always wakes them (no lost wake-up, no timer).
+/// Per topic with readers: a watch of its head seq, and the live broadcast of its messages.
+/// Readers subscribe before they read the store, so a commit that lands after their read
+/// always reaches them (no lost wake-up, no timer).
 struct TopicState {
     head: watch::Sender<Seq>,
+    live: broadcast::Sender<Arc<Encoded>>,
+}
+
+/// How often subscribers fell behind the live broadcast, by their slow-consumer policy.
+#[derive(Default, Debug)]
+pub struct SlowCounters {
+    pub catchup: AtomicU64,
+    pub latest: AtomicU64,
+    pub disconnect: AtomicU64,
 }
 
 /// The hub. Cheap to share behind an `Arc`.
@@ -76,16 +94,36 @@ pub struct Hub {
     // A std mutex: held only to look up or insert a topic's state, never across an await.
     topics: Mutex<HashMap<Topic, Arc<TopicState>>>,
     shutdown: CancellationToken,
+    pub slow: SlowCounters,
 }
 
 impl Hub {
-    pub fn new(store: Arc<dyn Log>, options: HubOptions, shutdown: CancellationToken) -> Self {
-        Hub {
+    /// Builds the hub and starts its fan-out task, which follows the store's commit feed.
+    /// Must be called inside a tokio runtime.
+    pub fn new(store: Arc<dyn Log>, options: HubOptions, shutdown: CancellationToken) -> Arc<Self> {
+        let feed = store.take_commits();
+        let hub = Arc::new(Hub {
             store,
             options,
             topics: Mutex::new(HashMap::new()),
             shutdown,
+            slow: SlowCounters::default(),
+        });
+        match feed {
+            Some(feed) => {
+                tokio::spawn(fan_out(Arc::downgrade(&hub), feed));
+            }
+            None => tracing::error!("the store's commit feed was already taken: no live delivery"),
         }
+        hub
+    }
+
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    pub fn options(&self) -> &HubOptions {
+        &self.options
     }
 
     pub fn store(&self) -> &Arc<dyn Log> {
@@ -99,6 +137,7 @@ impl Hub {
             .or_insert_with(|| {
                 Arc::new(TopicState {
                     head: watch::Sender::new(0),
+                    live: broadcast::Sender::new(LIVE_BUFFER),
                 })
             })
             .clone()
@@ -122,16 +161,26 @@ impl Hub {
         &self,
         batch: Vec<NewMessage>,
     ) -> Result<Vec<Appended>, HubError> {
-        let topics: Vec<Topic> = batch.iter().map(|m| m.topic.clone()).collect();
-        let results = self.store.append(batch).await?;
-        for (topic, appended) in topics.iter().zip(&results) {
-            if let Some(state) = self.existing_state(topic) {
-                state
-                    .head
-                    .send_modify(|head| *head = (*head).max(appended.seq));
+        // Readers are woken by the fan-out task, which follows the store's commits in order.
+        Ok(self.store.append(batch).await?)
+    }
+
+    /// Hands committed messages to the readers of their topics.
+    fn deliver(&self, batch: Vec<Arc<Message>>) {
+        let mut current: Option<(Topic, Option<Arc<TopicState>>)> = None;
+        for msg in batch {
+            if current.as_ref().is_none_or(|(t, _)| *t != msg.topic) {
+                current = Some((msg.topic.clone(), self.existing_state(&msg.topic)));
             }
+            let Some((_, Some(state))) = &current else {
+                continue;
+            };
+            let seq = msg.seq;
+            if state.live.receiver_count() > 0 {
+                let _ = state.live.send(Arc::new(Encoded::new(msg)));
+            }
+            state.head.send_modify(|head| *head = (*head).max(seq));
         }
-        Ok(results)
     }
 
     pub async fn topics(&self) -> Result<Vec<(TopicInfo, usize)>, HubError> {
@@ -152,8 +201,18 @@ impl Hub {
 
     /// How many readers are waiting on or subscribed to the topic right now.
     pub fn subscribers(&self, topic: &Topic) -> usize {
-        self.existing_state(topic)
-            .map_or(0, |state| state.head.receiver_count())
+        self.existing_state(topic).map_or(0, |state| {
+            state.head.receiver_count() + state.live.receiver_count()
+        })
+    }
+
+    fn count_slow(&self, policy: SlowPolicy) {
+        let counter = match policy {
+            SlowPolicy::Catchup => &self.slow.catchup,
+            SlowPolicy::Latest => &self.slow.latest,
+            SlowPolicy::Disconnect => &self.slow.disconnect,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     pub async fn delete_topic(&self, topic: &Topic) -> Result<bool, HubError> {
@@ -167,5 +226,16 @@ impl Hub {
             )));
         }
         Ok(self.store.ping().await?)
+    }
+}
+
+/// Follows the store's commit feed and delivers each commit, in order, to the topics' readers.
+/// Holds the hub weakly so the hub can be dropped; ends with the feed.
+async fn fan_out(hub: std::sync::Weak<Hub>, mut feed: CommitFeed) {
+    while let Some(batch) = feed.recv().await {
+        let Some(hub) = hub.upgrade() else {
+            return;
+        };
+        hub.deliver(batch);
     }
 }

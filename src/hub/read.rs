@@ -31,12 +31,12 @@ pub struct ReadResult {
 
 /// Where one topic of a read stands.
 #[derive(Clone, Debug)]
-struct Position {
-    topic: Topic,
+pub(super) struct Position {
+    pub(super) topic: Topic,
     /// The last seq this reader has (or chose to skip).
-    after: Seq,
+    pub(super) after: Seq,
     /// The reader asked for the oldest retained message: what is gone below is not a gap.
-    from_oldest: bool,
+    pub(super) from_oldest: bool,
 }
 
 impl Hub {
@@ -76,7 +76,7 @@ impl Hub {
         }
     }
 
-    async fn resolve(
+    pub(super) async fn resolve(
         &self,
         topics: &TopicList,
         since: &Since,
@@ -130,40 +130,9 @@ impl Hub {
         let mut gaps = Vec::new();
         let mut per_topic: Vec<Vec<Arc<Message>>> = Vec::with_capacity(positions.len());
         for pos in positions.iter_mut() {
-            let mut batch = self
-                .store
-                .read(&pos.topic, pos.after, limit, max_bytes)
-                .await?;
-            let bounds = batch.bounds();
-            if pos.after > bounds.last_seq {
-                // The cursor is beyond the head: the log was reset. Restart at the oldest.
-                gaps.push(Gap {
-                    topic: pos.topic.clone(),
-                    range: None,
-                    reason: GapReason::Reset,
-                });
-                pos.after = bounds.first_seq.saturating_sub(1);
-                batch = self
-                    .store
-                    .read(&pos.topic, pos.after, limit, max_bytes)
-                    .await?;
-            }
-            let bounds = batch.bounds();
-            // Something below the first message we got is gone; report it once, then move on.
-            let first_available = batch.messages.first().map_or(bounds.first_seq, |m| m.seq);
-            if pos.after + 1 < first_available {
-                if !pos.from_oldest {
-                    gaps.extend(missing(
-                        &pos.topic,
-                        pos.after + 1,
-                        first_available - 1,
-                        &bounds,
-                    ));
-                }
-                pos.after = first_available - 1;
-            }
-            pos.from_oldest = false;
-            per_topic.push(batch.messages);
+            let (topic_gaps, messages) = self.read_topic(pos, limit, max_bytes).await?;
+            gaps.extend(topic_gaps);
+            per_topic.push(messages);
         }
         let messages = merge(per_topic, limit, max_bytes);
         for msg in &messages {
@@ -180,6 +149,52 @@ impl Hub {
             gaps,
             next: Cursor::for_positions(&pairs),
         })
+    }
+
+    /// Reads one topic after its position: the gaps to report first, then the messages. Moves
+    /// the position past the gaps (not past the messages: the caller decides what it keeps).
+    pub(super) async fn read_topic(
+        &self,
+        pos: &mut Position,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Gap>, Vec<Arc<Message>>), HubError> {
+        let mut gaps = Vec::new();
+        let mut batch = self
+            .store
+            .read(&pos.topic, pos.after, limit, max_bytes)
+            .await?;
+        let bounds = batch.bounds();
+        if pos.after > bounds.last_seq {
+            // The cursor is beyond the head: the log was reset. Restart at the oldest.
+            gaps.push(Gap {
+                topic: pos.topic.clone(),
+                range: None,
+                reason: GapReason::Reset,
+            });
+            let restart = bounds.first_seq.saturating_sub(1);
+            batch = self
+                .store
+                .read(&pos.topic, restart, limit, max_bytes)
+                .await?;
+            pos.after = restart;
+        }
+        let bounds = batch.bounds();
+        // Something below the first message we got is gone; report it once, then move on.
+        let first_available = batch.messages.first().map_or(bounds.first_seq, |m| m.seq);
+        if pos.after + 1 < first_available {
+            if !pos.from_oldest {
+                gaps.extend(missing(
+                    &pos.topic,
+                    pos.after + 1,
+                    first_available - 1,
+                    &bounds,
+                ));
+            }
+            pos.after = first_available - 1;
+        }
+        pos.from_oldest = false;
+        Ok((gaps, batch.messages))
     }
 }
 

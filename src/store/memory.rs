@@ -5,8 +5,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{
-    Appended, BoxFuture, IDEMPOTENCY_TTL, Log, LogBounds, ReadBatch, Retention, StoreError,
-    StoreResult, TopicInfo,
+    Appended, BoxFuture, CommitFeed, FeedSlot, IDEMPOTENCY_TTL, Log, LogBounds, ReadBatch,
+    Retention, StoreError, StoreResult, TopicInfo,
 };
 use crate::model::{Message, Millis, NewMessage, Seq, Topic, now_millis};
 
@@ -59,6 +59,7 @@ struct State {
 pub struct MemoryLog {
     state: Mutex<State>,
     retention: Retention,
+    feed: FeedSlot,
 }
 
 impl MemoryLog {
@@ -66,6 +67,7 @@ impl MemoryLog {
         MemoryLog {
             state: Mutex::new(State::default()),
             retention,
+            feed: FeedSlot::new(),
         }
     }
 
@@ -117,6 +119,7 @@ impl MemoryLog {
             }
         }
         let mut results = Vec::with_capacity(batch.len());
+        let mut committed = Vec::with_capacity(batch.len());
         for msg in batch {
             if let Some(key) = &msg.idempotency_key
                 && let Some(entry) = state.idempotency.get(&(msg.topic.clone(), key.clone()))
@@ -137,13 +140,15 @@ impl MemoryLog {
                 replayed: false,
             };
             log.bytes += msg.data.len() as u64;
-            log.messages.push_back(Arc::new(Message {
+            let stored = Arc::new(Message {
                 topic: msg.topic.clone(),
                 seq: appended.seq,
                 time: appended.time,
                 event: msg.event,
                 data: msg.data,
-            }));
+            });
+            committed.push(stored.clone());
+            log.messages.push_back(stored);
             log.trim(self.retention, now);
             if let Some(key) = msg.idempotency_key {
                 let expires = now + IDEMPOTENCY_TTL.as_millis() as Millis;
@@ -160,6 +165,8 @@ impl MemoryLog {
             }
             results.push(appended);
         }
+        // Sent under the lock, so the feed sees commits in seq order.
+        self.feed.send(committed);
         Ok(results)
     }
 }
@@ -265,6 +272,10 @@ impl Log for MemoryLog {
 
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
+    }
+
+    fn take_commits(&self) -> Option<CommitFeed> {
+        self.feed.take()
     }
 }
 

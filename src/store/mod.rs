@@ -150,4 +150,43 @@ pub trait Log: Send + Sync + 'static {
 
     /// Finishes pending writes and releases the engine.
     fn close(&self) -> BoxFuture<'_, ()>;
+
+    /// The feed of committed messages, in commit order (so in seq order per topic), for the
+    /// hub's fan-out. Taken once; later calls get `None`. An engine shared by several nodes
+    /// (Redis) also feeds what the other nodes commit.
+    fn take_commits(&self) -> Option<CommitFeed>;
+}
+
+/// Every committed message, in commit order, one batch per commit.
+pub type CommitFeed = tokio::sync::mpsc::UnboundedReceiver<Vec<Arc<Message>>>;
+
+/// The sending side of a [`CommitFeed`], kept by an engine until the hub takes the receiver.
+pub(crate) struct FeedSlot {
+    tx: tokio::sync::mpsc::UnboundedSender<Vec<Arc<Message>>>,
+    rx: std::sync::Mutex<Option<CommitFeed>>,
+}
+
+impl FeedSlot {
+    pub(crate) fn new() -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        FeedSlot {
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
+        }
+    }
+
+    pub(crate) fn sender(&self) -> tokio::sync::mpsc::UnboundedSender<Vec<Arc<Message>>> {
+        self.tx.clone()
+    }
+
+    /// Publishes a commit; nobody listening (no hub yet, or a bench) is fine.
+    pub(crate) fn send(&self, batch: Vec<Arc<Message>>) {
+        if !batch.is_empty() {
+            let _ = self.tx.send(batch);
+        }
+    }
+
+    pub(crate) fn take(&self) -> Option<CommitFeed> {
+        self.rx.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }

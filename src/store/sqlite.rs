@@ -17,8 +17,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::oneshot;
 
 use super::{
-    Appended, BoxFuture, IDEMPOTENCY_TTL, Log, LogBounds, ReadBatch, Retention, StoreError,
-    StoreResult, TopicInfo,
+    Appended, BoxFuture, CommitFeed, FeedSlot, IDEMPOTENCY_TTL, Log, LogBounds, ReadBatch,
+    Retention, StoreError, StoreResult, TopicInfo,
 };
 use crate::model::{EventName, Message, Millis, NewMessage, Seq, Topic, now_millis};
 
@@ -90,6 +90,7 @@ enum Op {
 pub struct SqliteLog {
     writer: Mutex<Option<mpsc::Sender<Op>>>,
     readers: Arc<ReadPool>,
+    feed: FeedSlot,
 }
 
 struct ReadPool {
@@ -120,10 +121,12 @@ impl SqliteLog {
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
         let topics = load_topics(&conn).map_err(unavailable)?;
         let (tx, rx) = mpsc::channel();
+        let feed = FeedSlot::new();
         let mut writer = Writer {
             conn,
             topics,
             retention,
+            feed: feed.sender(),
         };
         std::thread::Builder::new()
             .name("plexus-sqlite-writer".into())
@@ -135,6 +138,7 @@ impl SqliteLog {
                 path,
                 idle: Mutex::new(Vec::new()),
             }),
+            feed,
         })
     }
 
@@ -379,6 +383,10 @@ impl Log for SqliteLog {
             }
         })
     }
+
+    fn take_commits(&self) -> Option<CommitFeed> {
+        self.feed.take()
+    }
 }
 
 impl SqliteLog {
@@ -450,6 +458,8 @@ struct Writer {
     conn: Connection,
     topics: HashMap<Topic, TopicRow>,
     retention: Retention,
+    /// Committed messages go here, in commit order, for the hub's fan-out.
+    feed: tokio::sync::mpsc::UnboundedSender<Vec<Arc<Message>>>,
 }
 
 impl Writer {
@@ -483,13 +493,21 @@ impl Writer {
     fn commit_group(&mut self, ops: Vec<Op>) -> bool {
         let mut replies = Vec::with_capacity(ops.len());
         let mut dirty: HashSet<Topic> = HashSet::new();
+        let mut committed: Vec<Arc<Message>> = Vec::new();
         let outcome = (|| -> rusqlite::Result<()> {
             let tx = self.conn.transaction()?;
             let now = now_millis();
             for op in ops {
                 match op {
                     Op::Append { batch, reply } => {
-                        let result = apply_append(&tx, &mut self.topics, &mut dirty, batch, now)?;
+                        let result = apply_append(
+                            &tx,
+                            &mut self.topics,
+                            &mut dirty,
+                            &mut committed,
+                            batch,
+                            now,
+                        )?;
                         replies.push(Reply::Append(reply, result));
                     }
                     Op::Delete { topic, reply } => {
@@ -509,6 +527,9 @@ impl Writer {
         let mut closing = false;
         match outcome {
             Ok(()) => {
+                if !committed.is_empty() {
+                    let _ = self.feed.send(committed);
+                }
                 for reply in replies {
                     match reply {
                         Reply::Append(tx, result) => {
@@ -698,6 +719,7 @@ fn apply_append(
     tx: &Transaction<'_>,
     topics: &mut HashMap<Topic, TopicRow>,
     dirty: &mut HashSet<Topic>,
+    committed: &mut Vec<Arc<Message>>,
     batch: Vec<NewMessage>,
     now: Millis,
 ) -> rusqlite::Result<StoreResult<Vec<Appended>>> {
@@ -792,6 +814,13 @@ fn apply_append(
             ])?;
         }
         dirty.insert(msg.topic.clone());
+        committed.push(Arc::new(Message {
+            topic: msg.topic.clone(),
+            seq: appended.seq,
+            time: appended.time,
+            event: msg.event.clone(),
+            data: msg.data.clone(),
+        }));
         results.push(appended);
     }
     Ok(Ok(results))

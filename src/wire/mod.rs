@@ -3,5 +3,7 @@
 
 pub mod base64;
 mod envelope;
+pub mod frames;
 
 pub use envelope::{Envelope, GapJson};
+pub use frames::Encoded;

@@ -1,0 +1,265 @@
+//! Streaming subscriptions (SSE, NDJSON, WebSocket): live from the topic's broadcast while
+//! the subscriber keeps up, from the store by cursor when it does not.
+//!
+//! The broadcast is only a fast path; the store is the truth. A subscriber delivers seq
+//! `after + 1` from the broadcast, skips what it already has, and on anything else (a hole,
+//! or having fallen more than the broadcast's buffer behind) reads the store after its cursor
+//! until it is level again. So a slow client costs the hub a cursor, never a queue, and never
+//! loses a retained message.
+
+use std::collections::VecDeque;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use futures_util::stream::{self, BoxStream, StreamExt};
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use super::read::Position;
+use super::{Hub, HubError, TopicState};
+use crate::model::{Cursor, Gap, GapReason, Seq, Since, Topic, TopicList};
+use crate::wire::Encoded;
+
+/// Messages read from the store per catch-up step.
+const CATCHUP_PAGE: usize = 256;
+
+/// What a subscriber does when it falls behind the live broadcast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SlowPolicy {
+    /// Read behind from the store by cursor: every retained message arrives.
+    #[default]
+    Catchup,
+    /// Skip to the newest message, announcing the skipped range as a gap.
+    Latest,
+    /// End the stream; its last cursor resumes it.
+    Disconnect,
+}
+
+impl FromStr for SlowPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "catchup" => Ok(SlowPolicy::Catchup),
+            "latest" => Ok(SlowPolicy::Latest),
+            "disconnect" => Ok(SlowPolicy::Disconnect),
+            _ => Err(format!(
+                "slow={s:?} is not a slow-consumer policy; use catchup, latest or disconnect"
+            )),
+        }
+    }
+}
+
+/// One step of a subscription.
+#[derive(Clone)]
+pub enum Event {
+    Message(Arc<Encoded>),
+    /// Messages this subscriber will not get; `after` is its position once past the gap.
+    Gap {
+        gap: Gap,
+        after: Seq,
+    },
+    /// The subscriber fell behind with the `disconnect` policy: the stream ends here.
+    Disconnected,
+}
+
+impl Event {
+    /// The subscriber's position in its topic after this event.
+    pub fn after(&self) -> Option<Seq> {
+        match self {
+            Event::Message(enc) => Some(enc.msg.seq),
+            Event::Gap { after, .. } => Some(*after),
+            Event::Disconnected => None,
+        }
+    }
+}
+
+/// A subscription to one topic.
+pub struct TopicEvents {
+    hub: Arc<Hub>,
+    state: Arc<TopicState>,
+    rx: broadcast::Receiver<Arc<Encoded>>,
+    pos: Position,
+    policy: SlowPolicy,
+    catching_up: bool,
+    pending: VecDeque<Event>,
+    ended: bool,
+}
+
+impl TopicEvents {
+    pub fn topic(&self) -> &Topic {
+        &self.pos.topic
+    }
+
+    /// The next event; `None` once the subscription ended (disconnect policy, store failure,
+    /// or hub shutdown).
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(event);
+            }
+            if self.ended || self.hub.shutdown.is_cancelled() {
+                return None;
+            }
+            if self.catching_up {
+                self.catch_up().await;
+                continue;
+            }
+            let received = tokio::select! {
+                received = self.rx.recv() => received,
+                _ = self.hub.shutdown.cancelled() => return None,
+            };
+            match received {
+                Ok(enc) => {
+                    let seq = enc.msg.seq;
+                    if seq == self.pos.after + 1 {
+                        self.pos.after = seq;
+                        return Some(Event::Message(enc));
+                    }
+                    if seq > self.pos.after {
+                        // A hole (we subscribed mid-commit, or the topic was reset): the store knows.
+                        self.catching_up = true;
+                    }
+                }
+                Err(RecvError::Lagged(_)) => self.fell_behind(),
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    fn fell_behind(&mut self) {
+        self.hub.count_slow(self.policy);
+        match self.policy {
+            SlowPolicy::Catchup => self.catching_up = true,
+            SlowPolicy::Latest => {
+                let head = *self.state.head.borrow();
+                if head > self.pos.after + 1 {
+                    let gap = Gap {
+                        topic: self.pos.topic.clone(),
+                        range: Some((self.pos.after + 1, head - 1)),
+                        reason: GapReason::Skipped,
+                    };
+                    self.pos.after = head - 1;
+                    self.pending.push_back(Event::Gap {
+                        gap,
+                        after: head - 1,
+                    });
+                }
+                self.catching_up = true;
+            }
+            SlowPolicy::Disconnect => {
+                self.ended = true;
+                self.pending.push_back(Event::Disconnected);
+            }
+        }
+    }
+
+    /// One page from the store after the cursor; level with the head when it comes back empty.
+    async fn catch_up(&mut self) {
+        let max_bytes = self.hub.options.max_read_bytes;
+        let mut pos = self.pos.clone();
+        match self.hub.read_topic(&mut pos, CATCHUP_PAGE, max_bytes).await {
+            Ok((gaps, messages)) => {
+                if gaps.is_empty() && messages.is_empty() {
+                    self.catching_up = false;
+                }
+                let gap_end = pos.after;
+                for gap in gaps {
+                    self.pending.push_back(Event::Gap {
+                        gap,
+                        after: gap_end,
+                    });
+                }
+                for msg in messages {
+                    pos.after = msg.seq;
+                    self.pending
+                        .push_back(Event::Message(Arc::new(Encoded::new(msg))));
+                }
+                self.pos = pos;
+            }
+            Err(e) => {
+                tracing::warn!(topic = %self.pos.topic, error = %e, "catch-up read failed; ending the subscription");
+                self.ended = true;
+            }
+        }
+    }
+
+    pub fn into_stream(self) -> BoxStream<'static, Event> {
+        stream::unfold(
+            self,
+            |mut sub| async move { sub.next().await.map(|e| (e, sub)) },
+        )
+        .boxed()
+    }
+}
+
+/// A subscription to one or more topics, and where it started.
+pub struct Subscription {
+    pub topics: Vec<TopicEvents>,
+}
+
+impl Subscription {
+    /// The cursor of the starting positions (names every topic).
+    pub fn start_cursor(&self) -> Cursor {
+        let pairs: Vec<(Topic, Seq)> = self
+            .topics
+            .iter()
+            .map(|t| (t.pos.topic.clone(), t.pos.after))
+            .collect();
+        Cursor::for_positions(&pairs)
+    }
+
+    /// All topics' events as one stream of `(topic index, event)`, per-topic order kept.
+    pub fn into_stream(self) -> BoxStream<'static, (usize, Event)> {
+        let mut streams: Vec<BoxStream<'static, (usize, Event)>> = self
+            .topics
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| t.into_stream().map(move |e| (i, e)).boxed())
+            .collect();
+        if streams.len() == 1 {
+            if let Some(only) = streams.pop() {
+                return only;
+            }
+        }
+        stream::select_all(streams).boxed()
+    }
+}
+
+impl Hub {
+    /// Subscribes to `topics` from `since` (topics a client cursor leaves out start at
+    /// `default_since`), with a slow-consumer policy.
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        topics: &TopicList,
+        since: &Since,
+        default_since: &Since,
+        policy: SlowPolicy,
+    ) -> Result<Subscription, HubError> {
+        // Receivers first, then positions: whatever commits in between is seen either way.
+        let receivers: Vec<_> = topics
+            .iter()
+            .map(|topic| {
+                let state = self.state(topic);
+                let rx = state.live.subscribe();
+                (state, rx)
+            })
+            .collect();
+        let positions = self.resolve(topics, since, default_since).await?;
+        Ok(Subscription {
+            topics: receivers
+                .into_iter()
+                .zip(positions)
+                .map(|((state, rx), pos)| TopicEvents {
+                    hub: self.clone(),
+                    state,
+                    rx,
+                    pos,
+                    policy,
+                    catching_up: true,
+                    pending: VecDeque::new(),
+                    ended: false,
+                })
+                .collect(),
+        })
+    }
+}

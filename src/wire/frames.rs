@@ -1,0 +1,223 @@
+//! Stream encodings: SSE frames, NDJSON lines and WebSocket text frames.
+//!
+//! [`Encoded`] wraps a committed message and makes each encoding at most once, on first use:
+//! the hub hands one `Arc<Encoded>` to every live subscriber of the topic, so fan-out to a
+//! thousand SSE clients is a thousand reference-count increments, not a thousand encodings.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
+
+use super::base64;
+use super::envelope::{Envelope, GapJson};
+use crate::model::{Gap, Message};
+
+/// The first bytes of every SSE response: the reconnection delay.
+pub const SSE_RETRY: &[u8] = b"retry: 2000\n\n";
+pub const SSE_KEEPALIVE: &[u8] = b": keepalive\n\n";
+pub const NDJSON_KEEPALIVE: &[u8] = b"{\"event\":\"keepalive\"}\n";
+
+/// A committed message and its encodings, each made once.
+pub struct Encoded {
+    pub msg: Arc<Message>,
+    sse: OnceLock<Bytes>,
+    sse_raw: OnceLock<Bytes>,
+    line: OnceLock<Bytes>,
+    ws: OnceLock<Bytes>,
+}
+
+impl Encoded {
+    pub fn new(msg: Arc<Message>) -> Self {
+        Encoded {
+            msg,
+            sse: OnceLock::new(),
+            sse_raw: OnceLock::new(),
+            line: OnceLock::new(),
+            ws: OnceLock::new(),
+        }
+    }
+
+    /// The SSE frame of a single-topic subscription (`id:` is the seq, the whole cursor).
+    pub fn sse(&self, raw: bool) -> Bytes {
+        let cell = if raw { &self.sse_raw } else { &self.sse };
+        cell.get_or_init(|| sse_message(&self.msg.seq.to_string(), &self.msg, raw))
+            .clone()
+    }
+
+    /// The envelope as one NDJSON line.
+    pub fn line(&self) -> Bytes {
+        self.line
+            .get_or_init(|| {
+                let mut buf = json_bytes(&Envelope::of(&self.msg));
+                buf.put_u8(b'\n');
+                buf.freeze()
+            })
+            .clone()
+    }
+
+    /// The WebSocket text frame `{"op":"message",…envelope}` (valid UTF-8 JSON).
+    pub fn ws(&self) -> Bytes {
+        self.ws
+            .get_or_init(|| {
+                #[derive(Serialize)]
+                struct WsMessage<'a> {
+                    op: &'static str,
+                    #[serde(flatten)]
+                    envelope: Envelope<'a>,
+                }
+                json_bytes(&WsMessage {
+                    op: "message",
+                    envelope: Envelope::of(&self.msg),
+                })
+                .freeze()
+            })
+            .clone()
+    }
+}
+
+fn json_bytes<T: Serialize>(value: &T) -> BytesMut {
+    let mut buf = BytesMut::with_capacity(256).writer();
+    // Serialising our own structs into memory cannot fail.
+    let _ = serde_json::to_writer(&mut buf, value);
+    buf.into_inner()
+}
+
+/// An SSE message frame: `id:` the cursor after it, `event:` its type or `message`, and the
+/// JSON envelope as `data:` (or, `raw`, the payload itself, one `data:` line per line; a
+/// payload that is not UTF-8 is sent as base64).
+pub fn sse_message(id: &str, msg: &Message, raw: bool) -> Bytes {
+    let mut buf = BytesMut::with_capacity(128 + msg.data.len());
+    buf.put_slice(b"id: ");
+    buf.put_slice(id.as_bytes());
+    buf.put_slice(b"\nevent: ");
+    buf.put_slice(
+        msg.event
+            .as_ref()
+            .map_or("message", |e| e.as_str())
+            .as_bytes(),
+    );
+    buf.put_u8(b'\n');
+    if raw {
+        let text = match std::str::from_utf8(&msg.data) {
+            Ok(text) => text.to_owned(),
+            Err(_) => base64::encode(&msg.data),
+        };
+        for line in text.split('\n') {
+            buf.put_slice(b"data: ");
+            buf.put_slice(line.trim_end_matches('\r').as_bytes());
+            buf.put_u8(b'\n');
+        }
+    } else {
+        buf.put_slice(b"data: ");
+        let mut w = buf.writer();
+        let _ = serde_json::to_writer(&mut w, &Envelope::of(msg));
+        buf = w.into_inner();
+        buf.put_u8(b'\n');
+    }
+    buf.put_u8(b'\n');
+    buf.freeze()
+}
+
+/// An SSE gap frame; its `id:` is the cursor after the gap so a resume does not repeat it.
+pub fn sse_gap(id: &str, gap: &Gap) -> Bytes {
+    let mut buf = BytesMut::with_capacity(160);
+    buf.put_slice(b"id: ");
+    buf.put_slice(id.as_bytes());
+    buf.put_slice(b"\nevent: gap\ndata: ");
+    let mut w = buf.writer();
+    let _ = serde_json::to_writer(&mut w, &GapJson::of(gap));
+    let mut buf = w.into_inner();
+    buf.put_slice(b"\n\n");
+    buf.freeze()
+}
+
+/// A gap as an NDJSON line: `{"event":"gap","topic",…}`.
+pub fn ndjson_gap(gap: &Gap) -> Bytes {
+    #[derive(Serialize)]
+    struct Line<'a> {
+        event: &'static str,
+        #[serde(flatten)]
+        gap: GapJson<'a>,
+    }
+    let mut buf = json_bytes(&Line {
+        event: "gap",
+        gap: GapJson::of(gap),
+    });
+    buf.put_u8(b'\n');
+    buf.freeze()
+}
+
+/// A gap as a WebSocket frame: `{"op":"gap","topic",…}`.
+pub fn ws_gap(gap: &Gap) -> Bytes {
+    #[derive(Serialize)]
+    struct Frame<'a> {
+        op: &'static str,
+        #[serde(flatten)]
+        gap: GapJson<'a>,
+    }
+    json_bytes(&Frame {
+        op: "gap",
+        gap: GapJson::of(gap),
+    })
+    .freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::GapReason;
+
+    fn msg(data: &'static [u8]) -> Message {
+        Message {
+            topic: "t".parse().unwrap(),
+            seq: 7,
+            time: 0,
+            event: None,
+            data: Bytes::from_static(data),
+        }
+    }
+
+    #[test]
+    fn sse_frames() {
+        let enc = Encoded::new(Arc::new(msg(b"a\nb")));
+        let frame = String::from_utf8(enc.sse(false).to_vec()).unwrap();
+        assert!(
+            frame.starts_with("id: 7\nevent: message\ndata: {\"topic\":\"t\",\"seq\":7,"),
+            "{frame}"
+        );
+        assert!(frame.ends_with("}\n\n"));
+        assert_eq!(
+            frame.matches('\n').count(),
+            4,
+            "the envelope's newline is escaped: {frame}"
+        );
+        let raw = String::from_utf8(enc.sse(true).to_vec()).unwrap();
+        assert_eq!(raw, "id: 7\nevent: message\ndata: a\ndata: b\n\n");
+        let gap = Gap {
+            topic: "t".parse().unwrap(),
+            range: Some((1, 3)),
+            reason: GapReason::Expired,
+        };
+        assert_eq!(
+            &sse_gap("3", &gap)[..],
+            b"id: 3\nevent: gap\ndata: {\"topic\":\"t\",\"from\":1,\"to\":3,\"reason\":\"expired\"}\n\n"
+        );
+        assert_eq!(
+            &ndjson_gap(&gap)[..],
+            b"{\"event\":\"gap\",\"topic\":\"t\",\"from\":1,\"to\":3,\"reason\":\"expired\"}\n"
+        );
+    }
+
+    #[test]
+    fn ws_and_lines_are_made_once() {
+        let enc = Encoded::new(Arc::new(msg(b"x")));
+        let a = enc.ws();
+        let b = enc.ws();
+        assert_eq!(a.as_ptr(), b.as_ptr(), "the same bytes are shared");
+        let v: serde_json::Value = serde_json::from_slice(&a).unwrap();
+        assert_eq!(v["op"], "message");
+        assert_eq!(v["seq"], 7);
+        assert!(enc.line().ends_with(b"\n"));
+    }
+}
