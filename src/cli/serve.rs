@@ -68,6 +68,9 @@ pub fn app(config: &Config, store: Arc<dyn Log>, shutdown: CancellationToken) ->
             max_batch_bytes: config.max_batch_bytes,
             max_wait: config.max_wait,
             max_topics: config.max_topics,
+            keepalive: config.keepalive,
+            // A publish frame carries the payload plus a little JSON around it.
+            max_ws_frame_bytes: config.max_message_bytes * 4 / 3 + 4096,
         }),
     })
 }

@@ -6,6 +6,9 @@ pub mod error;
 mod params;
 mod poll;
 mod publish;
+mod sse;
+mod stream;
+mod ws;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +28,10 @@ pub struct HttpOptions {
     pub max_wait: Duration,
     /// Most topics one read or subscription may name.
     pub max_topics: usize,
+    /// Interval of keepalives on idle streams.
+    pub keepalive: Duration,
+    /// Largest WebSocket frame accepted (larger: an error frame).
+    pub max_ws_frame_bytes: usize,
 }
 
 impl Default for HttpOptions {
@@ -34,6 +41,8 @@ impl Default for HttpOptions {
             max_batch_bytes: 16 << 20,
             max_wait: Duration::from_secs(60),
             max_topics: 64,
+            keepalive: Duration::from_secs(15),
+            max_ws_frame_bytes: (1 << 20) + 4096,
         }
     }
 }
@@ -51,6 +60,9 @@ pub fn router(state: AppState) -> Router {
         .merge(publish::routes(&state.options))
         .merge(poll::routes())
         .merge(admin::routes())
+        .merge(sse::routes())
+        .merge(stream::routes())
+        .merge(ws::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -1,0 +1,194 @@
+//! NDJSON streams (`GET /v1/topics/{topics}/stream`), and the machinery every streaming
+//! response shares: parameters, keepalives, and ending on shutdown.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream, StreamExt};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::AppState;
+use super::error::ApiError;
+use super::params::{Params, QueryPairs};
+use super::publish::topic_from_path;
+use crate::hub::{Event, SlowPolicy, Subscription};
+use crate::model::{Cursor, Seq, Since, Topic, TopicList};
+use crate::wire::frames::{NDJSON_KEEPALIVE, ndjson_gap};
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/topics/{topics}/stream", get(ndjson))
+}
+
+/// What a streaming request asked for.
+pub(super) struct StreamRequest {
+    pub topics: TopicList,
+    pub since: Since,
+    pub slow: SlowPolicy,
+    pub params: Params,
+}
+
+/// Parses the topics, `since` (default `now`; `Last-Event-ID` wins when given) and `slow`.
+pub(super) fn stream_request(
+    state: &AppState,
+    path: Result<Path<String>, PathRejection>,
+    query: QueryPairs,
+    headers: &HeaderMap,
+) -> Result<StreamRequest, ApiError> {
+    let topics = TopicList::parse(&topic_from_path(path)?, state.options.max_topics)?;
+    let params = Params::from(query)?;
+    let last_event_id = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("Last-Event-ID is not visible ASCII"))?,
+        ),
+        None => None,
+    };
+    let since = match last_event_id.or(params.get("since")?) {
+        Some(s) => s.parse::<Since>()?,
+        None => Since::Now,
+    };
+    let slow = match params.get("slow")? {
+        Some(s) => s.parse::<SlowPolicy>().map_err(ApiError::bad_request)?,
+        None => SlowPolicy::Catchup,
+    };
+    Ok(StreamRequest {
+        topics,
+        since,
+        slow,
+        params,
+    })
+}
+
+/// Where each topic of a subscription stands, to build the cursor after any event.
+pub(super) struct Positions {
+    topics: Vec<Topic>,
+    after: Vec<Seq>,
+}
+
+impl Positions {
+    pub fn of(sub: &Subscription) -> Self {
+        let (topics, after) = match sub.start_cursor() {
+            Cursor::Single(seq) => (vec![sub.topics[0].topic().clone()], vec![seq]),
+            Cursor::Multi(pairs) => pairs.into_iter().unzip(),
+        };
+        Positions { topics, after }
+    }
+
+    /// Records an event of topic `i` and returns the cursor after it.
+    pub fn advance(&mut self, i: usize, event: &Event) -> String {
+        if let (Some(after), Some(slot)) = (event.after(), self.after.get_mut(i)) {
+            *slot = after;
+        }
+        self.cursor()
+    }
+
+    pub fn cursor(&self) -> String {
+        if self.after.len() == 1 {
+            return self.after[0].to_string();
+        }
+        let pairs: Vec<(Topic, Seq)> = self
+            .topics
+            .iter()
+            .cloned()
+            .zip(self.after.iter().copied())
+            .collect();
+        Cursor::for_positions(&pairs).to_string()
+    }
+}
+
+/// A response body that carries a subscription's events as `encode` renders them, with a
+/// keepalive after each idle `keepalive`, ending when the subscription ends or on shutdown.
+pub(super) fn event_body<E>(
+    events: BoxStream<'static, (usize, Event)>,
+    prelude: Option<Bytes>,
+    keepalive_frame: &'static [u8],
+    keepalive: Duration,
+    shutdown: CancellationToken,
+    encode: E,
+) -> Body
+where
+    E: FnMut(usize, &Event) -> Option<Bytes> + Send + 'static,
+{
+    let mut interval = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let state = (events, encode, interval, shutdown, prelude, false);
+    let body = stream::unfold(state, move |mut st| async move {
+        if let Some(first) = st.4.take() {
+            return Some((Ok::<_, Infallible>(first), st));
+        }
+        loop {
+            if st.5 {
+                return None;
+            }
+            tokio::select! {
+                biased;
+                _ = st.3.cancelled() => return None,
+                event = st.0.next() => {
+                    let (i, event) = event?;
+                    st.2.reset();
+                    if matches!(event, Event::Disconnected) {
+                        st.5 = true;
+                    }
+                    if let Some(bytes) = (st.1)(i, &event) {
+                        return Some((Ok(bytes), st));
+                    }
+                }
+                _ = st.2.tick() => return Some((Ok(Bytes::from_static(keepalive_frame)), st)),
+            }
+        }
+    });
+    Body::from_stream(body)
+}
+
+pub(super) fn streaming_response(content_type: &'static str, body: Body) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tell proxies such as nginx not to buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+async fn ndjson(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: QueryPairs,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let req = stream_request(&state, path, query, &headers)?;
+    let sub = state
+        .hub
+        .subscribe(&req.topics, &req.since, &Since::Now, req.slow)
+        .await?;
+    let mut positions = Positions::of(&sub);
+    let encode = move |i: usize, event: &Event| -> Option<Bytes> {
+        positions.advance(i, event);
+        Some(match event {
+            Event::Message(enc) => enc.line(),
+            Event::Gap { gap, .. } => ndjson_gap(gap),
+            Event::Disconnected => Bytes::from(format!(
+                "{{\"event\":\"disconnect\",\"next\":\"{}\"}}\n",
+                positions.cursor()
+            )),
+        })
+    };
+    let body = event_body(
+        sub.into_stream(),
+        None,
+        NDJSON_KEEPALIVE,
+        state.options.keepalive,
+        state.hub.shutdown_token().clone(),
+        encode,
+    );
+    Ok(streaming_response("application/x-ndjson", body))
+}

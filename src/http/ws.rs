@@ -1,0 +1,393 @@
+//! The multiplexed WebSocket: `GET /v1/ws[?topic=a,b&since=…]`. Many topics on one socket,
+//! subscribe / unsubscribe / publish frames, `ok` and `error` answers. A bad frame gets an
+//! error frame and the socket lives on.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use bytes::Bytes;
+use futures_util::SinkExt;
+use futures_util::stream::{BoxStream, SelectAll, SplitSink, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::AppState;
+use super::error::ApiError;
+use super::params::{Params, QueryPairs};
+use crate::hub::{Event, HubError, SlowPolicy};
+use crate::model::{EventName, NewMessage, Since, Topic, TopicList, format_rfc3339_millis};
+use crate::store::StoreError;
+use crate::wire::base64;
+use crate::wire::frames::ws_gap;
+
+const PING_EVERY: Duration = Duration::from_secs(30);
+const SILENT_LIMIT: Duration = Duration::from_secs(90);
+/// WS close code 1012: the server is restarting; reconnect.
+const CLOSE_RESTART: u16 = 1012;
+
+pub fn routes() -> Router<AppState> {
+    // `any`: over HTTP/2 (RFC 8441) the upgrade arrives as CONNECT.
+    Router::new().route("/v1/ws", any(upgrade))
+}
+
+async fn upgrade(
+    State(state): State<AppState>,
+    query: QueryPairs,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let ws = ws.map_err(|e| {
+        ApiError::bad_request(format!("not a WebSocket upgrade: {}", e.body_text()))
+    })?;
+    let params = Params::from(query)?;
+    let initial = match params.get("topic")? {
+        Some(topics) => {
+            let topics = TopicList::parse(topics, state.options.max_topics)?;
+            let since = match params.get("since")? {
+                Some(s) => s.parse::<Since>()?,
+                None => Since::Now,
+            };
+            Some((topics, since))
+        }
+        None => None,
+    };
+    // Frames up to our limit get an answer; beyond 4x it the socket is closed (1009).
+    let limit = state.options.max_ws_frame_bytes;
+    Ok(ws
+        .max_message_size(limit.saturating_mul(4))
+        .max_frame_size(limit.saturating_mul(4))
+        .on_upgrade(move |socket| async move {
+            Session::new(state, socket).run(initial).await;
+        })
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct ClientFrame {
+    op: String,
+    #[serde(default)]
+    id: Option<Value>,
+    topic: Option<String>,
+    since: Option<Value>,
+    slow: Option<String>,
+    data: Option<String>,
+    data_base64: Option<String>,
+    event: Option<String>,
+}
+
+/// An error answer: `{"op":"error","id"?,"status","detail"}`.
+struct FrameError {
+    status: u16,
+    detail: String,
+}
+
+impl FrameError {
+    fn bad(detail: impl Into<String>) -> Self {
+        FrameError {
+            status: 400,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<HubError> for FrameError {
+    fn from(e: HubError) -> Self {
+        let status = match &e {
+            HubError::ReservedTopic(_) => 403,
+            HubError::BareCursorForTopics(_) => 400,
+            HubError::Store(StoreError::IdempotencyConflict { .. }) => 409,
+            HubError::Store(StoreError::Unavailable(_)) => 503,
+        };
+        FrameError {
+            status,
+            detail: e.to_string(),
+        }
+    }
+}
+
+type Outbox = SplitSink<WebSocket, WsMessage>;
+
+struct Session {
+    state: AppState,
+    sink: Option<Outbox>,
+    socket: Option<WebSocket>,
+    subs: SelectAll<BoxStream<'static, (Topic, Event)>>,
+    /// Each subscribed topic's cancel switch (unsubscribe, resubscribe).
+    active: HashMap<Topic, CancellationToken>,
+}
+
+impl Session {
+    fn new(state: AppState, socket: WebSocket) -> Self {
+        Session {
+            state,
+            sink: None,
+            socket: Some(socket),
+            subs: SelectAll::new(),
+            active: HashMap::new(),
+        }
+    }
+
+    async fn run(mut self, initial: Option<(TopicList, Since)>) {
+        let Some(socket) = self.socket.take() else {
+            return;
+        };
+        let (sink, mut incoming) = socket.split();
+        self.sink = Some(sink);
+        if let Some((topics, since)) = initial {
+            for topic in topics.iter() {
+                let answer = match self
+                    .subscribe(topic.clone(), &since, SlowPolicy::Catchup)
+                    .await
+                {
+                    Ok(next) => json!({"op":"ok","topic":topic.as_str(),"next":next}),
+                    Err(e) => error_frame(None, e),
+                };
+                if self.send_json(answer).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let shutdown = self.state.hub.shutdown_token().clone();
+        let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    self.close(CLOSE_RESTART, "server restarting").await;
+                    return;
+                }
+                frame = incoming.next() => {
+                    let Some(Ok(frame)) = frame else { return };
+                    last_heard = Instant::now();
+                    let answer = match frame {
+                        WsMessage::Text(text) => Some(self.handle(text.as_str()).await),
+                        WsMessage::Binary(_) => Some(error_frame(None, FrameError::bad("send JSON in text frames"))),
+                        WsMessage::Close(_) => return,
+                        // Pongs to pings are sent by the protocol layer.
+                        WsMessage::Ping(_) | WsMessage::Pong(_) => None,
+                    };
+                    if let Some(answer) = answer
+                        && self.send_json(answer).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                Some((topic, event)) = self.subs.next(), if !self.subs.is_empty() => {
+                    if self.deliver(topic, event).await.is_err() {
+                        return;
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > SILENT_LIMIT {
+                        self.close(1000, "no frame from the peer for 90 s").await;
+                        return;
+                    }
+                    if self.send(WsMessage::Ping(Bytes::new())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn deliver(&mut self, topic: Topic, event: Event) -> Result<(), ()> {
+        let bytes = match &event {
+            Event::Message(enc) => enc.ws(),
+            Event::Gap { gap, .. } => ws_gap(gap),
+            Event::Disconnected => {
+                // This topic's subscription ended (slow consumer, `disconnect` policy).
+                self.active.remove(&topic);
+                return self
+                    .send_json(
+                        json!({"op":"disconnect","topic":topic.as_str(),"reason":"slow consumer"}),
+                    )
+                    .await;
+            }
+        };
+        match Utf8Bytes::try_from(bytes) {
+            Ok(text) => self.send(WsMessage::Text(text)).await,
+            Err(_) => Ok(()),
+        }
+    }
+
+    async fn send(&mut self, message: WsMessage) -> Result<(), ()> {
+        match self.sink.as_mut() {
+            Some(sink) => sink.send(message).await.map_err(|_| ()),
+            None => Err(()),
+        }
+    }
+
+    async fn send_json(&mut self, value: Value) -> Result<(), ()> {
+        self.send(WsMessage::Text(Utf8Bytes::from(value.to_string())))
+            .await
+    }
+
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let _ = self
+            .send(WsMessage::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            })))
+            .await;
+    }
+
+    /// Answers one text frame.
+    async fn handle(&mut self, text: &str) -> Value {
+        if text.len() > self.state.options.max_ws_frame_bytes {
+            return error_frame(
+                None,
+                FrameError {
+                    status: 413,
+                    detail: format!(
+                        "the frame is {} bytes, at most {} allowed",
+                        text.len(),
+                        self.state.options.max_ws_frame_bytes
+                    ),
+                },
+            );
+        }
+        let frame: ClientFrame = match serde_json::from_str(text) {
+            Ok(frame) => frame,
+            Err(e) => return error_frame(None, FrameError::bad(format!("not a frame: {e}"))),
+        };
+        let id = frame.id.clone();
+        match self.apply(frame).await {
+            Ok(mut answer) => {
+                answer["op"] = "ok".into();
+                if let Some(id) = id {
+                    answer["id"] = id;
+                }
+                answer
+            }
+            Err(e) => error_frame(id, e),
+        }
+    }
+
+    async fn apply(&mut self, frame: ClientFrame) -> Result<Value, FrameError> {
+        let topic: Topic = frame
+            .topic
+            .as_deref()
+            .ok_or_else(|| FrameError::bad("the frame needs a topic"))?
+            .parse()
+            .map_err(|e| FrameError::bad(format!("{e}")))?;
+        match frame.op.as_str() {
+            "subscribe" => {
+                let since = match &frame.since {
+                    None | Some(Value::Null) => Since::Now,
+                    Some(Value::String(s)) => {
+                        s.parse().map_err(|e| FrameError::bad(format!("{e}")))?
+                    }
+                    Some(Value::Number(n)) => n
+                        .to_string()
+                        .parse()
+                        .map_err(|e| FrameError::bad(format!("{e}")))?,
+                    Some(_) => return Err(FrameError::bad("since is a string (or a number)")),
+                };
+                let slow = match &frame.slow {
+                    Some(s) => s.parse::<SlowPolicy>().map_err(FrameError::bad)?,
+                    None => SlowPolicy::Catchup,
+                };
+                let next = self.subscribe(topic.clone(), &since, slow).await?;
+                Ok(json!({"topic": topic.as_str(), "next": next}))
+            }
+            "unsubscribe" => {
+                if let Some(token) = self.active.remove(&topic) {
+                    token.cancel();
+                }
+                Ok(json!({"topic": topic.as_str()}))
+            }
+            "publish" => {
+                let data = match (frame.data, frame.data_base64) {
+                    (Some(text), None) => Bytes::from(text),
+                    (None, Some(b64)) => Bytes::from(
+                        base64::decode(&b64)
+                            .ok_or_else(|| FrameError::bad("data_base64 is not valid base64"))?,
+                    ),
+                    _ => return Err(FrameError::bad("give exactly one of data and data_base64")),
+                };
+                let max = self.state.options.max_message_bytes;
+                if data.len() > max {
+                    return Err(FrameError {
+                        status: 413,
+                        detail: format!(
+                            "the payload is {} bytes, at most {max} allowed",
+                            data.len()
+                        ),
+                    });
+                }
+                let event = frame
+                    .event
+                    .map(|e| e.parse::<EventName>())
+                    .transpose()
+                    .map_err(|e| FrameError::bad(e.to_string()))?;
+                let results = self
+                    .state
+                    .hub
+                    .publish(vec![NewMessage {
+                        topic: topic.clone(),
+                        event,
+                        data,
+                        idempotency_key: None,
+                    }])
+                    .await?;
+                let a = results
+                    .first()
+                    .ok_or_else(|| FrameError::bad("nothing was published"))?;
+                Ok(
+                    json!({"topic": topic.as_str(), "seq": a.seq, "time": format_rfc3339_millis(a.time)}),
+                )
+            }
+            other => Err(FrameError::bad(format!(
+                "unknown op {other:?}; use subscribe, unsubscribe or publish"
+            ))),
+        }
+    }
+
+    /// Subscribes one topic (replacing an earlier subscription to it); returns its start cursor.
+    async fn subscribe(
+        &mut self,
+        topic: Topic,
+        since: &Since,
+        slow: SlowPolicy,
+    ) -> Result<String, FrameError> {
+        if !self.active.contains_key(&topic) && self.active.len() >= self.state.options.max_topics {
+            return Err(FrameError::bad(format!(
+                "at most {} topics per socket",
+                self.state.options.max_topics
+            )));
+        }
+        let sub = self
+            .state
+            .hub
+            .subscribe(&TopicList::one(topic.clone()), since, &Since::Now, slow)
+            .await?;
+        let next = sub.start_cursor().to_string();
+        let token = CancellationToken::new();
+        if let Some(old) = self.active.insert(topic.clone(), token.clone()) {
+            old.cancel();
+        }
+        let events = sub
+            .into_stream()
+            .take_until(token.cancelled_owned())
+            .map(move |(_, event)| (topic.clone(), event))
+            .boxed();
+        self.subs.push(events);
+        Ok(next)
+    }
+}
+
+fn error_frame(id: Option<Value>, e: FrameError) -> Value {
+    let mut frame = json!({"op":"error","status":e.status,"detail":e.detail});
+    if let Some(id) = id {
+        frame["id"] = id;
+    }
+    frame
+}
