@@ -1,4 +1,5 @@
-//! A small async client of the Plexus hub: publish and read (short and long polls).
+//! A small async client of the Plexus hub: publish, read (short and long polls) and
+//! subscribe (SSE, NDJSON, WebSocket).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), plexus_client::Error> {
@@ -8,6 +9,10 @@
 //! assert_eq!(page.messages[0].seq, published.seq);
 //! # Ok(()) }
 //! ```
+
+mod subscribe;
+
+pub use subscribe::{Item, Subscription, Transport};
 
 use std::fmt;
 use std::time::Duration;
@@ -24,6 +29,10 @@ pub enum Error {
     Problem(Problem),
     /// The base URL given to [`Client::new`] is not usable.
     BadUrl(String),
+    /// The WebSocket could not be opened or broke.
+    WebSocket(String),
+    /// The hub sent something this client cannot read.
+    Protocol(String),
 }
 
 impl fmt::Display for Error {
@@ -32,6 +41,8 @@ impl fmt::Display for Error {
             Error::Transport(e) => write!(f, "cannot reach the hub: {e}"),
             Error::Problem(p) => write!(f, "{} ({}): {}", p.title, p.status, p.detail),
             Error::BadUrl(u) => write!(f, "{u:?} is not an http:// or https:// URL"),
+            Error::WebSocket(e) => write!(f, "WebSocket: {e}"),
+            Error::Protocol(e) => write!(f, "unexpected data from the hub: {e}"),
         }
     }
 }
@@ -175,16 +186,24 @@ impl Client {
 }
 
 async fn decode<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> Result<T, Error> {
-    let status = response.status();
-    if status.is_success() {
+    if response.status().is_success() {
         return Ok(response.json().await?);
     }
-    let body = response.bytes().await?;
+    Err(problem(response).await)
+}
+
+/// The problem of an unsuccessful answer.
+async fn problem(response: reqwest::Response) -> Error {
+    let status = response.status();
+    let body = match response.bytes().await {
+        Ok(body) => body,
+        Err(e) => return Error::Transport(e),
+    };
     let problem = serde_json::from_slice(&body).unwrap_or_else(|_| Problem {
         kind: String::new(),
         title: status.canonical_reason().unwrap_or("error").to_owned(),
         status: status.as_u16(),
         detail: String::from_utf8_lossy(&body).chars().take(500).collect(),
     });
-    Err(Error::Problem(problem))
+    Error::Problem(problem)
 }

@@ -1,10 +1,11 @@
 //! `plexus sub`: follow topics, print one JSON envelope a line (gaps as gap lines).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use plexus_client::{Client, ReadOptions};
+use plexus_client::{Client, Gap, Item, ReadOptions, Transport};
 
 use super::DEFAULT_SERVER;
 
@@ -14,6 +15,12 @@ pub enum Via {
     Poll,
     /// Long polls (the hub answers as soon as something arrives)
     LongPoll,
+    /// Server-Sent Events
+    Sse,
+    /// A multiplexed WebSocket
+    Ws,
+    /// An NDJSON stream
+    Stream,
 }
 
 #[derive(Args, Debug)]
@@ -41,7 +48,98 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
     crate::model::parse_duration(s).map_err(|e| e.to_string())
 }
 
+fn print_gap(out: &mut impl Write, gap: &Gap) -> Result<(), String> {
+    let mut line = serde_json::to_value(gap).map_err(|e| e.to_string())?;
+    line["event"] = "gap".into();
+    writeln!(out, "{line}").map_err(|e| e.to_string())
+}
+
 pub async fn run(args: SubArgs) -> Result<(), String> {
+    let transport = match args.via {
+        Via::Poll | Via::LongPoll => return poll(args).await,
+        Via::Sse => Transport::Sse,
+        Via::Ws => Transport::WebSocket,
+        Via::Stream => Transport::Ndjson,
+    };
+    let client = Client::new(&args.server).map_err(|e| e.to_string())?;
+    let topics: Vec<&str> = args.topics.split(',').collect();
+    // Where each topic stands, to resume after a dropped connection.
+    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+    let mut since = args.since.clone();
+    let mut count = 0u64;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match client
+            .subscribe(&args.topics, Some(&since), transport)
+            .await
+        {
+            Ok(mut sub) => {
+                backoff = Duration::from_millis(200);
+                while let Some(item) = sub.next().await {
+                    let item = item.map_err(|e| e.to_string())?;
+                    let mut out = std::io::stdout().lock();
+                    match item {
+                        Item::Message(msg) => {
+                            let line = serde_json::to_string(&msg).map_err(|e| e.to_string())?;
+                            writeln!(out, "{line}").map_err(|e| e.to_string())?;
+                            seen.insert(msg.topic.clone(), msg.seq);
+                            count += 1;
+                        }
+                        Item::Gap(gap) => {
+                            print_gap(&mut out, &gap)?;
+                            if let Some(to) = gap.to {
+                                seen.insert(gap.topic.clone(), to);
+                            }
+                        }
+                    }
+                    out.flush().map_err(|e| e.to_string())?;
+                    if args.count.is_some_and(|n| count >= n) {
+                        return Ok(());
+                    }
+                }
+                // The hub ended the stream (restart, slow consumer): resume from the cursor.
+                since = resume_cursor(&topics, &seen, &args.since, sub.last_event_id.as_deref());
+            }
+            Err(plexus_client::Error::Problem(p)) => return Err(p.detail),
+            Err(e) => eprintln!("plexus sub: {e}; retrying in {backoff:?}"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// The cursor to resume from: SSE's last id when there is one, else what was seen per topic
+/// (a topic with nothing seen yet keeps the original start when that was `all`).
+fn resume_cursor(
+    topics: &[&str],
+    seen: &BTreeMap<String, u64>,
+    original: &str,
+    last_event_id: Option<&str>,
+) -> String {
+    if let Some(id) = last_event_id {
+        return id.to_owned();
+    }
+    if topics.len() == 1 {
+        return seen
+            .get(topics[0])
+            .map_or(original.to_owned(), |s| s.to_string());
+    }
+    let pairs: Vec<String> = topics
+        .iter()
+        .filter_map(|t| match seen.get(*t) {
+            Some(seq) => Some(format!("{t}:{seq}")),
+            None if original == "all" => Some(format!("{t}:0")),
+            None => None,
+        })
+        .collect();
+    if pairs.is_empty() {
+        original.to_owned()
+    } else {
+        pairs.join(",")
+    }
+}
+
+async fn poll(args: SubArgs) -> Result<(), String> {
     let client = Client::new(&args.server).map_err(|e| e.to_string())?;
     let mut since = args.since.clone();
     let mut seen = 0u64;
@@ -58,9 +156,7 @@ pub async fn run(args: SubArgs) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         let mut out = stdout.lock();
         for gap in &page.gaps {
-            let mut line = serde_json::to_value(gap).map_err(|e| e.to_string())?;
-            line["event"] = "gap".into();
-            writeln!(out, "{line}").map_err(|e| e.to_string())?;
+            print_gap(&mut out, gap)?;
         }
         for msg in &page.messages {
             let line = serde_json::to_string(msg).map_err(|e| e.to_string())?;

@@ -139,6 +139,21 @@ impl Server {
         self.spawn().await;
     }
 
+    /// The server's process id (to observe it from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .and_then(|c| c.id())
+            .expect("the server is running")
+    }
+
+    /// `127.0.0.1:PORT` of the running server, for raw TCP clients.
+    pub fn addr(&self) -> &str {
+        self.base
+            .strip_prefix("http://")
+            .expect("the base URL starts with http://")
+    }
+
     /// `http://127.0.0.1:PORT` of the running server.
     pub fn base(&self) -> &str {
         &self.base
