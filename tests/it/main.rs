@@ -1,6 +1,7 @@
 //! Plexus integration tests: one binary, a real `plexus serve` per test on port 0, real
 //! HTTP clients and the real CLI. See `harness.rs` for how a server is started and observed.
 
+mod clients;
 mod harness;
 
 mod admin;
@@ -10,6 +11,9 @@ mod crash;
 mod engines;
 mod errors;
 mod longpoll;
+mod ndjson;
 mod publish;
 mod read;
 mod retention;
+mod sse;
+mod ws;

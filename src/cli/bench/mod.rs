@@ -1,6 +1,9 @@
 //! `plexus bench`: measurements against the real store and a live server. Each run prints
 //! its numbers next to a baseline measured in the same run; docs/BENCHMARKS.md records them.
 
+mod fanout;
+mod raw;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -24,6 +27,14 @@ pub enum BenchCommand {
     Store(StoreArgs),
     /// Durable HTTP publish throughput next to a bare axum handler, same client, same run
     Publish(PublishArgs),
+    /// Fan-out to many subscribers (SSE, WebSocket, long polling) next to a raw TCP loop
+    Fanout(fanout::FanoutArgs),
+    /// The raw TCP loop server used as fanout's baseline (started by `bench fanout`)
+    #[command(hide = true)]
+    RawServer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -72,6 +83,8 @@ pub fn run(cmd: BenchCommand) -> Result<(), String> {
     match cmd {
         BenchCommand::Store(args) => runtime.block_on(store(args)),
         BenchCommand::Publish(args) => runtime.block_on(publish(args)),
+        BenchCommand::Fanout(args) => runtime.block_on(fanout::run(args)),
+        BenchCommand::RawServer { listen } => runtime.block_on(raw::serve(&listen)),
     }
 }
 

@@ -1,0 +1,537 @@
+//! `plexus bench fanout`: N subscribers on one topic, M messages published, measured against
+//! the hub and, in the same run, against the raw TCP loop (`raw.rs`). Both servers run as
+//! child processes so their memory can be read from /proc; the subscribers and the publisher
+//! run here, on plain sockets (a lean client, so the load generator steals little CPU).
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BytesMut};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Via {
+    Sse,
+    Ws,
+    LongPoll,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FanoutArgs {
+    /// How subscribers receive
+    #[arg(long, value_enum, default_value = "sse")]
+    pub via: Via,
+    /// Concurrent subscribers on one topic
+    #[arg(long, default_value_t = 1000)]
+    pub subscribers: usize,
+    /// Messages published
+    #[arg(long, default_value_t = 200)]
+    pub messages: usize,
+    /// Payload size in bytes (at least 21: a timestamp leads it)
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Messages per second; 0 publishes as fast as the publishers can (saturated)
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Storage engine of the hub under test
+    #[arg(long, default_value = "memory")]
+    pub storage: String,
+    /// Skip the raw TCP loop baseline
+    #[arg(long)]
+    pub no_baseline: bool,
+}
+
+/// Latencies in log buckets of about 5 %.
+#[derive(Clone)]
+struct Histogram {
+    buckets: Vec<u64>,
+    max_us: u64,
+}
+
+impl Histogram {
+    const PER_E: f64 = 20.0;
+
+    fn new() -> Self {
+        Histogram {
+            buckets: vec![0; 400],
+            max_us: 0,
+        }
+    }
+
+    fn record(&mut self, us: u64) {
+        let i = ((us.max(1) as f64).ln() * Self::PER_E) as usize;
+        let last = self.buckets.len() - 1;
+        self.buckets[i.min(last)] += 1;
+        self.max_us = self.max_us.max(us);
+    }
+
+    fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            *a += b;
+        }
+        self.max_us = self.max_us.max(other.max_us);
+    }
+
+    fn quantile(&self, q: f64) -> f64 {
+        let total: u64 = self.buckets.iter().sum();
+        let target = (total as f64 * q).ceil() as u64;
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= target && *n > 0 {
+                return ((i as f64 + 0.5) / Self::PER_E).exp() / 1000.0;
+            }
+        }
+        0.0
+    }
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Counts the deliveries in `record` (each carries `"data":"<20-digit send time>`).
+fn count_deliveries(record: &[u8], stats: &mut SubStats, shared: &Shared) {
+    let mut rest = record;
+    while let Some(i) = find(rest, b"\"data\":\"") {
+        let start = i + 8;
+        let digits = rest.get(start..start + 20).unwrap_or_default();
+        if let Some(sent) = std::str::from_utf8(digits).ok().and_then(|d| d.parse::<u128>().ok()) {
+            let us = now_nanos().saturating_sub(sent) / 1000;
+            stats.latency.record(us as u64);
+        }
+        stats.received += 1;
+        shared.received.fetch_add(1, Ordering::Relaxed);
+        rest = &rest[start..];
+    }
+    shared.last_delivery.fetch_max(now_nanos() as u64, Ordering::Relaxed);
+}
+
+struct SubStats {
+    received: u64,
+    requests: u64,
+    latency: Histogram,
+}
+
+struct Shared {
+    received: AtomicU64,
+    ready: AtomicUsize,
+    last_delivery: AtomicU64,
+}
+
+async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<String> {
+    loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..i]).into_owned();
+            buf.advance(i + 4);
+            return Ok(head);
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+async fn subscriber(
+    addr: String,
+    via: Via,
+    raw: bool,
+    shared: Arc<Shared>,
+    gate: Arc<Semaphore>,
+    stop: CancellationToken,
+) -> std::io::Result<SubStats> {
+    let mut stats = SubStats {
+        received: 0,
+        requests: 0,
+        latency: Histogram::new(),
+    };
+    let permit = gate.acquire_owned().await;
+    let mut stream = TcpStream::connect(&addr).await?;
+    let _ = stream.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(8192);
+    match via {
+        Via::Sse => {
+            let path = if raw { "/" } else { "/v1/topics/bench/sse" };
+            stream
+                .write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").as_bytes())
+                .await?;
+            read_head(&mut stream, &mut buf).await?;
+            while find(&buf, b"retry: 2000").is_none() {
+                if stream.read_buf(&mut buf).await? == 0 {
+                    return Ok(stats);
+                }
+            }
+            buf.clear();
+            shared.ready.fetch_add(1, Ordering::Relaxed);
+            drop(permit);
+            loop {
+                tokio::select! {
+                    n = stream.read_buf(&mut buf) => if n? == 0 { break },
+                    _ = stop.cancelled() => break,
+                }
+                while let Some(i) = find(&buf, b"\n\n") {
+                    count_deliveries(&buf[..i], &mut stats, &shared);
+                    buf.advance(i + 2);
+                }
+            }
+        }
+        Via::Ws => {
+            let path = if raw { "/" } else { "/v1/ws?topic=bench&since=now" };
+            stream
+                .write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes())
+                .await?;
+            read_head(&mut stream, &mut buf).await?;
+            let mut ready = raw;
+            if ready {
+                shared.ready.fetch_add(1, Ordering::Relaxed);
+            }
+            let mut permit = Some(permit);
+            loop {
+                // Unmasked server frames: opcode, 7/16/64-bit length, payload.
+                while buf.len() >= 2 {
+                    let (len, header) = match buf[1] & 0x7f {
+                        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+                        127 if buf.len() >= 10 => {
+                            let mut b = [0u8; 8];
+                            b.copy_from_slice(&buf[2..10]);
+                            (u64::from_be_bytes(b) as usize, 10)
+                        }
+                        126 | 127 => break,
+                        n => (n as usize, 2),
+                    };
+                    if buf.len() < header + len {
+                        break;
+                    }
+                    let payload = &buf[header..header + len];
+                    if !ready && find(payload, b"\"op\":\"ok\"").is_some() {
+                        ready = true;
+                        shared.ready.fetch_add(1, Ordering::Relaxed);
+                        permit.take();
+                    } else if buf[0] & 0x0f == 1 {
+                        count_deliveries(payload, &mut stats, &shared);
+                    }
+                    buf.advance(header + len);
+                }
+                tokio::select! {
+                    n = stream.read_buf(&mut buf) => if n? == 0 { break },
+                    _ = stop.cancelled() => break,
+                }
+            }
+        }
+        Via::LongPoll => {
+            let mut permit = Some(permit);
+            let mut cursor = "now".to_owned();
+            let mut first = true;
+            loop {
+                stream
+                    .write_all(
+                        format!("GET /v1/topics/bench/messages?since={cursor}&wait=30 HTTP/1.1\r\nHost: bench\r\n\r\n")
+                            .as_bytes(),
+                    )
+                    .await?;
+                stats.requests += 1;
+                if first {
+                    first = false;
+                    shared.ready.fetch_add(1, Ordering::Relaxed);
+                    drop(permit.take());
+                }
+                let head = tokio::select! {
+                    head = read_head(&mut stream, &mut buf) => head?,
+                    _ = stop.cancelled() => break,
+                };
+                let length = head
+                    .to_ascii_lowercase()
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>()))
+                    .and_then(Result::ok)
+                    .unwrap_or(0);
+                while buf.len() < length {
+                    if stream.read_buf(&mut buf).await? == 0 {
+                        return Ok(stats);
+                    }
+                }
+                let body = buf.split_to(length);
+                count_deliveries(&body, &mut stats, &shared);
+                if let Some(i) = find(&body, b"\"next\":\"") {
+                    let rest = &body[i + 8..];
+                    if let Some(end) = rest.iter().position(|&b| b == b'"') {
+                        cursor = String::from_utf8_lossy(&rest[..end]).into_owned();
+                    }
+                }
+            }
+        }
+    }
+    Ok(stats)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// Starts `plexus <args…>` and waits for its `listening on` line.
+async fn spawn_server(args: &[&str]) -> Result<(Child, String), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start the server: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    while let Some(line) = lines.next_line().await.map_err(|e| e.to_string())? {
+        if let Some(url) = line.strip_prefix("listening on http://") {
+            return Ok((child, url.to_owned()));
+        }
+    }
+    Err("the server exited before listening".into())
+}
+
+struct Report {
+    deliveries_per_s: f64,
+    latency: Histogram,
+    lost: u64,
+    requests: u64,
+    rss_idle_kib: u64,
+    rss_base_kib: u64,
+    rss_end_kib: u64,
+    publish_secs: f64,
+}
+
+async fn publish_all(addr: &str, args: &FanoutArgs, raw: bool) -> Result<f64, String> {
+    let client = reqwest::Client::new();
+    let url = if raw {
+        format!("http://{addr}/")
+    } else {
+        format!("http://{addr}/v1/topics/bench/messages")
+    };
+    let started = Instant::now();
+    let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
+    let pad = "x".repeat(args.size.saturating_sub(21));
+    let publishers = if interval.is_some() { 1 } else { 4 };
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..publishers {
+        let (client, url, pad, next) = (client.clone(), url.clone(), pad.clone(), next.clone());
+        let total = args.messages;
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return Ok::<(), String>(());
+                }
+                if let Some(every) = interval {
+                    let due = started + every * i as u32;
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let body = format!("{:020} {pad}", now_nanos());
+                let response = client.post(&url).body(body).send().await.map_err(|e| e.to_string())?;
+                if !response.status().is_success() {
+                    return Err(format!("publish answered {}", response.status()));
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(|e| e.to_string())??;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+async fn measure(args: &FanoutArgs, raw: bool) -> Result<Report, String> {
+    let (child, addr) = if raw {
+        spawn_server(&["bench", "raw-server", "--listen", "127.0.0.1:0"]).await?
+    } else {
+        spawn_server(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--storage",
+            &args.storage,
+            "--data-dir",
+            &std::env::temp_dir()
+                .join(format!("plexus-fanout-{}", std::process::id()))
+                .to_string_lossy(),
+            "--retention-messages",
+            "1000000",
+        ])
+        .await?
+    };
+    let pid = child.id().unwrap_or(0);
+    let client = reqwest::Client::new();
+    if !raw {
+        // The topic exists before anyone subscribes, so the hub's counters can be read.
+        client
+            .post(format!("http://{addr}/v1/topics/bench/messages"))
+            .body("warm-up")
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_base_kib = rss_kib(pid);
+    let shared = Arc::new(Shared {
+        received: AtomicU64::new(0),
+        ready: AtomicUsize::new(0),
+        last_delivery: AtomicU64::new(0),
+    });
+    let stop = CancellationToken::new();
+    let gate = Arc::new(Semaphore::new(256));
+    let via = if raw && args.via == Via::LongPoll { Via::Sse } else { args.via };
+    let subs: Vec<_> = (0..args.subscribers)
+        .map(|_| tokio::spawn(subscriber(addr.clone(), via, raw, shared.clone(), gate.clone(), stop.clone())))
+        .collect();
+    let bar = ProgressBar::new(args.subscribers as u64);
+    bar.set_style(
+        ProgressStyle::with_template("  {msg:<24} [{bar:40}] {pos}/{len}")
+            .map_err(|e| e.to_string())?
+            .progress_chars("=> "),
+    );
+    bar.set_message(if raw { "raw loop: connecting" } else { "hub: connecting" });
+    while shared.ready.load(Ordering::Relaxed) < args.subscribers {
+        bar.set_position(shared.ready.load(Ordering::Relaxed) as u64);
+        if subs.iter().all(|t| t.is_finished()) {
+            return Err("every subscriber failed to connect".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !raw && args.via == Via::LongPoll {
+        // Pollers are ready once the hub holds all their requests.
+        let url = format!("http://{addr}/v1/topics/bench");
+        loop {
+            let info: serde_json::Value = client
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            if info["subscribers"].as_u64().unwrap_or(0) >= args.subscribers as u64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_idle_kib = rss_kib(pid);
+    let expected = (args.subscribers * args.messages) as u64;
+    bar.set_length(expected);
+    bar.set_position(0);
+    bar.set_message(if raw { "raw loop: delivering" } else { "hub: delivering" });
+    let first_publish = now_nanos() as u64;
+    let publish_secs = publish_all(&addr, args, raw).await?;
+    // Drain: until everything arrived or nothing moved for 5 s.
+    let mut last = (shared.received.load(Ordering::Relaxed), Instant::now());
+    loop {
+        let got = shared.received.load(Ordering::Relaxed);
+        bar.set_position(got);
+        if got >= expected {
+            break;
+        }
+        if got != last.0 {
+            last = (got, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bar.finish_and_clear();
+    let rss_end_kib = rss_kib(pid);
+    stop.cancel();
+    let mut latency = Histogram::new();
+    let mut received = 0;
+    let mut requests = 0;
+    for task in subs {
+        if let Ok(Ok(stats)) = task.await {
+            latency.merge(&stats.latency);
+            received += stats.received;
+            requests += stats.requests;
+        }
+    }
+    let span = shared.last_delivery.load(Ordering::Relaxed).saturating_sub(first_publish) as f64 / 1e9;
+    drop(child);
+    Ok(Report {
+        deliveries_per_s: received as f64 / span.max(1e-9),
+        latency,
+        lost: expected.saturating_sub(received),
+        requests,
+        rss_idle_kib,
+        rss_base_kib,
+        rss_end_kib,
+        publish_secs,
+    })
+}
+
+fn print(name: &str, r: &Report, args: &FanoutArgs) {
+    let per_conn = (r.rss_idle_kib.saturating_sub(r.rss_base_kib)) as f64 / args.subscribers as f64;
+    println!(
+        "  {name:<10} {:>11.0} deliveries/s  p50 {:>8.2} ms  p99 {:>8.2} ms  max {:>8.2} ms  lost {:>6}  RSS {} KiB idle (+{:.1} KiB/conn), {} KiB at end{}",
+        r.deliveries_per_s,
+        r.latency.quantile(0.5),
+        r.latency.quantile(0.99),
+        r.latency.max_us as f64 / 1000.0,
+        r.lost,
+        r.rss_idle_kib,
+        per_conn,
+        r.rss_end_kib,
+        if r.requests > 0 {
+            format!(", {} requests", r.requests)
+        } else {
+            String::new()
+        }
+    );
+    let _ = r.publish_secs;
+}
+
+pub async fn run(args: FanoutArgs) -> Result<(), String> {
+    if args.size < 21 {
+        return Err("--size must be at least 21 (the payload starts with a timestamp)".into());
+    }
+    println!(
+        "fanout: via {:?}, {} subscribers, {} messages of {} bytes, {}",
+        args.via,
+        args.subscribers,
+        args.messages,
+        args.size,
+        if args.rate > 0.0 {
+            format!("{} msgs/s ({} deliveries/s)", args.rate, args.rate * args.subscribers as f64)
+        } else {
+            "saturated".to_owned()
+        }
+    );
+    let hub = measure(&args, false).await?;
+    print("hub", &hub, &args);
+    if !args.no_baseline {
+        let raw = measure(&args, true).await?;
+        print("raw loop", &raw, &args);
+        println!(
+            "  ratio hub/raw: deliveries/s {:.2}, p99 {:.2}",
+            hub.deliveries_per_s / raw.deliveries_per_s,
+            hub.latency.quantile(0.99) / raw.latency.quantile(0.99).max(1e-9)
+        );
+    }
+    Ok(())
+}

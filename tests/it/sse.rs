@@ -1,0 +1,363 @@
+//! Server-Sent Events (DESIGN §2 "Streams"): framing, `raw=1`, keepalives, multi-topic ids,
+//! gaps, `since` defaults, bad parameters, and exact resume with `Last-Event-ID` — within one
+//! server and across a restart.
+//!
+//! The stream is read over a raw socket (`clients::Sse`). A stream's subscription exists once
+//! its response head has arrived, so a test publishes only after `Sse::open` returns.
+
+use serde_json::json;
+
+use crate::clients::{Frame, Sse};
+use crate::harness::{Server, eventually, expect_problem, parse_cursor};
+
+/// The envelopes of message frames, asserting each `id:` is the single-topic cursor (the seq).
+fn single_topic_seqs(frames: &[Frame]) -> Vec<u64> {
+    frames
+        .iter()
+        .map(|f| {
+            assert!(!f.is_gap(), "expected a message frame, got {f:?}");
+            let env = f.json();
+            let seq = env["seq"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no seq in {env}"));
+            assert_eq!(f.id(), seq.to_string(), "single topic: id is the seq: {f:?}");
+            seq
+        })
+        .collect()
+}
+
+/// `(topic, seq)` of message frames.
+fn topic_seqs(frames: &[Frame]) -> Vec<(String, u64)> {
+    frames
+        .iter()
+        .map(|f| {
+            assert!(!f.is_gap(), "expected a message frame, got {f:?}");
+            let env = f.json();
+            (
+                env["topic"].as_str().expect("topic").to_string(),
+                env["seq"].as_u64().expect("seq"),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn sse_frames_messages_with_id_event_and_envelope() {
+    let server = Server::start(&[]).await;
+    server.publish_n("t", 2, "old").await;
+    // Default since for streams is `now`: the two old messages are not sent.
+    let mut sse = Sse::open(&server, "/v1/topics/t/sse", &[]).await;
+    server
+        .publish_with("t", "made", &[("Plexus-Event", "created")])
+        .await;
+    server.publish("t", "plain").await;
+    let frames = sse.events(2).await;
+    assert_eq!(frames[0].id(), "3", "{frames:?}");
+    assert_eq!(frames[0].event.as_deref(), Some("created"), "{frames:?}");
+    let env = frames[0].json();
+    assert_eq!(env["topic"], json!("t"), "{env}");
+    assert_eq!(env["seq"], json!(3), "{env}");
+    assert_eq!(env["event"], json!("created"), "{env}");
+    assert_eq!(env["data"], json!("made"), "{env}");
+    crate::harness::assert_time(&env["time"]);
+    assert_eq!(frames[1].id(), "4", "{frames:?}");
+    assert_eq!(
+        frames[1].event.as_deref(),
+        Some("message"),
+        "no event: `message`: {frames:?}"
+    );
+    assert_eq!(frames[1].json()["data"], json!("plain"));
+}
+
+#[tokio::test]
+async fn sse_since_all_replays_then_follows() {
+    let server = Server::start(&[]).await;
+    server.publish_n("t", 3, "m").await;
+    let mut sse = Sse::open(&server, "/v1/topics/t/sse?since=all", &[]).await;
+    let frames = sse.events(3).await;
+    assert_eq!(single_topic_seqs(&frames), vec![1, 2, 3]);
+    server.publish("t", "m4").await;
+    let frames = sse.events(1).await;
+    assert_eq!(single_topic_seqs(&frames), vec![4]);
+
+    // since=now (also the default) gets only what comes next.
+    let mut now = Sse::open(&server, "/v1/topics/t/sse?since=now", &[]).await;
+    let mut default = Sse::open(&server, "/v1/topics/t/sse", &[]).await;
+    server.publish("t", "m5").await;
+    assert_eq!(single_topic_seqs(&now.events(1).await), vec![5]);
+    assert_eq!(single_topic_seqs(&default.events(1).await), vec![5]);
+}
+
+#[tokio::test]
+async fn sse_raw_sends_the_payload_as_data_lines() {
+    let server = Server::start(&[]).await;
+    server
+        .publish_with("t", "hello", &[("Plexus-Event", "greet")])
+        .await;
+    server.publish("t", "line one\nline two").await;
+    let mut sse = Sse::open(&server, "/v1/topics/t/sse?since=all&raw=1", &[]).await;
+    let frames = sse.events(2).await;
+    assert_eq!(frames[0].id(), "1", "{frames:?}");
+    assert_eq!(frames[0].event.as_deref(), Some("greet"), "{frames:?}");
+    assert_eq!(frames[0].data.as_deref(), Some("hello"), "{frames:?}");
+    assert_eq!(frames[1].id(), "2", "{frames:?}");
+    assert_eq!(frames[1].event.as_deref(), Some("message"), "{frames:?}");
+    assert_eq!(
+        frames[1].data.as_deref(),
+        Some("line one\nline two"),
+        "a multi-line payload is several data lines: {frames:?}"
+    );
+}
+
+#[tokio::test]
+async fn sse_sends_keepalive_comments_when_idle() {
+    let server = Server::start(&["--keepalive", "1s"]).await;
+    server.publish("t", "m1").await;
+    let mut sse = Sse::open(&server, "/v1/topics/t/sse", &[]).await;
+    for _ in 0..2 {
+        let frame = sse
+            .next_frame()
+            .await
+            .expect("the idle stream stays open");
+        assert_eq!(
+            frame.comments,
+            vec!["keepalive".to_string()],
+            "an idle stream sends `: keepalive`: {frame:?}"
+        );
+        assert!(frame.id.is_none() && frame.data.is_none(), "{frame:?}");
+    }
+    // The stream still delivers after keepalives.
+    server.publish("t", "m2").await;
+    let frames = sse.events(1).await;
+    assert_eq!(single_topic_seqs(&frames), vec![2]);
+}
+
+#[tokio::test]
+async fn sse_multi_topic_ids_name_every_topic() {
+    let server = Server::start(&[]).await;
+    server.publish_n("a", 2, "a").await;
+    server.publish("b", "b1").await;
+    // `c` does not exist yet; it must still be named in every id.
+    let mut sse = Sse::open(&server, "/v1/topics/a,b,c/sse", &[]).await;
+    server.publish("a", "a3").await;
+    server.publish("b", "b2").await;
+    server.publish("c", "c1").await;
+    let frames = sse.events(3).await;
+    assert_eq!(
+        topic_seqs(&frames),
+        vec![("a".into(), 3), ("b".into(), 2), ("c".into(), 1)]
+    );
+    let ids: Vec<_> = frames.iter().map(|f| parse_cursor(f.id())).collect();
+    let want = |a: u64, b: u64, c: u64| {
+        [("a", a), ("b", b), ("c", c)]
+            .into_iter()
+            .map(|(t, s)| (t.to_string(), s))
+            .collect()
+    };
+    assert_eq!(ids[0], want(3, 1, 0), "{frames:?}");
+    assert_eq!(ids[1], want(3, 2, 0), "{frames:?}");
+    assert_eq!(ids[2], want(3, 2, 1), "{frames:?}");
+}
+
+#[tokio::test]
+async fn sse_starts_with_an_expired_gap_below_retention() {
+    let server = Server::start(&["--retention-messages", "5"]).await;
+    server.publish_n("t", 20, "m").await;
+    eventually("t to hold at most 5 messages", || async {
+        let info = server.topic_info("t").await;
+        (info["messages"].as_u64().is_some_and(|n| n <= 5)).then_some(())
+    })
+    .await;
+    for raw in ["", "&raw=1"] {
+        let path = format!("/v1/topics/t/sse?since=0{raw}");
+        let mut sse = Sse::open(&server, &path, &[]).await;
+        let gap = sse.next_event().await.expect("a gap frame");
+        assert!(gap.is_gap(), "{path}: the first frame is a gap: {gap:?}");
+        let body = gap.json();
+        assert_eq!(body["topic"], json!("t"), "{path}: {gap:?}");
+        assert_eq!(body["from"], json!(1), "{path}: {gap:?}");
+        assert_eq!(body["reason"], json!("expired"), "{path}: {gap:?}");
+        let to = body["to"].as_u64().expect("gap `to` is a seq");
+        assert!((15..20).contains(&to), "{path}: {gap:?}");
+        assert_eq!(
+            gap.id(),
+            to.to_string(),
+            "{path}: a gap's id is the cursor after it"
+        );
+        let n = (20 - to) as usize;
+        let frames = sse.events(n).await;
+        let ids: Vec<u64> = frames
+            .iter()
+            .map(|f| f.id().parse().expect("numeric id"))
+            .collect();
+        assert_eq!(ids, (to + 1..=20).collect::<Vec<_>>(), "{path}");
+        if raw.is_empty() {
+            assert_eq!(single_topic_seqs(&frames), ids);
+        } else {
+            let data: Vec<_> = frames.iter().map(|f| f.data.clone()).collect();
+            let want: Vec<_> = ids.iter().map(|i| Some(format!("m{i}"))).collect();
+            assert_eq!(data, want, "{path}: raw payloads");
+        }
+        // Resuming from the gap's id does not report the gap again.
+        let mut again = Sse::open(&server, "/v1/topics/t/sse", &[("Last-Event-ID", gap.id())]).await;
+        let first = again.next_event().await.expect("a frame");
+        assert!(!first.is_gap(), "{path}: no second gap: {first:?}");
+        assert_eq!(first.id(), (to + 1).to_string());
+    }
+
+    // since=all never reports a gap.
+    let mut sse = Sse::open(&server, "/v1/topics/t/sse?since=all", &[]).await;
+    let first = sse.next_event().await.expect("a frame");
+    assert!(!first.is_gap(), "since=all: {first:?}");
+}
+
+#[tokio::test]
+async fn sse_bad_parameters_are_400_before_the_stream() {
+    let server = Server::start(&[]).await;
+    server.publish("t", "m1").await;
+    for (path, headers) in [
+        ("/v1/topics/t/sse?since=yesterday-ish", vec![]),
+        ("/v1/topics/t/sse?since=-1", vec![]),
+        ("/v1/topics/a,b/sse?since=3", vec![]),
+        ("/v1/topics/t/sse?slow=fast", vec![]),
+        ("/v1/topics/t/sse?slow=", vec![]),
+        ("/v1/topics/t/sse?raw=2", vec![]),
+        ("/v1/topics/t/sse", vec![("Last-Event-ID", "not-a-cursor")]),
+        ("/v1/topics/bad..topic/sse", vec![]),
+    ] {
+        let resp = server.get(path, &headers).await;
+        expect_problem(resp, 400, &format!("GET {path} {headers:?}")).await;
+    }
+}
+
+/// Reads `n` frames, then reconnects with `Last-Event-ID` and expects exactly the rest.
+#[tokio::test]
+async fn sse_resume_with_last_event_id_is_exact() {
+    let server = Server::start(&[]).await;
+    server.publish_n("t", 5, "m").await;
+    let mut sse = Sse::open(&server, "/v1/topics/t/sse?since=all", &[]).await;
+    let first = sse.events(3).await;
+    assert_eq!(single_topic_seqs(&first), vec![1, 2, 3]);
+    let last = first[2].id().to_string();
+    drop(sse);
+
+    server.publish_n("t", 4, "n").await;
+    // Last-Event-ID wins over `since`.
+    let mut sse = Sse::open(
+        &server,
+        "/v1/topics/t/sse?since=all",
+        &[("Last-Event-ID", &last)],
+    )
+    .await;
+    let rest = sse.events(6).await;
+    assert_eq!(single_topic_seqs(&rest), vec![4, 5, 6, 7, 8, 9]);
+    // Nothing else is queued before a new message: no duplicate, no extra.
+    server.publish("t", "sentinel").await;
+    let next = sse.events(1).await;
+    assert_eq!(single_topic_seqs(&next), vec![10]);
+    assert_eq!(next[0].json()["data"], json!("sentinel"));
+}
+
+#[tokio::test]
+async fn sse_multi_topic_resume_is_exact_per_topic() {
+    let server = Server::start(&[]).await;
+    for i in 1..=3 {
+        server.publish("a", format!("a{i}")).await;
+        server.publish("b", format!("b{i}")).await;
+    }
+    let mut sse = Sse::open(&server, "/v1/topics/a,b/sse?since=all", &[]).await;
+    let first = sse.events(4).await;
+    let got = topic_seqs(&first);
+    let last = first[3].id().to_string();
+    let cursor = parse_cursor(&last);
+    assert_eq!(
+        cursor.keys().collect::<Vec<_>>(),
+        vec!["a", "b"],
+        "the id names both topics: {last}"
+    );
+    drop(sse);
+
+    for i in 4..=5 {
+        server.publish("a", format!("a{i}")).await;
+        server.publish("b", format!("b{i}")).await;
+    }
+    let mut sse = Sse::open(&server, "/v1/topics/a,b/sse", &[("Last-Event-ID", &last)]).await;
+    let rest = topic_seqs(&sse.events(10 - got.len()).await);
+    server.publish("b", "sentinel").await;
+    let sentinel = topic_seqs(&sse.events(1).await);
+    assert_eq!(sentinel, vec![("b".to_string(), 6)], "nothing extra before it");
+
+    let all: Vec<_> = got.iter().chain(rest.iter()).cloned().collect();
+    for topic in ["a", "b"] {
+        let seqs: Vec<u64> = all
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, s)| *s)
+            .collect();
+        assert_eq!(
+            seqs,
+            vec![1, 2, 3, 4, 5],
+            "{topic}: each message once, in order, across the resume from {last}: {all:?}"
+        );
+    }
+    // The first part agrees with the cursor it produced.
+    for topic in ["a", "b"] {
+        let max = got
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, s)| *s)
+            .max()
+            .unwrap_or(0);
+        assert_eq!(cursor[topic], max, "{last} vs {got:?}");
+    }
+}
+
+#[tokio::test]
+async fn sse_resume_across_a_restart_is_exact() {
+    let mut server = Server::start(&[]).await;
+    server.publish_n("t", 5, "m").await;
+    server.publish("u", "u1").await;
+    let mut sse = Sse::open(&server, "/v1/topics/t/sse?since=all", &[]).await;
+    let first = sse.events(3).await;
+    assert_eq!(single_topic_seqs(&first), vec![1, 2, 3]);
+    let mut multi = Sse::open(&server, "/v1/topics/t,u/sse?since=all", &[]).await;
+    let multi_first = multi.events(4).await;
+    let multi_id = multi_first[3].id().to_string();
+    let multi_seen = parse_cursor(&multi_id);
+    for (topic, seq) in topic_seqs(&multi_first) {
+        assert!(seq <= multi_seen[&topic], "{multi_id} covers {topic}:{seq}");
+    }
+    drop(sse);
+    drop(multi);
+
+    server.publish("t", "before-restart").await;
+    server.restart().await;
+    server.publish_n("t", 3, "after").await;
+    server.publish("u", "u2").await;
+
+    let mut sse = Sse::open(&server, "/v1/topics/t/sse", &[("Last-Event-ID", "3")]).await;
+    let rest = sse.events(6).await;
+    assert_eq!(single_topic_seqs(&rest), vec![4, 5, 6, 7, 8, 9]);
+    assert_eq!(rest[2].json()["data"], json!("before-restart"));
+    server.publish("t", "sentinel").await;
+    assert_eq!(single_topic_seqs(&sse.events(1).await), vec![10]);
+
+    let mut multi = Sse::open(&server, "/v1/topics/t,u/sse", &[("Last-Event-ID", &multi_id)]).await;
+    let (seen_t, seen_u) = (multi_seen["t"], multi_seen["u"]);
+    let want = (10 - seen_t) + (2 - seen_u);
+    let rest = topic_seqs(&multi.events(want as usize).await);
+    let per = |topic: &str| -> Vec<u64> {
+        rest.iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, s)| *s)
+            .collect()
+    };
+    assert_eq!(per("t"), (seen_t + 1..=10).collect::<Vec<_>>(), "{rest:?}");
+    assert_eq!(per("u"), (seen_u + 1..=2).collect::<Vec<_>>(), "{rest:?}");
+    server.publish("u", "sentinel").await;
+    assert_eq!(
+        topic_seqs(&multi.events(1).await),
+        vec![("u".to_string(), 3)],
+        "nothing extra before the sentinel"
+    );
+}
