@@ -61,6 +61,9 @@ async fn upgrade(
     // Frames up to our limit get an answer; beyond 4x it the socket is closed (1009).
     let limit = state.options.max_ws_frame_bytes;
     Ok(ws
+        // tungstenite's defaults (128 KiB each way) would cost an idle socket ~140 KiB.
+        .read_buffer_size(4096)
+        .write_buffer_size(4096)
         .max_message_size(limit.saturating_mul(4))
         .max_frame_size(limit.saturating_mul(4))
         .on_upgrade(move |socket| async move {

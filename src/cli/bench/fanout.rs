@@ -110,7 +110,10 @@ fn count_deliveries(record: &[u8], stats: &mut SubStats, shared: &Shared) {
     while let Some(i) = find(rest, b"\"data\":\"") {
         let start = i + 8;
         let digits = rest.get(start..start + 20).unwrap_or_default();
-        if let Some(sent) = std::str::from_utf8(digits).ok().and_then(|d| d.parse::<u128>().ok()) {
+        if let Some(sent) = std::str::from_utf8(digits)
+            .ok()
+            .and_then(|d| d.parse::<u128>().ok())
+        {
             let us = now_nanos().saturating_sub(sent) / 1000;
             stats.latency.record(us as u64);
         }
@@ -118,7 +121,9 @@ fn count_deliveries(record: &[u8], stats: &mut SubStats, shared: &Shared) {
         shared.received.fetch_add(1, Ordering::Relaxed);
         rest = &rest[start..];
     }
-    shared.last_delivery.fetch_max(now_nanos() as u64, Ordering::Relaxed);
+    shared
+        .last_delivery
+        .fetch_max(now_nanos() as u64, Ordering::Relaxed);
 }
 
 struct SubStats {
@@ -190,16 +195,21 @@ async fn subscriber(
             }
         }
         Via::Ws => {
-            let path = if raw { "/" } else { "/v1/ws?topic=bench&since=now" };
+            let path = if raw {
+                "/"
+            } else {
+                "/v1/ws?topic=bench&since=now"
+            };
             stream
                 .write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes())
                 .await?;
             read_head(&mut stream, &mut buf).await?;
             let mut ready = raw;
+            let mut permit = Some(permit);
             if ready {
                 shared.ready.fetch_add(1, Ordering::Relaxed);
+                permit.take();
             }
-            let mut permit = Some(permit);
             loop {
                 // Unmasked server frames: opcode, 7/16/64-bit length, payload.
                 while buf.len() >= 2 {
@@ -256,7 +266,10 @@ async fn subscriber(
                 let length = head
                     .to_ascii_lowercase()
                     .lines()
-                    .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>()))
+                    .find_map(|l| {
+                        l.strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>())
+                    })
                     .and_then(Result::ok)
                     .unwrap_or(0);
                 while buf.len() < length {
@@ -347,7 +360,12 @@ async fn publish_all(addr: &str, args: &FanoutArgs, raw: bool) -> Result<f64, St
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let body = format!("{:020} {pad}", now_nanos());
-                let response = client.post(&url).body(body).send().await.map_err(|e| e.to_string())?;
+                let response = client
+                    .post(&url)
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
                 if !response.status().is_success() {
                     return Err(format!("publish answered {}", response.status()));
                 }
@@ -399,9 +417,22 @@ async fn measure(args: &FanoutArgs, raw: bool) -> Result<Report, String> {
     });
     let stop = CancellationToken::new();
     let gate = Arc::new(Semaphore::new(256));
-    let via = if raw && args.via == Via::LongPoll { Via::Sse } else { args.via };
+    let via = if raw && args.via == Via::LongPoll {
+        Via::Sse
+    } else {
+        args.via
+    };
     let subs: Vec<_> = (0..args.subscribers)
-        .map(|_| tokio::spawn(subscriber(addr.clone(), via, raw, shared.clone(), gate.clone(), stop.clone())))
+        .map(|_| {
+            tokio::spawn(subscriber(
+                addr.clone(),
+                via,
+                raw,
+                shared.clone(),
+                gate.clone(),
+                stop.clone(),
+            ))
+        })
         .collect();
     let bar = ProgressBar::new(args.subscribers as u64);
     bar.set_style(
@@ -409,11 +440,20 @@ async fn measure(args: &FanoutArgs, raw: bool) -> Result<Report, String> {
             .map_err(|e| e.to_string())?
             .progress_chars("=> "),
     );
-    bar.set_message(if raw { "raw loop: connecting" } else { "hub: connecting" });
+    bar.set_message(if raw {
+        "raw loop: connecting"
+    } else {
+        "hub: connecting"
+    });
+    let connecting = Instant::now();
     while shared.ready.load(Ordering::Relaxed) < args.subscribers {
         bar.set_position(shared.ready.load(Ordering::Relaxed) as u64);
-        if subs.iter().all(|t| t.is_finished()) {
-            return Err("every subscriber failed to connect".into());
+        if connecting.elapsed() > Duration::from_secs(120) {
+            return Err(format!(
+                "only {} of {} subscribers connected within 120 s",
+                shared.ready.load(Ordering::Relaxed),
+                args.subscribers
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -440,7 +480,11 @@ async fn measure(args: &FanoutArgs, raw: bool) -> Result<Report, String> {
     let expected = (args.subscribers * args.messages) as u64;
     bar.set_length(expected);
     bar.set_position(0);
-    bar.set_message(if raw { "raw loop: delivering" } else { "hub: delivering" });
+    bar.set_message(if raw {
+        "raw loop: delivering"
+    } else {
+        "hub: delivering"
+    });
     let first_publish = now_nanos() as u64;
     let publish_secs = publish_all(&addr, args, raw).await?;
     // Drain: until everything arrived or nothing moved for 5 s.
@@ -471,7 +515,11 @@ async fn measure(args: &FanoutArgs, raw: bool) -> Result<Report, String> {
             requests += stats.requests;
         }
     }
-    let span = shared.last_delivery.load(Ordering::Relaxed).saturating_sub(first_publish) as f64 / 1e9;
+    let span = shared
+        .last_delivery
+        .load(Ordering::Relaxed)
+        .saturating_sub(first_publish) as f64
+        / 1e9;
     drop(child);
     Ok(Report {
         deliveries_per_s: received as f64 / span.max(1e-9),
@@ -517,7 +565,11 @@ pub async fn run(args: FanoutArgs) -> Result<(), String> {
         args.messages,
         args.size,
         if args.rate > 0.0 {
-            format!("{} msgs/s ({} deliveries/s)", args.rate, args.rate * args.subscribers as f64)
+            format!(
+                "{} msgs/s ({} deliveries/s)",
+                args.rate,
+                args.rate * args.subscribers as f64
+            )
         } else {
             "saturated".to_owned()
         }

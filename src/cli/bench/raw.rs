@@ -48,7 +48,10 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-async fn connection(stream: tokio::net::TcpStream, subs: Arc<Mutex<Subscribers>>) -> std::io::Result<()> {
+async fn connection(
+    stream: tokio::net::TcpStream,
+    subs: Arc<Mutex<Subscribers>>,
+) -> std::io::Result<()> {
     let (mut read, mut write) = stream.into_split();
     let mut buf = BytesMut::with_capacity(1024);
     loop {
@@ -107,7 +110,10 @@ async fn publish(subs: &Mutex<Subscribers>, body: &[u8]) {
         format_rfc3339_millis(now_millis()),
         String::from_utf8_lossy(body)
     );
-    let sse = Bytes::from(format!("id: {}\nevent: message\ndata: {envelope}\n\n", subs.seq));
+    let sse = Bytes::from(format!(
+        "id: {}\nevent: message\ndata: {envelope}\n\n",
+        subs.seq
+    ));
     let ws_payload = format!("{{\"op\":\"message\",{}", &envelope[1..]);
     let mut ws = BytesMut::with_capacity(ws_payload.len() + 10);
     ws.put_u8(0x81);
