@@ -20,6 +20,38 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/topics/{topic}", get(show).delete(delete))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// Prometheus text. A first family only: subscribers that fell behind, by policy (the
+/// operations issue grows this into the full set).
+async fn metrics(State(state): State<AppState>) -> Response {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let slow = &state.hub.slow;
+    let mut out = String::from(
+        "# HELP plexus_slow_subscribers_total Subscribers that fell behind the live buffer, by slow-consumer policy.\n\
+         # TYPE plexus_slow_subscribers_total counter\n",
+    );
+    for (policy, counter) in [
+        ("catchup", &slow.catchup),
+        ("latest", &slow.latest),
+        ("disconnect", &slow.disconnect),
+    ] {
+        let _ = writeln!(
+            out,
+            "plexus_slow_subscribers_total{{policy=\"{policy}\"}} {}",
+            counter.load(Relaxed)
+        );
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
 }
 
 #[derive(Serialize)]

@@ -216,10 +216,10 @@ impl Subscription {
             .enumerate()
             .map(|(i, t)| t.into_stream().map(move |e| (i, e)).boxed())
             .collect();
-        if streams.len() == 1 {
-            if let Some(only) = streams.pop() {
-                return only;
-            }
+        if streams.len() == 1
+            && let Some(only) = streams.pop()
+        {
+            return only;
         }
         stream::select_all(streams).boxed()
     }

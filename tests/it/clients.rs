@@ -42,10 +42,6 @@ pub struct Dial {
 
 impl RawResponse {
     /// Sends `GET path` with `headers` and reads the status line and headers.
-    pub async fn get(server: &Server, path: &str, headers: &[(&str, &str)]) -> RawResponse {
-        Self::get_with(server, path, headers, Dial::default()).await
-    }
-
     pub async fn get_with(
         server: &Server,
         path: &str,
@@ -100,7 +96,10 @@ impl RawResponse {
                     .read_line(&mut line)
                     .await
                     .expect("read the response head");
-                assert!(n > 0, "GET {path}: connection closed in the head: {lines:?}");
+                assert!(
+                    n > 0,
+                    "GET {path}: connection closed in the head: {lines:?}"
+                );
                 let line = line.trim_end().to_string();
                 if line.is_empty() {
                     return;
@@ -220,13 +219,6 @@ impl RawResponse {
                 String::from_utf8_lossy(&self.pending)
             ),
         }
-    }
-
-    /// The whole rest of the body (for a response that ends).
-    pub async fn rest(&mut self) -> Vec<u8> {
-        let ended = timeout(READ_TIMEOUT, async { while self.fill().await {} }).await;
-        assert!(ended.is_ok(), "the body did not end within {READ_TIMEOUT:?}");
-        std::mem::take(&mut self.pending)
     }
 }
 
@@ -378,7 +370,11 @@ impl Ndjson {
     /// Opens `GET path`, asserting `200 application/x-ndjson`. The subscription exists once
     /// this returns.
     pub async fn open(server: &Server, path: &str) -> Ndjson {
-        let resp = RawResponse::get(server, path, &[]).await;
+        Self::open_with(server, path, Dial::default()).await
+    }
+
+    pub async fn open_with(server: &Server, path: &str, dial: Dial) -> Ndjson {
+        let resp = RawResponse::get_with(server, path, &[], dial).await;
         assert_eq!(resp.status, 200, "GET {path}: {:?}", resp.headers);
         let ct = resp.header("content-type").unwrap_or("");
         assert!(
@@ -438,8 +434,39 @@ impl Ws {
         Ws { inner }
     }
 
+    /// Connects over a socket with the options of `dial` (e.g. a small receive buffer).
+    pub async fn connect_with(server: &Server, query: &str, dial: Dial) -> Ws {
+        let url = format!("ws://{}/v1/ws{query}", server.addr());
+        let socket = TcpSocket::new_v4().expect("create a TCP socket");
+        if let Some(size) = dial.recv_buffer {
+            socket
+                .set_recv_buffer_size(size)
+                .expect("set the receive buffer size");
+        }
+        let addr = server
+            .addr()
+            .parse()
+            .expect("the server address is ip:port");
+        let stream = timeout(READ_TIMEOUT, socket.connect(addr))
+            .await
+            .expect("connect within the deadline")
+            .expect("connect to the server");
+        let (inner, resp) = timeout(
+            READ_TIMEOUT,
+            tokio_tungstenite::client_async(url.clone(), MaybeTlsStream::Plain(stream)),
+        )
+        .await
+        .expect("WebSocket handshake within the deadline")
+        .unwrap_or_else(|e| panic!("WebSocket handshake with {url}: {e}"));
+        assert_eq!(resp.status().as_u16(), 101, "{url}");
+        Ws { inner }
+    }
+
     pub async fn send_raw(&mut self, message: WsMessage) {
-        self.inner.send(message).await.expect("send a WebSocket frame");
+        self.inner
+            .send(message)
+            .await
+            .expect("send a WebSocket frame");
     }
 
     pub async fn send(&mut self, frame: Value) {
@@ -511,10 +538,5 @@ impl Ws {
             out.push(got);
         }
         out
-    }
-
-    /// Takes the underlying stream, to stop reading it for a while.
-    pub fn inner(&mut self) -> &mut WebSocketStream<MaybeTlsStream<TcpStream>> {
-        &mut self.inner
     }
 }

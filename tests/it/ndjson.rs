@@ -11,9 +11,16 @@ fn topic_seqs(lines: &[Value]) -> Vec<(String, u64)> {
     lines
         .iter()
         .map(|l| {
-            assert!(l.get("event").is_none_or(|e| e != "gap" && e != "disconnect"), "expected an envelope, got {l}");
+            assert!(
+                l.get("event")
+                    .is_none_or(|e| e != "gap" && e != "disconnect"),
+                "expected an envelope, got {l}"
+            );
             (
-                l["topic"].as_str().unwrap_or_else(|| panic!("no topic in {l}")).to_string(),
+                l["topic"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("no topic in {l}"))
+                    .to_string(),
                 l["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {l}")),
             )
         })
@@ -51,7 +58,10 @@ async fn ndjson_sends_keepalive_lines_when_idle() {
     server.publish("t", "m1").await;
     let mut stream = Ndjson::open(&server, "/v1/topics/t/stream").await;
     for _ in 0..2 {
-        let line = stream.next_line().await.expect("the idle stream stays open");
+        let line = stream
+            .next_line()
+            .await
+            .expect("the idle stream stays open");
         assert_eq!(line, json!({"event": "keepalive"}));
     }
     server.publish("t", "m2").await;
@@ -136,7 +146,10 @@ async fn ndjson_multi_topic_resume_is_exact_per_topic() {
         server.publish("a", format!("a{i}")).await;
         server.publish("b", format!("b{i}")).await;
     }
-    let path = format!("/v1/topics/a,b/stream?since={}", crate::harness::enc(&cursor));
+    let path = format!(
+        "/v1/topics/a,b/stream?since={}",
+        crate::harness::enc(&cursor)
+    );
     let mut stream = Ndjson::open(&server, &path).await;
     let rest = topic_seqs(&stream.events(6).await);
     server.publish("a", "sentinel").await;
@@ -152,7 +165,11 @@ async fn ndjson_multi_topic_resume_is_exact_per_topic() {
             .filter(|(t, _)| t == topic)
             .map(|(_, s)| *s)
             .collect();
-        assert_eq!(got, vec![1, 2, 3, 4, 5], "{topic} across the resume from {cursor}: {all:?}");
+        assert_eq!(
+            got,
+            vec![1, 2, 3, 4, 5],
+            "{topic} across the resume from {cursor}: {all:?}"
+        );
     }
 }
 

@@ -20,7 +20,11 @@ fn single_topic_seqs(frames: &[Frame]) -> Vec<u64> {
             let seq = env["seq"]
                 .as_u64()
                 .unwrap_or_else(|| panic!("no seq in {env}"));
-            assert_eq!(f.id(), seq.to_string(), "single topic: id is the seq: {f:?}");
+            assert_eq!(
+                f.id(),
+                seq.to_string(),
+                "single topic: id is the seq: {f:?}"
+            );
             seq
         })
         .collect()
@@ -115,10 +119,7 @@ async fn sse_sends_keepalive_comments_when_idle() {
     server.publish("t", "m1").await;
     let mut sse = Sse::open(&server, "/v1/topics/t/sse", &[]).await;
     for _ in 0..2 {
-        let frame = sse
-            .next_frame()
-            .await
-            .expect("the idle stream stays open");
+        let frame = sse.next_frame().await.expect("the idle stream stays open");
         assert_eq!(
             frame.comments,
             vec!["keepalive".to_string()],
@@ -199,7 +200,8 @@ async fn sse_starts_with_an_expired_gap_below_retention() {
             assert_eq!(data, want, "{path}: raw payloads");
         }
         // Resuming from the gap's id does not report the gap again.
-        let mut again = Sse::open(&server, "/v1/topics/t/sse", &[("Last-Event-ID", gap.id())]).await;
+        let mut again =
+            Sse::open(&server, "/v1/topics/t/sse", &[("Last-Event-ID", gap.id())]).await;
         let first = again.next_event().await.expect("a frame");
         assert!(!first.is_gap(), "{path}: no second gap: {first:?}");
         assert_eq!(first.id(), (to + 1).to_string());
@@ -285,7 +287,11 @@ async fn sse_multi_topic_resume_is_exact_per_topic() {
     let rest = topic_seqs(&sse.events(10 - got.len()).await);
     server.publish("b", "sentinel").await;
     let sentinel = topic_seqs(&sse.events(1).await);
-    assert_eq!(sentinel, vec![("b".to_string(), 6)], "nothing extra before it");
+    assert_eq!(
+        sentinel,
+        vec![("b".to_string(), 6)],
+        "nothing extra before it"
+    );
 
     let all: Vec<_> = got.iter().chain(rest.iter()).cloned().collect();
     for topic in ["a", "b"] {
@@ -342,7 +348,12 @@ async fn sse_resume_across_a_restart_is_exact() {
     server.publish("t", "sentinel").await;
     assert_eq!(single_topic_seqs(&sse.events(1).await), vec![10]);
 
-    let mut multi = Sse::open(&server, "/v1/topics/t,u/sse", &[("Last-Event-ID", &multi_id)]).await;
+    let mut multi = Sse::open(
+        &server,
+        "/v1/topics/t,u/sse",
+        &[("Last-Event-ID", &multi_id)],
+    )
+    .await;
     let (seen_t, seen_u) = (multi_seen["t"], multi_seen["u"]);
     let want = (10 - seen_t) + (2 - seen_u);
     let rest = topic_seqs(&multi.events(want as usize).await);

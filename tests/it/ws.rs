@@ -23,9 +23,7 @@ fn topic_seqs(frames: &[Value]) -> Vec<(String, u64)> {
                     .as_str()
                     .unwrap_or_else(|| panic!("no topic in {f}"))
                     .to_string(),
-                f["seq"]
-                    .as_u64()
-                    .unwrap_or_else(|| panic!("no seq in {f}")),
+                f["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {f}")),
             )
         })
         .collect()
@@ -215,7 +213,10 @@ async fn expect_error(ws: &mut Ws, frame: WsMessage, id: Option<Value>, status: 
         "{what}: a detail: {got}"
     );
     if let Some(id) = id {
-        assert_eq!(got["id"], id, "{what}: the error names the frame's id: {got}");
+        assert_eq!(
+            got["id"], id,
+            "{what}: the error names the frame's id: {got}"
+        );
     }
 }
 

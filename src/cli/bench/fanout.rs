@@ -253,7 +253,6 @@ async fn subscriber(
                             .as_bytes(),
                     )
                     .await?;
-                stats.requests += 1;
                 if first {
                     first = false;
                     shared.ready.fetch_add(1, Ordering::Relaxed);
@@ -278,6 +277,8 @@ async fn subscriber(
                     }
                 }
                 let body = buf.split_to(length);
+                // Counted when answered: the poll still waiting at the end is not a request served.
+                stats.requests += 1;
                 count_deliveries(&body, &mut stats, &shared);
                 if let Some(i) = find(&body, b"\"next\":\"") {
                     let rest = &body[i + 8..];
@@ -546,7 +547,7 @@ fn print(name: &str, r: &Report, args: &FanoutArgs) {
         per_conn,
         r.rss_end_kib,
         if r.requests > 0 {
-            format!(", {} requests", r.requests)
+            format!(", {} requests answered", r.requests)
         } else {
             String::new()
         }
