@@ -28,10 +28,14 @@ pub async fn run(
     options: ServerOptions,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // `max_buf_size(8192)` (hyper's minimum) keeps an idle HTTP/1.1 stream's read buffer at
+    // 8 KiB instead of letting it double to 16 KiB (an idle SSE connection: 20.5 -> 14.5 KiB,
+    // docs/BENCHMARKS.md); it also caps a request head at 8 KiB.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(options.header_timeout);
+        .header_read_timeout(options.header_timeout)
+        .max_buf_size(8192);
     // hyper's default of 200 streams per connection would stall the 201st subscription.
     builder
         .http2()
