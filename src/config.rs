@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::model::parse_duration;
 use crate::store::{Durability, Retention};
+use crate::tls::TlsSource;
 
 /// The default configuration, every key with a comment; also what `--print-config` prints.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -69,6 +70,15 @@ pub struct ServeArgs {
     /// Grace period of a shutdown [default: 10s]
     #[arg(long, env = "PLEXUS_SHUTDOWN_GRACE", value_name = "DUR")]
     pub shutdown_grace: Option<String>,
+    /// TLS certificate chain (PEM); with --tls-key the port speaks TLS only
+    #[arg(long, env = "PLEXUS_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM)
+    #[arg(long, env = "PLEXUS_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve TLS with a development certificate made at start (fingerprint printed)
+    #[arg(long, env = "PLEXUS_TLS_SELF_SIGNED")]
+    pub tls_self_signed: bool,
     /// Print the default configuration file (every key, its default) and exit
     #[arg(long)]
     pub print_config: bool,
@@ -86,10 +96,19 @@ struct FileConfig {
     storage: String,
     durability: String,
     shutdown_grace: String,
+    tls: FileTls,
     retention: FileRetention,
     limits: FileLimits,
     streams: FileStreams,
     log: FileLog,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert: PathBuf,
+    key: PathBuf,
+    self_signed: bool,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -149,6 +168,7 @@ pub struct Config {
     pub header_timeout: Duration,
     pub keepalive: Duration,
     pub log_format: LogFormat,
+    pub tls: Option<TlsSource>,
 }
 
 /// Overlays `over` onto `base`, table by table.
@@ -253,7 +273,31 @@ impl Config {
                 )));
             }
         };
+        let cert = a.tls_cert.clone().unwrap_or(f.tls.cert);
+        let key = a.tls_key.clone().unwrap_or(f.tls.key);
+        let empty = |p: &PathBuf| p.as_os_str().is_empty();
+        let tls = match (
+            a.tls_self_signed || f.tls.self_signed,
+            empty(&cert),
+            empty(&key),
+        ) {
+            (true, true, true) => Some(TlsSource::SelfSigned),
+            (true, _, _) => {
+                return Err(ConfigError(
+                    "tls.self_signed: cannot be combined with tls.cert and tls.key".into(),
+                ));
+            }
+            (false, true, true) => None,
+            (false, false, false) => Some(TlsSource::Files { cert, key }),
+            (false, false, true) => {
+                return Err(ConfigError("tls.key: needed with tls.cert".into()));
+            }
+            (false, true, false) => {
+                return Err(ConfigError("tls.cert: needed with tls.key".into()));
+            }
+        };
         Ok(Config {
+            tls,
             listen,
             data_dir: a.data_dir.clone().unwrap_or(f.data_dir),
             storage,

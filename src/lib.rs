@@ -7,6 +7,7 @@
 //! - [`wire`]: encodings of messages (the JSON envelope, base64).
 //! - [`http`]: the HTTP API, one file per feature; `http/error.rs` maps every error to problem+json.
 //! - [`server`]: the accept loop serving HTTP/1.1 and HTTP/2 on one port, graceful drain.
+//! - [`tls`]: certificates (files or self-signed) into a rustls config with ALPN h2/http1.1.
 //! - [`config`]: file < environment < flags, validated into a [`config::Config`].
 //! - [`cli`]: the `plexus` subcommands.
 //!
@@ -19,4 +20,5 @@ pub mod hub;
 pub mod model;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod wire;

@@ -1,22 +1,80 @@
-//! The accept loop: HTTP/1.1 and cleartext HTTP/2 (prior knowledge) on one port, detected per
-//! connection, with an ordered, bounded drain on shutdown.
+//! The accept loop: HTTP/1.1 and HTTP/2 on one port — detected per connection in cleartext
+//! (h2c by prior knowledge; `Upgrade: h2c` is answered in HTTP/1.1), chosen by ALPN over TLS —
+//! with an ordered, bounded drain on shutdown.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServerOptions {
-    /// A connection that has not sent a request head by then is closed.
+    /// A connection that has not sent a request head (or finished its TLS handshake) by then
+    /// is closed.
     pub header_timeout: Duration,
     /// How long open connections may take to finish once shutdown starts.
     pub shutdown_grace: Duration,
+    /// With TLS, the port speaks TLS only.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub stats: Arc<ConnStats>,
+}
+
+/// Connection counters, read by `/metrics`.
+#[derive(Default, Debug)]
+pub struct ConnStats {
+    pub accepted: AtomicU64,
+    pub closed: AtomicU64,
+    pub tls_handshake_failures: AtomicU64,
+}
+
+/// Counts a connection closed when dropped, however its task ends.
+struct OpenConnection(Arc<ConnStats>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.closed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn builder(options: &ServerOptions) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // `max_buf_size(8192)` (hyper's minimum) keeps an idle HTTP/1.1 stream's read buffer at
+    // 8 KiB instead of letting it double to 16 KiB (an idle SSE connection: 20.5 -> 14.7 KiB,
+    // docs/BENCHMARKS.md); it also caps a request head at 8 KiB.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_timeout)
+        .max_buf_size(8192);
+    // hyper's default of 200 streams per connection would stall the 201st subscription;
+    // the CONNECT protocol carries WebSockets over HTTP/2 (RFC 8441).
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(1000)
+        .enable_connect_protocol();
+    builder
+}
+
+/// Serves one connection until it ends or the drain closes it.
+async fn serve<I>(builder: auto::Builder<TokioExecutor>, io: I, app: Router, watcher: Watcher)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(app);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, then stops accepting and waits
@@ -27,20 +85,8 @@ pub async fn run(
     shutdown: CancellationToken,
     options: ServerOptions,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // `max_buf_size(8192)` (hyper's minimum) keeps an idle HTTP/1.1 stream's read buffer at
-    // 8 KiB instead of letting it double to 16 KiB (an idle SSE connection: 20.5 -> 14.5 KiB,
-    // docs/BENCHMARKS.md); it also caps a request head at 8 KiB.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(options.header_timeout)
-        .max_buf_size(8192);
-    // hyper's default of 200 streams per connection would stall the 201st subscription.
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(1000);
+    let builder = builder(&options);
+    let acceptor = options.tls.clone().map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {
@@ -56,17 +102,36 @@ pub async fn run(
                 continue;
             }
         };
+        options.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let open = OpenConnection(options.stats.clone());
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+        let (builder, app, watcher) = (builder.clone(), app.clone(), graceful.watcher());
+        match &acceptor {
+            None => {
+                tokio::spawn(async move {
+                    serve(builder, stream, app, watcher).await;
+                    drop(open);
+                });
             }
-        });
+            Some(acceptor) => {
+                let (acceptor, stats) = (acceptor.clone(), options.stats.clone());
+                let timeout = options.header_timeout;
+                tokio::spawn(async move {
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve(builder, tls, app, watcher).await,
+                        Ok(Err(e)) => {
+                            stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!("TLS handshake timed out");
+                        }
+                    }
+                    drop(open);
+                });
+            }
+        }
     }
     drop(listener);
     tokio::select! {

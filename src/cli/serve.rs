@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, DEFAULT_TOML, LogFormat, ServeArgs, StorageKind};
 use crate::http::{AppState, HttpOptions};
 use crate::hub::{Hub, HubOptions};
-use crate::server::{self, ServerOptions};
+use crate::server::{self, ConnStats, ServerOptions};
 use crate::store::{Log, MemoryLog, SqliteLog};
 
 pub fn run(args: ServeArgs) -> Result<(), String> {
@@ -59,10 +59,16 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Log>, String> {
 }
 
 /// Builds the application of a configuration: the router and the hub behind it.
-pub fn app(config: &Config, store: Arc<dyn Log>, shutdown: CancellationToken) -> axum::Router {
+pub fn app(
+    config: &Config,
+    store: Arc<dyn Log>,
+    shutdown: CancellationToken,
+    connections: Arc<ConnStats>,
+) -> axum::Router {
     let hub = Hub::new(store, HubOptions::default(), shutdown);
     crate::http::router(AppState {
         hub,
+        connections,
         options: Arc::new(HttpOptions {
             max_message_bytes: config.max_message_bytes,
             max_batch_bytes: config.max_batch_bytes,
@@ -76,6 +82,10 @@ pub fn app(config: &Config, store: Arc<dyn Log>, shutdown: CancellationToken) ->
 }
 
 async fn serve(config: Config) -> Result<(), String> {
+    let tls = match &config.tls {
+        Some(source) => Some(crate::tls::setup(source, &config.data_dir)?),
+        None => None,
+    };
     let store = open_store(&config)?;
     let listener = TcpListener::bind(config.listen)
         .await
@@ -84,13 +94,25 @@ async fn serve(config: Config) -> Result<(), String> {
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
     // The first line of stdout, which scripts and tests wait for.
-    println!("listening on http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("listening on {scheme}://{addr}");
+    if let Some(tls) = &tls {
+        match &tls.written_to {
+            Some(path) => println!(
+                "tls: self-signed certificate, SHA-256 fingerprint {} (PEM in {})",
+                tls.fingerprint,
+                path.display()
+            ),
+            None => println!("tls: certificate SHA-256 fingerprint {}", tls.fingerprint),
+        }
+    }
     let _ = std::io::stdout().flush();
     tracing::info!(%addr, storage = ?config.storage, "plexus is serving");
 
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
-    let app = app(&config, store.clone(), shutdown.clone());
+    let stats = Arc::new(ConnStats::default());
+    let app = app(&config, store.clone(), shutdown.clone(), stats.clone());
     server::run(
         listener,
         app,
@@ -98,6 +120,8 @@ async fn serve(config: Config) -> Result<(), String> {
         ServerOptions {
             header_timeout: config.header_timeout,
             shutdown_grace: config.shutdown_grace,
+            tls: tls.map(|t| t.config),
+            stats,
         },
     )
     .await;

@@ -44,6 +44,23 @@ async fn metrics(State(state): State<AppState>) -> Response {
             counter.load(Relaxed)
         );
     }
+    let conns = &state.connections;
+    let accepted = conns.accepted.load(Relaxed);
+    let closed = conns.closed.load(Relaxed);
+    let _ = write!(
+        out,
+        "# HELP plexus_connections_accepted_total TCP connections accepted.\n\
+         # TYPE plexus_connections_accepted_total counter\n\
+         plexus_connections_accepted_total {accepted}\n\
+         # HELP plexus_connections_open TCP connections open now.\n\
+         # TYPE plexus_connections_open gauge\n\
+         plexus_connections_open {}\n\
+         # HELP plexus_tls_handshake_failures_total TLS handshakes that failed or timed out.\n\
+         # TYPE plexus_tls_handshake_failures_total counter\n\
+         plexus_tls_handshake_failures_total {}\n",
+        accepted.saturating_sub(closed),
+        conns.tls_handshake_failures.load(Relaxed)
+    );
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -51,6 +51,8 @@ impl Default for HttpOptions {
 #[derive(Clone)]
 pub struct AppState {
     pub hub: Arc<Hub>,
+    /// The listener's connection counters (for `/metrics`).
+    pub connections: Arc<crate::server::ConnStats>,
     pub options: Arc<HttpOptions>,
 }
 

@@ -149,6 +149,8 @@ async fn spawn_server(app: Router, stop: CancellationToken) -> Result<String, St
         ServerOptions {
             header_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(1),
+            tls: None,
+            stats: Arc::new(crate::server::ConnStats::default()),
         },
     ));
     Ok(format!("http://{addr}"))
@@ -256,7 +258,12 @@ async fn publish(args: PublishArgs) -> Result<(), String> {
     })
     .map_err(|e| e.to_string())?;
     let store = super::serve::open_store(&config)?;
-    let app = super::serve::app(&config, store.clone(), stop.clone());
+    let app = super::serve::app(
+        &config,
+        store.clone(),
+        stop.clone(),
+        Arc::new(crate::server::ConnStats::default()),
+    );
     let hub_url = spawn_server(app, stop.clone()).await?;
 
     let use_wrk = match args.load.as_str() {
