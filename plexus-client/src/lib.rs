@@ -1,5 +1,5 @@
 //! A small async client of the Plexus hub: publish, read (short and long polls) and
-//! subscribe (SSE, NDJSON, WebSocket).
+//! subscribe (SSE, NDJSON, WebSocket), over HTTP/1.1 or HTTP/2.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), plexus_client::Error> {
@@ -9,9 +9,32 @@
 //! assert_eq!(page.messages[0].seq, published.seq);
 //! # Ok(()) }
 //! ```
+//!
+//! Many subscriptions on one HTTP/2 connection, each resuming by its cursor after a
+//! disconnect or a hub restart, with gaps as values:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), plexus_client::Error> {
+//! use plexus_client::{Client, Item, Transport};
+//! let client = Client::builder("http://127.0.0.1:7539").http2_prior_knowledge().build()?;
+//! let mut orders = client.follow("orders", Some("all"), Transport::Sse);
+//! let mut alerts = client.follow("alerts", None, Transport::Sse);
+//! loop {
+//!     tokio::select! {
+//!         item = orders.next() => match item? {
+//!             Item::Message(m) => println!("order {}: {:?}", m.seq, m.data),
+//!             Item::Gap(g) => println!("orders {:?}..{:?} are gone: {}", g.from, g.to, g.reason),
+//!         },
+//!         item = alerts.next() => println!("alert {:?}", item?),
+//!     }
+//! }
+//! # }
+//! ```
 
+mod follow;
 mod subscribe;
 
+pub use follow::Follow;
 pub use subscribe::{Item, Subscription, Transport};
 
 use std::fmt;
@@ -130,18 +153,107 @@ pub struct ReadOptions {
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    /// TLS for `wss://` (HTTP/1.1 only: WebSockets over HTTP/2 need RFC 8441 on the client).
+    ws_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+/// The system's roots plus the ones the application added.
+fn ws_tls_config(
+    extra: Vec<rustls::pki_types::CertificateDer<'static>>,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    for cert in extra {
+        roots
+            .add(cert)
+            .map_err(|e| Error::Protocol(format!("unusable root certificate: {e}")))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::Protocol(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
+}
+
+/// Configures a [`Client`].
+#[derive(Debug)]
+pub struct ClientBuilder {
+    base: String,
+    http2_prior_knowledge: bool,
+    roots: Vec<reqwest::Certificate>,
+    /// The same roots for the WebSocket's own TLS connection.
+    ws_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
+impl ClientBuilder {
+    /// Speak HTTP/2 from the first byte on an `http://` URL (h2c): every request and
+    /// subscription of this client shares one connection. Over `https://`, HTTP/2 is chosen
+    /// by ALPN without this.
+    pub fn http2_prior_knowledge(mut self) -> Self {
+        self.http2_prior_knowledge = true;
+        self
+    }
+
+    /// Trusts a certificate (PEM), e.g. the hub's `--tls-self-signed` one.
+    pub fn add_root_certificate_pem(mut self, pem: &[u8]) -> Result<Self, Error> {
+        use rustls::pki_types::pem::PemObject;
+        self.roots.push(reqwest::Certificate::from_pem(pem)?);
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+            self.ws_roots
+                .push(cert.map_err(|e| Error::Protocol(format!("bad certificate PEM: {e}")))?);
+        }
+        Ok(self)
+    }
+
+    pub fn build(self) -> Result<Client, Error> {
+        if !(self.base.starts_with("http://") || self.base.starts_with("https://")) {
+            return Err(Error::BadUrl(self.base));
+        }
+        // reqwest is built without a TLS provider of its own: use ring, as the hub does.
+        // (Already installed by the application: fine.)
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut http = reqwest::Client::builder();
+        if self.http2_prior_knowledge {
+            http = http.http2_prior_knowledge();
+        }
+        for root in self.roots {
+            http = http.add_root_certificate(root);
+        }
+        let ws_tls = if self.base.starts_with("https://") {
+            Some(ws_tls_config(self.ws_roots)?)
+        } else {
+            None
+        };
+        Ok(Client {
+            http: http.build()?,
+            base: self.base.trim_end_matches('/').to_owned(),
+            ws_tls,
+        })
+    }
 }
 
 impl Client {
     pub fn new(base: &str) -> Result<Self, Error> {
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(Error::BadUrl(base.to_owned()));
+        Self::builder(base).build()
+    }
+
+    pub fn builder(base: &str) -> ClientBuilder {
+        ClientBuilder {
+            base: base.to_owned(),
+            http2_prior_knowledge: false,
+            roots: Vec::new(),
+            ws_roots: Vec::new(),
         }
-        let http = reqwest::Client::builder().build()?;
-        Ok(Client {
-            http,
-            base: base.trim_end_matches('/').to_owned(),
-        })
+    }
+
+    /// The hub's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     /// Publishes one message; returns once the hub has made it durable.

@@ -87,9 +87,14 @@ impl Client {
                     url.push_str("&since=");
                     url.push_str(&since.replace(':', "%3A").replace(',', "%2C"));
                 }
-                let (socket, _) = tokio_tungstenite::connect_async(url)
-                    .await
-                    .map_err(|e| Error::WebSocket(e.to_string()))?;
+                let connector = self
+                    .ws_tls
+                    .clone()
+                    .map(tokio_tungstenite::Connector::Rustls);
+                let (socket, _) =
+                    tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector)
+                        .await
+                        .map_err(|e| Error::WebSocket(e.to_string()))?;
                 Source::Ws(Box::new(socket))
             }
         };

@@ -5,7 +5,9 @@ pub mod publish;
 pub mod serve;
 pub mod sub;
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
 
 use crate::config::ServeArgs;
 
@@ -50,3 +52,31 @@ fn block_on<F: std::future::Future<Output = Result<(), String>>>(f: F) -> Result
 
 /// The default hub address of client commands.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7539";
+
+/// How client commands reach the hub.
+#[derive(Args, Debug, Clone)]
+pub struct Connection {
+    /// Trust this certificate (PEM), e.g. the hub's <data_dir>/tls/self-signed.pem
+    #[arg(long, env = "PLEXUS_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// Speak HTTP/2 from the first byte on an http:// URL (h2c prior knowledge)
+    #[arg(long)]
+    pub http2: bool,
+}
+
+impl Connection {
+    pub fn client(&self, server: &str) -> Result<plexus_client::Client, String> {
+        let mut builder = plexus_client::Client::builder(server);
+        if self.http2 {
+            builder = builder.http2_prior_knowledge();
+        }
+        if let Some(path) = &self.cacert {
+            let pem =
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            builder = builder
+                .add_root_certificate_pem(&pem)
+                .map_err(|e| e.to_string())?;
+        }
+        builder.build().map_err(|e| e.to_string())
+    }
+}

@@ -4,7 +4,7 @@ use std::io::Read;
 
 use clap::Args;
 
-use super::DEFAULT_SERVER;
+use super::{Connection, DEFAULT_SERVER};
 
 #[derive(Args, Debug)]
 pub struct PubArgs {
@@ -21,6 +21,8 @@ pub struct PubArgs {
     /// Publish at most once under this key (kept 24 h)
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    #[command(flatten)]
+    pub connection: Connection,
 }
 
 pub async fn run(args: PubArgs) -> Result<(), String> {
@@ -34,7 +36,7 @@ pub async fn run(args: PubArgs) -> Result<(), String> {
             buf
         }
     };
-    let client = plexus_client::Client::new(&args.server).map_err(|e| e.to_string())?;
+    let client = args.connection.client(&args.server)?;
     let options = plexus_client::PublishOptions {
         event: args.event,
         idempotency_key: args.idempotency_key,

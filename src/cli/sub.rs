@@ -1,13 +1,12 @@
 //! `plexus sub`: follow topics, print one JSON envelope a line (gaps as gap lines).
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use plexus_client::{Client, Gap, Item, ReadOptions, Transport};
+use plexus_client::{Gap, Item, ReadOptions, Transport};
 
-use super::DEFAULT_SERVER;
+use super::{Connection, DEFAULT_SERVER};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Via {
@@ -39,6 +38,8 @@ pub struct SubArgs {
     /// Exit after this many messages
     #[arg(long)]
     pub count: Option<u64>,
+    #[command(flatten)]
+    pub connection: Connection,
     /// Interval between short polls
     #[arg(long, default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
@@ -61,86 +62,30 @@ pub async fn run(args: SubArgs) -> Result<(), String> {
         Via::Ws => Transport::WebSocket,
         Via::Stream => Transport::Ndjson,
     };
-    let client = Client::new(&args.server).map_err(|e| e.to_string())?;
-    let topics: Vec<&str> = args.topics.split(',').collect();
-    // Where each topic stands, to resume after a dropped connection.
-    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
-    let mut since = args.since.clone();
+    let client = args.connection.client(&args.server)?;
+    // `follow` resumes by cursor after a dropped connection or a hub restart.
+    let mut follow = client.follow(&args.topics, Some(&args.since), transport);
     let mut count = 0u64;
-    let mut backoff = Duration::from_millis(200);
     loop {
-        match client
-            .subscribe(&args.topics, Some(&since), transport)
-            .await
-        {
-            Ok(mut sub) => {
-                backoff = Duration::from_millis(200);
-                while let Some(item) = sub.next().await {
-                    let item = item.map_err(|e| e.to_string())?;
-                    let mut out = std::io::stdout().lock();
-                    match item {
-                        Item::Message(msg) => {
-                            let line = serde_json::to_string(&msg).map_err(|e| e.to_string())?;
-                            writeln!(out, "{line}").map_err(|e| e.to_string())?;
-                            seen.insert(msg.topic.clone(), msg.seq);
-                            count += 1;
-                        }
-                        Item::Gap(gap) => {
-                            print_gap(&mut out, &gap)?;
-                            if let Some(to) = gap.to {
-                                seen.insert(gap.topic.clone(), to);
-                            }
-                        }
-                    }
-                    out.flush().map_err(|e| e.to_string())?;
-                    if args.count.is_some_and(|n| count >= n) {
-                        return Ok(());
-                    }
-                }
-                // The hub ended the stream (restart, slow consumer): resume from the cursor.
-                since = resume_cursor(&topics, &seen, &args.since, sub.last_event_id.as_deref());
+        let item = follow.next().await.map_err(|e| e.to_string())?;
+        let mut out = std::io::stdout().lock();
+        match item {
+            Item::Message(msg) => {
+                let line = serde_json::to_string(&msg).map_err(|e| e.to_string())?;
+                writeln!(out, "{line}").map_err(|e| e.to_string())?;
+                count += 1;
             }
-            Err(plexus_client::Error::Problem(p)) => return Err(p.detail),
-            Err(e) => eprintln!("plexus sub: {e}; retrying in {backoff:?}"),
+            Item::Gap(gap) => print_gap(&mut out, &gap)?,
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
-    }
-}
-
-/// The cursor to resume from: SSE's last id when there is one, else what was seen per topic
-/// (a topic with nothing seen yet keeps the original start when that was `all`).
-fn resume_cursor(
-    topics: &[&str],
-    seen: &BTreeMap<String, u64>,
-    original: &str,
-    last_event_id: Option<&str>,
-) -> String {
-    if let Some(id) = last_event_id {
-        return id.to_owned();
-    }
-    if topics.len() == 1 {
-        return seen
-            .get(topics[0])
-            .map_or(original.to_owned(), |s| s.to_string());
-    }
-    let pairs: Vec<String> = topics
-        .iter()
-        .filter_map(|t| match seen.get(*t) {
-            Some(seq) => Some(format!("{t}:{seq}")),
-            None if original == "all" => Some(format!("{t}:0")),
-            None => None,
-        })
-        .collect();
-    if pairs.is_empty() {
-        original.to_owned()
-    } else {
-        pairs.join(",")
+        out.flush().map_err(|e| e.to_string())?;
+        if args.count.is_some_and(|n| count >= n) {
+            return Ok(());
+        }
     }
 }
 
 async fn poll(args: SubArgs) -> Result<(), String> {
-    let client = Client::new(&args.server).map_err(|e| e.to_string())?;
+    let client = args.connection.client(&args.server)?;
     let mut since = args.since.clone();
     let mut seen = 0u64;
     let stdout = std::io::stdout();
