@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,22 +28,28 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// How much of the server's stderr is kept for failure messages.
 const STDERR_KEEP: usize = 64 * 1024;
 
-/// A `plexus serve` child process bound to 127.0.0.1 on an ephemeral port.
+/// A `plexus serve` child process bound to 127.0.0.1 on an ephemeral port (or on the
+/// `--listen` address given in its arguments).
 pub struct Server {
     /// Kept for the life of the server so that `restart` finds the same data.
     dir: tempfile::TempDir,
     args: Vec<String>,
     child: Option<Child>,
+    /// `http://ADDR` or `https://ADDR`, as the `listening on` line said.
     base: String,
     stderr: Arc<Mutex<String>>,
+    /// Every stdout line of the current process, the `listening on` line included.
+    stdout: Arc<Mutex<Vec<String>>>,
     /// One client per server: reqwest's pool lives on the runtime that opened the
     /// connection, and every `#[tokio::test]` has its own runtime.
     client: Client,
 }
 
 impl Server {
-    /// Starts `plexus serve --listen 127.0.0.1:0 --data-dir <tempdir>` plus `args`.
+    /// Starts `plexus serve --listen 127.0.0.1:0 --data-dir <tempdir>` plus `args`; an
+    /// `--listen` in `args` replaces the ephemeral port (so a restart keeps the port).
     pub async fn start(args: &[&str]) -> Server {
+        install_crypto_provider();
         let dir = tempfile::tempdir().expect("create a temporary data directory");
         let client = Client::builder()
             .timeout(REQUEST_TIMEOUT)
@@ -54,6 +61,7 @@ impl Server {
             child: None,
             base: String::new(),
             stderr: Arc::default(),
+            stdout: Arc::default(),
             client,
         };
         server.spawn().await;
@@ -62,8 +70,11 @@ impl Server {
 
     async fn spawn(&mut self) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_plexus"));
-        cmd.arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.arg("serve");
+        if !self.args.iter().any(|a| a == "--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.arg("--data-dir")
             .arg(self.dir.path())
             .args(&self.args)
             .stdin(Stdio::null())
@@ -86,10 +97,15 @@ impl Server {
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut lines = BufReader::new(stdout).lines();
         let mut seen = Vec::new();
+        let out_log = Arc::new(Mutex::new(Vec::new()));
+        self.stdout = out_log.clone();
         let found = timeout(STARTUP_TIMEOUT, async {
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(addr) = line.strip_prefix("listening on http://") {
-                    return Some(format!("http://{}", addr.trim()));
+                push_line(&out_log, &line);
+                for scheme in ["http", "https"] {
+                    if let Some(addr) = line.strip_prefix(&format!("listening on {scheme}://")) {
+                        return Some(format!("{scheme}://{}", addr.trim()));
+                    }
                 }
                 seen.push(line);
             }
@@ -99,15 +115,20 @@ impl Server {
         match found {
             Ok(Some(base)) => {
                 self.base = base;
-                // Keep reading so that a chatty server never blocks on a full pipe.
-                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+                // Keep reading (and recording) so that a chatty server never blocks on a
+                // full pipe and later lines can be checked.
+                tokio::spawn(async move {
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        push_line(&out_log, &line);
+                    }
+                });
                 self.child = Some(child);
             }
             Ok(None) => {
                 let status = child.wait().await;
                 let _ = timeout(Duration::from_secs(5), stderr_done).await;
                 panic!(
-                    "plexus serve {:?} ended ({status:?}) without printing `listening on http://…`;\n\
+                    "plexus serve {:?} ended ({status:?}) without printing `listening on http(s)://…`;\n\
                      stdout was {seen:?}\nstderr:\n{}",
                     self.args,
                     self.stderr()
@@ -117,7 +138,7 @@ impl Server {
                 let _ = child.kill().await;
                 let _ = timeout(Duration::from_secs(5), stderr_done).await;
                 panic!(
-                    "plexus serve {:?} printed no `listening on http://…` within {STARTUP_TIMEOUT:?};\n\
+                    "plexus serve {:?} printed no `listening on http(s)://…` within {STARTUP_TIMEOUT:?};\n\
                      stdout was {seen:?}\nstderr:\n{}",
                     self.args,
                     self.stderr()
@@ -133,7 +154,8 @@ impl Server {
         }
     }
 
-    /// SIGKILL, then a new server on the same data directory (on a new port).
+    /// SIGKILL, then a new server on the same data directory: on a new port, unless the
+    /// arguments name a `--listen` address (see [`free_port`]), which the new one binds again.
     pub async fn restart(&mut self) {
         self.sigkill().await;
         self.spawn().await;
@@ -151,10 +173,47 @@ impl Server {
     pub fn addr(&self) -> &str {
         self.base
             .strip_prefix("http://")
-            .expect("the base URL starts with http://")
+            .or_else(|| self.base.strip_prefix("https://"))
+            .expect("the base URL starts with http:// or https://")
     }
 
-    /// `http://127.0.0.1:PORT` of the running server.
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        let (_, port) = self
+            .addr()
+            .rsplit_once(':')
+            .expect("the address is ip:port");
+        port.parse().expect("the port is a number")
+    }
+
+    /// The server's data directory (kept across restarts).
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Every line the current server process printed on stdout so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// `plexus_connections_accepted_total` of `GET /metrics`, asked with `client` (whose
+    /// connection, if new, is counted in the answer: the counter moves at accept).
+    pub async fn connections_accepted(&self, client: &Client) -> u64 {
+        let resp = client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("send GET /metrics");
+        assert_eq!(resp.status(), StatusCode::OK, "GET /metrics");
+        let text = resp.text().await.expect("read the /metrics body");
+        metric(&text, "plexus_connections_accepted_total")
+            .unwrap_or_else(|| panic!("no plexus_connections_accepted_total in /metrics:\n{text}"))
+    }
+
+    /// `http://127.0.0.1:PORT` (or `https://…`) of the running server.
     pub fn base(&self) -> &str {
         &self.base
     }
@@ -334,6 +393,40 @@ impl Drop for Server {
             );
         }
     }
+}
+
+/// Installs rustls' ring provider for the process: reqwest is built with
+/// `rustls-no-provider` and panics when it builds a client without one.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A port that was free a moment ago: bind 127.0.0.1:0 and let it go. For a server that
+/// must come back on the same port after a restart (`--listen 127.0.0.1:{port}`).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener
+        .local_addr()
+        .expect("read the ephemeral port")
+        .port()
+}
+
+/// The value of an unlabelled sample `name` in a Prometheus text exposition.
+pub fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once(char::is_whitespace)?;
+        if key != name {
+            return None;
+        }
+        let value: f64 = value.trim().parse().ok()?;
+        Some(value as u64)
+    })
+}
+
+fn push_line(log: &Mutex<Vec<String>>, line: &str) {
+    log.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(line.to_string());
 }
 
 async fn drain_into(mut from: impl AsyncRead + Unpin, log: Arc<Mutex<String>>) {

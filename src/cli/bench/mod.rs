@@ -2,6 +2,7 @@
 //! its numbers next to a baseline measured in the same run; docs/BENCHMARKS.md records them.
 
 mod fanout;
+mod http2;
 mod raw;
 
 use std::sync::Arc;
@@ -27,6 +28,8 @@ pub enum BenchCommand {
     Store(StoreArgs),
     /// Durable HTTP publish throughput next to a bare axum handler, same client, same run
     Publish(PublishArgs),
+    /// HTTP/1.1 keep-alive vs HTTP/2: publish throughput and SSE fan-out, same hub, same run
+    Http2(http2::Http2Args),
     /// Fan-out to many subscribers (SSE, WebSocket, long polling) next to a raw TCP loop
     Fanout(fanout::FanoutArgs),
     /// The raw TCP loop server used as fanout's baseline (started by `bench fanout`)
@@ -84,6 +87,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), String> {
         BenchCommand::Store(args) => runtime.block_on(store(args)),
         BenchCommand::Publish(args) => runtime.block_on(publish(args)),
         BenchCommand::Fanout(args) => runtime.block_on(fanout::run(args)),
+        BenchCommand::Http2(args) => runtime.block_on(http2::run(args)),
         BenchCommand::RawServer { listen } => runtime.block_on(raw::serve(&listen)),
     }
 }
@@ -138,6 +142,15 @@ async fn store(args: StoreArgs) -> Result<(), String> {
 
 /// Serves `app` on a fresh loopback port until the token is cancelled.
 async fn spawn_server(app: Router, stop: CancellationToken) -> Result<String, String> {
+    spawn_server_with(app, stop, Arc::new(crate::server::ConnStats::default())).await
+}
+
+/// The same, counting connections into `stats`.
+async fn spawn_server_with(
+    app: Router,
+    stop: CancellationToken,
+    stats: Arc<crate::server::ConnStats>,
+) -> Result<String, String> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| format!("cannot bind: {e}"))?;
@@ -150,7 +163,7 @@ async fn spawn_server(app: Router, stop: CancellationToken) -> Result<String, St
             header_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(1),
             tls: None,
-            stats: Arc::new(crate::server::ConnStats::default()),
+            stats,
         },
     ));
     Ok(format!("http://{addr}"))
