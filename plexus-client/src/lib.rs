@@ -133,6 +133,39 @@ pub struct Page {
     pub gaps: Vec<Gap>,
 }
 
+/// One message of a batch publish.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BatchItem {
+    pub topic: String,
+    /// The payload as text (use `data_base64` for bytes that are not UTF-8).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+impl BatchItem {
+    /// A text message for `topic`.
+    pub fn text(topic: &str, data: &str) -> Self {
+        BatchItem {
+            topic: topic.to_owned(),
+            data: Some(data.to_owned()),
+            data_base64: None,
+            event: None,
+            idempotency_key: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct BatchResults {
+    results: Vec<Published>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct PublishOptions {
     pub event: Option<String>,
@@ -274,6 +307,17 @@ impl Client {
             request = request.header("idempotency-key", key);
         }
         decode(request.send().await?).await
+    }
+
+    /// Publishes 1–1,000 messages all or nothing, in one commit; results are in item order.
+    pub async fn publish_batch(&self, items: &[BatchItem]) -> Result<Vec<Published>, Error> {
+        let response = self
+            .http
+            .post(format!("{}/v1/publish", self.base))
+            .json(items)
+            .send()
+            .await?;
+        decode::<BatchResults>(response).await.map(|b| b.results)
     }
 
     /// Reads `topics` (one, or several comma-separated): a short poll, or a long poll with `wait`.

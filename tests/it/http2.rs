@@ -355,3 +355,46 @@ async fn five_hundred_sse_streams_share_one_http2_connection() {
         "500 streams and 11 publishes went over the client's one connection"
     );
 }
+
+#[tokio::test]
+async fn the_client_publishes_a_batch_all_or_nothing_over_http2() {
+    let server = Server::start(&[]).await;
+    let client = h2c_plexus(&server);
+    let results = client
+        .publish_batch(&[
+            plexus_client::BatchItem::text("batch.a", "one"),
+            plexus_client::BatchItem::text("batch.b", "two"),
+            plexus_client::BatchItem::text("batch.a", "three"),
+        ])
+        .await
+        .expect("batch publish");
+    let got: Vec<(&str, u64)> = results.iter().map(|p| (p.topic.as_str(), p.seq)).collect();
+    assert_eq!(got, vec![("batch.a", 1), ("batch.b", 1), ("batch.a", 2)]);
+    // One bad item refuses the whole batch, as a problem the client returns.
+    let err = client
+        .publish_batch(&[
+            plexus_client::BatchItem::text("batch.a", "four"),
+            plexus_client::BatchItem::text("bad topic", "five"),
+        ])
+        .await
+        .expect_err("a bad topic refuses the batch");
+    match err {
+        plexus_client::Error::Problem(p) => assert_eq!(p.status, 400, "{p:?}"),
+        other => panic!("expected a 400 problem, got {other}"),
+    }
+    let page = client
+        .read(
+            "batch.a",
+            &ReadOptions {
+                since: Some("all".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("read back");
+    assert_eq!(
+        page.messages.len(),
+        2,
+        "nothing of the refused batch was stored"
+    );
+}
