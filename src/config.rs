@@ -79,6 +79,15 @@ pub struct ServeArgs {
     /// Serve TLS with a development certificate made at start (fingerprint printed)
     #[arg(long, env = "PLEXUS_TLS_SELF_SIGNED")]
     pub tls_self_signed: bool,
+    /// Attempts before a failing job is dead [default: 5]
+    #[arg(long, env = "PLEXUS_JOBS_MAX_ATTEMPTS", value_name = "N")]
+    pub jobs_max_attempts: Option<u32>,
+    /// First retry delay of a failed job, doubling each attempt [default: 1s]
+    #[arg(long, env = "PLEXUS_JOBS_BACKOFF", value_name = "DUR")]
+    pub jobs_backoff: Option<String>,
+    /// Lease of a claim that names none [default: 30s]
+    #[arg(long, env = "PLEXUS_JOBS_DEFAULT_LEASE", value_name = "DUR")]
+    pub jobs_default_lease: Option<String>,
     /// Print the default configuration file (every key, its default) and exit
     #[arg(long)]
     pub print_config: bool,
@@ -100,7 +109,16 @@ struct FileConfig {
     retention: FileRetention,
     limits: FileLimits,
     streams: FileStreams,
+    jobs: FileJobs,
     log: FileLog,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct FileJobs {
+    max_attempts: u32,
+    backoff: String,
+    default_lease: String,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -169,6 +187,7 @@ pub struct Config {
     pub keepalive: Duration,
     pub log_format: LogFormat,
     pub tls: Option<TlsSource>,
+    pub jobs: crate::jobs::JobsOptions,
 }
 
 /// Overlays `over` onto `base`, table by table.
@@ -296,7 +315,33 @@ impl Config {
                 return Err(ConfigError("tls.cert: needed with tls.key".into()));
             }
         };
+        let max_attempts = a.jobs_max_attempts.unwrap_or(f.jobs.max_attempts);
+        if !(1..=1000).contains(&max_attempts) {
+            return Err(ConfigError(
+                "jobs.max_attempts: must be from 1 to 1000".into(),
+            ));
+        }
+        let default_lease = duration(
+            "jobs.default_lease",
+            a.jobs_default_lease
+                .as_deref()
+                .unwrap_or(&f.jobs.default_lease),
+        )?;
+        if default_lease.is_zero() {
+            return Err(ConfigError(
+                "jobs.default_lease: must be more than 0".into(),
+            ));
+        }
+        let jobs = crate::jobs::JobsOptions {
+            max_attempts,
+            backoff: duration(
+                "jobs.backoff",
+                a.jobs_backoff.as_deref().unwrap_or(&f.jobs.backoff),
+            )?,
+            default_lease,
+        };
         Ok(Config {
+            jobs,
             tls,
             listen,
             data_dir: a.data_dir.clone().unwrap_or(f.data_dir),

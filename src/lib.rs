@@ -4,6 +4,7 @@
 //! - [`model`]: topics, messages, seqs, cursors, `since`, gaps — pure types, parsed at the edge.
 //! - [`store`]: the `Log` trait and its engines (`memory`, `sqlite`); the only place that knows storage.
 //! - [`hub`]: per-topic heads and wake-ups, cursor resolution and gaps; knows no HTTP, no SQL.
+//! - [`jobs`]: job states, leases, retries with backoff; events on `_jobs.{id}`.
 //! - [`wire`]: encodings of messages (the JSON envelope, base64).
 //! - [`http`]: the HTTP API, one file per feature; `http/error.rs` maps every error to problem+json.
 //! - [`server`]: the accept loop serving HTTP/1.1 and HTTP/2 on one port, graceful drain.
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod jobs;
 pub mod model;
 pub mod server;
 pub mod store;

@@ -66,8 +66,10 @@ pub fn app(
     connections: Arc<ConnStats>,
 ) -> axum::Router {
     let hub = Hub::new(store, HubOptions::default(), shutdown);
+    let jobs = crate::jobs::Jobs::new(hub.clone(), config.jobs.clone());
     crate::http::router(AppState {
         hub,
+        jobs,
         connections,
         options: Arc::new(HttpOptions {
             max_message_bytes: config.max_message_bytes,

@@ -150,6 +150,13 @@ impl From<StoreError> for ApiError {
                 "Idempotency key reused",
                 e.to_string(),
             ),
+            StoreError::JobChanged(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                "stale-lease",
+                "Stale lease",
+                e.to_string(),
+            ),
+            StoreError::UnknownJob(_) => ApiError::not_found(e.to_string()),
         }
     }
 }
@@ -168,6 +175,22 @@ impl From<HubError> for ApiError {
                 StatusCode::BAD_REQUEST,
                 "bad-cursor",
                 "Bad cursor",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+impl From<crate::jobs::JobError> for ApiError {
+    fn from(e: crate::jobs::JobError) -> Self {
+        use crate::jobs::JobError;
+        match e {
+            JobError::Hub(e) => e.into(),
+            JobError::UnknownJob(_) => ApiError::not_found(e.to_string()),
+            JobError::StaleLease(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                "stale-lease",
+                "Stale lease",
                 e.to_string(),
             ),
         }

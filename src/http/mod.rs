@@ -3,6 +3,7 @@
 
 mod admin;
 pub mod error;
+mod jobs;
 mod params;
 mod poll;
 mod publish;
@@ -51,6 +52,7 @@ impl Default for HttpOptions {
 #[derive(Clone)]
 pub struct AppState {
     pub hub: Arc<Hub>,
+    pub jobs: Arc<crate::jobs::Jobs>,
     /// The listener's connection counters (for `/metrics`).
     pub connections: Arc<crate::server::ConnStats>,
     pub options: Arc<HttpOptions>,
@@ -65,6 +67,7 @@ pub fn router(state: AppState) -> Router {
         .merge(sse::routes())
         .merge(stream::routes())
         .merge(ws::routes())
+        .merge(jobs::routes(&state.options))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -105,7 +105,10 @@ impl From<HubError> for FrameError {
         let status = match &e {
             HubError::ReservedTopic(_) => 403,
             HubError::BareCursorForTopics(_) => 400,
-            HubError::Store(StoreError::IdempotencyConflict { .. }) => 409,
+            HubError::Store(StoreError::IdempotencyConflict { .. } | StoreError::JobChanged(_)) => {
+                409
+            }
+            HubError::Store(StoreError::UnknownJob(_)) => 404,
             HubError::Store(StoreError::Unavailable(_)) => 503,
         };
         FrameError {

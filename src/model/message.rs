@@ -75,25 +75,22 @@ impl NewMessage {
     /// A stable fingerprint of what makes two publishes "the same body" for idempotency:
     /// the event and the payload (FNV-1a, 64 bits; stable across builds, unlike `DefaultHasher`).
     pub fn fingerprint(&self) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut eat = |b: u8| {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        };
-        for b in self
-            .event
-            .as_ref()
-            .map(|e| e.as_str().as_bytes())
-            .unwrap_or_default()
-        {
-            eat(*b);
-        }
-        eat(0xff);
-        for b in self.data.iter() {
-            eat(*b);
-        }
-        h
+        let event = self.event.as_ref().map(|e| e.as_str().as_bytes());
+        fingerprint(&[event.unwrap_or_default(), &[0xff], &self.data])
     }
+}
+
+/// FNV-1a over the parts, 64 bits: stable across builds, unlike `DefaultHasher`, so it can be
+/// stored (idempotency keys remember the body they were first used with).
+pub fn fingerprint(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.iter() {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
 }
 
 /// An idempotency key must be 1-200 visible ASCII characters.

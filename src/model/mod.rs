@@ -4,6 +4,7 @@
 mod cursor;
 mod duration;
 mod gap;
+mod job;
 mod message;
 mod since;
 mod time;
@@ -12,7 +13,10 @@ mod topic;
 pub use cursor::{Cursor, CursorError};
 pub use duration::{DurationError, parse_duration};
 pub use gap::{Gap, GapReason};
-pub use message::{EventName, EventNameError, Message, NewMessage, valid_idempotency_key};
+pub use job::{Job, JobId, JobState};
+pub use message::{
+    EventName, EventNameError, Message, NewMessage, fingerprint, valid_idempotency_key,
+};
 pub use since::{Since, SinceError};
 pub use time::{Millis, format_rfc3339_millis, now_millis, parse_rfc3339};
 pub use topic::{Topic, TopicError, TopicList};

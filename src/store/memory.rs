@@ -8,7 +8,9 @@ use super::{
     Appended, BoxFuture, CommitFeed, FeedSlot, IDEMPOTENCY_TTL, Log, LogBounds, ReadBatch,
     Retention, StoreError, StoreResult, TopicInfo,
 };
-use crate::model::{Message, Millis, NewMessage, Seq, Topic, now_millis};
+use crate::model::{
+    Job, JobId, JobState, Message, Millis, NewMessage, Seq, Topic, fingerprint, now_millis,
+};
 
 #[derive(Default)]
 struct TopicLog {
@@ -52,6 +54,9 @@ struct State {
     idempotency: HashMap<(Topic, String), IdemEntry>,
     /// Keys in insertion order, to expire them from the front.
     idem_order: VecDeque<(Millis, Topic, String)>,
+    jobs: HashMap<JobId, Job>,
+    /// Job idempotency keys per queue: the payload's fingerprint and the job.
+    job_keys: HashMap<(Topic, String), (u64, JobId)>,
 }
 
 /// The `memory` engine. A std mutex guards the state: every operation is short and never
@@ -276,6 +281,114 @@ impl Log for MemoryLog {
 
     fn take_commits(&self) -> Option<CommitFeed> {
         self.feed.take()
+    }
+
+    fn job_create(
+        &self,
+        job: Job,
+        idempotency_key: Option<String>,
+    ) -> BoxFuture<'_, StoreResult<(Job, bool)>> {
+        let mut state = self.lock();
+        let result = (|| {
+            let fp = fingerprint(&[&job.payload]);
+            if let Some(key) = &idempotency_key {
+                if let Some((known, id)) = state.job_keys.get(&(job.queue.clone(), key.clone())) {
+                    if *known != fp {
+                        return Err(StoreError::IdempotencyConflict {
+                            topic: job.queue.clone(),
+                            key: key.clone(),
+                        });
+                    }
+                    if let Some(first) = state.jobs.get(id) {
+                        return Ok((first.clone(), true));
+                    }
+                }
+                state
+                    .job_keys
+                    .insert((job.queue.clone(), key.clone()), (fp, job.id.clone()));
+            }
+            state.jobs.insert(job.id.clone(), job.clone());
+            Ok((job, false))
+        })();
+        Box::pin(async move { result })
+    }
+
+    fn job_get(&self, id: &JobId) -> BoxFuture<'_, StoreResult<Option<Job>>> {
+        let job = self.lock().jobs.get(id).cloned();
+        Box::pin(async move { Ok(job) })
+    }
+
+    fn job_save(
+        &self,
+        job: Job,
+        expected_lease: Option<String>,
+    ) -> BoxFuture<'_, StoreResult<Job>> {
+        let mut state = self.lock();
+        let result = match state.jobs.get_mut(&job.id) {
+            None => Err(StoreError::UnknownJob(job.id.clone())),
+            Some(stored) if stored.lease != expected_lease => {
+                Err(StoreError::JobChanged(job.id.clone()))
+            }
+            Some(stored) => {
+                *stored = job.clone();
+                Ok(job)
+            }
+        };
+        Box::pin(async move { result })
+    }
+
+    fn job_claim(
+        &self,
+        queue: &Topic,
+        now: Millis,
+        lease: String,
+        lease_ms: u64,
+    ) -> BoxFuture<'_, StoreResult<Option<Job>>> {
+        let mut state = self.lock();
+        let next = state
+            .jobs
+            .values()
+            .filter(|j| {
+                j.queue == *queue
+                    && j.state == JobState::Queued
+                    && j.run_at.is_none_or(|t| t <= now)
+            })
+            .min_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)))
+            .map(|j| j.id.clone());
+        let claimed = next.and_then(|id| state.jobs.get_mut(&id)).map(|job| {
+            job.state = JobState::Running;
+            job.attempts += 1;
+            job.updated = now;
+            job.run_at = None;
+            job.lease = Some(lease);
+            job.lease_until = Some(now + lease_ms as Millis);
+            job.lease_ms = Some(lease_ms);
+            job.clone()
+        });
+        Box::pin(async move { Ok(claimed) })
+    }
+
+    fn job_expired(&self, now: Millis, limit: usize) -> BoxFuture<'_, StoreResult<Vec<Job>>> {
+        let expired = self
+            .lock()
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Running && j.lease_until.is_some_and(|t| t < now))
+            .take(limit)
+            .cloned()
+            .collect();
+        Box::pin(async move { Ok(expired) })
+    }
+
+    fn job_next_due(&self, queue: &Topic) -> BoxFuture<'_, StoreResult<Option<Millis>>> {
+        let next = self
+            .lock()
+            .jobs
+            .values()
+            .filter(|j| j.queue == *queue && j.state == JobState::Queued)
+            .filter_map(|j| j.run_at)
+            .min();
+        Box::pin(async move { Ok(next) })
     }
 }
 

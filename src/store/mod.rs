@@ -18,7 +18,7 @@ use std::time::Duration;
 pub use memory::MemoryLog;
 pub use sqlite::{Durability, SqliteLog};
 
-use crate::model::{Message, Millis, NewMessage, Seq, Topic};
+use crate::model::{Job, JobId, Message, Millis, NewMessage, Seq, Topic};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -97,6 +97,10 @@ pub enum StoreError {
     Unavailable(String),
     /// An idempotency key of this topic was used with another body within its lifetime.
     IdempotencyConflict { topic: Topic, key: String },
+    /// A job changed since it was read (another claim took it): the caller's lease is stale.
+    JobChanged(JobId),
+    /// No such job.
+    UnknownJob(JobId),
 }
 
 impl fmt::Display for StoreError {
@@ -107,6 +111,11 @@ impl fmt::Display for StoreError {
                 f,
                 "idempotency key {key:?} of topic {topic} was already used with another body"
             ),
+            StoreError::JobChanged(id) => write!(
+                f,
+                "job {id} was claimed again or finished: this lease is no longer its own"
+            ),
+            StoreError::UnknownJob(id) => write!(f, "no job {id}"),
         }
     }
 }
@@ -150,6 +159,37 @@ pub trait Log: Send + Sync + 'static {
 
     /// Finishes pending writes and releases the engine.
     fn close(&self) -> BoxFuture<'_, ()>;
+
+    /// Stores a new job. With an idempotency key (scoped to the queue) already used with the
+    /// same payload, returns the first job and `true`; with another payload, a conflict.
+    fn job_create(
+        &self,
+        job: Job,
+        idempotency_key: Option<String>,
+    ) -> BoxFuture<'_, StoreResult<(Job, bool)>>;
+
+    fn job_get(&self, id: &JobId) -> BoxFuture<'_, StoreResult<Option<Job>>>;
+
+    /// Replaces a job, only if its stored lease is still `expected_lease` (compare-and-set:
+    /// of two racing writers holding the same claim, one wins, the other gets `JobChanged`).
+    fn job_save(&self, job: Job, expected_lease: Option<String>)
+    -> BoxFuture<'_, StoreResult<Job>>;
+
+    /// Claims the oldest queued job of `queue` due at `now`: it becomes `running` with this
+    /// lease, one more attempt. `None`: nothing due.
+    fn job_claim(
+        &self,
+        queue: &Topic,
+        now: Millis,
+        lease: String,
+        lease_ms: u64,
+    ) -> BoxFuture<'_, StoreResult<Option<Job>>>;
+
+    /// Running jobs whose lease ended before `now` (at most `limit`).
+    fn job_expired(&self, now: Millis, limit: usize) -> BoxFuture<'_, StoreResult<Vec<Job>>>;
+
+    /// When the earliest queued job of `queue` that is not yet due becomes due.
+    fn job_next_due(&self, queue: &Topic) -> BoxFuture<'_, StoreResult<Option<Millis>>>;
 
     /// The feed of committed messages, in commit order (so in seq order per topic), for the
     /// hub's fan-out. Taken once; later calls get `None`. An engine shared by several nodes

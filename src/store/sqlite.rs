@@ -20,7 +20,10 @@ use super::{
     Appended, BoxFuture, CommitFeed, FeedSlot, IDEMPOTENCY_TTL, Log, LogBounds, ReadBatch,
     Retention, StoreError, StoreResult, TopicInfo,
 };
-use crate::model::{EventName, Message, Millis, NewMessage, Seq, Topic, now_millis};
+use crate::model::{
+    EventName, Job, JobId, JobState, Message, Millis, NewMessage, Seq, Topic, fingerprint,
+    now_millis,
+};
 
 /// How durable an acknowledged message is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -69,7 +72,89 @@ CREATE TABLE IF NOT EXISTS idempotency (
     PRIMARY KEY (topic_id, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_expires ON idempotency (expires);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    queue TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    result BLOB,
+    error TEXT,
+    run_at INTEGER,
+    lease TEXT,
+    lease_until INTEGER,
+    lease_ms INTEGER,
+    idem_key TEXT,
+    fingerprint INTEGER
+);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (queue, state, created);
+CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (state, lease_until);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON jobs (queue, idem_key) WHERE idem_key IS NOT NULL;
 ";
+
+const JOB_COLUMNS: &str = "id, queue, state, attempts, max_attempts, created, updated, payload, \
+    result, error, run_at, lease, lease_until, lease_ms";
+
+fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Job>> {
+    let id: String = r.get(0)?;
+    let queue: String = r.get(1)?;
+    let state: String = r.get(2)?;
+    let (Ok(id), Ok(queue), Ok(state)) = (
+        id.parse::<JobId>(),
+        queue.parse::<Topic>(),
+        state.parse::<JobState>(),
+    ) else {
+        return Ok(None);
+    };
+    Ok(Some(Job {
+        id,
+        queue,
+        state,
+        attempts: r.get(3)?,
+        max_attempts: r.get(4)?,
+        created: r.get(5)?,
+        updated: r.get(6)?,
+        payload: Bytes::from(r.get::<_, Vec<u8>>(7)?),
+        result: r.get::<_, Option<Vec<u8>>>(8)?.map(Bytes::from),
+        error: r.get(9)?,
+        run_at: r.get(10)?,
+        lease: r.get(11)?,
+        lease_until: r.get(12)?,
+        lease_ms: r.get::<_, Option<i64>>(13)?.map(|v| v as u64),
+    }))
+}
+
+fn select_job(tx: &Transaction<'_>, id: &JobId) -> rusqlite::Result<Option<Job>> {
+    Ok(tx
+        .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))?
+        .query_row([id.as_str()], job_from_row)
+        .optional()?
+        .flatten())
+}
+
+fn write_job(tx: &Transaction<'_>, job: &Job) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE jobs SET state = ?2, attempts = ?3, max_attempts = ?4, updated = ?5, result = ?6,
+         error = ?7, run_at = ?8, lease = ?9, lease_until = ?10, lease_ms = ?11 WHERE id = ?1",
+    )?
+    .execute(params![
+        job.id.as_str(),
+        job.state.as_str(),
+        job.attempts,
+        job.max_attempts,
+        job.updated,
+        job.result.as_deref(),
+        job.error,
+        job.run_at,
+        job.lease,
+        job.lease_until,
+        job.lease_ms.map(|v| v as i64)
+    ])?;
+    Ok(())
+}
 
 enum Op {
     Append {
@@ -83,7 +168,13 @@ enum Op {
     Close {
         reply: oneshot::Sender<()>,
     },
+    /// Any other write, run inside the group's transaction; its answer is sent once the
+    /// group commits (or fails).
+    Exec(ExecFn),
 }
+
+type Deferred = Box<dyn FnOnce(StoreResult<()>) + Send>;
+type ExecFn = Box<dyn FnOnce(&Transaction<'_>, Millis) -> rusqlite::Result<Deferred> + Send>;
 
 /// The `sqlite` engine handle. Cheap to share: the writer is a thread behind a channel and
 /// the read connections sit in a small pool.
@@ -387,9 +478,158 @@ impl Log for SqliteLog {
     fn take_commits(&self) -> Option<CommitFeed> {
         self.feed.take()
     }
+
+    fn job_create(
+        &self,
+        job: Job,
+        idempotency_key: Option<String>,
+    ) -> BoxFuture<'_, StoreResult<(Job, bool)>> {
+        self.exec(move |tx, _now| {
+            let fp = fingerprint(&[&job.payload]) as i64;
+            if let Some(key) = &idempotency_key {
+                let known: Option<(String, i64)> = tx
+                    .prepare_cached("SELECT id, fingerprint FROM jobs WHERE queue = ?1 AND idem_key = ?2")?
+                    .query_row(params![job.queue.as_str(), key], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                if let Some((id, known_fp)) = known {
+                    if known_fp != fp {
+                        return Ok(Err(StoreError::IdempotencyConflict {
+                            topic: job.queue.clone(),
+                            key: key.clone(),
+                        }));
+                    }
+                    if let Ok(id) = id.parse::<JobId>()
+                        && let Some(first) = select_job(tx, &id)?
+                    {
+                        return Ok(Ok((first, true)));
+                    }
+                }
+            }
+            tx.prepare_cached(
+                "INSERT INTO jobs (id, queue, state, attempts, max_attempts, created, updated, payload,
+                 result, error, run_at, lease, lease_until, lease_ms, idem_key, fingerprint)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, NULL, ?9, NULL, NULL, NULL, ?10, ?11)",
+            )?
+            .execute(params![
+                job.id.as_str(),
+                job.queue.as_str(),
+                job.state.as_str(),
+                job.attempts,
+                job.max_attempts,
+                job.created,
+                job.updated,
+                job.payload.as_ref(),
+                job.run_at,
+                idempotency_key,
+                fp
+            ])?;
+            Ok(Ok((job, false)))
+        })
+    }
+
+    fn job_get(&self, id: &JobId) -> BoxFuture<'_, StoreResult<Option<Job>>> {
+        let id = id.clone();
+        self.with_reader(move |tx| select_job(tx, &id))
+    }
+
+    fn job_save(
+        &self,
+        job: Job,
+        expected_lease: Option<String>,
+    ) -> BoxFuture<'_, StoreResult<Job>> {
+        self.exec(move |tx, _now| {
+            let stored: Option<Option<String>> = tx
+                .prepare_cached("SELECT lease FROM jobs WHERE id = ?1")?
+                .query_row([job.id.as_str()], |r| r.get(0))
+                .optional()?;
+            match stored {
+                None => Ok(Err(StoreError::UnknownJob(job.id.clone()))),
+                Some(lease) if lease != expected_lease => {
+                    Ok(Err(StoreError::JobChanged(job.id.clone())))
+                }
+                Some(_) => {
+                    write_job(tx, &job)?;
+                    Ok(Ok(job))
+                }
+            }
+        })
+    }
+
+    fn job_claim(
+        &self,
+        queue: &Topic,
+        now: Millis,
+        lease: String,
+        lease_ms: u64,
+    ) -> BoxFuture<'_, StoreResult<Option<Job>>> {
+        let queue = queue.clone();
+        self.exec(move |tx, _| {
+            let next = tx
+                .prepare_cached(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE queue = ?1 AND state = 'queued'
+                     AND (run_at IS NULL OR run_at <= ?2) ORDER BY created, id LIMIT 1"
+                ))?
+                .query_row(params![queue.as_str(), now], job_from_row)
+                .optional()?
+                .flatten();
+            let Some(mut job) = next else {
+                return Ok(Ok(None));
+            };
+            job.state = JobState::Running;
+            job.attempts += 1;
+            job.updated = now;
+            job.run_at = None;
+            job.lease = Some(lease);
+            job.lease_until = Some(now + lease_ms as Millis);
+            job.lease_ms = Some(lease_ms);
+            write_job(tx, &job)?;
+            Ok(Ok(Some(job)))
+        })
+    }
+
+    fn job_expired(&self, now: Millis, limit: usize) -> BoxFuture<'_, StoreResult<Vec<Job>>> {
+        self.with_reader(move |tx| {
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'running' AND lease_until < ?1 LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![now, limit as i64], job_from_row)?;
+            let mut out = Vec::new();
+            for row in rows {
+                if let Some(job) = row? {
+                    out.push(job);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn job_next_due(&self, queue: &Topic) -> BoxFuture<'_, StoreResult<Option<Millis>>> {
+        let queue = queue.clone();
+        self.with_reader(move |tx| {
+            tx.prepare_cached(
+                "SELECT MIN(run_at) FROM jobs WHERE queue = ?1 AND state = 'queued' AND run_at IS NOT NULL",
+            )?
+            .query_row([queue.as_str()], |r| r.get(0))
+        })
+    }
 }
 
 impl SqliteLog {
+    /// Runs `f` in the writer's next group transaction; its value is returned once committed.
+    fn exec<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>, Millis) -> rusqlite::Result<StoreResult<T>> + Send + 'static,
+    ) -> BoxFuture<'_, StoreResult<T>> {
+        let (reply, rx) = oneshot::channel();
+        let op = Op::Exec(Box::new(move |tx, now| {
+            let value = f(tx, now)?;
+            Ok(Box::new(move |committed: StoreResult<()>| {
+                let _ = reply.send(committed.and(value));
+            }) as Deferred)
+        }));
+        Box::pin(self.call(op, rx))
+    }
+
     fn send_probe(&self) -> StoreResult<()> {
         let guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         match guard.as_ref() {
@@ -446,6 +686,7 @@ fn load_topics(conn: &Connection) -> rusqlite::Result<HashMap<Topic, TopicRow>> 
 }
 
 enum Reply {
+    Deferred(Deferred),
     Append(
         oneshot::Sender<StoreResult<Vec<Appended>>>,
         StoreResult<Vec<Appended>>,
@@ -515,6 +756,7 @@ impl Writer {
                         replies.push(Reply::Delete(reply, found));
                     }
                     Op::Close { reply } => replies.push(Reply::Close(reply)),
+                    Op::Exec(f) => replies.push(Reply::Deferred(f(&tx, now)?)),
                 }
             }
             for topic in &dirty {
@@ -532,6 +774,7 @@ impl Writer {
                 }
                 for reply in replies {
                     match reply {
+                        Reply::Deferred(done) => done(Ok(())),
                         Reply::Append(tx, result) => {
                             let _ = tx.send(result);
                         }
@@ -556,6 +799,7 @@ impl Writer {
                 }
                 for reply in replies {
                     match reply {
+                        Reply::Deferred(done) => done(Err(unavailable(&e))),
                         Reply::Append(tx, _) => {
                             let _ = tx.send(Err(unavailable(&e)));
                         }

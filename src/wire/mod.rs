@@ -4,6 +4,7 @@
 pub mod base64;
 mod envelope;
 pub mod frames;
+pub mod job;
 
 pub use envelope::{Envelope, GapJson};
 pub use frames::Encoded;

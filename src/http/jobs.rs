@@ -1,0 +1,182 @@
+//! Jobs over HTTP: submit (202, or 200 with `Prefer: wait` when it finishes in time), status
+//! with `wait`, and the worker's claim / heartbeat / progress / complete / fail.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+
+use super::error::ApiError;
+use super::params::{self, Params, QueryPairs};
+use super::publish::topic_from_path;
+use super::{AppState, HttpOptions};
+use crate::model::{JobId, Topic, valid_idempotency_key};
+use crate::wire::job::job_json;
+
+/// The longest lease a worker may ask for.
+const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
+
+pub fn routes(options: &HttpOptions) -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/queues/{queue}/jobs",
+            post(submit).layer(DefaultBodyLimit::max(options.max_message_bytes)),
+        )
+        .route("/v1/queues/{queue}/claim", post(claim))
+        .route("/v1/jobs/{id}", get(status))
+        .route(
+            "/v1/jobs/{id}/{action}",
+            post(act).layer(DefaultBodyLimit::max(options.max_message_bytes)),
+        )
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn job_id(path: &str) -> Result<JobId, ApiError> {
+    path.parse::<JobId>()
+        .map_err(|_| ApiError::not_found(format!("no job {path:?}")))
+}
+
+fn seconds(params: &Params, name: &str) -> Result<Option<Duration>, ApiError> {
+    params
+        .get(name)?
+        .map(|v| params::parse_seconds(name, v))
+        .transpose()
+}
+
+async fn submit(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: QueryPairs,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let queue: Topic = topic_from_path(path)?.parse()?;
+    let params = Params::from(query)?;
+    let payload = params::body(body, state.options.max_message_bytes)?;
+    let max_attempts = match params.get("max_attempts")? {
+        None => None,
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) if (1..=1000).contains(&n) => Some(n),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "max_attempts={v:?}: give a whole number from 1 to 1000"
+                )));
+            }
+        },
+    };
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(k) if valid_idempotency_key(k) => Some(k.to_owned()),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "an idempotency key is 1-200 visible ASCII characters",
+                ));
+            }
+        },
+    };
+    let wait = params::prefer_wait(&headers)?
+        .unwrap_or_default()
+        .min(state.options.max_wait);
+    let (job, replayed) = state.jobs.submit(queue, payload, max_attempts, key).await?;
+    let job = if wait.is_zero() {
+        job
+    } else {
+        state.jobs.wait_final(&job.id, wait).await?
+    };
+    let status = if job.state.is_final() && !wait.is_zero() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let mut response = json(status, job_json(&job, false));
+    let headers = response.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)) {
+        headers.insert(header::LOCATION, location);
+    }
+    if replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+async fn status(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    let id = job_id(&topic_from_path(path)?)?;
+    let params = Params::from(query)?;
+    let wait = seconds(&params, "wait")?
+        .unwrap_or_default()
+        .min(state.options.max_wait);
+    let job = state.jobs.wait_change(&id, wait).await?;
+    Ok(json(StatusCode::OK, job_json(&job, false)))
+}
+
+async fn claim(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    let queue: Topic = topic_from_path(path)?.parse()?;
+    let params = Params::from(query)?;
+    let wait = seconds(&params, "wait")?
+        .unwrap_or_default()
+        .min(state.options.max_wait);
+    let lease = match seconds(&params, "lease")? {
+        Some(l) if l.is_zero() => return Err(ApiError::bad_request("lease must be more than 0")),
+        Some(l) => l.min(MAX_LEASE),
+        None => state.jobs.options().default_lease,
+    };
+    match state.jobs.claim(&queue, lease, wait).await? {
+        Some(job) => Ok(json(StatusCode::OK, job_json(&job, true))),
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+async fn act(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: QueryPairs,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Path((id, action)) =
+        path.map_err(|e| ApiError::bad_request(format!("bad path: {}", e.body_text())))?;
+    let id = job_id(&id)?;
+    let params = Params::from(query)?;
+    let token = params
+        .get("lease")?
+        .ok_or_else(|| ApiError::bad_request("give the claim's lease token as ?lease="))?
+        .to_owned();
+    let body = params::body(body, state.options.max_message_bytes)?;
+    let job = match action.as_str() {
+        "heartbeat" => state.jobs.heartbeat(&id, &token).await?,
+        "progress" => state.jobs.progress(&id, &token, body).await?,
+        "complete" => state.jobs.complete(&id, &token, body).await?,
+        "fail" => {
+            let error = String::from_utf8_lossy(&body).into_owned();
+            state.jobs.fail(&id, &token, error).await?
+        }
+        other => {
+            return Err(ApiError::not_found(format!(
+                "no job action {other:?}; use heartbeat, progress, complete or fail"
+            )));
+        }
+    };
+    let with_lease = action == "heartbeat" || action == "progress";
+    Ok(json(StatusCode::OK, job_json(&job, with_lease)))
+}

@@ -1,0 +1,399 @@
+//! Jobs: long requests answered asynchronously. Submit, claim with a lease, heartbeat,
+//! progress, complete or fail; retries with exponential backoff, then `dead`.
+//!
+//! The rules live here; the store keeps jobs durable and guards every change with a
+//! compare-and-set on the lease token, so of two holders of the same claim only one can finish
+//! it. Every state change and progress report is published on topic `_jobs.{id}`, which is
+//! also what status long polls wait on.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::hub::{Hub, HubError, ReadRequest};
+use crate::model::{
+    Cursor, EventName, Job, JobId, JobState, Millis, NewMessage, Since, Topic, TopicList,
+    now_millis,
+};
+use crate::store::StoreError;
+use crate::wire::job::job_json;
+
+/// Longest retry backoff.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How often expired leases are looked for.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+#[derive(Clone, Debug)]
+pub struct JobsOptions {
+    pub max_attempts: u32,
+    /// The first retry's delay; it doubles with each attempt, up to 5 minutes.
+    pub backoff: Duration,
+    pub default_lease: Duration,
+}
+
+impl Default for JobsOptions {
+    fn default() -> Self {
+        JobsOptions {
+            max_attempts: 5,
+            backoff: Duration::from_secs(1),
+            default_lease: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum JobError {
+    Hub(HubError),
+    UnknownJob(JobId),
+    /// The lease ran out or was replaced by a newer claim.
+    StaleLease(JobId),
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JobError::Hub(e) => e.fmt(f),
+            JobError::UnknownJob(id) => write!(f, "no job {id}"),
+            JobError::StaleLease(id) => write!(
+                f,
+                "this lease of job {id} ran out or was replaced by a newer claim"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for JobError {}
+
+impl From<HubError> for JobError {
+    fn from(e: HubError) -> Self {
+        JobError::Hub(e)
+    }
+}
+
+impl From<StoreError> for JobError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::JobChanged(id) => JobError::StaleLease(id),
+            StoreError::UnknownJob(id) => JobError::UnknownJob(id),
+            other => JobError::Hub(HubError::Store(other)),
+        }
+    }
+}
+
+pub struct Jobs {
+    hub: Arc<Hub>,
+    options: JobsOptions,
+    // A std mutex: held only to find a queue's notifier, never across an await.
+    queues: Mutex<HashMap<Topic, Arc<Notify>>>,
+    random: SystemRandom,
+}
+
+impl Jobs {
+    /// Starts the jobs service and its lease sweeper (inside a tokio runtime).
+    pub fn new(hub: Arc<Hub>, options: JobsOptions) -> Arc<Self> {
+        let jobs = Arc::new(Jobs {
+            hub,
+            options,
+            queues: Mutex::new(HashMap::new()),
+            random: SystemRandom::new(),
+        });
+        tokio::spawn(sweep(Arc::downgrade(&jobs)));
+        jobs
+    }
+
+    pub fn options(&self) -> &JobsOptions {
+        &self.options
+    }
+
+    fn random_hex(&self) -> Result<[u8; 16], JobError> {
+        let mut bytes = [0u8; 16];
+        self.random.fill(&mut bytes).map_err(|_| {
+            JobError::Hub(HubError::Store(StoreError::Unavailable(
+                "no randomness for an id".into(),
+            )))
+        })?;
+        Ok(bytes)
+    }
+
+    fn notifier(&self, queue: &Topic) -> Arc<Notify> {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues.entry(queue.clone()).or_default().clone()
+    }
+
+    /// Publishes a state change (event = the state) or progress on `_jobs.{id}`.
+    async fn announce(&self, job: &Job, event: &str, data: Bytes) -> Result<(), JobError> {
+        let event = event.parse::<EventName>().ok();
+        self.hub
+            .publish_internal(vec![NewMessage {
+                topic: job.id.topic(),
+                event,
+                data,
+                idempotency_key: None,
+            }])
+            .await?;
+        Ok(())
+    }
+
+    async fn announce_state(&self, job: &Job) -> Result<(), JobError> {
+        self.announce(job, job.state.as_str(), Bytes::from(job_json(job, false)))
+            .await
+    }
+
+    /// Submits a job. With an idempotency key already used with this payload, the first job
+    /// and `true`.
+    pub async fn submit(
+        &self,
+        queue: Topic,
+        payload: Bytes,
+        max_attempts: Option<u32>,
+        idempotency_key: Option<String>,
+    ) -> Result<(Job, bool), JobError> {
+        let now = now_millis();
+        let job = Job {
+            id: JobId::from_random(self.random_hex()?),
+            queue: queue.clone(),
+            state: JobState::Queued,
+            attempts: 0,
+            max_attempts: max_attempts.unwrap_or(self.options.max_attempts),
+            created: now,
+            updated: now,
+            payload,
+            result: None,
+            error: None,
+            run_at: None,
+            lease: None,
+            lease_until: None,
+            lease_ms: None,
+        };
+        let (job, replayed) = self.hub.store().job_create(job, idempotency_key).await?;
+        if !replayed {
+            self.announce_state(&job).await?;
+            self.notifier(&queue).notify_waiters();
+        }
+        Ok((job, replayed))
+    }
+
+    pub async fn get(&self, id: &JobId) -> Result<Job, JobError> {
+        self.hub
+            .store()
+            .job_get(id)
+            .await?
+            .ok_or_else(|| JobError::UnknownJob(id.clone()))
+    }
+
+    /// The job once something happens to it (a state change or progress), or at the timeout.
+    pub async fn wait_change(&self, id: &JobId, wait: Duration) -> Result<Job, JobError> {
+        let topic = id.topic();
+        let head = self
+            .hub
+            .store()
+            .bounds(&topic)
+            .await
+            .map_err(JobError::from)?
+            .map_or(0, |b| b.last_seq);
+        let job = self.get(id).await?;
+        if wait.is_zero() || job.state.is_final() {
+            return Ok(job);
+        }
+        self.hub
+            .read(ReadRequest {
+                topics: TopicList::one(topic),
+                since: Since::Cursor(Cursor::Single(head)),
+                default_since: Since::All,
+                limit: 1,
+                wait,
+            })
+            .await?;
+        self.get(id).await
+    }
+
+    /// The job once it is `succeeded` or `dead`, or as it is at the timeout.
+    pub async fn wait_final(&self, id: &JobId, wait: Duration) -> Result<Job, JobError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let job = self.wait_change(id, left).await?;
+            if job.state.is_final() || left.is_zero() {
+                return Ok(job);
+            }
+        }
+    }
+
+    /// Claims the oldest due job of `queue`, waiting up to `wait` for one.
+    pub async fn claim(
+        &self,
+        queue: &Topic,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Option<Job>, JobError> {
+        let deadline = Instant::now() + wait;
+        let notify = self.notifier(queue);
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let token = JobId::from_random(self.random_hex()?).to_string();
+            let now = now_millis();
+            let lease_ms = lease.as_millis() as u64;
+            if let Some(job) = self
+                .hub
+                .store()
+                .job_claim(queue, now, token, lease_ms)
+                .await?
+            {
+                self.announce_state(&job).await?;
+                return Ok(Some(job));
+            }
+            if Instant::now() >= deadline || self.hub.shutdown_token().is_cancelled() {
+                return Ok(None);
+            }
+            // A retry's backoff may end before anyone notifies: wake for it too.
+            let mut wake = deadline;
+            if let Some(due) = self.hub.store().job_next_due(queue).await? {
+                let in_ms = (due - now_millis()).max(0) as u64;
+                wake = wake.min(Instant::now() + Duration::from_millis(in_ms));
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = self.hub.shutdown_token().cancelled() => {}
+            }
+        }
+    }
+
+    /// The job, if `token` is its current, unexpired lease.
+    async fn held(&self, id: &JobId, token: &str) -> Result<Job, JobError> {
+        let job = self.get(id).await?;
+        let current = job.state == JobState::Running
+            && job.lease.as_deref() == Some(token)
+            && job.lease_until.is_some_and(|t| t >= now_millis());
+        if current {
+            Ok(job)
+        } else {
+            Err(JobError::StaleLease(id.clone()))
+        }
+    }
+
+    pub async fn heartbeat(&self, id: &JobId, token: &str) -> Result<Job, JobError> {
+        let mut job = self.held(id, token).await?;
+        let now = now_millis();
+        let length = job
+            .lease_ms
+            .unwrap_or(self.options.default_lease.as_millis() as u64);
+        job.lease_until = Some(now + length as Millis);
+        job.updated = now;
+        Ok(self
+            .hub
+            .store()
+            .job_save(job, Some(token.to_owned()))
+            .await?)
+    }
+
+    pub async fn progress(&self, id: &JobId, token: &str, body: Bytes) -> Result<Job, JobError> {
+        let job = self.held(id, token).await?;
+        self.announce(&job, "progress", body).await?;
+        Ok(job)
+    }
+
+    pub async fn complete(&self, id: &JobId, token: &str, result: Bytes) -> Result<Job, JobError> {
+        let mut job = self.held(id, token).await?;
+        job.state = JobState::Succeeded;
+        job.result = Some(result);
+        job.error = None;
+        job.updated = now_millis();
+        job.lease = None;
+        job.lease_until = None;
+        let job = self
+            .hub
+            .store()
+            .job_save(job, Some(token.to_owned()))
+            .await?;
+        self.announce_state(&job).await?;
+        Ok(job)
+    }
+
+    pub async fn fail(&self, id: &JobId, token: &str, error: String) -> Result<Job, JobError> {
+        let job = self.held(id, token).await?;
+        self.give_back(job, error).await
+    }
+
+    /// A failed or abandoned attempt: back to the queue after a backoff, or `dead` once the
+    /// attempts are used up.
+    async fn give_back(&self, mut job: Job, error: String) -> Result<Job, JobError> {
+        let expected = job.lease.clone();
+        let now = now_millis();
+        job.error = Some(error);
+        job.updated = now;
+        job.lease = None;
+        job.lease_until = None;
+        if job.attempts >= job.max_attempts {
+            job.state = JobState::Dead;
+            job.run_at = None;
+        } else {
+            job.state = JobState::Queued;
+            let doublings = job.attempts.saturating_sub(1).min(20);
+            let delay = self
+                .options
+                .backoff
+                .saturating_mul(1 << doublings)
+                .min(MAX_BACKOFF);
+            job.run_at = Some(now + delay.as_millis() as Millis);
+        }
+        let job = self.hub.store().job_save(job, expected).await?;
+        self.announce_state(&job).await?;
+        if job.state == JobState::Queued {
+            self.notifier(&job.queue).notify_waiters();
+        }
+        Ok(job)
+    }
+
+    /// Puts back the jobs whose lease ran out: at-least-once delivery.
+    async fn expire_leases(&self) -> Result<(), JobError> {
+        let expired = self.hub.store().job_expired(now_millis(), 100).await?;
+        for mut job in expired {
+            let expected = job.lease.clone();
+            job.updated = now_millis();
+            job.lease = None;
+            job.lease_until = None;
+            job.error = Some("the lease ran out".into());
+            if job.attempts >= job.max_attempts {
+                job.state = JobState::Dead;
+            } else {
+                // Back at once: the worker vanished, the job did not fail.
+                job.state = JobState::Queued;
+                job.run_at = None;
+            }
+            match self.hub.store().job_save(job, expected).await {
+                Ok(job) => {
+                    self.announce_state(&job).await?;
+                    self.notifier(&job.queue).notify_waiters();
+                }
+                // Completed or heartbeated meanwhile: the worker was alive after all.
+                Err(StoreError::JobChanged(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn sweep(jobs: Weak<Jobs>) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let Some(jobs) = jobs.upgrade() else {
+            return;
+        };
+        if jobs.hub.shutdown_token().is_cancelled() {
+            return;
+        }
+        if let Err(e) = jobs.expire_leases().await {
+            tracing::warn!(error = %e, "lease sweep failed; will retry");
+        }
+    }
+}
