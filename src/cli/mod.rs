@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the hub
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Publish one message; prints the result JSON
     Pub(publish::PubArgs),
     /// Subscribe to topics; prints one JSON envelope a line
@@ -35,7 +35,7 @@ pub enum Command {
 /// Runs a parsed command. An error is one line for the user and exit code 1.
 pub fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Pub(args) => block_on(publish::run(args)),
         Command::Sub(args) => block_on(sub::run(args)),
         Command::Bench(cmd) => bench::run(cmd),
