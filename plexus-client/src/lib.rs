@@ -32,9 +32,11 @@
 //! ```
 
 mod follow;
+mod jobs;
 mod subscribe;
 
 pub use follow::Follow;
+pub use jobs::Job;
 pub use subscribe::{Item, Subscription, Transport};
 
 use std::fmt;

@@ -1,6 +1,7 @@
 //! The `plexus` subcommands.
 
 pub mod bench;
+pub mod jobs;
 pub mod publish;
 pub mod serve;
 pub mod sub;
@@ -27,6 +28,8 @@ pub enum Command {
     Pub(publish::PubArgs),
     /// Subscribe to topics; prints one JSON envelope a line
     Sub(sub::SubArgs),
+    /// Submit jobs, check them, or work a queue
+    Jobs(jobs::JobsArgs),
     /// Measure the hub (results go to docs/BENCHMARKS.md)
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -38,6 +41,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Command::Serve(args) => serve::run(*args),
         Command::Pub(args) => block_on(publish::run(args)),
         Command::Sub(args) => block_on(sub::run(args)),
+        Command::Jobs(args) => block_on(jobs::run(args)),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }
