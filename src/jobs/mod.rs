@@ -174,7 +174,7 @@ impl Jobs {
         let (job, replayed) = self.hub.store().job_create(job, idempotency_key).await?;
         if !replayed {
             self.announce_state(&job).await?;
-            self.notifier(&queue).notify_waiters();
+            self.notifier(&queue).notify_one();
         }
         Ok((job, replayed))
     }
@@ -253,8 +253,10 @@ impl Jobs {
             if Instant::now() >= deadline || self.hub.shutdown_token().is_cancelled() {
                 return Ok(None);
             }
-            // A retry's backoff may end before anyone notifies: wake for it too.
-            let mut wake = deadline;
+            // One claimer is woken per new job (no herd). A retry's backoff may end before
+            // anyone notifies, and a woken claimer may have gone away: look again at least
+            // once a second.
+            let mut wake = deadline.min(Instant::now() + Duration::from_secs(1));
             if let Some(due) = self.hub.store().job_next_due(queue).await? {
                 let in_ms = (due - now_millis()).max(0) as u64;
                 wake = wake.min(Instant::now() + Duration::from_millis(in_ms));
@@ -348,7 +350,7 @@ impl Jobs {
         let job = self.hub.store().job_save(job, expected).await?;
         self.announce_state(&job).await?;
         if job.state == JobState::Queued {
-            self.notifier(&job.queue).notify_waiters();
+            self.notifier(&job.queue).notify_one();
         }
         Ok(job)
     }
@@ -372,7 +374,7 @@ impl Jobs {
             match self.hub.store().job_save(job, expected).await {
                 Ok(job) => {
                     self.announce_state(&job).await?;
-                    self.notifier(&job.queue).notify_waiters();
+                    self.notifier(&job.queue).notify_one();
                 }
                 // Completed or heartbeated meanwhile: the worker was alive after all.
                 Err(StoreError::JobChanged(_)) => {}

@@ -3,6 +3,7 @@
 
 mod fanout;
 mod http2;
+mod jobs;
 mod raw;
 
 use std::sync::Arc;
@@ -30,6 +31,8 @@ pub enum BenchCommand {
     Publish(PublishArgs),
     /// HTTP/1.1 keep-alive vs HTTP/2: publish throughput and SSE fan-out, same hub, same run
     Http2(http2::Http2Args),
+    /// Jobs/s for submit + claim + complete with 1 and 4 workers
+    Jobs(jobs::JobsBenchArgs),
     /// Fan-out to many subscribers (SSE, WebSocket, long polling) next to a raw TCP loop
     Fanout(fanout::FanoutArgs),
     /// The raw TCP loop server used as fanout's baseline (started by `bench fanout`)
@@ -88,6 +91,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), String> {
         BenchCommand::Publish(args) => runtime.block_on(publish(args)),
         BenchCommand::Fanout(args) => runtime.block_on(fanout::run(args)),
         BenchCommand::Http2(args) => runtime.block_on(http2::run(args)),
+        BenchCommand::Jobs(args) => runtime.block_on(jobs::run(args)),
         BenchCommand::RawServer { listen } => runtime.block_on(raw::serve(&listen)),
     }
 }
