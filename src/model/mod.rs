@@ -6,9 +6,10 @@ mod duration;
 mod gap;
 mod job;
 mod message;
+mod pattern;
 mod since;
 mod time;
-mod topic;
+pub(crate) mod topic;
 
 pub use cursor::{Cursor, CursorError};
 pub use duration::{DurationError, parse_duration};
@@ -17,6 +18,7 @@ pub use job::{Job, JobId, JobState};
 pub use message::{
     EventName, EventNameError, Message, NewMessage, fingerprint, valid_idempotency_key,
 };
+pub use pattern::{PatternError, TopicPattern};
 pub use since::{Since, SinceError};
 pub use time::{Millis, format_rfc3339_millis, now_millis, parse_rfc3339};
 pub use topic::{Topic, TopicError, TopicList};
