@@ -10,10 +10,12 @@
 //! - [`server`]: the accept loop serving HTTP/1.1 and HTTP/2 on one port, graceful drain.
 //! - [`tls`]: certificates (files or self-signed) into a rustls config with ALPN h2/http1.1.
 //! - [`config`]: file < environment < flags, validated into a [`config::Config`].
+//! - [`auth`]: credentials (static tokens, JWT) into principals with topic-pattern rules.
 //! - [`cli`]: the `plexus` subcommands.
 //!
 //! Layers point one way: `http` → `hub` → `store`, and all of them use `model`.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod http;

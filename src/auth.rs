@@ -1,0 +1,301 @@
+//! Who may do what. Credentials (static tokens from the config file, or JWTs signed with
+//! HS256, RS256 or ES256) become a [`Principal`] whose rules grant `publish`, `subscribe` and
+//! `jobs` on topic patterns, and `admin`. Nothing here knows HTTP.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::model::{Topic, TopicPattern};
+
+/// What a credential may do.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rules {
+    pub publish: Vec<TopicPattern>,
+    pub subscribe: Vec<TopicPattern>,
+    pub jobs: Vec<TopicPattern>,
+    pub admin: bool,
+}
+
+/// The rules as written in the config file or a JWT's `plexus` claim.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesText {
+    #[serde(default)]
+    pub publish: Vec<String>,
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    #[serde(default)]
+    pub jobs: Vec<String>,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+impl RulesText {
+    /// Parses every pattern; an error names the list and the pattern.
+    pub fn parse(&self) -> Result<Rules, String> {
+        let list = |name: &str, items: &[String]| {
+            items
+                .iter()
+                .map(|p| p.parse::<TopicPattern>().map_err(|e| format!("{name}: {e}")))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Rules {
+            publish: list("publish", &self.publish)?,
+            subscribe: list("subscribe", &self.subscribe)?,
+            jobs: list("jobs", &self.jobs)?,
+            admin: self.admin,
+        })
+    }
+}
+
+/// The caller of a request.
+#[derive(Clone, Debug)]
+pub enum Principal {
+    /// `auth.mode = open`: everything is allowed.
+    Open,
+    Granted(Arc<Rules>),
+}
+
+impl Principal {
+    fn allows(&self, list: impl Fn(&Rules) -> &[TopicPattern], topic: &Topic) -> bool {
+        match self {
+            Principal::Open => true,
+            Principal::Granted(rules) => list(rules).iter().any(|p| p.matches(topic)),
+        }
+    }
+
+    pub fn can_publish(&self, topic: &Topic) -> bool {
+        self.allows(|r| &r.publish, topic)
+    }
+
+    pub fn can_subscribe(&self, topic: &Topic) -> bool {
+        self.allows(|r| &r.subscribe, topic)
+    }
+
+    pub fn can_use_queue(&self, queue: &Topic) -> bool {
+        self.allows(|r| &r.jobs, queue)
+    }
+
+    pub fn is_admin(&self) -> bool {
+        match self {
+            Principal::Open => true,
+            Principal::Granted(rules) => rules.admin,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMode {
+    Open,
+    Required,
+}
+
+/// A secret that never shows in logs or printed configuration.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"[redacted]\"")
+    }
+}
+
+#[derive(Debug)]
+pub enum AuthError {
+    Missing,
+    Invalid(String),
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthError::Missing => write!(
+                f,
+                "credentials required: send Authorization: Bearer TOKEN (or access_token=TOKEN in the query)"
+            ),
+            AuthError::Invalid(why) => write!(f, "bad credentials: {why}"),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(default)]
+    plexus: Option<RulesText>,
+}
+
+struct Jwt {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// Turns credentials into principals.
+pub struct Authenticator {
+    mode: AuthMode,
+    tokens: HashMap<String, Arc<Rules>>,
+    jwt: Vec<Jwt>,
+}
+
+impl fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("mode", &self.mode)
+            .field("tokens", &self.tokens.len())
+            .field("jwt_keys", &self.jwt.len())
+            .finish()
+    }
+}
+
+fn validation(alg: Algorithm) -> Validation {
+    let mut v = Validation::new(alg);
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    v.leeway = 5;
+    v.set_required_spec_claims(&["exp"]);
+    v
+}
+
+impl Authenticator {
+    pub fn open() -> Self {
+        Authenticator {
+            mode: AuthMode::Open,
+            tokens: HashMap::new(),
+            jwt: Vec::new(),
+        }
+    }
+
+    /// `tokens`: static token → rules; `jwt_secret` (HS256) and/or `jwt_public_key` (PEM, RSA
+    /// for RS256 or EC P-256 for ES256).
+    pub fn new(
+        mode: AuthMode,
+        tokens: Vec<(Secret, Rules)>,
+        jwt_secret: Option<&Secret>,
+        jwt_public_key_pem: Option<&[u8]>,
+    ) -> Result<Self, String> {
+        let mut jwt = Vec::new();
+        if let Some(secret) = jwt_secret {
+            jwt.push(Jwt {
+                key: DecodingKey::from_secret(secret.0.as_bytes()),
+                validation: validation(Algorithm::HS256),
+            });
+        }
+        if let Some(pem) = jwt_public_key_pem {
+            if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+                jwt.push(Jwt {
+                    key,
+                    validation: validation(Algorithm::RS256),
+                });
+            } else if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+                jwt.push(Jwt {
+                    key,
+                    validation: validation(Algorithm::ES256),
+                });
+            } else {
+                return Err("auth.jwt_public_key: not an RSA or EC public key in PEM".into());
+            }
+        }
+        Ok(Authenticator {
+            mode,
+            tokens: tokens
+                .into_iter()
+                .map(|(token, rules)| (token.0, Arc::new(rules)))
+                .collect(),
+            jwt,
+        })
+    }
+
+    pub fn mode(&self) -> AuthMode {
+        self.mode
+    }
+
+    pub fn authenticate(&self, credential: Option<&str>) -> Result<Principal, AuthError> {
+        if self.mode == AuthMode::Open {
+            return Ok(Principal::Open);
+        }
+        let token = credential.filter(|c| !c.is_empty()).ok_or(AuthError::Missing)?;
+        if let Some(rules) = self.tokens.get(token) {
+            return Ok(Principal::Granted(rules.clone()));
+        }
+        if self.jwt.is_empty() || token.matches('.').count() != 2 {
+            return Err(AuthError::Invalid("unknown token".into()));
+        }
+        let mut last = String::from("no key accepts it");
+        for jwt in &self.jwt {
+            match jsonwebtoken::decode::<Claims>(token, &jwt.key, &jwt.validation) {
+                Ok(data) => {
+                    let rules = data.claims.plexus.unwrap_or_default().parse().map_err(|e| {
+                        AuthError::Invalid(format!("the token's plexus claim: {e}"))
+                    })?;
+                    return Ok(Principal::Granted(Arc::new(rules)));
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(AuthError::Invalid(last))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+
+    fn rules(publish: &[&str]) -> Rules {
+        RulesText {
+            publish: publish.iter().map(|s| s.to_string()).collect(),
+            ..RulesText::default()
+        }
+        .parse()
+        .unwrap()
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    #[test]
+    fn tokens_and_jwts() {
+        let secret = Secret("s3cret".into());
+        let auth = Authenticator::new(
+            AuthMode::Required,
+            vec![(Secret("tok".into()), rules(&["orders.>"]))],
+            Some(&secret),
+            None,
+        )
+        .unwrap();
+        assert!(matches!(auth.authenticate(None), Err(AuthError::Missing)));
+        assert!(matches!(auth.authenticate(Some("nope")), Err(AuthError::Invalid(_))));
+        let p = auth.authenticate(Some("tok")).unwrap();
+        assert!(p.can_publish(&"orders.eu".parse().unwrap()));
+        assert!(!p.can_publish(&"alerts".parse().unwrap()));
+        assert!(!p.can_subscribe(&"orders.eu".parse().unwrap()));
+
+        let claims = serde_json::json!({"sub":"alice","exp":now()+60,"plexus":{"subscribe":[">"]}});
+        let good = encode(&Header::default(), &claims, &EncodingKey::from_secret(b"s3cret")).unwrap();
+        let p = auth.authenticate(Some(&good)).unwrap();
+        assert!(p.can_subscribe(&"x.y".parse().unwrap()) && !p.is_admin());
+
+        let expired = serde_json::json!({"exp":now()-3600,"plexus":{"subscribe":[">"]}});
+        let expired = encode(&Header::default(), &expired, &EncodingKey::from_secret(b"s3cret")).unwrap();
+        assert!(auth.authenticate(Some(&expired)).is_err());
+        let not_yet = serde_json::json!({"exp":now()+7200,"nbf":now()+3600});
+        let not_yet = encode(&Header::default(), &not_yet, &EncodingKey::from_secret(b"s3cret")).unwrap();
+        assert!(auth.authenticate(Some(&not_yet)).is_err());
+        let forged = encode(&Header::default(), &claims, &EncodingKey::from_secret(b"other")).unwrap();
+        assert!(auth.authenticate(Some(&forged)).is_err());
+    }
+
+    #[test]
+    fn open_mode_allows_everything_and_secrets_are_redacted() {
+        let p = Authenticator::open().authenticate(None).unwrap();
+        assert!(p.is_admin() && p.can_publish(&"a".parse().unwrap()));
+        assert_eq!(format!("{:?}", Secret("hunter2".into())), "\"[redacted]\"");
+    }
+}
