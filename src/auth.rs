@@ -40,7 +40,10 @@ impl RulesText {
         let list = |name: &str, items: &[String]| {
             items
                 .iter()
-                .map(|p| p.parse::<TopicPattern>().map_err(|e| format!("{name}: {e}")))
+                .map(|p| {
+                    p.parse::<TopicPattern>()
+                        .map_err(|e| format!("{name}: {e}"))
+                })
                 .collect::<Result<Vec<_>, _>>()
         };
         Ok(Rules {
@@ -216,7 +219,9 @@ impl Authenticator {
         if self.mode == AuthMode::Open {
             return Ok(Principal::Open);
         }
-        let token = credential.filter(|c| !c.is_empty()).ok_or(AuthError::Missing)?;
+        let token = credential
+            .filter(|c| !c.is_empty())
+            .ok_or(AuthError::Missing)?;
         if let Some(rules) = self.tokens.get(token) {
             return Ok(Principal::Granted(rules.clone()));
         }
@@ -227,9 +232,14 @@ impl Authenticator {
         for jwt in &self.jwt {
             match jsonwebtoken::decode::<Claims>(token, &jwt.key, &jwt.validation) {
                 Ok(data) => {
-                    let rules = data.claims.plexus.unwrap_or_default().parse().map_err(|e| {
-                        AuthError::Invalid(format!("the token's plexus claim: {e}"))
-                    })?;
+                    let rules = data
+                        .claims
+                        .plexus
+                        .unwrap_or_default()
+                        .parse()
+                        .map_err(|e| {
+                            AuthError::Invalid(format!("the token's plexus claim: {e}"))
+                        })?;
                     return Ok(Principal::Granted(Arc::new(rules)));
                 }
                 Err(e) => last = e.to_string(),
@@ -271,24 +281,47 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(auth.authenticate(None), Err(AuthError::Missing)));
-        assert!(matches!(auth.authenticate(Some("nope")), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            auth.authenticate(Some("nope")),
+            Err(AuthError::Invalid(_))
+        ));
         let p = auth.authenticate(Some("tok")).unwrap();
         assert!(p.can_publish(&"orders.eu".parse().unwrap()));
         assert!(!p.can_publish(&"alerts".parse().unwrap()));
         assert!(!p.can_subscribe(&"orders.eu".parse().unwrap()));
 
         let claims = serde_json::json!({"sub":"alice","exp":now()+60,"plexus":{"subscribe":[">"]}});
-        let good = encode(&Header::default(), &claims, &EncodingKey::from_secret(b"s3cret")).unwrap();
+        let good = encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
         let p = auth.authenticate(Some(&good)).unwrap();
         assert!(p.can_subscribe(&"x.y".parse().unwrap()) && !p.is_admin());
 
         let expired = serde_json::json!({"exp":now()-3600,"plexus":{"subscribe":[">"]}});
-        let expired = encode(&Header::default(), &expired, &EncodingKey::from_secret(b"s3cret")).unwrap();
+        let expired = encode(
+            &Header::default(),
+            &expired,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
         assert!(auth.authenticate(Some(&expired)).is_err());
         let not_yet = serde_json::json!({"exp":now()+7200,"nbf":now()+3600});
-        let not_yet = encode(&Header::default(), &not_yet, &EncodingKey::from_secret(b"s3cret")).unwrap();
+        let not_yet = encode(
+            &Header::default(),
+            &not_yet,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
         assert!(auth.authenticate(Some(&not_yet)).is_err());
-        let forged = encode(&Header::default(), &claims, &EncodingKey::from_secret(b"other")).unwrap();
+        let forged = encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(b"other"),
+        )
+        .unwrap();
         assert!(auth.authenticate(Some(&forged)).is_err());
     }
 

@@ -88,6 +88,20 @@ pub struct ServeArgs {
     /// Lease of a claim that names none [default: 30s]
     #[arg(long, env = "PLEXUS_JOBS_DEFAULT_LEASE", value_name = "DUR")]
     pub jobs_default_lease: Option<String>,
+    /// open (no credentials) or required (tokens or JWTs, see the config file) [default: open]
+    #[arg(long, env = "PLEXUS_AUTH", value_name = "MODE")]
+    pub auth: Option<String>,
+    /// HS256 secret for JWTs
+    #[arg(
+        long,
+        env = "PLEXUS_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+    /// RS256/ES256 public key (PEM) for JWTs
+    #[arg(long, env = "PLEXUS_JWT_PUBLIC_KEY", value_name = "FILE")]
+    pub jwt_public_key: Option<PathBuf>,
     /// Print the default configuration file (every key, its default) and exit
     #[arg(long)]
     pub print_config: bool,
@@ -106,6 +120,7 @@ struct FileConfig {
     durability: String,
     shutdown_grace: String,
     tls: FileTls,
+    auth: FileAuth,
     retention: FileRetention,
     limits: FileLimits,
     streams: FileStreams,
@@ -119,6 +134,29 @@ struct FileJobs {
     max_attempts: u32,
     backoff: String,
     default_lease: String,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    mode: String,
+    jwt_secret: String,
+    jwt_public_key: PathBuf,
+    tokens: Vec<FileToken>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct FileToken {
+    token: String,
+    #[serde(default)]
+    publish: Vec<String>,
+    #[serde(default)]
+    subscribe: Vec<String>,
+    #[serde(default)]
+    jobs: Vec<String>,
+    #[serde(default)]
+    admin: bool,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -188,6 +226,34 @@ pub struct Config {
     pub log_format: LogFormat,
     pub tls: Option<TlsSource>,
     pub jobs: crate::jobs::JobsOptions,
+    pub auth: AuthConfig,
+}
+
+/// Authentication settings; secrets are redacted when printed.
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    pub mode: crate::auth::AuthMode,
+    pub jwt_secret: Option<crate::auth::Secret>,
+    pub jwt_public_key: Option<PathBuf>,
+    pub tokens: Vec<(crate::auth::Secret, crate::auth::Rules)>,
+}
+
+impl AuthConfig {
+    /// The authenticator of these settings (reads the public key file).
+    pub fn authenticator(&self) -> Result<crate::auth::Authenticator, String> {
+        let pem = match &self.jwt_public_key {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                format!("auth.jwt_public_key: cannot read {}: {e}", path.display())
+            })?),
+            None => None,
+        };
+        crate::auth::Authenticator::new(
+            self.mode,
+            self.tokens.clone(),
+            self.jwt_secret.as_ref(),
+            pem.as_deref(),
+        )
+    }
 }
 
 /// Overlays `over` onto `base`, table by table.
@@ -340,7 +406,51 @@ impl Config {
             )?,
             default_lease,
         };
+        let mode = match a.auth.as_deref().unwrap_or(&f.auth.mode) {
+            "open" => crate::auth::AuthMode::Open,
+            "required" => crate::auth::AuthMode::Required,
+            s => {
+                return Err(ConfigError(format!(
+                    "auth.mode: {s:?} is not one of open, required"
+                )));
+            }
+        };
+        let mut tokens = Vec::new();
+        for (i, t) in f.auth.tokens.iter().enumerate() {
+            if t.token.len() < 8 {
+                return Err(ConfigError(format!(
+                    "auth.tokens[{i}].token: use at least 8 characters"
+                )));
+            }
+            let rules = crate::auth::RulesText {
+                publish: t.publish.clone(),
+                subscribe: t.subscribe.clone(),
+                jobs: t.jobs.clone(),
+                admin: t.admin,
+            }
+            .parse()
+            .map_err(|e| ConfigError(format!("auth.tokens[{i}].{e}")))?;
+            tokens.push((crate::auth::Secret(t.token.clone()), rules));
+        }
+        let jwt_secret = a.jwt_secret.clone().unwrap_or(f.auth.jwt_secret);
+        let jwt_public_key = a.jwt_public_key.clone().unwrap_or(f.auth.jwt_public_key);
+        let auth = AuthConfig {
+            mode,
+            jwt_secret: (!jwt_secret.is_empty()).then_some(crate::auth::Secret(jwt_secret)),
+            jwt_public_key: (!jwt_public_key.as_os_str().is_empty()).then_some(jwt_public_key),
+            tokens,
+        };
+        if auth.mode == crate::auth::AuthMode::Required
+            && auth.tokens.is_empty()
+            && auth.jwt_secret.is_none()
+            && auth.jwt_public_key.is_none()
+        {
+            return Err(ConfigError(
+                "auth.mode: required, but no auth.tokens, auth.jwt_secret or auth.jwt_public_key is set".into(),
+            ));
+        }
         Ok(Config {
+            auth,
             jobs,
             tls,
             listen,

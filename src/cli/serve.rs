@@ -64,12 +64,14 @@ pub fn app(
     store: Arc<dyn Log>,
     shutdown: CancellationToken,
     connections: Arc<ConnStats>,
-) -> axum::Router {
+) -> Result<axum::Router, String> {
+    let auth = Arc::new(config.auth.authenticator()?);
     let hub = Hub::new(store, HubOptions::default(), shutdown);
     let jobs = crate::jobs::Jobs::new(hub.clone(), config.jobs.clone());
-    crate::http::router(AppState {
+    Ok(crate::http::router(AppState {
         hub,
         jobs,
+        auth,
         connections,
         options: Arc::new(HttpOptions {
             max_message_bytes: config.max_message_bytes,
@@ -80,7 +82,7 @@ pub fn app(
             // A publish frame carries the payload plus a little JSON around it.
             max_ws_frame_bytes: config.max_message_bytes * 4 / 3 + 4096,
         }),
-    })
+    }))
 }
 
 async fn serve(config: Config) -> Result<(), String> {
@@ -109,12 +111,19 @@ async fn serve(config: Config) -> Result<(), String> {
         }
     }
     let _ = std::io::stdout().flush();
-    tracing::info!(%addr, storage = ?config.storage, "plexus is serving");
+    tracing::info!(%addr, storage = ?config.storage, auth = ?config.auth.mode, "plexus is serving");
+    if config.auth.mode == crate::auth::AuthMode::Open && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "auth.mode is open and the listener is not on loopback: ANYONE who can reach this \
+             address may publish, read and delete. Use --auth required (see the config file)."
+        );
+    }
 
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
     let stats = Arc::new(ConnStats::default());
-    let app = app(&config, store.clone(), shutdown.clone(), stats.clone());
+    let app = app(&config, store.clone(), shutdown.clone(), stats.clone())?;
     server::run(
         listener,
         app,

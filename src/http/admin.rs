@@ -9,6 +9,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 
 use super::AppState;
+use super::auth::Caller;
 use super::error::ApiError;
 use super::publish::topic_from_path;
 use crate::model::{Topic, format_rfc3339_millis};
@@ -99,11 +100,14 @@ struct TopicList<'a> {
     topics: Vec<TopicJson<'a>>,
 }
 
-async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
+async fn list(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     let topics = state.hub.topics().await?;
+    // An admin sees every topic; anyone else the topics they may read.
+    let admin = caller.0.is_admin();
     let body = TopicList {
         topics: topics
             .iter()
+            .filter(|(info, _)| admin || caller.0.can_subscribe(&info.topic))
             .map(|(info, subs)| topic_json(info, *subs))
             .collect(),
     };
@@ -112,9 +116,11 @@ async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
 
 async fn show(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let topic: Topic = topic_from_path(path)?.parse()?;
+    caller.subscribe(&topic)?;
     match state.hub.topic(&topic).await? {
         Some((info, subs)) => Ok(Json(topic_json(&info, subs)).into_response()),
         None => Err(ApiError::not_found(format!(
@@ -125,9 +131,11 @@ async fn show(
 
 async fn delete(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let topic: Topic = topic_from_path(path)?.parse()?;
+    caller.admin()?;
     if state.hub.delete_topic(&topic).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::params::{self, Params, QueryPairs};
 use super::publish::topic_from_path;
@@ -58,12 +59,14 @@ fn seconds(params: &Params, name: &str) -> Result<Option<Duration>, ApiError> {
 
 async fn submit(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     query: QueryPairs,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let queue: Topic = topic_from_path(path)?.parse()?;
+    caller.queue(&queue)?;
     let params = Params::from(query)?;
     let payload = params::body(body, state.options.max_message_bytes)?;
     let max_attempts = match params.get("max_attempts")? {
@@ -115,6 +118,7 @@ async fn submit(
 
 async fn status(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
@@ -123,16 +127,19 @@ async fn status(
     let wait = seconds(&params, "wait")?
         .unwrap_or_default()
         .min(state.options.max_wait);
+    caller.queue(&state.jobs.get(&id).await?.queue)?;
     let job = state.jobs.wait_change(&id, wait).await?;
     Ok(json(StatusCode::OK, job_json(&job, false)))
 }
 
 async fn claim(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
     let queue: Topic = topic_from_path(path)?.parse()?;
+    caller.queue(&queue)?;
     let params = Params::from(query)?;
     let wait = seconds(&params, "wait")?
         .unwrap_or_default()
@@ -150,6 +157,7 @@ async fn claim(
 
 async fn act(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<(String, String)>, PathRejection>,
     query: QueryPairs,
     body: Result<Bytes, BytesRejection>,
@@ -157,6 +165,7 @@ async fn act(
     let Path((id, action)) =
         path.map_err(|e| ApiError::bad_request(format!("bad path: {}", e.body_text())))?;
     let id = job_id(&id)?;
+    caller.queue(&state.jobs.get(&id).await?.queue)?;
     let params = Params::from(query)?;
     let token = params
         .get("lease")?

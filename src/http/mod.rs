@@ -2,6 +2,7 @@
 //! knows HTTP; it parses, calls the hub, and encodes.
 
 mod admin;
+mod auth;
 pub mod error;
 mod jobs;
 mod params;
@@ -53,6 +54,7 @@ impl Default for HttpOptions {
 pub struct AppState {
     pub hub: Arc<Hub>,
     pub jobs: Arc<crate::jobs::Jobs>,
+    pub auth: Arc<crate::auth::Authenticator>,
     /// The listener's connection counters (for `/metrics`).
     pub connections: Arc<crate::server::ConnStats>,
     pub options: Arc<HttpOptions>,
@@ -70,6 +72,10 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::routes(&state.options))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .with_state(state)
 }
 

@@ -8,6 +8,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 
 use super::AppState;
+use super::auth::Caller;
 use super::error::ApiError;
 use super::params::{self, Params, QueryPairs};
 use super::publish::topic_from_path;
@@ -33,11 +34,15 @@ struct PollBody<'a> {
 
 pub async fn poll(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     query: QueryPairs,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let topics = TopicList::parse(&topic_from_path(path)?, state.options.max_topics)?;
+    for topic in topics.iter() {
+        caller.subscribe(topic)?;
+    }
     let params = Params::from(query)?;
     let since = match params.get("since")? {
         Some(s) => s.parse::<Since>()?,

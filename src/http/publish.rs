@@ -9,6 +9,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::params;
 use super::{AppState, HttpOptions};
@@ -77,11 +78,13 @@ fn idempotency_key(key: Option<&str>) -> Result<Option<String>, ApiError> {
 
 async fn publish_one(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let topic: Topic = topic_from_path(path)?.parse()?;
+    caller.publish(&topic)?;
     let data = params::body(body, state.options.max_message_bytes)?;
     let event = header_str(&headers, "plexus-event")?
         .map(str::parse::<EventName>)
@@ -172,6 +175,7 @@ fn to_message(i: usize, item: BatchItem, max_bytes: usize) -> Result<NewMessage,
 
 async fn publish_batch(
     State(state): State<AppState>,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = params::body(body, state.options.max_batch_bytes)?;
@@ -188,6 +192,9 @@ async fn publish_batch(
         .map(|(i, item)| to_message(i, item, state.options.max_message_bytes))
         .collect::<Result<Vec<_>, _>>()?;
     let topics: Vec<Topic> = batch.iter().map(|m| m.topic.clone()).collect();
+    for topic in &topics {
+        caller.publish(topic)?;
+    }
     let results = state.hub.publish(batch).await?;
     let body = BatchResults {
         results: topics

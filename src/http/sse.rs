@@ -13,6 +13,7 @@ use axum::routing::get;
 use bytes::Bytes;
 
 use super::AppState;
+use super::auth::Caller;
 use super::error::ApiError;
 use super::params::QueryPairs;
 use super::stream::{Positions, event_body, stream_request, streaming_response};
@@ -26,11 +27,12 @@ pub fn routes() -> Router<AppState> {
 
 async fn sse(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     query: QueryPairs,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let req = stream_request(&state, path, query, &headers)?;
+    let req = stream_request(&state, &caller, path, query, &headers)?;
     let raw = match req.params.get("raw")? {
         None | Some("0") | Some("false") => false,
         Some("1") | Some("true") | Some("") => true,

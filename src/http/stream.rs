@@ -17,6 +17,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
+use super::auth::Caller;
 use super::error::ApiError;
 use super::params::{Params, QueryPairs};
 use super::publish::topic_from_path;
@@ -39,11 +40,15 @@ pub(super) struct StreamRequest {
 /// Parses the topics, `since` (default `now`; `Last-Event-ID` wins when given) and `slow`.
 pub(super) fn stream_request(
     state: &AppState,
+    caller: &Caller,
     path: Result<Path<String>, PathRejection>,
     query: QueryPairs,
     headers: &HeaderMap,
 ) -> Result<StreamRequest, ApiError> {
     let topics = TopicList::parse(&topic_from_path(path)?, state.options.max_topics)?;
+    for topic in topics.iter() {
+        caller.subscribe(topic)?;
+    }
     let params = Params::from(query)?;
     let last_event_id = match headers.get("last-event-id") {
         Some(v) => Some(
@@ -161,11 +166,12 @@ pub(super) fn streaming_response(content_type: &'static str, body: Body) -> Resp
 
 async fn ndjson(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     query: QueryPairs,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let req = stream_request(&state, path, query, &headers)?;
+    let req = stream_request(&state, &caller, path, query, &headers)?;
     let sub = state
         .hub
         .subscribe(&req.topics, &req.since, &Since::Now, req.slow)

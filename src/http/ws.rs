@@ -20,6 +20,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
+use super::auth::Caller;
 use super::error::ApiError;
 use super::params::{Params, QueryPairs};
 use crate::hub::{Event, HubError, SlowPolicy};
@@ -40,6 +41,7 @@ pub fn routes() -> Router<AppState> {
 
 async fn upgrade(
     State(state): State<AppState>,
+    caller: Caller,
     query: QueryPairs,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -50,6 +52,9 @@ async fn upgrade(
     let initial = match params.get("topic")? {
         Some(topics) => {
             let topics = TopicList::parse(topics, state.options.max_topics)?;
+            for topic in topics.iter() {
+                caller.subscribe(topic)?;
+            }
             let since = match params.get("since")? {
                 Some(s) => s.parse::<Since>()?,
                 None => Since::Now,
@@ -67,7 +72,7 @@ async fn upgrade(
         .max_message_size(limit.saturating_mul(4))
         .max_frame_size(limit.saturating_mul(4))
         .on_upgrade(move |socket| async move {
-            Session::new(state, socket).run(initial).await;
+            Session::new(state, caller, socket).run(initial).await;
         })
         .into_response())
 }
@@ -122,6 +127,7 @@ type Outbox = SplitSink<WebSocket, WsMessage>;
 
 struct Session {
     state: AppState,
+    caller: Caller,
     sink: Option<Outbox>,
     socket: Option<WebSocket>,
     subs: SelectAll<BoxStream<'static, (Topic, Event)>>,
@@ -130,9 +136,10 @@ struct Session {
 }
 
 impl Session {
-    fn new(state: AppState, socket: WebSocket) -> Self {
+    fn new(state: AppState, caller: Caller, socket: WebSocket) -> Self {
         Session {
             state,
+            caller,
             sink: None,
             socket: Some(socket),
             subs: SelectAll::new(),
@@ -284,7 +291,13 @@ impl Session {
             .ok_or_else(|| FrameError::bad("the frame needs a topic"))?
             .parse()
             .map_err(|e| FrameError::bad(format!("{e}")))?;
+        let forbidden = |what: &str| FrameError {
+            status: 403,
+            detail: format!("this credential may not {what} {topic}"),
+        };
         match frame.op.as_str() {
+            "subscribe" if !self.caller.0.can_subscribe(&topic) => Err(forbidden("read")),
+            "publish" if !self.caller.0.can_publish(&topic) => Err(forbidden("publish to")),
             "subscribe" => {
                 let since = match &frame.since {
                     None | Some(Value::Null) => Since::Now,

@@ -100,7 +100,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn m(p: &str, t: &str) -> bool {
-        p.parse::<TopicPattern>().unwrap().matches(&t.parse().unwrap())
+        p.parse::<TopicPattern>()
+            .unwrap()
+            .matches(&t.parse().unwrap())
     }
 
     #[test]

@@ -280,7 +280,7 @@ async fn publish(args: PublishArgs) -> Result<(), String> {
         store.clone(),
         stop.clone(),
         Arc::new(crate::server::ConnStats::default()),
-    );
+    )?;
     let hub_url = spawn_server(app, stop.clone()).await?;
 
     let use_wrk = match args.load.as_str() {

@@ -1,0 +1,149 @@
+//! Credentials are checked before routing: every path but `/healthz`, `/readyz` and
+//! `/metrics` needs one when `auth.mode = required` (401 otherwise); each handler then asks
+//! the [`Caller`] for the right it needs (403 otherwise).
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Uri, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::auth::Principal;
+use crate::model::Topic;
+
+/// The paths anyone may call.
+const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `access_token` from the query: browsers' EventSource and WebSocket cannot send headers.
+fn query_token(uri: &Uri) -> Option<String> {
+    uri.query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("access_token="))
+        .and_then(percent_decode)
+}
+
+/// The middleware: authenticates, or answers 401.
+pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    if OPEN_PATHS.contains(&req.uri().path()) {
+        return next.run(req).await;
+    }
+    let credential = bearer(req.headers()).or_else(|| query_token(req.uri()));
+    match state.auth.authenticate(credential.as_deref()) {
+        Ok(principal) => {
+            req.extensions_mut().insert(principal);
+            next.run(req).await
+        }
+        Err(e) => ApiError::unauthorized(e.to_string()).into_response(),
+    }
+}
+
+/// The authenticated caller of a request.
+#[derive(Clone, Debug)]
+pub struct Caller(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .map(Caller)
+            .ok_or_else(|| ApiError::unauthorized("no credentials were checked"))
+    }
+}
+
+impl Caller {
+    pub fn publish(&self, topic: &Topic) -> Result<(), ApiError> {
+        if self.0.can_publish(topic) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "this credential may not publish to {topic}"
+            )))
+        }
+    }
+
+    pub fn subscribe(&self, topic: &Topic) -> Result<(), ApiError> {
+        if self.0.can_subscribe(topic) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "this credential may not read {topic}"
+            )))
+        }
+    }
+
+    pub fn queue(&self, queue: &Topic) -> Result<(), ApiError> {
+        if self.0.can_use_queue(queue) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "this credential may not use job queue {queue}"
+            )))
+        }
+    }
+
+    pub fn admin(&self) -> Result<(), ApiError> {
+        if self.0.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("this needs an admin credential"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_tokens() {
+        let uri: Uri = "/v1/topics/a/sse?since=all&access_token=abc.def%2Bg"
+            .parse()
+            .unwrap();
+        assert_eq!(query_token(&uri).as_deref(), Some("abc.def+g"));
+        let uri: Uri = "/v1/ws".parse().unwrap();
+        assert_eq!(query_token(&uri), None);
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer xyz".parse().unwrap());
+        assert_eq!(bearer(&h).as_deref(), Some("xyz"));
+        h.insert(header::AUTHORIZATION, "Basic xyz".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+}
