@@ -102,6 +102,18 @@ pub struct ServeArgs {
     /// RS256/ES256 public key (PEM) for JWTs
     #[arg(long, env = "PLEXUS_JWT_PUBLIC_KEY", value_name = "FILE")]
     pub jwt_public_key: Option<PathBuf>,
+    /// Connections open at once [default: 50000]
+    #[arg(long, env = "PLEXUS_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<u64>,
+    /// Connections open at once per client address [default: 4096]
+    #[arg(long, env = "PLEXUS_MAX_CONNECTIONS_PER_CLIENT", value_name = "N")]
+    pub max_connections_per_client: Option<u64>,
+    /// Requests per second per client address, 0 for no limit [default: 5000]
+    #[arg(long, env = "PLEXUS_RATE", value_name = "N")]
+    pub rate: Option<f64>,
+    /// Requests a client may send at once above its rate [default: 10000]
+    #[arg(long, env = "PLEXUS_BURST", value_name = "N")]
+    pub burst: Option<f64>,
     /// Print the default configuration file (every key, its default) and exit
     #[arg(long)]
     pub print_config: bool,
@@ -182,6 +194,10 @@ struct FileLimits {
     max_wait: String,
     max_topics: u64,
     header_timeout: String,
+    max_connections: u64,
+    max_connections_per_client: u64,
+    rate: f64,
+    burst: f64,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -227,6 +243,10 @@ pub struct Config {
     pub tls: Option<TlsSource>,
     pub jobs: crate::jobs::JobsOptions,
     pub auth: AuthConfig,
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    pub rate: f64,
+    pub burst: f64,
 }
 
 /// Authentication settings; secrets are redacted when printed.
@@ -449,7 +469,27 @@ impl Config {
                 "auth.mode: required, but no auth.tokens, auth.jwt_secret or auth.jwt_public_key is set".into(),
             ));
         }
+        let rate = a.rate.unwrap_or(f.limits.rate);
+        let burst = a.burst.unwrap_or(f.limits.burst);
+        if !(rate.is_finite() && rate >= 0.0 && burst.is_finite() && burst >= 1.0) {
+            return Err(ConfigError(
+                "limits.rate: must be 0 or more, and limits.burst at least 1".into(),
+            ));
+        }
+        let max_connections = a.max_connections.unwrap_or(f.limits.max_connections);
+        let per_client = a
+            .max_connections_per_client
+            .unwrap_or(f.limits.max_connections_per_client);
+        if max_connections == 0 || per_client == 0 {
+            return Err(ConfigError(
+                "limits.max_connections: limits.max_connections and limits.max_connections_per_client must be at least 1".into(),
+            ));
+        }
         Ok(Config {
+            max_connections: max_connections as usize,
+            max_connections_per_client: per_client as usize,
+            rate,
+            burst,
             auth,
             jobs,
             tls,

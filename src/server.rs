@@ -16,6 +16,10 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+/// The peer of a connection, in every request's extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
 #[derive(Clone)]
 pub struct ServerOptions {
     /// A connection that has not sent a request head (or finished its TLS handshake) by then
@@ -26,6 +30,10 @@ pub struct ServerOptions {
     /// With TLS, the port speaks TLS only.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub stats: Arc<ConnStats>,
+    /// Most connections open at once; more are closed at once.
+    pub max_connections: usize,
+    /// Most connections open at once from one client address.
+    pub max_connections_per_client: usize,
 }
 
 /// Connection counters, read by `/metrics`.
@@ -34,14 +42,54 @@ pub struct ConnStats {
     pub accepted: AtomicU64,
     pub closed: AtomicU64,
     pub tls_handshake_failures: AtomicU64,
+    /// Connections closed at once because a connection limit was reached.
+    pub refused: AtomicU64,
+    // A std mutex: held for a counter update on accept and close, never across an await.
+    per_client: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+impl ConnStats {
+    pub fn open(&self) -> u64 {
+        self.accepted
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.closed.load(Ordering::Relaxed))
+    }
 }
 
 /// Counts a connection closed when dropped, however its task ends.
-struct OpenConnection(Arc<ConnStats>);
+struct OpenConnection(Arc<ConnStats>, std::net::IpAddr);
+
+impl OpenConnection {
+    /// Admits a connection within the limits, or `None` (it is then closed at once).
+    fn admit(
+        stats: &Arc<ConnStats>,
+        ip: std::net::IpAddr,
+        options: &ServerOptions,
+    ) -> Option<Self> {
+        if stats.open() >= options.max_connections as u64 {
+            return None;
+        }
+        let mut per_client = stats.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let count = per_client.entry(ip).or_insert(0);
+        if *count >= options.max_connections_per_client {
+            return None;
+        }
+        *count += 1;
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        Some(OpenConnection(stats.clone(), ip))
+    }
+}
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.closed.fetch_add(1, Ordering::Relaxed);
+        let mut per_client = self.0.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = per_client.get_mut(&self.1) {
+            *count -= 1;
+            if *count == 0 {
+                per_client.remove(&self.1);
+            }
+        }
     }
 }
 
@@ -66,10 +114,19 @@ fn builder(options: &ServerOptions) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves one connection until it ends or the drain closes it.
-async fn serve<I>(builder: auto::Builder<TokioExecutor>, io: I, app: Router, watcher: Watcher)
-where
+async fn serve<I>(
+    builder: auto::Builder<TokioExecutor>,
+    io: I,
+    app: Router,
+    watcher: Watcher,
+    peer: std::net::SocketAddr,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let app = tower::ServiceExt::map_request(app, move |mut req: axum::extract::Request<_>| {
+        req.extensions_mut().insert(ClientAddr(peer));
+        req
+    });
     let service = TowerToHyperService::new(app);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(conn.into_owned()).await {
@@ -93,8 +150,8 @@ pub async fn run(
             accepted = listener.accept() => accepted,
             _ = shutdown.cancelled() => break,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
@@ -102,14 +159,17 @@ pub async fn run(
                 continue;
             }
         };
-        options.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        let open = OpenConnection(options.stats.clone());
+        let Some(open) = OpenConnection::admit(&options.stats, peer.ip(), &options) else {
+            options.stats.refused.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let (builder, app, watcher) = (builder.clone(), app.clone(), graceful.watcher());
         match &acceptor {
             None => {
                 tokio::spawn(async move {
-                    serve(builder, stream, app, watcher).await;
+                    serve(builder, stream, app, watcher, peer).await;
                     drop(open);
                 });
             }
@@ -118,7 +178,7 @@ pub async fn run(
                 let timeout = options.header_timeout;
                 tokio::spawn(async move {
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => serve(builder, tls, app, watcher).await,
+                        Ok(Ok(tls)) => serve(builder, tls, app, watcher, peer).await,
                         Ok(Err(e)) => {
                             stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(error = %e, "TLS handshake failed");

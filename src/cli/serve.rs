@@ -69,6 +69,10 @@ pub fn app(
     let hub = Hub::new(store, HubOptions::default(), shutdown);
     let jobs = crate::jobs::Jobs::new(hub.clone(), config.jobs.clone());
     Ok(crate::http::router(AppState {
+        limiter: Arc::new(crate::http::limits::RateLimiter::new(
+            config.rate,
+            config.burst,
+        )),
         hub,
         jobs,
         auth,
@@ -133,6 +137,8 @@ async fn serve(config: Config) -> Result<(), String> {
             shutdown_grace: config.shutdown_grace,
             tls: tls.map(|t| t.config),
             stats,
+            max_connections: config.max_connections,
+            max_connections_per_client: config.max_connections_per_client,
         },
     )
     .await;

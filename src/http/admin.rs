@@ -58,9 +58,13 @@ async fn metrics(State(state): State<AppState>) -> Response {
          plexus_connections_open {}\n\
          # HELP plexus_tls_handshake_failures_total TLS handshakes that failed or timed out.\n\
          # TYPE plexus_tls_handshake_failures_total counter\n\
-         plexus_tls_handshake_failures_total {}\n",
+         plexus_tls_handshake_failures_total {}\n\
+         # HELP plexus_connections_refused_total Connections closed on accept by a connection limit.\n\
+         # TYPE plexus_connections_refused_total counter\n\
+         plexus_connections_refused_total {}\n",
         accepted.saturating_sub(closed),
-        conns.tls_handshake_failures.load(Relaxed)
+        conns.tls_handshake_failures.load(Relaxed),
+        conns.refused.load(Relaxed)
     );
     (
         [(

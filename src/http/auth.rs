@@ -14,7 +14,7 @@ use crate::auth::Principal;
 use crate::model::Topic;
 
 /// The paths anyone may call.
-const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+pub(super) const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;

@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 pub mod error;
 mod jobs;
+pub mod limits;
 mod params;
 mod poll;
 mod publish;
@@ -55,6 +56,7 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub jobs: Arc<crate::jobs::Jobs>,
     pub auth: Arc<crate::auth::Authenticator>,
+    pub limiter: Arc<limits::RateLimiter>,
     /// The listener's connection counters (for `/metrics`).
     pub connections: Arc<crate::server::ConnStats>,
     pub options: Arc<HttpOptions>,
@@ -75,6 +77,11 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
+        ))
+        // Outermost: a client over its rate is refused before anything else is done.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::limit,
         ))
         .with_state(state)
 }

@@ -395,6 +395,10 @@ async fn measure(args: &FanoutArgs, raw: bool) -> Result<Report, String> {
                 .to_string_lossy(),
             "--retention-messages",
             "1000000",
+            "--rate",
+            "0",
+            "--max-connections-per-client",
+            "100000",
         ])
         .await?
     };

@@ -184,6 +184,7 @@ pub async fn run(args: Http2Args) -> Result<(), String> {
     let config = Config::load(&ServeArgs {
         data_dir: Some(dir.clone()),
         storage: Some("memory".into()),
+        rate: Some(0.0),
         ..ServeArgs::default()
     })
     .map_err(|e| e.to_string())?;

@@ -31,6 +31,7 @@ pub async fn run(args: JobsBenchArgs) -> Result<(), String> {
         let dir = super::temp_dir("jobs")?;
         let config = Config::load(&ServeArgs {
             data_dir: Some(dir.clone()),
+            rate: Some(0.0),
             ..ServeArgs::default()
         })
         .map_err(|e| e.to_string())?;

@@ -168,6 +168,8 @@ async fn spawn_server_with(
             shutdown_grace: Duration::from_secs(1),
             tls: None,
             stats,
+            max_connections: usize::MAX,
+            max_connections_per_client: usize::MAX,
         },
     ));
     Ok(format!("http://{addr}"))
@@ -271,6 +273,7 @@ async fn publish(args: PublishArgs) -> Result<(), String> {
     let config = Config::load(&ServeArgs {
         data_dir: Some(dir.clone()),
         durability: Some(args.durability.clone()),
+        rate: Some(0.0),
         ..ServeArgs::default()
     })
     .map_err(|e| e.to_string())?;
