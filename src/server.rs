@@ -95,6 +95,8 @@ impl Drop for OpenConnection {
 
 fn builder(options: &ServerOptions) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The header timeout also closes an idle keep-alive connection: hyper arms it whenever it
+    // waits for a request head, the next one included.
     // `max_buf_size(8192)` (hyper's minimum) keeps an idle HTTP/1.1 stream's read buffer at
     // 8 KiB instead of letting it double to 16 KiB (an idle SSE connection: 20.5 -> 14.7 KiB,
     // docs/BENCHMARKS.md); it also caps a request head at 8 KiB.
@@ -109,7 +111,10 @@ fn builder(options: &ServerOptions) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(1000)
-        .enable_connect_protocol();
+        .enable_connect_protocol()
+        // A peer that stops answering pings is dropped, whatever its streams are doing.
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
     builder
 }
 
