@@ -19,6 +19,9 @@ use crate::model::{Message, NewMessage, Seq, Topic};
 use crate::store::{Appended, CommitFeed, Log, StoreError, TopicInfo};
 use crate::wire::Encoded;
 
+/// Topic states kept before the first sweep of unused ones.
+const MIN_SWEEP: usize = 4096;
+
 /// Messages a topic's live broadcast holds. A subscriber further behind than this catches
 /// up from the store instead, so this (not the slowest client) bounds the hub's memory.
 const LIVE_BUFFER: usize = 256;
@@ -95,6 +98,8 @@ pub struct Hub {
     topics: Mutex<HashMap<Topic, Arc<TopicState>>>,
     shutdown: CancellationToken,
     pub slow: SlowCounters,
+    /// The map size above which the next new state first sweeps unused ones.
+    sweep_above: std::sync::atomic::AtomicUsize,
 }
 
 impl Hub {
@@ -108,6 +113,7 @@ impl Hub {
             topics: Mutex::new(HashMap::new()),
             shutdown,
             slow: SlowCounters::default(),
+            sweep_above: std::sync::atomic::AtomicUsize::new(MIN_SWEEP),
         });
         match feed {
             Some(feed) => {
@@ -130,17 +136,38 @@ impl Hub {
         &self.store
     }
 
-    fn state(&self, topic: &Topic) -> Arc<TopicState> {
+    /// Runs `f` on the topic's state (made if missing) while holding the map's lock, so a
+    /// receiver made in `f` exists before any sweep can look at the state.
+    fn with_state<R>(&self, topic: &Topic, f: impl FnOnce(&Arc<TopicState>) -> R) -> R {
         let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
-        topics
-            .entry(topic.clone())
-            .or_insert_with(|| {
-                Arc::new(TopicState {
-                    head: watch::Sender::new(0),
-                    live: broadcast::Sender::new(LIVE_BUFFER),
-                })
+        if !topics.contains_key(topic) && topics.len() >= self.sweep_at() {
+            // States nobody listens to any more are dropped (a topic with readers keeps its
+            // state; one without has nothing to wake). Amortised: the threshold doubles.
+            topics.retain(|_, s| s.head.receiver_count() + s.live.receiver_count() > 0);
+            self.sweep_above
+                .store((topics.len() * 2).max(MIN_SWEEP), Ordering::Relaxed);
+        }
+        let state = topics.entry(topic.clone()).or_insert_with(|| {
+            Arc::new(TopicState {
+                head: watch::Sender::new(0),
+                live: broadcast::Sender::new(LIVE_BUFFER),
             })
-            .clone()
+        });
+        f(state)
+    }
+
+    fn sweep_at(&self) -> usize {
+        self.sweep_above.load(Ordering::Relaxed).max(MIN_SWEEP)
+    }
+
+    /// A receiver of the topic's head, for long polls.
+    fn subscribe_head(&self, topic: &Topic) -> watch::Receiver<Seq> {
+        self.with_state(topic, |s| s.head.subscribe())
+    }
+
+    /// The topic's state and a receiver of its live broadcast, for streams.
+    fn subscribe_live(&self, topic: &Topic) -> (Arc<TopicState>, broadcast::Receiver<Arc<Encoded>>) {
+        self.with_state(topic, |s| (s.clone(), s.live.subscribe()))
     }
 
     fn existing_state(&self, topic: &Topic) -> Option<Arc<TopicState>> {
@@ -237,5 +264,31 @@ async fn fan_out(hub: std::sync::Weak<Hub>, mut feed: CommitFeed) {
             return;
         };
         hub.deliver(batch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MemoryLog, Retention};
+
+    fn topics_held(hub: &Hub) -> usize {
+        hub.topics.lock().unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn states_nobody_listens_to_are_swept() {
+        let store: Arc<dyn Log> = Arc::new(MemoryLog::new(Retention::default()));
+        let hub = Hub::new(store, HubOptions::default(), CancellationToken::new());
+        let kept = hub.subscribe_head(&"kept".parse().unwrap());
+        for i in 1..MIN_SWEEP {
+            drop(hub.subscribe_head(&format!("t{i}").parse().unwrap()));
+        }
+        assert_eq!(topics_held(&hub), MIN_SWEEP);
+        // The next new topic sweeps: only the one with a receiver and the new one remain.
+        let _new = hub.subscribe_live(&"new".parse().unwrap());
+        assert_eq!(topics_held(&hub), 2);
+        assert_eq!(hub.subscribers(&"kept".parse().unwrap()), 1);
+        drop(kept);
     }
 }

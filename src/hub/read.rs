@@ -53,7 +53,7 @@ impl Hub {
             } else {
                 positions
                     .iter()
-                    .map(|p| self.state(&p.topic).head.subscribe())
+                    .map(|p| self.subscribe_head(&p.topic))
                     .collect()
             };
             let result = self.read_once(&mut positions, req.limit).await?;

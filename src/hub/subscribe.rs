@@ -238,11 +238,7 @@ impl Hub {
         // Receivers first, then positions: whatever commits in between is seen either way.
         let receivers: Vec<_> = topics
             .iter()
-            .map(|topic| {
-                let state = self.state(topic);
-                let rx = state.live.subscribe();
-                (state, rx)
-            })
+            .map(|topic| self.subscribe_live(topic))
             .collect();
         let positions = self.resolve(topics, since, default_since).await?;
         Ok(Subscription {
