@@ -173,8 +173,15 @@ pub async fn run(
         let (builder, app, watcher) = (builder.clone(), app.clone(), graceful.watcher());
         match &acceptor {
             None => {
+                let timeout = options.header_timeout;
                 tokio::spawn(async move {
-                    serve(builder, stream, app, watcher, peer).await;
+                    // hyper's header timeout starts once it reads a request head; before that,
+                    // the protocol sniffing waits for a first byte with no limit of its own.
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
+                        Ok(Ok(n)) if n > 0 => serve(builder, stream, app, watcher, peer).await,
+                        _ => tracing::debug!(%peer, "no request within the header timeout"),
+                    }
                     drop(open);
                 });
             }

@@ -26,6 +26,14 @@ pub fn routes() -> Router<AppState> {
 
 /// Prometheus text. A first family only: subscribers that fell behind, by policy (the
 /// operations issue grows this into the full set).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "observe",
+    summary = "Prometheus metrics",
+    description = "Prometheus text exposition",
+    responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8"))
+)]
 async fn metrics(State(state): State<AppState>) -> Response {
     use std::fmt::Write;
     use std::sync::atomic::Ordering::Relaxed;
@@ -104,6 +112,18 @@ struct TopicList<'a> {
     topics: Vec<TopicJson<'a>>,
 }
 
+/// List topics
+///
+/// An admin sees every topic; anyone else the topics they may read.
+#[utoipa::path(
+    get,
+    path = "/v1/topics",
+    tag = "manage",
+    responses(
+        (status = 200, description = "The topics", body = super::openapi::TopicList),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn list(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     let topics = state.hub.topics().await?;
     // An admin sees every topic; anyone else the topics they may read.
@@ -118,6 +138,20 @@ async fn list(State(state): State<AppState>, caller: Caller) -> Result<Response,
     Ok(Json(body).into_response())
 }
 
+/// Show a topic
+#[utoipa::path(
+    get,
+    path = "/v1/topics/{topic}",
+    tag = "manage",
+    params(("topic" = String, Path, max_length = 200, pattern = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$")),
+    responses(
+        (status = 200, description = "The topic", body = super::openapi::TopicInfo),
+        (status = 400, description = "A bad topic, cursor or parameter", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "This credential may not do that", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The topic has never been published to", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -133,6 +167,22 @@ async fn show(
     }
 }
 
+/// Delete a topic's messages
+///
+/// Keeps its counter; readers get a `deleted` gap. Needs an admin credential.
+#[utoipa::path(
+    delete,
+    path = "/v1/topics/{topic}",
+    tag = "manage",
+    params(("topic" = String, Path, max_length = 200, pattern = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "A bad topic, cursor or parameter", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin credential, or a reserved topic", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The topic has never been published to", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -149,10 +199,27 @@ async fn delete(
     }
 }
 
+/// Liveness: the process answers
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "observe",
+    responses((status = 200, description = "Alive", body = super::openapi::Health))
+)]
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
+/// Readiness: the store is reachable and the hub not draining
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "observe",
+    responses(
+        (status = 200, description = "Ready", body = super::openapi::Health),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     state.hub.ready().await?;
     Ok(Json(serde_json::json!({"status": "ready"})))

@@ -1,6 +1,6 @@
-//! Credentials are checked before routing: every path but `/healthz`, `/readyz` and
-//! `/metrics` needs one when `auth.mode = required` (401 otherwise); each handler then asks
-//! the [`Caller`] for the right it needs (403 otherwise).
+//! Credentials are checked before routing: every path but `/healthz`, `/readyz`, `/metrics`
+//! and `/openapi.json` needs one when `auth.mode = required` (401 otherwise); each handler
+//! then asks the [`Caller`] for the right it needs (403 otherwise).
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -14,7 +14,7 @@ use crate::auth::Principal;
 use crate::model::Topic;
 
 /// The paths anyone may call.
-pub(super) const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+pub(super) const OPEN_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/openapi.json"];
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;

@@ -57,6 +57,34 @@ fn seconds(params: &Params, name: &str) -> Result<Option<Duration>, ApiError> {
         .transpose()
 }
 
+/// Submit a job
+///
+/// The body is the payload. `202` at once; with `Prefer: wait=N`, `200` when the job finishes
+/// (succeeded or dead) within N seconds.
+#[utoipa::path(
+    post,
+    path = "/v1/queues/{queue}/jobs",
+    tag = "jobs",
+    params(
+        ("queue" = String, Path, max_length = 200, pattern = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$", description = "The queue (topic naming rules)"),
+        ("max_attempts" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Claims before a failing job is dead (default jobs.max_attempts)"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,200}$", description = "1-200 visible ASCII characters; a replay with the same body answers the first result"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N`: wait up to N seconds for the job to finish"),
+    ),
+    request_body(description = "The payload, any bytes, any content type", content((super::openapi::Payload = "application/octet-stream"), (super::openapi::Payload = "*/*"))),
+    responses(
+        (status = 200, description = "Finished within the wait", body = super::openapi::Job),
+        (status = 202, description = "Queued", body = super::openapi::Job, headers(
+            ("Location" = String, description = "`/v1/jobs/{id}`"),
+            ("Idempotent-Replayed" = String, description = "`true` when this answers a replayed idempotency key"),
+        )),
+        (status = 400, description = "A bad topic, cursor or parameter", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "This credential may not do that", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The idempotency key was used with another body", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The payload is larger than max_message_bytes", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn submit(
     State(state): State<AppState>,
     caller: Caller,
@@ -116,6 +144,23 @@ async fn submit(
     Ok(response)
 }
 
+/// A job's state
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    params(
+        ("id" = String, Path, description = "The job id"),
+        ("wait" = Option<f64>, Query, minimum = 0, description = "Seconds to wait for the state to change, clamped to max_wait"),
+    ),
+    responses(
+        (status = 200, description = "The job", body = super::openapi::Job),
+        (status = 400, description = "A bad topic, cursor or parameter", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "This credential may not do that", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn status(
     State(state): State<AppState>,
     caller: Caller,
@@ -132,6 +177,24 @@ async fn status(
     Ok(json(StatusCode::OK, job_json(&job, false)))
 }
 
+/// Claim the next job of a queue (workers)
+#[utoipa::path(
+    post,
+    path = "/v1/queues/{queue}/claim",
+    tag = "jobs",
+    params(
+        ("queue" = String, Path, max_length = 200, pattern = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$"),
+        ("wait" = Option<f64>, Query, minimum = 0, description = "Seconds to wait for a job, clamped to max_wait"),
+        ("lease" = Option<f64>, Query, exclusive_minimum = 0, description = "Seconds the claim lasts (default jobs.default_lease, at most a day)"),
+    ),
+    responses(
+        (status = 200, description = "A job, with its `lease` token and `lease_until`", body = super::openapi::Job),
+        (status = 204, description = "No job within the wait"),
+        (status = 400, description = "A bad topic, cursor or parameter", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "This credential may not do that", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn claim(
     State(state): State<AppState>,
     caller: Caller,
@@ -155,6 +218,30 @@ async fn claim(
     }
 }
 
+/// Heartbeat, report progress, complete or fail a claimed job (workers)
+///
+/// Only the current holder of the claim may: an expired lease, or an older claim's token, is
+/// `409`.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/{action}",
+    tag = "jobs",
+    params(
+        ("id" = String, Path, description = "The job id"),
+        ("action" = super::openapi::JobAction, Path),
+        ("lease" = String, Query, description = "The claim's lease token"),
+    ),
+    request_body(description = "progress: the progress message; complete: the result; fail: the error text", content((super::openapi::Payload = "application/octet-stream"), (super::openapi::Payload = "*/*"))),
+    responses(
+        (status = 200, description = "The job", body = super::openapi::Job),
+        (status = 400, description = "No lease token, or a bad parameter", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "This credential may not do that", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job, or no such action", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The lease ran out, or names an older claim", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The payload is larger than max_message_bytes", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn act(
     State(state): State<AppState>,
     caller: Caller,

@@ -6,6 +6,7 @@ mod auth;
 pub mod error;
 mod jobs;
 pub mod limits;
+mod openapi;
 mod params;
 mod poll;
 mod publish;
@@ -72,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .merge(stream::routes())
         .merge(ws::routes())
         .merge(jobs::routes(&state.options))
+        .merge(openapi::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

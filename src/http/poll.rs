@@ -32,6 +32,28 @@ struct PollBody<'a> {
     gaps: Vec<GapJson<'a>>,
 }
 
+/// Read messages: short or long poll
+///
+/// Without `wait` answers at once; with it, as soon as there is a message, or empty at the
+/// timeout.
+#[utoipa::path(
+    get,
+    path = "/v1/topics/{topics}/messages",
+    tag = "read",
+    params(
+        ("topics" = String, Path, pattern = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*(,[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*)*$", description = "One topic, or a comma-separated list"),
+        ("since" = Option<String>, Query, description = "Where to start: a cursor (`next` or an SSE id), `all`, `now`, or a duration back such as `5m`"),
+        ("limit" = Option<u32>, Query, minimum = 1, description = "Most messages (default 100; above 1000 clamped)"),
+        ("wait" = Option<f64>, Query, minimum = 0, description = "Seconds to wait for a message (long poll), clamped to max_wait"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (RFC 7240): the same as the `wait` query parameter"),
+    ),
+    responses(
+        (status = 200, description = "Messages, and the cursor to read on from", body = super::openapi::PollBody),
+        (status = 400, description = "A bad topic, cursor or parameter", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "This credential may not do that", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn poll(
     State(state): State<AppState>,
     caller: Caller,

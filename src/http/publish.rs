@@ -76,6 +76,28 @@ fn idempotency_key(key: Option<&str>) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// Publish one message
+///
+/// The body is the payload. Answers once the message is durable.
+#[utoipa::path(
+    post,
+    path = "/v1/topics/{topics}/messages",
+    tag = "publish",
+    params(
+        ("topics" = String, Path, max_length = 200, pattern = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$", description = "The topic (one; the GET on this path takes a list)"),
+        ("Plexus-Event" = Option<String>, Header, pattern = "^[A-Za-z0-9_.-]{1,64}$", description = "The event name"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,200}$", description = "1-200 visible ASCII characters; a replay with the same body answers the first result"),
+    ),
+    request_body(description = "The payload, any bytes, any content type", content((super::openapi::Payload = "application/octet-stream"), (super::openapi::Payload = "*/*"))),
+    responses(
+        (status = 201, description = "Stored", body = super::openapi::Published, headers(("Idempotent-Replayed" = String, description = "`true` when this answers a replayed idempotency key"))),
+        (status = 400, description = "A bad topic, cursor or parameter", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "This credential may not do that", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The idempotency key was used with another body", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The payload is larger than max_message_bytes", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn publish_one(
     State(state): State<AppState>,
     caller: Caller,
@@ -173,6 +195,29 @@ fn to_message(i: usize, item: BatchItem, max_bytes: usize) -> Result<NewMessage,
     })
 }
 
+/// Publish a batch
+///
+/// All or nothing, in one commit: 1 to 1,000 items, as a JSON array or NDJSON (one item a line).
+#[utoipa::path(
+    post,
+    path = "/v1/publish",
+    tag = "publish",
+    request_body(
+        description = "The items",
+        content(
+            (super::openapi::Batch = "application/json"),
+            (String = "application/x-ndjson"),
+        )
+    ),
+    responses(
+        (status = 201, description = "Stored, every item", body = super::openapi::BatchResults),
+        (status = 400, description = "Not 1 to 1,000 well-formed items, or an item with both or neither of data and data_base64", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "This credential may not do that", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "An idempotency key was used with another body", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The batch is larger than the batch limit, or an item than max_message_bytes", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn publish_batch(
     State(state): State<AppState>,
     caller: Caller,

@@ -25,6 +25,28 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/topics/{topics}/sse", get(sse))
 }
 
+/// Follow topics as Server-Sent Events
+///
+/// Starts with `retry: 2000`; each event has `id:` (the cursor after it), `event:` and `data:`
+/// (the JSON envelope, or the payload itself with `raw=1`). Keepalive comments when idle.
+#[utoipa::path(
+    get,
+    path = "/v1/topics/{topics}/sse",
+    tag = "read",
+    params(
+        ("topics" = String, Path, pattern = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*(,[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*)*$", description = "One topic, or a comma-separated list"),
+        ("since" = Option<String>, Query, description = "Where to start: a cursor (`next` or an SSE id), `all`, `now`, or a duration back such as `5m`"),
+        ("slow" = Option<super::openapi::SlowPolicy>, Query, description = "Slow-consumer policy (default catchup)"),
+        ("raw" = Option<String>, Query, description = "`1` or `true`: the payload itself as `data:` lines"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event; wins over `since`"),
+    ),
+    responses(
+        (status = 200, description = "An event stream that lasts until the client leaves or the hub shuts down", body = String, content_type = "text/event-stream"),
+        (status = 400, description = "A bad topic, cursor or parameter", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "This credential may not do that", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn sse(
     State(state): State<AppState>,
     caller: Caller,

@@ -164,6 +164,26 @@ pub(super) fn streaming_response(content_type: &'static str, body: Body) -> Resp
     response
 }
 
+/// Follow topics as NDJSON
+///
+/// One envelope a line; `{"event":"keepalive"}` lines when idle; a gap as an `"event":"gap"` line.
+#[utoipa::path(
+    get,
+    path = "/v1/topics/{topics}/stream",
+    tag = "read",
+    params(
+        ("topics" = String, Path, pattern = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*(,[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*)*$", description = "One topic, or a comma-separated list"),
+        ("since" = Option<String>, Query, description = "Where to start: a cursor (`next` or an SSE id), `all`, `now`, or a duration back such as `5m`"),
+        ("slow" = Option<super::openapi::SlowPolicy>, Query, description = "Slow-consumer policy (default catchup)"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this cursor; wins over `since`"),
+    ),
+    responses(
+        (status = 200, description = "A stream of JSON lines that lasts until the client leaves or the hub shuts down", body = String, content_type = "application/x-ndjson"),
+        (status = 400, description = "A bad topic, cursor or parameter", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "This credential may not do that", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn ndjson(
     State(state): State<AppState>,
     caller: Caller,

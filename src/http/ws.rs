@@ -39,6 +39,26 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/ws", any(upgrade))
 }
 
+/// Open a multiplexed WebSocket
+///
+/// Text frames of JSON: `subscribe`, `unsubscribe` and `publish` ops from the client; `ok`,
+/// `message`, `gap` and `error` frames from the hub. Over HTTP/2 the upgrade is a CONNECT
+/// (RFC 8441).
+#[utoipa::path(
+    get,
+    path = "/v1/ws",
+    tag = "read",
+    params(
+        ("topic" = Option<String>, Query, description = "Topics to subscribe to at connect, comma-separated"),
+        ("since" = Option<String>, Query, description = "Where the subscription at connect starts (default `now`)"),
+    ),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket upgrade, or a bad topic or since", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "This credential may not do that", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn upgrade(
     State(state): State<AppState>,
     caller: Caller,
