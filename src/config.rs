@@ -133,6 +133,7 @@ struct FileConfig {
     shutdown_grace: String,
     tls: FileTls,
     auth: FileAuth,
+    cors: FileCors,
     retention: FileRetention,
     limits: FileLimits,
     streams: FileStreams,
@@ -146,6 +147,12 @@ struct FileJobs {
     max_attempts: u32,
     backoff: String,
     default_lease: String,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct FileCors {
+    allowed_origins: Vec<String>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -247,6 +254,8 @@ pub struct Config {
     pub max_connections_per_client: usize,
     pub rate: f64,
     pub burst: f64,
+    /// Browser origins allowed to call the API (`*`: any); empty: no CORS.
+    pub cors_origins: Vec<String>,
 }
 
 /// Authentication settings; secrets are redacted when printed.
@@ -485,7 +494,18 @@ impl Config {
                 "limits.max_connections: limits.max_connections and limits.max_connections_per_client must be at least 1".into(),
             ));
         }
+        for (i, origin) in f.cors.allowed_origins.iter().enumerate() {
+            let ok = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && axum::http::HeaderValue::from_str(origin).is_ok());
+            if !ok {
+                return Err(ConfigError(format!(
+                    "cors.allowed_origins[{i}]: {origin:?} is not an origin such as https://app.example.com (or *)"
+                )));
+            }
+        }
         Ok(Config {
+            cors_origins: f.cors.allowed_origins,
             max_connections: max_connections as usize,
             max_connections_per_client: per_client as usize,
             rate,

@@ -85,6 +85,7 @@ pub fn app(
             keepalive: config.keepalive,
             // A publish frame carries the payload plus a little JSON around it.
             max_ws_frame_bytes: config.max_message_bytes * 4 / 3 + 4096,
+            cors_origins: config.cors_origins.clone(),
         }),
     }))
 }

@@ -36,6 +36,8 @@ pub struct HttpOptions {
     pub keepalive: Duration,
     /// Largest WebSocket frame accepted (larger: an error frame).
     pub max_ws_frame_bytes: usize,
+    /// Browser origins allowed by CORS (`*`: any); empty: no CORS headers.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for HttpOptions {
@@ -47,6 +49,7 @@ impl Default for HttpOptions {
             max_topics: 64,
             keepalive: Duration::from_secs(15),
             max_ws_frame_bytes: (1 << 20) + 4096,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -65,7 +68,8 @@ pub struct AppState {
 
 /// The whole API as one router.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let cors = cors(&state.options.cors_origins);
+    let router = Router::new()
         .merge(publish::routes(&state.options))
         .merge(poll::routes())
         .merge(admin::routes())
@@ -80,12 +84,50 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::authenticate,
         ))
-        // Outermost: a client over its rate is refused before anything else is done.
+        // A client over its rate is refused before anything else is done.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limits::limit,
         ))
-        .with_state(state)
+        .with_state(state);
+    // Outermost: a browser's preflight is answered without credentials.
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// CORS for the configured origins: any method, the headers the API reads, `Last-Event-ID`
+/// and `Prefer` included; `Location` and `Retry-After` readable by the page.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, HeaderValue, header};
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods(Any)
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("last-event-id"),
+                HeaderName::from_static("prefer"),
+                HeaderName::from_static("idempotency-key"),
+                HeaderName::from_static("plexus-event"),
+            ])
+            .expose_headers([
+                header::LOCATION,
+                header::RETRY_AFTER,
+                HeaderName::from_static("idempotent-replayed"),
+            ]),
+    )
 }
 
 async fn not_found(uri: Uri) -> ApiError {
