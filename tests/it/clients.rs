@@ -14,6 +14,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::handshake::client::Request as WsRequest;
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::harness::Server;
@@ -460,6 +462,30 @@ impl Ws {
         .unwrap_or_else(|e| panic!("WebSocket handshake with {url}: {e}"));
         assert_eq!(resp.status().as_u16(), 101, "{url}");
         Ws { inner }
+    }
+
+    /// Opens the handshake of `request` (its headers included): the socket on `101`, or the
+    /// status and body the hub answered instead (a refused upgrade, e.g. `401` or `403`).
+    pub async fn handshake(request: WsRequest) -> Result<Ws, (u16, String)> {
+        let uri = request.uri().to_string();
+        let result = timeout(READ_TIMEOUT, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("WebSocket handshake within the deadline");
+        match result {
+            Ok((inner, resp)) => {
+                assert_eq!(resp.status().as_u16(), 101, "{uri}");
+                Ok(Ws { inner })
+            }
+            Err(WsError::Http(resp)) => {
+                let body = resp
+                    .body()
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                Err((resp.status().as_u16(), body))
+            }
+            Err(e) => panic!("WebSocket handshake with {uri}: {e}"),
+        }
     }
 
     pub async fn send_raw(&mut self, message: WsMessage) {
