@@ -12,6 +12,7 @@ mod poll;
 mod publish;
 mod sse;
 mod stream;
+mod trace;
 mod ws;
 
 use std::sync::Arc;
@@ -89,7 +90,9 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             limits::limit,
         ))
-        .with_state(state);
+        .with_state(state)
+        // Every request, refused ones included, gets an id and a log line.
+        .layer(axum::middleware::from_fn(trace::trace));
     // Outermost: a browser's preflight is answered without credentials.
     match cors {
         Some(cors) => router.layer(cors),
