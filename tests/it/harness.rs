@@ -161,6 +161,24 @@ impl Server {
         self.spawn().await;
     }
 
+    /// Sends SIGTERM (a graceful shutdown) and waits for the process to exit.
+    pub async fn sigterm(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the server is running");
+        let pid = child.id().expect("a running child has a pid");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        child.wait().await.expect("wait for the server to exit")
+    }
+
+    /// Starts the server again on the same data directory after it exited.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the server is still running");
+        self.spawn().await;
+    }
+
     /// The server's process id (to observe it from `/proc`).
     pub fn pid(&self) -> u32 {
         self.child
