@@ -118,24 +118,43 @@ fn builder(options: &ServerOptions) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Serves one connection until it ends or the drain closes it.
+/// Serves one connection until it ends or the drain closes it. A connection that has made no
+/// request within `first_request` is closed: hyper's header timeout covers HTTP/1.1 heads,
+/// but an HTTP/2 client that sends only its preface would otherwise hold the socket.
 async fn serve<I>(
     builder: auto::Builder<TokioExecutor>,
     io: I,
     app: Router,
     watcher: Watcher,
     peer: std::net::SocketAddr,
+    first_request: Duration,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let requested = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = requested.clone();
     let app = tower::ServiceExt::map_request(app, move |mut req: axum::extract::Request<_>| {
+        seen.store(true, Ordering::Relaxed);
         req.extensions_mut().insert(ClientAddr(peer));
         req
     });
     let service = TowerToHyperService::new(app);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
-        tracing::debug!(error = %e, "connection ended with an error");
+    let conn = watcher.watch(conn.into_owned());
+    tokio::pin!(conn);
+    let no_request = async {
+        tokio::time::sleep(first_request).await;
+        if requested.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = &mut conn => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        _ = no_request => tracing::debug!(%peer, "no request within the header timeout; closing"),
     }
 }
 
@@ -179,7 +198,9 @@ pub async fn run(
                     // the protocol sniffing waits for a first byte with no limit of its own.
                     let mut first = [0u8; 1];
                     match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
-                        Ok(Ok(n)) if n > 0 => serve(builder, stream, app, watcher, peer).await,
+                        Ok(Ok(n)) if n > 0 => {
+                            serve(builder, stream, app, watcher, peer, timeout).await
+                        }
                         _ => tracing::debug!(%peer, "no request within the header timeout"),
                     }
                     drop(open);
@@ -190,7 +211,7 @@ pub async fn run(
                 let timeout = options.header_timeout;
                 tokio::spawn(async move {
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => serve(builder, tls, app, watcher, peer).await,
+                        Ok(Ok(tls)) => serve(builder, tls, app, watcher, peer, timeout).await,
                         Ok(Err(e)) => {
                             stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(error = %e, "TLS handshake failed");

@@ -166,7 +166,10 @@ impl Hub {
     }
 
     /// The topic's state and a receiver of its live broadcast, for streams.
-    fn subscribe_live(&self, topic: &Topic) -> (Arc<TopicState>, broadcast::Receiver<Arc<Encoded>>) {
+    fn subscribe_live(
+        &self,
+        topic: &Topic,
+    ) -> (Arc<TopicState>, broadcast::Receiver<Arc<Encoded>>) {
         self.with_state(topic, |s| (s.clone(), s.live.subscribe()))
     }
 

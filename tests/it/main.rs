@@ -26,6 +26,7 @@ mod openapi;
 mod publish;
 mod read;
 mod retention;
+mod shutdown;
 mod slow;
 mod sse;
 mod tls;
