@@ -7,6 +7,7 @@
 //! - [`jobs`]: job states, leases, retries with backoff; events on `_jobs.{id}`.
 //! - [`wire`]: encodings of messages (the JSON envelope, base64).
 //! - [`http`]: the HTTP API, one file per feature; `http/error.rs` maps every error to problem+json.
+//! - [`observe`]: the Prometheus recorder behind every `metrics::counter!` of the layers.
 //! - [`server`]: the accept loop serving HTTP/1.1 and HTTP/2 on one port, graceful drain.
 //! - [`tls`]: certificates (files or self-signed) into a rustls config with ALPN h2/http1.1.
 //! - [`config`]: file < environment < flags, validated into a [`config::Config`].
@@ -22,6 +23,7 @@ pub mod http;
 pub mod hub;
 pub mod jobs;
 pub mod model;
+pub mod observe;
 pub mod server;
 pub mod store;
 pub mod tls;

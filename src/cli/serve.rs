@@ -66,6 +66,8 @@ pub fn app(
     connections: Arc<ConnStats>,
 ) -> Result<axum::Router, String> {
     let auth = Arc::new(config.auth.authenticator()?);
+    // Installed before anything records a metric.
+    crate::observe::prometheus();
     let hub = Hub::new(store, HubOptions::default(), shutdown);
     let jobs = crate::jobs::Jobs::new(hub.clone(), config.jobs.clone());
     Ok(crate::http::router(AppState {

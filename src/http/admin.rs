@@ -24,8 +24,8 @@ pub fn routes() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
-/// Prometheus text. A first family only: subscribers that fell behind, by policy (the
-/// operations issue grows this into the full set).
+/// Prometheus text: every family recorded through the `metrics` facade, then the listener's
+/// connection counters.
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -37,22 +37,9 @@ pub fn routes() -> Router<AppState> {
 async fn metrics(State(state): State<AppState>) -> Response {
     use std::fmt::Write;
     use std::sync::atomic::Ordering::Relaxed;
-    let slow = &state.hub.slow;
-    let mut out = String::from(
-        "# HELP plexus_slow_subscribers_total Subscribers that fell behind the live buffer, by slow-consumer policy.\n\
-         # TYPE plexus_slow_subscribers_total counter\n",
-    );
-    for (policy, counter) in [
-        ("catchup", &slow.catchup),
-        ("latest", &slow.latest),
-        ("disconnect", &slow.disconnect),
-    ] {
-        let _ = writeln!(
-            out,
-            "plexus_slow_subscribers_total{{policy=\"{policy}\"}} {}",
-            counter.load(Relaxed)
-        );
-    }
+    let mut out = crate::observe::prometheus()
+        .map(|handle| handle.render())
+        .unwrap_or_default();
     let conns = &state.connections;
     let accepted = conns.accepted.load(Relaxed);
     let closed = conns.closed.load(Relaxed);

@@ -97,6 +97,8 @@ pub async fn poll(
             wait,
         })
         .await?;
+    metrics::counter!("plexus_deliveries_total", "transport" => "poll")
+        .increment(result.messages.len() as u64);
     let body = PollBody {
         messages: result.messages.iter().map(|m| Envelope::of(m)).collect(),
         next: result.next.to_string(),

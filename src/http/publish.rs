@@ -119,6 +119,7 @@ async fn publish_one(
         idempotency_key: key,
     };
     let results = state.hub.publish(vec![msg]).await?;
+    metrics::counter!("plexus_publishes_total", "transport" => "http").increment(1);
     let appended = results
         .first()
         .ok_or_else(|| ApiError::bad_request("nothing was published"))?;
@@ -241,6 +242,8 @@ async fn publish_batch(
         caller.publish(topic)?;
     }
     let results = state.hub.publish(batch).await?;
+    metrics::counter!("plexus_publishes_total", "transport" => "batch")
+        .increment(results.len() as u64);
     let body = BatchResults {
         results: topics
             .iter()

@@ -69,9 +69,13 @@ async fn sse(
         .subscribe(&req.topics, &req.since, &Since::Now, req.slow)
         .await?;
     let single = sub.topics.len() == 1;
+    let deliveries = metrics::counter!("plexus_deliveries_total", "transport" => "sse");
     let mut positions = Positions::of(&sub);
     let encode = move |i: usize, event: &Event| -> Option<Bytes> {
         let id = positions.advance(i, event);
+        if matches!(event, Event::Message(_)) {
+            deliveries.increment(1);
+        }
         Some(match event {
             Event::Message(enc) if single => enc.sse(raw),
             Event::Message(enc) => sse_message(&id, &enc.msg, raw),
@@ -82,6 +86,7 @@ async fn sse(
         })
     };
     let body = event_body(
+        "sse",
         sub.into_stream(),
         Some(Bytes::from_static(SSE_RETRY)),
         SSE_KEEPALIVE,

@@ -110,9 +110,27 @@ impl Positions {
     }
 }
 
+/// Counts an open stream of a transport for as long as it lives (`plexus_streams_open`).
+pub(super) struct OpenStream(metrics::Gauge);
+
+impl OpenStream {
+    pub fn new(transport: &'static str) -> Self {
+        let gauge = metrics::gauge!("plexus_streams_open", "transport" => transport);
+        gauge.increment(1.0);
+        OpenStream(gauge)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 /// A response body that carries a subscription's events as `encode` renders them, with a
 /// keepalive after each idle `keepalive`, ending when the subscription ends or on shutdown.
 pub(super) fn event_body<E>(
+    transport: &'static str,
     events: BoxStream<'static, (usize, Event)>,
     prelude: Option<Bytes>,
     keepalive_frame: &'static [u8],
@@ -125,7 +143,15 @@ where
 {
     let mut interval = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let state = (events, encode, interval, shutdown, prelude, false);
+    let state = (
+        events,
+        encode,
+        interval,
+        shutdown,
+        prelude,
+        false,
+        OpenStream::new(transport),
+    );
     let body = stream::unfold(state, move |mut st| async move {
         if let Some(first) = st.4.take() {
             return Some((Ok::<_, Infallible>(first), st));
@@ -197,8 +223,12 @@ async fn ndjson(
         .subscribe(&req.topics, &req.since, &Since::Now, req.slow)
         .await?;
     let mut positions = Positions::of(&sub);
+    let deliveries = metrics::counter!("plexus_deliveries_total", "transport" => "ndjson");
     let encode = move |i: usize, event: &Event| -> Option<Bytes> {
         positions.advance(i, event);
+        if matches!(event, Event::Message(_)) {
+            deliveries.increment(1);
+        }
         Some(match event {
             Event::Message(enc) => enc.line(),
             Event::Gap { gap, .. } => ndjson_gap(gap),
@@ -209,6 +239,7 @@ async fn ndjson(
         })
     };
     let body = event_body(
+        "ndjson",
         sub.into_stream(),
         None,
         NDJSON_KEEPALIVE,

@@ -39,6 +39,15 @@ pub async fn trace(req: Request, next: Next) -> Response {
     let mut response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
     let status = response.status().as_u16();
     let micros = started.elapsed().as_micros() as u64;
+    let protocol = match version {
+        axum::http::Version::HTTP_2 => "h2",
+        axum::http::Version::HTTP_10 => "http/1.0",
+        _ => "http/1.1",
+    };
+    metrics::counter!("plexus_http_requests_total", "protocol" => protocol).increment(1);
+    if status >= 400 {
+        metrics::counter!("plexus_http_errors_total", "status" => status.to_string()).increment(1);
+    }
     span.in_scope(|| {
         if status >= 500 {
             tracing::warn!(%method, %path, ?version, status, micros, "request");

@@ -171,6 +171,7 @@ impl Session {
         let Some(socket) = self.socket.take() else {
             return;
         };
+        let _open = super::stream::OpenStream::new("ws");
         let (sink, mut incoming) = socket.split();
         self.sink = Some(sink);
         if let Some((topics, since)) = initial {
@@ -233,7 +234,10 @@ impl Session {
 
     async fn deliver(&mut self, topic: Topic, event: Event) -> Result<(), ()> {
         let bytes = match &event {
-            Event::Message(enc) => enc.ws(),
+            Event::Message(enc) => {
+                metrics::counter!("plexus_deliveries_total", "transport" => "ws").increment(1);
+                enc.ws()
+            }
             Event::Gap { gap, .. } => ws_gap(gap),
             Event::Disconnected => {
                 // This topic's subscription ended (slow consumer, `disconnect` policy).
@@ -377,6 +381,7 @@ impl Session {
                         idempotency_key: None,
                     }])
                     .await?;
+                metrics::counter!("plexus_publishes_total", "transport" => "ws").increment(1);
                 let a = results
                     .first()
                     .ok_or_else(|| FrameError::bad("nothing was published"))?;

@@ -6,7 +6,7 @@ mod subscribe;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{broadcast, watch};
@@ -82,14 +82,6 @@ struct TopicState {
     live: broadcast::Sender<Arc<Encoded>>,
 }
 
-/// How often subscribers fell behind the live broadcast, by their slow-consumer policy.
-#[derive(Default, Debug)]
-pub struct SlowCounters {
-    pub catchup: AtomicU64,
-    pub latest: AtomicU64,
-    pub disconnect: AtomicU64,
-}
-
 /// The hub. Cheap to share behind an `Arc`.
 pub struct Hub {
     store: Arc<dyn Log>,
@@ -97,7 +89,6 @@ pub struct Hub {
     // A std mutex: held only to look up or insert a topic's state, never across an await.
     topics: Mutex<HashMap<Topic, Arc<TopicState>>>,
     shutdown: CancellationToken,
-    pub slow: SlowCounters,
     /// The map size above which the next new state first sweeps unused ones.
     sweep_above: std::sync::atomic::AtomicUsize,
 }
@@ -112,7 +103,6 @@ impl Hub {
             options,
             topics: Mutex::new(HashMap::new()),
             shutdown,
-            slow: SlowCounters::default(),
             sweep_above: std::sync::atomic::AtomicUsize::new(MIN_SWEEP),
         });
         match feed {
@@ -237,12 +227,12 @@ impl Hub {
     }
 
     fn count_slow(&self, policy: SlowPolicy) {
-        let counter = match policy {
-            SlowPolicy::Catchup => &self.slow.catchup,
-            SlowPolicy::Latest => &self.slow.latest,
-            SlowPolicy::Disconnect => &self.slow.disconnect,
+        let policy = match policy {
+            SlowPolicy::Catchup => "catchup",
+            SlowPolicy::Latest => "latest",
+            SlowPolicy::Disconnect => "disconnect",
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("plexus_slow_subscribers_total", "policy" => policy).increment(1);
     }
 
     pub async fn delete_topic(&self, topic: &Topic) -> Result<bool, HubError> {

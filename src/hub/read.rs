@@ -65,11 +65,14 @@ impl Hub {
                 return Ok(result);
             }
             let woken = select_all(watchers.iter_mut().map(|rx| rx.changed().boxed()));
+            let waiting = metrics::gauge!("plexus_long_polls_waiting");
+            waiting.increment(1.0);
             tokio::select! {
                 _ = woken => {}
                 _ = tokio::time::sleep_until(deadline) => {}
                 _ = self.shutdown.cancelled() => {}
             }
+            waiting.decrement(1.0);
             if self.shutdown.is_cancelled() {
                 return self.read_once(&mut positions, req.limit).await;
             }
@@ -194,6 +197,9 @@ impl Hub {
             pos.after = first_available - 1;
         }
         pos.from_oldest = false;
+        for gap in &gaps {
+            metrics::counter!("plexus_gaps_total", "reason" => gap.reason.as_str()).increment(1);
+        }
         Ok((gaps, batch.messages))
     }
 }

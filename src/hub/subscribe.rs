@@ -139,6 +139,7 @@ impl TopicEvents {
                         reason: GapReason::Skipped,
                     };
                     self.pos.after = head - 1;
+                    metrics::counter!("plexus_gaps_total", "reason" => "skipped").increment(1);
                     self.pending.push_back(Event::Gap {
                         gap,
                         after: head - 1,

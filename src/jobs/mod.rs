@@ -141,6 +141,8 @@ impl Jobs {
     }
 
     async fn announce_state(&self, job: &Job) -> Result<(), JobError> {
+        metrics::counter!("plexus_job_transitions_total", "state" => job.state.as_str())
+            .increment(1);
         self.announce(job, job.state.as_str(), Bytes::from(job_json(job, false)))
             .await
     }

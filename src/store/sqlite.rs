@@ -732,6 +732,8 @@ impl Writer {
 
     /// Commits every op in one transaction and answers them. Returns true after a `Close`.
     fn commit_group(&mut self, ops: Vec<Op>) -> bool {
+        let started = Instant::now();
+        metrics::histogram!("plexus_store_commit_ops").record(ops.len() as f64);
         let mut replies = Vec::with_capacity(ops.len());
         let mut dirty: HashSet<Topic> = HashSet::new();
         let mut committed: Vec<Arc<Message>> = Vec::new();
@@ -767,6 +769,7 @@ impl Writer {
             tx.commit()
         })();
         let mut closing = false;
+        metrics::histogram!("plexus_store_commit_seconds").record(started.elapsed().as_secs_f64());
         match outcome {
             Ok(()) => {
                 if !committed.is_empty() {

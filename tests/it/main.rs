@@ -21,6 +21,7 @@ mod jobs_cli;
 mod jobs_workers;
 mod limits;
 mod longpoll;
+mod metrics;
 mod ndjson;
 mod openapi;
 mod publish;

@@ -218,6 +218,20 @@ async fn slow_latest_skips_to_the_newest_with_a_skipped_gap() {
     server.publish("t", payload(N + 1, 16)).await;
     let frame = sse.next_event().await.expect("the stream goes on");
     assert_eq!(sse_item(&frame), Item::Msg(N as u64 + 1));
+    // The metrics saw it: a lagging subscriber under `latest`, and the gaps it was served.
+    let text = server
+        .client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let lagged = crate::harness::metric(&text, "plexus_slow_subscribers_total{policy=\"latest\"}");
+    assert!(lagged.is_some_and(|n| n >= 1), "{text}");
+    let skipped = crate::harness::metric(&text, "plexus_gaps_total{reason=\"skipped\"}");
+    assert_eq!(skipped, Some(gaps.len() as u64), "{text}");
 }
 
 #[tokio::test]
