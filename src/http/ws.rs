@@ -14,7 +14,6 @@ use axum::routing::any;
 use bytes::Bytes;
 use futures_util::SinkExt;
 use futures_util::stream::{BoxStream, SelectAll, SplitSink, StreamExt};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -24,10 +23,10 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::params::{Params, QueryPairs};
 use crate::hub::{Event, HubError, SlowPolicy};
-use crate::model::{EventName, NewMessage, Since, Topic, TopicList, format_rfc3339_millis};
+use crate::model::{NewMessage, Since, Topic, TopicList, format_rfc3339_millis};
 use crate::store::StoreError;
-use crate::wire::base64;
 use crate::wire::frames::ws_gap;
+use crate::wire::ws::{Command, FrameError, decode_client_frame};
 
 const PING_EVERY: Duration = Duration::from_secs(30);
 const SILENT_LIMIT: Duration = Duration::from_secs(90);
@@ -95,34 +94,6 @@ async fn upgrade(
             Session::new(state, caller, socket).run(initial).await;
         })
         .into_response())
-}
-
-#[derive(Deserialize)]
-struct ClientFrame {
-    op: String,
-    #[serde(default)]
-    id: Option<Value>,
-    topic: Option<String>,
-    since: Option<Value>,
-    slow: Option<String>,
-    data: Option<String>,
-    data_base64: Option<String>,
-    event: Option<String>,
-}
-
-/// An error answer: `{"op":"error","id"?,"status","detail"}`.
-struct FrameError {
-    status: u16,
-    detail: String,
-}
-
-impl FrameError {
-    fn bad(detail: impl Into<String>) -> Self {
-        FrameError {
-            status: 400,
-            detail: detail.into(),
-        }
-    }
 }
 
 impl From<HubError> for FrameError {
@@ -278,25 +249,14 @@ impl Session {
 
     /// Answers one text frame.
     async fn handle(&mut self, text: &str) -> Value {
-        if text.len() > self.state.options.max_ws_frame_bytes {
-            return error_frame(
-                None,
-                FrameError {
-                    status: 413,
-                    detail: format!(
-                        "the frame is {} bytes, at most {} allowed",
-                        text.len(),
-                        self.state.options.max_ws_frame_bytes
-                    ),
-                },
-            );
-        }
-        let frame: ClientFrame = match serde_json::from_str(text) {
-            Ok(frame) => frame,
-            Err(e) => return error_frame(None, FrameError::bad(format!("not a frame: {e}"))),
+        let options = &self.state.options;
+        let (id, command) =
+            decode_client_frame(text, options.max_ws_frame_bytes, options.max_message_bytes);
+        let answer = match command {
+            Ok(command) => self.apply(command).await,
+            Err(e) => Err(e),
         };
-        let id = frame.id.clone();
-        match self.apply(frame).await {
+        match answer {
             Ok(mut answer) => {
                 answer["op"] = "ok".into();
                 if let Some(id) = id {
@@ -308,69 +268,29 @@ impl Session {
         }
     }
 
-    async fn apply(&mut self, frame: ClientFrame) -> Result<Value, FrameError> {
-        let topic: Topic = frame
-            .topic
-            .as_deref()
-            .ok_or_else(|| FrameError::bad("the frame needs a topic"))?
-            .parse()
-            .map_err(|e| FrameError::bad(format!("{e}")))?;
-        let forbidden = |what: &str| FrameError {
+    async fn apply(&mut self, command: Command) -> Result<Value, FrameError> {
+        let forbidden = |what: &str, topic: &Topic| FrameError {
             status: 403,
             detail: format!("this credential may not {what} {topic}"),
         };
-        match frame.op.as_str() {
-            "subscribe" if !self.caller.0.can_subscribe(&topic) => Err(forbidden("read")),
-            "publish" if !self.caller.0.can_publish(&topic) => Err(forbidden("publish to")),
-            "subscribe" => {
-                let since = match &frame.since {
-                    None | Some(Value::Null) => Since::Now,
-                    Some(Value::String(s)) => {
-                        s.parse().map_err(|e| FrameError::bad(format!("{e}")))?
-                    }
-                    Some(Value::Number(n)) => n
-                        .to_string()
-                        .parse()
-                        .map_err(|e| FrameError::bad(format!("{e}")))?,
-                    Some(_) => return Err(FrameError::bad("since is a string (or a number)")),
-                };
-                let slow = match &frame.slow {
-                    Some(s) => s.parse::<SlowPolicy>().map_err(FrameError::bad)?,
-                    None => SlowPolicy::Catchup,
-                };
+        match command {
+            Command::Subscribe { topic, since, slow } => {
+                if !self.caller.0.can_subscribe(&topic) {
+                    return Err(forbidden("read", &topic));
+                }
                 let next = self.subscribe(topic.clone(), &since, slow).await?;
                 Ok(json!({"topic": topic.as_str(), "next": next}))
             }
-            "unsubscribe" => {
+            Command::Unsubscribe { topic } => {
                 if let Some(token) = self.active.remove(&topic) {
                     token.cancel();
                 }
                 Ok(json!({"topic": topic.as_str()}))
             }
-            "publish" => {
-                let data = match (frame.data, frame.data_base64) {
-                    (Some(text), None) => Bytes::from(text),
-                    (None, Some(b64)) => Bytes::from(
-                        base64::decode(&b64)
-                            .ok_or_else(|| FrameError::bad("data_base64 is not valid base64"))?,
-                    ),
-                    _ => return Err(FrameError::bad("give exactly one of data and data_base64")),
-                };
-                let max = self.state.options.max_message_bytes;
-                if data.len() > max {
-                    return Err(FrameError {
-                        status: 413,
-                        detail: format!(
-                            "the payload is {} bytes, at most {max} allowed",
-                            data.len()
-                        ),
-                    });
+            Command::Publish { topic, event, data } => {
+                if !self.caller.0.can_publish(&topic) {
+                    return Err(forbidden("publish to", &topic));
                 }
-                let event = frame
-                    .event
-                    .map(|e| e.parse::<EventName>())
-                    .transpose()
-                    .map_err(|e| FrameError::bad(e.to_string()))?;
                 let results = self
                     .state
                     .hub
@@ -389,9 +309,6 @@ impl Session {
                     json!({"topic": topic.as_str(), "seq": a.seq, "time": format_rfc3339_millis(a.time)}),
                 )
             }
-            other => Err(FrameError::bad(format!(
-                "unknown op {other:?}; use subscribe, unsubscribe or publish"
-            ))),
         }
     }
 

@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::model::SlowPolicy;
 pub use read::{ReadRequest, ReadResult};
-pub use subscribe::{Event, SlowPolicy, Subscription, TopicEvents};
+pub use subscribe::{Event, Subscription, TopicEvents};
 
 use crate::model::{Message, NewMessage, Seq, Topic};
 use crate::store::{Appended, CommitFeed, Log, StoreError, TopicInfo};

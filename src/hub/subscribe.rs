@@ -8,7 +8,6 @@
 //! loses a retained message.
 
 use std::collections::VecDeque;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use futures_util::stream::{self, BoxStream, StreamExt};
@@ -16,38 +15,11 @@ use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::read::Position;
 use super::{Hub, HubError, TopicState};
-use crate::model::{Cursor, Gap, GapReason, Seq, Since, Topic, TopicList};
+use crate::model::{Cursor, Gap, GapReason, Seq, Since, SlowPolicy, Topic, TopicList};
 use crate::wire::Encoded;
 
 /// Messages read from the store per catch-up step.
 const CATCHUP_PAGE: usize = 256;
-
-/// What a subscriber does when it falls behind the live broadcast.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum SlowPolicy {
-    /// Read behind from the store by cursor: every retained message arrives.
-    #[default]
-    Catchup,
-    /// Skip to the newest message, announcing the skipped range as a gap.
-    Latest,
-    /// End the stream; its last cursor resumes it.
-    Disconnect,
-}
-
-impl FromStr for SlowPolicy {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "catchup" => Ok(SlowPolicy::Catchup),
-            "latest" => Ok(SlowPolicy::Latest),
-            "disconnect" => Ok(SlowPolicy::Disconnect),
-            _ => Err(format!(
-                "slow={s:?} is not a slow-consumer policy; use catchup, latest or disconnect"
-            )),
-        }
-    }
-}
 
 /// One step of a subscription.
 #[derive(Clone)]

@@ -7,6 +7,7 @@ mod gap;
 mod job;
 mod message;
 mod pattern;
+mod policy;
 mod since;
 mod time;
 pub(crate) mod topic;
@@ -19,6 +20,7 @@ pub use message::{
     EventName, EventNameError, Message, NewMessage, fingerprint, valid_idempotency_key,
 };
 pub use pattern::{PatternError, TopicPattern};
+pub use policy::SlowPolicy;
 pub use since::{Since, SinceError};
 pub use time::{Millis, format_rfc3339_millis, now_millis, parse_rfc3339};
 pub use topic::{Topic, TopicError, TopicList};

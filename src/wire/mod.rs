@@ -5,6 +5,7 @@ pub mod base64;
 mod envelope;
 pub mod frames;
 pub mod job;
+pub mod ws;
 
 pub use envelope::{Envelope, GapJson};
 pub use frames::Encoded;
