@@ -39,11 +39,12 @@ fn check(pattern_text: &str, topic_text: &str) {
         valid_pattern(pattern_text),
         "{pattern_text:?}: {pattern:?}"
     );
-    let Ok(pattern) = pattern else {
-        if let Err(e) = pattern {
+    let pattern = match pattern {
+        Ok(pattern) => pattern,
+        Err(e) => {
             let _ = e.to_string();
+            return;
         }
-        return;
     };
     assert_eq!(pattern.to_string(), pattern_text);
     assert_eq!(pattern_text.parse::<TopicPattern>().as_ref(), Ok(&pattern));

@@ -1,11 +1,14 @@
 //! The WebSocket client frame decoder, `plexus::wire::ws::decode_client_frame`: it must never
 //! panic, must refuse frames over the size limit with 413, and a decoded command must carry
-//! values that satisfy their own parsers' round trips.
+//! values that satisfy their own parsers' round trips and agree with the frame's JSON fields
+//! (read independently with `serde_json::Value`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use plexus::model::{Since, Topic};
+use plexus::model::{Cursor, EventName, Since, SlowPolicy, Topic};
+use plexus::wire::base64;
 use plexus::wire::ws::{Command, decode_client_frame};
+use serde_json::Value;
 
 const MAX_FRAME: usize = 4096;
 const MAX_MESSAGE: usize = 1024;
@@ -14,25 +17,67 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let (_id, command) = decode_client_frame(text, MAX_FRAME, MAX_MESSAGE);
+    let (id, command) = decode_client_frame(text, MAX_FRAME, MAX_MESSAGE);
     if text.len() > MAX_FRAME {
         assert_eq!(command.as_ref().err().map(|e| e.status), Some(413));
         return;
     }
-    match command {
-        Ok(Command::Subscribe { topic, since, .. }) => {
-            assert_eq!(topic.as_str().parse::<Topic>().ok(), Some(topic.clone()));
+    if let Err(e) = &command {
+        assert!(matches!(e.status, 400 | 413), "status {}", e.status);
+    }
+
+    // The same frame read as plain JSON.
+    let Ok(json) = serde_json::from_str::<Value>(text) else {
+        assert_eq!(id, None);
+        assert_eq!(command.err().map(|e| e.status), Some(400), "{text:?}");
+        return;
+    };
+    assert_eq!(id.as_ref(), json.get("id"), "{text:?}");
+    let field = |key: &str| json.get(key).and_then(Value::as_str);
+    let Ok(command) = command else {
+        return;
+    };
+
+    let topic = match &command {
+        Command::Subscribe { topic, .. }
+        | Command::Unsubscribe { topic }
+        | Command::Publish { topic, .. } => topic,
+    };
+    assert_eq!(topic.as_str().parse::<Topic>().as_ref(), Ok(topic));
+    assert_eq!(Some(topic.as_str()), field("topic"), "{text:?}");
+
+    match &command {
+        Command::Subscribe { since, slow, .. } => {
+            assert_eq!(field("op"), Some("subscribe"));
+            let expected = match json.get("since") {
+                None | Some(Value::Null) => Ok(Since::Now),
+                Some(Value::String(s)) => s.parse::<Since>(),
+                Some(Value::Number(n)) => n.to_string().parse::<Since>(),
+                Some(other) => panic!("since {other} accepted in {text:?}"),
+            };
+            assert_eq!(expected.as_ref(), Ok(since), "{text:?}");
             if let Since::Cursor(cursor) = since {
-                assert!(cursor.to_string().parse::<plexus::model::Cursor>().is_ok());
+                assert_eq!(cursor.to_string().parse::<Cursor>().as_ref(), Ok(cursor));
             }
+            let expected_slow = field("slow").map_or(Ok(SlowPolicy::Catchup), str::parse);
+            assert_eq!(expected_slow.as_ref(), Ok(slow), "{text:?}");
         }
-        Ok(Command::Publish { topic, data, .. }) => {
+        Command::Unsubscribe { .. } => assert_eq!(field("op"), Some("unsubscribe")),
+        Command::Publish { event, data, .. } => {
+            assert_eq!(field("op"), Some("publish"));
             assert!(data.len() <= MAX_MESSAGE);
-            assert_eq!(topic.as_str().parse::<Topic>().ok(), Some(topic));
+            let expected = match (field("data"), field("data_base64")) {
+                (Some(text), None) => text.as_bytes().to_vec(),
+                (None, Some(b64)) => {
+                    let bytes = base64::decode(b64).expect("accepted base64");
+                    assert_eq!(base64::encode(&bytes), b64);
+                    bytes
+                }
+                other => panic!("publish accepted with data fields {other:?} in {text:?}"),
+            };
+            assert_eq!(&data[..], &expected[..], "{text:?}");
+            let expected_event = field("event").map(|e| e.parse::<EventName>().expect("accepted"));
+            assert_eq!(event, &expected_event, "{text:?}");
         }
-        Ok(Command::Unsubscribe { topic }) => {
-            assert_eq!(topic.as_str().parse::<Topic>().ok(), Some(topic));
-        }
-        Err(e) => assert!(matches!(e.status, 400 | 413), "status {}", e.status),
     }
 });
