@@ -84,6 +84,19 @@ impl JobId {
     }
 }
 
+impl Job {
+    /// A claim: `running` under a fresh lease, one more attempt. Every engine claims this way.
+    pub fn claim(&mut self, now: Millis, lease: String, lease_ms: u64) {
+        self.state = JobState::Running;
+        self.attempts += 1;
+        self.updated = now;
+        self.run_at = None;
+        self.lease = Some(lease);
+        self.lease_until = Some(now + lease_ms as Millis);
+        self.lease_ms = Some(lease_ms);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -356,13 +356,7 @@ impl Log for MemoryLog {
             .min_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)))
             .map(|j| j.id.clone());
         let claimed = next.and_then(|id| state.jobs.get_mut(&id)).map(|job| {
-            job.state = JobState::Running;
-            job.attempts += 1;
-            job.updated = now;
-            job.run_at = None;
-            job.lease = Some(lease);
-            job.lease_until = Some(now + lease_ms as Millis);
-            job.lease_ms = Some(lease_ms);
+            job.claim(now, lease, lease_ms);
             job.clone()
         });
         Box::pin(async move { Ok(claimed) })

@@ -575,13 +575,7 @@ impl Log for SqliteLog {
             let Some(mut job) = next else {
                 return Ok(Ok(None));
             };
-            job.state = JobState::Running;
-            job.attempts += 1;
-            job.updated = now;
-            job.run_at = None;
-            job.lease = Some(lease);
-            job.lease_until = Some(now + lease_ms as Millis);
-            job.lease_ms = Some(lease_ms);
+            job.claim(now, lease, lease_ms);
             write_job(tx, &job)?;
             Ok(Ok(Some(job)))
         })
