@@ -51,8 +51,12 @@ impl Server {
     pub async fn start(args: &[&str]) -> Server {
         install_crypto_provider();
         let dir = tempfile::tempdir().expect("create a temporary data directory");
+        // Idle connections are dropped well before the shortest header timeout the tests
+        // give the server (1 s), which also closes idle keep-alives: reusing one just as the
+        // server closes it would fail the request (a race of every keep-alive client).
         let client = Client::builder()
             .timeout(REQUEST_TIMEOUT)
+            .pool_idle_timeout(std::time::Duration::from_millis(300))
             .build()
             .expect("build the HTTP client");
         let mut server = Server {
