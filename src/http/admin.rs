@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
-use super::publish::topic_from_path;
+use super::publish::path_param;
 use crate::model::{Topic, format_rfc3339_millis};
 use crate::store::TopicInfo;
 
@@ -144,7 +144,7 @@ async fn show(
     caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let topic: Topic = topic_from_path(path)?.parse()?;
+    let topic: Topic = path_param(path)?.parse()?;
     caller.subscribe(&topic)?;
     match state.hub.topic(&topic).await? {
         Some((info, subs)) => Ok(Json(topic_json(&info, subs)).into_response()),
@@ -175,7 +175,7 @@ async fn delete(
     caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let topic: Topic = topic_from_path(path)?.parse()?;
+    let topic: Topic = path_param(path)?.parse()?;
     caller.admin()?;
     if state.hub.delete_topic(&topic).await? {
         Ok(StatusCode::NO_CONTENT)

@@ -14,9 +14,9 @@ use bytes::Bytes;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::params::{self, Params, QueryPairs};
-use super::publish::topic_from_path;
+use super::publish::path_param;
 use super::{AppState, HttpOptions};
-use crate::model::{JobId, Topic, valid_idempotency_key};
+use crate::model::{JobId, Topic};
 use crate::wire::job::job_json;
 
 /// The longest lease a worker may ask for.
@@ -93,7 +93,7 @@ async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let queue: Topic = topic_from_path(path)?.parse()?;
+    let queue: Topic = path_param(path)?.parse()?;
     caller.queue(&queue)?;
     let params = Params::from(query)?;
     let payload = params::body(body, state.options.max_message_bytes)?;
@@ -108,17 +108,7 @@ async fn submit(
             }
         },
     };
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => match v.to_str() {
-            Ok(k) if valid_idempotency_key(k) => Some(k.to_owned()),
-            _ => {
-                return Err(ApiError::bad_request(
-                    "an idempotency key is 1-200 visible ASCII characters",
-                ));
-            }
-        },
-    };
+    let key = super::publish::idempotency_key_header(&headers)?;
     let wait = params::prefer_wait(&headers)?
         .unwrap_or_default()
         .min(state.options.max_wait);
@@ -167,7 +157,7 @@ async fn status(
     path: Result<Path<String>, PathRejection>,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
-    let id = job_id(&topic_from_path(path)?)?;
+    let id = job_id(&path_param(path)?)?;
     let params = Params::from(query)?;
     let wait = seconds(&params, "wait")?
         .unwrap_or_default()
@@ -201,7 +191,7 @@ async fn claim(
     path: Result<Path<String>, PathRejection>,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
-    let queue: Topic = topic_from_path(path)?.parse()?;
+    let queue: Topic = path_param(path)?.parse()?;
     caller.queue(&queue)?;
     let params = Params::from(query)?;
     let wait = seconds(&params, "wait")?

@@ -11,7 +11,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::params::{self, Params, QueryPairs};
-use super::publish::topic_from_path;
+use super::publish::path_param;
 use crate::hub::ReadRequest;
 use crate::model::{Since, TopicList};
 use crate::wire::{Envelope, GapJson};
@@ -61,7 +61,7 @@ pub async fn poll(
     query: QueryPairs,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let topics = TopicList::parse(&topic_from_path(path)?, state.options.max_topics)?;
+    let topics = TopicList::parse(&path_param(path)?, state.options.max_topics)?;
     for topic in topics.iter() {
         caller.subscribe(topic)?;
     }

@@ -51,7 +51,8 @@ impl<'a> Published<'a> {
     }
 }
 
-pub fn topic_from_path(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+/// The one path parameter of a route (a topic, topic list, queue or job id).
+pub fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     path.map(|p| p.0)
         .map_err(|e| ApiError::bad_request(format!("bad path: {}", e.body_text())))
 }
@@ -64,6 +65,11 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>,
                 .map_err(|_| ApiError::bad_request(format!("header {name} is not visible ASCII")))
         })
         .transpose()
+}
+
+/// The `Idempotency-Key` header, validated (publish and job submit share it).
+pub(super) fn idempotency_key_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    idempotency_key(header_str(headers, "idempotency-key")?)
 }
 
 fn idempotency_key(key: Option<&str>) -> Result<Option<String>, ApiError> {
@@ -105,13 +111,13 @@ async fn publish_one(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let topic: Topic = topic_from_path(path)?.parse()?;
+    let topic: Topic = path_param(path)?.parse()?;
     caller.publish(&topic)?;
     let data = params::body(body, state.options.max_message_bytes)?;
     let event = header_str(&headers, "plexus-event")?
         .map(str::parse::<EventName>)
         .transpose()?;
-    let key = idempotency_key(header_str(&headers, "idempotency-key")?)?;
+    let key = idempotency_key_header(&headers)?;
     let msg = NewMessage {
         topic: topic.clone(),
         event,

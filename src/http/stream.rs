@@ -20,7 +20,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::params::{Params, QueryPairs};
-use super::publish::topic_from_path;
+use super::publish::path_param;
 use crate::hub::{Event, SlowPolicy, Subscription};
 use crate::model::{Cursor, Seq, Since, Topic, TopicList};
 use crate::wire::frames::{NDJSON_KEEPALIVE, ndjson_gap};
@@ -45,7 +45,7 @@ pub(super) fn stream_request(
     query: QueryPairs,
     headers: &HeaderMap,
 ) -> Result<StreamRequest, ApiError> {
-    let topics = TopicList::parse(&topic_from_path(path)?, state.options.max_topics)?;
+    let topics = TopicList::parse(&path_param(path)?, state.options.max_topics)?;
     for topic in topics.iter() {
         caller.subscribe(topic)?;
     }
