@@ -70,6 +70,9 @@ pub struct ServeArgs {
     /// Grace period of a shutdown [default: 10s]
     #[arg(long, env = "PLEXUS_SHUTDOWN_GRACE", value_name = "DUR")]
     pub shutdown_grace: Option<String>,
+    /// Time to serve with /readyz at 503 before draining on a signal [default: 0s]
+    #[arg(long, env = "PLEXUS_DRAIN_DELAY", value_name = "DUR")]
+    pub drain_delay: Option<String>,
     /// TLS certificate chain (PEM); with --tls-key the port speaks TLS only
     #[arg(long, env = "PLEXUS_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -131,6 +134,7 @@ struct FileConfig {
     storage: String,
     durability: String,
     shutdown_grace: String,
+    drain_delay: String,
     tls: FileTls,
     auth: FileAuth,
     cors: FileCors,
@@ -239,6 +243,7 @@ pub struct Config {
     pub storage: StorageKind,
     pub durability: Durability,
     pub shutdown_grace: Duration,
+    pub drain_delay: Duration,
     pub retention: Retention,
     pub max_message_bytes: usize,
     pub max_batch_bytes: usize,
@@ -520,6 +525,10 @@ impl Config {
             shutdown_grace: duration(
                 "shutdown_grace",
                 a.shutdown_grace.as_deref().unwrap_or(&f.shutdown_grace),
+            )?,
+            drain_delay: duration(
+                "drain_delay",
+                a.drain_delay.as_deref().unwrap_or(&f.drain_delay),
             )?,
             retention: Retention {
                 max_messages,

@@ -59,16 +59,22 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Log>, String> {
 }
 
 /// Builds the application of a configuration: the router and the hub behind it.
+/// `draining` turns `/readyz` to 503; `shutdown` ends streams and polls.
 pub fn app(
     config: &Config,
     store: Arc<dyn Log>,
+    draining: CancellationToken,
     shutdown: CancellationToken,
     connections: Arc<ConnStats>,
 ) -> Result<axum::Router, String> {
     let auth = Arc::new(config.auth.authenticator()?);
     // Installed before anything records a metric.
     crate::observe::prometheus();
-    let hub = Hub::new(store, HubOptions::default(), shutdown);
+    let options = HubOptions {
+        draining,
+        ..HubOptions::default()
+    };
+    let hub = Hub::new(store, options, shutdown);
     let jobs = crate::jobs::Jobs::new(hub.clone(), config.jobs.clone());
     Ok(crate::http::router(AppState {
         limiter: Arc::new(crate::http::limits::RateLimiter::new(
@@ -127,10 +133,20 @@ async fn serve(config: Config) -> Result<(), String> {
         );
     }
 
-    let shutdown = CancellationToken::new();
-    tokio::spawn(watch_signals(shutdown.clone()));
+    let (draining, shutdown) = (CancellationToken::new(), CancellationToken::new());
+    tokio::spawn(watch_signals(
+        draining.clone(),
+        shutdown.clone(),
+        config.drain_delay,
+    ));
     let stats = Arc::new(ConnStats::default());
-    let app = app(&config, store.clone(), shutdown.clone(), stats.clone())?;
+    let app = app(
+        &config,
+        store.clone(),
+        draining,
+        shutdown.clone(),
+        stats.clone(),
+    )?;
     server::run(
         listener,
         app,
@@ -150,27 +166,67 @@ async fn serve(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-async fn watch_signals(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
+/// The first SIGTERM/SIGINT marks the node draining (`/readyz` 503) and, after `drain_delay`
+/// or at a second signal, starts the shutdown: no new connections, streams end.
+async fn watch_signals(
+    draining: CancellationToken,
+    shutdown: CancellationToken,
+    drain_delay: std::time::Duration,
+) {
+    let mut signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch signals; stop the hub with SIGKILL");
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+    };
+    signals.next().await;
+    draining.cancel();
+    if !drain_delay.is_zero() {
+        tracing::info!(
+            delay = ?drain_delay,
+            "shutdown signal received; not ready, still serving (a second signal skips the wait)"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(drain_delay) => {}
+            _ = signals.next() => {}
+        }
     }
     tracing::info!("shutdown signal received; draining");
     shutdown.cancel();
+}
+
+/// SIGTERM and SIGINT, as one stream of "stop" requests.
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

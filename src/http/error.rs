@@ -202,6 +202,15 @@ impl From<HubError> for ApiError {
                 "Bad cursor",
                 e.to_string(),
             ),
+            HubError::Draining => ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "draining",
+                    "Draining",
+                    e.to_string(),
+                )
+            },
         }
     }
 }

@@ -105,7 +105,7 @@ impl From<HubError> for FrameError {
                 409
             }
             HubError::Store(StoreError::UnknownJob(_)) => 404,
-            HubError::Store(StoreError::Unavailable(_)) => 503,
+            HubError::Store(StoreError::Unavailable(_)) | HubError::Draining => 503,
         };
         FrameError {
             status,

@@ -34,6 +34,8 @@ pub enum HubError {
     ReservedTopic(Topic),
     /// A bare seq as a cursor is ambiguous with several topics.
     BareCursorForTopics(usize),
+    /// The node is shutting down or about to: it is not ready for new clients.
+    Draining,
 }
 
 impl fmt::Display for HubError {
@@ -47,6 +49,10 @@ impl fmt::Display for HubError {
             HubError::BareCursorForTopics(n) => write!(
                 f,
                 "a bare seq cannot be a cursor for {n} topics; use topic:seq pairs such as a:1,b:2"
+            ),
+            HubError::Draining => write!(
+                f,
+                "this node is draining before a shutdown; connect to another node or retry shortly"
             ),
         }
     }
@@ -65,12 +71,16 @@ impl From<StoreError> for HubError {
 pub struct HubOptions {
     /// Most payload bytes one read gathers (at least one message is always returned).
     pub max_read_bytes: usize,
+    /// Cancelled when the node starts draining: `/readyz` answers 503 from then on, while
+    /// requests are still served until the shutdown token ends them.
+    pub draining: CancellationToken,
 }
 
 impl Default for HubOptions {
     fn default() -> Self {
         HubOptions {
             max_read_bytes: 8 << 20,
+            draining: CancellationToken::new(),
         }
     }
 }
@@ -241,10 +251,8 @@ impl Hub {
     }
 
     pub async fn ready(&self) -> Result<(), HubError> {
-        if self.shutdown.is_cancelled() {
-            return Err(HubError::Store(StoreError::Unavailable(
-                "the hub is shutting down".into(),
-            )));
+        if self.shutdown.is_cancelled() || self.options.draining.is_cancelled() {
+            return Err(HubError::Draining);
         }
         Ok(self.store.ping().await?)
     }

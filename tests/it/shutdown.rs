@@ -143,3 +143,42 @@ async fn sigterm_drains_streams_and_polls_then_exits_0_and_clients_resume() {
         }
     }
 }
+
+/// With a drain delay, the first SIGTERM turns `/readyz` to 503 while the node still serves
+/// (health, publishes, reads) so a load balancer can move clients away; a second SIGTERM ends
+/// the wait and the node exits 0.
+#[tokio::test]
+async fn readyz_is_503_while_draining_and_the_node_still_serves() {
+    let mut server = Server::start(&["--drain-delay", "10m"]).await;
+    let (status, _, _) = server.get_json("/readyz").await;
+    assert_eq!(status, 200, "ready before the signal");
+
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+
+    let problem = eventually("/readyz turns 503", || async {
+        let resp = server.get("/readyz", &[]).await;
+        (resp.status() == 503).then_some(resp)
+    })
+    .await;
+    let body = crate::harness::expect_problem(problem, 503, "readyz while draining").await;
+    assert!(
+        body["detail"].as_str().unwrap_or("").contains("draining"),
+        "the problem says why: {body}"
+    );
+    let (status, _, _) = server.get_json("/healthz").await;
+    assert_eq!(status, 200, "alive while draining");
+    let published = server.publish("draining", "still served").await;
+    assert_eq!(published["seq"], 1, "publishes are served while draining");
+    let page = server.read("draining", "since=all").await;
+    assert_eq!(crate::harness::seqs(&page), vec![1], "reads too");
+
+    let status = server.sigterm().await;
+    assert!(
+        status.success(),
+        "a second SIGTERM ends the drain delay and the node exits 0: {status}"
+    );
+}

@@ -191,7 +191,7 @@ pub async fn run(args: Http2Args) -> Result<(), String> {
     let stop = CancellationToken::new();
     let stats = Arc::new(ConnStats::default());
     let store = super::super::serve::open_store(&config)?;
-    let app = super::super::serve::app(&config, store, stop.clone(), stats.clone())?;
+    let app = super::super::serve::app(&config, store, stop.clone(), stop.clone(), stats.clone())?;
     let base = super::spawn_server_with(app, stop.clone(), stats.clone()).await?;
     println!(
         "http2: publish with {} concurrent publishers for {} s; SSE fan-out to {} subscriptions x {} messages (hub in-process, memory storage)",

@@ -38,7 +38,13 @@ pub async fn run(args: JobsBenchArgs) -> Result<(), String> {
         let stop = CancellationToken::new();
         let stats = Arc::new(crate::server::ConnStats::default());
         let store = super::super::serve::open_store(&config)?;
-        let app = super::super::serve::app(&config, store.clone(), stop.clone(), stats.clone())?;
+        let app = super::super::serve::app(
+            &config,
+            store.clone(),
+            stop.clone(),
+            stop.clone(),
+            stats.clone(),
+        )?;
         let base = super::spawn_server_with(app, stop.clone(), stats).await?;
         let client = plexus_client::Client::new(&base).map_err(|e| e.to_string())?;
         let started = Instant::now();

@@ -282,6 +282,7 @@ async fn publish(args: PublishArgs) -> Result<(), String> {
         &config,
         store.clone(),
         stop.clone(),
+        stop.clone(),
         Arc::new(crate::server::ConnStats::default()),
     )?;
     let hub_url = spawn_server(app, stop.clone()).await?;
