@@ -227,6 +227,7 @@ struct FileLog {
 pub enum StorageKind {
     Sqlite,
     Memory,
+    Redis(crate::store::RedisTarget),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -334,16 +335,16 @@ impl Config {
         let storage = match a.storage.as_deref().unwrap_or(&f.storage) {
             "sqlite" => StorageKind::Sqlite,
             "memory" => StorageKind::Memory,
-            s if s.starts_with("redis://") || s.starts_with("redis+cluster://") => {
-                return Err(ConfigError(format!(
-                    "storage: {s:?}: the redis engine is not built yet; use sqlite or memory"
-                )));
-            }
-            s => {
-                return Err(ConfigError(format!(
-                    "storage: {s:?} is not one of sqlite, memory"
-                )));
-            }
+            s => match crate::store::RedisTarget::parse(s) {
+                Some(Ok(target)) => StorageKind::Redis(target),
+                Some(Err(why)) => return Err(ConfigError(format!("storage: {why}"))),
+                None => {
+                    return Err(ConfigError(format!(
+                        "storage: {s:?} is not one of sqlite, memory, redis://HOST:PORT, \
+                         redis+cluster://HOST:PORT,HOST:PORT"
+                    )));
+                }
+            },
         };
         let durability = match a.durability.as_deref().unwrap_or(&f.durability) {
             "process" => Durability::Process,

@@ -10,7 +10,7 @@ use crate::config::{Config, DEFAULT_TOML, LogFormat, ServeArgs, StorageKind};
 use crate::http::{AppState, HttpOptions};
 use crate::hub::{Hub, HubOptions};
 use crate::server::{self, ConnStats, ServerOptions};
-use crate::store::{Log, MemoryLog, SqliteLog};
+use crate::store::{Log, MemoryLog, RedisLog, SqliteLog};
 
 pub fn run(args: ServeArgs) -> Result<(), String> {
     if args.print_config {
@@ -42,8 +42,8 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-pub fn open_store(config: &Config) -> Result<Arc<dyn Log>, String> {
-    Ok(match config.storage {
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Log>, String> {
+    Ok(match &config.storage {
         StorageKind::Memory => Arc::new(MemoryLog::new(config.retention)),
         StorageKind::Sqlite => Arc::new(
             SqliteLog::open(&config.data_dir, config.retention, config.durability).map_err(
@@ -54,6 +54,11 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Log>, String> {
                     )
                 },
             )?,
+        ),
+        StorageKind::Redis(target) => Arc::new(
+            RedisLog::open(target, config.retention)
+                .await
+                .map_err(|e| format!("cannot open the redis store: {e}"))?,
         ),
     })
 }
@@ -103,7 +108,7 @@ async fn serve(config: Config) -> Result<(), String> {
         Some(source) => Some(crate::tls::setup(source, &config.data_dir)?),
         None => None,
     };
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

@@ -1,11 +1,15 @@
-//! One behaviour suite for every engine: each test runs against `memory` and `sqlite`.
+//! One behaviour suite for every engine: each test runs against `memory`, `sqlite` and `redis`
+//! (a private `redis-server` per test).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{Durability, Log, LogBounds, MemoryLog, Retention, SqliteLog, StoreError};
+use super::redis::TestRedis;
+use super::{
+    Durability, Log, LogBounds, MemoryLog, RedisLog, RedisTarget, Retention, SqliteLog, StoreError,
+};
 use crate::model::{NewMessage, Topic};
 
 fn t(s: &str) -> Topic {
@@ -21,19 +25,32 @@ fn msg(topic: &str, data: &str, key: Option<&str>) -> NewMessage {
     }
 }
 
-/// Every engine with this retention; the tempdir keeps the sqlite files alive.
-fn engines(retention: Retention) -> Vec<(&'static str, Arc<dyn Log>, Option<tempfile::TempDir>)> {
+/// What keeps an engine's backing alive for a test: the sqlite files, the redis server.
+#[allow(dead_code)]
+enum Backing {
+    None,
+    Dir(tempfile::TempDir),
+    Redis(TestRedis),
+}
+
+/// Every engine with this retention.
+async fn engines(retention: Retention) -> Vec<(&'static str, Arc<dyn Log>, Backing)> {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = SqliteLog::open(dir.path(), retention, Durability::Process).unwrap();
+    let server = TestRedis::start().await;
+    let redis = RedisLog::open(&RedisTarget::Single(server.url.clone()), retention)
+        .await
+        .unwrap();
     vec![
-        ("memory", Arc::new(MemoryLog::new(retention)), None),
-        ("sqlite", Arc::new(sqlite), Some(dir)),
+        ("memory", Arc::new(MemoryLog::new(retention)), Backing::None),
+        ("sqlite", Arc::new(sqlite), Backing::Dir(dir)),
+        ("redis", Arc::new(redis), Backing::Redis(server)),
     ]
 }
 
 #[tokio::test]
 async fn seqs_count_from_one_per_topic() {
-    for (name, log, _dir) in engines(Retention::default()) {
+    for (name, log, _dir) in engines(Retention::default()).await {
         let r = log
             .append(vec![
                 msg("a", "1", None),
@@ -63,7 +80,7 @@ async fn seqs_count_from_one_per_topic() {
 
 #[tokio::test]
 async fn read_limits_count_and_bytes() {
-    for (name, log, _dir) in engines(Retention::default()) {
+    for (name, log, _dir) in engines(Retention::default()).await {
         let batch = (0..10)
             .map(|i| msg("a", &"x".repeat(10 + i), None))
             .collect();
@@ -93,7 +110,7 @@ async fn read_limits_count_and_bytes() {
 
 #[tokio::test]
 async fn idempotency_replays_and_conflicts() {
-    for (name, log, _dir) in engines(Retention::default()) {
+    for (name, log, _dir) in engines(Retention::default()).await {
         let first = log.append(vec![msg("a", "x", Some("k"))]).await.unwrap()[0];
         let again = log.append(vec![msg("a", "x", Some("k"))]).await.unwrap()[0];
         assert_eq!(again.seq, first.seq, "{name}");
@@ -137,7 +154,7 @@ async fn idempotency_replays_and_conflicts() {
 
 #[tokio::test]
 async fn delete_keeps_the_counter() {
-    for (name, log, _dir) in engines(Retention::default()) {
+    for (name, log, _dir) in engines(Retention::default()).await {
         log.append(vec![msg("a", "1", None), msg("a", "2", None)])
             .await
             .unwrap();
@@ -165,7 +182,7 @@ async fn retention_by_count_keeps_the_newest() {
         max_messages: 3,
         ..Retention::default()
     };
-    for (name, log, _dir) in engines(retention) {
+    for (name, log, _dir) in engines(retention).await {
         let batch = (0..10).map(|i| msg("a", &i.to_string(), None)).collect();
         log.append(batch).await.unwrap();
         // sqlite trims in its writer within a tick; wait for the end state.
@@ -192,7 +209,7 @@ async fn retention_by_count_keeps_the_newest() {
 
 #[tokio::test]
 async fn seek_time_finds_the_first_at_or_after() {
-    for (name, log, _dir) in engines(Retention::default()) {
+    for (name, log, _dir) in engines(Retention::default()).await {
         let a = log.append(vec![msg("a", "1", None)]).await.unwrap()[0];
         tokio::time::sleep(Duration::from_millis(5)).await;
         let b = log.append(vec![msg("a", "2", None)]).await.unwrap()[0];

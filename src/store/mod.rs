@@ -1,9 +1,11 @@
 //! The durable topic log. One trait, several engines; nothing above this module knows which.
 //!
-//! The trait speaks only domain types (no SQL, no Redis types), so a Redis engine (Streams for
-//! the log, a Lua script for append, Pub/Sub for wake-ups) fits behind it unchanged.
+//! The trait speaks only domain types (no SQL, no Redis types): `memory`, `sqlite` and
+//! `redis` (Streams for the log, a Lua script per write, Pub/Sub to feed every node) all fit
+//! behind it.
 
 mod memory;
+mod redis;
 mod sqlite;
 
 #[cfg(test)]
@@ -16,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use memory::MemoryLog;
+pub use redis::{RedisLog, RedisTarget};
 pub use sqlite::{Durability, SqliteLog};
 
 use crate::model::{Job, JobId, Message, Millis, NewMessage, Seq, Topic};

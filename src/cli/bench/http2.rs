@@ -190,7 +190,7 @@ pub async fn run(args: Http2Args) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let stop = CancellationToken::new();
     let stats = Arc::new(ConnStats::default());
-    let store = super::super::serve::open_store(&config)?;
+    let store = super::super::serve::open_store(&config).await?;
     let app = super::super::serve::app(&config, store, stop.clone(), stop.clone(), stats.clone())?;
     let base = super::spawn_server_with(app, stop.clone(), stats.clone()).await?;
     println!(

@@ -37,7 +37,7 @@ pub async fn run(args: JobsBenchArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
         let stop = CancellationToken::new();
         let stats = Arc::new(crate::server::ConnStats::default());
-        let store = super::super::serve::open_store(&config)?;
+        let store = super::super::serve::open_store(&config).await?;
         let app = super::super::serve::app(
             &config,
             store.clone(),

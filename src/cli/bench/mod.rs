@@ -277,7 +277,7 @@ async fn publish(args: PublishArgs) -> Result<(), String> {
         ..ServeArgs::default()
     })
     .map_err(|e| e.to_string())?;
-    let store = super::serve::open_store(&config)?;
+    let store = super::serve::open_store(&config).await?;
     let app = super::serve::app(
         &config,
         store.clone(),

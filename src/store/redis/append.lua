@@ -1,0 +1,81 @@
+-- Appends one topic's messages atomically and publishes them to every node.
+-- KEYS: 1 stream, 2 meta, 3.. the idempotency keys of the messages that have one, in order.
+-- ARGV: 1 now, 2 max messages, 3 max age ms, 4 idempotency ttl ms, 5 topic, 6 '1' = only
+-- check the keys, 7 n, then 4 per message: event ('' none), data, has key '1'|'0', fingerprint.
+-- Returns seq, time, replayed (0|1) per message; a reused key with another body is an error
+-- `PLEXUS_CONFLICT <index>` and stores nothing.
+local s, m = KEYS[1], KEYS[2]
+local now, maxn, maxage = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local n = tonumber(ARGV[7])
+
+local first_fp = {}
+local ki = 3
+for i = 0, n - 1 do
+  local b = 8 + i * 4
+  if ARGV[b + 2] == '1' then
+    local k = KEYS[ki]
+    ki = ki + 1
+    local fp = first_fp[k]
+    if fp == nil then
+      local v = redis.call('GET', k)
+      if v then fp = string.match(v, '^(%S+)') else fp = ARGV[b + 3] end
+      first_fp[k] = fp
+    end
+    if fp ~= ARGV[b + 3] then
+      return redis.error_reply('PLEXUS_CONFLICT ' .. i)
+    end
+  end
+end
+if ARGV[6] == '1' then return {} end
+
+local head = tonumber(redis.call('HGET', m, 'head') or 0)
+local last = tonumber(redis.call('HGET', m, 'last') or 0)
+local added = 0
+local out = {}
+local feed = {ARGV[5], '\n'}
+local appended = 0
+ki = 3
+for i = 0, n - 1 do
+  local b = 8 + i * 4
+  local ev, d = ARGV[b], ARGV[b + 1]
+  local k = nil
+  if ARGV[b + 2] == '1' then
+    k = KEYS[ki]
+    ki = ki + 1
+  end
+  local prior = false
+  if k then prior = redis.call('GET', k) end
+  if prior then
+    local _, seq, t = string.match(prior, '^(%S+) (%d+) (%d+)$')
+    out[#out + 1] = tonumber(seq)
+    out[#out + 1] = tonumber(t)
+    out[#out + 1] = 1
+  else
+    head = head + 1
+    if now > last then last = now end
+    local id = string.format('%d-0', head)
+    if ev == '' then
+      redis.call('XADD', s, id, 't', last, 'd', d)
+    else
+      redis.call('XADD', s, id, 't', last, 'e', ev, 'd', d)
+    end
+    added = added + #d
+    appended = appended + 1
+    if k then
+      redis.call('SET', k, string.format('%s %d %d', ARGV[b + 3], head, last), 'PX', ARGV[4])
+    end
+    out[#out + 1] = head
+    out[#out + 1] = last
+    out[#out + 1] = 0
+    feed[#feed + 1] = string.format('%d %d %d %d\n', head, last, #ev, #d)
+    feed[#feed + 1] = ev
+    feed[#feed + 1] = d
+  end
+end
+if appended > 0 then
+  redis.call('HSET', m, 'head', string.format('%d', head), 'last', string.format('%d', last))
+  redis.call('HINCRBY', m, 'bytes', added)
+  trim(s, m, now, maxn, maxage)
+  redis.call('PUBLISH', 'plexus:commits', table.concat(feed))
+end
+return out

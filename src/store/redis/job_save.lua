@@ -1,0 +1,16 @@
+-- Replaces a job if it has not changed since it was read: compare-and-set on its lease
+-- token ('lease' mode, '' for none) or on its version ('version' mode).
+-- KEYS: 1 job hash, 2 ready, 3 delayed, 4 running. ARGV: 1 mode, 2 expected, 3 id, 4 state,
+-- 5 created, 6 run_at ('' none), 7 lease end ('' none), then the job's field/value pairs.
+-- Errors: PLEXUS_UNKNOWN, PLEXUS_CHANGED.
+local job = KEYS[1]
+if redis.call('EXISTS', job) == 0 then return redis.error_reply('PLEXUS_UNKNOWN') end
+local field = 'v'
+if ARGV[1] == 'lease' then field = 'lease' end
+local current = redis.call('HGET', job, field) or ''
+if current ~= ARGV[2] then return redis.error_reply('PLEXUS_CHANGED') end
+local v = tonumber(redis.call('HGET', job, 'v') or 0) + 1
+redis.call('DEL', job)
+redis.call('HSET', job, 'v', v, unpack(ARGV, 8))
+place(KEYS[2], KEYS[3], KEYS[4], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+return v

@@ -1,0 +1,1014 @@
+//! The `redis` engine: the log in Redis, so nodes keep no state of their own and any node
+//! serves any client. One Redis (`redis://HOST:PORT`) or a Redis Cluster
+//! (`redis+cluster://HOST:PORT,HOST:PORT,…`).
+//!
+//! Keys; the topic or queue in braces is the hash tag, so each one's keys share a shard:
+//! - `plexus:s:{T}` a Stream, one entry per message, entry id `SEQ-0`, fields `t` (ms),
+//!   `e` (event, when there is one), `d` (payload);
+//! - `plexus:m:{T}` a hash: `head` (the seq counter, which deletes and retention never lower),
+//!   `last` (time of the last message), `bytes` (payload retained), `del` (deleted through);
+//! - `plexus:i:{T}:KEY` an idempotency key, `FINGERPRINT SEQ TIME`, expiring after 24 h;
+//! - `plexus:topics` the set of topic names, for listing;
+//! - `plexus:j:{Q}:ID` a job (a hash), `plexus:jr:{Q}` / `plexus:jd:{Q}` / `plexus:jl:{Q}` its
+//!   queue's ready, delayed and running sorted sets, `plexus:jk:{Q}:KEY` a job idempotency key
+//!   (24 h), `plexus:jq:ID` the queue of a job id, `plexus:queues` the set of queues.
+//!
+//! Every write of a topic is one Lua script (increment, append, trim, publish: atomic). The
+//! script publishes the new messages on the channel `plexus:commits`; every node subscribes
+//! to it and feeds what arrives, in order, to its hub, its own publishes included, so there is
+//! one path for local and remote commits. A message missed while the subscription reconnects
+//! is not lost: subscribers see the hole at the next message of that topic and catch up
+//! from the stream by cursor.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, FromRedisValue, RedisError, Script, ScriptInvocation};
+
+use super::{
+    Appended, BoxFuture, CommitFeed, FeedSlot, IDEMPOTENCY_TTL, Log, LogBounds, ReadBatch,
+    Retention, StoreError, StoreResult, TopicInfo,
+};
+use crate::model::{
+    EventName, Job, JobId, JobState, Message, Millis, NewMessage, Seq, Topic, fingerprint,
+    now_millis,
+};
+
+const CHANNEL: &str = "plexus:commits";
+const TOPICS: &str = "plexus:topics";
+const QUEUES: &str = "plexus:queues";
+/// Longest a command may take before the node calls Redis unavailable. redis-rs defaults to
+/// 500 ms, which a large script under load can exceed.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many times a claim retries when another node took its candidate first.
+const CLAIM_TRIES: usize = 16;
+
+const PRELUDE: &str = include_str!("prelude.lua");
+const JOBS_PRELUDE: &str = include_str!("jobs.lua");
+
+/// Where the engine connects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One Redis server: `redis://HOST:PORT`.
+    Single(String),
+    /// The seed nodes of a Redis Cluster: `redis+cluster://HOST:PORT,HOST:PORT`.
+    Cluster(Vec<String>),
+}
+
+impl RedisTarget {
+    /// Parses a `--storage` value; `None` when it is not a Redis URL.
+    pub fn parse(url: &str) -> Option<Result<RedisTarget, String>> {
+        if url.starts_with("redis://") || url.starts_with("rediss://") {
+            return Some(Ok(RedisTarget::Single(url.to_owned())));
+        }
+        let nodes = url.strip_prefix("redis+cluster://")?;
+        let nodes: Vec<String> = nodes
+            .split(',')
+            .filter(|n| !n.is_empty())
+            .map(|n| format!("redis://{n}"))
+            .collect();
+        Some(if nodes.is_empty() {
+            Err(format!(
+                "{url:?} names no node; use redis+cluster://HOST:PORT,HOST:PORT"
+            ))
+        } else {
+            Ok(RedisTarget::Cluster(nodes))
+        })
+    }
+}
+
+/// One connection handle, cheap to clone, to a server or a cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, RedisError> {
+        match self.clone() {
+            Conn::Single(mut c) => cmd.query_async(&mut c).await,
+            Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
+        }
+    }
+
+    async fn invoke<T: FromRedisValue>(
+        &self,
+        script: &ScriptInvocation<'_>,
+    ) -> Result<T, RedisError> {
+        match self.clone() {
+            Conn::Single(mut c) => script.invoke_async(&mut c).await,
+            Conn::Cluster(mut c) => script.invoke_async(&mut c).await,
+        }
+    }
+}
+
+struct Scripts {
+    append: Script,
+    read: Script,
+    info: Script,
+    seek: Script,
+    delete: Script,
+    job_create: Script,
+    job_save: Script,
+    job_pick: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let topic = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
+        let job = |body: &str| Script::new(&format!("{JOBS_PRELUDE}\n{body}"));
+        Scripts {
+            append: topic(include_str!("append.lua")),
+            read: topic(include_str!("read.lua")),
+            info: topic(include_str!("info.lua")),
+            seek: topic(include_str!("seek.lua")),
+            delete: topic(include_str!("delete.lua")),
+            job_create: job(include_str!("job_create.lua")),
+            job_save: job(include_str!("job_save.lua")),
+            job_pick: Script::new(include_str!("job_pick.lua")),
+        }
+    }
+}
+
+/// The `redis` engine.
+pub struct RedisLog {
+    conn: Conn,
+    scripts: Scripts,
+    retention: Retention,
+    feed: FeedSlot,
+    /// Topics and queues this node has already added to their sets.
+    known: Mutex<HashSet<String>>,
+    subscriber: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+fn unavailable(e: RedisError) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+fn stream_key(t: &Topic) -> String {
+    format!("plexus:s:{{{t}}}")
+}
+
+fn meta_key(t: &Topic) -> String {
+    format!("plexus:m:{{{t}}}")
+}
+
+fn queue_keys(q: &Topic) -> [String; 3] {
+    [
+        format!("plexus:jr:{{{q}}}"),
+        format!("plexus:jd:{{{q}}}"),
+        format!("plexus:jl:{{{q}}}"),
+    ]
+}
+
+fn job_key(q: &Topic, id: &JobId) -> String {
+    format!("plexus:j:{{{q}}}:{id}")
+}
+
+fn job_queue_key(id: &JobId) -> String {
+    format!("plexus:jq:{id}")
+}
+
+impl RedisLog {
+    /// Connects, and subscribes to the commit channel before returning, so no commit made
+    /// after `open` is missed.
+    pub async fn open(target: &RedisTarget, retention: Retention) -> Result<Self, String> {
+        let (conn, pubsub_url) = match target {
+            RedisTarget::Single(url) => {
+                let client =
+                    redis::Client::open(url.as_str()).map_err(|e| format!("{url}: {e}"))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_connection_timeout(Some(Duration::from_secs(5)))
+                    .set_number_of_retries(3);
+                let manager = client
+                    .get_connection_manager_with_config(config)
+                    .await
+                    .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+                (Conn::Single(manager), url.clone())
+            }
+            RedisTarget::Cluster(nodes) => {
+                let client = redis::cluster::ClusterClient::builder(nodes.clone())
+                    .response_timeout(RESPONSE_TIMEOUT)
+                    .connection_timeout(Duration::from_secs(5))
+                    .build()
+                    .map_err(|e| format!("{nodes:?}: {e}"))?;
+                let conn = client
+                    .get_async_connection()
+                    .await
+                    .map_err(|e| format!("cannot connect to the cluster {nodes:?}: {e}"))?;
+                // Classic Pub/Sub reaches every node of a cluster, so one seed will do.
+                (Conn::Cluster(conn), nodes[0].clone())
+            }
+        };
+        let log = RedisLog {
+            conn,
+            scripts: Scripts::new(),
+            retention,
+            feed: FeedSlot::new(),
+            known: Mutex::new(HashSet::new()),
+            subscriber: Mutex::new(None),
+        };
+        let client = redis::Client::open(pubsub_url.as_str()).map_err(|e| e.to_string())?;
+        let pubsub = subscribe(&client)
+            .await
+            .map_err(|e| format!("cannot subscribe to {CHANNEL} on {pubsub_url}: {e}"))?;
+        let task = tokio::spawn(follow_commits(client, pubsub, log.feed.sender()));
+        *log.subscriber.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        Ok(log)
+    }
+
+    fn retention_args(&self, inv: &mut ScriptInvocation<'_>, now: Millis) {
+        inv.arg(now)
+            .arg(self.retention.max_messages.min(i64::MAX as u64))
+            .arg(self.retention.max_age.as_millis().min(i64::MAX as u128) as i64);
+    }
+
+    /// Adds a name to a set once per node (the set only lists; a missing entry hides a
+    /// topic from listings, never loses its messages).
+    async fn remember(&self, set: &str, name: &str) -> StoreResult<()> {
+        let id = format!("{set}\n{name}");
+        if self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id)
+        {
+            return Ok(());
+        }
+        self.conn
+            .query::<()>(redis::cmd("SADD").arg(set).arg(name))
+            .await
+            .map_err(unavailable)?;
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() > 100_000 {
+            known.clear();
+        }
+        known.insert(id);
+        Ok(())
+    }
+
+    /// Appends one topic's messages (a script call); `check_only` tests the idempotency keys.
+    async fn append_topic(
+        &self,
+        topic: &Topic,
+        messages: &[NewMessage],
+        check_only: bool,
+    ) -> StoreResult<Vec<Appended>> {
+        let mut inv = self.scripts.append.prepare_invoke();
+        inv.key(stream_key(topic)).key(meta_key(topic));
+        for m in messages {
+            if let Some(key) = &m.idempotency_key {
+                inv.key(format!("plexus:i:{{{topic}}}:{key}"));
+            }
+        }
+        self.retention_args(&mut inv, now_millis());
+        inv.arg(IDEMPOTENCY_TTL.as_millis() as u64)
+            .arg(topic.as_str())
+            .arg(if check_only { "1" } else { "0" })
+            .arg(messages.len());
+        for m in messages {
+            inv.arg(m.event.as_ref().map_or("", |e| e.as_str()))
+                .arg(m.data.as_ref())
+                .arg(if m.idempotency_key.is_some() {
+                    "1"
+                } else {
+                    "0"
+                })
+                .arg(m.fingerprint().to_string());
+        }
+        let out: Vec<i64> = match self.conn.invoke(&inv).await {
+            Ok(out) => out,
+            Err(e) if e.to_string().contains("PLEXUS_CONFLICT") => {
+                let index = e
+                    .detail()
+                    .and_then(|d| d.split_whitespace().last())
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .unwrap_or(0);
+                let key = messages
+                    .get(index)
+                    .and_then(|m| m.idempotency_key.clone())
+                    .or_else(|| messages.iter().find_map(|m| m.idempotency_key.clone()))
+                    .unwrap_or_default();
+                return Err(StoreError::IdempotencyConflict {
+                    topic: topic.clone(),
+                    key,
+                });
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        Ok(out
+            .chunks_exact(3)
+            .map(|c| Appended {
+                seq: c[0] as Seq,
+                time: c[1],
+                replayed: c[2] == 1,
+            })
+            .collect())
+    }
+
+    async fn topic_info(&self, topic: &Topic) -> StoreResult<Option<TopicInfo>> {
+        let mut inv = self.scripts.info.prepare_invoke();
+        inv.key(stream_key(topic)).key(meta_key(topic));
+        self.retention_args(&mut inv, now_millis());
+        let v: Vec<i64> = self.conn.invoke(&inv).await.map_err(unavailable)?;
+        Ok((v.len() == 6).then(|| TopicInfo {
+            topic: topic.clone(),
+            first_seq: v[0] as Seq,
+            last_seq: v[1] as Seq,
+            messages: v[3] as u64,
+            bytes: v[4].max(0) as u64,
+            last_publish: (v[1] > 0).then_some(v[5]),
+        }))
+    }
+
+    /// A job read from its hash, with its version; `None` when it is not there.
+    async fn load_job(&self, queue: &Topic, id: &JobId) -> StoreResult<Option<(Job, String)>> {
+        let fields: HashMap<String, Vec<u8>> = self
+            .conn
+            .query(redis::cmd("HGETALL").arg(job_key(queue, id)))
+            .await
+            .map_err(unavailable)?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        decode_job(id, queue, &fields).map(Some)
+    }
+
+    async fn queue_of(&self, id: &JobId) -> StoreResult<Option<Topic>> {
+        let queue: Option<String> = self
+            .conn
+            .query(redis::cmd("GET").arg(job_queue_key(id)))
+            .await
+            .map_err(unavailable)?;
+        Ok(queue.and_then(|q| q.parse().ok()))
+    }
+
+    /// Writes a job through `job_save.lua`, compare-and-set on `mode` (`lease`|`version`).
+    async fn save_job(&self, job: &Job, mode: &str, expected: &str) -> StoreResult<()> {
+        let mut inv = self.scripts.job_save.prepare_invoke();
+        inv.key(job_key(&job.queue, &job.id));
+        for k in queue_keys(&job.queue) {
+            inv.key(k);
+        }
+        inv.arg(mode).arg(expected);
+        placement_args(&mut inv, job);
+        encode_job(&mut inv, job);
+        match self.conn.invoke::<i64>(&inv).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("PLEXUS_CHANGED") => {
+                Err(StoreError::JobChanged(job.id.clone()))
+            }
+            Err(e) if e.to_string().contains("PLEXUS_UNKNOWN") => {
+                Err(StoreError::UnknownJob(job.id.clone()))
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn claim(
+        &self,
+        queue: &Topic,
+        now: Millis,
+        lease: String,
+        lease_ms: u64,
+    ) -> StoreResult<Option<Job>> {
+        let [ready, delayed, _] = queue_keys(queue);
+        for _ in 0..CLAIM_TRIES {
+            let mut inv = self.scripts.job_pick.prepare_invoke();
+            inv.key(&ready).key(&delayed).arg(now);
+            let picked: Vec<String> = self.conn.invoke(&inv).await.map_err(unavailable)?;
+            let Some(id) = picked.first().and_then(|id| id.parse::<JobId>().ok()) else {
+                return Ok(None);
+            };
+            let loaded = self.load_job(queue, &id).await?;
+            let Some((mut job, version)) = loaded
+                .filter(|(j, _)| j.state == JobState::Queued && j.run_at.is_none_or(|t| t <= now))
+            else {
+                // An index entry without its job (a node died between writes): drop it.
+                self.conn
+                    .query::<()>(redis::cmd("ZREM").arg(&ready).arg(id.as_str()))
+                    .await
+                    .map_err(unavailable)?;
+                continue;
+            };
+            job.claim(now, lease.clone(), lease_ms);
+            match self.save_job(&job, "version", &version).await {
+                Ok(()) => return Ok(Some(job)),
+                // Another node claimed it first: pick again.
+                Err(StoreError::JobChanged(_) | StoreError::UnknownJob(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The state, created, run_at and lease end arguments of the job scripts.
+fn placement_args(inv: &mut ScriptInvocation<'_>, job: &Job) {
+    inv.arg(job.id.as_str())
+        .arg(job.state.as_str())
+        .arg(job.created)
+        .arg(job.run_at.map(|t| t.to_string()).unwrap_or_default())
+        .arg(job.lease_until.map(|t| t.to_string()).unwrap_or_default());
+}
+
+fn encode_job(inv: &mut ScriptInvocation<'_>, job: &Job) {
+    inv.arg("q")
+        .arg(job.queue.as_str())
+        .arg("state")
+        .arg(job.state.as_str())
+        .arg("attempts")
+        .arg(job.attempts)
+        .arg("max")
+        .arg(job.max_attempts)
+        .arg("created")
+        .arg(job.created)
+        .arg("updated")
+        .arg(job.updated)
+        .arg("payload")
+        .arg(job.payload.as_ref());
+    if let Some(result) = &job.result {
+        inv.arg("result").arg(result.as_ref());
+    }
+    if let Some(error) = &job.error {
+        inv.arg("error").arg(error.as_str());
+    }
+    if let Some(t) = job.run_at {
+        inv.arg("run_at").arg(t);
+    }
+    if let Some(lease) = &job.lease {
+        inv.arg("lease").arg(lease.as_str());
+    }
+    if let Some(t) = job.lease_until {
+        inv.arg("lease_until").arg(t);
+    }
+    if let Some(ms) = job.lease_ms {
+        inv.arg("lease_ms").arg(ms);
+    }
+}
+
+fn decode_job(
+    id: &JobId,
+    queue: &Topic,
+    f: &HashMap<String, Vec<u8>>,
+) -> StoreResult<(Job, String)> {
+    let bad = |field: &str| StoreError::Unavailable(format!("redis: job {id} has a bad {field}"));
+    let text = |field: &str| -> Option<String> {
+        f.get(field)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    let int = |field: &str| -> StoreResult<Option<i64>> {
+        text(field)
+            .map(|s| s.parse::<i64>().map_err(|_| bad(field)))
+            .transpose()
+    };
+    let required = |field: &str| -> StoreResult<i64> { int(field)?.ok_or_else(|| bad(field)) };
+    let job = Job {
+        id: id.clone(),
+        queue: queue.clone(),
+        state: text("state")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("state"))?,
+        attempts: required("attempts")? as u32,
+        max_attempts: required("max")? as u32,
+        created: required("created")?,
+        updated: required("updated")?,
+        payload: Bytes::from(f.get("payload").cloned().unwrap_or_default()),
+        result: f.get("result").map(|v| Bytes::from(v.clone())),
+        error: text("error"),
+        run_at: int("run_at")?,
+        lease: text("lease"),
+        lease_until: int("lease_until")?,
+        lease_ms: int("lease_ms")?.map(|ms| ms as u64),
+    };
+    Ok((job, text("v").unwrap_or_else(|| "0".into())))
+}
+
+async fn subscribe(client: &redis::Client) -> Result<redis::aio::PubSub, RedisError> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(CHANNEL).await?;
+    Ok(pubsub)
+}
+
+/// Feeds every commit published on the channel to the hub, resubscribing when the
+/// connection drops.
+async fn follow_commits(
+    client: redis::Client,
+    mut pubsub: redis::aio::PubSub,
+    feed: tokio::sync::mpsc::UnboundedSender<Vec<Arc<Message>>>,
+) {
+    loop {
+        {
+            let mut messages = pubsub.on_message();
+            while let Some(msg) = messages.next().await {
+                match decode_commit(msg.get_payload_bytes()) {
+                    Some(batch) => {
+                        if feed.send(batch).is_err() {
+                            return;
+                        }
+                    }
+                    None => tracing::warn!("redis: an undecodable message on {CHANNEL}"),
+                }
+            }
+        }
+        tracing::warn!("redis: the commit subscription dropped; reconnecting");
+        let mut delay = Duration::from_millis(100);
+        pubsub = loop {
+            tokio::time::sleep(delay).await;
+            match subscribe(&client).await {
+                Ok(p) => break p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis: cannot resubscribe yet");
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        tracing::info!("redis: the commit subscription is back");
+    }
+}
+
+/// `TOPIC\n` then per message `SEQ TIME EVENT_LEN DATA_LEN\n EVENT DATA` (see append.lua).
+fn decode_commit(bytes: &[u8]) -> Option<Vec<Arc<Message>>> {
+    fn line(b: &[u8]) -> Option<(&[u8], &[u8])> {
+        let end = b.iter().position(|&c| c == b'\n')?;
+        Some((&b[..end], &b[end + 1..]))
+    }
+    let (topic, mut rest) = line(bytes)?;
+    let topic: Topic = std::str::from_utf8(topic).ok()?.parse().ok()?;
+    let mut batch = Vec::new();
+    while !rest.is_empty() {
+        let (head, body) = line(rest)?;
+        let mut nums = std::str::from_utf8(head).ok()?.split(' ');
+        let mut next = || nums.next()?.parse::<u64>().ok();
+        let (seq, time, elen, dlen) = (next()?, next()?, next()? as usize, next()? as usize);
+        if body.len() < elen + dlen {
+            return None;
+        }
+        let event = match elen {
+            0 => None,
+            _ => Some(
+                std::str::from_utf8(&body[..elen])
+                    .ok()?
+                    .parse::<EventName>()
+                    .ok()?,
+            ),
+        };
+        batch.push(Arc::new(Message {
+            topic: topic.clone(),
+            seq,
+            time: time as Millis,
+            event,
+            data: Bytes::copy_from_slice(&body[elen..elen + dlen]),
+        }));
+        rest = &body[elen + dlen..];
+    }
+    Some(batch)
+}
+
+impl Log for RedisLog {
+    fn append(&self, batch: Vec<NewMessage>) -> BoxFuture<'_, StoreResult<Vec<Appended>>> {
+        Box::pin(async move {
+            // One script per topic, in the batch's order of first appearance.
+            let mut order: Vec<Topic> = Vec::new();
+            let mut groups: HashMap<Topic, Vec<usize>> = HashMap::new();
+            for (i, m) in batch.iter().enumerate() {
+                groups
+                    .entry(m.topic.clone())
+                    .or_insert_with(|| {
+                        order.push(m.topic.clone());
+                        Vec::new()
+                    })
+                    .push(i);
+            }
+            let split = |topic: &Topic| -> Vec<NewMessage> {
+                groups[topic].iter().map(|&i| batch[i].clone()).collect()
+            };
+            // Across topics (maybe across shards) there is no transaction: check every key
+            // first, so a conflict stores nothing.
+            if order.len() > 1 && batch.iter().any(|m| m.idempotency_key.is_some()) {
+                for topic in &order {
+                    self.append_topic(topic, &split(topic), true).await?;
+                }
+            }
+            let mut results = vec![None; batch.len()];
+            for topic in &order {
+                self.remember(TOPICS, topic.as_str()).await?;
+                let appended = self.append_topic(topic, &split(topic), false).await?;
+                for (&i, a) in groups[topic].iter().zip(appended) {
+                    results[i] = Some(a);
+                }
+            }
+            results
+                .into_iter()
+                .map(|r| r.ok_or_else(|| StoreError::Unavailable("redis: a short reply".into())))
+                .collect()
+        })
+    }
+
+    fn read(
+        &self,
+        topic: &Topic,
+        after: Seq,
+        limit: usize,
+        max_bytes: usize,
+    ) -> BoxFuture<'_, StoreResult<ReadBatch>> {
+        let topic = topic.clone();
+        Box::pin(async move {
+            let mut inv = self.scripts.read.prepare_invoke();
+            inv.key(stream_key(&topic)).key(meta_key(&topic));
+            self.retention_args(&mut inv, now_millis());
+            inv.arg(format!(
+                "{}-0",
+                after.saturating_add(1).min(i64::MAX as u64)
+            ))
+            .arg(limit)
+            .arg(max_bytes.min(i64::MAX as usize));
+            let v: Vec<redis::Value> = self.conn.invoke(&inv).await.map_err(unavailable)?;
+            decode_read(&topic, v)
+        })
+    }
+
+    fn bounds(&self, topic: &Topic) -> BoxFuture<'_, StoreResult<Option<LogBounds>>> {
+        let topic = topic.clone();
+        Box::pin(async move { Ok(self.read(&topic, 0, 0, 0).await?.bounds) })
+    }
+
+    fn seek_time(&self, topic: &Topic, time: Millis) -> BoxFuture<'_, StoreResult<Seq>> {
+        let topic = topic.clone();
+        Box::pin(async move {
+            let mut inv = self.scripts.seek.prepare_invoke();
+            inv.key(stream_key(&topic)).key(meta_key(&topic));
+            self.retention_args(&mut inv, now_millis());
+            inv.arg(time);
+            let seq: i64 = self.conn.invoke(&inv).await.map_err(unavailable)?;
+            Ok(seq.max(0) as Seq)
+        })
+    }
+
+    fn topics(&self) -> BoxFuture<'_, StoreResult<Vec<TopicInfo>>> {
+        Box::pin(async move {
+            let names: Vec<String> = self
+                .conn
+                .query(redis::cmd("SMEMBERS").arg(TOPICS))
+                .await
+                .map_err(unavailable)?;
+            let mut infos = Vec::with_capacity(names.len());
+            for name in names {
+                let Ok(topic) = name.parse::<Topic>() else {
+                    continue;
+                };
+                if let Some(info) = self.topic_info(&topic).await? {
+                    infos.push(info);
+                }
+            }
+            infos.sort_by(|a, b| a.topic.cmp(&b.topic));
+            Ok(infos)
+        })
+    }
+
+    fn topic(&self, topic: &Topic) -> BoxFuture<'_, StoreResult<Option<TopicInfo>>> {
+        let topic = topic.clone();
+        Box::pin(async move { self.topic_info(&topic).await })
+    }
+
+    fn delete_topic(&self, topic: &Topic) -> BoxFuture<'_, StoreResult<bool>> {
+        let topic = topic.clone();
+        Box::pin(async move {
+            let mut inv = self.scripts.delete.prepare_invoke();
+            inv.key(stream_key(&topic)).key(meta_key(&topic));
+            let found: i64 = self.conn.invoke(&inv).await.map_err(unavailable)?;
+            Ok(found == 1)
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            self.conn
+                .query::<String>(&redis::cmd("PING"))
+                .await
+                .map(|_| ())
+                .map_err(unavailable)
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        if let Some(task) = self
+            .subscriber
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+        Box::pin(async {})
+    }
+
+    fn take_commits(&self) -> Option<CommitFeed> {
+        self.feed.take()
+    }
+
+    fn job_create(
+        &self,
+        job: Job,
+        idempotency_key: Option<String>,
+    ) -> BoxFuture<'_, StoreResult<(Job, bool)>> {
+        Box::pin(async move {
+            let queue = job.queue.clone();
+            self.remember(QUEUES, queue.as_str()).await?;
+            // The id → queue index first: a job is never stored where `job_get` cannot see it.
+            self.conn
+                .query::<()>(
+                    redis::cmd("SET")
+                        .arg(job_queue_key(&job.id))
+                        .arg(queue.as_str()),
+                )
+                .await
+                .map_err(unavailable)?;
+            let mut inv = self.scripts.job_create.prepare_invoke();
+            inv.key(job_key(&queue, &job.id));
+            for k in queue_keys(&queue) {
+                inv.key(k);
+            }
+            if let Some(key) = &idempotency_key {
+                inv.key(format!("plexus:jk:{{{queue}}}:{key}"));
+            }
+            inv.arg(fingerprint(&[&job.payload]).to_string())
+                .arg(job.id.as_str())
+                .arg(IDEMPOTENCY_TTL.as_millis() as u64);
+            // job_create.lua takes the placement without the id.
+            inv.arg(job.state.as_str())
+                .arg(job.created)
+                .arg(job.run_at.map(|t| t.to_string()).unwrap_or_default())
+                .arg(job.lease_until.map(|t| t.to_string()).unwrap_or_default());
+            encode_job(&mut inv, &job);
+            let first: String = match self.conn.invoke(&inv).await {
+                Ok(first) => first,
+                Err(e) if e.to_string().contains("PLEXUS_CONFLICT") => {
+                    return Err(StoreError::IdempotencyConflict {
+                        topic: queue,
+                        key: idempotency_key.unwrap_or_default(),
+                    });
+                }
+                Err(e) => return Err(unavailable(e)),
+            };
+            if first.is_empty() {
+                return Ok((job, false));
+            }
+            let id: JobId = first
+                .parse()
+                .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
+            match self.load_job(&queue, &id).await? {
+                Some((first, _)) => Ok((first, true)),
+                None => Err(StoreError::UnknownJob(id)),
+            }
+        })
+    }
+
+    fn job_get(&self, id: &JobId) -> BoxFuture<'_, StoreResult<Option<Job>>> {
+        let id = id.clone();
+        Box::pin(async move {
+            let Some(queue) = self.queue_of(&id).await? else {
+                return Ok(None);
+            };
+            Ok(self.load_job(&queue, &id).await?.map(|(job, _)| job))
+        })
+    }
+
+    fn job_save(
+        &self,
+        job: Job,
+        expected_lease: Option<String>,
+    ) -> BoxFuture<'_, StoreResult<Job>> {
+        Box::pin(async move {
+            let expected = expected_lease.unwrap_or_default();
+            self.save_job(&job, "lease", &expected).await?;
+            Ok(job)
+        })
+    }
+
+    fn job_claim(
+        &self,
+        queue: &Topic,
+        now: Millis,
+        lease: String,
+        lease_ms: u64,
+    ) -> BoxFuture<'_, StoreResult<Option<Job>>> {
+        let queue = queue.clone();
+        Box::pin(async move { self.claim(&queue, now, lease, lease_ms).await })
+    }
+
+    fn job_expired(&self, now: Millis, limit: usize) -> BoxFuture<'_, StoreResult<Vec<Job>>> {
+        Box::pin(async move {
+            let queues: Vec<String> = self
+                .conn
+                .query(redis::cmd("SMEMBERS").arg(QUEUES))
+                .await
+                .map_err(unavailable)?;
+            let mut expired = Vec::new();
+            for queue in queues.iter().filter_map(|q| q.parse::<Topic>().ok()) {
+                if expired.len() >= limit {
+                    break;
+                }
+                let [_, _, running] = queue_keys(&queue);
+                let ids: Vec<String> = self
+                    .conn
+                    .query(
+                        redis::cmd("ZRANGEBYSCORE")
+                            .arg(&running)
+                            .arg("-inf")
+                            .arg(format!("({now}"))
+                            .arg("LIMIT")
+                            .arg(0)
+                            .arg(limit - expired.len()),
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                for id in ids.iter().filter_map(|id| id.parse::<JobId>().ok()) {
+                    if let Some((job, _)) = self.load_job(&queue, &id).await?
+                        && job.state == JobState::Running
+                        && job.lease_until.is_some_and(|t| t < now)
+                    {
+                        expired.push(job);
+                    }
+                }
+            }
+            Ok(expired)
+        })
+    }
+
+    fn job_next_due(&self, queue: &Topic) -> BoxFuture<'_, StoreResult<Option<Millis>>> {
+        let queue = queue.clone();
+        Box::pin(async move {
+            let [_, delayed, _] = queue_keys(&queue);
+            let first: Vec<(String, f64)> = self
+                .conn
+                .query(
+                    redis::cmd("ZRANGE")
+                        .arg(&delayed)
+                        .arg(0)
+                        .arg(0)
+                        .arg("WITHSCORES"),
+                )
+                .await
+                .map_err(unavailable)?;
+            Ok(first.first().map(|(_, score)| *score as Millis))
+        })
+    }
+}
+
+fn decode_read(topic: &Topic, v: Vec<redis::Value>) -> StoreResult<ReadBatch> {
+    if v.is_empty() {
+        return Ok(ReadBatch::default());
+    }
+    let bad = || StoreError::Unavailable("redis: a malformed read reply".into());
+    let int = |v: &redis::Value| -> StoreResult<i64> {
+        match v {
+            redis::Value::Int(i) => Ok(*i),
+            _ => Err(bad()),
+        }
+    };
+    let bytes = |v: redis::Value| -> StoreResult<Vec<u8>> {
+        match v {
+            redis::Value::BulkString(b) => Ok(b),
+            redis::Value::SimpleString(s) => Ok(s.into_bytes()),
+            _ => Err(bad()),
+        }
+    };
+    if v.len() < 3 || !(v.len() - 3).is_multiple_of(4) {
+        return Err(bad());
+    }
+    let bounds = LogBounds {
+        first_seq: int(&v[0])? as Seq,
+        last_seq: int(&v[1])? as Seq,
+        deleted_through: int(&v[2])? as Seq,
+    };
+    let mut messages = Vec::with_capacity((v.len() - 3) / 4);
+    let mut rest = v.into_iter().skip(3);
+    while let (Some(seq), Some(time), Some(event), Some(data)) =
+        (rest.next(), rest.next(), rest.next(), rest.next())
+    {
+        let event = bytes(event)?;
+        let event = match event.is_empty() {
+            true => None,
+            false => Some(
+                String::from_utf8(event)
+                    .ok()
+                    .and_then(|e| e.parse::<EventName>().ok())
+                    .ok_or_else(bad)?,
+            ),
+        };
+        messages.push(Arc::new(Message {
+            topic: topic.clone(),
+            seq: int(&seq)? as Seq,
+            time: int(&time)?,
+            event,
+            data: Bytes::from(bytes(data)?),
+        }));
+    }
+    Ok(ReadBatch {
+        messages,
+        bounds: Some(bounds),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_decode() {
+        let mut wire = b"news.eu\n".to_vec();
+        wire.extend_from_slice(b"7 1700000000000 4 3\nnoteabc");
+        wire.extend_from_slice(b"8 1700000000001 0 2\n\n\x00");
+        let batch = decode_commit(&wire).expect("decodes");
+        assert_eq!(batch.len(), 2);
+        assert_eq!(batch[0].seq, 7);
+        assert_eq!(batch[0].event.as_ref().map(|e| e.as_str()), Some("note"));
+        assert_eq!(&batch[0].data[..], b"abc");
+        assert_eq!(batch[1].seq, 8);
+        assert_eq!(batch[1].event, None);
+        assert_eq!(&batch[1].data[..], b"\n\x00");
+        assert!(decode_commit(b"news\n9 1 0 5\nab").is_none(), "short body");
+        assert!(decode_commit(b"bad topic!\n").is_none());
+    }
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!(
+            RedisTarget::parse("redis://127.0.0.1:6379"),
+            Some(Ok(RedisTarget::Single("redis://127.0.0.1:6379".into())))
+        );
+        assert_eq!(
+            RedisTarget::parse("redis+cluster://a:1,b:2"),
+            Some(Ok(RedisTarget::Cluster(vec![
+                "redis://a:1".into(),
+                "redis://b:2".into()
+            ])))
+        );
+        assert!(matches!(
+            RedisTarget::parse("redis+cluster://"),
+            Some(Err(_))
+        ));
+        assert_eq!(RedisTarget::parse("sqlite"), None);
+    }
+}
+
+/// A private `redis-server` for tests: on a free loopback port, no persistence, killed on drop.
+#[cfg(test)]
+pub(crate) struct TestRedis {
+    child: std::process::Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+#[cfg(test)]
+impl TestRedis {
+    pub(crate) async fn start() -> TestRedis {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/test installs it)");
+        let url = format!("redis://127.0.0.1:{port}");
+        let client = redis::Client::open(url.as_str()).expect("a redis url");
+        for _ in 0..200 {
+            if let Ok(mut c) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+            {
+                return TestRedis {
+                    child,
+                    url,
+                    _dir: dir,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis-server did not answer on {url}");
+    }
+}
+
+#[cfg(test)]
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,25 @@
+-- Reads after a position in one snapshot, with the bounds it was read against.
+-- KEYS: 1 stream, 2 meta. ARGV: 1 now, 2 max messages, 3 max age ms, 4 first id to read
+-- ('SEQ-0'), 5 limit, 6 max payload bytes.
+-- Returns {} for a topic never published, else first, head, deleted-through, then
+-- seq, time, event ('' none), data per message.
+local s, m = KEYS[1], KEYS[2]
+trim(s, m, tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
+local first, head, del = bounds(s, m)
+if first == nil then return {} end
+local out = {first, head, del}
+local limit = tonumber(ARGV[5])
+if limit > 0 then
+  local max_bytes = tonumber(ARGV[6])
+  local bytes = 0
+  for _, e in ipairs(redis.call('XRANGE', s, ARGV[4], '+', 'COUNT', limit)) do
+    local t, ev, d = entry_fields(e[2])
+    bytes = bytes + math.max(#d, 1)
+    if #out > 3 and bytes > max_bytes then break end
+    out[#out + 1] = entry_seq(e[1])
+    out[#out + 1] = t
+    out[#out + 1] = ev
+    out[#out + 1] = d
+  end
+end
+return out
