@@ -43,12 +43,34 @@ pub struct Server {
     /// One client per server: reqwest's pool lives on the runtime that opened the
     /// connection, and every `#[tokio::test]` has its own runtime.
     client: Client,
+    /// The private Redis of a server on the redis engine (see [`Server::start`]).
+    _redis: Option<crate::redis::RedisServer>,
+}
+
+/// The engine a test server uses when its arguments name none: `PLEXUS_TEST_ENGINE`
+/// (`sqlite`, the default, or `redis`, which gives each server a private `redis-server`).
+/// `scripts/test` runs the suite once per engine.
+pub fn test_engine() -> String {
+    std::env::var("PLEXUS_TEST_ENGINE").unwrap_or_else(|_| "sqlite".into())
 }
 
 impl Server {
     /// Starts `plexus serve --listen 127.0.0.1:0 --data-dir <tempdir>` plus `args`; an
     /// `--listen` in `args` replaces the ephemeral port (so a restart keeps the port).
     pub async fn start(args: &[&str]) -> Server {
+        if !args.contains(&"--storage") && test_engine() == "redis" {
+            let redis = crate::redis::RedisServer::start().await;
+            let url = redis.url();
+            let mut with = args.to_vec();
+            with.extend(["--storage", &url]);
+            let mut server = Server::start_inner(&with).await;
+            server._redis = Some(redis);
+            return server;
+        }
+        Server::start_inner(args).await
+    }
+
+    async fn start_inner(args: &[&str]) -> Server {
         install_crypto_provider();
         let dir = tempfile::tempdir().expect("create a temporary data directory");
         // Idle connections are dropped well before the shortest header timeout the tests
@@ -67,6 +89,7 @@ impl Server {
             stderr: Arc::default(),
             stdout: Arc::default(),
             client,
+            _redis: None,
         };
         server.spawn().await;
         server

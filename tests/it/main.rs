@@ -3,11 +3,13 @@
 
 mod clients;
 mod harness;
+mod redis;
 
 mod admin;
 mod auth;
 mod batch;
 mod cli;
+mod cluster;
 mod cors;
 mod crash;
 mod engines;
