@@ -283,8 +283,17 @@ impl RedisLog {
                 })
                 .arg(m.fingerprint().to_string());
         }
+        let started = std::time::Instant::now();
         let out: Vec<i64> = match self.conn.invoke(&inv).await {
-            Ok(out) => out,
+            Ok(out) => {
+                // One script call is one atomic commit of this topic's messages.
+                if !check_only {
+                    metrics::histogram!("plexus_store_commit_ops").record(messages.len() as f64);
+                    metrics::histogram!("plexus_store_commit_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                }
+                out
+            }
             Err(e) if e.to_string().contains("PLEXUS_CONFLICT") => {
                 let index = e
                     .detail()
@@ -918,48 +927,6 @@ fn decode_read(topic: &Topic, v: Vec<redis::Value>) -> StoreResult<ReadBatch> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn commits_decode() {
-        let mut wire = b"news.eu\n".to_vec();
-        wire.extend_from_slice(b"7 1700000000000 4 3\nnoteabc");
-        wire.extend_from_slice(b"8 1700000000001 0 2\n\n\x00");
-        let batch = decode_commit(&wire).expect("decodes");
-        assert_eq!(batch.len(), 2);
-        assert_eq!(batch[0].seq, 7);
-        assert_eq!(batch[0].event.as_ref().map(|e| e.as_str()), Some("note"));
-        assert_eq!(&batch[0].data[..], b"abc");
-        assert_eq!(batch[1].seq, 8);
-        assert_eq!(batch[1].event, None);
-        assert_eq!(&batch[1].data[..], b"\n\x00");
-        assert!(decode_commit(b"news\n9 1 0 5\nab").is_none(), "short body");
-        assert!(decode_commit(b"bad topic!\n").is_none());
-    }
-
-    #[test]
-    fn targets_parse() {
-        assert_eq!(
-            RedisTarget::parse("redis://127.0.0.1:6379"),
-            Some(Ok(RedisTarget::Single("redis://127.0.0.1:6379".into())))
-        );
-        assert_eq!(
-            RedisTarget::parse("redis+cluster://a:1,b:2"),
-            Some(Ok(RedisTarget::Cluster(vec![
-                "redis://a:1".into(),
-                "redis://b:2".into()
-            ])))
-        );
-        assert!(matches!(
-            RedisTarget::parse("redis+cluster://"),
-            Some(Err(_))
-        ));
-        assert_eq!(RedisTarget::parse("sqlite"), None);
-    }
-}
-
 /// A private `redis-server` for tests: on a free loopback port, no persistence, killed on drop.
 #[cfg(test)]
 pub(crate) struct TestRedis {
@@ -1001,6 +968,9 @@ impl TestRedis {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("redis-server did not answer on {url}");
     }
 }
@@ -1010,5 +980,47 @@ impl Drop for TestRedis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_decode() {
+        let mut wire = b"news.eu\n".to_vec();
+        wire.extend_from_slice(b"7 1700000000000 4 3\nnoteabc");
+        wire.extend_from_slice(b"8 1700000000001 0 2\n\n\x00");
+        let batch = decode_commit(&wire).expect("decodes");
+        assert_eq!(batch.len(), 2);
+        assert_eq!(batch[0].seq, 7);
+        assert_eq!(batch[0].event.as_ref().map(|e| e.as_str()), Some("note"));
+        assert_eq!(&batch[0].data[..], b"abc");
+        assert_eq!(batch[1].seq, 8);
+        assert_eq!(batch[1].event, None);
+        assert_eq!(&batch[1].data[..], b"\n\x00");
+        assert!(decode_commit(b"news\n9 1 0 5\nab").is_none(), "short body");
+        assert!(decode_commit(b"bad topic!\n").is_none());
+    }
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!(
+            RedisTarget::parse("redis://127.0.0.1:6379"),
+            Some(Ok(RedisTarget::Single("redis://127.0.0.1:6379".into())))
+        );
+        assert_eq!(
+            RedisTarget::parse("redis+cluster://a:1,b:2"),
+            Some(Ok(RedisTarget::Cluster(vec![
+                "redis://a:1".into(),
+                "redis://b:2".into()
+            ])))
+        );
+        assert!(matches!(
+            RedisTarget::parse("redis+cluster://"),
+            Some(Err(_))
+        ));
+        assert_eq!(RedisTarget::parse("sqlite"), None);
     }
 }
