@@ -63,7 +63,7 @@ pub enum RedisTarget {
 impl RedisTarget {
     /// Parses a `--storage` value; `None` when it is not a Redis URL.
     pub fn parse(url: &str) -> Option<Result<RedisTarget, String>> {
-        if url.starts_with("redis://") || url.starts_with("rediss://") {
+        if url.starts_with("redis://") {
             return Some(Ok(RedisTarget::Single(url.to_owned())));
         }
         let nodes = url.strip_prefix("redis+cluster://")?;
