@@ -41,9 +41,16 @@ pub struct FanoutArgs {
     /// Messages per second; 0 publishes as fast as the publishers can (saturated)
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
-    /// Storage engine of the hub under test
+    /// Storage engine of the hub under test (`redis://…` to run several nodes on one Redis)
     #[arg(long, default_value = "memory")]
     pub storage: String,
+    /// Hub nodes sharing the storage (more than one needs a redis storage); subscribers and
+    /// publishers are spread over them in turn
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// Concurrent publishers when saturated (one paced publisher with --rate)
+    #[arg(long, default_value_t = 4)]
+    pub publishers: usize,
     /// Skip the raw TCP loop baseline
     #[arg(long)]
     pub no_baseline: bool,
@@ -325,6 +332,7 @@ async fn spawn_server(args: &[&str]) -> Result<(Child, String), String> {
 
 struct Report {
     deliveries_per_s: f64,
+    publishes_per_s: f64,
     latency: Histogram,
     lost: u64,
     requests: u64,
@@ -333,21 +341,28 @@ struct Report {
     rss_end_kib: u64,
 }
 
-async fn publish_all(addr: &str, args: &FanoutArgs, raw: bool) -> Result<(), String> {
+async fn publish_all(addrs: &[String], args: &FanoutArgs, raw: bool) -> Result<(), String> {
     let client = reqwest::Client::new();
-    let url = if raw {
-        format!("http://{addr}/")
-    } else {
-        format!("http://{addr}/v1/topics/bench/messages")
-    };
+    let urls: Vec<String> = addrs
+        .iter()
+        .map(|addr| match raw {
+            true => format!("http://{addr}/"),
+            false => format!("http://{addr}/v1/topics/bench/messages"),
+        })
+        .collect();
     let started = Instant::now();
     let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
     let pad = "x".repeat(args.size.saturating_sub(21));
-    let publishers = if interval.is_some() { 1 } else { 4 };
+    let publishers = if interval.is_some() {
+        1
+    } else {
+        args.publishers.max(1)
+    };
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..publishers {
-        let (client, url, pad, next) = (client.clone(), url.clone(), pad.clone(), next.clone());
+    for p in 0..publishers {
+        let url = urls[p % urls.len()].clone();
+        let (client, pad, next) = (client.clone(), pad.clone(), next.clone());
         let total = args.messages;
         tasks.push(tokio::spawn(async move {
             loop {
@@ -379,29 +394,14 @@ async fn publish_all(addr: &str, args: &FanoutArgs, raw: bool) -> Result<(), Str
 }
 
 async fn measure(args: &FanoutArgs, raw: bool) -> Result<Report, String> {
-    let (child, addr) = if raw {
-        spawn_server(&["bench", "raw-server", "--listen", "127.0.0.1:0"]).await?
-    } else {
-        spawn_server(&[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--storage",
-            &args.storage,
-            "--data-dir",
-            &std::env::temp_dir()
-                .join(format!("plexus-fanout-{}", std::process::id()))
-                .to_string_lossy(),
-            "--retention-messages",
-            "1000000",
-            "--rate",
-            "0",
-            "--max-connections-per-client",
-            "100000",
-        ])
-        .await?
-    };
-    let pid = child.id().unwrap_or(0);
+    let mut nodes = Vec::new();
+    for node in 0..if raw { 1 } else { args.nodes.max(1) } {
+        nodes.push(spawn_node(args, raw, node).await?);
+    }
+    let pids: Vec<u32> = nodes.iter().map(|(c, _)| c.id().unwrap_or(0)).collect();
+    let addrs: Vec<String> = nodes.iter().map(|(_, a)| a.clone()).collect();
+    let addr = addrs[0].clone();
+    let rss = || pids.iter().map(|&p| rss_kib(p)).sum::<u64>();
     let client = reqwest::Client::new();
     if !raw {
         // The topic exists before anyone subscribes, so the hub's counters can be read.
@@ -413,7 +413,7 @@ async fn measure(args: &FanoutArgs, raw: bool) -> Result<Report, String> {
             .map_err(|e| e.to_string())?;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let rss_base_kib = rss_kib(pid);
+    let rss_base_kib = rss();
     let shared = Arc::new(Shared {
         received: AtomicU64::new(0),
         ready: AtomicUsize::new(0),
@@ -427,9 +427,9 @@ async fn measure(args: &FanoutArgs, raw: bool) -> Result<Report, String> {
         args.via
     };
     let subs: Vec<_> = (0..args.subscribers)
-        .map(|_| {
+        .map(|i| {
             tokio::spawn(subscriber(
-                addr.clone(),
+                addrs[i % addrs.len()].clone(),
                 via,
                 raw,
                 shared.clone(),
@@ -462,25 +462,28 @@ async fn measure(args: &FanoutArgs, raw: bool) -> Result<Report, String> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if !raw && args.via == Via::LongPoll {
-        // Pollers are ready once the hub holds all their requests.
-        let url = format!("http://{addr}/v1/topics/bench");
+        // Pollers are ready once the hubs hold all their requests.
         loop {
-            let info: serde_json::Value = client
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
-            if info["subscribers"].as_u64().unwrap_or(0) >= args.subscribers as u64 {
+            let mut held = 0;
+            for addr in &addrs {
+                let info: serde_json::Value = client
+                    .get(format!("http://{addr}/v1/topics/bench"))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .json()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                held += info["subscribers"].as_u64().unwrap_or(0);
+            }
+            if held >= args.subscribers as u64 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss_idle_kib = rss_kib(pid);
+    let rss_idle_kib = rss();
     let expected = (args.subscribers * args.messages) as u64;
     bar.set_length(expected);
     bar.set_position(0);
@@ -490,7 +493,9 @@ async fn measure(args: &FanoutArgs, raw: bool) -> Result<Report, String> {
         "hub: delivering"
     });
     let first_publish = now_nanos() as u64;
-    publish_all(&addr, args, raw).await?;
+    let publishing = Instant::now();
+    publish_all(&addrs, args, raw).await?;
+    let publishes_per_s = args.messages as f64 / publishing.elapsed().as_secs_f64().max(1e-9);
     // Drain: until everything arrived or nothing moved for 5 s.
     let mut last = (shared.received.load(Ordering::Relaxed), Instant::now());
     loop {
@@ -507,7 +512,7 @@ async fn measure(args: &FanoutArgs, raw: bool) -> Result<Report, String> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bar.finish_and_clear();
-    let rss_end_kib = rss_kib(pid);
+    let rss_end_kib = rss();
     stop.cancel();
     let mut latency = Histogram::new();
     let mut received = 0;
@@ -524,9 +529,10 @@ async fn measure(args: &FanoutArgs, raw: bool) -> Result<Report, String> {
         .load(Ordering::Relaxed)
         .saturating_sub(first_publish) as f64
         / 1e9;
-    drop(child);
+    drop(nodes);
     Ok(Report {
         deliveries_per_s: received as f64 / span.max(1e-9),
+        publishes_per_s,
         latency,
         lost: expected.saturating_sub(received),
         requests,
@@ -536,10 +542,37 @@ async fn measure(args: &FanoutArgs, raw: bool) -> Result<Report, String> {
     })
 }
 
+/// Starts the raw loop, or hub node `index` of the run.
+async fn spawn_node(args: &FanoutArgs, raw: bool, index: usize) -> Result<(Child, String), String> {
+    if raw {
+        return spawn_server(&["bench", "raw-server", "--listen", "127.0.0.1:0"]).await;
+    }
+    spawn_server(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--storage",
+        &args.storage,
+        "--data-dir",
+        &std::env::temp_dir()
+            .join(format!("plexus-fanout-{}-{index}", std::process::id()))
+            .to_string_lossy(),
+        "--retention-messages",
+        "1000000",
+        "--rate",
+        "0",
+        "--max-connections-per-client",
+        "100000",
+    ])
+    .await
+}
+
 fn print(name: &str, r: &Report, args: &FanoutArgs) {
-    let per_conn = (r.rss_idle_kib.saturating_sub(r.rss_base_kib)) as f64 / args.subscribers as f64;
+    let per_conn =
+        (r.rss_idle_kib.saturating_sub(r.rss_base_kib)) as f64 / args.subscribers.max(1) as f64;
     println!(
-        "  {name:<10} {:>11.0} deliveries/s  p50 {:>8.2} ms  p99 {:>8.2} ms  max {:>8.2} ms  lost {:>6}  RSS {} KiB idle (+{:.1} KiB/conn), {} KiB at end{}",
+        "  {name:<10} {:>8.0} publishes/s {:>11.0} deliveries/s  p50 {:>8.2} ms  p99 {:>8.2} ms  max {:>8.2} ms  lost {:>6}  RSS {} KiB idle (+{:.1} KiB/conn), {} KiB at end{}",
+        r.publishes_per_s,
         r.deliveries_per_s,
         r.latency.quantile(0.5),
         r.latency.quantile(0.99),
@@ -560,8 +593,13 @@ pub async fn run(args: FanoutArgs) -> Result<(), String> {
     if args.size < 21 {
         return Err("--size must be at least 21 (the payload starts with a timestamp)".into());
     }
+    if args.nodes > 1 && !args.storage.starts_with("redis") {
+        return Err("--nodes above 1 needs a shared store: --storage redis://HOST:PORT".into());
+    }
     println!(
-        "fanout: via {:?}, {} subscribers, {} messages of {} bytes, {}",
+        "fanout: {} node(s) on {}, via {:?}, {} subscribers, {} messages of {} bytes, {}",
+        args.nodes,
+        args.storage,
         args.via,
         args.subscribers,
         args.messages,
