@@ -272,3 +272,68 @@ async fn a_redis_cluster_serves_publish_read_and_resume_across_shards() {
         "a read resumes from the cursor: {page}"
     );
 }
+
+/// Redis going away is a 503 with a problem body, never a crash; `/readyz` says so while
+/// `/healthz` stays up; when Redis is back (its AOF kept everything) the node publishes again
+/// and a client resuming by id gets every message once.
+#[tokio::test]
+async fn a_node_answers_503_while_redis_is_down_and_recovers_when_it_returns() {
+    let mut redis =
+        RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]).await;
+    let a = node(&redis.url()).await;
+    a.publish("up", "before").await;
+    let mut sse = Sse::open(&a, "/v1/topics/up/sse?since=all", &[]).await;
+    let first = sse.events(1).await.remove(0);
+    assert_eq!(first.json()["data"], "before");
+
+    redis.kill();
+    let resp = a
+        .client()
+        .post(a.url("/v1/topics/up/messages"))
+        .body("while down")
+        .send()
+        .await
+        .expect("the node answers");
+    let problem = crate::harness::expect_problem(resp, 503, "publish while redis is down").await;
+    assert!(problem["detail"].is_string(), "{problem}");
+    let resp = a.get("/readyz", &[]).await;
+    crate::harness::expect_problem(resp, 503, "readyz while redis is down").await;
+    let (status, _, _) = a.get_json("/healthz").await;
+    assert_eq!(status, 200, "the process is alive");
+
+    redis.start_again().await;
+    let published = crate::harness::eventually("publishing works again", || async {
+        let resp = a
+            .client()
+            .post(a.url("/v1/topics/up/messages"))
+            .body("after")
+            .send()
+            .await
+            .ok()?;
+        resp.status().is_success().then_some(())?;
+        resp.json::<Value>().await.ok()
+    })
+    .await;
+    assert_eq!(
+        published["seq"], 2,
+        "the seq counter survived in Redis: {published}"
+    );
+    let (status, _, _) = a.get_json("/readyz").await;
+    assert_eq!(status, 200, "ready again");
+    // A client whose stream ended (a stream that cannot read from Redis ends) resumes with
+    // its last id and gets every message once.
+    drop(sse);
+    a.publish("up", "later").await;
+    let mut resumed = Sse::open(&a, "/v1/topics/up/sse", &[("Last-Event-ID", first.id())]).await;
+    let next: Vec<Value> = resumed
+        .events(2)
+        .await
+        .iter()
+        .map(|e| e.json()["data"].clone())
+        .collect();
+    assert_eq!(
+        next,
+        vec!["after", "later"],
+        "nothing skipped, nothing twice"
+    );
+}

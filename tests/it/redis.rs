@@ -9,36 +9,62 @@ use crate::harness::free_port;
 
 /// One `redis-server` process.
 pub struct RedisServer {
-    child: Child,
+    child: Option<Child>,
     pub port: u16,
-    _dir: tempfile::TempDir,
+    extra: Vec<String>,
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
     fn spawn(extra: &[&str]) -> RedisServer {
-        let dir = tempfile::tempdir().expect("a temp dir for redis");
-        let port = free_port();
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
+            dir: tempfile::tempdir().expect("a temp dir for redis"),
+        };
+        server.run();
+        server
+    }
+
+    fn run(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
-            .arg(dir.path())
-            .args(extra)
+            .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server on PATH (scripts/test installs it)");
-        RedisServer {
-            child,
-            port,
-            _dir: dir,
-        }
+        self.child = Some(child);
     }
 
     /// A standalone server, answering PING when this returns.
     pub async fn start() -> RedisServer {
-        let server = RedisServer::spawn(&[]);
+        RedisServer::start_with(&[]).await
+    }
+
+    /// A standalone server with more `redis-server` arguments (later ones win).
+    pub async fn start_with(extra: &[&str]) -> RedisServer {
+        let server = RedisServer::spawn(extra);
         server.wait_for("PONG", &["PING"]).await;
         server
+    }
+
+    /// Kills the server (SIGKILL), as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and directory.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "redis is still running");
+        self.run();
+        self.wait_for("PONG", &["PING"]).await;
     }
 
     pub fn url(&self) -> String {
@@ -71,8 +97,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
