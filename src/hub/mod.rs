@@ -265,7 +265,38 @@ async fn fan_out(hub: std::sync::Weak<Hub>, mut feed: CommitFeed) {
         let Some(hub) = hub.upgrade() else {
             return;
         };
-        hub.deliver(batch);
+        if batch.is_empty() {
+            tokio::spawn(resync(hub));
+        } else {
+            hub.deliver(batch);
+        }
+    }
+}
+
+/// After the feed may have missed commits: every topic with readers whose store head is past
+/// what the hub delivered gets its newest message delivered again. Long polls wake on the
+/// head and read the store; live subscribers see the hole before it and catch up from the
+/// store by cursor, so nothing missed stays unseen until the topic's next publish.
+async fn resync(hub: Arc<Hub>) {
+    let held: Vec<(Topic, Seq)> = hub
+        .topics
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|(_, state)| state.head.receiver_count() + state.live.receiver_count() > 0)
+        .map(|(topic, state)| (topic.clone(), *state.head.borrow()))
+        .collect();
+    for (topic, delivered) in held {
+        match hub.store.bounds(&topic).await {
+            Ok(Some(bounds)) if bounds.last_seq > delivered => {
+                match hub.store.read(&topic, bounds.last_seq - 1, 1, 1).await {
+                    Ok(read) => hub.deliver(read.messages),
+                    Err(e) => tracing::warn!(%topic, error = %e, "resync read failed"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%topic, error = %e, "resync failed"),
+        }
     }
 }
 

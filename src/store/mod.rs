@@ -200,7 +200,9 @@ pub trait Log: Send + Sync + 'static {
     fn take_commits(&self) -> Option<CommitFeed>;
 }
 
-/// Every committed message, in commit order, one batch per commit.
+/// Every committed message, in commit order, one batch per commit. An empty batch means
+/// commits may have been missed (a shared engine's subscription to other nodes' commits
+/// reconnected): the hub then checks the heads of the topics it has readers for.
 pub type CommitFeed = tokio::sync::mpsc::UnboundedReceiver<Vec<Arc<Message>>>;
 
 /// The sending side of a [`CommitFeed`], kept by an engine until the hub takes the receiver.

@@ -337,3 +337,47 @@ async fn a_node_answers_503_while_redis_is_down_and_recovers_when_it_returns() {
         "nothing skipped, nothing twice"
     );
 }
+
+/// A node's commit subscription drops (Redis kills it) while another node publishes: the
+/// node's live subscriber and waiting long poll still get the message, without waiting for
+/// a later publish (on resubscribing, the node re-checks the heads of the topics it serves).
+#[tokio::test]
+async fn messages_published_while_a_nodes_subscription_is_down_still_reach_its_readers() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let (a, b) = (node(&url).await, node(&url).await);
+    a.publish("feed", "one").await;
+    let mut sse = Sse::open(&a, "/v1/topics/feed/sse?since=all", &[]).await;
+    assert_eq!(sse.events(1).await[0].json()["data"], "one");
+    let poll = {
+        let (client, url) = (
+            a.client().clone(),
+            a.url("/v1/topics/feed/messages?since=1&wait=30"),
+        );
+        tokio::spawn(async move { client.get(url).send().await?.json::<Value>().await })
+    };
+    crate::harness::eventually("the long poll waits on A", || async {
+        (a.topic_info("feed").await["subscribers"].as_u64()? >= 2).then_some(())
+    })
+    .await;
+
+    let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(
+        killed.trim().parse::<u64>().is_ok_and(|n| n >= 2),
+        "both nodes' subscriptions were cut: {killed}"
+    );
+    b.publish("feed", "two").await;
+
+    let got = sse.events(1).await;
+    assert_eq!(
+        got[0].json()["data"],
+        "two",
+        "the live subscriber on A gets it"
+    );
+    let page = poll.await.expect("poll task").expect("poll answered");
+    assert_eq!(
+        seqs(&page),
+        vec![2],
+        "the long poll on A is answered: {page}"
+    );
+}

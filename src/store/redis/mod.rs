@@ -16,9 +16,9 @@
 //! Every write of a topic is one Lua script (increment, append, trim, publish: atomic). The
 //! script publishes the new messages on the channel `plexus:commits`; every node subscribes
 //! to it and feeds what arrives, in order, to its hub, its own publishes included, so there is
-//! one path for local and remote commits. A message missed while the subscription reconnects
-//! is not lost: subscribers see the hole at the next message of that topic and catch up
-//! from the stream by cursor.
+//! one path for local and remote commits. When the subscription comes back after a drop, the
+//! engine feeds an empty batch and the hub re-checks the heads of the topics it has readers
+//! for, so commits made meanwhile reach them without waiting for the next publish.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -540,6 +540,11 @@ async fn follow_commits(
             }
         };
         tracing::info!("redis: the commit subscription is back");
+        // Commits made while it was down were not fed: an empty batch tells the hub to
+        // check the heads of the topics it serves.
+        if feed.send(Vec::new()).is_err() {
+            return;
+        }
     }
 }
 
