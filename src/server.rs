@@ -1,12 +1,17 @@
 //! The accept loop: HTTP/1.1 and HTTP/2 on one port — detected per connection in cleartext
 //! (h2c by prior knowledge; `Upgrade: h2c` is answered in HTTP/1.1), chosen by ALPN over TLS —
 //! with an ordered, bounded drain on shutdown.
+//!
+//! A cleartext connection whose first byte cannot start the HTTP/2 preface is served by
+//! hyper's HTTP/1.1 connection alone, in a task of its own: an idle SSE connection then holds
+//! no HTTP/2 state, no builder copy and no sniffing state (docs/BENCHMARKS.md, idle connections).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
+use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -93,13 +98,24 @@ impl Drop for OpenConnection {
     }
 }
 
+/// The HTTP/1.1 settings of [`builder`], for connections known to be HTTP/1.1.
+fn http1_builder(options: &ServerOptions) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_timeout)
+        .max_buf_size(8192);
+    builder
+}
+
 fn builder(options: &ServerOptions) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The header timeout also closes an idle keep-alive connection: hyper arms it whenever it
     // waits for a request head, the next one included.
     // `max_buf_size(8192)` (hyper's minimum) keeps an idle HTTP/1.1 stream's read buffer at
     // 8 KiB instead of letting it double to 16 KiB (an idle SSE connection: 20.5 -> 14.7 KiB,
-    // docs/BENCHMARKS.md); it also caps a request head at 8 KiB.
+    // docs/BENCHMARKS.md); it also caps a request head at 8 KiB. Keep in step with
+    // `http1_builder`.
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -116,6 +132,67 @@ fn builder(options: &ServerOptions) -> auto::Builder<TokioExecutor> {
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     builder
+}
+
+/// A service whose future is boxed per request: hyper keeps a box the size of the service's
+/// future for a connection's whole life (320 bytes for the router's), this makes it a pointer.
+#[derive(Clone)]
+struct BoxedFuture<S>(S);
+
+impl<S, R> hyper::service::Service<R> for BoxedFuture<S>
+where
+    S: hyper::service::Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn call(&self, req: R) -> Self::Future {
+        Box::pin(self.0.call(req))
+    }
+}
+
+/// Serves one HTTP/1.1 connection until it ends. The drain starts when `shutdown` is
+/// cancelled (as the accept loop's); `watcher` is held until the connection ends, so the
+/// drain waits for it like for the others.
+async fn serve_http1<I>(
+    builder: Arc<http1::Builder>,
+    io: I,
+    app: Router,
+    watcher: Watcher,
+    shutdown: CancellationToken,
+    peer: std::net::SocketAddr,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let app = tower::ServiceExt::map_request(app, move |mut req: axum::extract::Request<_>| {
+        req.extensions_mut().insert(ClientAddr(peer));
+        req
+    });
+    let service = BoxedFuture(TowerToHyperService::new(app));
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    drop(builder);
+    tokio::pin!(conn);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+    drop(watcher);
 }
 
 /// Serves one connection until it ends or the drain closes it. A connection that has made no
@@ -167,6 +244,7 @@ pub async fn run(
     options: ServerOptions,
 ) {
     let builder = builder(&options);
+    let http1 = Arc::new(http1_builder(&options));
     let acceptor = options.tls.clone().map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     loop {
@@ -193,17 +271,27 @@ pub async fn run(
         match &acceptor {
             None => {
                 let timeout = options.header_timeout;
+                let (http1, shutdown) = (http1.clone(), shutdown.clone());
                 tokio::spawn(async move {
                     // hyper's header timeout starts once it reads a request head; before that,
                     // the protocol sniffing waits for a first byte with no limit of its own.
                     let mut first = [0u8; 1];
                     match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
+                        // The HTTP/2 preface starts with 'P' (as do POST, PUT and PATCH): any
+                        // other first byte is HTTP/1.1. A task of its own, so that the
+                        // long-lived one is no bigger than the connection.
+                        Ok(Ok(n)) if n > 0 && first[0] != b'P' => {
+                            tokio::spawn(async move {
+                                serve_http1(http1, stream, app, watcher, shutdown, peer).await;
+                                drop(open);
+                            });
+                        }
                         Ok(Ok(n)) if n > 0 => {
-                            serve(builder, stream, app, watcher, peer, timeout).await
+                            Box::pin(serve(builder, stream, app, watcher, peer, timeout)).await;
+                            drop(open);
                         }
                         _ => tracing::debug!(%peer, "no request within the header timeout"),
                     }
-                    drop(open);
                 });
             }
             Some(acceptor) => {
