@@ -89,6 +89,13 @@ impl MemoryLog {
     }
 
     fn append_now(&self, batch: Vec<NewMessage>) -> StoreResult<Vec<Appended>> {
+        let started = std::time::Instant::now();
+        let result = self.append_locked(batch);
+        metrics::histogram!("plexus_store_commit_seconds").record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    fn append_locked(&self, batch: Vec<NewMessage>) -> StoreResult<Vec<Appended>> {
         let mut state = self.lock();
         let now = now_millis();
         while let Some((expires, _, _)) = state.idem_order.front() {
@@ -170,6 +177,7 @@ impl MemoryLog {
             }
             results.push(appended);
         }
+        metrics::histogram!("plexus_store_commit_ops").record(committed.len() as f64);
         // Sent under the lock, so the feed sees commits in seq order.
         self.feed.send(committed);
         Ok(results)

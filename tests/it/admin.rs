@@ -144,7 +144,7 @@ async fn delete_topic_drops_messages_and_keeps_the_counter() {
 
 #[tokio::test]
 async fn delete_is_durable_across_a_restart() {
-    let mut server = Server::start(&[]).await;
+    let mut server = Server::start_durable(&[]).await;
     server.publish_n("t", 3, "m").await;
     let resp = server
         .client()

@@ -20,7 +20,7 @@ fn body(task: usize, i: usize) -> Vec<u8> {
 }
 
 async fn crash_and_recover(args: &[&str]) {
-    let mut server = Server::start(args).await;
+    let mut server = Server::start_durable(args).await;
     let srv = &server;
     let publishers = (0..TASKS).map(|task| async move {
         let mut acked = Vec::with_capacity(PER_TASK);

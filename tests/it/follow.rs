@@ -15,7 +15,7 @@ const STEP: Duration = Duration::from_secs(60);
 /// A server on a port of its own, which a restart binds again.
 async fn server_on_a_fixed_port() -> Server {
     let listen = format!("127.0.0.1:{}", free_port());
-    let server = Server::start(&["--listen", &listen]).await;
+    let server = Server::start_durable(&["--listen", &listen]).await;
     assert!(
         server.addr() == listen,
         "the server listens on {listen}, not {}",

@@ -48,8 +48,8 @@ pub struct Server {
 }
 
 /// The engine a test server uses when its arguments name none: `PLEXUS_TEST_ENGINE`
-/// (`sqlite`, the default, or `redis`, which gives each server a private `redis-server`).
-/// `scripts/test` runs the suite once per engine.
+/// (`sqlite`, the default; `memory`; or `redis`, which gives each server a private
+/// `redis-server`). `scripts/test` runs the suite once per engine.
 pub fn test_engine() -> String {
     std::env::var("PLEXUS_TEST_ENGINE").unwrap_or_else(|_| "sqlite".into())
 }
@@ -58,6 +58,11 @@ impl Server {
     /// Starts `plexus serve --listen 127.0.0.1:0 --data-dir <tempdir>` plus `args`; an
     /// `--listen` in `args` replaces the ephemeral port (so a restart keeps the port).
     pub async fn start(args: &[&str]) -> Server {
+        if !args.contains(&"--storage") && test_engine() == "memory" {
+            let mut with = args.to_vec();
+            with.extend(["--storage", "memory"]);
+            return Server::start_inner(&with).await;
+        }
         if !args.contains(&"--storage") && test_engine() == "redis" {
             let redis = crate::redis::RedisServer::start().await;
             let url = redis.url();
@@ -68,6 +73,18 @@ impl Server {
             return server;
         }
         Server::start_inner(args).await
+    }
+
+    /// [`Server::start`] for a test whose store must outlive the process (it restarts the
+    /// server and expects the data back) or live outside its memory (it measures the hub's
+    /// memory): on the test engine, unless that is `memory`, where it is `sqlite`.
+    pub async fn start_durable(args: &[&str]) -> Server {
+        if !args.contains(&"--storage") && test_engine() == "memory" {
+            let mut with = args.to_vec();
+            with.extend(["--storage", "sqlite"]);
+            return Server::start_inner(&with).await;
+        }
+        Server::start(args).await
     }
 
     async fn start_inner(args: &[&str]) -> Server {

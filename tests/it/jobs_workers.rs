@@ -269,7 +269,7 @@ async fn jobs_four_workers_complete_a_thousand_jobs_exactly_once() {
 
 #[tokio::test]
 async fn jobs_queued_and_running_jobs_survive_sigkill() {
-    let mut server = Server::start(&[]).await;
+    let mut server = Server::start_durable(&[]).await;
     let mut payloads = BTreeMap::new();
     for i in 0..10 {
         let job = submit(&server, "durable", format!("d-{i}")).await;

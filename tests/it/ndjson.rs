@@ -175,7 +175,7 @@ async fn ndjson_multi_topic_resume_is_exact_per_topic() {
 
 #[tokio::test]
 async fn ndjson_resume_across_a_restart_is_exact() {
-    let mut server = Server::start(&[]).await;
+    let mut server = Server::start_durable(&[]).await;
     server.publish_n("t", 5, "m").await;
     let mut stream = Ndjson::open(&server, "/v1/topics/t/stream?since=all").await;
     assert_eq!(seqs(&stream.events(3).await), vec![1, 2, 3]);

@@ -223,7 +223,7 @@ async fn idempotency_keys_are_scoped_to_the_topic() {
 
 #[tokio::test]
 async fn idempotency_key_survives_a_restart() {
-    let mut server = Server::start(&[]).await;
+    let mut server = Server::start_durable(&[]).await;
     let key = [("Idempotency-Key", "durable")];
     let (_, _, first) = into_json(server.publish_with("orders", "p", &key).await).await;
     server.restart().await;

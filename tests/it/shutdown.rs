@@ -13,7 +13,7 @@ use crate::harness::{Server, eventually, free_port};
 async fn sigterm_drains_streams_and_polls_then_exits_0_and_clients_resume() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut server = Server::start(&["--listen", &listen, "--shutdown-grace", "5s"]).await;
+    let mut server = Server::start_durable(&["--listen", &listen, "--shutdown-grace", "5s"]).await;
     for i in 1..=3 {
         server.publish("drain", format!("m{i}")).await;
     }

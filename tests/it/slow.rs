@@ -156,7 +156,7 @@ async fn stalled_sse_subscriber_gets_everything_and_memory_stays_bounded() {
     const N: usize = 5_000;
     const WARM: usize = 1_000;
     const SIZE: usize = 2_048;
-    let server = Server::start(&[]).await;
+    let server = Server::start_durable(&[]).await;
     let mut sse = Sse::open_with(&server, "/v1/topics/t/sse?since=0", &[], SMALL).await;
     publish_range(&server, "t", 1..=WARM, SIZE).await;
     let before = rss_anon_bytes(&server);

@@ -320,7 +320,7 @@ async fn sse_multi_topic_resume_is_exact_per_topic() {
 
 #[tokio::test]
 async fn sse_resume_across_a_restart_is_exact() {
-    let mut server = Server::start(&[]).await;
+    let mut server = Server::start_durable(&[]).await;
     server.publish_n("t", 5, "m").await;
     server.publish("u", "u1").await;
     let mut sse = Sse::open(&server, "/v1/topics/t/sse?since=all", &[]).await;

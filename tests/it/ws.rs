@@ -359,7 +359,7 @@ async fn ws_resume_with_since_is_exact() {
 
 #[tokio::test]
 async fn ws_resume_across_a_restart_is_exact() {
-    let mut server = Server::start(&[]).await;
+    let mut server = Server::start_durable(&[]).await;
     server.publish_n("t", 5, "m").await;
     let mut ws = Ws::connect(&server, "?topic=t&since=all").await;
     assert_eq!(ws.recv().await["op"], json!("ok"));
