@@ -144,11 +144,18 @@ impl Hub {
         if !topics.contains_key(topic) && topics.len() >= self.sweep_at() {
             // States nobody listens to any more are dropped (a topic with readers keeps its
             // state; one without has nothing to wake). Amortised: the threshold doubles.
-            topics.retain(|_, s| s.head.receiver_count() + s.live.receiver_count() > 0);
+            topics.retain(|topic, s| {
+                let used = s.head.receiver_count() + s.live.receiver_count() > 0;
+                if !used {
+                    self.store.unfollow(topic);
+                }
+                used
+            });
             self.sweep_above
                 .store((topics.len() * 2).max(MIN_SWEEP), Ordering::Relaxed);
         }
         let state = topics.entry(topic.clone()).or_insert_with(|| {
+            self.store.follow(topic);
             Arc::new(TopicState {
                 head: watch::Sender::new(0),
                 live: broadcast::Sender::new(LIVE_BUFFER),

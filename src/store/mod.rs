@@ -198,6 +198,15 @@ pub trait Log: Send + Sync + 'static {
     /// hub's fan-out. Taken once; later calls get `None`. An engine shared by several nodes
     /// (Redis) also feeds what the other nodes commit.
     fn take_commits(&self) -> Option<CommitFeed>;
+
+    /// The hub has readers of this topic now. An engine shared by several nodes that feeds
+    /// only the topics asked for (sharded Pub/Sub on a Redis Cluster) starts following it and
+    /// feeds an empty batch once it does, so the hub re-checks what was committed meanwhile.
+    /// Engines that feed every commit ignore it.
+    fn follow(&self, _topic: &Topic) {}
+
+    /// The hub has no readers of this topic any more.
+    fn unfollow(&self, _topic: &Topic) {}
 }
 
 /// Every committed message, in commit order, one batch per commit. An empty batch means

@@ -209,6 +209,33 @@ async fn a_redis_cluster_serves_publish_read_and_resume_across_shards() {
         }
     }
     let events = sse.events(6).await;
+    // Commits travel by sharded Pub/Sub: Y follows each topic's channel on the topic's own
+    // shard, and nothing uses the classic, cluster-wide channel.
+    for (name, owner) in &topics {
+        let node = cluster
+            .nodes
+            .iter()
+            .find(|n| n.port == *owner)
+            .expect("the owner is a node");
+        let counts = node.cli(&["PUBSUB", "SHARDNUMSUB", &format!("plexus:c:{{{name}}}")]);
+        let subscribers: u64 = counts
+            .lines()
+            .nth(1)
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(
+            subscribers >= 1,
+            "{name}'s shard channel has Y's subscription: {counts}"
+        );
+    }
+    for node in &cluster.nodes {
+        let classic = node.cli(&["PUBSUB", "NUMSUB", "plexus:commits"]);
+        assert_eq!(
+            classic.lines().nth(1).map(str::trim),
+            Some("0"),
+            "no node uses the classic channel on a cluster: {classic}"
+        );
+    }
     let mut per_topic: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
     for e in &events {
         let v = e.json();

@@ -1,17 +1,18 @@
 -- Appends one topic's messages atomically and publishes them to every node.
 -- KEYS: 1 stream, 2 meta, 3.. the idempotency keys of the messages that have one, in order.
 -- ARGV: 1 now, 2 max messages, 3 max age ms, 4 idempotency ttl ms, 5 topic, 6 '1' = only
--- check the keys, 7 n, then 4 per message: event ('' none), data, has key '1'|'0', fingerprint.
+-- check the keys, 7 the publish command (PUBLISH, or SPUBLISH on a cluster), 8 its channel,
+-- 9 n, then 4 per message: event ('' none), data, has key '1'|'0', fingerprint.
 -- Returns seq, time, replayed (0|1) per message; a reused key with another body is an error
 -- `PLEXUS_CONFLICT <index>` and stores nothing.
 local s, m = KEYS[1], KEYS[2]
 local now, maxn, maxage = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local n = tonumber(ARGV[7])
+local n = tonumber(ARGV[9])
 
 local first_fp = {}
 local ki = 3
 for i = 0, n - 1 do
-  local b = 8 + i * 4
+  local b = 10 + i * 4
   if ARGV[b + 2] == '1' then
     local k = KEYS[ki]
     ki = ki + 1
@@ -36,7 +37,7 @@ local feed = {ARGV[5], '\n'}
 local appended = 0
 ki = 3
 for i = 0, n - 1 do
-  local b = 8 + i * 4
+  local b = 10 + i * 4
   local ev, d = ARGV[b], ARGV[b + 1]
   local k = nil
   if ARGV[b + 2] == '1' then
@@ -76,6 +77,6 @@ if appended > 0 then
   redis.call('HSET', m, 'head', string.format('%d', head), 'last', string.format('%d', last))
   redis.call('HINCRBY', m, 'bytes', added)
   trim(s, m, now, maxn, maxage)
-  redis.call('PUBLISH', 'plexus:commits', table.concat(feed))
+  redis.call(ARGV[7], ARGV[8], table.concat(feed))
 end
 return out

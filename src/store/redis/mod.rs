@@ -13,10 +13,13 @@
 //!   queue's ready, delayed and running sorted sets, `plexus:jk:{Q}:KEY` a job idempotency key
 //!   (24 h), `plexus:jq:ID` the queue of a job id, `plexus:queues` the set of queues.
 //!
-//! Every write of a topic is one Lua script (increment, append, trim, publish: atomic). The
-//! script publishes the new messages on the channel `plexus:commits`; every node subscribes
-//! to it and feeds what arrives, in order, to its hub, its own publishes included, so there is
-//! one path for local and remote commits. When the subscription comes back after a drop, the
+//! Every write of a topic is one Lua script (increment, append, trim, publish: atomic). On one
+//! Redis the script publishes the new messages on the channel `plexus:commits`; every node
+//! subscribes to it. On a Redis Cluster it uses sharded Pub/Sub instead (`SPUBLISH` on
+//! `plexus:c:{T}`, on the topic's own shard, so nothing crosses the cluster bus), and a node
+//! subscribes (`SSUBSCRIBE`, over RESP3) to the channels of the topics its hub has readers
+//! for. Either way each node feeds what arrives, in order, to its hub, its own publishes
+//! included, so there is one path for local and remote commits. When the subscription comes back after a drop, the
 //! engine feeds an empty batch and the hub re-checks the heads of the topics it has readers
 //! for, so commits made meanwhile reach them without waiting for the next publish.
 
@@ -136,15 +139,23 @@ impl Scripts {
     }
 }
 
+/// What the hub asks a cluster node to follow (see [`Log::follow`]).
+enum Interest {
+    Follow(Topic),
+    Unfollow(Topic),
+}
+
 /// The `redis` engine.
 pub struct RedisLog {
     conn: Conn,
+    /// On a cluster: where follow/unfollow requests go (sharded Pub/Sub per topic).
+    interests: Option<tokio::sync::mpsc::UnboundedSender<Interest>>,
     scripts: Scripts,
     retention: Retention,
     feed: FeedSlot,
     /// Topics and queues this node has already added to their sets.
     known: Mutex<HashSet<String>>,
-    subscriber: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 fn unavailable(e: RedisError) -> StoreError {
@@ -171,6 +182,10 @@ fn job_key(q: &Topic, id: &JobId) -> String {
     format!("plexus:j:{{{q}}}:{id}")
 }
 
+fn shard_channel(t: &Topic) -> String {
+    format!("plexus:c:{{{t}}}")
+}
+
 fn job_queue_key(id: &JobId) -> String {
     format!("plexus:jq:{id}")
 }
@@ -179,7 +194,9 @@ impl RedisLog {
     /// Connects, and subscribes to the commit channel before returning, so no commit made
     /// after `open` is missed.
     pub async fn open(target: &RedisTarget, retention: Retention) -> Result<Self, String> {
-        let (conn, pubsub_url) = match target {
+        let feed = FeedSlot::new();
+        let mut tasks = Vec::new();
+        let (conn, interests) = match target {
             RedisTarget::Single(url) => {
                 let client =
                     redis::Client::open(url.as_str()).map_err(|e| format!("{url}: {e}"))?;
@@ -191,7 +208,11 @@ impl RedisLog {
                     .get_connection_manager_with_config(config)
                     .await
                     .map_err(|e| format!("cannot connect to {url}: {e}"))?;
-                (Conn::Single(manager), url.clone())
+                let pubsub = subscribe(&client)
+                    .await
+                    .map_err(|e| format!("cannot subscribe to {CHANNEL} on {url}: {e}"))?;
+                tasks.push(tokio::spawn(follow_commits(client, pubsub, feed.sender())));
+                (Conn::Single(manager), None)
             }
             RedisTarget::Cluster(nodes) => {
                 let client = redis::cluster::ClusterClient::builder(nodes.clone())
@@ -203,25 +224,32 @@ impl RedisLog {
                     .get_async_connection()
                     .await
                     .map_err(|e| format!("cannot connect to the cluster {nodes:?}: {e}"))?;
-                // Classic Pub/Sub reaches every node of a cluster, so one seed will do.
-                (Conn::Cluster(conn), nodes[0].clone())
+                // Sharded subscriptions need RESP3; their messages arrive as pushes.
+                let (push_tx, push_rx) = tokio::sync::mpsc::unbounded_channel();
+                let subscriber = redis::cluster::ClusterClient::builder(nodes.clone())
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .push_sender(push_tx)
+                    .connection_timeout(Duration::from_secs(5))
+                    .build()
+                    .map_err(|e| format!("{nodes:?}: {e}"))?
+                    .get_async_connection()
+                    .await
+                    .map_err(|e| format!("cannot subscribe on the cluster {nodes:?}: {e}"))?;
+                let (interest_tx, interest_rx) = tokio::sync::mpsc::unbounded_channel();
+                tasks.push(tokio::spawn(follow_interests(subscriber, interest_rx)));
+                tasks.push(tokio::spawn(feed_pushes(push_rx, feed.sender())));
+                (Conn::Cluster(conn), Some(interest_tx))
             }
         };
-        let log = RedisLog {
+        Ok(RedisLog {
             conn,
+            interests,
             scripts: Scripts::new(),
             retention,
-            feed: FeedSlot::new(),
+            feed,
             known: Mutex::new(HashSet::new()),
-            subscriber: Mutex::new(None),
-        };
-        let client = redis::Client::open(pubsub_url.as_str()).map_err(|e| e.to_string())?;
-        let pubsub = subscribe(&client)
-            .await
-            .map_err(|e| format!("cannot subscribe to {CHANNEL} on {pubsub_url}: {e}"))?;
-        let task = tokio::spawn(follow_commits(client, pubsub, log.feed.sender()));
-        *log.subscriber.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
-        Ok(log)
+            tasks: Mutex::new(tasks),
+        })
     }
 
     fn retention_args(&self, inv: &mut ScriptInvocation<'_>, now: Millis) {
@@ -271,8 +299,12 @@ impl RedisLog {
         self.retention_args(&mut inv, now_millis());
         inv.arg(IDEMPOTENCY_TTL.as_millis() as u64)
             .arg(topic.as_str())
-            .arg(if check_only { "1" } else { "0" })
-            .arg(messages.len());
+            .arg(if check_only { "1" } else { "0" });
+        match self.interests {
+            None => inv.arg("PUBLISH").arg(CHANNEL),
+            Some(_) => inv.arg("SPUBLISH").arg(shard_channel(topic)),
+        };
+        inv.arg(messages.len());
         for m in messages {
             inv.arg(m.event.as_ref().map_or("", |e| e.as_str()))
                 .arg(m.data.as_ref())
@@ -548,6 +580,67 @@ async fn follow_commits(
     }
 }
 
+/// Subscribes to (and from) the sharded channels of the topics the hub follows. redis-rs
+/// resubscribes after a reconnect or a resharding; a failed request is retried a few times.
+async fn follow_interests(
+    mut conn: ClusterConnection,
+    mut interests: tokio::sync::mpsc::UnboundedReceiver<Interest>,
+) {
+    while let Some(interest) = interests.recv().await {
+        let (follow, topic) = match &interest {
+            Interest::Follow(t) => (true, t),
+            Interest::Unfollow(t) => (false, t),
+        };
+        let channel = shard_channel(topic);
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=5 {
+            let done = match follow {
+                true => conn.ssubscribe(&channel).await,
+                false => conn.sunsubscribe(&channel).await,
+            };
+            match done {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(%topic, attempt, error = %e, "redis: cannot (un)subscribe the topic's shard channel");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+    }
+}
+
+/// Feeds the hub what the sharded subscriptions receive. A confirmed subscription (a new
+/// topic, or every topic again after a reconnect) and a dropped connection feed an empty
+/// batch: commits made before the subscription took effect are then found by the hub.
+async fn feed_pushes(
+    mut pushes: tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
+    feed: tokio::sync::mpsc::UnboundedSender<Vec<Arc<Message>>>,
+) {
+    while let Some(push) = pushes.recv().await {
+        let batch = match push.kind {
+            redis::PushKind::SMessage => {
+                let payload = match push.data.get(1) {
+                    Some(redis::Value::BulkString(bytes)) => decode_commit(bytes),
+                    _ => None,
+                };
+                match payload {
+                    Some(batch) => batch,
+                    None => {
+                        tracing::warn!("redis: an undecodable sharded message");
+                        continue;
+                    }
+                }
+            }
+            redis::PushKind::SSubscribe | redis::PushKind::Disconnection => Vec::new(),
+            _ => continue,
+        };
+        if feed.send(batch).is_err() {
+            return;
+        }
+    }
+}
+
 /// `TOPIC\n` then per message `SEQ TIME EVENT_LEN DATA_LEN\n EVENT DATA` (see append.lua).
 fn decode_commit(bytes: &[u8]) -> Option<Vec<Arc<Message>>> {
     fn line(b: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -713,11 +806,11 @@ impl Log for RedisLog {
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
-        if let Some(task) = self
-            .subscriber
+        for task in self
+            .tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take()
+            .drain(..)
         {
             task.abort();
         }
@@ -726,6 +819,18 @@ impl Log for RedisLog {
 
     fn take_commits(&self) -> Option<CommitFeed> {
         self.feed.take()
+    }
+
+    fn follow(&self, topic: &Topic) {
+        if let Some(interests) = &self.interests {
+            let _ = interests.send(Interest::Follow(topic.clone()));
+        }
+    }
+
+    fn unfollow(&self, topic: &Topic) {
+        if let Some(interests) = &self.interests {
+            let _ = interests.send(Interest::Unfollow(topic.clone()));
+        }
     }
 
     fn job_create(
