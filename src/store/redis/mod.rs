@@ -150,8 +150,11 @@ pub struct RedisLog {
     conn: Conn,
     /// On a cluster: where follow/unfollow requests go (sharded Pub/Sub per topic).
     interests: Option<tokio::sync::mpsc::UnboundedSender<Interest>>,
-    scripts: Scripts,
+    scripts: Arc<Scripts>,
     retention: Retention,
+    appender: Appender,
+    /// Per topic with a flush running: the appends waiting for the next script call.
+    pending: Arc<Mutex<HashMap<Topic, Vec<Waiter>>>>,
     feed: FeedSlot,
     /// Topics and queues this node has already added to their sets.
     known: Mutex<HashSet<String>>,
@@ -241,21 +244,24 @@ impl RedisLog {
                 (Conn::Cluster(conn), Some(interest_tx))
             }
         };
+        let scripts = Arc::new(Scripts::new());
+        let appender = Appender {
+            conn: conn.clone(),
+            scripts: scripts.clone(),
+            retention,
+            sharded: interests.is_some(),
+        };
         Ok(RedisLog {
             conn,
             interests,
-            scripts: Scripts::new(),
+            scripts,
             retention,
+            appender,
+            pending: Arc::default(),
             feed,
             known: Mutex::new(HashSet::new()),
             tasks: Mutex::new(tasks),
         })
-    }
-
-    fn retention_args(&self, inv: &mut ScriptInvocation<'_>, now: Millis) {
-        inv.arg(now)
-            .arg(self.retention.max_messages.min(i64::MAX as u64))
-            .arg(self.retention.max_age.as_millis().min(i64::MAX as u128) as i64);
     }
 
     /// Adds a name to a set once per node (the set only lists; a missing entry hides a
@@ -282,82 +288,45 @@ impl RedisLog {
         Ok(())
     }
 
-    /// Appends one topic's messages (a script call); `check_only` tests the idempotency keys.
-    async fn append_topic(
+    /// Appends one topic's messages through its flush task: concurrent appends of a topic
+    /// share script calls.
+    async fn enqueue(
         &self,
         topic: &Topic,
-        messages: &[NewMessage],
-        check_only: bool,
+        messages: Vec<NewMessage>,
     ) -> StoreResult<Vec<Appended>> {
-        let mut inv = self.scripts.append.prepare_invoke();
-        inv.key(stream_key(topic)).key(meta_key(topic));
-        for m in messages {
-            if let Some(key) = &m.idempotency_key {
-                inv.key(format!("plexus:i:{{{topic}}}:{key}"));
-            }
-        }
-        self.retention_args(&mut inv, now_millis());
-        inv.arg(IDEMPOTENCY_TTL.as_millis() as u64)
-            .arg(topic.as_str())
-            .arg(if check_only { "1" } else { "0" });
-        match self.interests {
-            None => inv.arg("PUBLISH").arg(CHANNEL),
-            Some(_) => inv.arg("SPUBLISH").arg(shard_channel(topic)),
-        };
-        inv.arg(messages.len());
-        for m in messages {
-            inv.arg(m.event.as_ref().map_or("", |e| e.as_str()))
-                .arg(m.data.as_ref())
-                .arg(if m.idempotency_key.is_some() {
-                    "1"
-                } else {
-                    "0"
-                })
-                .arg(m.fingerprint().to_string());
-        }
-        let started = std::time::Instant::now();
-        let out: Vec<i64> = match self.conn.invoke(&inv).await {
-            Ok(out) => {
-                // One script call is one atomic commit of this topic's messages.
-                if !check_only {
-                    metrics::histogram!("plexus_store_commit_ops").record(messages.len() as f64);
-                    metrics::histogram!("plexus_store_commit_seconds")
-                        .record(started.elapsed().as_secs_f64());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            match pending.get_mut(topic) {
+                Some(queue) => {
+                    queue.push((messages, tx));
+                    false
                 }
-                out
+                None => {
+                    pending.insert(topic.clone(), vec![(messages, tx)]);
+                    true
+                }
             }
-            Err(e) if e.to_string().contains("PLEXUS_CONFLICT") => {
-                let index = e
-                    .detail()
-                    .and_then(|d| d.split_whitespace().last())
-                    .and_then(|i| i.parse::<usize>().ok())
-                    .unwrap_or(0);
-                let key = messages
-                    .get(index)
-                    .and_then(|m| m.idempotency_key.clone())
-                    .or_else(|| messages.iter().find_map(|m| m.idempotency_key.clone()))
-                    .unwrap_or_default();
-                return Err(StoreError::IdempotencyConflict {
-                    topic: topic.clone(),
-                    key,
-                });
-            }
-            Err(e) => return Err(unavailable(e)),
         };
-        Ok(out
-            .chunks_exact(3)
-            .map(|c| Appended {
-                seq: c[0] as Seq,
-                time: c[1],
-                replayed: c[2] == 1,
-            })
-            .collect())
+        if start {
+            tokio::spawn(flush(
+                self.appender.clone(),
+                self.pending.clone(),
+                topic.clone(),
+            ));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "redis: the append was dropped before its commit".into(),
+            ))
+        })
     }
 
     async fn topic_info(&self, topic: &Topic) -> StoreResult<Option<TopicInfo>> {
         let mut inv = self.scripts.info.prepare_invoke();
         inv.key(stream_key(topic)).key(meta_key(topic));
-        self.retention_args(&mut inv, now_millis());
+        retention_args(&mut inv, self.retention, now_millis());
         let v: Vec<i64> = self.conn.invoke(&inv).await.map_err(unavailable)?;
         Ok((v.len() == 6).then(|| TopicInfo {
             topic: topic.clone(),
@@ -448,6 +417,167 @@ impl RedisLog {
             }
         }
         Ok(None)
+    }
+}
+
+/// One append waiting for its topic's next script call, and where its result goes.
+type Waiter = (
+    Vec<NewMessage>,
+    tokio::sync::oneshot::Sender<StoreResult<Vec<Appended>>>,
+);
+
+/// Most messages, and payload bytes, one group commit carries.
+const MAX_GROUP: usize = 1024;
+const MAX_GROUP_BYTES: usize = 4 << 20;
+
+fn retention_args(inv: &mut ScriptInvocation<'_>, retention: Retention, now: Millis) {
+    inv.arg(now)
+        .arg(retention.max_messages.min(i64::MAX as u64))
+        .arg(retention.max_age.as_millis().min(i64::MAX as u128) as i64);
+}
+
+/// What appending needs, cheap to clone into a topic's flush task.
+#[derive(Clone)]
+struct Appender {
+    conn: Conn,
+    scripts: Arc<Scripts>,
+    retention: Retention,
+    sharded: bool,
+}
+
+impl Appender {
+    /// Appends one topic's messages (a script call); `check_only` tests the idempotency keys.
+    async fn append_topic(
+        &self,
+        topic: &Topic,
+        messages: &[NewMessage],
+        check_only: bool,
+    ) -> StoreResult<Vec<Appended>> {
+        let mut inv = self.scripts.append.prepare_invoke();
+        inv.key(stream_key(topic)).key(meta_key(topic));
+        for m in messages {
+            if let Some(key) = &m.idempotency_key {
+                inv.key(format!("plexus:i:{{{topic}}}:{key}"));
+            }
+        }
+        retention_args(&mut inv, self.retention, now_millis());
+        inv.arg(IDEMPOTENCY_TTL.as_millis() as u64)
+            .arg(topic.as_str())
+            .arg(if check_only { "1" } else { "0" });
+        match self.sharded {
+            false => inv.arg("PUBLISH").arg(CHANNEL),
+            true => inv.arg("SPUBLISH").arg(shard_channel(topic)),
+        };
+        inv.arg(messages.len());
+        for m in messages {
+            inv.arg(m.event.as_ref().map_or("", |e| e.as_str()))
+                .arg(m.data.as_ref())
+                .arg(if m.idempotency_key.is_some() {
+                    "1"
+                } else {
+                    "0"
+                })
+                .arg(m.fingerprint().to_string());
+        }
+        let started = std::time::Instant::now();
+        let out: Vec<i64> = match self.conn.invoke(&inv).await {
+            Ok(out) => {
+                // One script call is one atomic commit of this topic's messages.
+                if !check_only {
+                    metrics::histogram!("plexus_store_commit_ops").record(messages.len() as f64);
+                    metrics::histogram!("plexus_store_commit_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                }
+                out
+            }
+            Err(e) if e.to_string().contains("PLEXUS_CONFLICT") => {
+                let index = e
+                    .detail()
+                    .and_then(|d| d.split_whitespace().last())
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .unwrap_or(0);
+                let key = messages
+                    .get(index)
+                    .and_then(|m| m.idempotency_key.clone())
+                    .or_else(|| messages.iter().find_map(|m| m.idempotency_key.clone()))
+                    .unwrap_or_default();
+                return Err(StoreError::IdempotencyConflict {
+                    topic: topic.clone(),
+                    key,
+                });
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        Ok(out
+            .chunks_exact(3)
+            .map(|c| Appended {
+                seq: c[0] as Seq,
+                time: c[1],
+                replayed: c[2] == 1,
+            })
+            .collect())
+    }
+
+    /// Commits the appends of a group in one script call (a group commit: the script's fixed
+    /// cost is paid once). If one of them reuses an idempotency key with another body, each
+    /// runs alone instead, so the error reaches only that one, as if they had come in turn.
+    async fn commit_group(&self, topic: &Topic, group: Vec<Waiter>) {
+        if group.len() == 1 {
+            for (messages, tx) in group {
+                let _ = tx.send(self.append_topic(topic, &messages, false).await);
+            }
+            return;
+        }
+        let all: Vec<NewMessage> = group.iter().flat_map(|(m, _)| m.iter().cloned()).collect();
+        match self.append_topic(topic, &all, false).await {
+            Ok(appended) => {
+                let mut appended = appended.into_iter();
+                for (messages, tx) in group {
+                    let mine: Vec<Appended> = appended.by_ref().take(messages.len()).collect();
+                    let _ = tx.send(Ok(mine));
+                }
+            }
+            Err(StoreError::IdempotencyConflict { .. }) => {
+                for (messages, tx) in group {
+                    let _ = tx.send(self.append_topic(topic, &messages, false).await);
+                }
+            }
+            Err(e) => {
+                for (_, tx) in group {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// A topic's flush task: while appends wait, commits them in groups, in arrival order.
+async fn flush(appender: Appender, pending: Arc<Mutex<HashMap<Topic, Vec<Waiter>>>>, topic: Topic) {
+    loop {
+        let group = {
+            let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(queue) = pending.get_mut(&topic) else {
+                return;
+            };
+            if queue.is_empty() {
+                pending.remove(&topic);
+                return;
+            }
+            let (mut count, mut bytes, mut take) = (0, 0, 0);
+            for (messages, _) in queue.iter() {
+                let size: usize = messages.iter().map(|m| m.data.len()).sum();
+                if take > 0
+                    && (count + messages.len() > MAX_GROUP || bytes + size > MAX_GROUP_BYTES)
+                {
+                    break;
+                }
+                count += messages.len();
+                bytes += size;
+                take += 1;
+            }
+            queue.drain(..take).collect::<Vec<_>>()
+        };
+        appender.commit_group(&topic, group).await;
     }
 }
 
@@ -701,13 +831,15 @@ impl Log for RedisLog {
             // first, so a conflict stores nothing.
             if order.len() > 1 && batch.iter().any(|m| m.idempotency_key.is_some()) {
                 for topic in &order {
-                    self.append_topic(topic, &split(topic), true).await?;
+                    self.appender
+                        .append_topic(topic, &split(topic), true)
+                        .await?;
                 }
             }
             let mut results = vec![None; batch.len()];
             for topic in &order {
                 self.remember(TOPICS, topic.as_str()).await?;
-                let appended = self.append_topic(topic, &split(topic), false).await?;
+                let appended = self.enqueue(topic, split(topic)).await?;
                 for (&i, a) in groups[topic].iter().zip(appended) {
                     results[i] = Some(a);
                 }
@@ -730,7 +862,7 @@ impl Log for RedisLog {
         Box::pin(async move {
             let mut inv = self.scripts.read.prepare_invoke();
             inv.key(stream_key(&topic)).key(meta_key(&topic));
-            self.retention_args(&mut inv, now_millis());
+            retention_args(&mut inv, self.retention, now_millis());
             inv.arg(format!(
                 "{}-0",
                 after.saturating_add(1).min(i64::MAX as u64)
@@ -752,7 +884,7 @@ impl Log for RedisLog {
         Box::pin(async move {
             let mut inv = self.scripts.seek.prepare_invoke();
             inv.key(stream_key(&topic)).key(meta_key(&topic));
-            self.retention_args(&mut inv, now_millis());
+            retention_args(&mut inv, self.retention, now_millis());
             inv.arg(time);
             let seq: i64 = self.conn.invoke(&inv).await.map_err(unavailable)?;
             Ok(seq.max(0) as Seq)
@@ -1112,6 +1244,101 @@ mod tests {
         assert_eq!(&batch[1].data[..], b"\n\x00");
         assert!(decode_commit(b"news\n9 1 0 5\nab").is_none(), "short body");
         assert!(decode_commit(b"bad topic!\n").is_none());
+    }
+
+    fn msg(topic: &str, data: &str, key: Option<&str>) -> NewMessage {
+        NewMessage {
+            topic: topic.parse().expect("a topic"),
+            event: None,
+            data: Bytes::from(data.to_owned()),
+            idempotency_key: key.map(str::to_owned),
+        }
+    }
+
+    /// Concurrent appends of one topic share script calls (group commit) and each still gets
+    /// its own seqs, in its own order, exactly once; a key reused with another body inside a
+    /// group fails only that append.
+    #[tokio::test]
+    async fn concurrent_appends_are_grouped_and_each_gets_its_own_result() {
+        let server = TestRedis::start().await;
+        let log = Arc::new(
+            RedisLog::open(
+                &RedisTarget::Single(server.url.clone()),
+                Retention::default(),
+            )
+            .await
+            .expect("open"),
+        );
+        let tasks: Vec<_> = (0..20)
+            .map(|t| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut seqs = Vec::new();
+                    for i in 0..10 {
+                        let batch = vec![
+                            msg("g", &format!("{t}-{i}a"), None),
+                            msg("g", &format!("{t}-{i}b"), None),
+                        ];
+                        let done = log.append(batch).await.expect("append");
+                        assert_eq!(done[1].seq, done[0].seq + 1, "a batch stays together");
+                        seqs.extend(done.iter().map(|a| a.seq));
+                    }
+                    seqs
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for task in tasks {
+            let seqs = task.await.expect("task");
+            assert!(
+                seqs.windows(2).all(|w| w[0] < w[1]),
+                "each publisher's order: {seqs:?}"
+            );
+            all.extend(seqs);
+        }
+        all.sort_unstable();
+        assert_eq!(all, (1..=400).collect::<Vec<Seq>>(), "every seq once");
+        let read = log
+            .read(&"g".parse().expect("topic"), 0, 1000, usize::MAX)
+            .await
+            .expect("read");
+        assert_eq!(read.messages.len(), 400);
+
+        // The same key from many tasks at once: one stores, the rest replay it or conflict.
+        let tasks: Vec<_> = (0..10)
+            .map(|t| {
+                let log = log.clone();
+                let body = if t % 2 == 0 { "same" } else { "other" };
+                tokio::spawn(
+                    async move { (body, log.append(vec![msg("k", body, Some("key"))]).await) },
+                )
+            })
+            .collect();
+        let mut stored = None;
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.expect("task"));
+        }
+        for (body, result) in &results {
+            if let Ok(done) = result
+                && !done[0].replayed
+            {
+                assert!(stored.is_none(), "only one append stores the key");
+                stored = Some(*body);
+            }
+        }
+        let stored = stored.expect("one append stored the key");
+        for (body, result) in &results {
+            match result {
+                Ok(done) => assert_eq!(
+                    (*body, done[0].seq),
+                    (stored, 1),
+                    "a replay has the first seq"
+                ),
+                Err(StoreError::IdempotencyConflict { .. }) => assert_ne!(*body, stored),
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
     }
 
     #[test]
