@@ -1,16 +1,21 @@
 //! One behaviour suite for every engine: each test runs against `memory`, `sqlite` and `redis`
 //! (a private `redis-server` per test).
 
+use std::collections::HashSet;
+use std::fmt::Display;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::redis::TestRedis;
 use super::{
     Durability, Log, LogBounds, MemoryLog, RedisLog, RedisTarget, Retention, SqliteLog, StoreError,
+    TopicInfo,
 };
-use crate::model::{NewMessage, Topic};
+use crate::model::{
+    EventName, Job, JobId, JobState, Message, Millis, NewMessage, Topic, now_millis,
+};
 
 fn t(s: &str) -> Topic {
     s.parse().unwrap()
@@ -249,4 +254,1170 @@ async fn sqlite_reopens_with_everything() {
     // The idempotency key outlives the delete and the restart.
     let replay = log.append(vec![msg("a", "1", Some("k"))]).await.unwrap()[0];
     assert_eq!((replay.seq, replay.replayed), (1, true));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the tests below.
+
+/// Gives up on waiting for an engine's background work (sqlite trims in its writer's tick,
+/// the redis feed arrives over Pub/Sub) only after a deadline far beyond any normal delay.
+struct Patience {
+    until: Instant,
+}
+
+impl Patience {
+    fn new() -> Self {
+        Patience {
+            until: Instant::now() + Duration::from_secs(30),
+        }
+    }
+
+    /// Sleeps a little before the next poll, or fails the test with `what` past the deadline.
+    async fn wait(&self, what: impl Display) {
+        assert!(Instant::now() < self.until, "gave up waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn ev(name: &str) -> EventName {
+    name.parse().unwrap()
+}
+
+fn raw(topic: &str, event: Option<&str>, data: &[u8], key: Option<&str>) -> NewMessage {
+    NewMessage {
+        topic: t(topic),
+        event: event.map(ev),
+        data: Bytes::copy_from_slice(data),
+        idempotency_key: key.map(str::to_owned),
+    }
+}
+
+/// Reads everything of a topic (these tests keep far fewer messages; no byte limit).
+async fn read_all(log: &Arc<dyn Log>, topic: &str) -> Vec<Arc<Message>> {
+    log.read(&t(topic), 0, 100_000, usize::MAX)
+        .await
+        .unwrap()
+        .messages
+}
+
+/// Collects `n` messages from an engine's commit feed (empty batches: a resync, skipped).
+async fn feed_n(feed: &mut super::CommitFeed, n: usize, name: &str) -> Vec<Arc<Message>> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let batch = tokio::time::timeout(Duration::from_secs(30), feed.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{name}: the commit feed gave {} of {n}", got.len()))
+            .unwrap_or_else(|| panic!("{name}: the commit feed closed"));
+        got.extend(batch);
+    }
+    assert_eq!(got.len(), n, "{name}: more commits than appended");
+    got
+}
+
+/// A fixed clock for the job tests: the store is told `now`, never reads it.
+const T0: Millis = 1_700_000_000_000;
+
+fn jid(n: u8) -> JobId {
+    JobId::from_random([n; 16])
+}
+
+/// A fresh queued job with a binary payload (newline, NUL, a non-UTF-8 byte).
+fn job(queue: &str, n: u8, created: Millis) -> Job {
+    Job {
+        id: jid(n),
+        queue: t(queue),
+        state: JobState::Queued,
+        attempts: 0,
+        max_attempts: 3,
+        created,
+        updated: created,
+        payload: Bytes::from(vec![b'{', 0, b'\n', 0xff, n, b'}']),
+        result: None,
+        error: None,
+        run_at: None,
+        lease: None,
+        lease_until: None,
+        lease_ms: None,
+    }
+}
+
+/// What a claim at `now` makes of `job`, per `Job::claim`.
+fn claimed(mut job: Job, now: Millis, lease: &str, lease_ms: u64) -> Job {
+    job.claim(now, lease.to_owned(), lease_ms);
+    job
+}
+
+/// A job put back in the queue (a retry, or a reaped lease), due at `run_at`.
+fn requeued(mut job: Job, updated: Millis, run_at: Option<Millis>, error: &str) -> Job {
+    job.state = JobState::Queued;
+    job.updated = updated;
+    job.run_at = run_at;
+    job.error = Some(error.to_owned());
+    job.lease = None;
+    job.lease_until = None;
+    job.lease_ms = None;
+    job
+}
+
+async fn claim(log: &Arc<dyn Log>, queue: &str, now: Millis, lease: &str) -> Option<Job> {
+    log.job_claim(&t(queue), now, lease.to_owned(), 30_000)
+        .await
+        .unwrap()
+}
+
+fn ids(jobs: &[Job]) -> HashSet<JobId> {
+    jobs.iter().map(|j| j.id.clone()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Jobs.
+
+#[tokio::test]
+async fn job_create_then_get_round_trips_a_fresh_job() {
+    for (name, log, _dir) in engines(Retention::default()).await {
+        let fresh = job("q", 1, T0);
+        let (stored, replayed) = log.job_create(fresh.clone(), None).await.unwrap();
+        assert_eq!((&stored, replayed), (&fresh, false), "{name}");
+        assert_eq!(log.job_get(&fresh.id).await.unwrap(), Some(fresh), "{name}");
+        // An empty payload is a payload too.
+        let mut empty = job("q", 2, T0 + 1);
+        empty.payload = Bytes::new();
+        log.job_create(empty.clone(), None).await.unwrap();
+        assert_eq!(log.job_get(&empty.id).await.unwrap(), Some(empty), "{name}");
+        // A payload with every byte value.
+        let mut bytes = job("q", 3, T0 + 2);
+        bytes.payload = Bytes::from((0..=255u8).collect::<Vec<_>>());
+        log.job_create(bytes.clone(), None).await.unwrap();
+        assert_eq!(log.job_get(&bytes.id).await.unwrap(), Some(bytes), "{name}");
+        assert_eq!(log.job_get(&jid(0xee)).await.unwrap(), None, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn job_create_then_get_round_trips_every_field() {
+    for (name, log, _dir) in engines(Retention::default()).await {
+        // A running job with its lease, a result and an error.
+        let running = Job {
+            state: JobState::Running,
+            attempts: 2,
+            max_attempts: 7,
+            updated: T0 + 50,
+            result: Some(Bytes::from_static(b"ok\0\n\xff")),
+            error: Some("line one\nline two".to_owned()),
+            run_at: None,
+            lease: Some("lease-1".to_owned()),
+            lease_until: Some(T0 + 30_050),
+            lease_ms: Some(30_000),
+            ..job("q", 1, T0)
+        };
+        // A queued retry: due later, carrying its last error and an (empty) result.
+        let retry = Job {
+            attempts: 1,
+            updated: T0 + 60,
+            result: Some(Bytes::new()),
+            error: Some("timed out".to_owned()),
+            run_at: Some(T0 + 5_000),
+            ..job("q", 2, T0 + 1)
+        };
+        for j in [running, retry] {
+            let (stored, replayed) = log.job_create(j.clone(), None).await.unwrap();
+            assert_eq!((&stored, replayed), (&j, false), "{name}");
+            assert_eq!(
+                log.job_get(&j.id).await.unwrap().as_ref(),
+                Some(&j),
+                "{name}: job_get after job_create lost fields"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn job_save_then_get_round_trips_every_field() {
+    for (name, log, _dir) in engines(Retention::default()).await {
+        let fresh = job("q", 1, T0);
+        log.job_create(fresh.clone(), None).await.unwrap();
+        let full = Job {
+            state: JobState::Running,
+            attempts: 1,
+            max_attempts: 9,
+            updated: T0 + 10,
+            result: Some(Bytes::from_static(b"\0partial\n")),
+            error: Some("warn\0ing".to_owned()),
+            run_at: Some(T0 + 20),
+            lease: Some("lease-1".to_owned()),
+            lease_until: Some(T0 + 1_010),
+            lease_ms: Some(1_000),
+            ..fresh.clone()
+        };
+        assert_eq!(
+            log.job_save(full.clone(), None).await.unwrap(),
+            full,
+            "{name}"
+        );
+        assert_eq!(log.job_get(&full.id).await.unwrap(), Some(full), "{name}");
+        // And back: every optional field cleared.
+        let cleared = Job {
+            updated: T0 + 20,
+            ..fresh
+        };
+        assert_eq!(
+            log.job_save(cleared.clone(), Some("lease-1".to_owned()))
+                .await
+                .unwrap(),
+            cleared,
+            "{name}"
+        );
+        assert_eq!(
+            log.job_get(&cleared.id).await.unwrap(),
+            Some(cleared),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn job_idempotency_replays_and_conflicts() {
+    for (name, log, _dir) in engines(Retention::default()).await {
+        let first = job("q", 1, T0);
+        let key = Some("k".to_owned());
+        assert_eq!(
+            log.job_create(first.clone(), key.clone()).await.unwrap(),
+            (first.clone(), false),
+            "{name}"
+        );
+        // Same key, same payload: the first job, and nothing new stored.
+        let again = Job {
+            id: jid(2),
+            created: T0 + 1,
+            updated: T0 + 1,
+            ..first.clone()
+        };
+        assert_eq!(
+            log.job_create(again.clone(), key.clone()).await.unwrap(),
+            (first.clone(), true),
+            "{name}"
+        );
+        assert_eq!(log.job_get(&again.id).await.unwrap(), None, "{name}");
+        // Same key, another payload: a conflict, nothing stored.
+        let other = Job {
+            id: jid(3),
+            payload: Bytes::from_static(b"{\0\n\xff\x01!"),
+            ..first.clone()
+        };
+        let err = log
+            .job_create(other.clone(), key.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            StoreError::IdempotencyConflict {
+                topic: t("q"),
+                key: "k".to_owned()
+            },
+            "{name}"
+        );
+        assert_eq!(log.job_get(&other.id).await.unwrap(), None, "{name}");
+        // The same key on another queue is another key.
+        let elsewhere = Job {
+            id: jid(4),
+            queue: t("r"),
+            ..other.clone()
+        };
+        assert_eq!(
+            log.job_create(elsewhere.clone(), key.clone())
+                .await
+                .unwrap(),
+            (elsewhere.clone(), false),
+            "{name}"
+        );
+        assert_eq!(
+            log.job_get(&elsewhere.id).await.unwrap(),
+            Some(elsewhere),
+            "{name}"
+        );
+        // Without a key, the same payload twice is two jobs.
+        let twin = Job {
+            id: jid(5),
+            ..first.clone()
+        };
+        assert_eq!(
+            log.job_create(twin.clone(), None).await.unwrap(),
+            (twin.clone(), false),
+            "{name}"
+        );
+        assert_eq!(log.job_get(&twin.id).await.unwrap(), Some(twin), "{name}");
+        // A replay returns the job as it is now, not as it was created.
+        let running = claim(&log, "q", T0 + 100, "l1").await;
+        assert_eq!(
+            running,
+            Some(claimed(first.clone(), T0 + 100, "l1", 30_000)),
+            "{name}"
+        );
+        assert_eq!(
+            log.job_create(again, key).await.unwrap(),
+            (running.unwrap(), true),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn job_claim_takes_the_oldest_due_first() {
+    for (name, log, _dir) in engines(Retention::default()).await {
+        let now = T0 + 1_000;
+        // Created out of order; two share a created time (the id decides).
+        let c = job("q", 3, T0 + 2);
+        let a = job("q", 2, T0 + 1);
+        let b = job("q", 1, T0 + 1);
+        let other = job("r", 4, T0);
+        for j in [&c, &a, &b, &other] {
+            log.job_create(j.clone(), None).await.unwrap();
+        }
+        for (expect, lease) in [(&b, "l-b"), (&a, "l-a"), (&c, "l-c")] {
+            let want = claimed(expect.clone(), now, lease, 30_000);
+            assert_eq!(
+                claim(&log, "q", now, lease).await.as_ref(),
+                Some(&want),
+                "{name}: claim order"
+            );
+            assert_eq!(
+                log.job_get(&want.id).await.unwrap(),
+                Some(want),
+                "{name}: the claim is stored"
+            );
+        }
+        assert_eq!(claim(&log, "q", now, "l-none").await, None, "{name}");
+        assert_eq!(claim(&log, "nope", now, "l-none").await, None, "{name}");
+        // Another queue's job was never touched.
+        assert_eq!(log.job_get(&other.id).await.unwrap(), Some(other), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn job_claim_waits_for_run_at() {
+    for (name, log, _dir) in engines(Retention::default()).await {
+        let d = Job {
+            run_at: Some(T0 + 500),
+            ..job("q", 1, T0)
+        };
+        let e = Job {
+            run_at: Some(T0 + 300),
+            ..job("q", 2, T0 + 1)
+        };
+        log.job_create(d.clone(), None).await.unwrap();
+        log.job_create(e.clone(), None).await.unwrap();
+        assert_eq!(
+            log.job_next_due(&t("q")).await.unwrap(),
+            Some(T0 + 300),
+            "{name}"
+        );
+        assert_eq!(log.job_next_due(&t("nope")).await.unwrap(), None, "{name}");
+        assert_eq!(claim(&log, "q", T0 + 299, "l0").await, None, "{name}");
+        assert_eq!(
+            claim(&log, "q", T0 + 300, "l1").await,
+            Some(claimed(e, T0 + 300, "l1", 30_000)),
+            "{name}: due exactly at run_at"
+        );
+        assert_eq!(
+            log.job_next_due(&t("q")).await.unwrap(),
+            Some(T0 + 500),
+            "{name}"
+        );
+        assert_eq!(claim(&log, "q", T0 + 499, "l2").await, None, "{name}");
+        assert_eq!(
+            claim(&log, "q", T0 + 500, "l3").await,
+            Some(claimed(d, T0 + 500, "l3", 30_000)),
+            "{name}"
+        );
+        assert_eq!(log.job_next_due(&t("q")).await.unwrap(), None, "{name}");
+        assert_eq!(claim(&log, "q", T0 + 10_000, "l4").await, None, "{name}");
+        // A delayed job that has come due is older than a ready one: it goes first.
+        let f = Job {
+            run_at: Some(T0 + 100),
+            ..job("q", 3, T0 + 2)
+        };
+        let g = job("q", 4, T0 + 3);
+        log.job_create(g.clone(), None).await.unwrap();
+        log.job_create(f.clone(), None).await.unwrap();
+        assert_eq!(
+            claim(&log, "q", T0 + 1_000, "l5").await,
+            Some(claimed(f, T0 + 1_000, "l5", 30_000)),
+            "{name}"
+        );
+        assert_eq!(
+            claim(&log, "q", T0 + 1_000, "l6").await,
+            Some(claimed(g, T0 + 1_000, "l6", 30_000)),
+            "{name}"
+        );
+    }
+}
+
+/// `now` is the caller's clock: nodes sharing a store do not share one. A claim whose `now` is
+/// behind an earlier claim's must still leave a not-yet-due job claimable later.
+#[tokio::test]
+async fn job_claim_with_an_earlier_now_keeps_the_job() {
+    for (name, log, _dir) in engines(Retention::default()).await {
+        let a = job("q", 1, T0 + 1);
+        let b = Job {
+            run_at: Some(T0 + 100),
+            ..job("q", 2, T0 + 2)
+        };
+        log.job_create(a.clone(), None).await.unwrap();
+        log.job_create(b.clone(), None).await.unwrap();
+        assert_eq!(
+            claim(&log, "q", T0 + 200, "l1").await,
+            Some(claimed(a, T0 + 200, "l1", 30_000)),
+            "{name}"
+        );
+        // Another node, its clock behind: b is not due for it yet.
+        assert_eq!(claim(&log, "q", T0 + 50, "l2").await, None, "{name}");
+        assert_eq!(
+            log.job_get(&b.id).await.unwrap().as_ref(),
+            Some(&b),
+            "{name}"
+        );
+        assert_eq!(
+            claim(&log, "q", T0 + 200, "l3").await,
+            Some(claimed(b, T0 + 200, "l3", 30_000)),
+            "{name}: a due job was lost by a claim with an earlier clock"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_claims_never_return_the_same_job() {
+    const N: u8 = 24;
+    for (name, log, _dir) in engines(Retention::default()).await {
+        for i in 0..N {
+            log.job_create(job("q", i + 1, T0 + i as Millis), None)
+                .await
+                .unwrap();
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..(2 * N as usize) {
+            let log = log.clone();
+            tasks.spawn(async move {
+                let lease = format!("lease-{i}");
+                let got = log
+                    .job_claim(&t("q"), T0 + 1_000, lease.clone(), 30_000)
+                    .await
+                    .unwrap();
+                (lease, got)
+            });
+        }
+        let mut taken = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (lease, got) = joined.unwrap();
+            if let Some(j) = got {
+                assert_eq!(j.lease.as_deref(), Some(lease.as_str()), "{name}");
+                taken.push(j);
+            }
+        }
+        let concurrent = taken.len();
+        // Whatever a contended claim gave up on is still there for a quiet one.
+        while let Some(j) = claim(&log, "q", T0 + 1_000, "mop-up").await {
+            taken.push(j);
+        }
+        assert_eq!(
+            ids(&taken).len(),
+            taken.len(),
+            "{name}: a job was claimed twice"
+        );
+        assert_eq!(
+            ids(&taken),
+            (1..=N).map(jid).collect(),
+            "{name}: every job is claimed once ({concurrent} by the concurrent round)"
+        );
+        for j in &taken {
+            let stored = log.job_get(&j.id).await.unwrap().unwrap();
+            assert_eq!(&stored, j, "{name}: the stored claim is the returned one");
+            assert_eq!(stored.attempts, 1, "{name}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn job_save_compares_the_lease() {
+    for (name, log, _dir) in engines(Retention::default()).await {
+        let j = job("q", 1, T0);
+        log.job_create(j.clone(), None).await.unwrap();
+        // Never claimed: its lease is none.
+        let touched = Job {
+            updated: T0 + 1,
+            ..j.clone()
+        };
+        assert_eq!(
+            log.job_save(touched.clone(), Some("x".to_owned())).await,
+            Err(StoreError::JobChanged(j.id.clone())),
+            "{name}"
+        );
+        assert_eq!(
+            log.job_save(touched.clone(), None).await,
+            Ok(touched.clone()),
+            "{name}"
+        );
+        // Saving an unknown job does not create it.
+        let unknown = job("q", 9, T0);
+        for expected in [None, Some("l".to_owned())] {
+            assert_eq!(
+                log.job_save(unknown.clone(), expected).await,
+                Err(StoreError::UnknownJob(unknown.id.clone())),
+                "{name}"
+            );
+        }
+        assert_eq!(log.job_get(&unknown.id).await.unwrap(), None, "{name}");
+        // Worker 1 claims; its lease ends; the job is requeued and worker 2 claims it.
+        let first = claim(&log, "q", T0 + 10, "l1").await.unwrap();
+        assert_eq!(first, claimed(touched, T0 + 10, "l1", 30_000), "{name}");
+        let reaped = requeued(first.clone(), T0 + 40_000, None, "lease ended");
+        assert_eq!(
+            log.job_save(reaped.clone(), Some("l1".to_owned())).await,
+            Ok(reaped.clone()),
+            "{name}"
+        );
+        let second = claim(&log, "q", T0 + 40_000, "l2").await;
+        assert_eq!(
+            second,
+            Some(claimed(reaped, T0 + 40_000, "l2", 30_000)),
+            "{name}"
+        );
+        let second = second.unwrap();
+        assert_eq!(second.attempts, 2, "{name}");
+        // Worker 1 comes back late: its lease is stale, whatever it says.
+        let late = Job {
+            state: JobState::Succeeded,
+            result: Some(Bytes::from_static(b"late")),
+            ..first
+        };
+        for expected in [Some("l1".to_owned()), None, Some("l3".to_owned())] {
+            assert_eq!(
+                log.job_save(late.clone(), expected).await,
+                Err(StoreError::JobChanged(j.id.clone())),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            log.job_get(&j.id).await.unwrap().as_ref(),
+            Some(&second),
+            "{name}: a refused save changed nothing"
+        );
+        // Worker 2 finishes.
+        let done = Job {
+            state: JobState::Succeeded,
+            updated: T0 + 41_000,
+            result: Some(Bytes::from_static(b"ok\0")),
+            lease: None,
+            lease_until: None,
+            lease_ms: None,
+            ..second
+        };
+        assert_eq!(
+            log.job_save(done.clone(), Some("l2".to_owned())).await,
+            Ok(done.clone()),
+            "{name}"
+        );
+        assert_eq!(
+            log.job_get(&j.id).await.unwrap().as_ref(),
+            Some(&done),
+            "{name}"
+        );
+        // A second finish with the same lease is stale too (the lease is gone).
+        assert_eq!(
+            log.job_save(done.clone(), Some("l2".to_owned())).await,
+            Err(StoreError::JobChanged(j.id.clone())),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn job_retry_is_claimable_once_due() {
+    for (name, log, _dir) in engines(Retention::default()).await {
+        let j = job("q", 1, T0);
+        log.job_create(j.clone(), None).await.unwrap();
+        let first = claim(&log, "q", T0 + 10, "l1").await.unwrap();
+        let retry = requeued(first, T0 + 20, Some(T0 + 5_000), "boom");
+        assert_eq!(
+            log.job_save(retry.clone(), Some("l1".to_owned())).await,
+            Ok(retry.clone()),
+            "{name}"
+        );
+        assert_eq!(
+            log.job_get(&j.id).await.unwrap().as_ref(),
+            Some(&retry),
+            "{name}"
+        );
+        assert_eq!(claim(&log, "q", T0 + 4_999, "l2").await, None, "{name}");
+        assert_eq!(
+            log.job_next_due(&t("q")).await.unwrap(),
+            Some(T0 + 5_000),
+            "{name}"
+        );
+        let second = claim(&log, "q", T0 + 5_000, "l3").await;
+        assert_eq!(
+            second,
+            Some(claimed(retry, T0 + 5_000, "l3", 30_000)),
+            "{name}"
+        );
+        let second = second.unwrap();
+        assert_eq!(
+            (second.attempts, second.error.as_deref()),
+            (2, Some("boom")),
+            "{name}"
+        );
+        // A retry with no run_at is due at once.
+        let now_retry = requeued(second, T0 + 5_001, None, "again");
+        log.job_save(now_retry.clone(), Some("l3".to_owned()))
+            .await
+            .unwrap();
+        assert_eq!(log.job_next_due(&t("q")).await.unwrap(), None, "{name}");
+        assert_eq!(
+            claim(&log, "q", T0 + 5_002, "l4").await,
+            Some(claimed(now_retry, T0 + 5_002, "l4", 30_000)),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn finished_jobs_are_never_claimed() {
+    for (name, log, _dir) in engines(Retention::default()).await {
+        // Finished through a claim.
+        let j1 = job("q", 1, T0);
+        log.job_create(j1.clone(), None).await.unwrap();
+        let running = claim(&log, "q", T0 + 10, "l1").await.unwrap();
+        let done = Job {
+            state: JobState::Succeeded,
+            updated: T0 + 20,
+            result: Some(Bytes::from_static(b"\0")),
+            ..running
+        };
+        log.job_save(done.clone(), Some("l1".to_owned()))
+            .await
+            .unwrap();
+        // Stored finished from the start, one of them with a run_at.
+        let j2 = Job {
+            state: JobState::Succeeded,
+            ..job("q", 2, T0 + 1)
+        };
+        let j3 = Job {
+            state: JobState::Dead,
+            run_at: Some(T0 + 5),
+            error: Some("gave up".to_owned()),
+            ..job("q", 3, T0 + 2)
+        };
+        log.job_create(j2.clone(), None).await.unwrap();
+        log.job_create(j3.clone(), None).await.unwrap();
+        let later = T0 + 10_000_000;
+        assert_eq!(claim(&log, "q", later, "l2").await, None, "{name}");
+        assert_eq!(log.job_next_due(&t("q")).await.unwrap(), None, "{name}");
+        assert_eq!(log.job_expired(later, 100).await.unwrap(), vec![], "{name}");
+        assert_eq!(log.job_get(&j1.id).await.unwrap(), Some(done), "{name}");
+        assert_eq!(
+            log.job_get(&j2.id).await.unwrap().map(|j| j.state),
+            Some(JobState::Succeeded),
+            "{name}"
+        );
+        assert_eq!(
+            log.job_get(&j3.id).await.unwrap().map(|j| j.state),
+            Some(JobState::Dead),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn job_expired_lists_ended_leases() {
+    for (name, log, _dir) in engines(Retention::default()).await {
+        for (queue, n) in [("q1", 1), ("q1", 2), ("q1", 3), ("q1", 4), ("q2", 5)] {
+            log.job_create(job(queue, n, T0 + n as Millis), None)
+                .await
+                .unwrap();
+        }
+        let now = T0 + 100;
+        let mut running = Vec::new();
+        for (queue, lease_ms) in [("q1", 100), ("q1", 100), ("q1", 10_000), ("q2", 100)] {
+            let lease = format!("l{}", running.len() + 1);
+            let j = log
+                .job_claim(&t(queue), now, lease, lease_ms)
+                .await
+                .unwrap()
+                .unwrap();
+            running.push(j);
+        }
+        let [j1, j2, j3, j5] = <[Job; 4]>::try_from(running).unwrap();
+        assert_eq!(
+            (&j1.id, &j2.id, &j3.id, &j5.id),
+            (&jid(1), &jid(2), &jid(3), &jid(5)),
+            "{name}"
+        );
+        // A lease ends at lease_until: expired only strictly after it.
+        assert_eq!(
+            log.job_expired(T0 + 200, 10).await.unwrap(),
+            vec![],
+            "{name}"
+        );
+        let mut expired = log.job_expired(T0 + 201, 10).await.unwrap();
+        expired.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(
+            expired,
+            vec![j1.clone(), j2.clone(), j5.clone()],
+            "{name}: running jobs past their lease, across queues"
+        );
+        let two = log.job_expired(T0 + 201, 2).await.unwrap();
+        assert_eq!(two.len(), 2, "{name}: the limit");
+        assert!(
+            ids(&two).is_subset(&ids(&expired)),
+            "{name}: {:?}",
+            ids(&two)
+        );
+        assert_eq!(
+            log.job_expired(T0 + 201, 0).await.unwrap(),
+            vec![],
+            "{name}"
+        );
+        // Finished (even keeping its lease fields) or requeued: not running, not expired.
+        let done = Job {
+            state: JobState::Succeeded,
+            ..j2.clone()
+        };
+        log.job_save(done, j2.lease.clone()).await.unwrap();
+        let back = requeued(j5.clone(), T0 + 300, None, "reaped");
+        log.job_save(back, j5.lease.clone()).await.unwrap();
+        assert_eq!(
+            log.job_expired(T0 + 201, 10).await.unwrap(),
+            vec![j1.clone()],
+            "{name}"
+        );
+        // Later, the long lease ends too.
+        let mut expired = log.job_expired(T0 + 20_000, 10).await.unwrap();
+        expired.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(expired, vec![j1, j3], "{name}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages.
+
+#[tokio::test]
+async fn retention_by_age_drops_old_messages() {
+    let retention = Retention {
+        max_age: Duration::from_secs(1),
+        ..Retention::default()
+    };
+    let engines = engines(retention).await;
+    let mut appended = Vec::new();
+    for (_, log, _) in &engines {
+        appended.push(
+            log.append(vec![
+                msg("a", "1", None),
+                msg("a", "22", None),
+                msg("a", "333", None),
+            ])
+            .await
+            .unwrap(),
+        );
+    }
+    for ((name, log, _), appended) in engines.iter().zip(appended) {
+        let patience = Patience::new();
+        loop {
+            let bounds = log.bounds(&t("a")).await.unwrap().unwrap();
+            if bounds.first_seq == 4 {
+                break;
+            }
+            patience
+                .wait(format_args!(
+                    "{name}: messages older than max_age, {bounds:?}"
+                ))
+                .await;
+        }
+        let gone = LogBounds {
+            first_seq: 4,
+            last_seq: 3,
+            deleted_through: 0,
+        };
+        let info = TopicInfo {
+            topic: t("a"),
+            first_seq: 4,
+            last_seq: 3,
+            messages: 0,
+            bytes: 0,
+            last_publish: Some(appended[2].time),
+        };
+        assert_eq!(
+            log.topic(&t("a")).await.unwrap().as_ref(),
+            Some(&info),
+            "{name}"
+        );
+        assert_eq!(log.topics().await.unwrap(), vec![info], "{name}");
+        let read = log.read(&t("a"), 0, 10, usize::MAX).await.unwrap();
+        assert_eq!(
+            (read.messages.len(), read.bounds),
+            (0, Some(gone)),
+            "{name}"
+        );
+        assert_eq!(log.seek_time(&t("a"), 0).await.unwrap(), 3, "{name}");
+        // The counter goes on; a young message is kept.
+        let fresh = log.append(vec![msg("a", "4444", None)]).await.unwrap()[0];
+        assert_eq!(fresh.seq, 4, "{name}");
+        let read = log.read(&t("a"), 0, 10, usize::MAX).await.unwrap();
+        if now_millis() < fresh.time + 1_000 {
+            let seqs: Vec<_> = read.messages.iter().map(|m| m.seq).collect();
+            assert_eq!(seqs, vec![4], "{name}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn seek_time_after_age_retention_trimmed_the_front() {
+    const MAX_AGE: Millis = 1_000;
+    let retention = Retention {
+        max_age: Duration::from_millis(MAX_AGE as u64),
+        ..Retention::default()
+    };
+    let engines = engines(retention).await;
+    let mut old = Vec::new();
+    for (_, log, _) in &engines {
+        old.push(
+            log.append(vec![msg("a", "old1", None), msg("a", "old2", None)])
+                .await
+                .unwrap(),
+        );
+    }
+    for ((name, log, _), old) in engines.iter().zip(old) {
+        // Each try appends a young message once everything before it expired, then checks
+        // while that message is surely younger than max_age (a stalled machine tries again).
+        let mut head = 2;
+        for attempt in 0.. {
+            assert!(attempt < 5, "{name}: too slow to judge age retention");
+            let patience = Patience::new();
+            loop {
+                let bounds = log.bounds(&t("a")).await.unwrap().unwrap();
+                if bounds.first_seq == head + 1 {
+                    break;
+                }
+                patience
+                    .wait(format_args!("{name}: the front expiring, {bounds:?}"))
+                    .await;
+            }
+            let young = log.append(vec![msg("a", "young", None)]).await.unwrap()[0];
+            assert_eq!(young.seq, head + 1, "{name}");
+            head = young.seq;
+            let got = (
+                log.seek_time(&t("a"), 0).await.unwrap(),
+                log.seek_time(&t("a"), old[0].time).await.unwrap(),
+                log.seek_time(&t("a"), young.time).await.unwrap(),
+                log.seek_time(&t("a"), young.time + 1).await.unwrap(),
+                log.bounds(&t("a")).await.unwrap().unwrap().first_seq,
+                read_all(log, "a")
+                    .await
+                    .iter()
+                    .map(|m| m.seq)
+                    .collect::<Vec<_>>(),
+            );
+            if now_millis() < young.time + MAX_AGE {
+                assert_eq!(
+                    got,
+                    (head - 1, head - 1, head - 1, head, head, vec![head]),
+                    "{name}: seek_time, bounds and read over a trimmed front"
+                );
+                break;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn events_round_trip() {
+    for (name, log, _dir) in engines(Retention::default()).await {
+        let mut feed = log.take_commits().unwrap();
+        let sent = vec![
+            raw("a", Some("created"), b"x", None),
+            raw("a", None, b"y", None),
+            raw("a", Some("A.b-c_9"), b"", None),
+            raw("a", Some(&"e".repeat(64)), b"\n\0", None),
+        ];
+        log.append(sent.clone()).await.unwrap();
+        let read = read_all(&log, "a").await;
+        let got: Vec<_> = read
+            .iter()
+            .map(|m| (m.event.clone(), m.data.clone()))
+            .collect();
+        let want: Vec<_> = sent
+            .iter()
+            .map(|m| (m.event.clone(), m.data.clone()))
+            .collect();
+        assert_eq!(got, want, "{name}: read");
+        let fed = feed_n(&mut feed, sent.len(), name).await;
+        assert_eq!(
+            fed, read,
+            "{name}: the commit feed carries the same messages"
+        );
+        // The event is part of the body an idempotency key remembers.
+        let first = log
+            .append(vec![raw("b", Some("e1"), b"same", Some("k"))])
+            .await
+            .unwrap()[0];
+        for event in [Some("e2"), None] {
+            let err = log
+                .append(vec![raw("b", event, b"same", Some("k"))])
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, StoreError::IdempotencyConflict { .. }),
+                "{name}: {event:?} {err:?}"
+            );
+        }
+        let again = log
+            .append(vec![raw("b", Some("e1"), b"same", Some("k"))])
+            .await
+            .unwrap()[0];
+        assert_eq!((again.seq, again.replayed), (first.seq, true), "{name}");
+        let read = read_all(&log, "b").await;
+        assert_eq!(read.len(), 1, "{name}");
+        assert_eq!(read[0].event, Some(ev("e1")), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn read_returns_one_message_above_max_bytes() {
+    for (name, log, _dir) in engines(Retention::default()).await {
+        log.append(vec![
+            msg("a", &"x".repeat(100), None),
+            msg("a", &"y".repeat(50), None),
+            msg("a", &"z".repeat(10), None),
+        ])
+        .await
+        .unwrap();
+        let seqs = |after, limit, max_bytes| {
+            let log = log.clone();
+            async move {
+                log.read(&t("a"), after, limit, max_bytes)
+                    .await
+                    .unwrap()
+                    .messages
+                    .iter()
+                    .map(|m| m.seq)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(seqs(0, 10, 0).await, vec![1], "{name}: max_bytes 0");
+        assert_eq!(seqs(0, 10, 99).await, vec![1], "{name}");
+        assert_eq!(seqs(0, 10, 100).await, vec![1], "{name}");
+        assert_eq!(seqs(0, 10, 149).await, vec![1], "{name}");
+        assert_eq!(seqs(0, 10, 150).await, vec![1, 2], "{name}");
+        assert_eq!(seqs(1, 10, 5).await, vec![2], "{name}: from the middle");
+        assert_eq!(seqs(2, 10, 0).await, vec![3], "{name}");
+        assert_eq!(
+            seqs(3, 10, 0).await,
+            Vec::<u64>::new(),
+            "{name}: past the end"
+        );
+        assert_eq!(seqs(0, 0, usize::MAX).await, Vec::<u64>::new(), "{name}");
+    }
+}
+
+/// How a read counts messages with an empty payload against `max_bytes`: the trait does not
+/// say, but every engine must count them the same way (the hub sizes its batches with it).
+#[tokio::test]
+async fn read_counts_empty_payloads_alike() {
+    let mut answers: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (name, log, _dir) in engines(Retention::default()).await {
+        let mut batch: Vec<_> = (0..5).map(|_| msg("a", "", None)).collect();
+        batch.push(msg("a", "abc", None));
+        log.append(batch).await.unwrap();
+        let mut counts = Vec::new();
+        for max_bytes in [0, 1, 3, 5, 8, usize::MAX] {
+            let read = log.read(&t("a"), 0, 100, max_bytes).await.unwrap();
+            assert!(!read.messages.is_empty(), "{name}");
+            counts.push(read.messages.len());
+        }
+        answers.push((name, counts));
+    }
+    let (first, want) = &answers[0];
+    for (name, counts) in &answers {
+        assert_eq!(
+            counts, want,
+            "{name} counts for max_bytes [0, 1, 3, 5, 8, MAX] differ from {first}'s (all: {answers:?})"
+        );
+    }
+}
+
+#[tokio::test]
+async fn delete_then_bounds_info_read_and_seek() {
+    for (name, log, _dir) in engines(Retention::default()).await {
+        let a = log
+            .append(vec![
+                msg("a", "1", None),
+                msg("a", "22", None),
+                msg("a", "333", None),
+            ])
+            .await
+            .unwrap();
+        let b = log.append(vec![msg("b", "b", None)]).await.unwrap()[0];
+        assert!(log.delete_topic(&t("a")).await.unwrap(), "{name}");
+        let gone = LogBounds {
+            first_seq: 4,
+            last_seq: 3,
+            deleted_through: 3,
+        };
+        let info_a = TopicInfo {
+            topic: t("a"),
+            first_seq: 4,
+            last_seq: 3,
+            messages: 0,
+            bytes: 0,
+            last_publish: Some(a[2].time),
+        };
+        let info_b = TopicInfo {
+            topic: t("b"),
+            first_seq: 1,
+            last_seq: 1,
+            messages: 1,
+            bytes: 1,
+            last_publish: Some(b.time),
+        };
+        assert_eq!(log.bounds(&t("a")).await.unwrap(), Some(gone), "{name}");
+        assert_eq!(
+            log.topic(&t("a")).await.unwrap().as_ref(),
+            Some(&info_a),
+            "{name}"
+        );
+        assert_eq!(
+            log.topics().await.unwrap(),
+            vec![info_a.clone(), info_b.clone()],
+            "{name}"
+        );
+        for after in [0, 2, 3] {
+            let read = log.read(&t("a"), after, 10, usize::MAX).await.unwrap();
+            assert_eq!(
+                (read.messages.len(), read.bounds),
+                (0, Some(gone)),
+                "{name}: read after {after}"
+            );
+        }
+        for time in [0, a[0].time, a[2].time + 1] {
+            assert_eq!(log.seek_time(&t("a"), time).await.unwrap(), 3, "{name}");
+        }
+        // The other topic is untouched; deleting again changes nothing.
+        assert_eq!(read_all(&log, "b").await.len(), 1, "{name}");
+        assert!(log.delete_topic(&t("a")).await.unwrap(), "{name}");
+        assert_eq!(log.bounds(&t("a")).await.unwrap(), Some(gone), "{name}");
+        assert_eq!(log.topic(&t("a")).await.unwrap(), Some(info_a), "{name}");
+        // Publishing again, then deleting again.
+        let c = log.append(vec![msg("a", "4444", None)]).await.unwrap()[0];
+        assert_eq!(c.seq, 4, "{name}");
+        assert_eq!(
+            log.topic(&t("a")).await.unwrap(),
+            Some(TopicInfo {
+                topic: t("a"),
+                first_seq: 4,
+                last_seq: 4,
+                messages: 1,
+                bytes: 4,
+                last_publish: Some(c.time),
+            }),
+            "{name}"
+        );
+        let read = log.read(&t("a"), 0, 10, usize::MAX).await.unwrap();
+        assert_eq!(
+            read.bounds,
+            Some(LogBounds {
+                first_seq: 4,
+                last_seq: 4,
+                deleted_through: 3
+            }),
+            "{name}"
+        );
+        assert_eq!(read.messages.len(), 1, "{name}");
+        assert_eq!(log.seek_time(&t("a"), 0).await.unwrap(), 3, "{name}");
+        assert!(log.delete_topic(&t("a")).await.unwrap(), "{name}");
+        assert_eq!(
+            log.bounds(&t("a")).await.unwrap(),
+            Some(LogBounds {
+                first_seq: 5,
+                last_seq: 4,
+                deleted_through: 4
+            }),
+            "{name}"
+        );
+        // A topic never published.
+        assert_eq!(log.bounds(&t("nope")).await.unwrap(), None, "{name}");
+        assert_eq!(log.topic(&t("nope")).await.unwrap(), None, "{name}");
+        let read = log.read(&t("nope"), 0, 10, usize::MAX).await.unwrap();
+        assert_eq!((read.messages.len(), read.bounds), (0, None), "{name}");
+        assert_eq!(log.seek_time(&t("nope"), 0).await.unwrap(), 0, "{name}");
+        assert!(!log.delete_topic(&t("nope")).await.unwrap(), "{name}");
+        assert_eq!(log.topics().await.unwrap().len(), 2, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn binary_payloads_round_trip() {
+    let payloads: Vec<Vec<u8>> = vec![
+        b"line one\nline two\n".to_vec(),
+        b"\0".to_vec(),
+        b"a\0b\0\0".to_vec(),
+        b"\r\n\r\n".to_vec(),
+        Vec::new(),
+        vec![0xff, 0xfe, 0x80, 0xc3],
+        // What a line-framed feed could mistake for its own header.
+        b"a 1 2 3 4\nb\n".to_vec(),
+        (0..=255u8).collect(),
+        (0..65_536u32).map(|i| (i % 251) as u8).collect(),
+    ];
+    for (name, log, _dir) in engines(Retention::default()).await {
+        let mut feed = log.take_commits().unwrap();
+        let batch: Vec<_> = payloads.iter().map(|p| raw("a", None, p, None)).collect();
+        log.append(batch).await.unwrap();
+        let read = read_all(&log, "a").await;
+        let got: Vec<&[u8]> = read.iter().map(|m| &m.data[..]).collect();
+        let want: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
+        assert_eq!(got, want, "{name}: read");
+        let bytes: usize = payloads.iter().map(Vec::len).sum();
+        let info = log.topic(&t("a")).await.unwrap().unwrap();
+        assert_eq!(
+            (info.messages, info.bytes),
+            (payloads.len() as u64, bytes as u64),
+            "{name}"
+        );
+        let fed = feed_n(&mut feed, payloads.len(), name).await;
+        assert_eq!(fed, read, "{name}: the commit feed carries the same bytes");
+        // A key remembers the whole body, past any NUL.
+        let first = log
+            .append(vec![raw("k", None, b"a\0b", Some("k"))])
+            .await
+            .unwrap()[0];
+        let err = log
+            .append(vec![raw("k", None, b"a\0c", Some("k"))])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::IdempotencyConflict { .. }),
+            "{name}: {err:?}"
+        );
+        let again = log
+            .append(vec![raw("k", None, b"a\0b", Some("k"))])
+            .await
+            .unwrap()[0];
+        assert_eq!((again.seq, again.replayed), (first.seq, true), "{name}");
+    }
+}
+
+/// `limit` is a `usize`: "no limit" (`usize::MAX`) must read like any limit above the count.
+#[tokio::test]
+async fn read_accepts_the_largest_limit() {
+    for (name, log, _dir) in engines(Retention::default()).await {
+        log.append(vec![msg("a", "1", None), msg("a", "2", None)])
+            .await
+            .unwrap();
+        for limit in [1_000_000, u32::MAX as usize, usize::MAX] {
+            let read = log.read(&t("a"), 0, limit, usize::MAX).await;
+            assert_eq!(
+                read.map(|r| r.messages.len()),
+                Ok(2),
+                "{name}: limit {limit}"
+            );
+        }
+    }
 }

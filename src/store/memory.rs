@@ -210,11 +210,12 @@ impl Log for MemoryLog {
                     .iter()
                     .skip(skip)
                     .take(limit)
-                    .take_while(|m| {
-                        let first = bytes == 0;
-                        bytes += m.data.len().max(1);
-                        first || bytes <= max_bytes
+                    .enumerate()
+                    .take_while(|(i, m)| {
+                        bytes += m.data.len();
+                        *i == 0 || bytes <= max_bytes
                     })
+                    .map(|(_, m)| m)
                     .cloned()
                     .collect();
                 ReadBatch {

@@ -508,7 +508,7 @@ impl Log for SqliteLog {
             tx.prepare_cached(
                 "INSERT INTO jobs (id, queue, state, attempts, max_attempts, created, updated, payload,
                  result, error, run_at, lease, lease_until, lease_ms, idem_key, fingerprint)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, NULL, ?9, NULL, NULL, NULL, ?10, ?11)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             )?
             .execute(params![
                 job.id.as_str(),
@@ -519,7 +519,12 @@ impl Log for SqliteLog {
                 job.created,
                 job.updated,
                 job.payload.as_ref(),
+                job.result.as_deref(),
+                job.error,
                 job.run_at,
+                job.lease,
+                job.lease_until,
+                job.lease_ms.map(|v| v as i64),
                 idempotency_key,
                 fp
             ])?;

@@ -398,16 +398,24 @@ impl RedisLog {
                 return Ok(None);
             };
             let loaded = self.load_job(queue, &id).await?;
-            let Some((mut job, version)) = loaded
-                .filter(|(j, _)| j.state == JobState::Queued && j.run_at.is_none_or(|t| t <= now))
+            let Some((mut job, version)) = loaded.filter(|(j, _)| j.state == JobState::Queued)
             else {
-                // An index entry without its job (a node died between writes): drop it.
+                // An index entry without its queued job: drop it.
                 self.conn
                     .query::<()>(redis::cmd("ZREM").arg(&ready).arg(id.as_str()))
                     .await
                     .map_err(unavailable)?;
                 continue;
             };
+            if job.run_at.is_some_and(|t| t > now) {
+                // Made ready by a claimer whose clock is ahead of ours: saving it unchanged
+                // puts it back among the delayed jobs, where its run_at will bring it again.
+                match self.save_job(&job, "version", &version).await {
+                    Ok(()) | Err(StoreError::JobChanged(_) | StoreError::UnknownJob(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
             job.claim(now, lease.clone(), lease_ms);
             match self.save_job(&job, "version", &version).await {
                 Ok(()) => return Ok(Some(job)),
@@ -867,7 +875,8 @@ impl Log for RedisLog {
                 "{}-0",
                 after.saturating_add(1).min(i64::MAX as u64)
             ))
-            .arg(limit)
+            // Lua numbers are doubles: keep the count where they print as integers.
+            .arg(limit.min(1 << 40))
             .arg(max_bytes.min(i64::MAX as usize));
             let v: Vec<redis::Value> = self.conn.invoke(&inv).await.map_err(unavailable)?;
             decode_read(&topic, v)

@@ -14,7 +14,7 @@ if limit > 0 then
   local bytes = 0
   for _, e in ipairs(redis.call('XRANGE', s, ARGV[4], '+', 'COUNT', limit)) do
     local t, ev, d = entry_fields(e[2])
-    bytes = bytes + math.max(#d, 1)
+    bytes = bytes + #d
     if #out > 3 and bytes > max_bytes then break end
     out[#out + 1] = entry_seq(e[1])
     out[#out + 1] = t
