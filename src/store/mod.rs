@@ -200,9 +200,9 @@ pub trait Log: Send + Sync + 'static {
     fn take_commits(&self) -> Option<CommitFeed>;
 
     /// The hub has readers of this topic now. An engine shared by several nodes that feeds
-    /// only the topics asked for (sharded Pub/Sub on a Redis Cluster) starts following it and
-    /// feeds an empty batch once it does, so the hub re-checks what was committed meanwhile.
-    /// Engines that feed every commit ignore it.
+    /// only the topics asked for (sharded Pub/Sub on a Redis Cluster) starts following it and,
+    /// once it does, feeds the topic's newest message again, so a commit made meanwhile
+    /// reaches the readers. Engines that feed every commit ignore it.
     fn follow(&self, _topic: &Topic) {}
 
     /// The hub has no readers of this topic any more.

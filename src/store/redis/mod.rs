@@ -19,7 +19,9 @@
 //! `plexus:c:{T}`, on the topic's own shard, so nothing crosses the cluster bus), and a node
 //! subscribes (`SSUBSCRIBE`, over RESP3) to the channels of the topics its hub has readers
 //! for. Either way each node feeds what arrives, in order, to its hub, its own publishes
-//! included, so there is one path for local and remote commits. When the subscription comes back after a drop, the
+//! included, so there is one path for local and remote commits. When a sharded subscription
+//! is confirmed, the engine also feeds the topic's newest message, so a commit made between a
+//! reader's store read and its subscription still reaches it. When the subscription comes back after a drop, the
 //! engine feeds an empty batch and the hub re-checks the heads of the topics it has readers
 //! for, so commits made meanwhile reach them without waiting for the next publish.
 
@@ -198,6 +200,7 @@ impl RedisLog {
     /// after `open` is missed.
     pub async fn open(target: &RedisTarget, retention: Retention) -> Result<Self, String> {
         let feed = FeedSlot::new();
+        let scripts = Arc::new(Scripts::new());
         let mut tasks = Vec::new();
         let (conn, interests) = match target {
             RedisTarget::Single(url) => {
@@ -240,11 +243,16 @@ impl RedisLog {
                     .map_err(|e| format!("cannot subscribe on the cluster {nodes:?}: {e}"))?;
                 let (interest_tx, interest_rx) = tokio::sync::mpsc::unbounded_channel();
                 tasks.push(tokio::spawn(follow_interests(subscriber, interest_rx)));
-                tasks.push(tokio::spawn(feed_pushes(push_rx, feed.sender())));
+                let reader = Appender {
+                    conn: Conn::Cluster(conn.clone()),
+                    scripts: scripts.clone(),
+                    retention,
+                    sharded: true,
+                };
+                tasks.push(tokio::spawn(feed_pushes(push_rx, feed.sender(), reader)));
                 (Conn::Cluster(conn), Some(interest_tx))
             }
         };
-        let scripts = Arc::new(Scripts::new());
         let appender = Appender {
             conn: conn.clone(),
             scripts: scripts.clone(),
@@ -454,6 +462,32 @@ struct Appender {
 }
 
 impl Appender {
+    /// The newest retained message of a topic.
+    async fn newest(&self, topic: &Topic) -> StoreResult<Option<Arc<Message>>> {
+        let read = |after: Seq, limit: usize| {
+            let mut inv = self.scripts.read.prepare_invoke();
+            inv.key(stream_key(topic)).key(meta_key(topic));
+            retention_args(&mut inv, self.retention, now_millis());
+            inv.arg(format!(
+                "{}-0",
+                after.saturating_add(1).min(i64::MAX as u64)
+            ))
+            .arg(limit)
+            .arg(1);
+            inv
+        };
+        let bounds: Vec<redis::Value> = self.conn.invoke(&read(0, 0)).await.map_err(unavailable)?;
+        let last = decode_read(topic, bounds)?.bounds().last_seq;
+        if last == 0 {
+            return Ok(None);
+        }
+        let v: Vec<redis::Value> = self
+            .conn
+            .invoke(&read(last - 1, 1))
+            .await
+            .map_err(unavailable)?;
+        Ok(decode_read(topic, v)?.messages.pop())
+    }
     /// Appends one topic's messages (a script call); `check_only` tests the idempotency keys.
     async fn append_topic(
         &self,
@@ -748,30 +782,58 @@ async fn follow_interests(
     }
 }
 
-/// Feeds the hub what the sharded subscriptions receive. A confirmed subscription (a new
-/// topic, or every topic again after a reconnect) and a dropped connection feed an empty
-/// batch: commits made before the subscription took effect are then found by the hub.
+/// Feeds the hub what the sharded subscriptions receive. When a topic's subscription is
+/// confirmed (a new topic, or every topic again after a reconnect), the topic's newest message
+/// is fed too: a commit made before the subscription took effect then reaches its readers (a
+/// reader behind it sees the hole and catches up from the store; one level with it ignores
+/// the repeat).
 async fn feed_pushes(
     mut pushes: tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
     feed: tokio::sync::mpsc::UnboundedSender<Vec<Arc<Message>>>,
+    reader: Appender,
 ) {
     while let Some(push) = pushes.recv().await {
-        let batch = match push.kind {
-            redis::PushKind::SMessage => {
-                let payload = match push.data.get(1) {
-                    Some(redis::Value::BulkString(bytes)) => decode_commit(bytes),
-                    _ => None,
-                };
-                match payload {
-                    Some(batch) => batch,
-                    None => {
-                        tracing::warn!("redis: an undecodable sharded message");
-                        continue;
-                    }
+        let bytes = match push.data.first() {
+            Some(redis::Value::BulkString(channel)) if push.kind == redis::PushKind::SSubscribe => {
+                let topic = std::str::from_utf8(channel)
+                    .ok()
+                    .and_then(|c| c.strip_prefix("plexus:c:{"))
+                    .and_then(|c| c.strip_suffix('}'))
+                    .and_then(|t| t.parse::<Topic>().ok());
+                if let Some(topic) = topic {
+                    let (reader, feed) = (reader.clone(), feed.clone());
+                    tokio::spawn(async move {
+                        match reader.newest(&topic).await {
+                            Ok(Some(newest)) => {
+                                let _ = feed.send(vec![newest]);
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::warn!(%topic, error = %e, "redis: cannot read the head of a followed topic");
+                                let _ = feed.send(Vec::new());
+                            }
+                        }
+                    });
                 }
+                continue;
             }
-            redis::PushKind::SSubscribe | redis::PushKind::Disconnection => Vec::new(),
+            _ if push.kind == redis::PushKind::SMessage => push.data.get(1),
+            _ if push.kind == redis::PushKind::Disconnection => {
+                // Resubscribing confirms each topic again (above); until then, a full check.
+                if feed.send(Vec::new()).is_err() {
+                    return;
+                }
+                continue;
+            }
             _ => continue,
+        };
+        let batch = match bytes {
+            Some(redis::Value::BulkString(bytes)) => decode_commit(bytes),
+            _ => None,
+        };
+        let Some(batch) = batch else {
+            tracing::warn!("redis: an undecodable sharded message");
+            continue;
         };
         if feed.send(batch).is_err() {
             return;
