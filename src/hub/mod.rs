@@ -102,6 +102,8 @@ pub struct Hub {
     shutdown: CancellationToken,
     /// The map size above which the next new state first sweeps unused ones.
     sweep_above: std::sync::atomic::AtomicUsize,
+    /// 0: no resync running; 1: one running; 2: one running and another asked for.
+    resyncs: std::sync::atomic::AtomicU8,
 }
 
 impl Hub {
@@ -115,6 +117,7 @@ impl Hub {
             topics: Mutex::new(HashMap::new()),
             shutdown,
             sweep_above: std::sync::atomic::AtomicUsize::new(MIN_SWEEP),
+            resyncs: std::sync::atomic::AtomicU8::new(0),
         });
         match feed {
             Some(feed) => {
@@ -273,7 +276,14 @@ async fn fan_out(hub: std::sync::Weak<Hub>, mut feed: CommitFeed) {
             return;
         };
         if batch.is_empty() {
-            tokio::spawn(resync(hub));
+            // A burst of requests makes one pass, plus one more after it if any came during it.
+            if hub.resyncs.fetch_add(1, Ordering::AcqRel) == 0 {
+                tokio::spawn(resync(hub));
+            } else {
+                let _ = hub
+                    .resyncs
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.min(2)));
+            }
         } else {
             hub.deliver(batch);
         }
@@ -285,6 +295,17 @@ async fn fan_out(hub: std::sync::Weak<Hub>, mut feed: CommitFeed) {
 /// head and read the store; live subscribers see the hole before it and catch up from the
 /// store by cursor, so nothing missed stays unseen until the topic's next publish.
 async fn resync(hub: Arc<Hub>) {
+    loop {
+        resync_once(&hub).await;
+        // Done unless another request came meanwhile (2 → 1: run once more).
+        if hub.resyncs.fetch_sub(1, Ordering::AcqRel) == 1 {
+            return;
+        }
+        hub.resyncs.store(1, Ordering::Release);
+    }
+}
+
+async fn resync_once(hub: &Hub) {
     let held: Vec<(Topic, Seq)> = hub
         .topics
         .lock()

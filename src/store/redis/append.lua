@@ -1,16 +1,26 @@
 -- Appends one topic's messages atomically and publishes them to every node.
--- KEYS: 1 stream, 2 meta, 3.. the idempotency keys of the messages that have one, in order.
+-- KEYS: 1 stream, 2 meta, 3 this call's receipt, 4.. the idempotency keys of the messages
+-- that have one, in order.
 -- ARGV: 1 now, 2 max messages, 3 max age ms, 4 idempotency ttl ms, 5 topic, 6 '1' = only
 -- check the keys, 7 the publish command (PUBLISH, or SPUBLISH on a cluster), 8 its channel,
 -- 9 n, then 4 per message: event ('' none), data, has key '1'|'0', fingerprint.
 -- Returns seq, time, replayed (0|1) per message; a reused key with another body is an error
--- `PLEXUS_CONFLICT <index>` and stores nothing.
-local s, m = KEYS[1], KEYS[2]
+-- `PLEXUS_CONFLICT <index>` and stores nothing. A call repeated by the client after a
+-- dropped connection finds its receipt and answers as the first time, appending nothing.
+local s, m, receipt = KEYS[1], KEYS[2], KEYS[3]
+if ARGV[6] ~= '1' then
+  local done = redis.call('GET', receipt)
+  if done then
+    local out = {}
+    for n in string.gmatch(done, '%d+') do out[#out + 1] = tonumber(n) end
+    return out
+  end
+end
 local now, maxn, maxage = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local n = tonumber(ARGV[9])
 
 local first_fp = {}
-local ki = 3
+local ki = 4
 for i = 0, n - 1 do
   local b = 10 + i * 4
   if ARGV[b + 2] == '1' then
@@ -35,7 +45,7 @@ local added = 0
 local out = {}
 local feed = {ARGV[5], '\n'}
 local appended = 0
-ki = 3
+ki = 4
 for i = 0, n - 1 do
   local b = 10 + i * 4
   local ev, d = ARGV[b], ARGV[b + 1]
@@ -79,4 +89,5 @@ if appended > 0 then
   trim(s, m, now, maxn, maxage)
   redis.call(ARGV[7], ARGV[8], table.concat(feed))
 end
+redis.call('SET', receipt, table.concat(out, ' '), 'PX', 60000)
 return out

@@ -8,6 +8,8 @@
 //! - `plexus:m:{T}` a hash: `head` (the seq counter, which deletes and retention never lower),
 //!   `last` (time of the last message), `bytes` (payload retained), `del` (deleted through);
 //! - `plexus:i:{T}:KEY` an idempotency key, `FINGERPRINT SEQ TIME`, expiring after 24 h;
+//! - `plexus:w:{T}:CALL` an append's receipt (its result, for 60 s), so that a call the client
+//!   library repeats after a dropped connection does not append twice;
 //! - `plexus:topics` the set of topic names, for listing;
 //! - `plexus:j:{Q}:ID` a job (a hash), `plexus:jr:{Q}` / `plexus:jd:{Q}` / `plexus:jl:{Q}` its
 //!   queue's ready, delayed and running sorted sets, `plexus:jk:{Q}:KEY` a job idempotency key
@@ -56,13 +58,51 @@ const CLAIM_TRIES: usize = 16;
 const PRELUDE: &str = include_str!("prelude.lua");
 const JOBS_PRELUDE: &str = include_str!("jobs.lua");
 
-/// Where the engine connects.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where the engine connects. Its `Debug` hides passwords (it is logged at start).
+#[derive(Clone, PartialEq, Eq)]
 pub enum RedisTarget {
     /// One Redis server: `redis://HOST:PORT`.
     Single(String),
     /// The seed nodes of a Redis Cluster: `redis+cluster://HOST:PORT,HOST:PORT`.
     Cluster(Vec<String>),
+}
+
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RedisTarget::Single(url) => f.debug_tuple("Single").field(&redact(url)).finish(),
+            RedisTarget::Cluster(nodes) => f
+                .debug_tuple("Cluster")
+                .field(&nodes.iter().map(|n| redact(n)).collect::<Vec<_>>())
+                .finish(),
+        }
+    }
+}
+
+/// A Redis URL with its password, if any, replaced by `***`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((user, host)) => {
+            let user = user.split_once(':').map_or(user, |(name, _)| name);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Every connection to Redis probes an idle peer: a subscription that only ever reads would
+/// otherwise wait forever on a Redis that vanished without closing the socket.
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    let keepalive = redis::io::tcp::socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(15))
+        .with_interval(Duration::from_secs(5));
+    let settings = redis::io::tcp::TcpSettings::default().set_keepalive(keepalive);
+    #[cfg(target_os = "linux")]
+    let settings = settings.set_user_timeout(Duration::from_secs(30));
+    settings
 }
 
 impl RedisTarget {
@@ -141,6 +181,17 @@ impl Scripts {
     }
 }
 
+/// The topics a cluster node's hub wants followed: kept so that a subscription Redis drops
+/// (a slot moved, a failover) or one that failed is made again while it is wanted.
+type Followed = Arc<Mutex<HashSet<Topic>>>;
+
+fn wanted(followed: &Followed, topic: &Topic) -> bool {
+    followed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(topic)
+}
+
 /// What the hub asks a cluster node to follow (see [`Log::follow`]).
 enum Interest {
     Follow(Topic),
@@ -152,6 +203,8 @@ pub struct RedisLog {
     conn: Conn,
     /// On a cluster: where follow/unfollow requests go (sharded Pub/Sub per topic).
     interests: Option<tokio::sync::mpsc::UnboundedSender<Interest>>,
+    /// On a cluster: the topics the hub wants followed now.
+    followed: Followed,
     scripts: Arc<Scripts>,
     retention: Retention,
     appender: Appender,
@@ -201,11 +254,15 @@ impl RedisLog {
     pub async fn open(target: &RedisTarget, retention: Retention) -> Result<Self, String> {
         let feed = FeedSlot::new();
         let scripts = Arc::new(Scripts::new());
+        let followed = Followed::default();
         let mut tasks = Vec::new();
         let (conn, interests) = match target {
             RedisTarget::Single(url) => {
-                let client =
-                    redis::Client::open(url.as_str()).map_err(|e| format!("{url}: {e}"))?;
+                let shown = redact(url);
+                let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+                    .map_err(|e| format!("{shown}: {e}"))?
+                    .set_tcp_settings(tcp_settings());
+                let client = redis::Client::open(info).map_err(|e| format!("{shown}: {e}"))?;
                 let config = ConnectionManagerConfig::new()
                     .set_response_timeout(Some(RESPONSE_TIMEOUT))
                     .set_connection_timeout(Some(Duration::from_secs(5)))
@@ -213,43 +270,57 @@ impl RedisLog {
                 let manager = client
                     .get_connection_manager_with_config(config)
                     .await
-                    .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+                    .map_err(|e| format!("cannot connect to {shown}: {e}"))?;
                 let pubsub = subscribe(&client)
                     .await
-                    .map_err(|e| format!("cannot subscribe to {CHANNEL} on {url}: {e}"))?;
+                    .map_err(|e| format!("cannot subscribe to {CHANNEL} on {shown}: {e}"))?;
                 tasks.push(tokio::spawn(follow_commits(client, pubsub, feed.sender())));
                 (Conn::Single(manager), None)
             }
             RedisTarget::Cluster(nodes) => {
+                let shown: Vec<String> = nodes.iter().map(|n| redact(n)).collect();
                 let client = redis::cluster::ClusterClient::builder(nodes.clone())
                     .response_timeout(RESPONSE_TIMEOUT)
                     .connection_timeout(Duration::from_secs(5))
+                    .tcp_settings(tcp_settings())
                     .build()
-                    .map_err(|e| format!("{nodes:?}: {e}"))?;
+                    .map_err(|e| format!("{shown:?}: {e}"))?;
                 let conn = client
                     .get_async_connection()
                     .await
-                    .map_err(|e| format!("cannot connect to the cluster {nodes:?}: {e}"))?;
+                    .map_err(|e| format!("cannot connect to the cluster {shown:?}: {e}"))?;
                 // Sharded subscriptions need RESP3; their messages arrive as pushes.
                 let (push_tx, push_rx) = tokio::sync::mpsc::unbounded_channel();
                 let subscriber = redis::cluster::ClusterClient::builder(nodes.clone())
                     .use_protocol(redis::ProtocolVersion::RESP3)
                     .push_sender(push_tx)
                     .connection_timeout(Duration::from_secs(5))
+                    .tcp_settings(tcp_settings())
                     .build()
-                    .map_err(|e| format!("{nodes:?}: {e}"))?
+                    .map_err(|e| format!("{shown:?}: {e}"))?
                     .get_async_connection()
                     .await
-                    .map_err(|e| format!("cannot subscribe on the cluster {nodes:?}: {e}"))?;
+                    .map_err(|e| format!("cannot subscribe on the cluster {shown:?}: {e}"))?;
                 let (interest_tx, interest_rx) = tokio::sync::mpsc::unbounded_channel();
-                tasks.push(tokio::spawn(follow_interests(subscriber, interest_rx)));
+                tasks.push(tokio::spawn(follow_interests(
+                    subscriber,
+                    interest_rx,
+                    followed.clone(),
+                )));
                 let reader = Appender {
                     conn: Conn::Cluster(conn.clone()),
                     scripts: scripts.clone(),
                     retention,
                     sharded: true,
+                    calls: Arc::new((node_id(), 0.into())),
                 };
-                tasks.push(tokio::spawn(feed_pushes(push_rx, feed.sender(), reader)));
+                tasks.push(tokio::spawn(feed_pushes(
+                    push_rx,
+                    feed.sender(),
+                    reader,
+                    followed.clone(),
+                    interest_tx.clone(),
+                )));
                 (Conn::Cluster(conn), Some(interest_tx))
             }
         };
@@ -258,10 +329,12 @@ impl RedisLog {
             scripts: scripts.clone(),
             retention,
             sharded: interests.is_some(),
+            calls: Arc::new((node_id(), 0.into())),
         };
         Ok(RedisLog {
             conn,
             interests,
+            followed,
             scripts,
             retention,
             appender,
@@ -406,15 +479,19 @@ impl RedisLog {
                 return Ok(None);
             };
             let loaded = self.load_job(queue, &id).await?;
-            let Some((mut job, version)) = loaded.filter(|(j, _)| j.state == JobState::Queued)
-            else {
-                // An index entry without its queued job: drop it.
+            let Some((mut job, version)) = loaded else {
+                // An index entry without its job: drop it.
                 self.conn
                     .query::<()>(redis::cmd("ZREM").arg(&ready).arg(id.as_str()))
                     .await
                     .map_err(unavailable)?;
                 continue;
             };
+            if job.state != JobState::Queued {
+                // Another node claimed it between our pick and our read (its save moved it
+                // out of the ready set): pick again.
+                continue;
+            }
             if job.run_at.is_some_and(|t| t > now) {
                 // Made ready by a claimer whose clock is ahead of ours: saving it unchanged
                 // puts it back among the delayed jobs, where its run_at will bring it again.
@@ -459,6 +536,16 @@ struct Appender {
     scripts: Arc<Scripts>,
     retention: Retention,
     sharded: bool,
+    /// Names each script call's receipt: this node's random id and a call counter.
+    calls: Arc<(u64, std::sync::atomic::AtomicU64)>,
+}
+
+/// A random id for this node's append receipts.
+fn node_id() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    u64::from_le_bytes(bytes) ^ u64::from(std::process::id())
 }
 
 impl Appender {
@@ -495,8 +582,22 @@ impl Appender {
         messages: &[NewMessage],
         check_only: bool,
     ) -> StoreResult<Vec<Appended>> {
+        let (node, calls) = &*self.calls;
+        let call = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let receipt = format!("plexus:w:{{{topic}}}:{node:016x}{call:x}");
+        self.append_call(topic, messages, check_only, receipt).await
+    }
+
+    /// One run of `append.lua`; a second run with the same receipt answers as the first.
+    async fn append_call(
+        &self,
+        topic: &Topic,
+        messages: &[NewMessage],
+        check_only: bool,
+        receipt: String,
+    ) -> StoreResult<Vec<Appended>> {
         let mut inv = self.scripts.append.prepare_invoke();
-        inv.key(stream_key(topic)).key(meta_key(topic));
+        inv.key(stream_key(topic)).key(meta_key(topic)).key(receipt);
         for m in messages {
             if let Some(key) = &m.idempotency_key {
                 inv.key(format!("plexus:i:{{{topic}}}:{key}"));
@@ -757,25 +858,29 @@ async fn follow_commits(
 async fn follow_interests(
     mut conn: ClusterConnection,
     mut interests: tokio::sync::mpsc::UnboundedReceiver<Interest>,
+    followed: Followed,
 ) {
     while let Some(interest) = interests.recv().await {
-        let (follow, topic) = match &interest {
-            Interest::Follow(t) => (true, t),
-            Interest::Unfollow(t) => (false, t),
-        };
-        let channel = shard_channel(topic);
-        let mut delay = Duration::from_millis(100);
-        for attempt in 1..=5 {
-            let done = match follow {
-                true => conn.ssubscribe(&channel).await,
-                false => conn.sunsubscribe(&channel).await,
-            };
-            match done {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(%topic, attempt, error = %e, "redis: cannot (un)subscribe the topic's shard channel");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
+        match interest {
+            Interest::Follow(topic) => {
+                // Retried, with a capped backoff, for as long as the topic is wanted.
+                let mut delay = Duration::from_millis(100);
+                while wanted(&followed, &topic) {
+                    match conn.ssubscribe(shard_channel(&topic)).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::warn!(%topic, error = %e, "redis: cannot subscribe to the topic's shard channel; retrying");
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+            }
+            Interest::Unfollow(topic) => {
+                if !wanted(&followed, &topic)
+                    && let Err(e) = conn.sunsubscribe(shard_channel(&topic)).await
+                {
+                    tracing::debug!(%topic, error = %e, "redis: cannot unsubscribe");
                 }
             }
         }
@@ -791,16 +896,29 @@ async fn feed_pushes(
     mut pushes: tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
     feed: tokio::sync::mpsc::UnboundedSender<Vec<Arc<Message>>>,
     reader: Appender,
+    followed: Followed,
+    interests: tokio::sync::mpsc::UnboundedSender<Interest>,
 ) {
+    let topic_of = |channel: &[u8]| {
+        std::str::from_utf8(channel)
+            .ok()
+            .and_then(|c| c.strip_prefix("plexus:c:{"))
+            .and_then(|c| c.strip_suffix('}'))
+            .and_then(|t| t.parse::<Topic>().ok())
+    };
     while let Some(push) = pushes.recv().await {
+        if push.kind == redis::PushKind::SUnsubscribe
+            && let Some(redis::Value::BulkString(channel)) = push.data.first()
+            && let Some(topic) = topic_of(channel)
+            && wanted(&followed, &topic)
+        {
+            // Redis dropped a subscription the hub still wants (its slot moved): again.
+            let _ = interests.send(Interest::Follow(topic));
+            continue;
+        }
         let bytes = match push.data.first() {
             Some(redis::Value::BulkString(channel)) if push.kind == redis::PushKind::SSubscribe => {
-                let topic = std::str::from_utf8(channel)
-                    .ok()
-                    .and_then(|c| c.strip_prefix("plexus:c:{"))
-                    .and_then(|c| c.strip_suffix('}'))
-                    .and_then(|t| t.parse::<Topic>().ok());
-                if let Some(topic) = topic {
+                if let Some(topic) = topic_of(channel) {
                     let (reader, feed) = (reader.clone(), feed.clone());
                     tokio::spawn(async move {
                         match reader.newest(&topic).await {
@@ -906,9 +1024,12 @@ impl Log for RedisLog {
                         .await?;
                 }
             }
-            let mut results = vec![None; batch.len()];
+            // Everything that can fail before a commit happens first.
             for topic in &order {
                 self.remember(TOPICS, topic.as_str()).await?;
+            }
+            let mut results = vec![None; batch.len()];
+            for topic in &order {
                 let appended = self.enqueue(topic, split(topic)).await?;
                 for (&i, a) in groups[topic].iter().zip(appended) {
                     results[i] = Some(a);
@@ -1009,15 +1130,29 @@ impl Log for RedisLog {
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
-        for task in self
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-        {
-            task.abort();
-        }
-        Box::pin(async {})
+        Box::pin(async move {
+            // Appends already queued finish (for at most a few seconds), then the
+            // subscriptions stop.
+            for _ in 0..100 {
+                if self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_empty()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            for task in self
+                .tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain(..)
+            {
+                task.abort();
+            }
+        })
     }
 
     fn take_commits(&self) -> Option<CommitFeed> {
@@ -1026,12 +1161,20 @@ impl Log for RedisLog {
 
     fn follow(&self, topic: &Topic) {
         if let Some(interests) = &self.interests {
+            self.followed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(topic.clone());
             let _ = interests.send(Interest::Follow(topic.clone()));
         }
     }
 
     fn unfollow(&self, topic: &Topic) {
         if let Some(interests) = &self.interests {
+            self.followed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(topic);
             let _ = interests.send(Interest::Unfollow(topic.clone()));
         }
     }
@@ -1410,6 +1553,52 @@ mod tests {
                 Err(e) => panic!("unexpected {e}"),
             }
         }
+    }
+
+    /// A script call repeated with the same receipt (as redis-rs repeats one after a dropped
+    /// connection) answers as the first and appends nothing.
+    #[tokio::test]
+    async fn a_repeated_append_call_appends_once() {
+        let server = TestRedis::start().await;
+        let log = RedisLog::open(
+            &RedisTarget::Single(server.url.clone()),
+            Retention::default(),
+        )
+        .await
+        .expect("open");
+        let topic: Topic = "r".parse().expect("topic");
+        let batch = vec![msg("r", "a", None), msg("r", "b", None)];
+        let receipt = "plexus:w:{r}:test".to_owned();
+        let first = log
+            .appender
+            .append_call(&topic, &batch, false, receipt.clone())
+            .await
+            .expect("first call");
+        let again = log
+            .appender
+            .append_call(&topic, &batch, false, receipt)
+            .await
+            .expect("repeated call");
+        assert_eq!(first, again, "the repeat answers as the first");
+        let read = log.read(&topic, 0, 10, usize::MAX).await.expect("read");
+        assert_eq!(read.messages.len(), 2, "appended once");
+        let other = log.append(batch).await.expect("a new call");
+        assert_eq!(other[0].seq, 3, "a new call appends");
+    }
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(redact("redis://:s3cret@h:6379"), "redis://:***@h:6379");
+        assert_eq!(
+            redact("redis://me:s3cret@h:6379/0"),
+            "redis://me:***@h:6379/0"
+        );
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+        let shown = format!(
+            "{:?}",
+            RedisTarget::Cluster(vec!["redis://:pw@a:1".into(), "redis://b:2".into()])
+        );
+        assert!(!shown.contains("pw"), "{shown}");
     }
 
     #[test]
