@@ -142,6 +142,13 @@ impl Conn {
         }
     }
 
+    async fn query_pipe<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, RedisError> {
+        match self.clone() {
+            Conn::Single(mut c) => pipe.query_async(&mut c).await,
+            Conn::Cluster(mut c) => pipe.query_async(&mut c).await,
+        }
+    }
+
     async fn invoke<T: FromRedisValue>(
         &self,
         script: &ScriptInvocation<'_>,
@@ -155,6 +162,8 @@ impl Conn {
 
 struct Scripts {
     append: Script,
+    /// The append script's source, for `EVAL` inside a MULTI (a multi-topic batch).
+    append_code: String,
     read: Script,
     info: Script,
     seek: Script,
@@ -170,6 +179,7 @@ impl Scripts {
         let job = |body: &str| Script::new(&format!("{JOBS_PRELUDE}\n{body}"));
         Scripts {
             append: topic(include_str!("append.lua")),
+            append_code: format!("{PRELUDE}\n{}", include_str!("append.lua")),
             read: topic(include_str!("read.lua")),
             info: topic(include_str!("info.lua")),
             seek: topic(include_str!("seek.lua")),
@@ -582,10 +592,71 @@ impl Appender {
         messages: &[NewMessage],
         check_only: bool,
     ) -> StoreResult<Vec<Appended>> {
+        self.append_call(topic, messages, check_only, self.receipt(topic))
+            .await
+    }
+
+    /// A fresh receipt key for one append call of a topic.
+    fn receipt(&self, topic: &Topic) -> String {
         let (node, calls) = &*self.calls;
         let call = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let receipt = format!("plexus:w:{{{topic}}}:{node:016x}{call:x}");
-        self.append_call(topic, messages, check_only, receipt).await
+        format!("plexus:w:{{{topic}}}:{node:016x}{call:x}")
+    }
+
+    /// The keys and arguments of one run of `append.lua` (see the script for their order).
+    fn append_args(
+        &self,
+        topic: &Topic,
+        messages: &[NewMessage],
+        check_only: bool,
+        receipt: String,
+    ) -> (Vec<String>, Vec<Vec<u8>>) {
+        let mut keys = vec![stream_key(topic), meta_key(topic), receipt];
+        keys.extend(
+            messages
+                .iter()
+                .filter_map(|m| m.idempotency_key.as_ref())
+                .map(|key| format!("plexus:i:{{{topic}}}:{key}")),
+        );
+        let (command, channel) = match self.sharded {
+            false => ("PUBLISH", CHANNEL.to_owned()),
+            true => ("SPUBLISH", shard_channel(topic)),
+        };
+        let mut args: Vec<Vec<u8>> = [
+            now_millis().to_string(),
+            self.retention.max_messages.min(i64::MAX as u64).to_string(),
+            self.retention
+                .max_age
+                .as_millis()
+                .min(i64::MAX as u128)
+                .to_string(),
+            IDEMPOTENCY_TTL.as_millis().to_string(),
+            topic.as_str().to_owned(),
+            if check_only { "1" } else { "0" }.to_owned(),
+            command.to_owned(),
+            channel,
+            messages.len().to_string(),
+        ]
+        .into_iter()
+        .map(String::into_bytes)
+        .collect();
+        for m in messages {
+            args.push(
+                m.event
+                    .as_ref()
+                    .map_or("", |e| e.as_str())
+                    .as_bytes()
+                    .to_vec(),
+            );
+            args.push(m.data.to_vec());
+            args.push(if m.idempotency_key.is_some() {
+                b"1".to_vec()
+            } else {
+                b"0".to_vec()
+            });
+            args.push(m.fingerprint().to_string().into_bytes());
+        }
+        (keys, args)
     }
 
     /// One run of `append.lua`; a second run with the same receipt answers as the first.
@@ -596,34 +667,16 @@ impl Appender {
         check_only: bool,
         receipt: String,
     ) -> StoreResult<Vec<Appended>> {
+        let (keys, args) = self.append_args(topic, messages, check_only, receipt);
         let mut inv = self.scripts.append.prepare_invoke();
-        inv.key(stream_key(topic)).key(meta_key(topic)).key(receipt);
-        for m in messages {
-            if let Some(key) = &m.idempotency_key {
-                inv.key(format!("plexus:i:{{{topic}}}:{key}"));
-            }
+        for key in keys {
+            inv.key(key);
         }
-        retention_args(&mut inv, self.retention, now_millis());
-        inv.arg(IDEMPOTENCY_TTL.as_millis() as u64)
-            .arg(topic.as_str())
-            .arg(if check_only { "1" } else { "0" });
-        match self.sharded {
-            false => inv.arg("PUBLISH").arg(CHANNEL),
-            true => inv.arg("SPUBLISH").arg(shard_channel(topic)),
-        };
-        inv.arg(messages.len());
-        for m in messages {
-            inv.arg(m.event.as_ref().map_or("", |e| e.as_str()))
-                .arg(m.data.as_ref())
-                .arg(if m.idempotency_key.is_some() {
-                    "1"
-                } else {
-                    "0"
-                })
-                .arg(m.fingerprint().to_string());
+        for arg in args {
+            inv.arg(arg);
         }
         let started = std::time::Instant::now();
-        let out: Vec<i64> = match self.conn.invoke(&inv).await {
+        match self.conn.invoke::<Vec<i64>>(&inv).await {
             Ok(out) => {
                 // One script call is one atomic commit of this topic's messages.
                 if !check_only {
@@ -631,34 +684,47 @@ impl Appender {
                     metrics::histogram!("plexus_store_commit_seconds")
                         .record(started.elapsed().as_secs_f64());
                 }
-                out
+                Ok(appended(&out))
             }
-            Err(e) if e.to_string().contains("PLEXUS_CONFLICT") => {
-                let index = e
-                    .detail()
-                    .and_then(|d| d.split_whitespace().last())
-                    .and_then(|i| i.parse::<usize>().ok())
-                    .unwrap_or(0);
-                let key = messages
-                    .get(index)
-                    .and_then(|m| m.idempotency_key.clone())
-                    .or_else(|| messages.iter().find_map(|m| m.idempotency_key.clone()))
-                    .unwrap_or_default();
-                return Err(StoreError::IdempotencyConflict {
-                    topic: topic.clone(),
-                    key,
-                });
+            Err(e) => Err(append_error(e, topic, messages)),
+        }
+    }
+
+    /// Appends a batch of several topics on one Redis in one MULTI/EXEC: every topic's
+    /// script runs, or none (a dropped connection before EXEC runs nothing).
+    async fn append_topics(
+        &self,
+        topics: &[(Topic, Vec<NewMessage>)],
+    ) -> StoreResult<Vec<Vec<Appended>>> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (topic, messages) in topics {
+            let (keys, args) = self.append_args(topic, messages, false, self.receipt(topic));
+            pipe.cmd("EVAL")
+                .arg(&self.scripts.append_code)
+                .arg(keys.len())
+                .arg(keys)
+                .arg(args);
+        }
+        let started = std::time::Instant::now();
+        match self.conn.query_pipe::<Vec<Vec<i64>>>(&pipe).await {
+            Ok(outs) => {
+                let count: usize = topics.iter().map(|(_, m)| m.len()).sum();
+                metrics::histogram!("plexus_store_commit_ops").record(count as f64);
+                metrics::histogram!("plexus_store_commit_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                Ok(outs.iter().map(|out| appended(out)).collect())
             }
-            Err(e) => return Err(unavailable(e)),
-        };
-        Ok(out
-            .chunks_exact(3)
-            .map(|c| Appended {
-                seq: c[0] as Seq,
-                time: c[1],
-                replayed: c[2] == 1,
-            })
-            .collect())
+            Err(e) => {
+                let (topic, messages) = topics
+                    .iter()
+                    .find(|(_, m)| m.iter().any(|m| m.idempotency_key.is_some()))
+                    .or(topics.first())
+                    .map(|(t, m)| (t.clone(), m.as_slice()))
+                    .ok_or_else(|| StoreError::Unavailable("redis: an empty batch".into()))?;
+                Err(append_error(e, &topic, messages))
+            }
+        }
     }
 
     /// Commits the appends of a group in one script call (a group commit: the script's fixed
@@ -691,6 +757,38 @@ impl Appender {
                 }
             }
         }
+    }
+}
+
+/// The `seq, time, replayed` triples `append.lua` returns.
+fn appended(out: &[i64]) -> Vec<Appended> {
+    out.chunks_exact(3)
+        .map(|c| Appended {
+            seq: c[0] as Seq,
+            time: c[1],
+            replayed: c[2] == 1,
+        })
+        .collect()
+}
+
+/// An error of `append.lua`: a key conflict (naming the key) or Redis unavailable.
+fn append_error(e: RedisError, topic: &Topic, messages: &[NewMessage]) -> StoreError {
+    if !e.to_string().contains("PLEXUS_CONFLICT") {
+        return unavailable(e);
+    }
+    let index = e
+        .detail()
+        .and_then(|d| d.split_whitespace().last())
+        .and_then(|i| i.parse::<usize>().ok())
+        .unwrap_or(0);
+    let key = messages
+        .get(index)
+        .and_then(|m| m.idempotency_key.clone())
+        .or_else(|| messages.iter().find_map(|m| m.idempotency_key.clone()))
+        .unwrap_or_default();
+    StoreError::IdempotencyConflict {
+        topic: topic.clone(),
+        key,
     }
 }
 
@@ -1015,8 +1113,8 @@ impl Log for RedisLog {
             let split = |topic: &Topic| -> Vec<NewMessage> {
                 groups[topic].iter().map(|&i| batch[i].clone()).collect()
             };
-            // Across topics (maybe across shards) there is no transaction: check every key
-            // first, so a conflict stores nothing.
+            // Across topics, check every key first, so a conflict stores nothing (a script
+            // that fails inside a MULTI does not undo the others).
             if order.len() > 1 && batch.iter().any(|m| m.idempotency_key.is_some()) {
                 for topic in &order {
                     self.appender
@@ -1029,10 +1127,24 @@ impl Log for RedisLog {
                 self.remember(TOPICS, topic.as_str()).await?;
             }
             let mut results = vec![None; batch.len()];
-            for topic in &order {
-                let appended = self.enqueue(topic, split(topic)).await?;
-                for (&i, a) in groups[topic].iter().zip(appended) {
-                    results[i] = Some(a);
+            if order.len() > 1 && self.interests.is_none() {
+                // One Redis: every topic in one MULTI/EXEC, all or nothing.
+                let topics: Vec<(Topic, Vec<NewMessage>)> =
+                    order.iter().map(|t| (t.clone(), split(t))).collect();
+                let outs = self.appender.append_topics(&topics).await?;
+                for (topic, appended) in order.iter().zip(outs) {
+                    for (&i, a) in groups[topic].iter().zip(appended) {
+                        results[i] = Some(a);
+                    }
+                }
+            } else {
+                // One topic (sharing its flush task's group commit), or a cluster, where
+                // topics on different shards cannot share a transaction: one commit each.
+                for topic in &order {
+                    let appended = self.enqueue(topic, split(topic)).await?;
+                    for (&i, a) in groups[topic].iter().zip(appended) {
+                        results[i] = Some(a);
+                    }
                 }
             }
             results
