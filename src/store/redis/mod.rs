@@ -52,8 +52,10 @@ const QUEUES: &str = "plexus:queues";
 /// Longest a command may take before the node calls Redis unavailable. redis-rs defaults to
 /// 500 ms, which a large script under load can exceed.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How many times a claim retries when another node took its candidate first.
-const CLAIM_TRIES: usize = 16;
+/// How many times a claim retries when another node took its candidate first, and how many
+/// of the oldest due jobs it considers.
+const CLAIM_TRIES: usize = 32;
+const CLAIM_CANDIDATES: usize = 16;
 
 const PRELUDE: &str = include_str!("prelude.lua");
 const JOBS_PRELUDE: &str = include_str!("jobs.lua");
@@ -481,12 +483,18 @@ impl RedisLog {
         lease_ms: u64,
     ) -> StoreResult<Option<Job>> {
         let [ready, delayed, _] = queue_keys(queue);
-        for _ in 0..CLAIM_TRIES {
+        for attempt in 0..CLAIM_TRIES {
             let mut inv = self.scripts.job_pick.prepare_invoke();
-            inv.key(&ready).key(&delayed).arg(now);
+            inv.key(&ready).key(&delayed).arg(now).arg(CLAIM_CANDIDATES);
             let picked: Vec<String> = self.conn.invoke(&inv).await.map_err(unavailable)?;
-            let Some(id) = picked.first().and_then(|id| id.parse::<JobId>().ok()) else {
+            if picked.is_empty() {
                 return Ok(None);
+            }
+            // The oldest first; a claimer that lost a race moves on to the next candidates,
+            // so many concurrent claimers spread over the queue's head instead of all
+            // fighting over one job.
+            let Ok(id) = picked[attempt % picked.len()].parse::<JobId>() else {
+                continue;
             };
             let loaded = self.load_job(queue, &id).await?;
             let Some((mut job, version)) = loaded else {
