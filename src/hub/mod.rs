@@ -176,6 +176,12 @@ impl Hub {
         self.with_state(topic, |s| s.head.subscribe())
     }
 
+    /// A receiver of the topic's head: it changes whenever a commit of the topic reaches this
+    /// node, from this node or (on a shared store) from another.
+    pub fn head_watch(&self, topic: &Topic) -> watch::Receiver<Seq> {
+        self.subscribe_head(topic)
+    }
+
     /// The topic's state and a receiver of its live broadcast, for streams.
     fn subscribe_live(
         &self,

@@ -123,7 +123,29 @@ impl Jobs {
 
     fn notifier(&self, queue: &Topic) -> Arc<Notify> {
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        queues.entry(queue.clone()).or_default().clone()
+        queues
+            .entry(queue.clone())
+            .or_insert_with(|| {
+                let notify = Arc::new(Notify::new());
+                // A job queued through another node (a shared store) reaches this one as a
+                // commit of the queue's topic: each wakes one claimer here, as a local submit
+                // does. (A local submit then wakes two: one looks, finds nothing, waits again.)
+                let Some(topic) = queue_topic(queue) else {
+                    return notify;
+                };
+                let mut head = self.hub.head_watch(&topic);
+                let relay = Arc::downgrade(&notify);
+                tokio::spawn(async move {
+                    while head.changed().await.is_ok() {
+                        match relay.upgrade() {
+                            Some(notify) => notify.notify_one(),
+                            None => return,
+                        }
+                    }
+                });
+                notify
+            })
+            .clone()
     }
 
     /// Publishes a state change (event = the state) or progress on `_jobs.{id}`.
@@ -140,11 +162,37 @@ impl Jobs {
         Ok(())
     }
 
+    /// Publishes a state change on `_jobs.{id}`; a job (re)queued is also announced, in the
+    /// same commit, on `_queues.{queue}`, which claimers on every node watch.
     async fn announce_state(&self, job: &Job) -> Result<(), JobError> {
         metrics::counter!("plexus_job_transitions_total", "state" => job.state.as_str())
             .increment(1);
-        self.announce(job, job.state.as_str(), Bytes::from(job_json(job, false)))
-            .await
+        let data = Bytes::from(job_json(job, false));
+        let queue_topic = match job.state {
+            JobState::Queued => queue_topic(&job.queue),
+            _ => None,
+        };
+        let Some(queue_topic) = queue_topic else {
+            return self.announce(job, job.state.as_str(), data).await;
+        };
+        let event = job.state.as_str().parse::<EventName>().ok();
+        self.hub
+            .publish_internal(vec![
+                NewMessage {
+                    topic: job.id.topic(),
+                    event: event.clone(),
+                    data: data.clone(),
+                    idempotency_key: None,
+                },
+                NewMessage {
+                    topic: queue_topic,
+                    event,
+                    data,
+                    idempotency_key: None,
+                },
+            ])
+            .await?;
+        Ok(())
     }
 
     /// Submits a job. With an idempotency key already used with this payload, the first job
@@ -400,4 +448,10 @@ async fn sweep(jobs: Weak<Jobs>) {
             tracing::warn!(error = %e, "lease sweep failed; will retry");
         }
     }
+}
+
+/// The topic on which a queue's (re)queued jobs are announced: `_queues.{queue}` (`None` for
+/// a queue name so long that the prefix would make the topic name too long).
+pub fn queue_topic(queue: &Topic) -> Option<Topic> {
+    format!("_queues.{queue}").parse().ok()
 }

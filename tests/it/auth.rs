@@ -1069,8 +1069,10 @@ async fn topic_list_is_filtered_for_non_admins() {
     assert_eq!(status, StatusCode::ACCEPTED, "submit: {job}");
     let job_topic = format!("_jobs.{}", jobs::id(&job));
 
+    // The job's topic, and its queue's (where queued jobs are announced to every node).
     let mut everything = vec![
         job_topic.clone(),
+        "_queues.thumbs".to_string(),
         "chat.room".to_string(),
         "elsewhere.x".to_string(),
         "orders.eu".to_string(),

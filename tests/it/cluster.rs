@@ -173,6 +173,18 @@ async fn a_job_submitted_on_one_node_is_claimed_on_another_and_completed_on_a_th
     let resp = crate::jobs::claim_raw(&c, "render", "wait=0").await;
     assert_eq!(resp.status(), 204, "no second claim of a held job");
 
+    // The queue's topic carries the job's `queued` event to every node (claimers there watch it).
+    let page = c.read("_queues.render", "since=all").await;
+    let events: Vec<String> = crate::harness::messages(&page)
+        .iter()
+        .map(|m| m["event"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        events,
+        vec!["queued"],
+        "one queued event on _queues.render: {page}"
+    );
+
     let done = complete(&c, &claimed, "rendered").await;
     assert_eq!(done["state"], "succeeded", "C completes B's claim: {done}");
     let seen = status(&a, &job_id, "").await;

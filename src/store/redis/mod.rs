@@ -164,7 +164,7 @@ impl Conn {
 
 struct Scripts {
     append: Script,
-    /// The append script's source, for `EVAL` inside a MULTI (a multi-topic batch).
+    /// The append script's source, to load it when a MULTI of EVALSHAs finds it missing.
     append_code: String,
     read: Script,
     info: Script,
@@ -708,14 +708,29 @@ impl Appender {
         pipe.atomic();
         for (topic, messages) in topics {
             let (keys, args) = self.append_args(topic, messages, false, self.receipt(topic));
-            pipe.cmd("EVAL")
-                .arg(&self.scripts.append_code)
+            pipe.cmd("EVALSHA")
+                .arg(self.scripts.append.get_hash())
                 .arg(keys.len())
                 .arg(keys)
                 .arg(args);
         }
         let started = std::time::Instant::now();
-        match self.conn.query_pipe::<Vec<Vec<i64>>>(&pipe).await {
+        let mut done = self.conn.query_pipe::<Vec<Vec<i64>>>(&pipe).await;
+        if done
+            .as_ref()
+            .is_err_and(|e| e.to_string().to_lowercase().contains("noscript"))
+        {
+            // Redis lost its script cache (a restart): every EVALSHA failed, so nothing ran.
+            // Load the script and run the transaction once more.
+            let mut load = redis::cmd("SCRIPT");
+            load.arg("LOAD").arg(&self.scripts.append_code);
+            self.conn
+                .query::<String>(&load)
+                .await
+                .map_err(unavailable)?;
+            done = self.conn.query_pipe::<Vec<Vec<i64>>>(&pipe).await;
+        }
+        match done {
             Ok(outs) => {
                 let count: usize = topics.iter().map(|(_, m)| m.len()).sum();
                 metrics::histogram!("plexus_store_commit_ops").record(count as f64);
@@ -1704,6 +1719,34 @@ mod tests {
         assert_eq!(read.messages.len(), 2, "appended once");
         let other = log.append(batch).await.expect("a new call");
         assert_eq!(other[0].seq, 3, "a new call appends");
+    }
+
+    /// A multi-topic batch on one Redis is one MULTI of EVALSHAs; after Redis lost its
+    /// script cache it loads the script and runs it once, all or nothing.
+    #[tokio::test]
+    async fn a_multi_topic_batch_survives_a_flushed_script_cache() {
+        let server = TestRedis::start().await;
+        let log = RedisLog::open(
+            &RedisTarget::Single(server.url.clone()),
+            Retention::default(),
+        )
+        .await
+        .expect("open");
+        let batch = || {
+            vec![
+                msg("x", "1", None),
+                msg("y", "1", None),
+                msg("x", "2", None),
+            ]
+        };
+        log.append(batch()).await.expect("first batch");
+        log.conn
+            .query::<String>(redis::cmd("SCRIPT").arg("FLUSH"))
+            .await
+            .expect("SCRIPT FLUSH");
+        let done = log.append(batch()).await.expect("a batch after the flush");
+        let seqs: Vec<Seq> = done.iter().map(|a| a.seq).collect();
+        assert_eq!(seqs, vec![3, 2, 4], "each topic counts on, once");
     }
 
     #[test]
