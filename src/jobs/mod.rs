@@ -127,10 +127,12 @@ impl Jobs {
             .entry(queue.clone())
             .or_insert_with(|| {
                 let notify = Arc::new(Notify::new());
-                // A job queued through another node (a shared store) reaches this one as a
-                // commit of the queue's topic: each wakes one claimer here, as a local submit
-                // does. (A local submit then wakes two: one looks, finds nothing, waits again.)
-                let Some(topic) = queue_topic(queue) else {
+                // On a store other nodes share, a job queued through another node reaches
+                // this one as a commit of the queue's topic: each wakes one claimer here, as a
+                // local submit does. (A local submit then wakes two: one looks, finds nothing,
+                // waits again; so a store of this node alone does without.)
+                let topic = queue_topic(queue).filter(|_| self.hub.store().shared());
+                let Some(topic) = topic else {
                     return notify;
                 };
                 let mut head = self.hub.head_watch(&topic);

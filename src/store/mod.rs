@@ -199,6 +199,11 @@ pub trait Log: Send + Sync + 'static {
     /// (Redis) also feeds what the other nodes commit.
     fn take_commits(&self) -> Option<CommitFeed>;
 
+    /// Whether other nodes share this store (their commits come through the feed too).
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// The hub has readers of this topic now. An engine shared by several nodes that feeds
     /// only the topics asked for (sharded Pub/Sub on a Redis Cluster) starts following it and,
     /// once it does, feeds the topic's newest message again, so a commit made meanwhile

@@ -1294,6 +1294,10 @@ impl Log for RedisLog {
         self.feed.take()
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn follow(&self, topic: &Topic) {
         if let Some(interests) = &self.interests {
             self.followed
