@@ -212,14 +212,12 @@ enum Interest {
 
 /// The `redis` engine.
 pub struct RedisLog {
-    conn: Conn,
+    /// The connection, scripts and retention, shared with the engine's tasks.
+    core: Core,
     /// On a cluster: where follow/unfollow requests go (sharded Pub/Sub per topic).
     interests: Option<tokio::sync::mpsc::UnboundedSender<Interest>>,
     /// On a cluster: the topics the hub wants followed now.
     followed: Followed,
-    scripts: Arc<Scripts>,
-    retention: Retention,
-    appender: Appender,
     /// Per topic with a flush running: the appends waiting for the next script call.
     pending: Arc<Mutex<HashMap<Topic, Vec<Waiter>>>>,
     feed: FeedSlot,
@@ -265,10 +263,9 @@ impl RedisLog {
     /// after `open` is missed.
     pub async fn open(target: &RedisTarget, retention: Retention) -> Result<Self, String> {
         let feed = FeedSlot::new();
-        let scripts = Arc::new(Scripts::new());
         let followed = Followed::default();
         let mut tasks = Vec::new();
-        let (conn, interests) = match target {
+        let (conn, sharded) = match target {
             RedisTarget::Single(url) => {
                 let shown = redact(url);
                 let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
@@ -319,37 +316,30 @@ impl RedisLog {
                     interest_rx,
                     followed.clone(),
                 )));
-                let reader = Appender {
-                    conn: Conn::Cluster(conn.clone()),
-                    scripts: scripts.clone(),
-                    retention,
-                    sharded: true,
-                    calls: Arc::new((node_id(), 0.into())),
-                };
-                tasks.push(tokio::spawn(feed_pushes(
-                    push_rx,
-                    feed.sender(),
-                    reader,
-                    followed.clone(),
-                    interest_tx.clone(),
-                )));
-                (Conn::Cluster(conn), Some(interest_tx))
+                (Conn::Cluster(conn), Some((interest_tx, push_rx)))
             }
         };
-        let appender = Appender {
-            conn: conn.clone(),
-            scripts: scripts.clone(),
+        let core = Core {
+            conn,
+            scripts: Arc::new(Scripts::new()),
             retention,
-            sharded: interests.is_some(),
+            sharded: sharded.is_some(),
             calls: Arc::new((node_id(), 0.into())),
         };
+        let interests = sharded.map(|(interests, pushes)| {
+            tasks.push(tokio::spawn(feed_pushes(
+                pushes,
+                feed.sender(),
+                core.clone(),
+                followed.clone(),
+                interests.clone(),
+            )));
+            interests
+        });
         Ok(RedisLog {
-            conn,
+            core,
             interests,
             followed,
-            scripts,
-            retention,
-            appender,
             pending: Arc::default(),
             feed,
             known: Mutex::new(HashSet::new()),
@@ -369,7 +359,8 @@ impl RedisLog {
         {
             return Ok(());
         }
-        self.conn
+        self.core
+            .conn
             .query::<()>(redis::cmd("SADD").arg(set).arg(name))
             .await
             .map_err(unavailable)?;
@@ -404,7 +395,7 @@ impl RedisLog {
         };
         if start {
             tokio::spawn(flush(
-                self.appender.clone(),
+                self.core.clone(),
                 self.pending.clone(),
                 topic.clone(),
             ));
@@ -417,10 +408,12 @@ impl RedisLog {
     }
 
     async fn topic_info(&self, topic: &Topic) -> StoreResult<Option<TopicInfo>> {
-        let mut inv = self.scripts.info.prepare_invoke();
+        let mut inv = self.core.scripts.info.prepare_invoke();
         inv.key(stream_key(topic)).key(meta_key(topic));
-        retention_args(&mut inv, self.retention, now_millis());
-        let v: Vec<i64> = self.conn.invoke(&inv).await.map_err(unavailable)?;
+        for arg in self.core.retention_args() {
+            inv.arg(arg);
+        }
+        let v: Vec<i64> = self.core.conn.invoke(&inv).await.map_err(unavailable)?;
         Ok((v.len() == 6).then(|| TopicInfo {
             topic: topic.clone(),
             first_seq: v[0] as Seq,
@@ -434,6 +427,7 @@ impl RedisLog {
     /// A job read from its hash, with its version; `None` when it is not there.
     async fn load_job(&self, queue: &Topic, id: &JobId) -> StoreResult<Option<(Job, String)>> {
         let fields: HashMap<String, Vec<u8>> = self
+            .core
             .conn
             .query(redis::cmd("HGETALL").arg(job_key(queue, id)))
             .await
@@ -446,6 +440,7 @@ impl RedisLog {
 
     async fn queue_of(&self, id: &JobId) -> StoreResult<Option<Topic>> {
         let queue: Option<String> = self
+            .core
             .conn
             .query(redis::cmd("GET").arg(job_queue_key(id)))
             .await
@@ -455,7 +450,7 @@ impl RedisLog {
 
     /// Writes a job through `job_save.lua`, compare-and-set on `mode` (`lease`|`version`).
     async fn save_job(&self, job: &Job, mode: &str, expected: &str) -> StoreResult<()> {
-        let mut inv = self.scripts.job_save.prepare_invoke();
+        let mut inv = self.core.scripts.job_save.prepare_invoke();
         inv.key(job_key(&job.queue, &job.id));
         for k in queue_keys(&job.queue) {
             inv.key(k);
@@ -463,7 +458,7 @@ impl RedisLog {
         inv.arg(mode).arg(expected);
         placement_args(&mut inv, job);
         encode_job(&mut inv, job);
-        match self.conn.invoke::<i64>(&inv).await {
+        match self.core.conn.invoke::<i64>(&inv).await {
             Ok(_) => Ok(()),
             Err(e) if e.to_string().contains("PLEXUS_CHANGED") => {
                 Err(StoreError::JobChanged(job.id.clone()))
@@ -484,9 +479,9 @@ impl RedisLog {
     ) -> StoreResult<Option<Job>> {
         let [ready, delayed, _] = queue_keys(queue);
         for attempt in 0..CLAIM_TRIES {
-            let mut inv = self.scripts.job_pick.prepare_invoke();
+            let mut inv = self.core.scripts.job_pick.prepare_invoke();
             inv.key(&ready).key(&delayed).arg(now).arg(CLAIM_CANDIDATES);
-            let picked: Vec<String> = self.conn.invoke(&inv).await.map_err(unavailable)?;
+            let picked: Vec<String> = self.core.conn.invoke(&inv).await.map_err(unavailable)?;
             if picked.is_empty() {
                 return Ok(None);
             }
@@ -499,7 +494,8 @@ impl RedisLog {
             let loaded = self.load_job(queue, &id).await?;
             let Some((mut job, version)) = loaded else {
                 // An index entry without its job: drop it.
-                self.conn
+                self.core
+                    .conn
                     .query::<()>(redis::cmd("ZREM").arg(&ready).arg(id.as_str()))
                     .await
                     .map_err(unavailable)?;
@@ -541,15 +537,9 @@ type Waiter = (
 const MAX_GROUP: usize = 1024;
 const MAX_GROUP_BYTES: usize = 4 << 20;
 
-fn retention_args(inv: &mut ScriptInvocation<'_>, retention: Retention, now: Millis) {
-    inv.arg(now)
-        .arg(retention.max_messages.min(i64::MAX as u64))
-        .arg(retention.max_age.as_millis().min(i64::MAX as u128) as i64);
-}
-
-/// What appending needs, cheap to clone into a topic's flush task.
+/// What the engine and its tasks (flushes, the sharded feed) all use; cheap to clone.
 #[derive(Clone)]
-struct Appender {
+struct Core {
     conn: Conn,
     scripts: Arc<Scripts>,
     retention: Retention,
@@ -566,32 +556,48 @@ fn node_id() -> u64 {
     u64::from_le_bytes(bytes) ^ u64::from(std::process::id())
 }
 
-impl Appender {
+impl Core {
+    /// The newest retained message of a topic.
+    /// Messages after `after` (see [`Log::read`]), by `read.lua`.
+    async fn read(
+        &self,
+        topic: &Topic,
+        after: Seq,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<ReadBatch> {
+        let mut inv = self.scripts.read.prepare_invoke();
+        inv.key(stream_key(topic)).key(meta_key(topic));
+        for arg in self.retention_args() {
+            inv.arg(arg);
+        }
+        inv.arg(format!(
+            "{}-0",
+            after.saturating_add(1).min(i64::MAX as u64)
+        ))
+        // Lua numbers are doubles: keep the count where they print as integers.
+        .arg(limit.min(1 << 40))
+        .arg(max_bytes.min(i64::MAX as usize));
+        let v: Vec<redis::Value> = self.conn.invoke(&inv).await.map_err(unavailable)?;
+        decode_read(topic, v)
+    }
+
     /// The newest retained message of a topic.
     async fn newest(&self, topic: &Topic) -> StoreResult<Option<Arc<Message>>> {
-        let read = |after: Seq, limit: usize| {
-            let mut inv = self.scripts.read.prepare_invoke();
-            inv.key(stream_key(topic)).key(meta_key(topic));
-            retention_args(&mut inv, self.retention, now_millis());
-            inv.arg(format!(
-                "{}-0",
-                after.saturating_add(1).min(i64::MAX as u64)
-            ))
-            .arg(limit)
-            .arg(1);
-            inv
-        };
-        let bounds: Vec<redis::Value> = self.conn.invoke(&read(0, 0)).await.map_err(unavailable)?;
-        let last = decode_read(topic, bounds)?.bounds().last_seq;
+        let last = self.read(topic, 0, 0, 0).await?.bounds().last_seq;
         if last == 0 {
             return Ok(None);
         }
-        let v: Vec<redis::Value> = self
-            .conn
-            .invoke(&read(last - 1, 1))
-            .await
-            .map_err(unavailable)?;
-        Ok(decode_read(topic, v)?.messages.pop())
+        Ok(self.read(topic, last - 1, 1, 0).await?.messages.pop())
+    }
+
+    /// `now`, max messages, max age ms: the arguments every topic script starts with.
+    fn retention_args(&self) -> [i64; 3] {
+        [
+            now_millis(),
+            self.retention.max_messages.min(i64::MAX as u64) as i64,
+            self.retention.max_age.as_millis().min(i64::MAX as u128) as i64,
+        ]
     }
     /// Appends one topic's messages (a script call); `check_only` tests the idempotency keys.
     async fn append_topic(
@@ -630,14 +636,11 @@ impl Appender {
             false => ("PUBLISH", CHANNEL.to_owned()),
             true => ("SPUBLISH", shard_channel(topic)),
         };
+        let [now, max_messages, max_age] = self.retention_args();
         let mut args: Vec<Vec<u8>> = [
-            now_millis().to_string(),
-            self.retention.max_messages.min(i64::MAX as u64).to_string(),
-            self.retention
-                .max_age
-                .as_millis()
-                .min(i64::MAX as u128)
-                .to_string(),
+            now.to_string(),
+            max_messages.to_string(),
+            max_age.to_string(),
             IDEMPOTENCY_TTL.as_millis().to_string(),
             topic.as_str().to_owned(),
             if check_only { "1" } else { "0" }.to_owned(),
@@ -816,7 +819,7 @@ fn append_error(e: RedisError, topic: &Topic, messages: &[NewMessage]) -> StoreE
 }
 
 /// A topic's flush task: while appends wait, commits them in groups, in arrival order.
-async fn flush(appender: Appender, pending: Arc<Mutex<HashMap<Topic, Vec<Waiter>>>>, topic: Topic) {
+async fn flush(appender: Core, pending: Arc<Mutex<HashMap<Topic, Vec<Waiter>>>>, topic: Topic) {
     loop {
         let group = {
             let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -1016,7 +1019,7 @@ async fn follow_interests(
 async fn feed_pushes(
     mut pushes: tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
     feed: tokio::sync::mpsc::UnboundedSender<Vec<Arc<Message>>>,
-    reader: Appender,
+    reader: Core,
     followed: Followed,
     interests: tokio::sync::mpsc::UnboundedSender<Interest>,
 ) {
@@ -1140,9 +1143,7 @@ impl Log for RedisLog {
             // that fails inside a MULTI does not undo the others).
             if order.len() > 1 && batch.iter().any(|m| m.idempotency_key.is_some()) {
                 for topic in &order {
-                    self.appender
-                        .append_topic(topic, &split(topic), true)
-                        .await?;
+                    self.core.append_topic(topic, &split(topic), true).await?;
                 }
             }
             // Everything that can fail before a commit happens first.
@@ -1154,7 +1155,7 @@ impl Log for RedisLog {
                 // One Redis: every topic in one MULTI/EXEC, all or nothing.
                 let topics: Vec<(Topic, Vec<NewMessage>)> =
                     order.iter().map(|t| (t.clone(), split(t))).collect();
-                let outs = self.appender.append_topics(&topics).await?;
+                let outs = self.core.append_topics(&topics).await?;
                 for (topic, appended) in order.iter().zip(outs) {
                     for (&i, a) in groups[topic].iter().zip(appended) {
                         results[i] = Some(a);
@@ -1185,20 +1186,7 @@ impl Log for RedisLog {
         max_bytes: usize,
     ) -> BoxFuture<'_, StoreResult<ReadBatch>> {
         let topic = topic.clone();
-        Box::pin(async move {
-            let mut inv = self.scripts.read.prepare_invoke();
-            inv.key(stream_key(&topic)).key(meta_key(&topic));
-            retention_args(&mut inv, self.retention, now_millis());
-            inv.arg(format!(
-                "{}-0",
-                after.saturating_add(1).min(i64::MAX as u64)
-            ))
-            // Lua numbers are doubles: keep the count where they print as integers.
-            .arg(limit.min(1 << 40))
-            .arg(max_bytes.min(i64::MAX as usize));
-            let v: Vec<redis::Value> = self.conn.invoke(&inv).await.map_err(unavailable)?;
-            decode_read(&topic, v)
-        })
+        Box::pin(async move { self.core.read(&topic, after, limit, max_bytes).await })
     }
 
     fn bounds(&self, topic: &Topic) -> BoxFuture<'_, StoreResult<Option<LogBounds>>> {
@@ -1209,11 +1197,13 @@ impl Log for RedisLog {
     fn seek_time(&self, topic: &Topic, time: Millis) -> BoxFuture<'_, StoreResult<Seq>> {
         let topic = topic.clone();
         Box::pin(async move {
-            let mut inv = self.scripts.seek.prepare_invoke();
+            let mut inv = self.core.scripts.seek.prepare_invoke();
             inv.key(stream_key(&topic)).key(meta_key(&topic));
-            retention_args(&mut inv, self.retention, now_millis());
+            for arg in self.core.retention_args() {
+                inv.arg(arg);
+            }
             inv.arg(time);
-            let seq: i64 = self.conn.invoke(&inv).await.map_err(unavailable)?;
+            let seq: i64 = self.core.conn.invoke(&inv).await.map_err(unavailable)?;
             Ok(seq.max(0) as Seq)
         })
     }
@@ -1221,6 +1211,7 @@ impl Log for RedisLog {
     fn topics(&self) -> BoxFuture<'_, StoreResult<Vec<TopicInfo>>> {
         Box::pin(async move {
             let names: Vec<String> = self
+                .core
                 .conn
                 .query(redis::cmd("SMEMBERS").arg(TOPICS))
                 .await
@@ -1247,16 +1238,17 @@ impl Log for RedisLog {
     fn delete_topic(&self, topic: &Topic) -> BoxFuture<'_, StoreResult<bool>> {
         let topic = topic.clone();
         Box::pin(async move {
-            let mut inv = self.scripts.delete.prepare_invoke();
+            let mut inv = self.core.scripts.delete.prepare_invoke();
             inv.key(stream_key(&topic)).key(meta_key(&topic));
-            let found: i64 = self.conn.invoke(&inv).await.map_err(unavailable)?;
+            let found: i64 = self.core.conn.invoke(&inv).await.map_err(unavailable)?;
             Ok(found == 1)
         })
     }
 
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
-            self.conn
+            self.core
+                .conn
                 .query::<String>(&redis::cmd("PING"))
                 .await
                 .map(|_| ())
@@ -1327,7 +1319,8 @@ impl Log for RedisLog {
             let queue = job.queue.clone();
             self.remember(QUEUES, queue.as_str()).await?;
             // The id → queue index first: a job is never stored where `job_get` cannot see it.
-            self.conn
+            self.core
+                .conn
                 .query::<()>(
                     redis::cmd("SET")
                         .arg(job_queue_key(&job.id))
@@ -1335,7 +1328,7 @@ impl Log for RedisLog {
                 )
                 .await
                 .map_err(unavailable)?;
-            let mut inv = self.scripts.job_create.prepare_invoke();
+            let mut inv = self.core.scripts.job_create.prepare_invoke();
             inv.key(job_key(&queue, &job.id));
             for k in queue_keys(&queue) {
                 inv.key(k);
@@ -1352,7 +1345,7 @@ impl Log for RedisLog {
                 .arg(job.run_at.map(|t| t.to_string()).unwrap_or_default())
                 .arg(job.lease_until.map(|t| t.to_string()).unwrap_or_default());
             encode_job(&mut inv, &job);
-            let first: String = match self.conn.invoke(&inv).await {
+            let first: String = match self.core.conn.invoke(&inv).await {
                 Ok(first) => first,
                 Err(e) if e.to_string().contains("PLEXUS_CONFLICT") => {
                     return Err(StoreError::IdempotencyConflict {
@@ -1411,6 +1404,7 @@ impl Log for RedisLog {
     fn job_expired(&self, now: Millis, limit: usize) -> BoxFuture<'_, StoreResult<Vec<Job>>> {
         Box::pin(async move {
             let queues: Vec<String> = self
+                .core
                 .conn
                 .query(redis::cmd("SMEMBERS").arg(QUEUES))
                 .await
@@ -1422,6 +1416,7 @@ impl Log for RedisLog {
                 }
                 let [_, _, running] = queue_keys(&queue);
                 let ids: Vec<String> = self
+                    .core
                     .conn
                     .query(
                         redis::cmd("ZRANGEBYSCORE")
@@ -1452,6 +1447,7 @@ impl Log for RedisLog {
         Box::pin(async move {
             let [_, delayed, _] = queue_keys(&queue);
             let first: Vec<(String, f64)> = self
+                .core
                 .conn
                 .query(
                     redis::cmd("ZRANGE")
@@ -1709,12 +1705,12 @@ mod tests {
         let batch = vec![msg("r", "a", None), msg("r", "b", None)];
         let receipt = "plexus:w:{r}:test".to_owned();
         let first = log
-            .appender
+            .core
             .append_call(&topic, &batch, false, receipt.clone())
             .await
             .expect("first call");
         let again = log
-            .appender
+            .core
             .append_call(&topic, &batch, false, receipt)
             .await
             .expect("repeated call");
@@ -1744,7 +1740,8 @@ mod tests {
             ]
         };
         log.append(batch()).await.expect("first batch");
-        log.conn
+        log.core
+            .conn
             .query::<String>(redis::cmd("SCRIPT").arg("FLUSH"))
             .await
             .expect("SCRIPT FLUSH");
