@@ -27,6 +27,7 @@
 //! engine feeds an empty batch and the hub re-checks the heads of the topics it has readers
 //! for, so commits made meanwhile reach them without waiting for the next publish.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -618,13 +619,14 @@ impl Core {
     }
 
     /// The keys and arguments of one run of `append.lua` (see the script for their order).
-    fn append_args(
+    /// Payloads and events are borrowed, not copied.
+    fn append_args<'m>(
         &self,
         topic: &Topic,
-        messages: &[NewMessage],
+        messages: &'m [NewMessage],
         check_only: bool,
         receipt: String,
-    ) -> (Vec<String>, Vec<Vec<u8>>) {
+    ) -> (Vec<String>, Vec<Cow<'m, [u8]>>) {
         let mut keys = vec![stream_key(topic), meta_key(topic), receipt];
         keys.extend(
             messages
@@ -637,7 +639,7 @@ impl Core {
             true => ("SPUBLISH", shard_channel(topic)),
         };
         let [now, max_messages, max_age] = self.retention_args();
-        let mut args: Vec<Vec<u8>> = [
+        let mut args: Vec<Cow<'m, [u8]>> = [
             now.to_string(),
             max_messages.to_string(),
             max_age.to_string(),
@@ -649,23 +651,18 @@ impl Core {
             messages.len().to_string(),
         ]
         .into_iter()
-        .map(String::into_bytes)
+        .map(|a| Cow::Owned(a.into_bytes()))
         .collect();
         for m in messages {
-            args.push(
-                m.event
-                    .as_ref()
-                    .map_or("", |e| e.as_str())
-                    .as_bytes()
-                    .to_vec(),
-            );
-            args.push(m.data.to_vec());
-            args.push(if m.idempotency_key.is_some() {
-                b"1".to_vec()
-            } else {
-                b"0".to_vec()
-            });
-            args.push(m.fingerprint().to_string().into_bytes());
+            args.push(Cow::Borrowed(
+                m.event.as_ref().map_or("", |e| e.as_str()).as_bytes(),
+            ));
+            args.push(Cow::Borrowed(&m.data));
+            args.push(Cow::Borrowed(match m.idempotency_key {
+                Some(_) => b"1",
+                None => b"0",
+            }));
+            args.push(Cow::Owned(m.fingerprint().to_string().into_bytes()));
         }
         (keys, args)
     }
@@ -683,8 +680,8 @@ impl Core {
         for key in keys {
             inv.key(key);
         }
-        for arg in args {
-            inv.arg(arg);
+        for arg in &args {
+            inv.arg(arg.as_ref());
         }
         let started = std::time::Instant::now();
         match self.conn.invoke::<Vec<i64>>(&inv).await {
@@ -711,11 +708,14 @@ impl Core {
         pipe.atomic();
         for (topic, messages) in topics {
             let (keys, args) = self.append_args(topic, messages, false, self.receipt(topic));
-            pipe.cmd("EVALSHA")
+            let cmd = pipe
+                .cmd("EVALSHA")
                 .arg(self.scripts.append.get_hash())
                 .arg(keys.len())
-                .arg(keys)
-                .arg(args);
+                .arg(keys);
+            for arg in &args {
+                cmd.arg(arg.as_ref());
+            }
         }
         let started = std::time::Instant::now();
         let mut done = self.conn.query_pipe::<Vec<Vec<i64>>>(&pipe).await;
