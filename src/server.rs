@@ -6,8 +6,10 @@
 //! hyper's HTTP/1.1 connection alone, in a task of its own: an idle SSE connection then holds
 //! no HTTP/2 state, no builder copy and no sniffing state (docs/BENCHMARKS.md, idle connections).
 
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -16,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +43,43 @@ pub struct ServerOptions {
     pub max_connections_per_client: usize,
 }
 
+/// What an open connection speaks: the `protocol` label of `plexus_connections_open`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    H2c,
+    TlsH2,
+    TlsHttp1,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 4] = [
+        Protocol::Http1,
+        Protocol::H2c,
+        Protocol::TlsH2,
+        Protocol::TlsHttp1,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2c => "h2c",
+            Protocol::TlsH2 => "tls-h2",
+            Protocol::TlsHttp1 => "tls-http1",
+        }
+    }
+
+    /// The protocol of a connection whose requests come in `version`.
+    fn of(tls: bool, version: hyper::Version) -> Self {
+        match (tls, version == hyper::Version::HTTP_2) {
+            (false, false) => Protocol::Http1,
+            (false, true) => Protocol::H2c,
+            (true, true) => Protocol::TlsH2,
+            (true, false) => Protocol::TlsHttp1,
+        }
+    }
+}
+
 /// Connection counters, read by `/metrics`.
 #[derive(Default, Debug)]
 pub struct ConnStats {
@@ -49,6 +88,8 @@ pub struct ConnStats {
     pub tls_handshake_failures: AtomicU64,
     /// Connections closed at once because a connection limit was reached.
     pub refused: AtomicU64,
+    /// Open connections by [`Protocol`] (its index), once it is known.
+    open_by_protocol: [AtomicU64; 4],
     // A std mutex: held for a counter update on accept and close, never across an await.
     per_client: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
@@ -59,42 +100,136 @@ impl ConnStats {
             .load(Ordering::Relaxed)
             .saturating_sub(self.closed.load(Ordering::Relaxed))
     }
+
+    /// Open connections that speak `protocol`, upgraded ones (WebSockets) included. A
+    /// connection counts here once its protocol is known: at accept when its first byte rules
+    /// out HTTP/2, otherwise at its first request.
+    pub fn open_by(&self, protocol: Protocol) -> u64 {
+        self.open_by_protocol[protocol as usize].load(Ordering::Relaxed)
+    }
 }
 
-/// Counts a connection closed when dropped, however its task ends.
-struct OpenConnection(Arc<ConnStats>, std::net::IpAddr);
+/// No protocol known yet, in [`OpenConnection::protocol`].
+const UNKNOWN: u8 = u8::MAX;
+
+/// One open TCP connection: counted from accept until dropped. It travels inside the
+/// connection's socket ([`Counted`]), so it is dropped with the socket, also when hyper hands
+/// an upgraded socket (a WebSocket) over and is done with the connection long before it ends.
+struct OpenConnection {
+    stats: Arc<ConnStats>,
+    peer: std::net::SocketAddr,
+    /// A [`Protocol`] as `u8`, or [`UNKNOWN`]: set once.
+    protocol: AtomicU8,
+}
 
 impl OpenConnection {
     /// Admits a connection within the limits, or `None` (it is then closed at once).
     fn admit(
         stats: &Arc<ConnStats>,
-        ip: std::net::IpAddr,
+        peer: std::net::SocketAddr,
         options: &ServerOptions,
     ) -> Option<Self> {
         if stats.open() >= options.max_connections as u64 {
             return None;
         }
         let mut per_client = stats.per_client.lock().unwrap_or_else(|p| p.into_inner());
-        let count = per_client.entry(ip).or_insert(0);
+        let count = per_client.entry(peer.ip()).or_insert(0);
         if *count >= options.max_connections_per_client {
             return None;
         }
         *count += 1;
         stats.accepted.fetch_add(1, Ordering::Relaxed);
-        Some(OpenConnection(stats.clone(), ip))
+        Some(OpenConnection {
+            stats: stats.clone(),
+            peer,
+            protocol: AtomicU8::new(UNKNOWN),
+        })
+    }
+
+    /// Records the connection's protocol; the first call wins.
+    fn speaks(&self, protocol: Protocol) {
+        let set = self.protocol.compare_exchange(
+            UNKNOWN,
+            protocol as u8,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        if set.is_ok() {
+            self.stats.open_by_protocol[protocol as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn has_spoken(&self) -> bool {
+        self.protocol.load(Ordering::Relaxed) != UNKNOWN
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.closed.fetch_add(1, Ordering::Relaxed);
-        let mut per_client = self.0.per_client.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = per_client.get_mut(&self.1) {
+        let stats = &self.stats;
+        if let Some(open) = stats
+            .open_by_protocol
+            .get(*self.protocol.get_mut() as usize)
+        {
+            open.fetch_sub(1, Ordering::Relaxed);
+        }
+        stats.closed.fetch_add(1, Ordering::Relaxed);
+        let ip = self.peer.ip();
+        let mut per_client = stats.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = per_client.get_mut(&ip) {
             *count -= 1;
             if *count == 0 {
-                per_client.remove(&self.1);
+                per_client.remove(&ip);
             }
         }
+    }
+}
+
+/// A connection's socket with its count (an [`OpenConnection`], or an `Arc` of one shared
+/// with the service that learns the protocol from the first request): the count ends when the
+/// socket is dropped, whoever holds it then.
+struct Counted<I, G> {
+    io: I,
+    _open: G,
+}
+
+impl<I: AsyncRead + Unpin, G: Unpin> AsyncRead for Counted<I, G> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin, G: Unpin> AsyncWrite for Counted<I, G> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -196,31 +331,40 @@ async fn serve_http1<I>(
 
 /// Serves one connection until it ends or the drain closes it. A connection that has made no
 /// request within `first_request` is closed: hyper's header timeout covers HTTP/1.1 heads,
-/// but an HTTP/2 client that sends only its preface would otherwise hold the socket.
+/// but an HTTP/2 client that sends only its preface would otherwise hold the socket. Its
+/// protocol is counted at its first request (over TLS or not: `tls`).
 async fn serve<I>(
     builder: auto::Builder<TokioExecutor>,
     io: I,
     app: Router,
     watcher: Watcher,
-    peer: std::net::SocketAddr,
+    open: OpenConnection,
+    tls: bool,
     first_request: Duration,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let requested = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let seen = requested.clone();
+    let peer = open.peer;
+    let open = Arc::new(open);
+    let seen = open.clone();
     let app = tower::ServiceExt::map_request(app, move |mut req: axum::extract::Request<_>| {
-        seen.store(true, Ordering::Relaxed);
+        if !seen.has_spoken() {
+            seen.speaks(Protocol::of(tls, req.version()));
+        }
         req.extensions_mut().insert(ClientAddr(peer));
         req
     });
     let service = TowerToHyperService::new(app);
+    let io = Counted {
+        io,
+        _open: open.clone(),
+    };
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     let conn = watcher.watch(conn.into_owned());
     tokio::pin!(conn);
     let no_request = async {
         tokio::time::sleep(first_request).await;
-        if requested.load(Ordering::Relaxed) {
+        if open.has_spoken() {
             std::future::pending::<()>().await;
         }
     };
@@ -260,7 +404,7 @@ pub async fn run(
                 continue;
             }
         };
-        let Some(open) = OpenConnection::admit(&options.stats, peer.ip(), &options) else {
+        let Some(open) = OpenConnection::admit(&options.stats, peer, &options) else {
             options.stats.refused.fetch_add(1, Ordering::Relaxed);
             drop(stream);
             continue;
@@ -280,14 +424,16 @@ pub async fn run(
                         // other first byte is HTTP/1.1. A task of its own, so that the
                         // long-lived one is no bigger than the connection.
                         Ok(Ok(n)) if n > 0 && first[0] != b'P' => {
-                            tokio::spawn(async move {
-                                serve_http1(http1, stream, app, watcher, shutdown, peer).await;
-                                drop(open);
-                            });
+                            open.speaks(Protocol::Http1);
+                            let stream = Counted {
+                                io: stream,
+                                _open: open,
+                            };
+                            tokio::spawn(serve_http1(http1, stream, app, watcher, shutdown, peer));
                         }
                         Ok(Ok(n)) if n > 0 => {
-                            Box::pin(serve(builder, stream, app, watcher, peer, timeout)).await;
-                            drop(open);
+                            Box::pin(serve(builder, stream, app, watcher, open, false, timeout))
+                                .await;
                         }
                         _ => tracing::debug!(%peer, "no request within the header timeout"),
                     }
@@ -298,7 +444,7 @@ pub async fn run(
                 let timeout = options.header_timeout;
                 tokio::spawn(async move {
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => serve(builder, tls, app, watcher, peer, timeout).await,
+                        Ok(Ok(tls)) => serve(builder, tls, app, watcher, open, true, timeout).await,
                         Ok(Err(e)) => {
                             stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(error = %e, "TLS handshake failed");
@@ -308,7 +454,6 @@ pub async fn run(
                             tracing::debug!("TLS handshake timed out");
                         }
                     }
-                    drop(open);
                 });
             }
         }

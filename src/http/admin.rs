@@ -42,25 +42,33 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .unwrap_or_default();
     let conns = &state.connections;
     let accepted = conns.accepted.load(Relaxed);
-    let closed = conns.closed.load(Relaxed);
     let _ = write!(
         out,
         "# HELP plexus_connections_accepted_total TCP connections accepted.\n\
          # TYPE plexus_connections_accepted_total counter\n\
          plexus_connections_accepted_total {accepted}\n\
-         # HELP plexus_connections_open TCP connections open now.\n\
-         # TYPE plexus_connections_open gauge\n\
-         plexus_connections_open {}\n\
          # HELP plexus_tls_handshake_failures_total TLS handshakes that failed or timed out.\n\
          # TYPE plexus_tls_handshake_failures_total counter\n\
          plexus_tls_handshake_failures_total {}\n\
          # HELP plexus_connections_refused_total Connections closed on accept by a connection limit.\n\
          # TYPE plexus_connections_refused_total counter\n\
          plexus_connections_refused_total {}\n",
-        accepted.saturating_sub(closed),
         conns.tls_handshake_failures.load(Relaxed),
         conns.refused.load(Relaxed)
     );
+    out.push_str(
+        "# HELP plexus_connections_open TCP connections open now, by protocol, upgraded \
+         (WebSocket) ones included; a connection counts once its protocol is known.\n\
+         # TYPE plexus_connections_open gauge\n",
+    );
+    for protocol in crate::server::Protocol::ALL {
+        let _ = writeln!(
+            out,
+            "plexus_connections_open{{protocol=\"{}\"}} {}",
+            protocol.label(),
+            conns.open_by(protocol)
+        );
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -5,8 +5,11 @@
 //! borrowed types of the model and wire layers, which should not have to know about OpenAPI.
 //! `scripts/schemathesis` checks the description against the running server.
 //!
-//! Two things are added to every operation by [`Conventions`] rather than by hand: the
-//! `401` and `429` problems of the middleware, and `security: []` on the open paths.
+//! Two things are added to every operation by [`Conventions`] rather than by hand: the `429`
+//! problem of the rate limiter and the `Retry-After` headers. The credentials depend on the
+//! server's `auth.mode`, so the document is made once per mode: with `required` it declares
+//! the bearer and `access_token` schemes, the `401` problem, and `security: []` on the open
+//! paths; with `open` it declares no security at all.
 
 // The schema structs are described, never built.
 #![allow(dead_code)]
@@ -14,12 +17,15 @@
 use std::sync::OnceLock;
 
 use axum::Router;
+use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use utoipa::openapi::path::ParameterIn;
 use utoipa::openapi::schema::SchemaType;
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityRequirement, SecurityScheme,
+};
 use utoipa::openapi::{
     ArrayBuilder, ContentBuilder, HeaderBuilder, Object, ObjectBuilder, Ref, RefOr,
     ResponseBuilder, Schema, Type,
@@ -27,15 +33,27 @@ use utoipa::openapi::{
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 use super::AppState;
+use crate::auth::AuthMode;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/openapi.json", get(openapi_json))
 }
 
-/// The description is the same for the life of the process: made once.
-fn document() -> &'static [u8] {
-    static DOC: OnceLock<Vec<u8>> = OnceLock::new();
-    DOC.get_or_init(|| ApiDoc::openapi().to_json().unwrap_or_default().into_bytes())
+/// The description of a server in `mode`; the same for the life of the process: made once.
+fn document(mode: AuthMode) -> &'static [u8] {
+    static OPEN: OnceLock<Vec<u8>> = OnceLock::new();
+    static REQUIRED: OnceLock<Vec<u8>> = OnceLock::new();
+    let cell = match mode {
+        AuthMode::Open => &OPEN,
+        AuthMode::Required => &REQUIRED,
+    };
+    cell.get_or_init(|| {
+        let mut doc = ApiDoc::openapi();
+        if mode == AuthMode::Required {
+            require_credentials(&mut doc);
+        }
+        doc.to_json().unwrap_or_default().into_bytes()
+    })
 }
 
 /// This OpenAPI description of the API
@@ -45,13 +63,13 @@ fn document() -> &'static [u8] {
     tag = "observe",
     responses((status = 200, description = "The OpenAPI 3.1 description", content_type = "application/json"))
 )]
-async fn openapi_json() -> Response {
+async fn openapi_json(State(state): State<AppState>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        document(),
+        document(state.auth.mode()),
     )
         .into_response()
 }
@@ -86,7 +104,6 @@ async fn openapi_json() -> Response {
         Payload, Problem, Published, Batch, BatchItem, TextItem, Base64Item, BatchResults, Envelope, Gap, GapReason, PollBody, Job,
         JobState, JobAction, SlowPolicy, TopicInfo, TopicList, Health
     )),
-    security(("bearerAuth" = []), ("accessToken" = [])),
     modifiers(&Conventions),
     tags(
         (name = "publish", description = "Publish one message or a batch"),
@@ -101,66 +118,86 @@ pub struct ApiDoc;
 /// The paths that need no credentials (the middleware's `OPEN_PATHS`).
 const OPEN: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/openapi.json"];
 
-/// Security schemes, the middleware's responses on every operation, and no security on the
-/// open paths.
+/// Every operation of `doc`, with its path.
+fn operations(
+    doc: &mut utoipa::openapi::OpenApi,
+) -> impl Iterator<Item = (&String, &mut utoipa::openapi::path::Operation)> {
+    doc.paths.paths.iter_mut().flat_map(|(path, item)| {
+        [
+            &mut item.get,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.put,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        .map(move |op| (path, op))
+    })
+}
+
+/// With `auth.mode = required`: the security schemes (a bearer token, or the same credential
+/// as `access_token` in the query), required everywhere but on the open paths, and the
+/// middleware's `401` on every other operation.
+fn require_credentials(doc: &mut utoipa::openapi::OpenApi) {
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearerAuth",
+        SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+    );
+    components.add_security_scheme(
+        "accessToken",
+        SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
+            "access_token",
+            "The same credential in the query, for clients that cannot send headers \
+             (browsers' EventSource and WebSocket)",
+        ))),
+    );
+    doc.security = Some(vec![
+        SecurityRequirement::new("bearerAuth", Vec::<String>::new()),
+        SecurityRequirement::new("accessToken", Vec::<String>::new()),
+    ]);
+    for (path, op) in operations(doc) {
+        if OPEN.contains(&path.as_str()) {
+            op.security = Some(Vec::new());
+        } else {
+            op.responses
+                .responses
+                .entry("401".into())
+                .or_insert_with(|| problem("No credential, or a bad one"));
+        }
+    }
+}
+
+/// The rate limiter's responses on every operation, and headers that are never `null`.
 struct Conventions;
 
 impl Modify for Conventions {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        let components = doc.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearerAuth",
-            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
-        );
-        components.add_security_scheme(
-            "accessToken",
-            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
-                "access_token",
-                "The same credential in the query, for clients that cannot send headers \
-                 (browsers' EventSource and WebSocket)",
-            ))),
-        );
-        for (path, item) in doc.paths.paths.iter_mut() {
-            let open = OPEN.contains(&path.as_str());
-            for op in [
-                &mut item.get,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.put,
-                &mut item.patch,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                for param in op.parameters.iter_mut().flatten() {
-                    if let RefOr::T(p) = param
-                        && p.parameter_in == ParameterIn::Header
-                    {
-                        not_null(&mut p.schema);
-                    }
+        for (path, op) in operations(doc) {
+            for param in op.parameters.iter_mut().flatten() {
+                if let RefOr::T(p) = param
+                    && p.parameter_in == ParameterIn::Header
+                {
+                    not_null(&mut p.schema);
                 }
-                let responses = &mut op.responses.responses;
-                if open {
-                    op.security = Some(Vec::new());
-                } else {
-                    responses
-                        .entry("401".into())
-                        .or_insert_with(|| problem("No credential, or a bad one"));
-                    responses
-                        .entry("429".into())
-                        .or_insert_with(|| problem("Over this client's request rate"));
-                }
-                for status in ["429", "503"] {
-                    if let Some(RefOr::T(r)) = responses.get_mut(status) {
-                        r.headers.insert(
-                            "Retry-After".into(),
-                            HeaderBuilder::new()
-                                .schema(Some(integer()))
-                                .description(Some("Seconds to wait before trying again"))
-                                .build()
-                                .into(),
-                        );
-                    }
+            }
+            let responses = &mut op.responses.responses;
+            if !OPEN.contains(&path.as_str()) {
+                responses
+                    .entry("429".into())
+                    .or_insert_with(|| problem("Over this client's request rate"));
+            }
+            for status in ["429", "503"] {
+                if let Some(RefOr::T(r)) = responses.get_mut(status) {
+                    r.headers.insert(
+                        "Retry-After".into(),
+                        HeaderBuilder::new()
+                            .schema(Some(integer()))
+                            .description(Some("Seconds to wait before trying again"))
+                            .build()
+                            .into(),
+                    );
                 }
             }
         }

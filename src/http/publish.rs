@@ -2,7 +2,7 @@
 
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -153,10 +153,56 @@ struct BatchResults<'a> {
     results: Vec<Published<'a>>,
 }
 
-fn parse_items(body: &[u8]) -> Result<Vec<BatchItem>, ApiError> {
+/// How a batch body is written, by its `Content-Type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BatchFormat {
+    /// `application/json` (any parameters, any case, or a `+json` type): a JSON array only.
+    Array,
+    /// `application/x-ndjson`: one item a line.
+    Ndjson,
+    /// No content type, or another one (e.g. curl's default for `-d`): an array when the body
+    /// starts with `[`, NDJSON otherwise.
+    Sniff,
+}
+
+impl BatchFormat {
+    fn of(headers: &HeaderMap) -> Self {
+        let Some(value) = headers.get(header::CONTENT_TYPE) else {
+            return BatchFormat::Sniff;
+        };
+        let essence = value
+            .to_str()
+            .unwrap_or_default()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        if essence == "application/json" || essence.ends_with("+json") {
+            BatchFormat::Array
+        } else if essence == "application/x-ndjson" {
+            BatchFormat::Ndjson
+        } else {
+            BatchFormat::Sniff
+        }
+    }
+}
+
+fn parse_items(body: &[u8], format: BatchFormat) -> Result<Vec<BatchItem>, ApiError> {
     let bad = |e: serde_json::Error| ApiError::bad_request(format!("bad batch: {e}"));
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    if first == Some(&b'[') {
+    let array = match format {
+        BatchFormat::Array if first != Some(&b'[') => {
+            return Err(ApiError::bad_request(
+                "with Content-Type: application/json the batch is a JSON array; \
+                 send one item a line as application/x-ndjson",
+            ));
+        }
+        BatchFormat::Array => true,
+        BatchFormat::Ndjson => false,
+        BatchFormat::Sniff => first == Some(&b'['),
+    };
+    if array {
         return serde_json::from_slice(body).map_err(bad);
     }
     // NDJSON: one item a line, blank lines ignored.
@@ -204,7 +250,8 @@ fn to_message(i: usize, item: BatchItem, max_bytes: usize) -> Result<NewMessage,
 
 /// Publish a batch
 ///
-/// All or nothing, in one commit: 1 to 1,000 items, as a JSON array or NDJSON (one item a line).
+/// All or nothing, in one commit: 1 to 1,000 items, as a JSON array (`application/json`) or
+/// NDJSON (`application/x-ndjson`, one item a line). With no content type either is accepted.
 #[utoipa::path(
     post,
     path = "/v1/publish",
@@ -228,10 +275,11 @@ fn to_message(i: usize, item: BatchItem, max_bytes: usize) -> Result<NewMessage,
 async fn publish_batch(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = params::body(body, state.options.max_batch_bytes)?;
-    let items = parse_items(&body)?;
+    let items = parse_items(&body, BatchFormat::of(&headers))?;
     if items.is_empty() || items.len() > MAX_BATCH_ITEMS {
         return Err(ApiError::bad_request(format!(
             "a batch holds 1 to {MAX_BATCH_ITEMS} items, this one {}",

@@ -16,10 +16,10 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::params::QueryPairs;
-use super::stream::{Positions, event_body, stream_request, streaming_response};
+use super::stream::{Bookends, Positions, event_body, stream_request, streaming_response};
 use crate::hub::Event;
 use crate::model::Since;
-use crate::wire::frames::{SSE_KEEPALIVE, SSE_RETRY, sse_gap, sse_message};
+use crate::wire::frames::{SSE_KEEPALIVE, SSE_RETRY, sse_gap, sse_message, sse_retry_at_shutdown};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/topics/{topics}/sse", get(sse))
@@ -28,7 +28,8 @@ pub fn routes() -> Router<AppState> {
 /// Follow topics as Server-Sent Events
 ///
 /// Starts with `retry: 2000`; each event has `id:` (the cursor after it), `event:` and `data:`
-/// (the JSON envelope, or the payload itself with `raw=1`). Keepalive comments when idle.
+/// (the JSON envelope, or the payload itself with `raw=1`). Keepalive comments when idle. A
+/// stream ended by a shutdown ends with `retry: N`, N from 1000 to 5000 ms at random.
 #[utoipa::path(
     get,
     path = "/v1/topics/{topics}/sse",
@@ -88,7 +89,10 @@ async fn sse(
     let body = event_body(
         "sse",
         sub.into_stream(),
-        Some(Bytes::from_static(SSE_RETRY)),
+        Bookends {
+            prelude: Some(Bytes::from_static(SSE_RETRY)),
+            at_shutdown: Some(sse_retry_at_shutdown),
+        },
         SSE_KEEPALIVE,
         state.options.keepalive,
         state.hub.shutdown_token().clone(),

@@ -127,12 +127,22 @@ impl Drop for OpenStream {
     }
 }
 
+/// What a stream sends around its events.
+#[derive(Default)]
+pub(super) struct Bookends {
+    /// The first frame.
+    pub prelude: Option<Bytes>,
+    /// Makes the last frame of a stream ended by a shutdown (made then: it may differ per
+    /// stream).
+    pub at_shutdown: Option<fn() -> Bytes>,
+}
+
 /// A response body that carries a subscription's events as `encode` renders them, with a
 /// keepalive after each idle `keepalive`, ending when the subscription ends or on shutdown.
 pub(super) fn event_body<E>(
     transport: &'static str,
     events: BoxStream<'static, (usize, Event)>,
-    prelude: Option<Bytes>,
+    bookends: Bookends,
     keepalive_frame: &'static [u8],
     keepalive: Duration,
     shutdown: CancellationToken,
@@ -148,10 +158,11 @@ where
         encode,
         interval,
         shutdown,
-        prelude,
+        bookends.prelude,
         false,
         OpenStream::new(transport),
     );
+    let at_shutdown = bookends.at_shutdown;
     let body = stream::unfold(state, move |mut st| async move {
         if let Some(first) = st.4.take() {
             return Some((Ok::<_, Infallible>(first), st));
@@ -162,7 +173,10 @@ where
             }
             tokio::select! {
                 biased;
-                _ = st.3.cancelled() => return None,
+                _ = st.3.cancelled() => {
+                    st.5 = true;
+                    return at_shutdown.map(|frame| (Ok(frame()), st));
+                }
                 event = st.0.next() => {
                     let (i, event) = event?;
                     st.2.reset();
@@ -241,7 +255,7 @@ async fn ndjson(
     let body = event_body(
         "ndjson",
         sub.into_stream(),
-        None,
+        Bookends::default(),
         NDJSON_KEEPALIVE,
         state.options.keepalive,
         state.hub.shutdown_token().clone(),

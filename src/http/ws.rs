@@ -175,7 +175,10 @@ impl Session {
                     let answer = match frame {
                         WsMessage::Text(text) => Some(self.handle(text.as_str()).await),
                         WsMessage::Binary(_) => Some(error_frame(None, FrameError::bad("send JSON in text frames"))),
-                        WsMessage::Close(_) => return,
+                        WsMessage::Close(_) => {
+                            self.answer_close().await;
+                            return;
+                        }
                         // Pongs to pings are sent by the protocol layer.
                         WsMessage::Ping(_) | WsMessage::Pong(_) => None,
                     };
@@ -245,6 +248,17 @@ impl Session {
                 reason: Utf8Bytes::from_static(reason),
             })))
             .await;
+    }
+
+    /// Completes the close handshake a client started (RFC 6455 §5.5.1): tungstenite has
+    /// queued the echo of the client's Close frame (its code included) when it read it, and
+    /// only a flush sends it. Without this the socket would just drop, and a browser would
+    /// report 1006 (`wasClean = false`). Closing the sink flushes it; tungstenite then reports
+    /// the connection closed, which is the expected end.
+    async fn answer_close(&mut self) {
+        if let Some(sink) = self.sink.as_mut() {
+            let _ = sink.close().await;
+        }
     }
 
     /// Answers one text frame.

@@ -16,6 +16,16 @@ use crate::model::{Gap, Message};
 /// The first bytes of every SSE response: the reconnection delay.
 pub const SSE_RETRY: &[u8] = b"retry: 2000\n\n";
 pub const SSE_KEEPALIVE: &[u8] = b": keepalive\n\n";
+
+/// The last frame of an SSE stream ended by a shutdown: `retry: N`, N from 1,000 to 5,000 ms
+/// and different for each stream, so the clients of a node that goes away do not all come
+/// back in the same instant. The randomness is std's: each `RandomState` has fresh keys, so
+/// the hash of a constant under them is a cheap, well-spread number.
+pub fn sse_retry_at_shutdown() -> Bytes {
+    use std::hash::BuildHasher;
+    let ms = 1000 + std::collections::hash_map::RandomState::new().hash_one(0u8) % 4001;
+    Bytes::from(format!("retry: {ms}\n\n"))
+}
 pub const NDJSON_KEEPALIVE: &[u8] = b"{\"event\":\"keepalive\"}\n";
 
 /// A committed message and its encodings, each made once.

@@ -28,6 +28,8 @@ mod ndjson;
 mod openapi;
 mod publish;
 mod read;
+// One test per conformance bug found and fixed, each with a real client.
+mod regression;
 mod retention;
 mod shutdown;
 mod slow;

@@ -1,0 +1,256 @@
+//! One test per conformance bug that was found and fixed, each with a real client, each failing
+//! before its fix. The contract each one holds the server to is in docs/API.md.
+
+use futures_util::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::clients::{READ_TIMEOUT, Sse};
+use crate::harness::{Server, eventually, expect_problem, into_json, messages, metric};
+
+/// A client's Close frame is answered with a Close frame echoing its code before the server
+/// ends the TCP connection (RFC 6455 §5.5.1); without it browsers report 1006,
+/// `wasClean = false`.
+#[tokio::test]
+async fn websocket_close_from_the_client_is_answered_with_a_close_frame() {
+    let server = Server::start(&[]).await;
+    let url = format!("ws://{}/v1/ws?topic=bye", server.addr());
+    let (mut ws, _) = timeout(READ_TIMEOUT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("handshake within the deadline")
+        .expect("WebSocket handshake");
+    // The subscription at connect is answered first; the socket is then idle.
+    let first = timeout(READ_TIMEOUT, ws.next())
+        .await
+        .expect("the subscribe answer within the deadline");
+    assert!(
+        matches!(&first, Some(Ok(WsMessage::Text(t))) if t.as_str().contains("\"op\":\"ok\"")),
+        "{first:?}"
+    );
+    ws.send(WsMessage::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "done".into(),
+    })))
+    .await
+    .expect("send Close(1000)");
+    let answer = loop {
+        let frame = timeout(READ_TIMEOUT, ws.next())
+            .await
+            .expect("an answer to Close within the deadline");
+        match frame {
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            other => break other,
+        }
+    };
+    match answer {
+        Some(Ok(WsMessage::Close(Some(close)))) => {
+            assert_eq!(u16::from(close.code), 1000, "the close code is echoed")
+        }
+        other => panic!("expected a Close frame with code 1000 before EOF, got {other:?}"),
+    }
+    // Then the connection ends.
+    let after = timeout(READ_TIMEOUT, ws.next())
+        .await
+        .expect("EOF after the close handshake");
+    assert!(
+        !matches!(after, Some(Ok(_))),
+        "nothing follows the Close frame: {after:?}"
+    );
+}
+
+/// An SSE stream ended by a shutdown tells the client when to come back: its last frame is
+/// `retry: N` with N from 1,000 to 5,000 ms, random per stream, so a fleet of clients does not
+/// reconnect at once.
+#[tokio::test]
+async fn sse_stream_ends_with_a_jittered_retry_at_shutdown() {
+    let mut server = Server::start(&[]).await;
+    server.publish("leaving", "one").await;
+    let mut sse = Sse::open(&server, "/v1/topics/leaving/sse?since=all", &[]).await;
+    sse.next_event().await.expect("the retained event");
+
+    let status = server.sigterm().await;
+    assert!(status.success(), "plexus serve exits 0 after SIGTERM");
+
+    let mut frames = Vec::new();
+    while let Some(frame) = sse.next_frame().await {
+        frames.push(frame);
+    }
+    let last = frames
+        .last()
+        .unwrap_or_else(|| panic!("nothing was sent between SIGTERM and EOF"));
+    assert!(
+        last.id.is_none() && last.data.is_none(),
+        "the retry frame stands alone: {frames:?}"
+    );
+    let retry: u64 = last
+        .retry
+        .as_deref()
+        .unwrap_or_else(|| panic!("the stream does not end with `retry:`: {frames:?}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("`retry:` is not a number of ms ({e}): {frames:?}"));
+    assert!(
+        (1000..=5000).contains(&retry),
+        "retry: {retry} is outside 1000..=5000"
+    );
+}
+
+/// `POST /v1/publish` with a JSON content type takes a JSON array only: an object (or NDJSON)
+/// is `400` and stores nothing. NDJSON is for `application/x-ndjson` and for no content type.
+#[tokio::test]
+async fn batch_with_a_json_content_type_must_be_an_array() {
+    let server = Server::start(&[]).await;
+    server.publish("b", "existing").await;
+    let object = json!({"topic": "b", "data": "one"}).to_string();
+    let two_lines = format!("{object}\n{object}\n");
+    for content_type in [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON;charset=UTF-8",
+    ] {
+        for (what, body) in [("an object", &object), ("NDJSON", &two_lines)] {
+            let before = server.snapshot(&["b"]).await;
+            let resp = server.batch_raw(body.clone(), content_type).await;
+            expect_problem(resp, 400, &format!("{what} as {content_type}")).await;
+            assert_eq!(
+                server.snapshot(&["b"]).await,
+                before,
+                "{what} as {content_type} stores nothing"
+            );
+        }
+        let array = format!("[{object}]");
+        let (status, _, value) = into_json(server.batch_raw(array, content_type).await).await;
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "an array as {content_type}: {value}"
+        );
+    }
+
+    // NDJSON as application/x-ndjson, and with no content type at all.
+    let (status, _, value) = into_json(
+        server
+            .batch_raw(two_lines.clone(), "application/x-ndjson")
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "NDJSON as x-ndjson: {value}");
+    let resp = server
+        .client()
+        .post(server.url("/v1/publish"))
+        .body(two_lines)
+        .send()
+        .await
+        .expect("send an NDJSON batch with no content type");
+    let (status, _, value) = into_json(resp).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "NDJSON with no content type: {value}"
+    );
+    assert_eq!(
+        messages(&server.read("b", "since=all").await).len(),
+        1 + 3 + 2 + 2,
+        "the existing message, three arrays of one, two NDJSON batches of two"
+    );
+}
+
+async fn open_http1(server: &Server) -> Option<u64> {
+    let text = server
+        .client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    metric(&text, r#"plexus_connections_open{protocol="http1"}"#)
+}
+
+/// `plexus_connections_open` counts every open TCP connection, by protocol, upgraded WebSocket
+/// connections included: hyper is done with those, the socket is not.
+#[tokio::test]
+async fn connection_gauge_counts_upgraded_websockets() {
+    let server = Server::start(&[]).await;
+    let before = open_http1(&server)
+        .await
+        .expect("an http1 series in /metrics (the scraping connection is one)");
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let url = format!("ws://{}/v1/ws", server.addr());
+        let (ws, _) = timeout(READ_TIMEOUT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("handshake within the deadline")
+            .expect("WebSocket handshake");
+        sockets.push(ws);
+    }
+    eventually("three WebSocket connections are counted open", || async {
+        (open_http1(&server).await? >= before + 3).then_some(())
+    })
+    .await;
+    for mut ws in sockets {
+        ws.close(None).await.expect("close the WebSocket");
+    }
+    eventually("the WebSocket connections are counted closed", || async {
+        (open_http1(&server).await? <= before).then_some(())
+    })
+    .await;
+}
+
+/// What the document declares about credentials matches the server's mode: nothing with
+/// `--auth open`; bearer and the `access_token` query parameter with `--auth required`, and
+/// none on the paths anyone may call.
+#[tokio::test]
+async fn openapi_declares_security_only_when_auth_is_required() {
+    let open = Server::start(&[]).await;
+    let (status, _, doc) = open.get_json("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        doc.get("security").is_none_or(|s| s == &json!([])),
+        "open: no document-wide security: {}",
+        doc["security"]
+    );
+    assert!(
+        doc["components"].get("securitySchemes").is_none(),
+        "open: no security schemes: {}",
+        doc["components"]["securitySchemes"]
+    );
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("a path item") {
+            assert!(
+                op.get("security").is_none_or(|s| s == &json!([])),
+                "open: {method} {path} declares security {}",
+                op["security"]
+            );
+        }
+    }
+
+    let required =
+        Server::start(&["--auth", "required", "--jwt-secret", "regression-secret"]).await;
+    let (status, _, doc) = required.get_json("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        doc["security"],
+        json!([{"bearerAuth": []}, {"accessToken": []}]),
+        "required: bearer or access_token"
+    );
+    let schemes = &doc["components"]["securitySchemes"];
+    assert_eq!(schemes["bearerAuth"]["type"], "http");
+    assert_eq!(schemes["bearerAuth"]["scheme"], "bearer");
+    assert_eq!(schemes["accessToken"]["type"], "apiKey");
+    assert_eq!(schemes["accessToken"]["in"], "query");
+    assert_eq!(schemes["accessToken"]["name"], "access_token");
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        assert_eq!(
+            doc["paths"][path]["get"]["security"],
+            json!([]),
+            "required: {path} needs no credentials"
+        );
+    }
+    let unauthorized: &Value = &doc["paths"]["/v1/topics"]["get"]["responses"]["401"];
+    assert!(unauthorized.is_object(), "required: 401 is documented");
+}
