@@ -21,6 +21,8 @@ use crate::wire::job::job_json;
 
 /// The longest lease a worker may ask for.
 const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
+/// The shortest lease, in seconds (a millisecond): the OpenAPI `minimum` of `?lease=`.
+const MIN_LEASE_SECS: f64 = 0.001;
 
 pub fn routes(options: &HttpOptions) -> Router<AppState> {
     Router::new()
@@ -55,6 +57,22 @@ fn seconds(params: &Params, name: &str) -> Result<Option<Duration>, ApiError> {
         .get(name)?
         .map(|v| params::parse_seconds(name, v))
         .transpose()
+}
+
+/// `?lease=`: seconds, at least [`MIN_LEASE_SECS`]. The bound is checked on the number as
+/// written, as the OpenAPI `minimum` is, so that a value the description allows is never
+/// refused (`5e-324` is a positive number but no duration).
+fn lease_seconds(params: &Params) -> Result<Option<Duration>, ApiError> {
+    let Some(value) = params.get("lease")? else {
+        return Ok(None);
+    };
+    let lease = params::parse_seconds("lease", value)?;
+    if value.parse::<f64>().is_ok_and(|s| s < MIN_LEASE_SECS) {
+        return Err(ApiError::bad_request(format!(
+            "lease={value:?}: at least {MIN_LEASE_SECS} s"
+        )));
+    }
+    Ok(Some(lease))
 }
 
 /// Submit a job
@@ -141,7 +159,7 @@ async fn submit(
     tag = "jobs",
     params(
         ("id" = String, Path, description = "The job id"),
-        ("wait" = Option<f64>, Query, minimum = 0, description = "Seconds to wait for the state to change, clamped to max_wait"),
+        ("wait" = Option<f64>, Query, minimum = 0, exclusive_maximum = 1000000000, description = "Seconds to wait for the state to change, clamped to max_wait"),
     ),
     responses(
         (status = 200, description = "The job", body = super::openapi::Job),
@@ -174,8 +192,8 @@ async fn status(
     tag = "jobs",
     params(
         ("queue" = String, Path, max_length = 200, pattern = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$"),
-        ("wait" = Option<f64>, Query, minimum = 0, description = "Seconds to wait for a job, clamped to max_wait"),
-        ("lease" = Option<f64>, Query, exclusive_minimum = 0, description = "Seconds the claim lasts (default jobs.default_lease, at most a day)"),
+        ("wait" = Option<f64>, Query, minimum = 0, exclusive_maximum = 1000000000, description = "Seconds to wait for a job, clamped to max_wait"),
+        ("lease" = Option<f64>, Query, minimum = 0.001, exclusive_maximum = 1000000000, description = "Seconds the claim lasts, from 0.001 (default jobs.default_lease; above a day clamped to a day)"),
     ),
     responses(
         (status = 200, description = "A job, with its `lease` token and `lease_until`", body = super::openapi::Job),
@@ -197,8 +215,7 @@ async fn claim(
     let wait = seconds(&params, "wait")?
         .unwrap_or_default()
         .min(state.options.max_wait);
-    let lease = match seconds(&params, "lease")? {
-        Some(l) if l.is_zero() => return Err(ApiError::bad_request("lease must be more than 0")),
+    let lease = match lease_seconds(&params)? {
         Some(l) => l.min(MAX_LEASE),
         None => state.jobs.options().default_lease,
     };

@@ -41,10 +41,10 @@ struct PollBody<'a> {
     path = "/v1/topics/{topics}/messages",
     tag = "read",
     params(
-        ("topics" = String, Path, pattern = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*(,[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*)*$", description = "One topic, or a comma-separated list"),
-        ("since" = Option<String>, Query, description = "Where to start: a cursor (`next` or an SSE id), `all`, `now`, or a duration back such as `5m`"),
-        ("limit" = Option<u32>, Query, minimum = 1, description = "Most messages (default 100; above 1000 clamped)"),
-        ("wait" = Option<f64>, Query, minimum = 0, description = "Seconds to wait for a message (long poll), clamped to max_wait"),
+        ("topics" = String, Path, pattern = "^[A-Za-z0-9_-](\\.?[A-Za-z0-9_-]){0,99}(,[A-Za-z0-9_-](\\.?[A-Za-z0-9_-]){0,99}){0,63}$", description = "One topic, or up to 64 comma-separated (the pattern bounds each to 100 characters besides dots, within the 200-byte limit of a name)"),
+        ("since" = Option<String>, Query, pattern = "^(all|now|[0-9]{1,19}|[0-9]{1,9}(ms|s|m|h|d)|(?=[^,:]{1,200}:)[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*:[0-9]{1,19}(,(?=[^,:]{1,200}:)[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*:[0-9]{1,19})*|[0-9]{4}-((0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])|(0[13-9]|1[0-2])-(29|30)|(0[13578]|1[02])-31)[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$", description = "Where to start: a cursor (`next` or an SSE id), `all`, `now`, or a duration back such as `5m`"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 2147483647, description = "Most messages, up to 2147483647 (default 100; above 1000 clamped)"),
+        ("wait" = Option<f64>, Query, minimum = 0, exclusive_maximum = 1000000000, description = "Seconds to wait for a message (long poll), clamped to max_wait"),
         ("Prefer" = Option<String>, Header, description = "`wait=N` (RFC 7240): the same as the `wait` query parameter"),
     ),
     responses(
@@ -72,13 +72,16 @@ pub async fn poll(
     };
     let limit = match params.get("limit")? {
         None => DEFAULT_LIMIT,
-        Some(v) => match v.parse::<u64>() {
-            Ok(0) | Err(_) => {
+        // Bounded as the OpenAPI description says (a 32-bit integer), so what it allows is
+        // accepted and what it forbids refused.
+        Some(v) => match v.parse::<i32>() {
+            Ok(n) if n >= 1 => (n as usize).min(MAX_LIMIT),
+            _ => {
                 return Err(ApiError::bad_request(format!(
-                    "limit={v:?}: give a whole number from 1 (values above {MAX_LIMIT} are clamped)"
+                    "limit={v:?}: give a whole number from 1 to {} (values above {MAX_LIMIT} are clamped)",
+                    i32::MAX
                 )));
             }
-            Ok(n) => n.min(MAX_LIMIT as u64) as usize,
         },
     };
     // The query wins over `Prefer: wait` when both are given.

@@ -35,8 +35,8 @@ pub fn routes() -> Router<AppState> {
     path = "/v1/topics/{topics}/sse",
     tag = "read",
     params(
-        ("topics" = String, Path, pattern = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*(,[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*)*$", description = "One topic, or a comma-separated list"),
-        ("since" = Option<String>, Query, description = "Where to start: a cursor (`next` or an SSE id), `all`, `now`, or a duration back such as `5m`"),
+        ("topics" = String, Path, pattern = "^[A-Za-z0-9_-](\\.?[A-Za-z0-9_-]){0,99}(,[A-Za-z0-9_-](\\.?[A-Za-z0-9_-]){0,99}){0,63}$", description = "One topic, or up to 64 comma-separated (the pattern bounds each to 100 characters besides dots, within the 200-byte limit of a name)"),
+        ("since" = Option<String>, Query, pattern = "^(all|now|[0-9]{1,19}|[0-9]{1,9}(ms|s|m|h|d)|(?=[^,:]{1,200}:)[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*:[0-9]{1,19}(,(?=[^,:]{1,200}:)[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*:[0-9]{1,19})*|[0-9]{4}-((0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])|(0[13-9]|1[0-2])-(29|30)|(0[13578]|1[02])-31)[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$", description = "Where to start: a cursor (`next` or an SSE id), `all`, `now`, or a duration back such as `5m`"),
         ("slow" = Option<super::openapi::SlowPolicy>, Query, description = "Slow-consumer policy (default catchup)"),
         ("raw" = Option<String>, Query, description = "`1` or `true`: the payload itself as `data:` lines"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event; wins over `since`"),

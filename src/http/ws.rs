@@ -49,7 +49,7 @@ pub fn routes() -> Router<AppState> {
     tag = "read",
     params(
         ("topic" = Option<String>, Query, description = "Topics to subscribe to at connect, comma-separated"),
-        ("since" = Option<String>, Query, description = "Where the subscription at connect starts (default `now`)"),
+        ("since" = Option<String>, Query, pattern = "^(all|now|[0-9]{1,19}|[0-9]{1,9}(ms|s|m|h|d)|(?=[^,:]{1,200}:)[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*:[0-9]{1,19}(,(?=[^,:]{1,200}:)[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*:[0-9]{1,19})*|[0-9]{4}-((0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])|(0[13-9]|1[0-2])-(29|30)|(0[13578]|1[02])-31)[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$", description = "Where the subscription at connect starts (default `now`)"),
     ),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),

@@ -132,7 +132,8 @@ async fn batch_with_one_bad_item_stores_nothing() {
 async fn malformed_batch_bodies_are_400() {
     let server = Server::start(&[]).await;
     server.publish("a", "existing").await;
-    // A lone JSON object is not listed: on one line it is a valid one-item NDJSON batch.
+    // A lone JSON object is not listed: as NDJSON it is a one-item batch, as application/json
+    // a 400 (regression.rs, `batch_with_a_json_content_type_must_be_an_array`).
     let cases = [
         ("not JSON", "this is not json", "application/json"),
         (

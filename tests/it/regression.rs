@@ -254,3 +254,45 @@ async fn openapi_declares_security_only_when_auth_is_required() {
     let unauthorized: &Value = &doc["paths"]["/v1/topics"]["get"]["responses"]["401"];
     assert!(unauthorized.is_object(), "required: 401 is documented");
 }
+
+/// The bounds the document gives are the server's, found by schemathesis as schema-valid
+/// requests refused: `lease=5e-324` (a positive number, but no duration) and `limit` above the
+/// 32-bit integer the document declares (accepted then, though the document forbade it).
+#[tokio::test]
+async fn openapi_bounds_are_the_servers_own() {
+    let server = Server::start(&[]).await;
+    let (_, _, doc) = server.get_json("/openapi.json").await;
+    let param = |path: &str, method: &str, name: &str| -> Value {
+        doc["paths"][path][method]["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+            .unwrap_or_else(|| panic!("{method} {path} has no parameter {name}"))["schema"]
+            .clone()
+    };
+    let lease = param("/v1/queues/{queue}/claim", "post", "lease");
+    assert_eq!(lease["minimum"], json!(0.001), "{lease}");
+    let claim = |lease: &'static str| {
+        let url = server.url(&format!("/v1/queues/q/claim?lease={lease}"));
+        let client = server.client().clone();
+        async move { client.post(url).send().await.expect("claim") }
+    };
+    expect_problem(claim("5e-324").await, 400, "lease=5e-324").await;
+    expect_problem(claim("0.0009").await, 400, "lease=0.0009").await;
+    assert_eq!(claim("0.001").await.status(), StatusCode::NO_CONTENT);
+
+    let limit = param("/v1/topics/{topics}/messages", "get", "limit");
+    assert_eq!(limit["maximum"], json!(2147483647), "{limit}");
+    server.read("l", "limit=2147483647").await;
+    let resp = server
+        .get("/v1/topics/l/messages?limit=2147483648", &[])
+        .await;
+    expect_problem(resp, 400, "limit=2147483648").await;
+
+    let since = param("/v1/topics/{topics}/messages", "get", "since");
+    assert!(
+        since["pattern"].is_string(),
+        "since has a pattern (an empty since is not one): {since}"
+    );
+    let resp = server.get("/v1/topics/l/messages?since=", &[]).await;
+    expect_problem(resp, 400, "since=").await;
+}
