@@ -117,7 +117,9 @@ const UNKNOWN: u8 = u8::MAX;
 /// an upgraded socket (a WebSocket) over and is done with the connection long before it ends.
 struct OpenConnection {
     stats: Arc<ConnStats>,
-    peer: std::net::SocketAddr,
+    // The address alone, not the port: this lives as long as the connection, and an idle
+    // connection's every byte counts (docs/BENCHMARKS.md, idle connections).
+    ip: std::net::IpAddr,
     /// A [`Protocol`] as `u8`, or [`UNKNOWN`]: set once.
     protocol: AtomicU8,
 }
@@ -126,14 +128,14 @@ impl OpenConnection {
     /// Admits a connection within the limits, or `None` (it is then closed at once).
     fn admit(
         stats: &Arc<ConnStats>,
-        peer: std::net::SocketAddr,
+        ip: std::net::IpAddr,
         options: &ServerOptions,
     ) -> Option<Self> {
         if stats.open() >= options.max_connections as u64 {
             return None;
         }
         let mut per_client = stats.per_client.lock().unwrap_or_else(|p| p.into_inner());
-        let count = per_client.entry(peer.ip()).or_insert(0);
+        let count = per_client.entry(ip).or_insert(0);
         if *count >= options.max_connections_per_client {
             return None;
         }
@@ -141,7 +143,7 @@ impl OpenConnection {
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         Some(OpenConnection {
             stats: stats.clone(),
-            peer,
+            ip,
             protocol: AtomicU8::new(UNKNOWN),
         })
     }
@@ -174,7 +176,7 @@ impl Drop for OpenConnection {
             open.fetch_sub(1, Ordering::Relaxed);
         }
         stats.closed.fetch_add(1, Ordering::Relaxed);
-        let ip = self.peer.ip();
+        let ip = self.ip;
         let mut per_client = stats.per_client.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(count) = per_client.get_mut(&ip) {
             *count -= 1;
@@ -329,6 +331,13 @@ async fn serve_http1<I>(
     drop(watcher);
 }
 
+/// A connection the accept loop admitted, as [`serve`] takes it besides its socket.
+struct Admitted {
+    open: OpenConnection,
+    peer: std::net::SocketAddr,
+    tls: bool,
+}
+
 /// Serves one connection until it ends or the drain closes it. A connection that has made no
 /// request within `first_request` is closed: hyper's header timeout covers HTTP/1.1 heads,
 /// but an HTTP/2 client that sends only its preface would otherwise hold the socket. Its
@@ -338,13 +347,12 @@ async fn serve<I>(
     io: I,
     app: Router,
     watcher: Watcher,
-    open: OpenConnection,
-    tls: bool,
+    admitted: Admitted,
     first_request: Duration,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let peer = open.peer;
+    let Admitted { open, peer, tls } = admitted;
     let open = Arc::new(open);
     let seen = open.clone();
     let app = tower::ServiceExt::map_request(app, move |mut req: axum::extract::Request<_>| {
@@ -404,7 +412,7 @@ pub async fn run(
                 continue;
             }
         };
-        let Some(open) = OpenConnection::admit(&options.stats, peer, &options) else {
+        let Some(open) = OpenConnection::admit(&options.stats, peer.ip(), &options) else {
             options.stats.refused.fetch_add(1, Ordering::Relaxed);
             drop(stream);
             continue;
@@ -432,8 +440,12 @@ pub async fn run(
                             tokio::spawn(serve_http1(http1, stream, app, watcher, shutdown, peer));
                         }
                         Ok(Ok(n)) if n > 0 => {
-                            Box::pin(serve(builder, stream, app, watcher, open, false, timeout))
-                                .await;
+                            let admitted = Admitted {
+                                open,
+                                peer,
+                                tls: false,
+                            };
+                            Box::pin(serve(builder, stream, app, watcher, admitted, timeout)).await;
                         }
                         _ => tracing::debug!(%peer, "no request within the header timeout"),
                     }
@@ -444,7 +456,14 @@ pub async fn run(
                 let timeout = options.header_timeout;
                 tokio::spawn(async move {
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => serve(builder, tls, app, watcher, open, true, timeout).await,
+                        Ok(Ok(tls)) => {
+                            let admitted = Admitted {
+                                open,
+                                peer,
+                                tls: true,
+                            };
+                            serve(builder, tls, app, watcher, admitted, timeout).await
+                        }
                         Ok(Err(e)) => {
                             stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(error = %e, "TLS handshake failed");

@@ -199,6 +199,24 @@ async fn connection_gauge_counts_upgraded_websockets() {
         (open_http1(&server).await? <= before).then_some(())
     })
     .await;
+
+    // HTTP/2 by prior knowledge counts as h2c, from the connection's first request on.
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("an h2c client");
+    let text = h2c
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics over h2c")
+        .text()
+        .await
+        .expect("the metrics text");
+    assert!(
+        metric(&text, r#"plexus_connections_open{protocol="h2c"}"#).is_some_and(|n| n >= 1),
+        "the h2c connection is counted: {text}"
+    );
 }
 
 /// What the document declares about credentials matches the server's mode: nothing with
