@@ -314,3 +314,36 @@ async fn openapi_bounds_are_the_servers_own() {
     let resp = server.get("/v1/topics/l/messages?since=", &[]).await;
     expect_problem(resp, 400, "since=").await;
 }
+
+/// Over TLS the gauge's series are `tls-h2` and `tls-http1`, as ALPN (and then the first
+/// request) decided.
+#[tokio::test]
+async fn connection_gauge_labels_tls_connections_by_protocol() {
+    crate::harness::install_crypto_provider();
+    let server = Server::start(&["--tls-self-signed"]).await;
+    let pem_path = server.data_dir().join("tls").join("self-signed.pem");
+    let pem =
+        std::fs::read(&pem_path).unwrap_or_else(|e| panic!("read {}: {e}", pem_path.display()));
+    let url = format!("https://localhost:{}/metrics", server.port());
+    for (http1, series) in [(false, "tls-h2"), (true, "tls-http1")] {
+        let cert = reqwest::Certificate::from_pem(&pem).expect("the written PEM is a certificate");
+        let mut builder = reqwest::Client::builder().add_root_certificate(cert);
+        if http1 {
+            builder = builder.http1_only();
+        }
+        let client = builder.build().expect("a TLS client");
+        let text = client
+            .get(&url)
+            .send()
+            .await
+            .expect("GET /metrics over TLS")
+            .text()
+            .await
+            .expect("the metrics text");
+        let name = format!("plexus_connections_open{{protocol=\"{series}\"}}");
+        assert!(
+            metric(&text, &name).is_some_and(|n| n >= 1),
+            "this {series} connection is counted: {text}"
+        );
+    }
+}
