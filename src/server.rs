@@ -485,3 +485,33 @@ pub async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The count travels inside every connection's socket for the connection's whole life:
+    /// it must stay as small as the guard it replaced (docs/BENCHMARKS.md, idle connections).
+    #[test]
+    fn the_per_connection_count_stays_small() {
+        assert!(std::mem::size_of::<OpenConnection>() <= 32);
+        assert_eq!(
+            std::mem::size_of::<Counted<tokio::net::TcpStream, OpenConnection>>(),
+            std::mem::size_of::<tokio::net::TcpStream>() + std::mem::size_of::<OpenConnection>()
+        );
+    }
+
+    #[test]
+    fn protocols_are_labelled_by_transport_and_version() {
+        use hyper::Version;
+        assert_eq!(Protocol::of(false, Version::HTTP_11), Protocol::Http1);
+        assert_eq!(Protocol::of(false, Version::HTTP_2), Protocol::H2c);
+        assert_eq!(Protocol::of(true, Version::HTTP_2), Protocol::TlsH2);
+        assert_eq!(Protocol::of(true, Version::HTTP_10), Protocol::TlsHttp1);
+        let labels: Vec<&str> = Protocol::ALL.iter().map(|p| p.label()).collect();
+        assert_eq!(labels, ["http1", "h2c", "tls-h2", "tls-http1"]);
+        for (i, p) in Protocol::ALL.iter().enumerate() {
+            assert_eq!(*p as usize, i, "ALL is in index order");
+        }
+    }
+}
