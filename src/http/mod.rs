@@ -1,12 +1,19 @@
 //! The HTTP API: one file per feature, each with its own `routes()`. The only layer that
 //! knows HTTP; it parses, calls the hub, and encodes.
+//!
+//! The files point one way, so that no two import each other:
+//! - at the bottom, what every handler shares: `state` (`AppState`, `HttpOptions`), `error`
+//!   (the one mapping of errors to problems and to WebSocket error statuses), `extract` (our
+//!   parsing of paths, queries, headers and bodies), `auth` (the `Caller` and its middleware),
+//!   `limits` and `trace` (middleware), `schema` (the OpenAPI schema types), and `streaming`
+//!   (the machinery of SSE, NDJSON and WebSocket streams);
+//! - above them the handlers, each registering its own routes: `publish`, `poll`, `sse`,
+//!   `ndjson`, `ws`, `admin`, `jobs`;
+//! - on top `openapi`, which names the handlers, and this file, which assembles the router.
+//!
+//! Every byte a stream or socket sends (messages, gaps and control frames alike) is encoded in
+//! [`crate::wire`].
 
-// The files point one way. At the bottom, what every handler shares: `state` (AppState),
-// `error` (the one mapping of errors to problems, for HTTP and WebSocket alike), `extract`
-// (our parsing of paths, queries, headers and bodies), `auth` (the caller), `schema` (the
-// OpenAPI schema types) and `streaming` (the machinery of SSE, NDJSON and WebSocket). Above
-// them the handlers, one file per feature, each registering its own routes. On top `openapi`,
-// which names the handlers, and this file, which assembles the router.
 mod admin;
 mod auth;
 pub mod error;

@@ -33,7 +33,7 @@ use crate::wire::ws::{
 };
 
 const PING_EVERY: Duration = Duration::from_secs(30);
-/// What `CLOSE_SILENT_PEER` says.
+/// A peer silent this long is closed with `CLOSE_SILENT_PEER` (whose reason states it).
 const SILENT_LIMIT: Duration = Duration::from_secs(90);
 
 pub fn routes() -> Router<AppState> {
