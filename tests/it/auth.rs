@@ -19,9 +19,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request as WsRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::clients::{Ndjson, Sse, Ws};
-use crate::harness::{Server, b64_encode, expect_problem, into_json, payload};
 use crate::jobs;
+use crate::kit::clients::{Ndjson, Sse, Ws};
+use crate::kit::{Server, b64_encode, expect_problem, into_json, payload};
 
 const SECRET: &str = "an-hs256-secret-for-the-tests";
 const OTHER_SECRET: &str = "some-other-hs256-secret";
@@ -687,7 +687,7 @@ async fn matrix(server: &Server, creds: &Creds) {
     );
     let claimed = check(server, creds, claim, all).await;
     assert_eq!(jobs::id(&claimed), id, "the claim takes the submitted job");
-    let lease = crate::harness::enc(&jobs::lease(&claimed));
+    let lease = crate::kit::enc(&jobs::lease(&claimed));
     let status = Case::new(
         "job status",
         Method::GET,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use futures_util::future::join_all;
 use serde_json::json;
 
-use crate::harness::{Server, payload, seq};
+use crate::kit::{Server, payload, seq};
 
 const TASKS: usize = 8;
 const PER_TASK: usize = 125;

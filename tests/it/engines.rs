@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::harness::{Server, eventually, gaps, into_json, messages, next, parse_cursor, seqs};
+use crate::kit::{Server, eventually, gaps, into_json, messages, next, parse_cursor, seqs};
 
 const SQLITE: &[&str] = &["--storage", "sqlite"];
 const MEMORY: &[&str] = &["--storage", "memory"];
@@ -32,7 +32,7 @@ async fn delivery(engine: &[&str]) {
     );
     server.publish("b", "b1").await;
     let page = server
-        .read("a,b", &format!("since={}", crate::harness::enc(&cursor)))
+        .read("a,b", &format!("since={}", crate::kit::enc(&cursor)))
         .await;
     let m = messages(&page);
     assert_eq!(m.len(), 1, "{engine:?}: only the new message: {page}");

@@ -4,7 +4,7 @@
 use reqwest::{Method, Response};
 use serde_json::json;
 
-use crate::harness::{Server, expect_problem};
+use crate::kit::{Server, expect_problem};
 
 /// A server holding a few messages on `a` and `b`, the topics every check looks at.
 async fn seeded(args: &[&str]) -> Server {

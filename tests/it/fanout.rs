@@ -5,8 +5,8 @@
 use futures_util::stream::{self, StreamExt};
 use serde_json::json;
 
-use crate::clients::Sse;
-use crate::harness::{Server, eventually};
+use crate::kit::clients::Sse;
+use crate::kit::{Server, eventually};
 
 const SUBSCRIBERS: usize = 1_000;
 const MESSAGES: u64 = 20;

@@ -10,7 +10,8 @@ use serde_json::Value;
 use tokio::process::Command;
 use tokio::time::timeout;
 
-use crate::harness::{Server, eventually, install_crypto_provider, messages, seqs};
+use crate::kit::clients::h2c_reqwest;
+use crate::kit::{Server, eventually, install_crypto_provider, messages, seqs};
 
 /// How long one curl run or one subscription item may take.
 const STEP: Duration = Duration::from_secs(30);
@@ -67,16 +68,6 @@ pub async fn curl(args: &[&str], url: &str) -> CurlAnswer {
         version: version.to_string(),
         body: body.to_string(),
     }
-}
-
-/// A reqwest client that speaks HTTP/2 without asking (h2c prior knowledge).
-pub fn h2c_reqwest() -> reqwest::Client {
-    install_crypto_provider();
-    reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .expect("build an h2c reqwest client")
 }
 
 /// A plexus client in HTTP/2 prior-knowledge mode.

@@ -9,8 +9,8 @@
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::clients::Sse;
-use crate::harness::{Server, b64_encode, enc, eventually, expect_problem, into_json, payload};
+use crate::kit::clients::Sse;
+use crate::kit::{Server, b64_encode, enc, eventually, expect_problem, into_json, payload};
 
 const SQLITE: &[&str] = &["--storage", "sqlite"];
 const MEMORY: &[&str] = &["--storage", "memory"];

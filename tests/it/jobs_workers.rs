@@ -13,11 +13,11 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tokio::time::timeout;
 
-use crate::harness::{Server, expect_problem, into_json};
 use crate::jobs::{
     act, act_raw, assert_job, attempts, claim, complete, data_json, events, id, lease, millis,
     names, status, submit, submit_q, try_claim,
 };
+use crate::kit::{Server, expect_problem, into_json};
 
 const SQLITE: &[&str] = &["--storage", "sqlite"];
 const MEMORY: &[&str] = &["--storage", "memory"];

@@ -15,8 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 
-use crate::clients::{READ_TIMEOUT, Ws};
-use crate::harness::{DEADLINE, Server, eventually, expect_problem, metric};
+use crate::kit::clients::{READ_TIMEOUT, Ws};
+use crate::kit::{DEADLINE, Server, eventually, expect_problem, metric};
 
 fn loopback(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))

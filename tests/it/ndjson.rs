@@ -3,8 +3,8 @@
 
 use serde_json::{Value, json};
 
-use crate::clients::Ndjson;
-use crate::harness::{Server, eventually, expect_problem};
+use crate::kit::clients::Ndjson;
+use crate::kit::{Server, eventually, expect_problem};
 
 /// `(topic, seq)` of envelope lines, asserting none is a gap or control line.
 fn topic_seqs(lines: &[Value]) -> Vec<(String, u64)> {
@@ -44,7 +44,7 @@ async fn ndjson_sends_one_envelope_a_line_from_now() {
     assert_eq!(seqs(&lines), vec![3, 4], "default since is now: {lines:?}");
     assert_eq!(lines[0]["event"], json!("created"), "{lines:?}");
     assert_eq!(lines[0]["data"], json!("made"), "{lines:?}");
-    crate::harness::assert_time(&lines[0]["time"]);
+    crate::kit::assert_time(&lines[0]["time"]);
     assert_eq!(lines[1]["data_base64"], json!("/wA="), "{lines:?}");
     assert!(lines[1].get("data").is_none(), "{lines:?}");
 
@@ -146,10 +146,7 @@ async fn ndjson_multi_topic_resume_is_exact_per_topic() {
         server.publish("a", format!("a{i}")).await;
         server.publish("b", format!("b{i}")).await;
     }
-    let path = format!(
-        "/v1/topics/a,b/stream?since={}",
-        crate::harness::enc(&cursor)
-    );
+    let path = format!("/v1/topics/a,b/stream?since={}", crate::kit::enc(&cursor));
     let mut stream = Ndjson::open(&server, &path).await;
     let rest = topic_seqs(&stream.events(6).await);
     server.publish("a", "sentinel").await;

@@ -11,8 +11,8 @@
 
 use serde_json::{Value, json};
 
-use crate::clients::{Dial, Frame, Ndjson, Sse, Ws};
-use crate::harness::Server;
+use crate::kit::Server;
+use crate::kit::clients::{Dial, Frame, Ndjson, Sse, Ws};
 
 /// The receive buffer of a stalled client (the kernel's minimum is about this).
 const SMALL: Dial = Dial {
@@ -228,9 +228,9 @@ async fn slow_latest_skips_to_the_newest_with_a_skipped_gap() {
         .text()
         .await
         .expect("metrics text");
-    let lagged = crate::harness::metric(&text, "plexus_slow_subscribers_total{policy=\"latest\"}");
+    let lagged = crate::kit::metric(&text, "plexus_slow_subscribers_total{policy=\"latest\"}");
     assert!(lagged.is_some_and(|n| n >= 1), "{text}");
-    let skipped = crate::harness::metric(&text, "plexus_gaps_total{reason=\"skipped\"}");
+    let skipped = crate::kit::metric(&text, "plexus_gaps_total{reason=\"skipped\"}");
     assert_eq!(skipped, Some(gaps.len() as u64), "{text}");
 }
 

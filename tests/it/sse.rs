@@ -7,8 +7,8 @@
 
 use serde_json::json;
 
-use crate::clients::{Frame, Sse};
-use crate::harness::{Server, eventually, expect_problem, parse_cursor};
+use crate::kit::clients::{Frame, Sse};
+use crate::kit::{Server, eventually, expect_problem, parse_cursor};
 
 /// The envelopes of message frames, asserting each `id:` is the single-topic cursor (the seq).
 fn single_topic_seqs(frames: &[Frame]) -> Vec<u64> {
@@ -63,7 +63,7 @@ async fn sse_frames_messages_with_id_event_and_envelope() {
     assert_eq!(env["seq"], json!(3), "{env}");
     assert_eq!(env["event"], json!("created"), "{env}");
     assert_eq!(env["data"], json!("made"), "{env}");
-    crate::harness::assert_time(&env["time"]);
+    crate::kit::assert_time(&env["time"]);
     assert_eq!(frames[1].id(), "4", "{frames:?}");
     assert_eq!(
         frames[1].event.as_deref(),

@@ -9,8 +9,8 @@
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::clients::Ws;
-use crate::harness::{Server, b64_encode};
+use crate::kit::clients::Ws;
+use crate::kit::{Server, b64_encode};
 
 /// `(topic, seq)` of message frames, asserting each is one.
 fn topic_seqs(frames: &[Value]) -> Vec<(String, u64)> {
@@ -64,7 +64,7 @@ async fn ws_subscribe_publish_unsubscribe_answer_ok_with_ids() {
     assert_eq!(ok["id"], json!(2), "{ok}");
     assert_eq!(ok["topic"], json!("a"), "{ok}");
     assert_eq!(ok["seq"], json!(3), "{ok}");
-    crate::harness::assert_time(&ok["time"]);
+    crate::kit::assert_time(&ok["time"]);
 
     // A socket subscribed to a topic receives its own publishes.
     let mut frames = early;
