@@ -1,4 +1,4 @@
-//! `auth.mode = "required"` (DESIGN §6): every operation on every transport answers `401`
+//! `auth.mode = "required"` (docs/API.md, "Auth"): every operation on every transport answers `401`
 //! without a credential or with a bad one, `403` with a credential whose rules do not cover
 //! it, and works with one that does — for static tokens and for HS256, RS256 and ES256 JWTs.
 //! Also: `access_token` in the query, the three open paths, the filtered topic list, JWT
@@ -995,7 +995,7 @@ async fn access_token_in_the_query_works_for_streams_and_websockets() {
 async fn open_paths_need_no_credential_and_every_other_path_does() {
     let (server, _dir) = required_server().await;
     // `/openapi.json` is left out on purpose: commit d53fbc6 made it a fourth open path,
-    // which DESIGN §6 does not list.
+    // which docs/API.md does not list.
     for path in ["/healthz", "/readyz", "/metrics"] {
         let resp = server.get(path, &[]).await;
         assert_eq!(

@@ -1,6 +1,6 @@
-//! Stateless nodes on Redis (DESIGN §4 "Cluster"): several `plexus serve` processes share one
-//! Redis (or a Redis Cluster); any node serves any client, a client resumes on another node
-//! with its cursor, and a node that dies or restarts loses nothing.
+//! Stateless nodes on Redis (docs/ARCHITECTURE.md, the cluster): several `plexus serve` processes
+//! share one Redis (or a Redis Cluster); any node serves any client, a client resumes on another
+//! node with its cursor, and a node that dies or restarts loses nothing.
 
 use futures_util::StreamExt;
 use serde_json::Value;

@@ -1,4 +1,4 @@
-//! Every error of DESIGN §2 that this issue can produce: its status, an
+//! Every error of the HTTP API (docs/API.md) that a request can meet: its status, an
 //! `application/problem+json` body, and stored data left unchanged.
 
 use reqwest::{Method, Response};

@@ -1,4 +1,4 @@
-//! Hostile input (DESIGN §2 "Invalid input never changes stored state", §5): hundreds of
+//! Hostile input (docs/API.md: invalid input never changes stored state; the limits): hundreds of
 //! malformed requests over raw TCP, over reqwest and over WebSockets. Afterwards the hub is
 //! healthy, serves a normal publish and read, and every topic holds exactly what was published
 //! on purpose.

@@ -147,8 +147,8 @@ async fn curl_speaks_h2c_with_prior_knowledge_and_http1_on_the_same_port() {
     assert_eq!(messages(&page)[1]["data"], "over-h1", "{page}");
 }
 
-/// h2c is by prior knowledge only (STACK trap 2): a request offering `Upgrade: h2c` is
-/// answered in HTTP/1.1, and answered correctly.
+/// h2c is by prior knowledge only (hyper's server does not implement the upgrade): a
+/// request offering `Upgrade: h2c` is answered in HTTP/1.1, and answered correctly.
 #[tokio::test]
 async fn an_h2c_upgrade_offer_is_answered_in_http1() {
     let server = Server::start(&[]).await;
@@ -272,7 +272,7 @@ async fn the_client_in_http2_mode_publishes_reads_and_subscribes_on_one_connecti
 }
 
 /// 500 SSE streams on one HTTP/2 connection (hyper's default of 200 concurrent streams would
-/// stall the 201st, STACK trap 1), each receiving every message in order.
+/// stall the 201st), each receiving every message in order.
 #[tokio::test]
 async fn five_hundred_sse_streams_share_one_http2_connection() {
     const STREAMS: usize = 500;

@@ -1,4 +1,4 @@
-//! Jobs over HTTP (DESIGN §2 "Jobs: long requests, sync or async"): the lifecycle of one job
+//! Jobs over HTTP (docs/API.md, "Jobs"): the lifecycle of one job
 //! from submit to result, `Prefer: wait`, status long polls, idempotent submits, the events on
 //! `_jobs.{id}` (short poll and SSE), and every error a worker or a client can meet.
 //!

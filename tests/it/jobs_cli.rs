@@ -1,5 +1,5 @@
-//! `plexus jobs submit | status | work` (DESIGN §3) against a running hub: `work` runs a real
-//! shell command per job, its stdout the result and a non-zero exit a failure.
+//! `plexus jobs submit | status | work` (docs/API.md, the CLI) against a running hub: `work` runs a
+//! real shell command per job, its stdout the result and a non-zero exit a failure.
 
 use std::process::Stdio;
 

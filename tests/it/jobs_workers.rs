@@ -1,4 +1,4 @@
-//! Jobs seen from the workers' side (DESIGN §2 "Jobs"): a worker that vanishes, retries with
+//! Jobs seen from the workers' side (docs/API.md, "Jobs"): a worker that vanishes, retries with
 //! backoff until `dead`, competing workers over a thousand jobs, and jobs across a SIGKILL.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -138,7 +138,7 @@ enum Stream {
     SseHttp2(SseH2),
     Ndjson(Ndjson),
     WebSocket {
-        ws: Ws,
+        ws: Box<Ws>,
         /// Frames that arrived before the last `subscribe` was answered.
         early: VecDeque<Value>,
     },
@@ -191,7 +191,7 @@ impl Sub {
                 Stream::Ndjson(Ndjson::open(server, &path).await)
             }
             Transport::WebSocket => {
-                let mut ws = Ws::connect(server, "").await;
+                let mut ws = Box::new(Ws::connect(server, "").await);
                 let mut early = Vec::new();
                 let cursor = since.contains(':').then(|| crate::kit::parse_cursor(since));
                 for (id, topic) in topics.split(',').enumerate() {

@@ -1,4 +1,4 @@
-//! NDJSON streams (DESIGN §2 "Streams"): one envelope a line, gap and keepalive lines, and
+//! NDJSON streams (docs/API.md, "Streams"): one envelope a line, gap and keepalive lines, and
 //! exact resume with `since` — within one server and across a restart.
 
 use serde_json::{Value, json};

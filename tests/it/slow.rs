@@ -1,9 +1,9 @@
-//! Slow consumers (DESIGN §2 "Streams", §4 Hub, §5; STYLE rule 7): a subscriber that stops
-//! reading while thousands of messages are published falls behind the topic's live buffer
-//! (256 messages). Each policy keeps its promise when it reads again:
-//! `catchup` gets everything, in order, once; `latest` gets the newest and a `skipped` gap
-//! for exactly what it missed; `disconnect` ends cleanly and its cursor resumes with no loss.
-//! Meanwhile the hub's memory stays bounded.
+//! Slow consumers (docs/API.md, "Streams"; docs/ARCHITECTURE.md, the hub): a subscriber that stops
+//! reading while thousands of messages are published falls behind the topic's live buffer (256
+//! messages). Each policy keeps its promise when it reads again: `catchup` gets everything, in
+//! order, once; `latest` gets the newest and a `skipped` gap for exactly what it missed;
+//! `disconnect` ends cleanly and its cursor resumes with no loss. Meanwhile the hub's memory stays
+//! bounded.
 //!
 //! To fall behind, a client opens its stream over a raw socket with a small receive buffer and
 //! does not read while payloads of a few KB are published: the socket buffers fill far sooner
@@ -143,7 +143,7 @@ fn assert_covers(items: &[Item], first: u64, last: u64, what: &str) -> Vec<(u64,
     gaps
 }
 
-/// DESIGN §4/§5: a subscriber that stops reading while 5,000 messages of 2 KB are published
+/// A subscriber that stops reading while 5,000 messages of 2 KB are published
 /// (about 10 MB, far beyond the socket buffers and the live buffer) gets every one of them
 /// once it reads again, and the hub does not hold the backlog in memory.
 ///

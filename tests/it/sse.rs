@@ -1,4 +1,4 @@
-//! Server-Sent Events (DESIGN §2 "Streams"): framing, `raw=1`, keepalives, multi-topic ids,
+//! Server-Sent Events (docs/API.md, "Streams"): framing, `raw=1`, keepalives, multi-topic ids,
 //! gaps, `since` defaults, bad parameters, and exact resume with `Last-Event-ID` — within one
 //! server and across a restart.
 //!

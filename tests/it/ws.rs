@@ -1,4 +1,4 @@
-//! The multiplexed WebSocket (DESIGN §2 "WebSocket"): subscribe / unsubscribe / publish and
+//! The multiplexed WebSocket (docs/API.md, "WebSocket"): subscribe / unsubscribe / publish and
 //! their `ok` answers, topics at connect, several topics on one socket, echo of own
 //! publishes, error frames for bad input (the socket lives on), and exact resume with `since`.
 //!
