@@ -8,7 +8,7 @@
 // The test kit: server harness, Redis fixture and cluster, CLI runner, stream clients.
 mod kit;
 
-// Delivery over every transport × every engine: live, resume, multi-topic, catch-up, gaps.
+// Delivery over every transport × engine: live, resume, multi-topic, catch-up, gaps, restart.
 mod matrix;
 // Bugs that were fixed, one test each.
 mod regression;
@@ -51,7 +51,7 @@ mod limits;
 mod longpoll;
 // `/metrics`: each family moves when its event happens.
 mod metrics;
-// NDJSON specifics: framing, keepalive and gap lines, bad parameters, resume across a restart.
+// NDJSON specifics: framing, keepalive and gap lines, bad parameters.
 mod ndjson;
 // `GET /openapi.json` covers every route.
 mod openapi;
@@ -65,9 +65,9 @@ mod retention;
 mod shutdown;
 // Slow consumers: `catchup`, `latest` and `disconnect` policies, bounded memory.
 mod slow;
-// SSE specifics: framing, `raw=1`, keepalives, gaps, bad parameters, resume across a restart.
+// SSE specifics: framing, `raw=1`, keepalives, gaps, bad parameters, `Last-Event-ID`.
 mod sse;
 // TLS: a self-signed certificate clients can trust, ALPN h2, bad key files.
 mod tls;
-// WebSocket specifics: subscribe/unsubscribe/publish frames, errors, resume across a restart.
+// WebSocket specifics: subscribe/unsubscribe/publish frames, error frames, `since` forms.
 mod ws;

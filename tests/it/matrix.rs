@@ -4,7 +4,8 @@
 //! hands back what arrives as [`Event`]s: SSE over HTTP/1.1 and over HTTP/2 (h2c), NDJSON,
 //! the WebSocket, long polls (`wait=`) and short polls. Each case starts its own server on the
 //! engine it names (a redis case gets a private `redis-server` through the kit), so the
-//! matrix runs the same on every machine, whatever `PLEXUS_TEST_ENGINE` says. Cases are
+//! matrix runs the same on every machine, whatever `PLEXUS_TEST_ENGINE` says. Every scenario
+//! runs on every engine, except the restart, which needs a store that outlives the process. Cases are
 //! named `matrix::<scenario>::<transport>::<engine>`, e.g. `cargo nextest run --test it
 //! matrix::resume::websocket`.
 //!
@@ -507,56 +508,99 @@ async fn publish_while_subscribing(engine: Engine, transport: Transport) {
     );
 }
 
-/// One test per transport × engine of a scenario: `<scenario>::<transport>::<engine>`.
-macro_rules! cases {
-    ($scenario:ident: $($name:ident = $transport:ident),* $(,)?) => {
+/// Resume across a restart of the hub (SIGKILL, then a new process on the same store): the
+/// cursor of the last event seen still gets exactly the rest. Durable engines only.
+async fn resume_across_restart(engine: Engine, transport: Transport) {
+    let mut server = Server::start_on(engine, &[]).await;
+    let mut sub = Sub::open(&server, transport, "t", Start::Now).await;
+    server.publish_n("t", 3, "m").await;
+    assert_eq!(
+        sub.take(2).await,
+        vec![msg("t", 1, "m1"), msg("t", 2, "m2")]
+    );
+    let cursor = sub.cursor();
+    drop(sub);
+
+    server.publish("t", "before").await;
+    server.restart().await;
+    server.publish("t", "after").await;
+    let mut sub = Sub::open(&server, transport, "t", Start::Cursor(&cursor)).await;
+    assert_eq!(
+        sub.take(3).await,
+        vec![
+            msg("t", 3, "m3"),
+            msg("t", 4, "before"),
+            msg("t", 5, "after")
+        ],
+        "resumed from {cursor} after a restart"
+    );
+    server.publish("t", "live").await;
+    assert_eq!(
+        sub.take(1).await,
+        vec![msg("t", 6, "live")],
+        "nothing extra"
+    );
+}
+
+/// The tests of one scenario over one transport, one per engine:
+/// `<scenario>::<transport>::<engine>`.
+macro_rules! engines {
+    ($scenario:ident $transport:ident [$($engine:ident = $variant:ident),*]) => {
         $(
-            mod $name {
-                use crate::kit::Engine;
-                use crate::matrix::Transport;
-
-                #[tokio::test]
-                async fn sqlite() {
-                    crate::matrix::$scenario(Engine::Sqlite, Transport::$transport).await;
-                }
-
-                #[tokio::test]
-                async fn memory() {
-                    crate::matrix::$scenario(Engine::Memory, Transport::$transport).await;
-                }
-
-                #[tokio::test]
-                async fn redis() {
-                    crate::matrix::$scenario(Engine::Redis, Transport::$transport).await;
-                }
+            #[tokio::test]
+            async fn $engine() {
+                crate::matrix::$scenario(
+                    crate::kit::Engine::$variant,
+                    crate::matrix::Transport::$transport,
+                )
+                .await;
             }
         )*
     };
 }
 
-/// Every scenario over every transport.
+/// The tests of one scenario over every transport.
+macro_rules! transports {
+    ($scenario:ident $engines:tt) => {
+        mod sse_http1 {
+            engines!($scenario SseHttp1 $engines);
+        }
+        mod sse_http2 {
+            engines!($scenario SseHttp2 $engines);
+        }
+        mod ndjson {
+            engines!($scenario Ndjson $engines);
+        }
+        mod websocket {
+            engines!($scenario WebSocket $engines);
+        }
+        mod long_poll {
+            engines!($scenario LongPoll $engines);
+        }
+        mod short_poll {
+            engines!($scenario ShortPoll $engines);
+        }
+    };
+}
+
+/// Every scenario over every transport, on the engines it names.
 macro_rules! matrix {
-    ($($scenario:ident),* $(,)?) => {
+    ($($scenario:ident on $engines:tt),* $(,)?) => {
         $(
             mod $scenario {
-                cases!($scenario:
-                    sse_http1 = SseHttp1,
-                    sse_http2 = SseHttp2,
-                    ndjson = Ndjson,
-                    websocket = WebSocket,
-                    long_poll = LongPoll,
-                    short_poll = ShortPoll,
-                );
+                transports!($scenario $engines);
             }
         )*
     };
 }
 
 matrix!(
-    live,
-    resume,
-    multi_topic,
-    catch_up,
-    gap_after_delete,
-    publish_while_subscribing,
+    live on [sqlite = Sqlite, memory = Memory, redis = Redis],
+    resume on [sqlite = Sqlite, memory = Memory, redis = Redis],
+    multi_topic on [sqlite = Sqlite, memory = Memory, redis = Redis],
+    catch_up on [sqlite = Sqlite, memory = Memory, redis = Redis],
+    gap_after_delete on [sqlite = Sqlite, memory = Memory, redis = Redis],
+    publish_while_subscribing on [sqlite = Sqlite, memory = Memory, redis = Redis],
+    // The memory engine forgets everything with its process, by design.
+    resume_across_restart on [sqlite = Sqlite, redis = Redis],
 );

@@ -1,6 +1,6 @@
 //! Server-Sent Events (docs/API.md, "Streams"): framing, `raw=1`, keepalives, multi-topic ids,
-//! gaps, `since` defaults, bad parameters, and exact resume with `Last-Event-ID` — within one
-//! server and across a restart.
+//! gaps, `since` defaults, bad parameters, `Last-Event-ID` over `since`. Delivery itself —
+//! order, resume, catch-up, gaps, restarts — is the delivery matrix's (`matrix.rs`).
 //!
 //! The stream is read over a raw socket (`clients::Sse`). A stream's subscription exists once
 //! its response head has arrived, so a test publishes only after `Sse::open` returns.
@@ -239,59 +239,4 @@ async fn sse_last_event_id_wins_over_since() {
     )
     .await;
     assert_eq!(single_topic_seqs(&sse.events(2).await), vec![4, 5]);
-}
-
-#[tokio::test]
-async fn sse_resume_across_a_restart_is_exact() {
-    let mut server = Server::start_durable(&[]).await;
-    server.publish_n("t", 5, "m").await;
-    server.publish("u", "u1").await;
-    let mut sse = Sse::open(&server, "/v1/topics/t/sse?since=all", &[]).await;
-    let first = sse.events(3).await;
-    assert_eq!(single_topic_seqs(&first), vec![1, 2, 3]);
-    let mut multi = Sse::open(&server, "/v1/topics/t,u/sse?since=all", &[]).await;
-    let multi_first = multi.events(4).await;
-    let multi_id = multi_first[3].id().to_string();
-    let multi_seen = parse_cursor(&multi_id);
-    for (topic, seq) in topic_seqs(&multi_first) {
-        assert!(seq <= multi_seen[&topic], "{multi_id} covers {topic}:{seq}");
-    }
-    drop(sse);
-    drop(multi);
-
-    server.publish("t", "before-restart").await;
-    server.restart().await;
-    server.publish_n("t", 3, "after").await;
-    server.publish("u", "u2").await;
-
-    let mut sse = Sse::open(&server, "/v1/topics/t/sse", &[("Last-Event-ID", "3")]).await;
-    let rest = sse.events(6).await;
-    assert_eq!(single_topic_seqs(&rest), vec![4, 5, 6, 7, 8, 9]);
-    assert_eq!(rest[2].json()["data"], json!("before-restart"));
-    server.publish("t", "sentinel").await;
-    assert_eq!(single_topic_seqs(&sse.events(1).await), vec![10]);
-
-    let mut multi = Sse::open(
-        &server,
-        "/v1/topics/t,u/sse",
-        &[("Last-Event-ID", &multi_id)],
-    )
-    .await;
-    let (seen_t, seen_u) = (multi_seen["t"], multi_seen["u"]);
-    let want = (10 - seen_t) + (2 - seen_u);
-    let rest = topic_seqs(&multi.events(want as usize).await);
-    let per = |topic: &str| -> Vec<u64> {
-        rest.iter()
-            .filter(|(t, _)| t == topic)
-            .map(|(_, s)| *s)
-            .collect()
-    };
-    assert_eq!(per("t"), (seen_t + 1..=10).collect::<Vec<_>>(), "{rest:?}");
-    assert_eq!(per("u"), (seen_u + 1..=2).collect::<Vec<_>>(), "{rest:?}");
-    server.publish("u", "sentinel").await;
-    assert_eq!(
-        topic_seqs(&multi.events(1).await),
-        vec![("u".to_string(), 3)],
-        "nothing extra before the sentinel"
-    );
 }
