@@ -11,7 +11,8 @@ use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
 use tokio::time::timeout;
 
-use crate::http2::{curl, message, next_item};
+use crate::kit::cli::curl;
+use crate::kit::clients::{message, next_item};
 use crate::kit::{Server, eventually, install_crypto_provider, messages, seqs};
 
 /// The certificate PEM that `--tls-self-signed` wrote for clients to trust.

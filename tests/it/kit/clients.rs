@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use plexus_client::Item;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
@@ -673,5 +674,23 @@ impl Ws {
             out.push(got);
         }
         out
+    }
+}
+
+/// The next item of a subscription, which must come within `READ_TIMEOUT` and be no error.
+pub async fn next_item(sub: &mut plexus_client::Subscription, what: &str) -> Item {
+    match timeout(READ_TIMEOUT, sub.next()).await {
+        Err(_) => panic!("{what}: no item within {READ_TIMEOUT:?}"),
+        Ok(None) => panic!("{what}: the subscription ended"),
+        Ok(Some(Err(e))) => panic!("{what}: subscription error {e}"),
+        Ok(Some(Ok(item))) => item,
+    }
+}
+
+/// The (seq, data) of a message item; panics on a gap.
+pub fn message(item: Item, what: &str) -> (u64, String) {
+    match item {
+        Item::Message(m) => (m.seq, m.data.unwrap_or_default()),
+        Item::Gap(g) => panic!("{what}: unexpected gap {g:?}"),
     }
 }

@@ -4,9 +4,10 @@
 //!   test names ([`Server::start_on`]) or on the default one ([`Server::start`]), and the
 //!   helpers that speak the HTTP API with a real client (re-exported here).
 //! - [`redis`]: a private `redis-server` per test, and a real 3-master Redis Cluster.
-//! - [`clients`]: raw-socket SSE and NDJSON clients, an SSE client over HTTP/2, and a
-//!   WebSocket client for `/v1/ws`.
-//! - [`cli`]: runs the `plexus` binary itself (`pub`, `sub`, `jobs`, a failing `serve`).
+//! - [`clients`]: raw-socket SSE and NDJSON clients, an SSE client over HTTP/2, a
+//!   WebSocket client for `/v1/ws`, and helpers for `plexus-client` subscriptions.
+//! - [`cli`]: runs the `plexus` binary itself (`pub`, `sub`, `jobs`, a failing `serve`)
+//!   and `curl`.
 
 pub mod cli;
 pub mod clients;
