@@ -38,13 +38,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue, RedisError, Script, ScriptInvocation};
 
-use super::{
-    Appended, BoxFuture, CommitFeed, FeedSlot, IDEMPOTENCY_TTL, Log, LogBounds, ReadBatch,
-    Retention, StoreError, StoreResult, TopicInfo,
-};
+use super::follow::{CommitFeed, FeedSlot, Follow};
+use super::jobs::JobStore;
+use super::log::{BoxFuture, IDEMPOTENCY_TTL, Log, ReadBatch, Retention};
 use crate::model::{
-    EventName, Job, JobId, JobState, Message, Millis, NewMessage, Seq, Topic, fingerprint,
-    now_millis,
+    Appended, EventName, Job, JobId, JobState, LogBounds, Message, Millis, NewMessage, Seq,
+    StoreError, StoreResult, Topic, TopicInfo, fingerprint, now_millis,
 };
 
 const CHANNEL: &str = "plexus:commits";
@@ -205,7 +204,7 @@ fn wanted(followed: &Followed, topic: &Topic) -> bool {
         .contains(topic)
 }
 
-/// What the hub asks a cluster node to follow (see [`Log::follow`]).
+/// What the hub asks a cluster node to follow (see [`Follow::follow`]).
 enum Interest {
     Follow(Topic),
     Unfollow(Topic),
@@ -471,7 +470,7 @@ impl RedisLog {
         }
     }
 
-    async fn claim(
+    async fn claim_job(
         &self,
         queue: &Topic,
         now: Millis,
@@ -558,7 +557,6 @@ fn node_id() -> u64 {
 }
 
 impl Core {
-    /// The newest retained message of a topic.
     /// Messages after `after` (see [`Log::read`]), by `read.lua`.
     async fn read(
         &self,
@@ -1281,7 +1279,9 @@ impl Log for RedisLog {
             }
         })
     }
+}
 
+impl Follow for RedisLog {
     fn take_commits(&self) -> Option<CommitFeed> {
         self.feed.take()
     }
@@ -1309,8 +1309,10 @@ impl Log for RedisLog {
             let _ = interests.send(Interest::Unfollow(topic.clone()));
         }
     }
+}
 
-    fn job_create(
+impl JobStore for RedisLog {
+    fn create(
         &self,
         job: Job,
         idempotency_key: Option<String>,
@@ -1368,7 +1370,7 @@ impl Log for RedisLog {
         })
     }
 
-    fn job_get(&self, id: &JobId) -> BoxFuture<'_, StoreResult<Option<Job>>> {
+    fn get(&self, id: &JobId) -> BoxFuture<'_, StoreResult<Option<Job>>> {
         let id = id.clone();
         Box::pin(async move {
             let Some(queue) = self.queue_of(&id).await? else {
@@ -1378,11 +1380,7 @@ impl Log for RedisLog {
         })
     }
 
-    fn job_save(
-        &self,
-        job: Job,
-        expected_lease: Option<String>,
-    ) -> BoxFuture<'_, StoreResult<Job>> {
+    fn save(&self, job: Job, expected_lease: Option<String>) -> BoxFuture<'_, StoreResult<Job>> {
         Box::pin(async move {
             let expected = expected_lease.unwrap_or_default();
             self.save_job(&job, "lease", &expected).await?;
@@ -1390,7 +1388,7 @@ impl Log for RedisLog {
         })
     }
 
-    fn job_claim(
+    fn claim(
         &self,
         queue: &Topic,
         now: Millis,
@@ -1398,10 +1396,10 @@ impl Log for RedisLog {
         lease_ms: u64,
     ) -> BoxFuture<'_, StoreResult<Option<Job>>> {
         let queue = queue.clone();
-        Box::pin(async move { self.claim(&queue, now, lease, lease_ms).await })
+        Box::pin(async move { self.claim_job(&queue, now, lease, lease_ms).await })
     }
 
-    fn job_expired(&self, now: Millis, limit: usize) -> BoxFuture<'_, StoreResult<Vec<Job>>> {
+    fn expired(&self, now: Millis, limit: usize) -> BoxFuture<'_, StoreResult<Vec<Job>>> {
         Box::pin(async move {
             let queues: Vec<String> = self
                 .core
@@ -1442,7 +1440,7 @@ impl Log for RedisLog {
         })
     }
 
-    fn job_next_due(&self, queue: &Topic) -> BoxFuture<'_, StoreResult<Option<Millis>>> {
+    fn next_due(&self, queue: &Topic) -> BoxFuture<'_, StoreResult<Option<Millis>>> {
         let queue = queue.clone();
         Box::pin(async move {
             let [_, delayed, _] = queue_keys(&queue);
