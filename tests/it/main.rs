@@ -24,6 +24,7 @@ mod jobs_workers;
 mod limits;
 mod longpoll;
 mod metrics;
+mod migration;
 mod ndjson;
 mod openapi;
 mod publish;

@@ -49,7 +49,7 @@ impl Retainer<'_> {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, %topic, "retention step failed; will retry");
-                    if let Ok(topics) = load_topics(&self.conn) {
+                    if let Ok(topics) = load_topics(self.conn) {
                         *self.topics = topics;
                     }
                 }
