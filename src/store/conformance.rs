@@ -8,13 +8,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::redis::TestRedis;
-use super::{
-    CommitFeed, Durability, Engine, JobStore, Log, LogBounds, RedisTarget, Retention, SqliteLog,
-    StoreError, TopicInfo,
-};
+use super::engine::Engine;
+use super::follow::CommitFeed;
+use super::jobs::JobStore;
+use super::log::{Log, Retention};
+use super::redis::{RedisTarget, TestRedis};
+use super::sqlite::{Durability, SqliteLog};
 use crate::model::{
-    EventName, Job, JobId, JobState, Message, Millis, NewMessage, Topic, now_millis,
+    EventName, Job, JobId, JobState, LogBounds, Message, Millis, NewMessage, StoreError, Topic,
+    TopicInfo, now_millis,
 };
 
 fn t(s: &str) -> Topic {
