@@ -208,6 +208,14 @@ impl Core {
             }
         }
     }
+
+    /// Drops every message of a topic, keeping its counter, by `delete.lua`.
+    pub(super) async fn delete_topic(&self, topic: &Topic) -> StoreResult<bool> {
+        let mut inv = self.scripts.delete.prepare_invoke();
+        inv.key(stream_key(topic)).key(meta_key(topic));
+        let found: i64 = self.conn.invoke(&inv).await.map_err(unavailable)?;
+        Ok(found == 1)
+    }
 }
 
 /// The `seq, time, replayed` triples `append.lua` returns.
@@ -274,4 +282,99 @@ pub(super) async fn flush(
         };
         appender.commit_group(&topic, group).await;
     }
+}
+
+/// Per topic with a flush running: the appends waiting for the next script call.
+pub(super) type Pending = Arc<Mutex<HashMap<Topic, Vec<Waiter>>>>;
+
+/// Appends a batch: one script per topic, in the batch's order of first appearance; several
+/// topics on one Redis in one MULTI/EXEC, on a cluster one commit per topic.
+pub(super) async fn append(
+    core: &Core,
+    pending: &Pending,
+    batch: Vec<NewMessage>,
+) -> StoreResult<Vec<Appended>> {
+    // One script per topic, in the batch's order of first appearance.
+    let mut order: Vec<Topic> = Vec::new();
+    let mut groups: HashMap<Topic, Vec<usize>> = HashMap::new();
+    for (i, m) in batch.iter().enumerate() {
+        groups
+            .entry(m.topic.clone())
+            .or_insert_with(|| {
+                order.push(m.topic.clone());
+                Vec::new()
+            })
+            .push(i);
+    }
+    let split = |topic: &Topic| -> Vec<NewMessage> {
+        groups[topic].iter().map(|&i| batch[i].clone()).collect()
+    };
+    // Across topics, check every key first, so a conflict stores nothing (a script
+    // that fails inside a MULTI does not undo the others).
+    if order.len() > 1 && batch.iter().any(|m| m.idempotency_key.is_some()) {
+        for topic in &order {
+            core.append_topic(topic, &split(topic), true).await?;
+        }
+    }
+    // Everything that can fail before a commit happens first.
+    for topic in &order {
+        core.remember(TOPICS, topic.as_str()).await?;
+    }
+    let mut results = vec![None; batch.len()];
+    if order.len() > 1 && !core.sharded {
+        // One Redis: every topic in one MULTI/EXEC, all or nothing.
+        let topics: Vec<(Topic, Vec<NewMessage>)> =
+            order.iter().map(|t| (t.clone(), split(t))).collect();
+        let outs = core.append_topics(&topics).await?;
+        for (topic, appended) in order.iter().zip(outs) {
+            for (&i, a) in groups[topic].iter().zip(appended) {
+                results[i] = Some(a);
+            }
+        }
+    } else {
+        // One topic (sharing its flush task's group commit), or a cluster, where
+        // topics on different shards cannot share a transaction: one commit each.
+        for topic in &order {
+            let appended = enqueue(core, pending, topic, split(topic)).await?;
+            for (&i, a) in groups[topic].iter().zip(appended) {
+                results[i] = Some(a);
+            }
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.ok_or_else(|| StoreError::Unavailable("redis: a short reply".into())))
+        .collect()
+}
+
+/// Appends one topic's messages through its flush task: concurrent appends of a topic
+/// share script calls.
+pub(super) async fn enqueue(
+    core: &Core,
+    pending: &Pending,
+    topic: &Topic,
+    messages: Vec<NewMessage>,
+) -> StoreResult<Vec<Appended>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let start = {
+        let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
+        match pending.get_mut(topic) {
+            Some(queue) => {
+                queue.push((messages, tx));
+                false
+            }
+            None => {
+                pending.insert(topic.clone(), vec![(messages, tx)]);
+                true
+            }
+        }
+    };
+    if start {
+        tokio::spawn(flush(core.clone(), pending.clone(), topic.clone()));
+    }
+    rx.await.unwrap_or_else(|_| {
+        Err(StoreError::Unavailable(
+            "redis: the append was dropped before its commit".into(),
+        ))
+    })
 }

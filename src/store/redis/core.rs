@@ -1,12 +1,13 @@
 //! What the engine and its tasks all use: the connection, the scripts, the retention.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue, RedisError, Script, ScriptInvocation};
 
-use crate::model::{StoreError, now_millis};
+use crate::model::{StoreError, StoreResult, now_millis};
 use crate::store::log::Retention;
 
 const PRELUDE: &str = include_str!("prelude.lua");
@@ -92,6 +93,8 @@ pub(super) struct Core {
     pub(super) sharded: bool,
     /// Names each script call's receipt: this node's random id and a call counter.
     pub(super) calls: Arc<(u64, std::sync::atomic::AtomicU64)>,
+    /// Topics and queues this node has already added to their sets.
+    pub(super) known: Arc<Mutex<HashSet<String>>>,
 }
 
 /// A random id for this node's append receipts.
@@ -109,5 +112,29 @@ impl Core {
             self.retention.max_messages.min(i64::MAX as u64) as i64,
             self.retention.max_age.as_millis().min(i64::MAX as u128) as i64,
         ]
+    }
+
+    /// Adds a name to a set once per node (the set only lists; a missing entry hides a
+    /// topic from listings, never loses its messages).
+    pub(super) async fn remember(&self, set: &str, name: &str) -> StoreResult<()> {
+        let id = format!("{set}\n{name}");
+        if self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id)
+        {
+            return Ok(());
+        }
+        self.conn
+            .query::<()>(redis::cmd("SADD").arg(set).arg(name))
+            .await
+            .map_err(unavailable)?;
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() > 100_000 {
+            known.clear();
+        }
+        known.insert(id);
+        Ok(())
     }
 }

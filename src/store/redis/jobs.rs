@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use redis::ScriptInvocation;
 
-use crate::model::{Job, JobId, JobState, Millis, StoreError, StoreResult, Topic};
+use crate::model::{Job, JobId, JobState, Millis, StoreError, StoreResult, Topic, fingerprint};
+use crate::store::log::IDEMPOTENCY_TTL;
 
 use super::core::{Core, unavailable};
 use super::keys::*;
@@ -118,6 +119,124 @@ impl Core {
             }
         }
         Ok(None)
+    }
+
+    /// Stores a new job by `job_create.lua` (see [`JobStore::create`](crate::store::JobStore::create)).
+    pub(super) async fn create_job(
+        &self,
+        job: Job,
+        idempotency_key: Option<String>,
+    ) -> StoreResult<(Job, bool)> {
+        let queue = job.queue.clone();
+        self.remember(QUEUES, queue.as_str()).await?;
+        // The id → queue index first: a job is never stored where `job_get` cannot see it.
+        self.conn
+            .query::<()>(
+                redis::cmd("SET")
+                    .arg(job_queue_key(&job.id))
+                    .arg(queue.as_str()),
+            )
+            .await
+            .map_err(unavailable)?;
+        let mut inv = self.scripts.job_create.prepare_invoke();
+        inv.key(job_key(&queue, &job.id));
+        for k in queue_keys(&queue) {
+            inv.key(k);
+        }
+        if let Some(key) = &idempotency_key {
+            inv.key(format!("plexus:jk:{{{queue}}}:{key}"));
+        }
+        inv.arg(fingerprint(&[&job.payload]).to_string())
+            .arg(job.id.as_str())
+            .arg(IDEMPOTENCY_TTL.as_millis() as u64);
+        // job_create.lua takes the placement without the id.
+        inv.arg(job.state.as_str())
+            .arg(job.created)
+            .arg(job.run_at.map(|t| t.to_string()).unwrap_or_default())
+            .arg(job.lease_until.map(|t| t.to_string()).unwrap_or_default());
+        encode_job(&mut inv, &job);
+        let first: String = match self.conn.invoke(&inv).await {
+            Ok(first) => first,
+            Err(e) if e.to_string().contains("PLEXUS_CONFLICT") => {
+                return Err(StoreError::IdempotencyConflict {
+                    topic: queue,
+                    key: idempotency_key.unwrap_or_default(),
+                });
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        if first.is_empty() {
+            return Ok((job, false));
+        }
+        let id: JobId = first
+            .parse()
+            .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
+        match self.load_job(&queue, &id).await? {
+            Some((first, _)) => Ok((first, true)),
+            None => Err(StoreError::UnknownJob(id)),
+        }
+    }
+
+    pub(super) async fn get_job(&self, id: &JobId) -> StoreResult<Option<Job>> {
+        let Some(queue) = self.queue_of(id).await? else {
+            return Ok(None);
+        };
+        Ok(self.load_job(&queue, id).await?.map(|(job, _)| job))
+    }
+
+    /// Running jobs whose lease ended before `now`, queue by queue.
+    pub(super) async fn expired_jobs(&self, now: Millis, limit: usize) -> StoreResult<Vec<Job>> {
+        let queues: Vec<String> = self
+            .conn
+            .query(redis::cmd("SMEMBERS").arg(QUEUES))
+            .await
+            .map_err(unavailable)?;
+        let mut expired = Vec::new();
+        for queue in queues.iter().filter_map(|q| q.parse::<Topic>().ok()) {
+            if expired.len() >= limit {
+                break;
+            }
+            let [_, _, running] = queue_keys(&queue);
+            let ids: Vec<String> = self
+                .conn
+                .query(
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(&running)
+                        .arg("-inf")
+                        .arg(format!("({now}"))
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(limit - expired.len()),
+                )
+                .await
+                .map_err(unavailable)?;
+            for id in ids.iter().filter_map(|id| id.parse::<JobId>().ok()) {
+                if let Some((job, _)) = self.load_job(&queue, &id).await?
+                    && job.state == JobState::Running
+                    && job.lease_until.is_some_and(|t| t < now)
+                {
+                    expired.push(job);
+                }
+            }
+        }
+        Ok(expired)
+    }
+
+    /// When the earliest delayed job of `queue` becomes due.
+    pub(super) async fn next_due(&self, queue: &Topic) -> StoreResult<Option<Millis>> {
+        let [_, delayed, _] = queue_keys(queue);
+        let first: Vec<(String, f64)> = self
+            .conn
+            .query(
+                redis::cmd("ZRANGE")
+                    .arg(&delayed)
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES"),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(first.first().map(|(_, score)| *score as Millis))
     }
 }
 

@@ -23,23 +23,15 @@
 //! for. Either way each node feeds what arrives, in order, to its hub, its own publishes
 //! included, so there is one path for local and remote commits. When a sharded subscription
 //! is confirmed, the engine also feeds the topic's newest message, so a commit made between a
-//! reader's store read and its subscription still reaches it. When the subscription comes back after a drop, the
-//! engine feeds an empty batch and the hub re-checks the heads of the topics it has readers
-//! for, so commits made meanwhile reach them without waiting for the next publish.
-
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use redis::aio::ConnectionManagerConfig;
-
-use super::follow::{CommitFeed, FeedSlot, Follow};
-use super::jobs::JobStore;
-use super::log::{BoxFuture, IDEMPOTENCY_TTL, Log, ReadBatch, Retention};
-use crate::model::{
-    Appended, Job, JobId, JobState, LogBounds, Millis, NewMessage, Seq, StoreError, StoreResult,
-    Topic, TopicInfo, fingerprint,
-};
+//! reader's store read and its subscription still reaches it. When the subscription comes back
+//! after a drop, the engine feeds an empty batch and the hub re-checks the heads of the topics
+//! it has readers for, so commits made meanwhile reach them without waiting for the next
+//! publish.
+//!
+//! Files, bottom up: `target` (URLs), `keys` (key and channel names), `core` (the connection,
+//! the scripts, what every task shares); over them `read`, `append` (group commit, MULTI),
+//! `jobs` and `feed` (the commit subscriptions), which never use each other; and this file,
+//! the handle: `open`, and the store's traits, each method a call into one of them.
 
 mod append;
 mod core;
@@ -49,12 +41,23 @@ mod keys;
 mod read;
 mod target;
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::ConnectionManagerConfig;
+
+use super::follow::{CommitFeed, FeedSlot, Follow};
+use super::jobs::JobStore;
+use super::log::{BoxFuture, Log, ReadBatch, Retention};
+use crate::model::{
+    Appended, Job, JobId, LogBounds, Millis, NewMessage, Seq, StoreResult, Topic, TopicInfo,
+};
+
 pub use self::target::RedisTarget;
 
-use self::append::{Waiter, flush};
+use self::append::Pending;
 use self::core::{Conn, Core, Scripts, node_id, unavailable};
 use self::feed::{Followed, Interest, feed_pushes, follow_commits, follow_interests, subscribe};
-use self::jobs::encode_job;
 use self::keys::*;
 use self::target::{redact, tcp_settings};
 
@@ -71,10 +74,8 @@ pub struct RedisLog {
     /// On a cluster: the topics the hub wants followed now.
     followed: Followed,
     /// Per topic with a flush running: the appends waiting for the next script call.
-    pending: Arc<Mutex<HashMap<Topic, Vec<Waiter>>>>,
+    pending: Pending,
     feed: FeedSlot,
-    /// Topics and queues this node has already added to their sets.
-    known: Mutex<HashSet<String>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -145,6 +146,7 @@ impl RedisLog {
             retention,
             sharded: sharded.is_some(),
             calls: Arc::new((node_id(), 0.into())),
+            known: Arc::default(),
         };
         let interests = sharded.map(|(interests, pushes)| {
             tasks.push(tokio::spawn(feed_pushes(
@@ -162,144 +164,14 @@ impl RedisLog {
             followed,
             pending: Arc::default(),
             feed,
-            known: Mutex::new(HashSet::new()),
             tasks: Mutex::new(tasks),
         })
-    }
-
-    /// Adds a name to a set once per node (the set only lists; a missing entry hides a
-    /// topic from listings, never loses its messages).
-    async fn remember(&self, set: &str, name: &str) -> StoreResult<()> {
-        let id = format!("{set}\n{name}");
-        if self
-            .known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&id)
-        {
-            return Ok(());
-        }
-        self.core
-            .conn
-            .query::<()>(redis::cmd("SADD").arg(set).arg(name))
-            .await
-            .map_err(unavailable)?;
-        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        if known.len() > 100_000 {
-            known.clear();
-        }
-        known.insert(id);
-        Ok(())
-    }
-
-    /// Appends one topic's messages through its flush task: concurrent appends of a topic
-    /// share script calls.
-    async fn enqueue(
-        &self,
-        topic: &Topic,
-        messages: Vec<NewMessage>,
-    ) -> StoreResult<Vec<Appended>> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let start = {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            match pending.get_mut(topic) {
-                Some(queue) => {
-                    queue.push((messages, tx));
-                    false
-                }
-                None => {
-                    pending.insert(topic.clone(), vec![(messages, tx)]);
-                    true
-                }
-            }
-        };
-        if start {
-            tokio::spawn(flush(
-                self.core.clone(),
-                self.pending.clone(),
-                topic.clone(),
-            ));
-        }
-        rx.await.unwrap_or_else(|_| {
-            Err(StoreError::Unavailable(
-                "redis: the append was dropped before its commit".into(),
-            ))
-        })
-    }
-
-    async fn topic_info(&self, topic: &Topic) -> StoreResult<Option<TopicInfo>> {
-        let mut inv = self.core.scripts.info.prepare_invoke();
-        inv.key(stream_key(topic)).key(meta_key(topic));
-        for arg in self.core.retention_args() {
-            inv.arg(arg);
-        }
-        let v: Vec<i64> = self.core.conn.invoke(&inv).await.map_err(unavailable)?;
-        Ok((v.len() == 6).then(|| TopicInfo {
-            topic: topic.clone(),
-            first_seq: v[0] as Seq,
-            last_seq: v[1] as Seq,
-            messages: v[3] as u64,
-            bytes: v[4].max(0) as u64,
-            last_publish: (v[1] > 0).then_some(v[5]),
-        }))
     }
 }
 
 impl Log for RedisLog {
     fn append(&self, batch: Vec<NewMessage>) -> BoxFuture<'_, StoreResult<Vec<Appended>>> {
-        Box::pin(async move {
-            // One script per topic, in the batch's order of first appearance.
-            let mut order: Vec<Topic> = Vec::new();
-            let mut groups: HashMap<Topic, Vec<usize>> = HashMap::new();
-            for (i, m) in batch.iter().enumerate() {
-                groups
-                    .entry(m.topic.clone())
-                    .or_insert_with(|| {
-                        order.push(m.topic.clone());
-                        Vec::new()
-                    })
-                    .push(i);
-            }
-            let split = |topic: &Topic| -> Vec<NewMessage> {
-                groups[topic].iter().map(|&i| batch[i].clone()).collect()
-            };
-            // Across topics, check every key first, so a conflict stores nothing (a script
-            // that fails inside a MULTI does not undo the others).
-            if order.len() > 1 && batch.iter().any(|m| m.idempotency_key.is_some()) {
-                for topic in &order {
-                    self.core.append_topic(topic, &split(topic), true).await?;
-                }
-            }
-            // Everything that can fail before a commit happens first.
-            for topic in &order {
-                self.remember(TOPICS, topic.as_str()).await?;
-            }
-            let mut results = vec![None; batch.len()];
-            if order.len() > 1 && self.interests.is_none() {
-                // One Redis: every topic in one MULTI/EXEC, all or nothing.
-                let topics: Vec<(Topic, Vec<NewMessage>)> =
-                    order.iter().map(|t| (t.clone(), split(t))).collect();
-                let outs = self.core.append_topics(&topics).await?;
-                for (topic, appended) in order.iter().zip(outs) {
-                    for (&i, a) in groups[topic].iter().zip(appended) {
-                        results[i] = Some(a);
-                    }
-                }
-            } else {
-                // One topic (sharing its flush task's group commit), or a cluster, where
-                // topics on different shards cannot share a transaction: one commit each.
-                for topic in &order {
-                    let appended = self.enqueue(topic, split(topic)).await?;
-                    for (&i, a) in groups[topic].iter().zip(appended) {
-                        results[i] = Some(a);
-                    }
-                }
-            }
-            results
-                .into_iter()
-                .map(|r| r.ok_or_else(|| StoreError::Unavailable("redis: a short reply".into())))
-                .collect()
-        })
+        Box::pin(append::append(&self.core, &self.pending, batch))
     }
 
     fn read(
@@ -320,53 +192,21 @@ impl Log for RedisLog {
 
     fn seek_time(&self, topic: &Topic, time: Millis) -> BoxFuture<'_, StoreResult<Seq>> {
         let topic = topic.clone();
-        Box::pin(async move {
-            let mut inv = self.core.scripts.seek.prepare_invoke();
-            inv.key(stream_key(&topic)).key(meta_key(&topic));
-            for arg in self.core.retention_args() {
-                inv.arg(arg);
-            }
-            inv.arg(time);
-            let seq: i64 = self.core.conn.invoke(&inv).await.map_err(unavailable)?;
-            Ok(seq.max(0) as Seq)
-        })
+        Box::pin(async move { self.core.seek_time(&topic, time).await })
     }
 
     fn topics(&self) -> BoxFuture<'_, StoreResult<Vec<TopicInfo>>> {
-        Box::pin(async move {
-            let names: Vec<String> = self
-                .core
-                .conn
-                .query(redis::cmd("SMEMBERS").arg(TOPICS))
-                .await
-                .map_err(unavailable)?;
-            let mut infos = Vec::with_capacity(names.len());
-            for name in names {
-                let Ok(topic) = name.parse::<Topic>() else {
-                    continue;
-                };
-                if let Some(info) = self.topic_info(&topic).await? {
-                    infos.push(info);
-                }
-            }
-            infos.sort_by(|a, b| a.topic.cmp(&b.topic));
-            Ok(infos)
-        })
+        Box::pin(self.core.topic_infos())
     }
 
     fn topic(&self, topic: &Topic) -> BoxFuture<'_, StoreResult<Option<TopicInfo>>> {
         let topic = topic.clone();
-        Box::pin(async move { self.topic_info(&topic).await })
+        Box::pin(async move { self.core.topic_info(&topic).await })
     }
 
     fn delete_topic(&self, topic: &Topic) -> BoxFuture<'_, StoreResult<bool>> {
         let topic = topic.clone();
-        Box::pin(async move {
-            let mut inv = self.core.scripts.delete.prepare_invoke();
-            inv.key(stream_key(&topic)).key(meta_key(&topic));
-            let found: i64 = self.core.conn.invoke(&inv).await.map_err(unavailable)?;
-            Ok(found == 1)
-        })
+        Box::pin(async move { self.core.delete_topic(&topic).await })
     }
 
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
@@ -443,67 +283,12 @@ impl JobStore for RedisLog {
         job: Job,
         idempotency_key: Option<String>,
     ) -> BoxFuture<'_, StoreResult<(Job, bool)>> {
-        Box::pin(async move {
-            let queue = job.queue.clone();
-            self.remember(QUEUES, queue.as_str()).await?;
-            // The id → queue index first: a job is never stored where `job_get` cannot see it.
-            self.core
-                .conn
-                .query::<()>(
-                    redis::cmd("SET")
-                        .arg(job_queue_key(&job.id))
-                        .arg(queue.as_str()),
-                )
-                .await
-                .map_err(unavailable)?;
-            let mut inv = self.core.scripts.job_create.prepare_invoke();
-            inv.key(job_key(&queue, &job.id));
-            for k in queue_keys(&queue) {
-                inv.key(k);
-            }
-            if let Some(key) = &idempotency_key {
-                inv.key(format!("plexus:jk:{{{queue}}}:{key}"));
-            }
-            inv.arg(fingerprint(&[&job.payload]).to_string())
-                .arg(job.id.as_str())
-                .arg(IDEMPOTENCY_TTL.as_millis() as u64);
-            // job_create.lua takes the placement without the id.
-            inv.arg(job.state.as_str())
-                .arg(job.created)
-                .arg(job.run_at.map(|t| t.to_string()).unwrap_or_default())
-                .arg(job.lease_until.map(|t| t.to_string()).unwrap_or_default());
-            encode_job(&mut inv, &job);
-            let first: String = match self.core.conn.invoke(&inv).await {
-                Ok(first) => first,
-                Err(e) if e.to_string().contains("PLEXUS_CONFLICT") => {
-                    return Err(StoreError::IdempotencyConflict {
-                        topic: queue,
-                        key: idempotency_key.unwrap_or_default(),
-                    });
-                }
-                Err(e) => return Err(unavailable(e)),
-            };
-            if first.is_empty() {
-                return Ok((job, false));
-            }
-            let id: JobId = first
-                .parse()
-                .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
-            match self.core.load_job(&queue, &id).await? {
-                Some((first, _)) => Ok((first, true)),
-                None => Err(StoreError::UnknownJob(id)),
-            }
-        })
+        Box::pin(self.core.create_job(job, idempotency_key))
     }
 
     fn get(&self, id: &JobId) -> BoxFuture<'_, StoreResult<Option<Job>>> {
         let id = id.clone();
-        Box::pin(async move {
-            let Some(queue) = self.core.queue_of(&id).await? else {
-                return Ok(None);
-            };
-            Ok(self.core.load_job(&queue, &id).await?.map(|(job, _)| job))
-        })
+        Box::pin(async move { self.core.get_job(&id).await })
     }
 
     fn save(&self, job: Job, expected_lease: Option<String>) -> BoxFuture<'_, StoreResult<Job>> {
@@ -526,64 +311,12 @@ impl JobStore for RedisLog {
     }
 
     fn expired(&self, now: Millis, limit: usize) -> BoxFuture<'_, StoreResult<Vec<Job>>> {
-        Box::pin(async move {
-            let queues: Vec<String> = self
-                .core
-                .conn
-                .query(redis::cmd("SMEMBERS").arg(QUEUES))
-                .await
-                .map_err(unavailable)?;
-            let mut expired = Vec::new();
-            for queue in queues.iter().filter_map(|q| q.parse::<Topic>().ok()) {
-                if expired.len() >= limit {
-                    break;
-                }
-                let [_, _, running] = queue_keys(&queue);
-                let ids: Vec<String> = self
-                    .core
-                    .conn
-                    .query(
-                        redis::cmd("ZRANGEBYSCORE")
-                            .arg(&running)
-                            .arg("-inf")
-                            .arg(format!("({now}"))
-                            .arg("LIMIT")
-                            .arg(0)
-                            .arg(limit - expired.len()),
-                    )
-                    .await
-                    .map_err(unavailable)?;
-                for id in ids.iter().filter_map(|id| id.parse::<JobId>().ok()) {
-                    if let Some((job, _)) = self.core.load_job(&queue, &id).await?
-                        && job.state == JobState::Running
-                        && job.lease_until.is_some_and(|t| t < now)
-                    {
-                        expired.push(job);
-                    }
-                }
-            }
-            Ok(expired)
-        })
+        Box::pin(self.core.expired_jobs(now, limit))
     }
 
     fn next_due(&self, queue: &Topic) -> BoxFuture<'_, StoreResult<Option<Millis>>> {
         let queue = queue.clone();
-        Box::pin(async move {
-            let [_, delayed, _] = queue_keys(&queue);
-            let first: Vec<(String, f64)> = self
-                .core
-                .conn
-                .query(
-                    redis::cmd("ZRANGE")
-                        .arg(&delayed)
-                        .arg(0)
-                        .arg(0)
-                        .arg("WITHSCORES"),
-                )
-                .await
-                .map_err(unavailable)?;
-            Ok(first.first().map(|(_, score)| *score as Millis))
-        })
+        Box::pin(async move { self.core.next_due(&queue).await })
     }
 }
 
@@ -648,6 +381,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::model::StoreError;
 
     fn msg(topic: &str, data: &str, key: Option<&str>) -> NewMessage {
         NewMessage {

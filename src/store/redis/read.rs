@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::model::{EventName, LogBounds, Message, Seq, StoreError, StoreResult, Topic};
+use crate::model::{
+    EventName, LogBounds, Message, Millis, Seq, StoreError, StoreResult, Topic, TopicInfo,
+};
 use crate::store::log::ReadBatch;
 
 use super::core::{Core, unavailable};
@@ -42,6 +44,56 @@ impl Core {
             return Ok(None);
         }
         Ok(self.read(topic, last - 1, 1, 0).await?.messages.pop())
+    }
+
+    /// What the admin API shows of a topic, by `info.lua`.
+    pub(super) async fn topic_info(&self, topic: &Topic) -> StoreResult<Option<TopicInfo>> {
+        let mut inv = self.scripts.info.prepare_invoke();
+        inv.key(stream_key(topic)).key(meta_key(topic));
+        for arg in self.retention_args() {
+            inv.arg(arg);
+        }
+        let v: Vec<i64> = self.conn.invoke(&inv).await.map_err(unavailable)?;
+        Ok((v.len() == 6).then(|| TopicInfo {
+            topic: topic.clone(),
+            first_seq: v[0] as Seq,
+            last_seq: v[1] as Seq,
+            messages: v[3] as u64,
+            bytes: v[4].max(0) as u64,
+            last_publish: (v[1] > 0).then_some(v[5]),
+        }))
+    }
+
+    /// Every listed topic's info, sorted by name.
+    pub(super) async fn topic_infos(&self) -> StoreResult<Vec<TopicInfo>> {
+        let names: Vec<String> = self
+            .conn
+            .query(redis::cmd("SMEMBERS").arg(TOPICS))
+            .await
+            .map_err(unavailable)?;
+        let mut infos = Vec::with_capacity(names.len());
+        for name in names {
+            let Ok(topic) = name.parse::<Topic>() else {
+                continue;
+            };
+            if let Some(info) = self.topic_info(&topic).await? {
+                infos.push(info);
+            }
+        }
+        infos.sort_by(|a, b| a.topic.cmp(&b.topic));
+        Ok(infos)
+    }
+
+    /// The position just before the first retained message at or after `time`, by `seek.lua`.
+    pub(super) async fn seek_time(&self, topic: &Topic, time: Millis) -> StoreResult<Seq> {
+        let mut inv = self.scripts.seek.prepare_invoke();
+        inv.key(stream_key(topic)).key(meta_key(topic));
+        for arg in self.retention_args() {
+            inv.arg(arg);
+        }
+        inv.arg(time);
+        let seq: i64 = self.conn.invoke(&inv).await.map_err(unavailable)?;
+        Ok(seq.max(0) as Seq)
     }
 }
 
