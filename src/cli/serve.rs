@@ -68,7 +68,7 @@ pub fn app(
     shutdown: CancellationToken,
     connections: Arc<ConnStats>,
 ) -> Result<axum::Router, String> {
-    let auth = Arc::new(config.auth.authenticator()?);
+    let auth = Arc::new(config.auth.authenticator().map_err(|e| e.to_string())?);
     // Installed before anything records a metric.
     crate::observe::prometheus();
     let options = HubOptions {
@@ -101,7 +101,9 @@ pub fn app(
 
 async fn serve(config: Config) -> Result<(), String> {
     let tls = match &config.tls {
-        Some(source) => Some(crate::tls::setup(source, &config.data_dir)?),
+        Some(source) => {
+            Some(crate::tls::setup(source, &config.data_dir).map_err(|e| e.to_string())?)
+        }
         None => None,
     };
     let store = open_store(&config).await?;

@@ -4,14 +4,15 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
-use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
-use super::params::{self, Params, QueryPairs};
-use super::publish::path_param;
+use super::extract::{self, Params, QueryPairs, path_param};
+use super::schema;
+use super::state::AppState;
 use crate::hub::ReadRequest;
 use crate::model::{Since, TopicList};
 use crate::wire::{Envelope, GapJson};
@@ -19,9 +20,9 @@ use crate::wire::{Envelope, GapJson};
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 
-/// The poll route lives with publish (same path); nothing else to add here.
+/// The `POST` of the same path is publish's (`publish.rs`); the router merges the two.
 pub fn routes() -> Router<AppState> {
-    Router::new()
+    Router::new().route("/v1/topics/{topics}/messages", get(poll))
 }
 
 #[derive(Serialize)]
@@ -48,13 +49,13 @@ struct PollBody<'a> {
         ("Prefer" = Option<String>, Header, description = "`wait=N` (RFC 7240): the same as the `wait` query parameter"),
     ),
     responses(
-        (status = 200, description = "Messages, and the cursor to read on from", body = super::openapi::PollBody),
-        (status = 400, description = "A bad topic, cursor or parameter", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "This credential may not do that", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Messages, and the cursor to read on from", body = schema::PollBody),
+        (status = 400, description = "A bad topic, cursor or parameter", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "This credential may not do that", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = schema::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn poll(
+async fn poll(
     State(state): State<AppState>,
     caller: Caller,
     path: Result<Path<String>, PathRejection>,
@@ -83,8 +84,8 @@ pub async fn poll(
     };
     // The query wins over `Prefer: wait` when both are given.
     let wait = match params.get("wait")? {
-        Some(v) => params::parse_seconds("wait", v)?,
-        None => params::prefer_wait(&headers)?.unwrap_or_default(),
+        Some(v) => extract::parse_seconds("wait", v)?,
+        None => extract::prefer_wait(&headers)?.unwrap_or_default(),
     }
     .min(state.options.max_wait);
     let result = state

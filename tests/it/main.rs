@@ -10,6 +10,7 @@ mod auth;
 mod batch;
 mod cli;
 mod cluster;
+mod contract;
 mod cors;
 mod crash;
 mod engines;
