@@ -15,7 +15,7 @@ use crate::model::{Cursor, Gap, GapReason, Message, Seq, Since, Topic, TopicList
 pub struct ReadRequest {
     pub topics: TopicList,
     pub since: Since,
-    /// Where topics that a client cursor leaves out start (DESIGN: `all` for polls).
+    /// Where topics that a client cursor leaves out start (`all` for polls: docs/API.md, 2.2).
     pub default_since: Since,
     pub limit: usize,
     /// Zero: answer at once (short poll). Otherwise hold until data, a gap, or the timeout.
