@@ -13,8 +13,8 @@ use super::error::ApiError;
 use super::extract::path_param;
 use super::schema;
 use super::state::AppState;
+use crate::model::TopicInfo;
 use crate::model::{Topic, format_rfc3339_millis};
-use crate::store::TopicInfo;
 
 pub fn routes() -> Router<AppState> {
     Router::new()

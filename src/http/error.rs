@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use crate::hub::HubError;
 use crate::jobs::JobError;
+use crate::model::StoreError;
 use crate::model::{CursorError, EventNameError, SinceError, TopicError};
-use crate::store::StoreError;
 use crate::wire::ws::FrameError;
 
 /// One kind of problem: its status, its `type` (`urn:plexus:problem:{slug}`) and title.

@@ -14,8 +14,8 @@ use super::error::ApiError;
 use super::extract::{self, header_str, idempotency_key, idempotency_key_header, path_param};
 use super::schema;
 use super::state::{AppState, HttpOptions};
+use crate::model::Appended;
 use crate::model::{EventName, NewMessage, Topic, format_rfc3339_millis};
-use crate::store::Appended;
 use crate::wire::base64;
 
 /// Most items in one batch.

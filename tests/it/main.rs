@@ -53,6 +53,8 @@ mod limits;
 mod longpoll;
 // `/metrics`: each family moves when its event happens.
 mod metrics;
+// A SQLite database of the first, unversioned schema opens, migrates and reads back whole.
+mod migration;
 // NDJSON specifics: framing, keepalive and gap lines, bad parameters.
 mod ndjson;
 // `GET /openapi.json` covers every route.
