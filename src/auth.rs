@@ -36,13 +36,15 @@ pub struct RulesText {
 
 impl RulesText {
     /// Parses every pattern; an error names the list and the pattern.
-    pub fn parse(&self) -> Result<Rules, String> {
-        let list = |name: &str, items: &[String]| {
+    pub fn parse(&self) -> Result<Rules, RuleError> {
+        let list = |list: &'static str, items: &[String]| {
             items
                 .iter()
                 .map(|p| {
-                    p.parse::<TopicPattern>()
-                        .map_err(|e| format!("{name}: {e}"))
+                    p.parse::<TopicPattern>().map_err(|e| RuleError {
+                        list,
+                        why: e.to_string(),
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
@@ -54,6 +56,46 @@ impl RulesText {
         })
     }
 }
+
+/// A rule list holds a pattern that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleError {
+    /// `publish`, `subscribe` or `jobs`.
+    pub list: &'static str,
+    pub why: String,
+}
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.list, self.why)
+    }
+}
+
+impl std::error::Error for RuleError {}
+
+/// Why an [`Authenticator`] cannot be built from its settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthSetupError {
+    /// `auth.jwt_public_key` cannot be read.
+    ReadPublicKey { path: String, why: String },
+    /// `auth.jwt_public_key` holds neither an RSA nor an EC public key.
+    NotAPublicKey,
+}
+
+impl fmt::Display for AuthSetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthSetupError::ReadPublicKey { path, why } => {
+                write!(f, "auth.jwt_public_key: cannot read {path}: {why}")
+            }
+            AuthSetupError::NotAPublicKey => {
+                f.write_str("auth.jwt_public_key: not an RSA or EC public key in PEM")
+            }
+        }
+    }
+}
+
+impl std::error::Error for AuthSetupError {}
 
 /// The caller of a request.
 #[derive(Clone, Debug)]
@@ -178,7 +220,7 @@ impl Authenticator {
         tokens: Vec<(Secret, Rules)>,
         jwt_secret: Option<&Secret>,
         jwt_public_key_pem: Option<&[u8]>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, AuthSetupError> {
         let mut jwt = Vec::new();
         if let Some(secret) = jwt_secret {
             jwt.push(Jwt {
@@ -198,7 +240,7 @@ impl Authenticator {
                     validation: validation(Algorithm::ES256),
                 });
             } else {
-                return Err("auth.jwt_public_key: not an RSA or EC public key in PEM".into());
+                return Err(AuthSetupError::NotAPublicKey);
             }
         }
         Ok(Authenticator {

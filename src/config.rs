@@ -275,10 +275,13 @@ pub struct AuthConfig {
 
 impl AuthConfig {
     /// The authenticator of these settings (reads the public key file).
-    pub fn authenticator(&self) -> Result<crate::auth::Authenticator, String> {
+    pub fn authenticator(&self) -> Result<crate::auth::Authenticator, crate::auth::AuthSetupError> {
         let pem = match &self.jwt_public_key {
             Some(path) => Some(std::fs::read(path).map_err(|e| {
-                format!("auth.jwt_public_key: cannot read {}: {e}", path.display())
+                crate::auth::AuthSetupError::ReadPublicKey {
+                    path: path.display().to_string(),
+                    why: e.to_string(),
+                }
             })?),
             None => None,
         };

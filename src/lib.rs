@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`model`]: topics, messages, seqs, cursors, `since`, gaps — pure types, parsed at the edge.
-//! - [`store`]: the `Log` trait and its engines (`memory`, `sqlite`); the only place that knows storage.
+//! - [`store`]: the message log, job store and commit-feed traits and their engines (`memory`,
+//!   `sqlite`, `redis`), opened as one `Engine`; the only place that knows storage.
 //! - [`hub`]: per-topic heads and wake-ups, cursor resolution and gaps; knows no HTTP, no SQL.
 //! - [`jobs`]: job states, leases, retries with backoff; events on `_jobs.{id}`.
 //! - [`wire`]: encodings of messages (the JSON envelope, base64).

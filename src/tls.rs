@@ -2,6 +2,7 @@
 //! start (`--tls-self-signed`). rustls with the ring provider; ALPN offers `h2` and
 //! `http/1.1`, so HTTP/2 over TLS needs no client configuration.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -30,6 +31,47 @@ pub struct TlsSetup {
     pub written_to: Option<PathBuf>,
 }
 
+/// Why the listener's TLS cannot be set up; each names the key or file at fault.
+#[derive(Debug)]
+pub enum TlsError {
+    /// A PEM file given as `tls.cert` or `tls.key` cannot be read or holds nothing usable.
+    Read {
+        key: &'static str,
+        /// What went wrong, e.g. "cannot read certificates from".
+        what: &'static str,
+        path: PathBuf,
+        /// The underlying error, when there is one.
+        error: Option<String>,
+    },
+    /// The development certificate cannot be made or written.
+    SelfSigned(String),
+    /// rustls refuses the certificate and key.
+    Config(String),
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsError::Read {
+                key,
+                what,
+                path,
+                error,
+            } => {
+                write!(f, "{key}: {what} {}", path.display())?;
+                match error {
+                    Some(e) => write!(f, ": {e}"),
+                    None => Ok(()),
+                }
+            }
+            TlsError::SelfSigned(why) => f.write_str(why),
+            TlsError::Config(why) => write!(f, "tls: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for TlsError {}
+
 fn fingerprint(cert: &CertificateDer<'_>) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
     digest
@@ -43,23 +85,28 @@ fn fingerprint(cert: &CertificateDer<'_>) -> String {
 fn load_files(
     cert: &Path,
     key: &Path,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            format!(
-                "tls.cert: cannot read certificates from {}: {e}",
-                cert.display()
-            )
+        .map_err(|e| TlsError::Read {
+            key: "tls.cert",
+            path: cert.to_owned(),
+            what: "cannot read certificates from",
+            error: Some(e.to_string()),
         })?;
     if chain.is_empty() {
-        return Err(format!("tls.cert: no certificate in {}", cert.display()));
+        return Err(TlsError::Read {
+            key: "tls.cert",
+            path: cert.to_owned(),
+            what: "no certificate in",
+            error: None,
+        });
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-        format!(
-            "tls.key: cannot read a private key from {}: {e}",
-            key.display()
-        )
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Read {
+        key: "tls.key",
+        path: key.to_owned(),
+        what: "cannot read a private key from",
+        error: Some(e.to_string()),
     })?;
     Ok((chain, key))
 }
@@ -72,16 +119,19 @@ fn self_signed(
         PrivateKeyDer<'static>,
         PathBuf,
     ),
-    String,
+    TlsError,
 > {
     let generated =
         rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .map_err(|e| format!("cannot generate a self-signed certificate: {e}"))?;
+            .map_err(|e| {
+                TlsError::SelfSigned(format!("cannot generate a self-signed certificate: {e}"))
+            })?;
     let dir = data_dir.join("tls");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| TlsError::SelfSigned(format!("cannot create {}: {e}", dir.display())))?;
     let path = dir.join("self-signed.pem");
     std::fs::write(&path, generated.cert.pem())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        .map_err(|e| TlsError::SelfSigned(format!("cannot write {}: {e}", path.display())))?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
         generated.signing_key.serialize_der(),
     ));
@@ -89,7 +139,7 @@ fn self_signed(
 }
 
 /// Builds the server's TLS configuration.
-pub fn setup(source: &TlsSource, data_dir: &Path) -> Result<TlsSetup, String> {
+pub fn setup(source: &TlsSource, data_dir: &Path) -> Result<TlsSetup, TlsError> {
     let (chain, key, written_to) = match source {
         TlsSource::Files { cert, key } => {
             let (chain, key) = load_files(cert, key)?;
@@ -104,10 +154,14 @@ pub fn setup(source: &TlsSource, data_dir: &Path) -> Result<TlsSetup, String> {
     let mut config =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("tls: {e}"))?
+            .map_err(|e| TlsError::Config(e.to_string()))?
             .with_no_client_auth()
             .with_single_cert(chain, key)
-            .map_err(|e| format!("tls: the certificate and key do not form a usable pair: {e}"))?;
+            .map_err(|e| {
+                TlsError::Config(format!(
+                    "the certificate and key do not form a usable pair: {e}"
+                ))
+            })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsSetup {
         config: Arc::new(config),
@@ -140,7 +194,8 @@ mod tests {
             Path::new("/tmp"),
         )
         .err()
-        .unwrap();
+        .unwrap()
+        .to_string();
         assert!(
             err.contains("tls.cert") && err.contains("/nonexistent/cert.pem"),
             "{err}"

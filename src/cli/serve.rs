@@ -10,7 +10,7 @@ use crate::config::{Config, DEFAULT_TOML, LogFormat, ServeArgs, StorageKind};
 use crate::http::{AppState, HttpOptions};
 use crate::hub::{Hub, HubOptions};
 use crate::server::{self, ConnStats, ServerOptions};
-use crate::store::{Log, MemoryLog, RedisLog, SqliteLog};
+use crate::store::Engine;
 
 pub fn run(args: ServeArgs) -> Result<(), String> {
     if args.print_config {
@@ -42,24 +42,20 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-pub async fn open_store(config: &Config) -> Result<Arc<dyn Log>, String> {
+pub async fn open_store(config: &Config) -> Result<Engine, String> {
     Ok(match &config.storage {
-        StorageKind::Memory => Arc::new(MemoryLog::new(config.retention)),
-        StorageKind::Sqlite => Arc::new(
-            SqliteLog::open(&config.data_dir, config.retention, config.durability).map_err(
-                |e| {
-                    format!(
-                        "cannot open the store in {}: {e}",
-                        config.data_dir.display()
-                    )
-                },
-            )?,
-        ),
-        StorageKind::Redis(target) => Arc::new(
-            RedisLog::open(target, config.retention)
-                .await
-                .map_err(|e| format!("cannot open the redis store: {e}"))?,
-        ),
+        StorageKind::Memory => Engine::memory(config.retention),
+        StorageKind::Sqlite => {
+            Engine::sqlite(&config.data_dir, config.retention, config.durability).map_err(|e| {
+                format!(
+                    "cannot open the store in {}: {e}",
+                    config.data_dir.display()
+                )
+            })?
+        }
+        StorageKind::Redis(target) => Engine::redis(target, config.retention)
+            .await
+            .map_err(|e| format!("cannot open the redis store: {e}"))?,
     })
 }
 
@@ -67,20 +63,20 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Log>, String> {
 /// `draining` turns `/readyz` to 503; `shutdown` ends streams and polls.
 pub fn app(
     config: &Config,
-    store: Arc<dyn Log>,
+    store: Engine,
     draining: CancellationToken,
     shutdown: CancellationToken,
     connections: Arc<ConnStats>,
 ) -> Result<axum::Router, String> {
-    let auth = Arc::new(config.auth.authenticator()?);
+    let auth = Arc::new(config.auth.authenticator().map_err(|e| e.to_string())?);
     // Installed before anything records a metric.
     crate::observe::prometheus();
     let options = HubOptions {
         draining,
         ..HubOptions::default()
     };
-    let hub = Hub::new(store, options, shutdown);
-    let jobs = crate::jobs::Jobs::new(hub.clone(), config.jobs.clone());
+    let hub = Hub::new(store.log, store.follow, options, shutdown);
+    let jobs = crate::jobs::Jobs::new(hub.clone(), store.jobs, config.jobs.clone());
     Ok(crate::http::router(AppState {
         limiter: Arc::new(crate::http::limits::RateLimiter::new(
             config.rate,
@@ -105,7 +101,9 @@ pub fn app(
 
 async fn serve(config: Config) -> Result<(), String> {
     let tls = match &config.tls {
-        Some(source) => Some(crate::tls::setup(source, &config.data_dir)?),
+        Some(source) => {
+            Some(crate::tls::setup(source, &config.data_dir).map_err(|e| e.to_string())?)
+        }
         None => None,
     };
     let store = open_store(&config).await?;

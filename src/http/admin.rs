@@ -8,12 +8,13 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
-use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
-use super::publish::path_param;
+use super::extract::path_param;
+use super::schema;
+use super::state::AppState;
+use crate::model::TopicInfo;
 use crate::model::{Topic, format_rfc3339_millis};
-use crate::store::TopicInfo;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -115,8 +116,8 @@ struct TopicList<'a> {
     path = "/v1/topics",
     tag = "manage",
     responses(
-        (status = 200, description = "The topics", body = super::openapi::TopicList),
-        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The topics", body = schema::TopicList),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = schema::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn list(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
@@ -140,11 +141,11 @@ async fn list(State(state): State<AppState>, caller: Caller) -> Result<Response,
     tag = "manage",
     params(("topic" = String, Path, max_length = 200, pattern = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$")),
     responses(
-        (status = 200, description = "The topic", body = super::openapi::TopicInfo),
-        (status = 400, description = "A bad topic, cursor or parameter", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "This credential may not do that", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "The topic has never been published to", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The topic", body = schema::TopicInfo),
+        (status = 400, description = "A bad topic, cursor or parameter", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "This credential may not do that", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The topic has never been published to", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = schema::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn show(
@@ -172,10 +173,10 @@ async fn show(
     params(("topic" = String, Path, max_length = 200, pattern = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 400, description = "A bad topic, cursor or parameter", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin credential, or a reserved topic", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "The topic has never been published to", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad topic, cursor or parameter", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin credential, or a reserved topic", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The topic has never been published to", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = schema::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn delete(
@@ -199,7 +200,7 @@ async fn delete(
     get,
     path = "/healthz",
     tag = "observe",
-    responses((status = 200, description = "Alive", body = super::openapi::Health))
+    responses((status = 200, description = "Alive", body = schema::Health))
 )]
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
@@ -211,8 +212,8 @@ async fn healthz() -> Json<serde_json::Value> {
     path = "/readyz",
     tag = "observe",
     responses(
-        (status = 200, description = "Ready", body = super::openapi::Health),
-        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Ready", body = schema::Health),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = schema::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {

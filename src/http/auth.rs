@@ -2,15 +2,16 @@
 //! and `/openapi.json` needs one when `auth.mode = required` (401 otherwise); each handler
 //! then asks the [`Caller`] for the right it needs (403 otherwise).
 
+use std::sync::Arc;
+
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
 use super::error::ApiError;
-use crate::auth::Principal;
+use crate::auth::{Authenticator, Principal};
 use crate::model::Topic;
 
 /// The paths anyone may call.
@@ -57,12 +58,16 @@ fn query_token(uri: &Uri) -> Option<String> {
 }
 
 /// The middleware: authenticates, or answers 401.
-pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+pub async fn authenticate(
+    State(auth): State<Arc<Authenticator>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     if OPEN_PATHS.contains(&req.uri().path()) {
         return next.run(req).await;
     }
     let credential = bearer(req.headers()).or_else(|| query_token(req.uri()));
-    match state.auth.authenticate(credential.as_deref()) {
+    match auth.authenticate(credential.as_deref()) {
         Ok(principal) => {
             req.extensions_mut().insert(principal);
             next.run(req).await

@@ -1,4 +1,5 @@
-//! The one place where errors become HTTP: `application/problem+json` (RFC 9457).
+//! The one place where errors become HTTP: `application/problem+json` (RFC 9457), and the
+//! status of a WebSocket error frame, which is the status the same error has over HTTP.
 //! A problem `type` URI, once published, keeps its meaning forever.
 
 use axum::http::{HeaderValue, StatusCode, header};
@@ -6,15 +7,132 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::hub::HubError;
+use crate::jobs::JobError;
+use crate::model::StoreError;
 use crate::model::{CursorError, EventNameError, SinceError, TopicError};
-use crate::store::StoreError;
+use crate::wire::ws::FrameError;
+
+/// One kind of problem: its status, its `type` (`urn:plexus:problem:{slug}`) and title.
+#[derive(Debug)]
+pub struct ProblemType {
+    pub status: StatusCode,
+    pub slug: &'static str,
+    pub title: &'static str,
+    /// `Retry-After` seconds a client is told, when the kind always carries one.
+    retry_after: Option<u32>,
+}
+
+impl ProblemType {
+    const fn new(status: StatusCode, slug: &'static str, title: &'static str) -> Self {
+        ProblemType {
+            status,
+            slug,
+            title,
+            retry_after: None,
+        }
+    }
+
+    /// The problem's `type` URI.
+    pub fn uri(&self) -> String {
+        format!("urn:plexus:problem:{}", self.slug)
+    }
+}
+
+const BAD_REQUEST: ProblemType =
+    ProblemType::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request");
+const BAD_TOPIC: ProblemType =
+    ProblemType::new(StatusCode::BAD_REQUEST, "bad-topic", "Bad topic name");
+const BAD_SINCE: ProblemType = ProblemType::new(StatusCode::BAD_REQUEST, "bad-since", "Bad since");
+const BAD_CURSOR: ProblemType =
+    ProblemType::new(StatusCode::BAD_REQUEST, "bad-cursor", "Bad cursor");
+const BAD_EVENT: ProblemType =
+    ProblemType::new(StatusCode::BAD_REQUEST, "bad-event", "Bad event name");
+const UNAUTHORIZED: ProblemType =
+    ProblemType::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized");
+const FORBIDDEN: ProblemType = ProblemType::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden");
+const RESERVED_TOPIC: ProblemType =
+    ProblemType::new(StatusCode::FORBIDDEN, "reserved-topic", "Reserved topic");
+const NOT_FOUND: ProblemType = ProblemType::new(StatusCode::NOT_FOUND, "not-found", "Not found");
+const METHOD_NOT_ALLOWED: ProblemType = ProblemType::new(
+    StatusCode::METHOD_NOT_ALLOWED,
+    "method-not-allowed",
+    "Method not allowed",
+);
+const IDEMPOTENCY_CONFLICT: ProblemType = ProblemType::new(
+    StatusCode::CONFLICT,
+    "idempotency-conflict",
+    "Idempotency key reused",
+);
+const STALE_LEASE: ProblemType =
+    ProblemType::new(StatusCode::CONFLICT, "stale-lease", "Stale lease");
+const TOO_LARGE: ProblemType = ProblemType::new(
+    StatusCode::PAYLOAD_TOO_LARGE,
+    "too-large",
+    "Payload too large",
+);
+/// Its `Retry-After` is how long the client's bucket needs, so it is set per answer.
+const RATE_LIMITED: ProblemType = ProblemType::new(
+    StatusCode::TOO_MANY_REQUESTS,
+    "rate-limited",
+    "Too many requests",
+);
+const UNAVAILABLE: ProblemType = ProblemType {
+    retry_after: Some(1),
+    ..ProblemType::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "Service unavailable",
+    )
+};
+const DRAINING: ProblemType = ProblemType {
+    retry_after: Some(1),
+    ..ProblemType::new(StatusCode::SERVICE_UNAVAILABLE, "draining", "Draining")
+};
+
+/// Every problem type the API answers with, each once.
+pub const PROBLEM_TYPES: [&ProblemType; 16] = [
+    &BAD_REQUEST,
+    &BAD_TOPIC,
+    &BAD_SINCE,
+    &BAD_CURSOR,
+    &BAD_EVENT,
+    &UNAUTHORIZED,
+    &FORBIDDEN,
+    &RESERVED_TOPIC,
+    &NOT_FOUND,
+    &METHOD_NOT_ALLOWED,
+    &IDEMPOTENCY_CONFLICT,
+    &STALE_LEASE,
+    &TOO_LARGE,
+    &RATE_LIMITED,
+    &UNAVAILABLE,
+    &DRAINING,
+];
+
+/// The kind of problem a store error is.
+fn store_problem(e: &StoreError) -> &'static ProblemType {
+    match e {
+        StoreError::Unavailable(_) => &UNAVAILABLE,
+        StoreError::IdempotencyConflict { .. } => &IDEMPOTENCY_CONFLICT,
+        StoreError::JobChanged(_) => &STALE_LEASE,
+        StoreError::UnknownJob(_) => &NOT_FOUND,
+    }
+}
+
+/// The kind of problem a hub error is.
+fn hub_problem(e: &HubError) -> &'static ProblemType {
+    match e {
+        HubError::Store(e) => store_problem(e),
+        HubError::ReservedTopic(_) => &RESERVED_TOPIC,
+        HubError::BareCursorForTopics(_) => &BAD_CURSOR,
+        HubError::Draining => &DRAINING,
+    }
+}
 
 /// An error on its way to the client.
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    slug: &'static str,
-    title: &'static str,
+    kind: &'static ProblemType,
     detail: String,
     retry_after: Option<u32>,
 }
@@ -29,88 +147,54 @@ struct Problem<'a> {
 }
 
 impl ApiError {
-    fn new(
-        status: StatusCode,
-        slug: &'static str,
-        title: &'static str,
-        detail: impl Into<String>,
-    ) -> Self {
+    fn new(kind: &'static ProblemType, detail: impl Into<String>) -> Self {
         ApiError {
-            status,
-            slug,
-            title,
+            kind,
             detail: detail.into(),
-            retry_after: None,
+            retry_after: kind.retry_after,
         }
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "bad-request",
-            "Bad request",
-            detail,
-        )
+        Self::new(&BAD_REQUEST, detail)
     }
 
     pub fn bad_topic(e: TopicError) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "bad-topic",
-            "Bad topic name",
-            e.to_string(),
-        )
+        Self::new(&BAD_TOPIC, e.to_string())
     }
 
     pub fn too_large(detail: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too-large",
-            "Payload too large",
-            detail,
-        )
+        Self::new(&TOO_LARGE, detail)
     }
 
     pub fn unauthorized(detail: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "Unauthorized",
-            detail,
-        )
+        Self::new(&UNAUTHORIZED, detail)
     }
 
     pub fn forbidden(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail)
+        Self::new(&FORBIDDEN, detail)
     }
 
     pub fn too_many_requests(retry_after: u64) -> Self {
         ApiError {
             retry_after: Some(retry_after.min(u32::MAX as u64) as u32),
             ..Self::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate-limited",
-                "Too many requests",
+                &RATE_LIMITED,
                 format!("this client is over its request rate; retry in {retry_after} s"),
             )
         }
     }
 
     pub fn not_found(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
+        Self::new(&NOT_FOUND, detail)
     }
 
     pub fn method_not_allowed() -> Self {
-        Self::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method-not-allowed",
-            "Method not allowed",
-            "this path does not accept that method",
-        )
+        Self::new(&METHOD_NOT_ALLOWED, "this path does not accept that method")
     }
 
     pub fn status(&self) -> StatusCode {
-        self.status
+        self.kind.status
     }
 }
 
@@ -122,67 +206,34 @@ impl From<TopicError> for ApiError {
 
 impl From<SinceError> for ApiError {
     fn from(e: SinceError) -> Self {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad-since",
-            "Bad since",
-            e.to_string(),
-        )
+        ApiError::new(&BAD_SINCE, e.to_string())
     }
 }
 
 impl From<CursorError> for ApiError {
     fn from(e: CursorError) -> Self {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad-cursor",
-            "Bad cursor",
-            e.to_string(),
-        )
+        ApiError::new(&BAD_CURSOR, e.to_string())
     }
 }
 
 impl From<EventNameError> for ApiError {
     fn from(e: EventNameError) -> Self {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad-event",
-            "Bad event name",
-            e.to_string(),
-        )
+        ApiError::new(&BAD_EVENT, e.to_string())
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(_) => {
-                // The cause goes to the log, not to the client.
-                tracing::error!(error = %e, "store unavailable");
-                ApiError {
-                    retry_after: Some(1),
-                    ..ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "unavailable",
-                        "Service unavailable",
-                        "the store cannot serve this request now; retry shortly",
-                    )
-                }
-            }
-            StoreError::IdempotencyConflict { .. } => ApiError::new(
-                StatusCode::CONFLICT,
-                "idempotency-conflict",
-                "Idempotency key reused",
-                e.to_string(),
-            ),
-            StoreError::JobChanged(_) => ApiError::new(
-                StatusCode::CONFLICT,
-                "stale-lease",
-                "Stale lease",
-                e.to_string(),
-            ),
-            StoreError::UnknownJob(_) => ApiError::not_found(e.to_string()),
+        let kind = store_problem(&e);
+        if let StoreError::Unavailable(_) = e {
+            // The cause goes to the log, not to the client.
+            tracing::error!(error = %e, "store unavailable");
+            return ApiError::new(
+                kind,
+                "the store cannot serve this request now; retry shortly",
+            );
         }
+        ApiError::new(kind, e.to_string())
     }
 }
 
@@ -190,43 +241,38 @@ impl From<HubError> for ApiError {
     fn from(e: HubError) -> Self {
         match e {
             HubError::Store(e) => e.into(),
-            HubError::ReservedTopic(_) => ApiError::new(
-                StatusCode::FORBIDDEN,
-                "reserved-topic",
-                "Reserved topic",
-                e.to_string(),
-            ),
-            HubError::BareCursorForTopics(_) => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad-cursor",
-                "Bad cursor",
-                e.to_string(),
-            ),
-            HubError::Draining => ApiError {
-                retry_after: Some(1),
-                ..ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "draining",
-                    "Draining",
-                    e.to_string(),
-                )
-            },
+            e => ApiError::new(hub_problem(&e), e.to_string()),
         }
     }
 }
 
-impl From<crate::jobs::JobError> for ApiError {
-    fn from(e: crate::jobs::JobError) -> Self {
-        use crate::jobs::JobError;
+impl From<JobError> for ApiError {
+    fn from(e: JobError) -> Self {
         match e {
             JobError::Hub(e) => e.into(),
             JobError::UnknownJob(_) => ApiError::not_found(e.to_string()),
-            JobError::StaleLease(_) => ApiError::new(
-                StatusCode::CONFLICT,
-                "stale-lease",
-                "Stale lease",
-                e.to_string(),
-            ),
+            JobError::StaleLease(_) => ApiError::new(&STALE_LEASE, e.to_string()),
+        }
+    }
+}
+
+/// A refused WebSocket frame is answered with the status the same refusal has over HTTP.
+impl From<ApiError> for FrameError {
+    fn from(e: ApiError) -> Self {
+        FrameError {
+            status: e.kind.status.as_u16(),
+            detail: e.detail,
+        }
+    }
+}
+
+/// A hub error in a WebSocket error frame: the status of its problem; the detail is the
+/// error's own text (for a store failure, unlike the HTTP problem, its cause).
+impl From<HubError> for FrameError {
+    fn from(e: HubError) -> Self {
+        FrameError {
+            status: hub_problem(&e).status.as_u16(),
+            detail: e.to_string(),
         }
     }
 }
@@ -234,24 +280,64 @@ impl From<crate::jobs::JobError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let problem = Problem {
-            kind: format!("urn:plexus:problem:{}", self.slug),
-            title: self.title,
-            status: self.status.as_u16(),
+            kind: self.kind.uri(),
+            title: self.kind.title,
+            status: self.kind.status.as_u16(),
             detail: &self.detail,
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
-        let mut response = (self.status, body).into_response();
+        let mut response = (self.kind.status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if self.status == StatusCode::UNAUTHORIZED {
+        if self.kind.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::JobId;
+
+    #[test]
+    fn every_problem_type_is_listed_once() {
+        let mut slugs: Vec<&str> = PROBLEM_TYPES.iter().map(|p| p.slug).collect();
+        slugs.sort_unstable();
+        slugs.dedup();
+        assert_eq!(slugs.len(), PROBLEM_TYPES.len());
+    }
+
+    #[test]
+    fn http_and_websocket_agree_on_the_status() {
+        let topic: crate::model::Topic = "t".parse().unwrap();
+        let id: JobId = "0123456789abcdef0123456789abcdef".parse().unwrap();
+        for (e, status) in [
+            (HubError::ReservedTopic(topic.clone()), 403),
+            (HubError::BareCursorForTopics(2), 400),
+            (HubError::Draining, 503),
+            (HubError::Store(StoreError::Unavailable("down".into())), 503),
+            (
+                HubError::Store(StoreError::IdempotencyConflict {
+                    topic,
+                    key: "k".into(),
+                }),
+                409,
+            ),
+            (HubError::Store(StoreError::JobChanged(id.clone())), 409),
+            (HubError::Store(StoreError::UnknownJob(id)), 404),
+        ] {
+            let frame = FrameError::from(e.clone());
+            assert_eq!(frame.status, status, "{e}");
+            assert_eq!(frame.detail, e.to_string());
+            assert_eq!(ApiError::from(e).status().as_u16(), status);
+        }
     }
 }

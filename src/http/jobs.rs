@@ -13,16 +13,14 @@ use bytes::Bytes;
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::params::{self, Params, QueryPairs};
-use super::publish::path_param;
-use super::{AppState, HttpOptions};
+use super::extract::{self, Params, QueryPairs, idempotency_key_header, path_param};
+use super::schema;
+use super::state::{AppState, HttpOptions};
 use crate::model::{JobId, Topic};
 use crate::wire::job::job_json;
 
 /// The longest lease a worker may ask for.
 const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
-/// The shortest lease, in seconds (a millisecond): the OpenAPI `minimum` of `?lease=`.
-const MIN_LEASE_SECS: f64 = 0.001;
 
 pub fn routes(options: &HttpOptions) -> Router<AppState> {
     Router::new()
@@ -55,21 +53,25 @@ fn job_id(path: &str) -> Result<JobId, ApiError> {
 fn seconds(params: &Params, name: &str) -> Result<Option<Duration>, ApiError> {
     params
         .get(name)?
-        .map(|v| params::parse_seconds(name, v))
+        .map(|v| extract::parse_seconds(name, v))
         .transpose()
 }
 
-/// `?lease=`: seconds, at least [`MIN_LEASE_SECS`]. The bound is checked on the number as
-/// written, as the OpenAPI `minimum` is, so that a value the description allows is never
-/// refused (`5e-324` is a positive number but no duration).
+/// `?lease=`: seconds, at least [`schema::MIN_LEASE_SECS`] (the OpenAPI `minimum`). The bound
+/// is checked on the number as written, as the OpenAPI `minimum` is, so that a value the
+/// description allows is never refused (`5e-324` is a positive number but no duration).
 fn lease_seconds(params: &Params) -> Result<Option<Duration>, ApiError> {
     let Some(value) = params.get("lease")? else {
         return Ok(None);
     };
-    let lease = params::parse_seconds("lease", value)?;
-    if value.parse::<f64>().is_ok_and(|s| s < MIN_LEASE_SECS) {
+    let lease = extract::parse_seconds("lease", value)?;
+    if value
+        .parse::<f64>()
+        .is_ok_and(|s| s < schema::MIN_LEASE_SECS)
+    {
         return Err(ApiError::bad_request(format!(
-            "lease={value:?}: at least {MIN_LEASE_SECS} s"
+            "lease={value:?}: at least {} s",
+            schema::MIN_LEASE_SECS
         )));
     }
     Ok(Some(lease))
@@ -89,18 +91,18 @@ fn lease_seconds(params: &Params) -> Result<Option<Duration>, ApiError> {
         ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,200}$", description = "1-200 visible ASCII characters; a replay with the same body answers the first result"),
         ("Prefer" = Option<String>, Header, description = "`wait=N`: wait up to N seconds for the job to finish"),
     ),
-    request_body(description = "The payload, any bytes, any content type", content((super::openapi::Payload = "application/octet-stream"), (super::openapi::Payload = "*/*"))),
+    request_body(description = "The payload, any bytes, any content type", content((schema::Payload = "application/octet-stream"), (schema::Payload = "*/*"))),
     responses(
-        (status = 200, description = "Finished within the wait", body = super::openapi::Job),
-        (status = 202, description = "Queued", body = super::openapi::Job, headers(
+        (status = 200, description = "Finished within the wait", body = schema::Job),
+        (status = 202, description = "Queued", body = schema::Job, headers(
             ("Location" = String, description = "`/v1/jobs/{id}`"),
             ("Idempotent-Replayed" = String, description = "`true` when this answers a replayed idempotency key"),
         )),
-        (status = 400, description = "A bad topic, cursor or parameter", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "This credential may not do that", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The idempotency key was used with another body", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The payload is larger than max_message_bytes", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad topic, cursor or parameter", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "This credential may not do that", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The idempotency key was used with another body", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The payload is larger than max_message_bytes", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = schema::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn submit(
@@ -114,7 +116,7 @@ async fn submit(
     let queue: Topic = path_param(path)?.parse()?;
     caller.queue(&queue)?;
     let params = Params::from(query)?;
-    let payload = params::body(body, state.options.max_message_bytes)?;
+    let payload = extract::body(body, state.options.max_message_bytes)?;
     let max_attempts = match params.get("max_attempts")? {
         None => None,
         Some(v) => match v.parse::<u32>() {
@@ -126,8 +128,8 @@ async fn submit(
             }
         },
     };
-    let key = super::publish::idempotency_key_header(&headers)?;
-    let wait = params::prefer_wait(&headers)?
+    let key = idempotency_key_header(&headers)?;
+    let wait = extract::prefer_wait(&headers)?
         .unwrap_or_default()
         .min(state.options.max_wait);
     let (job, replayed) = state.jobs.submit(queue, payload, max_attempts, key).await?;
@@ -159,14 +161,14 @@ async fn submit(
     tag = "jobs",
     params(
         ("id" = String, Path, description = "The job id"),
-        ("wait" = Option<f64>, Query, minimum = 0, exclusive_maximum = 1000000000, description = "Seconds to wait for the state to change, clamped to max_wait"),
+        ("wait" = inline(Option<schema::Wait>), Query, description = "Seconds to wait for the state to change, clamped to max_wait"),
     ),
     responses(
-        (status = 200, description = "The job", body = super::openapi::Job),
-        (status = 400, description = "A bad topic, cursor or parameter", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "This credential may not do that", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such job", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The job", body = schema::Job),
+        (status = 400, description = "A bad topic, cursor or parameter", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "This credential may not do that", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = schema::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn status(
@@ -192,15 +194,15 @@ async fn status(
     tag = "jobs",
     params(
         ("queue" = String, Path, max_length = 200, pattern = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$"),
-        ("wait" = Option<f64>, Query, minimum = 0, exclusive_maximum = 1000000000, description = "Seconds to wait for a job, clamped to max_wait"),
-        ("lease" = Option<f64>, Query, minimum = 0.001, exclusive_maximum = 1000000000, description = "Seconds the claim lasts, from 0.001 (default jobs.default_lease; above a day clamped to a day)"),
+        ("wait" = inline(Option<schema::Wait>), Query, description = "Seconds to wait for a job, clamped to max_wait"),
+        ("lease" = inline(Option<schema::Lease>), Query, description = "Seconds the claim lasts, from 0.001 (default jobs.default_lease; above a day clamped to a day)"),
     ),
     responses(
-        (status = 200, description = "A job, with its `lease` token and `lease_until`", body = super::openapi::Job),
+        (status = 200, description = "A job, with its `lease` token and `lease_until`", body = schema::Job),
         (status = 204, description = "No job within the wait"),
-        (status = 400, description = "A bad topic, cursor or parameter", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "This credential may not do that", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad topic, cursor or parameter", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "This credential may not do that", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = schema::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn claim(
@@ -235,18 +237,18 @@ async fn claim(
     tag = "jobs",
     params(
         ("id" = String, Path, description = "The job id"),
-        ("action" = super::openapi::JobAction, Path),
+        ("action" = schema::JobAction, Path),
         ("lease" = String, Query, description = "The claim's lease token"),
     ),
-    request_body(description = "progress: the progress message; complete: the result; fail: the error text", content((super::openapi::Payload = "application/octet-stream"), (super::openapi::Payload = "*/*"))),
+    request_body(description = "progress: the progress message; complete: the result; fail: the error text", content((schema::Payload = "application/octet-stream"), (schema::Payload = "*/*"))),
     responses(
-        (status = 200, description = "The job", body = super::openapi::Job),
-        (status = 400, description = "No lease token, or a bad parameter", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "This credential may not do that", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such job, or no such action", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The lease ran out, or names an older claim", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The payload is larger than max_message_bytes", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The job", body = schema::Job),
+        (status = 400, description = "No lease token, or a bad parameter", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "This credential may not do that", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job, or no such action", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The lease ran out, or names an older claim", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The payload is larger than max_message_bytes", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = schema::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn act(
@@ -265,7 +267,7 @@ async fn act(
         .get("lease")?
         .ok_or_else(|| ApiError::bad_request("give the claim's lease token as ?lease="))?
         .to_owned();
-    let body = params::body(body, state.options.max_message_bytes)?;
+    let body = extract::body(body, state.options.max_message_bytes)?;
     let job = match action.as_str() {
         "heartbeat" => state.jobs.heartbeat(&id, &token).await?,
         "progress" => state.jobs.progress(&id, &token, body).await?,

@@ -3,14 +3,14 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
+use super::auth::OPEN_PATHS;
 use super::error::ApiError;
 use crate::server::ClientAddr;
 
@@ -57,12 +57,12 @@ impl RateLimiter {
 }
 
 /// The middleware.
-pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if super::auth::OPEN_PATHS.contains(&req.uri().path()) {
+pub async fn limit(State(limiter): State<Arc<RateLimiter>>, req: Request, next: Next) -> Response {
+    if OPEN_PATHS.contains(&req.uri().path()) {
         return next.run(req).await;
     }
     if let Some(ClientAddr(addr)) = req.extensions().get::<ClientAddr>()
-        && let Err(retry_after) = state.limiter.check(addr.ip(), Instant::now())
+        && let Err(retry_after) = limiter.check(addr.ip(), Instant::now())
     {
         return ApiError::too_many_requests(retry_after).into_response();
     }

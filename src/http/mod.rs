@@ -1,71 +1,41 @@
 //! The HTTP API: one file per feature, each with its own `routes()`. The only layer that
 //! knows HTTP; it parses, calls the hub, and encodes.
+//!
+//! The files point one way, so that no two import each other:
+//! - at the bottom, what every handler shares: `state` (`AppState`, `HttpOptions`), `error`
+//!   (the one mapping of errors to problems and to WebSocket error statuses), `extract` (our
+//!   parsing of paths, queries, headers and bodies), `auth` (the `Caller` and its middleware),
+//!   `limits` and `trace` (middleware), `schema` (the OpenAPI schema types), and `streaming`
+//!   (the machinery of SSE, NDJSON and WebSocket streams);
+//! - above them the handlers, each registering its own routes: `publish`, `poll`, `sse`,
+//!   `ndjson`, `ws`, `admin`, `jobs`;
+//! - on top `openapi`, which names the handlers, and this file, which assembles the router.
+//!
+//! Every byte a stream or socket sends (messages, gaps and control frames alike) is encoded in
+//! [`crate::wire`].
 
 mod admin;
 mod auth;
 pub mod error;
+mod extract;
 mod jobs;
 pub mod limits;
+mod ndjson;
 mod openapi;
-mod params;
 mod poll;
 mod publish;
+mod schema;
 mod sse;
-mod stream;
+mod state;
+mod streaming;
 mod trace;
 mod ws;
-
-use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::http::Uri;
 
-use crate::hub::Hub;
 use error::ApiError;
-
-/// What the HTTP layer needs to know of the configuration.
-#[derive(Clone, Debug)]
-pub struct HttpOptions {
-    pub max_message_bytes: usize,
-    /// Largest `POST /v1/publish` body.
-    pub max_batch_bytes: usize,
-    pub max_wait: Duration,
-    /// Most topics one read or subscription may name.
-    pub max_topics: usize,
-    /// Interval of keepalives on idle streams.
-    pub keepalive: Duration,
-    /// Largest WebSocket frame accepted (larger: an error frame).
-    pub max_ws_frame_bytes: usize,
-    /// Browser origins allowed by CORS (`*`: any); empty: no CORS headers.
-    pub cors_origins: Vec<String>,
-}
-
-impl Default for HttpOptions {
-    fn default() -> Self {
-        HttpOptions {
-            max_message_bytes: 1 << 20,
-            max_batch_bytes: 16 << 20,
-            max_wait: Duration::from_secs(60),
-            max_topics: 64,
-            keepalive: Duration::from_secs(15),
-            max_ws_frame_bytes: (1 << 20) + 4096,
-            cors_origins: Vec::new(),
-        }
-    }
-}
-
-/// Shared by every handler: a cheap handle.
-#[derive(Clone)]
-pub struct AppState {
-    pub hub: Arc<Hub>,
-    pub jobs: Arc<crate::jobs::Jobs>,
-    pub auth: Arc<crate::auth::Authenticator>,
-    pub limiter: Arc<limits::RateLimiter>,
-    /// The listener's connection counters (for `/metrics`).
-    pub connections: Arc<crate::server::ConnStats>,
-    pub options: Arc<HttpOptions>,
-}
+pub use state::{AppState, HttpOptions};
 
 /// The whole API as one router.
 pub fn router(state: AppState) -> Router {
@@ -75,19 +45,19 @@ pub fn router(state: AppState) -> Router {
         .merge(poll::routes())
         .merge(admin::routes())
         .merge(sse::routes())
-        .merge(stream::routes())
+        .merge(ndjson::routes())
         .merge(ws::routes())
         .merge(jobs::routes(&state.options))
         .merge(openapi::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.auth.clone(),
             auth::authenticate,
         ))
         // A client over its rate is refused before anything else is done.
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.limiter.clone(),
             limits::limit,
         ))
         .with_state(state)

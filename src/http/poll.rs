@@ -4,14 +4,15 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
-use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
-use super::params::{self, Params, QueryPairs};
-use super::publish::path_param;
+use super::extract::{self, Params, QueryPairs, path_param};
+use super::schema;
+use super::state::AppState;
 use crate::hub::ReadRequest;
 use crate::model::{Since, TopicList};
 use crate::wire::{Envelope, GapJson};
@@ -19,9 +20,9 @@ use crate::wire::{Envelope, GapJson};
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 
-/// The poll route lives with publish (same path); nothing else to add here.
+/// The `POST` of the same path is publish's (`publish.rs`); the router merges the two.
 pub fn routes() -> Router<AppState> {
-    Router::new()
+    Router::new().route("/v1/topics/{topics}/messages", get(poll))
 }
 
 #[derive(Serialize)]
@@ -41,20 +42,20 @@ struct PollBody<'a> {
     path = "/v1/topics/{topics}/messages",
     tag = "read",
     params(
-        ("topics" = String, Path, pattern = "^[A-Za-z0-9_-](\\.?[A-Za-z0-9_-]){0,99}(,[A-Za-z0-9_-](\\.?[A-Za-z0-9_-]){0,99}){0,63}$", description = "One topic, or up to 64 comma-separated (the pattern bounds each to 100 characters besides dots, within the 200-byte limit of a name)"),
-        ("since" = Option<String>, Query, pattern = "^(all|now|[0-9]{1,19}|[0-9]{1,9}(ms|s|m|h|d)|(?=[^,:]{1,200}:)[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*:[0-9]{1,19}(,(?=[^,:]{1,200}:)[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*:[0-9]{1,19})*|[0-9]{4}-((0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])|(0[13-9]|1[0-2])-(29|30)|(0[13578]|1[02])-31)[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$", description = "Where to start: a cursor (`next` or an SSE id), `all`, `now`, or a duration back such as `5m`"),
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 2147483647, description = "Most messages, up to 2147483647 (default 100; above 1000 clamped)"),
-        ("wait" = Option<f64>, Query, minimum = 0, exclusive_maximum = 1000000000, description = "Seconds to wait for a message (long poll), clamped to max_wait"),
+        ("topics" = inline(schema::Topics), Path, description = "One topic, or up to 64 comma-separated (the pattern bounds each to 100 characters besides dots, within the 200-byte limit of a name)"),
+        ("since" = inline(Option<schema::Since>), Query, description = "Where to start: a cursor (`next` or an SSE id), `all`, `now`, or a duration back such as `5m`"),
+        ("limit" = inline(Option<schema::Limit>), Query, description = "Most messages, up to 2147483647 (default 100; above 1000 clamped)"),
+        ("wait" = inline(Option<schema::Wait>), Query, description = "Seconds to wait for a message (long poll), clamped to max_wait"),
         ("Prefer" = Option<String>, Header, description = "`wait=N` (RFC 7240): the same as the `wait` query parameter"),
     ),
     responses(
-        (status = 200, description = "Messages, and the cursor to read on from", body = super::openapi::PollBody),
-        (status = 400, description = "A bad topic, cursor or parameter", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "This credential may not do that", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Messages, and the cursor to read on from", body = schema::PollBody),
+        (status = 400, description = "A bad topic, cursor or parameter", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "This credential may not do that", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = schema::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn poll(
+async fn poll(
     State(state): State<AppState>,
     caller: Caller,
     path: Result<Path<String>, PathRejection>,
@@ -75,19 +76,19 @@ pub async fn poll(
         // Bounded as the OpenAPI description says (a 32-bit integer), so what it allows is
         // accepted and what it forbids refused.
         Some(v) => match v.parse::<i32>() {
-            Ok(n) if n >= 1 => (n as usize).min(MAX_LIMIT),
+            Ok(n) if (1..=schema::MAX_LIMIT_PARAM).contains(&n) => (n as usize).min(MAX_LIMIT),
             _ => {
                 return Err(ApiError::bad_request(format!(
                     "limit={v:?}: give a whole number from 1 to {} (values above {MAX_LIMIT} are clamped)",
-                    i32::MAX
+                    schema::MAX_LIMIT_PARAM
                 )));
             }
         },
     };
     // The query wins over `Prefer: wait` when both are given.
     let wait = match params.get("wait")? {
-        Some(v) => params::parse_seconds("wait", v)?,
-        None => params::prefer_wait(&headers)?.unwrap_or_default(),
+        Some(v) => extract::parse_seconds("wait", v)?,
+        None => extract::prefer_wait(&headers)?.unwrap_or_default(),
     }
     .min(state.options.max_wait);
     let result = state

@@ -11,22 +11,22 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::params;
-use super::{AppState, HttpOptions};
-use crate::model::{EventName, NewMessage, Topic, format_rfc3339_millis, valid_idempotency_key};
-use crate::store::Appended;
+use super::extract::{self, header_str, idempotency_key, idempotency_key_header, path_param};
+use super::schema;
+use super::state::{AppState, HttpOptions};
+use crate::model::Appended;
+use crate::model::{EventName, NewMessage, Topic, format_rfc3339_millis};
 use crate::wire::base64;
 
 /// Most items in one batch.
 const MAX_BATCH_ITEMS: usize = 1000;
 
 pub fn routes(options: &HttpOptions) -> Router<AppState> {
+    // The `GET` of the first path is the poll's (`poll.rs`); the router merges the two.
     Router::new()
         .route(
             "/v1/topics/{topics}/messages",
-            post(publish_one)
-                .get(super::poll::poll)
-                .layer(DefaultBodyLimit::max(options.max_message_bytes)),
+            post(publish_one).layer(DefaultBodyLimit::max(options.max_message_bytes)),
         )
         .route(
             "/v1/publish",
@@ -51,37 +51,6 @@ impl<'a> Published<'a> {
     }
 }
 
-/// The one path parameter of a route (a topic, topic list, queue or job id).
-pub fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    path.map(|p| p.0)
-        .map_err(|e| ApiError::bad_request(format!("bad path: {}", e.body_text())))
-}
-
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
-    headers
-        .get(name)
-        .map(|v| {
-            v.to_str()
-                .map_err(|_| ApiError::bad_request(format!("header {name} is not visible ASCII")))
-        })
-        .transpose()
-}
-
-/// The `Idempotency-Key` header, validated (publish and job submit share it).
-pub(super) fn idempotency_key_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    idempotency_key(header_str(headers, "idempotency-key")?)
-}
-
-fn idempotency_key(key: Option<&str>) -> Result<Option<String>, ApiError> {
-    match key {
-        None => Ok(None),
-        Some(k) if valid_idempotency_key(k) => Ok(Some(k.to_owned())),
-        Some(_) => Err(ApiError::bad_request(
-            "an idempotency key is 1-200 visible ASCII characters",
-        )),
-    }
-}
-
 /// Publish one message
 ///
 /// The body is the payload. Answers once the message is durable.
@@ -94,14 +63,14 @@ fn idempotency_key(key: Option<&str>) -> Result<Option<String>, ApiError> {
         ("Plexus-Event" = Option<String>, Header, pattern = "^[A-Za-z0-9_.-]{1,64}$", description = "The event name"),
         ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,200}$", description = "1-200 visible ASCII characters; a replay with the same body answers the first result"),
     ),
-    request_body(description = "The payload, any bytes, any content type", content((super::openapi::Payload = "application/octet-stream"), (super::openapi::Payload = "*/*"))),
+    request_body(description = "The payload, any bytes, any content type", content((schema::Payload = "application/octet-stream"), (schema::Payload = "*/*"))),
     responses(
-        (status = 201, description = "Stored", body = super::openapi::Published, headers(("Idempotent-Replayed" = String, description = "`true` when this answers a replayed idempotency key"))),
-        (status = 400, description = "A bad topic, cursor or parameter", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "This credential may not do that", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The idempotency key was used with another body", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The payload is larger than max_message_bytes", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 201, description = "Stored", body = schema::Published, headers(("Idempotent-Replayed" = String, description = "`true` when this answers a replayed idempotency key"))),
+        (status = 400, description = "A bad topic, cursor or parameter", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "This credential may not do that", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The idempotency key was used with another body", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The payload is larger than max_message_bytes", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = schema::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn publish_one(
@@ -113,7 +82,7 @@ async fn publish_one(
 ) -> Result<Response, ApiError> {
     let topic: Topic = path_param(path)?.parse()?;
     caller.publish(&topic)?;
-    let data = params::body(body, state.options.max_message_bytes)?;
+    let data = extract::body(body, state.options.max_message_bytes)?;
     let event = header_str(&headers, "plexus-event")?
         .map(str::parse::<EventName>)
         .transpose()?;
@@ -259,17 +228,17 @@ fn to_message(i: usize, item: BatchItem, max_bytes: usize) -> Result<NewMessage,
     request_body(
         description = "The items",
         content(
-            (super::openapi::Batch = "application/json"),
+            (schema::Batch = "application/json"),
             (String = "application/x-ndjson"),
         )
     ),
     responses(
-        (status = 201, description = "Stored, every item", body = super::openapi::BatchResults),
-        (status = 400, description = "Not 1 to 1,000 well-formed items, or an item with both or neither of data and data_base64", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "This credential may not do that", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "An idempotency key was used with another body", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The batch is larger than the batch limit, or an item than max_message_bytes", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 201, description = "Stored, every item", body = schema::BatchResults),
+        (status = 400, description = "Not 1 to 1,000 well-formed items, or an item with both or neither of data and data_base64", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "This credential may not do that", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "An idempotency key was used with another body", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The batch is larger than the batch limit, or an item than max_message_bytes", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = schema::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn publish_batch(
@@ -278,7 +247,7 @@ async fn publish_batch(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = params::body(body, state.options.max_batch_bytes)?;
+    let body = extract::body(body, state.options.max_batch_bytes)?;
     let items = parse_items(&body, BatchFormat::of(&headers))?;
     if items.is_empty() || items.len() > MAX_BATCH_ITEMS {
         return Err(ApiError::bad_request(format!(

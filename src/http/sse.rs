@@ -12,14 +12,17 @@ use axum::response::Response;
 use axum::routing::get;
 use bytes::Bytes;
 
-use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
-use super::params::QueryPairs;
-use super::stream::{Bookends, Positions, event_body, stream_request, streaming_response};
+use super::extract::QueryPairs;
+use super::schema;
+use super::state::AppState;
+use super::streaming::{Bookends, Positions, event_body, stream_request, streaming_response};
 use crate::hub::Event;
 use crate::model::Since;
-use crate::wire::frames::{SSE_KEEPALIVE, SSE_RETRY, sse_gap, sse_message, sse_retry_at_shutdown};
+use crate::wire::frames::{
+    SSE_DISCONNECT, SSE_KEEPALIVE, SSE_RETRY, sse_gap, sse_message, sse_retry_at_shutdown,
+};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/topics/{topics}/sse", get(sse))
@@ -35,17 +38,17 @@ pub fn routes() -> Router<AppState> {
     path = "/v1/topics/{topics}/sse",
     tag = "read",
     params(
-        ("topics" = String, Path, pattern = "^[A-Za-z0-9_-](\\.?[A-Za-z0-9_-]){0,99}(,[A-Za-z0-9_-](\\.?[A-Za-z0-9_-]){0,99}){0,63}$", description = "One topic, or up to 64 comma-separated (the pattern bounds each to 100 characters besides dots, within the 200-byte limit of a name)"),
-        ("since" = Option<String>, Query, pattern = "^(all|now|[0-9]{1,19}|[0-9]{1,9}(ms|s|m|h|d)|(?=[^,:]{1,200}:)[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*:[0-9]{1,19}(,(?=[^,:]{1,200}:)[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*:[0-9]{1,19})*|[0-9]{4}-((0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])|(0[13-9]|1[0-2])-(29|30)|(0[13578]|1[02])-31)[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$", description = "Where to start: a cursor (`next` or an SSE id), `all`, `now`, or a duration back such as `5m`"),
-        ("slow" = Option<super::openapi::SlowPolicy>, Query, description = "Slow-consumer policy (default catchup)"),
+        ("topics" = inline(schema::Topics), Path, description = "One topic, or up to 64 comma-separated (the pattern bounds each to 100 characters besides dots, within the 200-byte limit of a name)"),
+        ("since" = inline(Option<schema::Since>), Query, description = "Where to start: a cursor (`next` or an SSE id), `all`, `now`, or a duration back such as `5m`"),
+        ("slow" = Option<schema::SlowPolicy>, Query, description = "Slow-consumer policy (default catchup)"),
         ("raw" = Option<String>, Query, description = "`1` or `true`: the payload itself as `data:` lines"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event; wins over `since`"),
     ),
     responses(
         (status = 200, description = "An event stream that lasts until the client leaves or the hub shuts down", body = String, content_type = "text/event-stream"),
-        (status = 400, description = "A bad topic, cursor or parameter", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "This credential may not do that", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad topic, cursor or parameter", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "This credential may not do that", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = schema::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn sse(
@@ -81,9 +84,7 @@ async fn sse(
             Event::Message(enc) if single => enc.sse(raw),
             Event::Message(enc) => sse_message(&id, &enc.msg, raw),
             Event::Gap { gap, .. } => sse_gap(&id, gap),
-            Event::Disconnected => {
-                Bytes::from_static(b": slow consumer disconnected; resume with Last-Event-ID\n\n")
-            }
+            Event::Disconnected => Bytes::from_static(SSE_DISCONNECT),
         })
     };
     let body = event_body(

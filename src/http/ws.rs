@@ -14,24 +14,27 @@ use axum::routing::any;
 use bytes::Bytes;
 use futures_util::SinkExt;
 use futures_util::stream::{BoxStream, SelectAll, SplitSink, StreamExt};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
-use super::params::{Params, QueryPairs};
-use crate::hub::{Event, HubError, SlowPolicy};
-use crate::model::{NewMessage, Since, Topic, TopicList, format_rfc3339_millis};
-use crate::store::StoreError;
+use super::extract::{Params, QueryPairs};
+use super::schema;
+use super::state::AppState;
+use super::streaming::OpenStream;
+use crate::hub::{Event, SlowPolicy};
+use crate::model::{NewMessage, Since, Topic, TopicList};
 use crate::wire::frames::ws_gap;
-use crate::wire::ws::{Command, FrameError, decode_client_frame};
+use crate::wire::ws::{
+    CLOSE_RESTARTING, CLOSE_SILENT_PEER, Close, Command, FrameError, Reply, close_echo,
+    decode_client_frame, disconnect_frame, error_frame, ok_frame,
+};
 
 const PING_EVERY: Duration = Duration::from_secs(30);
+/// A peer silent this long is closed with `CLOSE_SILENT_PEER` (whose reason states it).
 const SILENT_LIMIT: Duration = Duration::from_secs(90);
-/// WS close code 1012: the server is restarting; reconnect.
-const CLOSE_RESTART: u16 = 1012;
 
 pub fn routes() -> Router<AppState> {
     // `any`: over HTTP/2 (RFC 8441) the upgrade arrives as CONNECT.
@@ -49,13 +52,13 @@ pub fn routes() -> Router<AppState> {
     tag = "read",
     params(
         ("topic" = Option<String>, Query, description = "Topics to subscribe to at connect, comma-separated"),
-        ("since" = Option<String>, Query, pattern = "^(all|now|[0-9]{1,19}|[0-9]{1,9}(ms|s|m|h|d)|(?=[^,:]{1,200}:)[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*:[0-9]{1,19}(,(?=[^,:]{1,200}:)[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*:[0-9]{1,19})*|[0-9]{4}-((0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])|(0[13-9]|1[0-2])-(29|30)|(0[13578]|1[02])-31)[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$", description = "Where the subscription at connect starts (default `now`)"),
+        ("since" = inline(Option<schema::Since>), Query, description = "Where the subscription at connect starts (default `now`)"),
     ),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
-        (status = 400, description = "Not a WebSocket upgrade, or a bad topic or since", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "This credential may not do that", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Not a WebSocket upgrade, or a bad topic or since", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "This credential may not do that", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = schema::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn upgrade(
@@ -96,24 +99,6 @@ async fn upgrade(
         .into_response())
 }
 
-impl From<HubError> for FrameError {
-    fn from(e: HubError) -> Self {
-        let status = match &e {
-            HubError::ReservedTopic(_) => 403,
-            HubError::BareCursorForTopics(_) => 400,
-            HubError::Store(StoreError::IdempotencyConflict { .. } | StoreError::JobChanged(_)) => {
-                409
-            }
-            HubError::Store(StoreError::UnknownJob(_)) => 404,
-            HubError::Store(StoreError::Unavailable(_)) | HubError::Draining => 503,
-        };
-        FrameError {
-            status,
-            detail: e.to_string(),
-        }
-    }
-}
-
 type Outbox = SplitSink<WebSocket, WsMessage>;
 
 struct Session {
@@ -142,7 +127,7 @@ impl Session {
         let Some(socket) = self.socket.take() else {
             return;
         };
-        let _open = super::stream::OpenStream::new("ws");
+        let _open = OpenStream::new("ws");
         let (sink, mut incoming) = socket.split();
         self.sink = Some(sink);
         if let Some((topics, since)) = initial {
@@ -151,10 +136,10 @@ impl Session {
                     .subscribe(topic.clone(), &since, SlowPolicy::Catchup)
                     .await
                 {
-                    Ok(next) => json!({"op":"ok","topic":topic.as_str(),"next":next}),
-                    Err(e) => error_frame(None, e),
+                    Ok(next) => ok_frame(None, Reply::Subscribed { topic, next: &next }),
+                    Err(e) => error_frame(None, &e),
                 };
-                if self.send_json(answer).await.is_err() {
+                if self.send_text(answer).await.is_err() {
                     return;
                 }
             }
@@ -166,7 +151,7 @@ impl Session {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    self.close(CLOSE_RESTART, "server restarting").await;
+                    self.close(CLOSE_RESTARTING).await;
                     return;
                 }
                 frame = incoming.next() => {
@@ -174,16 +159,16 @@ impl Session {
                     last_heard = Instant::now();
                     let answer = match frame {
                         WsMessage::Text(text) => Some(self.handle(text.as_str()).await),
-                        WsMessage::Binary(_) => Some(error_frame(None, FrameError::bad("send JSON in text frames"))),
-                        WsMessage::Close(_) => {
-                            self.answer_close().await;
+                        WsMessage::Binary(_) => Some(error_frame(None, &FrameError::bad("send JSON in text frames"))),
+                        WsMessage::Close(frame) => {
+                            self.answer_close(close_echo(frame.map(|f| f.code))).await;
                             return;
                         }
                         // Pongs to pings are sent by the protocol layer.
                         WsMessage::Ping(_) | WsMessage::Pong(_) => None,
                     };
                     if let Some(answer) = answer
-                        && self.send_json(answer).await.is_err()
+                        && self.send_text(answer).await.is_err()
                     {
                         return;
                     }
@@ -195,7 +180,7 @@ impl Session {
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > SILENT_LIMIT {
-                        self.close(1000, "no frame from the peer for 90 s").await;
+                        self.close(CLOSE_SILENT_PEER).await;
                         return;
                     }
                     if self.send(WsMessage::Ping(Bytes::new())).await.is_err() {
@@ -216,11 +201,7 @@ impl Session {
             Event::Disconnected => {
                 // This topic's subscription ended (slow consumer, `disconnect` policy).
                 self.active.remove(&topic);
-                return self
-                    .send_json(
-                        json!({"op":"disconnect","topic":topic.as_str(),"reason":"slow consumer"}),
-                    )
-                    .await;
+                return self.send_text(disconnect_frame(&topic)).await;
             }
         };
         match Utf8Bytes::try_from(bytes) {
@@ -236,75 +217,70 @@ impl Session {
         }
     }
 
-    async fn send_json(&mut self, value: Value) -> Result<(), ()> {
-        self.send(WsMessage::Text(Utf8Bytes::from(value.to_string())))
-            .await
+    async fn send_text(&mut self, text: String) -> Result<(), ()> {
+        self.send(WsMessage::Text(Utf8Bytes::from(text))).await
     }
 
-    async fn close(&mut self, code: u16, reason: &'static str) {
+    async fn close(&mut self, close: Close) {
         let _ = self
             .send(WsMessage::Close(Some(CloseFrame {
-                code,
-                reason: Utf8Bytes::from_static(reason),
+                code: close.code,
+                reason: Utf8Bytes::from_static(close.reason),
             })))
             .await;
     }
 
-    /// Completes the close handshake a client started (RFC 6455 §5.5.1): tungstenite has
-    /// queued the echo of the client's Close frame (its code included) when it read it, and
-    /// only a flush sends it. Without this the socket would just drop, and a browser would
-    /// report 1006 (`wasClean = false`). Closing the sink flushes it; tungstenite then reports
-    /// the connection closed, which is the expected end.
-    async fn answer_close(&mut self) {
+    /// Completes the close handshake a client started (RFC 6455 §5.5.1) with `echo`, the Close
+    /// frame `wire::ws::close_echo` built from the client's. Without this the socket would just
+    /// drop, and a browser would report 1006 (`wasClean = false`). tungstenite has already
+    /// queued an echo of the client's frame when it read it, so sending ours flushes that
+    /// (the same code); closing the sink then ends the connection, which tungstenite reports
+    /// as closed: the expected end.
+    async fn answer_close(&mut self, echo: Option<Close>) {
+        let frame = echo.map(|close| CloseFrame {
+            code: close.code,
+            reason: Utf8Bytes::from_static(close.reason),
+        });
         if let Some(sink) = self.sink.as_mut() {
+            let _ = sink.send(WsMessage::Close(frame)).await;
             let _ = sink.close().await;
         }
     }
 
     /// Answers one text frame.
-    async fn handle(&mut self, text: &str) -> Value {
+    async fn handle(&mut self, text: &str) -> String {
         let options = &self.state.options;
         let (id, command) =
             decode_client_frame(text, options.max_ws_frame_bytes, options.max_message_bytes);
         let answer = match command {
-            Ok(command) => self.apply(command).await,
+            Ok(command) => self.apply(command, id.as_ref()).await,
             Err(e) => Err(e),
         };
-        match answer {
-            Ok(mut answer) => {
-                answer["op"] = "ok".into();
-                if let Some(id) = id {
-                    answer["id"] = id;
-                }
-                answer
-            }
-            Err(e) => error_frame(id, e),
-        }
+        answer.unwrap_or_else(|e| error_frame(id.as_ref(), &e))
     }
 
-    async fn apply(&mut self, command: Command) -> Result<Value, FrameError> {
-        let forbidden = |what: &str, topic: &Topic| FrameError {
-            status: 403,
-            detail: format!("this credential may not {what} {topic}"),
-        };
+    /// Carries out one command; its `ok` frame, answering `id`.
+    async fn apply(&mut self, command: Command, id: Option<&Value>) -> Result<String, FrameError> {
         match command {
             Command::Subscribe { topic, since, slow } => {
-                if !self.caller.0.can_subscribe(&topic) {
-                    return Err(forbidden("read", &topic));
-                }
+                self.caller.subscribe(&topic)?;
                 let next = self.subscribe(topic.clone(), &since, slow).await?;
-                Ok(json!({"topic": topic.as_str(), "next": next}))
+                Ok(ok_frame(
+                    id,
+                    Reply::Subscribed {
+                        topic: &topic,
+                        next: &next,
+                    },
+                ))
             }
             Command::Unsubscribe { topic } => {
                 if let Some(token) = self.active.remove(&topic) {
                     token.cancel();
                 }
-                Ok(json!({"topic": topic.as_str()}))
+                Ok(ok_frame(id, Reply::Unsubscribed { topic: &topic }))
             }
             Command::Publish { topic, event, data } => {
-                if !self.caller.0.can_publish(&topic) {
-                    return Err(forbidden("publish to", &topic));
-                }
+                self.caller.publish(&topic)?;
                 let results = self
                     .state
                     .hub
@@ -319,9 +295,14 @@ impl Session {
                 let a = results
                     .first()
                     .ok_or_else(|| FrameError::bad("nothing was published"))?;
-                Ok(
-                    json!({"topic": topic.as_str(), "seq": a.seq, "time": format_rfc3339_millis(a.time)}),
-                )
+                Ok(ok_frame(
+                    id,
+                    Reply::Published {
+                        topic: &topic,
+                        seq: a.seq,
+                        time: a.time,
+                    },
+                ))
             }
         }
     }
@@ -357,12 +338,4 @@ impl Session {
         self.subs.push(events);
         Ok(next)
     }
-}
-
-fn error_frame(id: Option<Value>, e: FrameError) -> Value {
-    let mut frame = json!({"op":"error","status":e.status,"detail":e.detail});
-    if let Some(id) = id {
-        frame["id"] = id;
-    }
-    frame
 }

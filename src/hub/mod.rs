@@ -16,8 +16,9 @@ pub use crate::model::SlowPolicy;
 pub use read::{ReadRequest, ReadResult};
 pub use subscribe::{Event, Subscription, TopicEvents};
 
+use crate::model::{Appended, StoreError, TopicInfo};
 use crate::model::{Message, NewMessage, Seq, Topic};
-use crate::store::{Appended, CommitFeed, Log, StoreError, TopicInfo};
+use crate::store::{CommitFeed, Follow, Log};
 use crate::wire::Encoded;
 
 /// Topic states kept before the first sweep of unused ones.
@@ -95,7 +96,9 @@ struct TopicState {
 
 /// The hub. Cheap to share behind an `Arc`.
 pub struct Hub {
-    store: Arc<dyn Log>,
+    log: Arc<dyn Log>,
+    /// The store's commit feed, and what this node wants fed of a shared store.
+    follow: Arc<dyn Follow>,
     options: HubOptions,
     // A std mutex: held only to look up or insert a topic's state, never across an await.
     topics: Mutex<HashMap<Topic, Arc<TopicState>>>,
@@ -107,12 +110,18 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Builds the hub and starts its fan-out task, which follows the store's commit feed.
-    /// Must be called inside a tokio runtime.
-    pub fn new(store: Arc<dyn Log>, options: HubOptions, shutdown: CancellationToken) -> Arc<Self> {
-        let feed = store.take_commits();
+    /// Builds the hub over a store's log and commit feed, and starts its fan-out task, which
+    /// follows the feed. Must be called inside a tokio runtime.
+    pub fn new(
+        log: Arc<dyn Log>,
+        follow: Arc<dyn Follow>,
+        options: HubOptions,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let feed = follow.take_commits();
         let hub = Arc::new(Hub {
-            store,
+            log,
+            follow,
             options,
             topics: Mutex::new(HashMap::new()),
             shutdown,
@@ -136,8 +145,9 @@ impl Hub {
         &self.options
     }
 
-    pub fn store(&self) -> &Arc<dyn Log> {
-        &self.store
+    /// Whether other nodes share the store: their commits reach this hub's readers too.
+    pub fn shared_store(&self) -> bool {
+        self.follow.shared()
     }
 
     /// Runs `f` on the topic's state (made if missing) while holding the map's lock, so a
@@ -150,7 +160,7 @@ impl Hub {
             topics.retain(|topic, s| {
                 let used = s.head.receiver_count() + s.live.receiver_count() > 0;
                 if !used {
-                    self.store.unfollow(topic);
+                    self.follow.unfollow(topic);
                 }
                 used
             });
@@ -158,7 +168,7 @@ impl Hub {
                 .store((topics.len() * 2).max(MIN_SWEEP), Ordering::Relaxed);
         }
         let state = topics.entry(topic.clone()).or_insert_with(|| {
-            self.store.follow(topic);
+            self.follow.follow(topic);
             Arc::new(TopicState {
                 head: watch::Sender::new(0),
                 live: broadcast::Sender::new(LIVE_BUFFER),
@@ -209,7 +219,7 @@ impl Hub {
         batch: Vec<NewMessage>,
     ) -> Result<Vec<Appended>, HubError> {
         // Readers are woken by the fan-out task, which follows the store's commits in order.
-        Ok(self.store.append(batch).await?)
+        Ok(self.log.append(batch).await?)
     }
 
     /// Hands committed messages to the readers of their topics.
@@ -231,7 +241,7 @@ impl Hub {
     }
 
     pub async fn topics(&self) -> Result<Vec<(TopicInfo, usize)>, HubError> {
-        let infos = self.store.topics().await?;
+        let infos = self.log.topics().await?;
         Ok(infos
             .into_iter()
             .map(|info| {
@@ -242,7 +252,7 @@ impl Hub {
     }
 
     pub async fn topic(&self, topic: &Topic) -> Result<Option<(TopicInfo, usize)>, HubError> {
-        let info = self.store.topic(topic).await?;
+        let info = self.log.topic(topic).await?;
         Ok(info.map(|info| (info, self.subscribers(topic))))
     }
 
@@ -262,15 +272,20 @@ impl Hub {
         metrics::counter!("plexus_slow_subscribers_total", "policy" => policy).increment(1);
     }
 
+    /// The topic's last seq in the store (0: never published).
+    pub async fn last_seq(&self, topic: &Topic) -> Result<Seq, HubError> {
+        Ok(self.log.bounds(topic).await?.map_or(0, |b| b.last_seq))
+    }
+
     pub async fn delete_topic(&self, topic: &Topic) -> Result<bool, HubError> {
-        Ok(self.store.delete_topic(topic).await?)
+        Ok(self.log.delete_topic(topic).await?)
     }
 
     pub async fn ready(&self) -> Result<(), HubError> {
         if self.shutdown.is_cancelled() || self.options.draining.is_cancelled() {
             return Err(HubError::Draining);
         }
-        Ok(self.store.ping().await?)
+        Ok(self.log.ping().await?)
     }
 }
 
@@ -321,9 +336,9 @@ async fn resync_once(hub: &Hub) {
         .map(|(topic, state)| (topic.clone(), *state.head.borrow()))
         .collect();
     for (topic, delivered) in held {
-        match hub.store.bounds(&topic).await {
+        match hub.log.bounds(&topic).await {
             Ok(Some(bounds)) if bounds.last_seq > delivered => {
-                match hub.store.read(&topic, bounds.last_seq - 1, 1, 1).await {
+                match hub.log.read(&topic, bounds.last_seq - 1, 1, 1).await {
                     Ok(read) => hub.deliver(read.messages),
                     Err(e) => tracing::warn!(%topic, error = %e, "resync read failed"),
                 }
@@ -337,7 +352,7 @@ async fn resync_once(hub: &Hub) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{MemoryLog, Retention};
+    use crate::store::{Engine, Retention};
 
     fn topics_held(hub: &Hub) -> usize {
         hub.topics.lock().unwrap().len()
@@ -345,8 +360,13 @@ mod tests {
 
     #[tokio::test]
     async fn states_nobody_listens_to_are_swept() {
-        let store: Arc<dyn Log> = Arc::new(MemoryLog::new(Retention::default()));
-        let hub = Hub::new(store, HubOptions::default(), CancellationToken::new());
+        let store = Engine::memory(Retention::default());
+        let hub = Hub::new(
+            store.log,
+            store.follow,
+            HubOptions::default(),
+            CancellationToken::new(),
+        );
         let kept = hub.subscribe_head(&"kept".parse().unwrap());
         for i in 1..MIN_SWEEP {
             drop(hub.subscribe_head(&format!("t{i}").parse().unwrap()));

@@ -8,14 +8,14 @@ use futures_util::future::{FutureExt, select_all};
 use tokio::time::Instant;
 
 use super::{Hub, HubError};
+use crate::model::LogBounds;
 use crate::model::{Cursor, Gap, GapReason, Message, Seq, Since, Topic, TopicList, now_millis};
-use crate::store::LogBounds;
 
 #[derive(Clone, Debug)]
 pub struct ReadRequest {
     pub topics: TopicList,
     pub since: Since,
-    /// Where topics that a client cursor leaves out start (DESIGN: `all` for polls).
+    /// Where topics that a client cursor leaves out start (`all` for polls: docs/API.md, 2.2).
     pub default_since: Since,
     pub limit: usize,
     /// Zero: answer at once (short poll). Otherwise hold until data, a gap, or the timeout.
@@ -102,10 +102,10 @@ impl Hub {
             let (after, from_oldest) = match effective {
                 Since::All => (0, true),
                 Since::Now => (self.bounds(topic).await?.last_seq, false),
-                Since::Time(t) => (self.store.seek_time(topic, t).await?, false),
+                Since::Time(t) => (self.log.seek_time(topic, t).await?, false),
                 Since::Ago(d) => {
                     let t = now_millis().saturating_sub(d.as_millis() as i64);
-                    (self.store.seek_time(topic, t).await?, false)
+                    (self.log.seek_time(topic, t).await?, false)
                 }
                 Since::Cursor(c) => (c.position(topic).unwrap_or(0), false),
             };
@@ -119,7 +119,7 @@ impl Hub {
     }
 
     async fn bounds(&self, topic: &Topic) -> Result<LogBounds, HubError> {
-        Ok(self.store.bounds(topic).await?.unwrap_or(LogBounds::EMPTY))
+        Ok(self.log.bounds(topic).await?.unwrap_or(LogBounds::EMPTY))
     }
 
     /// Reads every topic once from its position, then advances the positions past what is
@@ -164,7 +164,7 @@ impl Hub {
     ) -> Result<(Vec<Gap>, Vec<Arc<Message>>), HubError> {
         let mut gaps = Vec::new();
         let mut batch = self
-            .store
+            .log
             .read(&pos.topic, pos.after, limit, max_bytes)
             .await?;
         let bounds = batch.bounds();
@@ -176,10 +176,7 @@ impl Hub {
                 reason: GapReason::Reset,
             });
             let restart = bounds.first_seq.saturating_sub(1);
-            batch = self
-                .store
-                .read(&pos.topic, restart, limit, max_bytes)
-                .await?;
+            batch = self.log.read(&pos.topic, restart, limit, max_bytes).await?;
             pos.after = restart;
         }
         let bounds = batch.bounds();

@@ -17,11 +17,12 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::hub::{Hub, HubError, ReadRequest};
+use crate::model::StoreError;
 use crate::model::{
     Cursor, EventName, Job, JobId, JobState, Millis, NewMessage, Since, Topic, TopicList,
     now_millis,
 };
-use crate::store::StoreError;
+use crate::store::JobStore;
 use crate::wire::job::job_json;
 
 /// Longest retry backoff.
@@ -88,6 +89,8 @@ impl From<StoreError> for JobError {
 
 pub struct Jobs {
     hub: Arc<Hub>,
+    /// Where jobs are kept; their events go through the hub.
+    store: Arc<dyn JobStore>,
     options: JobsOptions,
     // A std mutex: held only to find a queue's notifier, never across an await.
     queues: Mutex<HashMap<Topic, Arc<Notify>>>,
@@ -96,9 +99,10 @@ pub struct Jobs {
 
 impl Jobs {
     /// Starts the jobs service and its lease sweeper (inside a tokio runtime).
-    pub fn new(hub: Arc<Hub>, options: JobsOptions) -> Arc<Self> {
+    pub fn new(hub: Arc<Hub>, store: Arc<dyn JobStore>, options: JobsOptions) -> Arc<Self> {
         let jobs = Arc::new(Jobs {
             hub,
+            store,
             options,
             queues: Mutex::new(HashMap::new()),
             random: SystemRandom::new(),
@@ -131,7 +135,7 @@ impl Jobs {
                 // this one as a commit of the queue's topic: each wakes one claimer here, as a
                 // local submit does. (A local submit then wakes two: one looks, finds nothing,
                 // waits again; so a store of this node alone does without.)
-                let topic = queue_topic(queue).filter(|_| self.hub.store().shared());
+                let topic = queue_topic(queue).filter(|_| self.hub.shared_store());
                 let Some(topic) = topic else {
                     return notify;
                 };
@@ -223,7 +227,7 @@ impl Jobs {
             lease_until: None,
             lease_ms: None,
         };
-        let (job, replayed) = self.hub.store().job_create(job, idempotency_key).await?;
+        let (job, replayed) = self.store.create(job, idempotency_key).await?;
         if !replayed {
             self.announce_state(&job).await?;
             self.notifier(&queue).notify_one();
@@ -232,9 +236,8 @@ impl Jobs {
     }
 
     pub async fn get(&self, id: &JobId) -> Result<Job, JobError> {
-        self.hub
-            .store()
-            .job_get(id)
+        self.store
+            .get(id)
             .await?
             .ok_or_else(|| JobError::UnknownJob(id.clone()))
     }
@@ -242,13 +245,7 @@ impl Jobs {
     /// The job once something happens to it (a state change or progress), or at the timeout.
     pub async fn wait_change(&self, id: &JobId, wait: Duration) -> Result<Job, JobError> {
         let topic = id.topic();
-        let head = self
-            .hub
-            .store()
-            .bounds(&topic)
-            .await
-            .map_err(JobError::from)?
-            .map_or(0, |b| b.last_seq);
+        let head = self.hub.last_seq(&topic).await?;
         let job = self.get(id).await?;
         if wait.is_zero() || job.state.is_final() {
             return Ok(job);
@@ -293,12 +290,7 @@ impl Jobs {
             let token = JobId::from_random(self.random_hex()?).to_string();
             let now = now_millis();
             let lease_ms = lease.as_millis() as u64;
-            if let Some(job) = self
-                .hub
-                .store()
-                .job_claim(queue, now, token, lease_ms)
-                .await?
-            {
+            if let Some(job) = self.store.claim(queue, now, token, lease_ms).await? {
                 self.announce_state(&job).await?;
                 return Ok(Some(job));
             }
@@ -309,7 +301,7 @@ impl Jobs {
             // anyone notifies, and a woken claimer may have gone away: look again at least
             // once a second.
             let mut wake = deadline.min(Instant::now() + Duration::from_secs(1));
-            if let Some(due) = self.hub.store().job_next_due(queue).await? {
+            if let Some(due) = self.store.next_due(queue).await? {
                 let in_ms = (due - now_millis()).max(0) as u64;
                 wake = wake.min(Instant::now() + Duration::from_millis(in_ms));
             }
@@ -342,11 +334,7 @@ impl Jobs {
             .unwrap_or(self.options.default_lease.as_millis() as u64);
         job.lease_until = Some(now + length as Millis);
         job.updated = now;
-        Ok(self
-            .hub
-            .store()
-            .job_save(job, Some(token.to_owned()))
-            .await?)
+        Ok(self.store.save(job, Some(token.to_owned())).await?)
     }
 
     pub async fn progress(&self, id: &JobId, token: &str, body: Bytes) -> Result<Job, JobError> {
@@ -363,11 +351,7 @@ impl Jobs {
         job.updated = now_millis();
         job.lease = None;
         job.lease_until = None;
-        let job = self
-            .hub
-            .store()
-            .job_save(job, Some(token.to_owned()))
-            .await?;
+        let job = self.store.save(job, Some(token.to_owned())).await?;
         self.announce_state(&job).await?;
         Ok(job)
     }
@@ -399,7 +383,7 @@ impl Jobs {
                 .min(MAX_BACKOFF);
             job.run_at = Some(now + delay.as_millis() as Millis);
         }
-        let job = self.hub.store().job_save(job, expected).await?;
+        let job = self.store.save(job, expected).await?;
         self.announce_state(&job).await?;
         if job.state == JobState::Queued {
             self.notifier(&job.queue).notify_one();
@@ -409,7 +393,7 @@ impl Jobs {
 
     /// Puts back the jobs whose lease ran out: at-least-once delivery.
     async fn expire_leases(&self) -> Result<(), JobError> {
-        let expired = self.hub.store().job_expired(now_millis(), 100).await?;
+        let expired = self.store.expired(now_millis(), 100).await?;
         for mut job in expired {
             let expected = job.lease.clone();
             job.updated = now_millis();
@@ -423,7 +407,7 @@ impl Jobs {
                 job.state = JobState::Queued;
                 job.run_at = None;
             }
-            match self.hub.store().job_save(job, expected).await {
+            match self.store.save(job, expected).await {
                 Ok(job) => {
                     self.announce_state(&job).await?;
                     self.notifier(&job.queue).notify_one();

@@ -6,7 +6,7 @@ use super::{Seq, Topic, TopicError};
 /// Where a reader stands: the last seq it has seen, per topic.
 ///
 /// One topic: `"42"`. Several: `"orders:42,alerts:7"`. Every cursor the hub hands out names
-/// every topic of its subscription (see DESIGN §1).
+/// every topic of its subscription (see docs/API.md, "Concepts").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Cursor {
     Single(Seq),

@@ -1,6 +1,7 @@
 //! Pure domain types: no I/O, no HTTP, no storage. Everything here is parsed at the edge
 //! (`FromStr`) into a value that cannot be invalid, then passed inward.
 
+mod bounds;
 mod cursor;
 mod duration;
 mod gap;
@@ -8,10 +9,14 @@ mod job;
 mod message;
 mod pattern;
 mod policy;
+mod receipt;
 mod since;
+mod store_error;
 mod time;
 pub(crate) mod topic;
+mod topic_info;
 
+pub use bounds::LogBounds;
 pub use cursor::{Cursor, CursorError};
 pub use duration::{DurationError, parse_duration};
 pub use gap::{Gap, GapReason};
@@ -21,9 +26,12 @@ pub use message::{
 };
 pub use pattern::{PatternError, TopicPattern};
 pub use policy::SlowPolicy;
+pub use receipt::Appended;
 pub use since::{Since, SinceError};
+pub use store_error::{StoreError, StoreResult};
 pub use time::{Millis, format_rfc3339_millis, now_millis, parse_rfc3339};
 pub use topic::{Topic, TopicError, TopicList};
+pub use topic_info::TopicInfo;
 
 /// A topic's sequence number: 1, 2, 3… without holes. 0 means "before the first message".
 pub type Seq = u64;

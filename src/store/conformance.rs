@@ -8,13 +8,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::redis::TestRedis;
-use super::{
-    Durability, Log, LogBounds, MemoryLog, RedisLog, RedisTarget, Retention, SqliteLog, StoreError,
-    TopicInfo,
-};
+use super::engine::Engine;
+use super::follow::CommitFeed;
+use super::jobs::JobStore;
+use super::log::{Log, Retention};
+use super::redis::{RedisTarget, TestRedis};
+use super::sqlite::{Durability, SqliteLog};
 use crate::model::{
-    EventName, Job, JobId, JobState, Message, Millis, NewMessage, Topic, now_millis,
+    EventName, Job, JobId, JobState, LogBounds, Message, Millis, NewMessage, StoreError, Topic,
+    TopicInfo, now_millis,
 };
 
 fn t(s: &str) -> Topic {
@@ -39,24 +41,25 @@ enum Backing {
 }
 
 /// Every engine with this retention.
-async fn engines(retention: Retention) -> Vec<(&'static str, Arc<dyn Log>, Backing)> {
+async fn engines(retention: Retention) -> Vec<(&'static str, Engine, Backing)> {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = SqliteLog::open(dir.path(), retention, Durability::Process).unwrap();
+    let sqlite = Engine::sqlite(dir.path(), retention, Durability::Process).unwrap();
     let server = TestRedis::start().await;
-    let redis = RedisLog::open(&RedisTarget::Single(server.url.clone()), retention)
+    let redis = Engine::redis(&RedisTarget::Single(server.url.clone()), retention)
         .await
         .unwrap();
     vec![
-        ("memory", Arc::new(MemoryLog::new(retention)), Backing::None),
-        ("sqlite", Arc::new(sqlite), Backing::Dir(dir)),
-        ("redis", Arc::new(redis), Backing::Redis(server)),
+        ("memory", Engine::memory(retention), Backing::None),
+        ("sqlite", sqlite, Backing::Dir(dir)),
+        ("redis", redis, Backing::Redis(server)),
     ]
 }
 
 #[tokio::test]
 async fn seqs_count_from_one_per_topic() {
-    for (name, log, _dir) in engines(Retention::default()).await {
-        let r = log
+    for (name, store, _dir) in engines(Retention::default()).await {
+        let r = store
+            .log
             .append(vec![
                 msg("a", "1", None),
                 msg("b", "1", None),
@@ -66,7 +69,7 @@ async fn seqs_count_from_one_per_topic() {
             .unwrap();
         let seqs: Vec<_> = r.iter().map(|a| a.seq).collect();
         assert_eq!(seqs, vec![1, 1, 2], "{name}");
-        let read = log.read(&t("a"), 0, 10, usize::MAX).await.unwrap();
+        let read = store.log.read(&t("a"), 0, 10, usize::MAX).await.unwrap();
         assert_eq!(read.messages.len(), 2, "{name}");
         assert_eq!(&read.messages[1].data[..], b"2", "{name}");
         assert_eq!(
@@ -78,20 +81,22 @@ async fn seqs_count_from_one_per_topic() {
             },
             "{name}"
         );
-        let after = log.read(&t("a"), 1, 10, usize::MAX).await.unwrap();
+        let after = store.log.read(&t("a"), 1, 10, usize::MAX).await.unwrap();
         assert_eq!(after.messages[0].seq, 2, "{name}");
     }
 }
 
 #[tokio::test]
 async fn read_limits_count_and_bytes() {
-    for (name, log, _dir) in engines(Retention::default()).await {
+    for (name, store, _dir) in engines(Retention::default()).await {
         let batch = (0..10)
             .map(|i| msg("a", &"x".repeat(10 + i), None))
             .collect();
-        log.append(batch).await.unwrap();
+        store.log.append(batch).await.unwrap();
         assert_eq!(
-            log.read(&t("a"), 0, 3, usize::MAX)
+            store
+                .log
+                .read(&t("a"), 0, 3, usize::MAX)
                 .await
                 .unwrap()
                 .messages
@@ -101,12 +106,24 @@ async fn read_limits_count_and_bytes() {
         );
         // 10 + 11 = 21 bytes fit in 25, the third does not; one message always comes.
         assert_eq!(
-            log.read(&t("a"), 0, 100, 25).await.unwrap().messages.len(),
+            store
+                .log
+                .read(&t("a"), 0, 100, 25)
+                .await
+                .unwrap()
+                .messages
+                .len(),
             2,
             "{name}"
         );
         assert_eq!(
-            log.read(&t("a"), 0, 100, 1).await.unwrap().messages.len(),
+            store
+                .log
+                .read(&t("a"), 0, 100, 1)
+                .await
+                .unwrap()
+                .messages
+                .len(),
             1,
             "{name}"
         );
@@ -115,12 +132,21 @@ async fn read_limits_count_and_bytes() {
 
 #[tokio::test]
 async fn idempotency_replays_and_conflicts() {
-    for (name, log, _dir) in engines(Retention::default()).await {
-        let first = log.append(vec![msg("a", "x", Some("k"))]).await.unwrap()[0];
-        let again = log.append(vec![msg("a", "x", Some("k"))]).await.unwrap()[0];
+    for (name, store, _dir) in engines(Retention::default()).await {
+        let first = store
+            .log
+            .append(vec![msg("a", "x", Some("k"))])
+            .await
+            .unwrap()[0];
+        let again = store
+            .log
+            .append(vec![msg("a", "x", Some("k"))])
+            .await
+            .unwrap()[0];
         assert_eq!(again.seq, first.seq, "{name}");
         assert!(again.replayed && !first.replayed, "{name}");
-        let err = log
+        let err = store
+            .log
             .append(vec![msg("a", "other", Some("k"))])
             .await
             .unwrap_err();
@@ -130,12 +156,18 @@ async fn idempotency_replays_and_conflicts() {
         );
         // The same key on another topic is another key.
         assert_eq!(
-            log.append(vec![msg("b", "y", Some("k"))]).await.unwrap()[0].seq,
+            store
+                .log
+                .append(vec![msg("b", "y", Some("k"))])
+                .await
+                .unwrap()[0]
+                .seq,
             1,
             "{name}"
         );
         // A conflicting item refuses its whole batch.
-        let err = log
+        let err = store
+            .log
             .append(vec![msg("a", "new", None), msg("a", "other", Some("k"))])
             .await
             .unwrap_err();
@@ -144,12 +176,13 @@ async fn idempotency_replays_and_conflicts() {
             "{name}"
         );
         assert_eq!(
-            log.bounds(&t("a")).await.unwrap().unwrap().last_seq,
+            store.log.bounds(&t("a")).await.unwrap().unwrap().last_seq,
             1,
             "{name}"
         );
         // Within one batch, a repeated key stores once.
-        let r = log
+        let r = store
+            .log
             .append(vec![msg("c", "z", Some("j")), msg("c", "z", Some("j"))])
             .await
             .unwrap();
@@ -159,22 +192,24 @@ async fn idempotency_replays_and_conflicts() {
 
 #[tokio::test]
 async fn delete_keeps_the_counter() {
-    for (name, log, _dir) in engines(Retention::default()).await {
-        log.append(vec![msg("a", "1", None), msg("a", "2", None)])
+    for (name, store, _dir) in engines(Retention::default()).await {
+        store
+            .log
+            .append(vec![msg("a", "1", None), msg("a", "2", None)])
             .await
             .unwrap();
-        assert!(log.delete_topic(&t("a")).await.unwrap(), "{name}");
-        assert!(!log.delete_topic(&t("nope")).await.unwrap(), "{name}");
-        let bounds = log.bounds(&t("a")).await.unwrap().unwrap();
+        assert!(store.log.delete_topic(&t("a")).await.unwrap(), "{name}");
+        assert!(!store.log.delete_topic(&t("nope")).await.unwrap(), "{name}");
+        let bounds = store.log.bounds(&t("a")).await.unwrap().unwrap();
         assert_eq!(
             (bounds.first_seq, bounds.last_seq, bounds.deleted_through),
             (3, 2, 2),
             "{name}"
         );
-        let info = log.topic(&t("a")).await.unwrap().unwrap();
+        let info = store.log.topic(&t("a")).await.unwrap().unwrap();
         assert_eq!((info.messages, info.bytes), (0, 0), "{name}");
         assert_eq!(
-            log.append(vec![msg("a", "3", None)]).await.unwrap()[0].seq,
+            store.log.append(vec![msg("a", "3", None)]).await.unwrap()[0].seq,
             3,
             "{name}"
         );
@@ -187,26 +222,26 @@ async fn retention_by_count_keeps_the_newest() {
         max_messages: 3,
         ..Retention::default()
     };
-    for (name, log, _dir) in engines(retention).await {
+    for (name, store, _dir) in engines(retention).await {
         let batch = (0..10).map(|i| msg("a", &i.to_string(), None)).collect();
-        log.append(batch).await.unwrap();
+        store.log.append(batch).await.unwrap();
         // sqlite trims in its writer within a tick; wait for the end state.
         let mut first = 0;
         for _ in 0..200 {
-            first = log.bounds(&t("a")).await.unwrap().unwrap().first_seq;
+            first = store.log.bounds(&t("a")).await.unwrap().unwrap().first_seq;
             if first == 8 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(first, 8, "{name}");
-        let info = log.topic(&t("a")).await.unwrap().unwrap();
+        let info = store.log.topic(&t("a")).await.unwrap().unwrap();
         assert_eq!(
             (info.messages, info.bytes, info.last_seq),
             (3, 3, 10),
             "{name}"
         );
-        let read = log.read(&t("a"), 0, 100, usize::MAX).await.unwrap();
+        let read = store.log.read(&t("a"), 0, 100, usize::MAX).await.unwrap();
         let seqs: Vec<_> = read.messages.iter().map(|m| m.seq).collect();
         assert_eq!(seqs, vec![8, 9, 10], "{name}");
     }
@@ -214,18 +249,30 @@ async fn retention_by_count_keeps_the_newest() {
 
 #[tokio::test]
 async fn seek_time_finds_the_first_at_or_after() {
-    for (name, log, _dir) in engines(Retention::default()).await {
-        let a = log.append(vec![msg("a", "1", None)]).await.unwrap()[0];
+    for (name, store, _dir) in engines(Retention::default()).await {
+        let a = store.log.append(vec![msg("a", "1", None)]).await.unwrap()[0];
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let b = log.append(vec![msg("a", "2", None)]).await.unwrap()[0];
-        assert_eq!(log.seek_time(&t("a"), a.time).await.unwrap(), 0, "{name}");
-        assert_eq!(log.seek_time(&t("a"), b.time).await.unwrap(), 1, "{name}");
+        let b = store.log.append(vec![msg("a", "2", None)]).await.unwrap()[0];
         assert_eq!(
-            log.seek_time(&t("a"), b.time + 1).await.unwrap(),
+            store.log.seek_time(&t("a"), a.time).await.unwrap(),
+            0,
+            "{name}"
+        );
+        assert_eq!(
+            store.log.seek_time(&t("a"), b.time).await.unwrap(),
+            1,
+            "{name}"
+        );
+        assert_eq!(
+            store.log.seek_time(&t("a"), b.time + 1).await.unwrap(),
             2,
             "{name}"
         );
-        assert_eq!(log.seek_time(&t("none"), 0).await.unwrap(), 0, "{name}");
+        assert_eq!(
+            store.log.seek_time(&t("none"), 0).await.unwrap(),
+            0,
+            "{name}"
+        );
     }
 }
 
@@ -301,7 +348,7 @@ async fn read_all(log: &Arc<dyn Log>, topic: &str) -> Vec<Arc<Message>> {
 }
 
 /// Collects `n` messages from an engine's commit feed (empty batches: a resync, skipped).
-async fn feed_n(feed: &mut super::CommitFeed, n: usize, name: &str) -> Vec<Arc<Message>> {
+async fn feed_n(feed: &mut CommitFeed, n: usize, name: &str) -> Vec<Arc<Message>> {
     let mut got = Vec::new();
     while got.len() < n {
         let batch = tokio::time::timeout(Duration::from_secs(30), feed.recv())
@@ -359,8 +406,8 @@ fn requeued(mut job: Job, updated: Millis, run_at: Option<Millis>, error: &str) 
     job
 }
 
-async fn claim(log: &Arc<dyn Log>, queue: &str, now: Millis, lease: &str) -> Option<Job> {
-    log.job_claim(&t(queue), now, lease.to_owned(), 30_000)
+async fn claim(jobs: &Arc<dyn JobStore>, queue: &str, now: Millis, lease: &str) -> Option<Job> {
+    jobs.claim(&t(queue), now, lease.to_owned(), 30_000)
         .await
         .unwrap()
 }
@@ -374,28 +421,40 @@ fn ids(jobs: &[Job]) -> HashSet<JobId> {
 
 #[tokio::test]
 async fn job_create_then_get_round_trips_a_fresh_job() {
-    for (name, log, _dir) in engines(Retention::default()).await {
+    for (name, store, _dir) in engines(Retention::default()).await {
         let fresh = job("q", 1, T0);
-        let (stored, replayed) = log.job_create(fresh.clone(), None).await.unwrap();
+        let (stored, replayed) = store.jobs.create(fresh.clone(), None).await.unwrap();
         assert_eq!((&stored, replayed), (&fresh, false), "{name}");
-        assert_eq!(log.job_get(&fresh.id).await.unwrap(), Some(fresh), "{name}");
+        assert_eq!(
+            store.jobs.get(&fresh.id).await.unwrap(),
+            Some(fresh),
+            "{name}"
+        );
         // An empty payload is a payload too.
         let mut empty = job("q", 2, T0 + 1);
         empty.payload = Bytes::new();
-        log.job_create(empty.clone(), None).await.unwrap();
-        assert_eq!(log.job_get(&empty.id).await.unwrap(), Some(empty), "{name}");
+        store.jobs.create(empty.clone(), None).await.unwrap();
+        assert_eq!(
+            store.jobs.get(&empty.id).await.unwrap(),
+            Some(empty),
+            "{name}"
+        );
         // A payload with every byte value.
         let mut bytes = job("q", 3, T0 + 2);
         bytes.payload = Bytes::from((0..=255u8).collect::<Vec<_>>());
-        log.job_create(bytes.clone(), None).await.unwrap();
-        assert_eq!(log.job_get(&bytes.id).await.unwrap(), Some(bytes), "{name}");
-        assert_eq!(log.job_get(&jid(0xee)).await.unwrap(), None, "{name}");
+        store.jobs.create(bytes.clone(), None).await.unwrap();
+        assert_eq!(
+            store.jobs.get(&bytes.id).await.unwrap(),
+            Some(bytes),
+            "{name}"
+        );
+        assert_eq!(store.jobs.get(&jid(0xee)).await.unwrap(), None, "{name}");
     }
 }
 
 #[tokio::test]
 async fn job_create_then_get_round_trips_every_field() {
-    for (name, log, _dir) in engines(Retention::default()).await {
+    for (name, store, _dir) in engines(Retention::default()).await {
         // A running job with its lease, a result and an error.
         let running = Job {
             state: JobState::Running,
@@ -420,10 +479,10 @@ async fn job_create_then_get_round_trips_every_field() {
             ..job("q", 2, T0 + 1)
         };
         for j in [running, retry] {
-            let (stored, replayed) = log.job_create(j.clone(), None).await.unwrap();
+            let (stored, replayed) = store.jobs.create(j.clone(), None).await.unwrap();
             assert_eq!((&stored, replayed), (&j, false), "{name}");
             assert_eq!(
-                log.job_get(&j.id).await.unwrap().as_ref(),
+                store.jobs.get(&j.id).await.unwrap().as_ref(),
                 Some(&j),
                 "{name}: job_get after job_create lost fields"
             );
@@ -433,9 +492,9 @@ async fn job_create_then_get_round_trips_every_field() {
 
 #[tokio::test]
 async fn job_save_then_get_round_trips_every_field() {
-    for (name, log, _dir) in engines(Retention::default()).await {
+    for (name, store, _dir) in engines(Retention::default()).await {
         let fresh = job("q", 1, T0);
-        log.job_create(fresh.clone(), None).await.unwrap();
+        store.jobs.create(fresh.clone(), None).await.unwrap();
         let full = Job {
             state: JobState::Running,
             attempts: 1,
@@ -450,25 +509,31 @@ async fn job_save_then_get_round_trips_every_field() {
             ..fresh.clone()
         };
         assert_eq!(
-            log.job_save(full.clone(), None).await.unwrap(),
+            store.jobs.save(full.clone(), None).await.unwrap(),
             full,
             "{name}"
         );
-        assert_eq!(log.job_get(&full.id).await.unwrap(), Some(full), "{name}");
+        assert_eq!(
+            store.jobs.get(&full.id).await.unwrap(),
+            Some(full),
+            "{name}"
+        );
         // And back: every optional field cleared.
         let cleared = Job {
             updated: T0 + 20,
             ..fresh
         };
         assert_eq!(
-            log.job_save(cleared.clone(), Some("lease-1".to_owned()))
+            store
+                .jobs
+                .save(cleared.clone(), Some("lease-1".to_owned()))
                 .await
                 .unwrap(),
             cleared,
             "{name}"
         );
         assert_eq!(
-            log.job_get(&cleared.id).await.unwrap(),
+            store.jobs.get(&cleared.id).await.unwrap(),
             Some(cleared),
             "{name}"
         );
@@ -477,11 +542,11 @@ async fn job_save_then_get_round_trips_every_field() {
 
 #[tokio::test]
 async fn job_idempotency_replays_and_conflicts() {
-    for (name, log, _dir) in engines(Retention::default()).await {
+    for (name, store, _dir) in engines(Retention::default()).await {
         let first = job("q", 1, T0);
         let key = Some("k".to_owned());
         assert_eq!(
-            log.job_create(first.clone(), key.clone()).await.unwrap(),
+            store.jobs.create(first.clone(), key.clone()).await.unwrap(),
             (first.clone(), false),
             "{name}"
         );
@@ -493,19 +558,20 @@ async fn job_idempotency_replays_and_conflicts() {
             ..first.clone()
         };
         assert_eq!(
-            log.job_create(again.clone(), key.clone()).await.unwrap(),
+            store.jobs.create(again.clone(), key.clone()).await.unwrap(),
             (first.clone(), true),
             "{name}"
         );
-        assert_eq!(log.job_get(&again.id).await.unwrap(), None, "{name}");
+        assert_eq!(store.jobs.get(&again.id).await.unwrap(), None, "{name}");
         // Same key, another payload: a conflict, nothing stored.
         let other = Job {
             id: jid(3),
             payload: Bytes::from_static(b"{\0\n\xff\x01!"),
             ..first.clone()
         };
-        let err = log
-            .job_create(other.clone(), key.clone())
+        let err = store
+            .jobs
+            .create(other.clone(), key.clone())
             .await
             .unwrap_err();
         assert_eq!(
@@ -516,7 +582,7 @@ async fn job_idempotency_replays_and_conflicts() {
             },
             "{name}"
         );
-        assert_eq!(log.job_get(&other.id).await.unwrap(), None, "{name}");
+        assert_eq!(store.jobs.get(&other.id).await.unwrap(), None, "{name}");
         // The same key on another queue is another key.
         let elsewhere = Job {
             id: jid(4),
@@ -524,14 +590,16 @@ async fn job_idempotency_replays_and_conflicts() {
             ..other.clone()
         };
         assert_eq!(
-            log.job_create(elsewhere.clone(), key.clone())
+            store
+                .jobs
+                .create(elsewhere.clone(), key.clone())
                 .await
                 .unwrap(),
             (elsewhere.clone(), false),
             "{name}"
         );
         assert_eq!(
-            log.job_get(&elsewhere.id).await.unwrap(),
+            store.jobs.get(&elsewhere.id).await.unwrap(),
             Some(elsewhere),
             "{name}"
         );
@@ -541,20 +609,24 @@ async fn job_idempotency_replays_and_conflicts() {
             ..first.clone()
         };
         assert_eq!(
-            log.job_create(twin.clone(), None).await.unwrap(),
+            store.jobs.create(twin.clone(), None).await.unwrap(),
             (twin.clone(), false),
             "{name}"
         );
-        assert_eq!(log.job_get(&twin.id).await.unwrap(), Some(twin), "{name}");
+        assert_eq!(
+            store.jobs.get(&twin.id).await.unwrap(),
+            Some(twin),
+            "{name}"
+        );
         // A replay returns the job as it is now, not as it was created.
-        let running = claim(&log, "q", T0 + 100, "l1").await;
+        let running = claim(&store.jobs, "q", T0 + 100, "l1").await;
         assert_eq!(
             running,
             Some(claimed(first.clone(), T0 + 100, "l1", 30_000)),
             "{name}"
         );
         assert_eq!(
-            log.job_create(again, key).await.unwrap(),
+            store.jobs.create(again, key).await.unwrap(),
             (running.unwrap(), true),
             "{name}"
         );
@@ -563,7 +635,7 @@ async fn job_idempotency_replays_and_conflicts() {
 
 #[tokio::test]
 async fn job_claim_takes_the_oldest_due_first() {
-    for (name, log, _dir) in engines(Retention::default()).await {
+    for (name, store, _dir) in engines(Retention::default()).await {
         let now = T0 + 1_000;
         // Created out of order; two share a created time (the id decides).
         let c = job("q", 3, T0 + 2);
@@ -571,31 +643,39 @@ async fn job_claim_takes_the_oldest_due_first() {
         let b = job("q", 1, T0 + 1);
         let other = job("r", 4, T0);
         for j in [&c, &a, &b, &other] {
-            log.job_create(j.clone(), None).await.unwrap();
+            store.jobs.create(j.clone(), None).await.unwrap();
         }
         for (expect, lease) in [(&b, "l-b"), (&a, "l-a"), (&c, "l-c")] {
             let want = claimed(expect.clone(), now, lease, 30_000);
             assert_eq!(
-                claim(&log, "q", now, lease).await.as_ref(),
+                claim(&store.jobs, "q", now, lease).await.as_ref(),
                 Some(&want),
                 "{name}: claim order"
             );
             assert_eq!(
-                log.job_get(&want.id).await.unwrap(),
+                store.jobs.get(&want.id).await.unwrap(),
                 Some(want),
                 "{name}: the claim is stored"
             );
         }
-        assert_eq!(claim(&log, "q", now, "l-none").await, None, "{name}");
-        assert_eq!(claim(&log, "nope", now, "l-none").await, None, "{name}");
+        assert_eq!(claim(&store.jobs, "q", now, "l-none").await, None, "{name}");
+        assert_eq!(
+            claim(&store.jobs, "nope", now, "l-none").await,
+            None,
+            "{name}"
+        );
         // Another queue's job was never touched.
-        assert_eq!(log.job_get(&other.id).await.unwrap(), Some(other), "{name}");
+        assert_eq!(
+            store.jobs.get(&other.id).await.unwrap(),
+            Some(other),
+            "{name}"
+        );
     }
 }
 
 #[tokio::test]
 async fn job_claim_waits_for_run_at() {
-    for (name, log, _dir) in engines(Retention::default()).await {
+    for (name, store, _dir) in engines(Retention::default()).await {
         let d = Job {
             run_at: Some(T0 + 500),
             ..job("q", 1, T0)
@@ -604,48 +684,64 @@ async fn job_claim_waits_for_run_at() {
             run_at: Some(T0 + 300),
             ..job("q", 2, T0 + 1)
         };
-        log.job_create(d.clone(), None).await.unwrap();
-        log.job_create(e.clone(), None).await.unwrap();
+        store.jobs.create(d.clone(), None).await.unwrap();
+        store.jobs.create(e.clone(), None).await.unwrap();
         assert_eq!(
-            log.job_next_due(&t("q")).await.unwrap(),
+            store.jobs.next_due(&t("q")).await.unwrap(),
             Some(T0 + 300),
             "{name}"
         );
-        assert_eq!(log.job_next_due(&t("nope")).await.unwrap(), None, "{name}");
-        assert_eq!(claim(&log, "q", T0 + 299, "l0").await, None, "{name}");
         assert_eq!(
-            claim(&log, "q", T0 + 300, "l1").await,
+            store.jobs.next_due(&t("nope")).await.unwrap(),
+            None,
+            "{name}"
+        );
+        assert_eq!(
+            claim(&store.jobs, "q", T0 + 299, "l0").await,
+            None,
+            "{name}"
+        );
+        assert_eq!(
+            claim(&store.jobs, "q", T0 + 300, "l1").await,
             Some(claimed(e, T0 + 300, "l1", 30_000)),
             "{name}: due exactly at run_at"
         );
         assert_eq!(
-            log.job_next_due(&t("q")).await.unwrap(),
+            store.jobs.next_due(&t("q")).await.unwrap(),
             Some(T0 + 500),
             "{name}"
         );
-        assert_eq!(claim(&log, "q", T0 + 499, "l2").await, None, "{name}");
         assert_eq!(
-            claim(&log, "q", T0 + 500, "l3").await,
+            claim(&store.jobs, "q", T0 + 499, "l2").await,
+            None,
+            "{name}"
+        );
+        assert_eq!(
+            claim(&store.jobs, "q", T0 + 500, "l3").await,
             Some(claimed(d, T0 + 500, "l3", 30_000)),
             "{name}"
         );
-        assert_eq!(log.job_next_due(&t("q")).await.unwrap(), None, "{name}");
-        assert_eq!(claim(&log, "q", T0 + 10_000, "l4").await, None, "{name}");
+        assert_eq!(store.jobs.next_due(&t("q")).await.unwrap(), None, "{name}");
+        assert_eq!(
+            claim(&store.jobs, "q", T0 + 10_000, "l4").await,
+            None,
+            "{name}"
+        );
         // A delayed job that has come due is older than a ready one: it goes first.
         let f = Job {
             run_at: Some(T0 + 100),
             ..job("q", 3, T0 + 2)
         };
         let g = job("q", 4, T0 + 3);
-        log.job_create(g.clone(), None).await.unwrap();
-        log.job_create(f.clone(), None).await.unwrap();
+        store.jobs.create(g.clone(), None).await.unwrap();
+        store.jobs.create(f.clone(), None).await.unwrap();
         assert_eq!(
-            claim(&log, "q", T0 + 1_000, "l5").await,
+            claim(&store.jobs, "q", T0 + 1_000, "l5").await,
             Some(claimed(f, T0 + 1_000, "l5", 30_000)),
             "{name}"
         );
         assert_eq!(
-            claim(&log, "q", T0 + 1_000, "l6").await,
+            claim(&store.jobs, "q", T0 + 1_000, "l6").await,
             Some(claimed(g, T0 + 1_000, "l6", 30_000)),
             "{name}"
         );
@@ -656,28 +752,28 @@ async fn job_claim_waits_for_run_at() {
 /// behind an earlier claim's must still leave a not-yet-due job claimable later.
 #[tokio::test]
 async fn job_claim_with_an_earlier_now_keeps_the_job() {
-    for (name, log, _dir) in engines(Retention::default()).await {
+    for (name, store, _dir) in engines(Retention::default()).await {
         let a = job("q", 1, T0 + 1);
         let b = Job {
             run_at: Some(T0 + 100),
             ..job("q", 2, T0 + 2)
         };
-        log.job_create(a.clone(), None).await.unwrap();
-        log.job_create(b.clone(), None).await.unwrap();
+        store.jobs.create(a.clone(), None).await.unwrap();
+        store.jobs.create(b.clone(), None).await.unwrap();
         assert_eq!(
-            claim(&log, "q", T0 + 200, "l1").await,
+            claim(&store.jobs, "q", T0 + 200, "l1").await,
             Some(claimed(a, T0 + 200, "l1", 30_000)),
             "{name}"
         );
         // Another node, its clock behind: b is not due for it yet.
-        assert_eq!(claim(&log, "q", T0 + 50, "l2").await, None, "{name}");
+        assert_eq!(claim(&store.jobs, "q", T0 + 50, "l2").await, None, "{name}");
         assert_eq!(
-            log.job_get(&b.id).await.unwrap().as_ref(),
+            store.jobs.get(&b.id).await.unwrap().as_ref(),
             Some(&b),
             "{name}"
         );
         assert_eq!(
-            claim(&log, "q", T0 + 200, "l3").await,
+            claim(&store.jobs, "q", T0 + 200, "l3").await,
             Some(claimed(b, T0 + 200, "l3", 30_000)),
             "{name}: a due job was lost by a claim with an earlier clock"
         );
@@ -687,19 +783,22 @@ async fn job_claim_with_an_earlier_now_keeps_the_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_claims_never_return_the_same_job() {
     const N: u8 = 24;
-    for (name, log, _dir) in engines(Retention::default()).await {
+    for (name, store, _dir) in engines(Retention::default()).await {
         for i in 0..N {
-            log.job_create(job("q", i + 1, T0 + i as Millis), None)
+            store
+                .jobs
+                .create(job("q", i + 1, T0 + i as Millis), None)
                 .await
                 .unwrap();
         }
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..(2 * N as usize) {
-            let log = log.clone();
+            let store = store.clone();
             tasks.spawn(async move {
                 let lease = format!("lease-{i}");
-                let got = log
-                    .job_claim(&t("q"), T0 + 1_000, lease.clone(), 30_000)
+                let got = store
+                    .jobs
+                    .claim(&t("q"), T0 + 1_000, lease.clone(), 30_000)
                     .await
                     .unwrap();
                 (lease, got)
@@ -715,7 +814,7 @@ async fn job_claims_never_return_the_same_job() {
         }
         let concurrent = taken.len();
         // Whatever a contended claim gave up on is still there for a quiet one.
-        while let Some(j) = claim(&log, "q", T0 + 1_000, "mop-up").await {
+        while let Some(j) = claim(&store.jobs, "q", T0 + 1_000, "mop-up").await {
             taken.push(j);
         }
         assert_eq!(
@@ -729,7 +828,7 @@ async fn job_claims_never_return_the_same_job() {
             "{name}: every job is claimed once ({concurrent} by the concurrent round)"
         );
         for j in &taken {
-            let stored = log.job_get(&j.id).await.unwrap().unwrap();
+            let stored = store.jobs.get(&j.id).await.unwrap().unwrap();
             assert_eq!(&stored, j, "{name}: the stored claim is the returned one");
             assert_eq!(stored.attempts, 1, "{name}");
         }
@@ -738,21 +837,21 @@ async fn job_claims_never_return_the_same_job() {
 
 #[tokio::test]
 async fn job_save_compares_the_lease() {
-    for (name, log, _dir) in engines(Retention::default()).await {
+    for (name, store, _dir) in engines(Retention::default()).await {
         let j = job("q", 1, T0);
-        log.job_create(j.clone(), None).await.unwrap();
+        store.jobs.create(j.clone(), None).await.unwrap();
         // Never claimed: its lease is none.
         let touched = Job {
             updated: T0 + 1,
             ..j.clone()
         };
         assert_eq!(
-            log.job_save(touched.clone(), Some("x".to_owned())).await,
+            store.jobs.save(touched.clone(), Some("x".to_owned())).await,
             Err(StoreError::JobChanged(j.id.clone())),
             "{name}"
         );
         assert_eq!(
-            log.job_save(touched.clone(), None).await,
+            store.jobs.save(touched.clone(), None).await,
             Ok(touched.clone()),
             "{name}"
         );
@@ -760,22 +859,22 @@ async fn job_save_compares_the_lease() {
         let unknown = job("q", 9, T0);
         for expected in [None, Some("l".to_owned())] {
             assert_eq!(
-                log.job_save(unknown.clone(), expected).await,
+                store.jobs.save(unknown.clone(), expected).await,
                 Err(StoreError::UnknownJob(unknown.id.clone())),
                 "{name}"
             );
         }
-        assert_eq!(log.job_get(&unknown.id).await.unwrap(), None, "{name}");
+        assert_eq!(store.jobs.get(&unknown.id).await.unwrap(), None, "{name}");
         // Worker 1 claims; its lease ends; the job is requeued and worker 2 claims it.
-        let first = claim(&log, "q", T0 + 10, "l1").await.unwrap();
+        let first = claim(&store.jobs, "q", T0 + 10, "l1").await.unwrap();
         assert_eq!(first, claimed(touched, T0 + 10, "l1", 30_000), "{name}");
         let reaped = requeued(first.clone(), T0 + 40_000, None, "lease ended");
         assert_eq!(
-            log.job_save(reaped.clone(), Some("l1".to_owned())).await,
+            store.jobs.save(reaped.clone(), Some("l1".to_owned())).await,
             Ok(reaped.clone()),
             "{name}"
         );
-        let second = claim(&log, "q", T0 + 40_000, "l2").await;
+        let second = claim(&store.jobs, "q", T0 + 40_000, "l2").await;
         assert_eq!(
             second,
             Some(claimed(reaped, T0 + 40_000, "l2", 30_000)),
@@ -791,13 +890,13 @@ async fn job_save_compares_the_lease() {
         };
         for expected in [Some("l1".to_owned()), None, Some("l3".to_owned())] {
             assert_eq!(
-                log.job_save(late.clone(), expected).await,
+                store.jobs.save(late.clone(), expected).await,
                 Err(StoreError::JobChanged(j.id.clone())),
                 "{name}"
             );
         }
         assert_eq!(
-            log.job_get(&j.id).await.unwrap().as_ref(),
+            store.jobs.get(&j.id).await.unwrap().as_ref(),
             Some(&second),
             "{name}: a refused save changed nothing"
         );
@@ -812,18 +911,18 @@ async fn job_save_compares_the_lease() {
             ..second
         };
         assert_eq!(
-            log.job_save(done.clone(), Some("l2".to_owned())).await,
+            store.jobs.save(done.clone(), Some("l2".to_owned())).await,
             Ok(done.clone()),
             "{name}"
         );
         assert_eq!(
-            log.job_get(&j.id).await.unwrap().as_ref(),
+            store.jobs.get(&j.id).await.unwrap().as_ref(),
             Some(&done),
             "{name}"
         );
         // A second finish with the same lease is stale too (the lease is gone).
         assert_eq!(
-            log.job_save(done.clone(), Some("l2".to_owned())).await,
+            store.jobs.save(done.clone(), Some("l2".to_owned())).await,
             Err(StoreError::JobChanged(j.id.clone())),
             "{name}"
         );
@@ -832,28 +931,32 @@ async fn job_save_compares_the_lease() {
 
 #[tokio::test]
 async fn job_retry_is_claimable_once_due() {
-    for (name, log, _dir) in engines(Retention::default()).await {
+    for (name, store, _dir) in engines(Retention::default()).await {
         let j = job("q", 1, T0);
-        log.job_create(j.clone(), None).await.unwrap();
-        let first = claim(&log, "q", T0 + 10, "l1").await.unwrap();
+        store.jobs.create(j.clone(), None).await.unwrap();
+        let first = claim(&store.jobs, "q", T0 + 10, "l1").await.unwrap();
         let retry = requeued(first, T0 + 20, Some(T0 + 5_000), "boom");
         assert_eq!(
-            log.job_save(retry.clone(), Some("l1".to_owned())).await,
+            store.jobs.save(retry.clone(), Some("l1".to_owned())).await,
             Ok(retry.clone()),
             "{name}"
         );
         assert_eq!(
-            log.job_get(&j.id).await.unwrap().as_ref(),
+            store.jobs.get(&j.id).await.unwrap().as_ref(),
             Some(&retry),
             "{name}"
         );
-        assert_eq!(claim(&log, "q", T0 + 4_999, "l2").await, None, "{name}");
         assert_eq!(
-            log.job_next_due(&t("q")).await.unwrap(),
+            claim(&store.jobs, "q", T0 + 4_999, "l2").await,
+            None,
+            "{name}"
+        );
+        assert_eq!(
+            store.jobs.next_due(&t("q")).await.unwrap(),
             Some(T0 + 5_000),
             "{name}"
         );
-        let second = claim(&log, "q", T0 + 5_000, "l3").await;
+        let second = claim(&store.jobs, "q", T0 + 5_000, "l3").await;
         assert_eq!(
             second,
             Some(claimed(retry, T0 + 5_000, "l3", 30_000)),
@@ -867,12 +970,14 @@ async fn job_retry_is_claimable_once_due() {
         );
         // A retry with no run_at is due at once.
         let now_retry = requeued(second, T0 + 5_001, None, "again");
-        log.job_save(now_retry.clone(), Some("l3".to_owned()))
+        store
+            .jobs
+            .save(now_retry.clone(), Some("l3".to_owned()))
             .await
             .unwrap();
-        assert_eq!(log.job_next_due(&t("q")).await.unwrap(), None, "{name}");
+        assert_eq!(store.jobs.next_due(&t("q")).await.unwrap(), None, "{name}");
         assert_eq!(
-            claim(&log, "q", T0 + 5_002, "l4").await,
+            claim(&store.jobs, "q", T0 + 5_002, "l4").await,
             Some(claimed(now_retry, T0 + 5_002, "l4", 30_000)),
             "{name}"
         );
@@ -881,18 +986,20 @@ async fn job_retry_is_claimable_once_due() {
 
 #[tokio::test]
 async fn finished_jobs_are_never_claimed() {
-    for (name, log, _dir) in engines(Retention::default()).await {
+    for (name, store, _dir) in engines(Retention::default()).await {
         // Finished through a claim.
         let j1 = job("q", 1, T0);
-        log.job_create(j1.clone(), None).await.unwrap();
-        let running = claim(&log, "q", T0 + 10, "l1").await.unwrap();
+        store.jobs.create(j1.clone(), None).await.unwrap();
+        let running = claim(&store.jobs, "q", T0 + 10, "l1").await.unwrap();
         let done = Job {
             state: JobState::Succeeded,
             updated: T0 + 20,
             result: Some(Bytes::from_static(b"\0")),
             ..running
         };
-        log.job_save(done.clone(), Some("l1".to_owned()))
+        store
+            .jobs
+            .save(done.clone(), Some("l1".to_owned()))
             .await
             .unwrap();
         // Stored finished from the start, one of them with a run_at.
@@ -906,20 +1013,24 @@ async fn finished_jobs_are_never_claimed() {
             error: Some("gave up".to_owned()),
             ..job("q", 3, T0 + 2)
         };
-        log.job_create(j2.clone(), None).await.unwrap();
-        log.job_create(j3.clone(), None).await.unwrap();
+        store.jobs.create(j2.clone(), None).await.unwrap();
+        store.jobs.create(j3.clone(), None).await.unwrap();
         let later = T0 + 10_000_000;
-        assert_eq!(claim(&log, "q", later, "l2").await, None, "{name}");
-        assert_eq!(log.job_next_due(&t("q")).await.unwrap(), None, "{name}");
-        assert_eq!(log.job_expired(later, 100).await.unwrap(), vec![], "{name}");
-        assert_eq!(log.job_get(&j1.id).await.unwrap(), Some(done), "{name}");
+        assert_eq!(claim(&store.jobs, "q", later, "l2").await, None, "{name}");
+        assert_eq!(store.jobs.next_due(&t("q")).await.unwrap(), None, "{name}");
         assert_eq!(
-            log.job_get(&j2.id).await.unwrap().map(|j| j.state),
+            store.jobs.expired(later, 100).await.unwrap(),
+            vec![],
+            "{name}"
+        );
+        assert_eq!(store.jobs.get(&j1.id).await.unwrap(), Some(done), "{name}");
+        assert_eq!(
+            store.jobs.get(&j2.id).await.unwrap().map(|j| j.state),
             Some(JobState::Succeeded),
             "{name}"
         );
         assert_eq!(
-            log.job_get(&j3.id).await.unwrap().map(|j| j.state),
+            store.jobs.get(&j3.id).await.unwrap().map(|j| j.state),
             Some(JobState::Dead),
             "{name}"
         );
@@ -928,9 +1039,11 @@ async fn finished_jobs_are_never_claimed() {
 
 #[tokio::test]
 async fn job_expired_lists_ended_leases() {
-    for (name, log, _dir) in engines(Retention::default()).await {
+    for (name, store, _dir) in engines(Retention::default()).await {
         for (queue, n) in [("q1", 1), ("q1", 2), ("q1", 3), ("q1", 4), ("q2", 5)] {
-            log.job_create(job(queue, n, T0 + n as Millis), None)
+            store
+                .jobs
+                .create(job(queue, n, T0 + n as Millis), None)
                 .await
                 .unwrap();
         }
@@ -938,8 +1051,9 @@ async fn job_expired_lists_ended_leases() {
         let mut running = Vec::new();
         for (queue, lease_ms) in [("q1", 100), ("q1", 100), ("q1", 10_000), ("q2", 100)] {
             let lease = format!("l{}", running.len() + 1);
-            let j = log
-                .job_claim(&t(queue), now, lease, lease_ms)
+            let j = store
+                .jobs
+                .claim(&t(queue), now, lease, lease_ms)
                 .await
                 .unwrap()
                 .unwrap();
@@ -953,18 +1067,18 @@ async fn job_expired_lists_ended_leases() {
         );
         // A lease ends at lease_until: expired only strictly after it.
         assert_eq!(
-            log.job_expired(T0 + 200, 10).await.unwrap(),
+            store.jobs.expired(T0 + 200, 10).await.unwrap(),
             vec![],
             "{name}"
         );
-        let mut expired = log.job_expired(T0 + 201, 10).await.unwrap();
+        let mut expired = store.jobs.expired(T0 + 201, 10).await.unwrap();
         expired.sort_by(|a, b| a.id.cmp(&b.id));
         assert_eq!(
             expired,
             vec![j1.clone(), j2.clone(), j5.clone()],
             "{name}: running jobs past their lease, across queues"
         );
-        let two = log.job_expired(T0 + 201, 2).await.unwrap();
+        let two = store.jobs.expired(T0 + 201, 2).await.unwrap();
         assert_eq!(two.len(), 2, "{name}: the limit");
         assert!(
             ids(&two).is_subset(&ids(&expired)),
@@ -972,7 +1086,7 @@ async fn job_expired_lists_ended_leases() {
             ids(&two)
         );
         assert_eq!(
-            log.job_expired(T0 + 201, 0).await.unwrap(),
+            store.jobs.expired(T0 + 201, 0).await.unwrap(),
             vec![],
             "{name}"
         );
@@ -981,16 +1095,16 @@ async fn job_expired_lists_ended_leases() {
             state: JobState::Succeeded,
             ..j2.clone()
         };
-        log.job_save(done, j2.lease.clone()).await.unwrap();
+        store.jobs.save(done, j2.lease.clone()).await.unwrap();
         let back = requeued(j5.clone(), T0 + 300, None, "reaped");
-        log.job_save(back, j5.lease.clone()).await.unwrap();
+        store.jobs.save(back, j5.lease.clone()).await.unwrap();
         assert_eq!(
-            log.job_expired(T0 + 201, 10).await.unwrap(),
+            store.jobs.expired(T0 + 201, 10).await.unwrap(),
             vec![j1.clone()],
             "{name}"
         );
         // Later, the long lease ends too.
-        let mut expired = log.job_expired(T0 + 20_000, 10).await.unwrap();
+        let mut expired = store.jobs.expired(T0 + 20_000, 10).await.unwrap();
         expired.sort_by(|a, b| a.id.cmp(&b.id));
         assert_eq!(expired, vec![j1, j3], "{name}");
     }
@@ -1007,21 +1121,23 @@ async fn retention_by_age_drops_old_messages() {
     };
     let engines = engines(retention).await;
     let mut appended = Vec::new();
-    for (_, log, _) in &engines {
+    for (_, store, _) in &engines {
         appended.push(
-            log.append(vec![
-                msg("a", "1", None),
-                msg("a", "22", None),
-                msg("a", "333", None),
-            ])
-            .await
-            .unwrap(),
+            store
+                .log
+                .append(vec![
+                    msg("a", "1", None),
+                    msg("a", "22", None),
+                    msg("a", "333", None),
+                ])
+                .await
+                .unwrap(),
         );
     }
-    for ((name, log, _), appended) in engines.iter().zip(appended) {
+    for ((name, store, _), appended) in engines.iter().zip(appended) {
         let patience = Patience::new();
         loop {
-            let bounds = log.bounds(&t("a")).await.unwrap().unwrap();
+            let bounds = store.log.bounds(&t("a")).await.unwrap().unwrap();
             if bounds.first_seq == 4 {
                 break;
             }
@@ -1045,22 +1161,26 @@ async fn retention_by_age_drops_old_messages() {
             last_publish: Some(appended[2].time),
         };
         assert_eq!(
-            log.topic(&t("a")).await.unwrap().as_ref(),
+            store.log.topic(&t("a")).await.unwrap().as_ref(),
             Some(&info),
             "{name}"
         );
-        assert_eq!(log.topics().await.unwrap(), vec![info], "{name}");
-        let read = log.read(&t("a"), 0, 10, usize::MAX).await.unwrap();
+        assert_eq!(store.log.topics().await.unwrap(), vec![info], "{name}");
+        let read = store.log.read(&t("a"), 0, 10, usize::MAX).await.unwrap();
         assert_eq!(
             (read.messages.len(), read.bounds),
             (0, Some(gone)),
             "{name}"
         );
-        assert_eq!(log.seek_time(&t("a"), 0).await.unwrap(), 3, "{name}");
+        assert_eq!(store.log.seek_time(&t("a"), 0).await.unwrap(), 3, "{name}");
         // The counter goes on; a young message is kept.
-        let fresh = log.append(vec![msg("a", "4444", None)]).await.unwrap()[0];
+        let fresh = store
+            .log
+            .append(vec![msg("a", "4444", None)])
+            .await
+            .unwrap()[0];
         assert_eq!(fresh.seq, 4, "{name}");
-        let read = log.read(&t("a"), 0, 10, usize::MAX).await.unwrap();
+        let read = store.log.read(&t("a"), 0, 10, usize::MAX).await.unwrap();
         if now_millis() < fresh.time + 1_000 {
             let seqs: Vec<_> = read.messages.iter().map(|m| m.seq).collect();
             assert_eq!(seqs, vec![4], "{name}");
@@ -1077,14 +1197,16 @@ async fn seek_time_after_age_retention_trimmed_the_front() {
     };
     let engines = engines(retention).await;
     let mut old = Vec::new();
-    for (_, log, _) in &engines {
+    for (_, store, _) in &engines {
         old.push(
-            log.append(vec![msg("a", "old1", None), msg("a", "old2", None)])
+            store
+                .log
+                .append(vec![msg("a", "old1", None), msg("a", "old2", None)])
                 .await
                 .unwrap(),
         );
     }
-    for ((name, log, _), old) in engines.iter().zip(old) {
+    for ((name, store, _), old) in engines.iter().zip(old) {
         // Each try appends a young message once everything before it expired, then checks
         // while that message is surely younger than max_age (a stalled machine tries again).
         let mut head = 2;
@@ -1092,7 +1214,7 @@ async fn seek_time_after_age_retention_trimmed_the_front() {
             assert!(attempt < 5, "{name}: too slow to judge age retention");
             let patience = Patience::new();
             loop {
-                let bounds = log.bounds(&t("a")).await.unwrap().unwrap();
+                let bounds = store.log.bounds(&t("a")).await.unwrap().unwrap();
                 if bounds.first_seq == head + 1 {
                     break;
                 }
@@ -1100,16 +1222,20 @@ async fn seek_time_after_age_retention_trimmed_the_front() {
                     .wait(format_args!("{name}: the front expiring, {bounds:?}"))
                     .await;
             }
-            let young = log.append(vec![msg("a", "young", None)]).await.unwrap()[0];
+            let young = store
+                .log
+                .append(vec![msg("a", "young", None)])
+                .await
+                .unwrap()[0];
             assert_eq!(young.seq, head + 1, "{name}");
             head = young.seq;
             let got = (
-                log.seek_time(&t("a"), 0).await.unwrap(),
-                log.seek_time(&t("a"), old[0].time).await.unwrap(),
-                log.seek_time(&t("a"), young.time).await.unwrap(),
-                log.seek_time(&t("a"), young.time + 1).await.unwrap(),
-                log.bounds(&t("a")).await.unwrap().unwrap().first_seq,
-                read_all(log, "a")
+                store.log.seek_time(&t("a"), 0).await.unwrap(),
+                store.log.seek_time(&t("a"), old[0].time).await.unwrap(),
+                store.log.seek_time(&t("a"), young.time).await.unwrap(),
+                store.log.seek_time(&t("a"), young.time + 1).await.unwrap(),
+                store.log.bounds(&t("a")).await.unwrap().unwrap().first_seq,
+                read_all(&store.log, "a")
                     .await
                     .iter()
                     .map(|m| m.seq)
@@ -1129,16 +1255,16 @@ async fn seek_time_after_age_retention_trimmed_the_front() {
 
 #[tokio::test]
 async fn events_round_trip() {
-    for (name, log, _dir) in engines(Retention::default()).await {
-        let mut feed = log.take_commits().unwrap();
+    for (name, store, _dir) in engines(Retention::default()).await {
+        let mut feed = store.follow.take_commits().unwrap();
         let sent = vec![
             raw("a", Some("created"), b"x", None),
             raw("a", None, b"y", None),
             raw("a", Some("A.b-c_9"), b"", None),
             raw("a", Some(&"e".repeat(64)), b"\n\0", None),
         ];
-        log.append(sent.clone()).await.unwrap();
-        let read = read_all(&log, "a").await;
+        store.log.append(sent.clone()).await.unwrap();
+        let read = read_all(&store.log, "a").await;
         let got: Vec<_> = read
             .iter()
             .map(|m| (m.event.clone(), m.data.clone()))
@@ -1154,12 +1280,14 @@ async fn events_round_trip() {
             "{name}: the commit feed carries the same messages"
         );
         // The event is part of the body an idempotency key remembers.
-        let first = log
+        let first = store
+            .log
             .append(vec![raw("b", Some("e1"), b"same", Some("k"))])
             .await
             .unwrap()[0];
         for event in [Some("e2"), None] {
-            let err = log
+            let err = store
+                .log
                 .append(vec![raw("b", event, b"same", Some("k"))])
                 .await
                 .unwrap_err();
@@ -1168,12 +1296,13 @@ async fn events_round_trip() {
                 "{name}: {event:?} {err:?}"
             );
         }
-        let again = log
+        let again = store
+            .log
             .append(vec![raw("b", Some("e1"), b"same", Some("k"))])
             .await
             .unwrap()[0];
         assert_eq!((again.seq, again.replayed), (first.seq, true), "{name}");
-        let read = read_all(&log, "b").await;
+        let read = read_all(&store.log, "b").await;
         assert_eq!(read.len(), 1, "{name}");
         assert_eq!(read[0].event, Some(ev("e1")), "{name}");
     }
@@ -1181,18 +1310,22 @@ async fn events_round_trip() {
 
 #[tokio::test]
 async fn read_returns_one_message_above_max_bytes() {
-    for (name, log, _dir) in engines(Retention::default()).await {
-        log.append(vec![
-            msg("a", &"x".repeat(100), None),
-            msg("a", &"y".repeat(50), None),
-            msg("a", &"z".repeat(10), None),
-        ])
-        .await
-        .unwrap();
+    for (name, store, _dir) in engines(Retention::default()).await {
+        store
+            .log
+            .append(vec![
+                msg("a", &"x".repeat(100), None),
+                msg("a", &"y".repeat(50), None),
+                msg("a", &"z".repeat(10), None),
+            ])
+            .await
+            .unwrap();
         let seqs = |after, limit, max_bytes| {
-            let log = log.clone();
+            let store = store.clone();
             async move {
-                log.read(&t("a"), after, limit, max_bytes)
+                store
+                    .log
+                    .read(&t("a"), after, limit, max_bytes)
                     .await
                     .unwrap()
                     .messages
@@ -1222,13 +1355,13 @@ async fn read_returns_one_message_above_max_bytes() {
 #[tokio::test]
 async fn read_counts_empty_payloads_alike() {
     let mut answers: Vec<(&str, Vec<usize>)> = Vec::new();
-    for (name, log, _dir) in engines(Retention::default()).await {
+    for (name, store, _dir) in engines(Retention::default()).await {
         let mut batch: Vec<_> = (0..5).map(|_| msg("a", "", None)).collect();
         batch.push(msg("a", "abc", None));
-        log.append(batch).await.unwrap();
+        store.log.append(batch).await.unwrap();
         let mut counts = Vec::new();
         for max_bytes in [0, 1, 3, 5, 8, usize::MAX] {
-            let read = log.read(&t("a"), 0, 100, max_bytes).await.unwrap();
+            let read = store.log.read(&t("a"), 0, 100, max_bytes).await.unwrap();
             assert!(!read.messages.is_empty(), "{name}");
             counts.push(read.messages.len());
         }
@@ -1245,8 +1378,9 @@ async fn read_counts_empty_payloads_alike() {
 
 #[tokio::test]
 async fn delete_then_bounds_info_read_and_seek() {
-    for (name, log, _dir) in engines(Retention::default()).await {
-        let a = log
+    for (name, store, _dir) in engines(Retention::default()).await {
+        let a = store
+            .log
             .append(vec![
                 msg("a", "1", None),
                 msg("a", "22", None),
@@ -1254,8 +1388,8 @@ async fn delete_then_bounds_info_read_and_seek() {
             ])
             .await
             .unwrap();
-        let b = log.append(vec![msg("b", "b", None)]).await.unwrap()[0];
-        assert!(log.delete_topic(&t("a")).await.unwrap(), "{name}");
+        let b = store.log.append(vec![msg("b", "b", None)]).await.unwrap()[0];
+        assert!(store.log.delete_topic(&t("a")).await.unwrap(), "{name}");
         let gone = LogBounds {
             first_seq: 4,
             last_seq: 3,
@@ -1277,19 +1411,27 @@ async fn delete_then_bounds_info_read_and_seek() {
             bytes: 1,
             last_publish: Some(b.time),
         };
-        assert_eq!(log.bounds(&t("a")).await.unwrap(), Some(gone), "{name}");
         assert_eq!(
-            log.topic(&t("a")).await.unwrap().as_ref(),
+            store.log.bounds(&t("a")).await.unwrap(),
+            Some(gone),
+            "{name}"
+        );
+        assert_eq!(
+            store.log.topic(&t("a")).await.unwrap().as_ref(),
             Some(&info_a),
             "{name}"
         );
         assert_eq!(
-            log.topics().await.unwrap(),
+            store.log.topics().await.unwrap(),
             vec![info_a.clone(), info_b.clone()],
             "{name}"
         );
         for after in [0, 2, 3] {
-            let read = log.read(&t("a"), after, 10, usize::MAX).await.unwrap();
+            let read = store
+                .log
+                .read(&t("a"), after, 10, usize::MAX)
+                .await
+                .unwrap();
             assert_eq!(
                 (read.messages.len(), read.bounds),
                 (0, Some(gone)),
@@ -1297,18 +1439,34 @@ async fn delete_then_bounds_info_read_and_seek() {
             );
         }
         for time in [0, a[0].time, a[2].time + 1] {
-            assert_eq!(log.seek_time(&t("a"), time).await.unwrap(), 3, "{name}");
+            assert_eq!(
+                store.log.seek_time(&t("a"), time).await.unwrap(),
+                3,
+                "{name}"
+            );
         }
         // The other topic is untouched; deleting again changes nothing.
-        assert_eq!(read_all(&log, "b").await.len(), 1, "{name}");
-        assert!(log.delete_topic(&t("a")).await.unwrap(), "{name}");
-        assert_eq!(log.bounds(&t("a")).await.unwrap(), Some(gone), "{name}");
-        assert_eq!(log.topic(&t("a")).await.unwrap(), Some(info_a), "{name}");
+        assert_eq!(read_all(&store.log, "b").await.len(), 1, "{name}");
+        assert!(store.log.delete_topic(&t("a")).await.unwrap(), "{name}");
+        assert_eq!(
+            store.log.bounds(&t("a")).await.unwrap(),
+            Some(gone),
+            "{name}"
+        );
+        assert_eq!(
+            store.log.topic(&t("a")).await.unwrap(),
+            Some(info_a),
+            "{name}"
+        );
         // Publishing again, then deleting again.
-        let c = log.append(vec![msg("a", "4444", None)]).await.unwrap()[0];
+        let c = store
+            .log
+            .append(vec![msg("a", "4444", None)])
+            .await
+            .unwrap()[0];
         assert_eq!(c.seq, 4, "{name}");
         assert_eq!(
-            log.topic(&t("a")).await.unwrap(),
+            store.log.topic(&t("a")).await.unwrap(),
             Some(TopicInfo {
                 topic: t("a"),
                 first_seq: 4,
@@ -1319,7 +1477,7 @@ async fn delete_then_bounds_info_read_and_seek() {
             }),
             "{name}"
         );
-        let read = log.read(&t("a"), 0, 10, usize::MAX).await.unwrap();
+        let read = store.log.read(&t("a"), 0, 10, usize::MAX).await.unwrap();
         assert_eq!(
             read.bounds,
             Some(LogBounds {
@@ -1330,10 +1488,10 @@ async fn delete_then_bounds_info_read_and_seek() {
             "{name}"
         );
         assert_eq!(read.messages.len(), 1, "{name}");
-        assert_eq!(log.seek_time(&t("a"), 0).await.unwrap(), 3, "{name}");
-        assert!(log.delete_topic(&t("a")).await.unwrap(), "{name}");
+        assert_eq!(store.log.seek_time(&t("a"), 0).await.unwrap(), 3, "{name}");
+        assert!(store.log.delete_topic(&t("a")).await.unwrap(), "{name}");
         assert_eq!(
-            log.bounds(&t("a")).await.unwrap(),
+            store.log.bounds(&t("a")).await.unwrap(),
             Some(LogBounds {
                 first_seq: 5,
                 last_seq: 4,
@@ -1342,13 +1500,17 @@ async fn delete_then_bounds_info_read_and_seek() {
             "{name}"
         );
         // A topic never published.
-        assert_eq!(log.bounds(&t("nope")).await.unwrap(), None, "{name}");
-        assert_eq!(log.topic(&t("nope")).await.unwrap(), None, "{name}");
-        let read = log.read(&t("nope"), 0, 10, usize::MAX).await.unwrap();
+        assert_eq!(store.log.bounds(&t("nope")).await.unwrap(), None, "{name}");
+        assert_eq!(store.log.topic(&t("nope")).await.unwrap(), None, "{name}");
+        let read = store.log.read(&t("nope"), 0, 10, usize::MAX).await.unwrap();
         assert_eq!((read.messages.len(), read.bounds), (0, None), "{name}");
-        assert_eq!(log.seek_time(&t("nope"), 0).await.unwrap(), 0, "{name}");
-        assert!(!log.delete_topic(&t("nope")).await.unwrap(), "{name}");
-        assert_eq!(log.topics().await.unwrap().len(), 2, "{name}");
+        assert_eq!(
+            store.log.seek_time(&t("nope"), 0).await.unwrap(),
+            0,
+            "{name}"
+        );
+        assert!(!store.log.delete_topic(&t("nope")).await.unwrap(), "{name}");
+        assert_eq!(store.log.topics().await.unwrap().len(), 2, "{name}");
     }
 }
 
@@ -1366,16 +1528,16 @@ async fn binary_payloads_round_trip() {
         (0..=255u8).collect(),
         (0..65_536u32).map(|i| (i % 251) as u8).collect(),
     ];
-    for (name, log, _dir) in engines(Retention::default()).await {
-        let mut feed = log.take_commits().unwrap();
+    for (name, store, _dir) in engines(Retention::default()).await {
+        let mut feed = store.follow.take_commits().unwrap();
         let batch: Vec<_> = payloads.iter().map(|p| raw("a", None, p, None)).collect();
-        log.append(batch).await.unwrap();
-        let read = read_all(&log, "a").await;
+        store.log.append(batch).await.unwrap();
+        let read = read_all(&store.log, "a").await;
         let got: Vec<&[u8]> = read.iter().map(|m| &m.data[..]).collect();
         let want: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
         assert_eq!(got, want, "{name}: read");
         let bytes: usize = payloads.iter().map(Vec::len).sum();
-        let info = log.topic(&t("a")).await.unwrap().unwrap();
+        let info = store.log.topic(&t("a")).await.unwrap().unwrap();
         assert_eq!(
             (info.messages, info.bytes),
             (payloads.len() as u64, bytes as u64),
@@ -1384,11 +1546,13 @@ async fn binary_payloads_round_trip() {
         let fed = feed_n(&mut feed, payloads.len(), name).await;
         assert_eq!(fed, read, "{name}: the commit feed carries the same bytes");
         // A key remembers the whole body, past any NUL.
-        let first = log
+        let first = store
+            .log
             .append(vec![raw("k", None, b"a\0b", Some("k"))])
             .await
             .unwrap()[0];
-        let err = log
+        let err = store
+            .log
             .append(vec![raw("k", None, b"a\0c", Some("k"))])
             .await
             .unwrap_err();
@@ -1396,7 +1560,8 @@ async fn binary_payloads_round_trip() {
             matches!(err, StoreError::IdempotencyConflict { .. }),
             "{name}: {err:?}"
         );
-        let again = log
+        let again = store
+            .log
             .append(vec![raw("k", None, b"a\0b", Some("k"))])
             .await
             .unwrap()[0];
@@ -1407,12 +1572,14 @@ async fn binary_payloads_round_trip() {
 /// `limit` is a `usize`: "no limit" (`usize::MAX`) must read like any limit above the count.
 #[tokio::test]
 async fn read_accepts_the_largest_limit() {
-    for (name, log, _dir) in engines(Retention::default()).await {
-        log.append(vec![msg("a", "1", None), msg("a", "2", None)])
+    for (name, store, _dir) in engines(Retention::default()).await {
+        store
+            .log
+            .append(vec![msg("a", "1", None), msg("a", "2", None)])
             .await
             .unwrap();
         for limit in [1_000_000, u32::MAX as usize, usize::MAX] {
-            let read = log.read(&t("a"), 0, limit, usize::MAX).await;
+            let read = store.log.read(&t("a"), 0, limit, usize::MAX).await;
             assert_eq!(
                 read.map(|r| r.messages.len()),
                 Ok(2),

@@ -4,12 +4,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{
-    Appended, BoxFuture, CommitFeed, FeedSlot, IDEMPOTENCY_TTL, Log, LogBounds, ReadBatch,
-    Retention, StoreError, StoreResult, TopicInfo,
-};
+use super::follow::{CommitFeed, FeedSlot, Follow};
+use super::jobs::JobStore;
+use super::log::{BoxFuture, IDEMPOTENCY_TTL, Log, ReadBatch, Retention};
 use crate::model::{
-    Job, JobId, JobState, Message, Millis, NewMessage, Seq, Topic, fingerprint, now_millis,
+    Appended, Job, JobId, JobState, LogBounds, Message, Millis, NewMessage, Seq, StoreError,
+    StoreResult, Topic, TopicInfo, fingerprint, now_millis,
 };
 
 #[derive(Default)]
@@ -287,12 +287,16 @@ impl Log for MemoryLog {
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
+}
 
+impl Follow for MemoryLog {
     fn take_commits(&self) -> Option<CommitFeed> {
         self.feed.take()
     }
+}
 
-    fn job_create(
+impl JobStore for MemoryLog {
+    fn create(
         &self,
         job: Job,
         idempotency_key: Option<String>,
@@ -322,16 +326,12 @@ impl Log for MemoryLog {
         Box::pin(async move { result })
     }
 
-    fn job_get(&self, id: &JobId) -> BoxFuture<'_, StoreResult<Option<Job>>> {
+    fn get(&self, id: &JobId) -> BoxFuture<'_, StoreResult<Option<Job>>> {
         let job = self.lock().jobs.get(id).cloned();
         Box::pin(async move { Ok(job) })
     }
 
-    fn job_save(
-        &self,
-        job: Job,
-        expected_lease: Option<String>,
-    ) -> BoxFuture<'_, StoreResult<Job>> {
+    fn save(&self, job: Job, expected_lease: Option<String>) -> BoxFuture<'_, StoreResult<Job>> {
         let mut state = self.lock();
         let result = match state.jobs.get_mut(&job.id) {
             None => Err(StoreError::UnknownJob(job.id.clone())),
@@ -346,7 +346,7 @@ impl Log for MemoryLog {
         Box::pin(async move { result })
     }
 
-    fn job_claim(
+    fn claim(
         &self,
         queue: &Topic,
         now: Millis,
@@ -371,7 +371,7 @@ impl Log for MemoryLog {
         Box::pin(async move { Ok(claimed) })
     }
 
-    fn job_expired(&self, now: Millis, limit: usize) -> BoxFuture<'_, StoreResult<Vec<Job>>> {
+    fn expired(&self, now: Millis, limit: usize) -> BoxFuture<'_, StoreResult<Vec<Job>>> {
         let expired = self
             .lock()
             .jobs
@@ -383,7 +383,7 @@ impl Log for MemoryLog {
         Box::pin(async move { Ok(expired) })
     }
 
-    fn job_next_due(&self, queue: &Topic) -> BoxFuture<'_, StoreResult<Option<Millis>>> {
+    fn next_due(&self, queue: &Topic) -> BoxFuture<'_, StoreResult<Option<Millis>>> {
         let next = self
             .lock()
             .jobs

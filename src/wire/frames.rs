@@ -1,4 +1,5 @@
-//! Stream encodings: SSE frames, NDJSON lines and WebSocket text frames.
+//! Stream encodings: SSE frames, NDJSON lines and WebSocket text frames of messages and gaps,
+//! and the control lines of SSE and NDJSON streams (retry, keepalive, disconnect).
 //!
 //! [`Encoded`] wraps a committed message and makes each encoding at most once, on first use:
 //! the hub hands one `Arc<Encoded>` to every live subscriber of the topic, so fan-out to a
@@ -26,7 +27,27 @@ pub fn sse_retry_at_shutdown() -> Bytes {
     let ms = 1000 + std::collections::hash_map::RandomState::new().hash_one(0u8) % 4001;
     Bytes::from(format!("retry: {ms}\n\n"))
 }
+
+/// The last bytes of an SSE stream that a slow consumer lost (`slow=disconnect`): a comment,
+/// since the `id:` of the last event already is the cursor to resume from.
+pub const SSE_DISCONNECT: &[u8] = b": slow consumer disconnected; resume with Last-Event-ID\n\n";
 pub const NDJSON_KEEPALIVE: &[u8] = b"{\"event\":\"keepalive\"}\n";
+
+/// The last line of an NDJSON stream that a slow consumer lost (`slow=disconnect`):
+/// `{"event":"disconnect","next"}`, `next` the cursor to resume from.
+pub fn ndjson_disconnect(next: &str) -> Bytes {
+    #[derive(Serialize)]
+    struct Line<'a> {
+        event: &'static str,
+        next: &'a str,
+    }
+    let mut buf = json_bytes(&Line {
+        event: "disconnect",
+        next,
+    });
+    buf.put_u8(b'\n');
+    buf.freeze()
+}
 
 /// A committed message and its encodings, each made once.
 pub struct Encoded {
@@ -189,6 +210,23 @@ mod tests {
     }
 
     #[test]
+    fn sse_retry_at_shutdown_is_jittered_within_bounds() {
+        let ms: Vec<u64> = (0..64)
+            .map(|_| {
+                let frame = sse_retry_at_shutdown();
+                let text = std::str::from_utf8(&frame).unwrap();
+                let n = text
+                    .strip_prefix("retry: ")
+                    .and_then(|t| t.strip_suffix("\n\n"))
+                    .unwrap();
+                n.parse().unwrap()
+            })
+            .collect();
+        assert!(ms.iter().all(|n| (1000..=5000).contains(n)), "{ms:?}");
+        assert!(ms.iter().any(|n| *n != ms[0]), "not jittered: {ms:?}");
+    }
+
+    #[test]
     fn sse_frames() {
         let enc = Encoded::new(Arc::new(msg(b"a\nb")));
         let frame = String::from_utf8(enc.sse(false).to_vec()).unwrap();
@@ -217,6 +255,15 @@ mod tests {
             &ndjson_gap(&gap)[..],
             b"{\"event\":\"gap\",\"topic\":\"t\",\"from\":1,\"to\":3,\"reason\":\"expired\"}\n"
         );
+    }
+
+    #[test]
+    fn disconnect_notices() {
+        assert_eq!(
+            &ndjson_disconnect("a:4,b:7")[..],
+            b"{\"event\":\"disconnect\",\"next\":\"a:4,b:7\"}\n"
+        );
+        assert!(SSE_DISCONNECT.starts_with(b":") && SSE_DISCONNECT.ends_with(b"\n\n"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Encodings of messages for the wire. Each format lives here once, so every transport
-//! shows a message the same way.
+//! Encodings for the wire: messages, gaps, jobs, and the control frames of every stream and
+//! socket (keepalives, retry, disconnect notices, WebSocket `ok` / `error` answers and Close
+//! frames). Each format lives here once, so every transport shows a message the same way.
 
 pub mod base64;
 mod envelope;

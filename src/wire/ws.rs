@@ -1,12 +1,14 @@
-//! The WebSocket client frame decoder: text → a [`Command`], or the error frame's status and
-//! detail. Pure (no socket, no hub), so it can be fuzzed and tested on its own.
+//! The WebSocket protocol, both ways: the client frame decoder (text → a [`Command`], or the
+//! error frame's status and detail), and the control frames the hub answers with (`ok`,
+//! `error`, `disconnect`, and its Close frames). Message and gap frames are in `frames.rs`.
+//! Pure (no socket, no hub), so it can be fuzzed and tested on its own.
 
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::base64;
-use crate::model::{EventName, Since, SlowPolicy, Topic};
+use crate::model::{EventName, Millis, Seq, Since, SlowPolicy, Topic, format_rfc3339_millis};
 
 /// What a client asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,6 +143,127 @@ fn command(frame: ClientFrame, max_message_bytes: usize) -> Result<Command, Fram
     }
 }
 
+/// What an `ok` frame confirms.
+#[derive(Clone, Copy, Debug)]
+pub enum Reply<'a> {
+    /// The subscription starts after `next`.
+    Subscribed {
+        topic: &'a Topic,
+        next: &'a str,
+    },
+    Unsubscribed {
+        topic: &'a Topic,
+    },
+    /// The message is stored as `seq` of its topic.
+    Published {
+        topic: &'a Topic,
+        seq: Seq,
+        time: Millis,
+    },
+}
+
+// The control frames' keys are in alphabetical order: the bytes they have always had.
+
+#[derive(Serialize)]
+struct OkFrame<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<&'a str>,
+    op: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<Seq>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time: Option<String>,
+    topic: &'a str,
+}
+
+#[derive(Serialize)]
+struct ErrorFrame<'a> {
+    detail: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a Value>,
+    op: &'static str,
+    status: u16,
+}
+
+#[derive(Serialize)]
+struct DisconnectFrame<'a> {
+    op: &'static str,
+    reason: &'static str,
+    topic: &'a str,
+}
+
+fn json_text<T: Serialize>(value: &T) -> String {
+    // Serialising our own structs into memory cannot fail.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// The `ok` frame answering a client's frame (with its `id`, when it had one).
+pub fn ok_frame(id: Option<&Value>, reply: Reply<'_>) -> String {
+    let (topic, next, seq, time) = match reply {
+        Reply::Subscribed { topic, next } => (topic, Some(next), None, None),
+        Reply::Unsubscribed { topic } => (topic, None, None, None),
+        Reply::Published { topic, seq, time } => {
+            (topic, None, Some(seq), Some(format_rfc3339_millis(time)))
+        }
+    };
+    json_text(&OkFrame {
+        id,
+        next,
+        op: "ok",
+        seq,
+        time,
+        topic: topic.as_str(),
+    })
+}
+
+/// The `error` frame refusing a client's frame (with its `id`, when it had one); the socket
+/// lives on.
+pub fn error_frame(id: Option<&Value>, e: &FrameError) -> String {
+    json_text(&ErrorFrame {
+        detail: &e.detail,
+        id,
+        op: "error",
+        status: e.status,
+    })
+}
+
+/// The frame ending one topic's subscription whose consumer was too slow
+/// (`slow=disconnect`); the socket and its other subscriptions live on.
+pub fn disconnect_frame(topic: &Topic) -> String {
+    json_text(&DisconnectFrame {
+        op: "disconnect",
+        reason: "slow consumer",
+        topic: topic.as_str(),
+    })
+}
+
+/// A Close frame the hub sends: its code (RFC 6455 §7.4) and reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Close {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+/// The hub is shutting down: 1012, the server is restarting; reconnect.
+pub const CLOSE_RESTARTING: Close = Close {
+    code: 1012,
+    reason: "server restarting",
+};
+
+/// The peer sent nothing, not even a pong, for 90 s.
+pub const CLOSE_SILENT_PEER: Close = Close {
+    code: 1000,
+    reason: "no frame from the peer for 90 s",
+};
+
+/// The answer to a Close frame the client sent (RFC 6455 §5.5.1): a Close frame echoing its
+/// status code, or an empty one (`None`) when the client's carried no code.
+pub fn close_echo(code: Option<u16>) -> Option<Close> {
+    code.map(|code| Close { code, reason: "" })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +271,19 @@ mod tests {
 
     fn decode(text: &str) -> (Option<Value>, Result<Command, FrameError>) {
         decode_client_frame(text, 1000, 10)
+    }
+
+    #[test]
+    fn close_echo_repeats_the_code() {
+        assert_eq!(
+            close_echo(Some(4001)),
+            Some(Close {
+                code: 4001,
+                reason: ""
+            })
+        );
+        assert_eq!(close_echo(Some(1000)).map(|c| c.code), Some(1000));
+        assert_eq!(close_echo(None), None);
     }
 
     #[test]
@@ -184,6 +320,69 @@ mod tests {
             decode(r#"{"op":"dance","id":"q"}"#).0,
             Some(Value::from("q"))
         );
+    }
+
+    #[test]
+    fn control_frames() {
+        let topic: Topic = "a".parse().unwrap();
+        let id = Value::from(7);
+        assert_eq!(
+            ok_frame(
+                Some(&id),
+                Reply::Subscribed {
+                    topic: &topic,
+                    next: "12"
+                }
+            ),
+            r#"{"id":7,"next":"12","op":"ok","topic":"a"}"#
+        );
+        assert_eq!(
+            ok_frame(None, Reply::Unsubscribed { topic: &topic }),
+            r#"{"op":"ok","topic":"a"}"#
+        );
+        assert_eq!(
+            ok_frame(
+                Some(&Value::Null),
+                Reply::Published {
+                    topic: &topic,
+                    seq: 3,
+                    time: 1_795_546_800_123
+                }
+            ),
+            r#"{"id":null,"op":"ok","seq":3,"time":"2026-11-24T19:00:00.123Z","topic":"a"}"#
+        );
+        assert_eq!(
+            error_frame(Some(&Value::from("q")), &FrameError::bad("no")),
+            r#"{"detail":"no","id":"q","op":"error","status":400}"#
+        );
+        assert_eq!(
+            disconnect_frame(&topic),
+            r#"{"op":"disconnect","reason":"slow consumer","topic":"a"}"#
+        );
+    }
+
+    /// The frames are what a JSON object with the same members serialises to.
+    #[test]
+    fn control_frames_match_json_objects() {
+        let topic: Topic = "a.b".parse().unwrap();
+        let id = serde_json::json!({"z": 1, "a": [true]});
+        let mut expected = serde_json::json!({"topic": "a.b", "next": "a.b:4"});
+        expected["op"] = "ok".into();
+        expected["id"] = id.clone();
+        let frame = ok_frame(
+            Some(&id),
+            Reply::Subscribed {
+                topic: &topic,
+                next: "a.b:4",
+            },
+        );
+        assert_eq!(frame, expected.to_string());
+        let e = FrameError {
+            status: 503,
+            detail: "x \"y\"".into(),
+        };
+        let expected = serde_json::json!({"op":"error","status":503,"detail":"x \"y\"","id":id});
+        assert_eq!(error_frame(Some(&id), &e), expected.to_string());
     }
 
     proptest! {

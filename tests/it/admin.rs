@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{Server, assert_time, gaps, messages, next, seqs};
+use crate::kit::{Server, assert_time, gaps, messages, next, seqs};
 
 const INFO_FIELDS: [&str; 7] = [
     "topic",

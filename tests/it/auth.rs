@@ -1,4 +1,4 @@
-//! `auth.mode = "required"` (DESIGN §6): every operation on every transport answers `401`
+//! `auth.mode = "required"` (docs/API.md, "Auth"): every operation on every transport answers `401`
 //! without a credential or with a bad one, `403` with a credential whose rules do not cover
 //! it, and works with one that does — for static tokens and for HS256, RS256 and ES256 JWTs.
 //! Also: `access_token` in the query, the three open paths, the filtered topic list, JWT
@@ -19,9 +19,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request as WsRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::clients::{Ndjson, Sse, Ws};
-use crate::harness::{Server, b64_encode, expect_problem, into_json, payload};
 use crate::jobs;
+use crate::kit::clients::{Ndjson, Sse, Ws};
+use crate::kit::{Server, b64_encode, expect_problem, into_json, payload};
 
 const SECRET: &str = "an-hs256-secret-for-the-tests";
 const OTHER_SECRET: &str = "some-other-hs256-secret";
@@ -687,7 +687,7 @@ async fn matrix(server: &Server, creds: &Creds) {
     );
     let claimed = check(server, creds, claim, all).await;
     assert_eq!(jobs::id(&claimed), id, "the claim takes the submitted job");
-    let lease = crate::harness::enc(&jobs::lease(&claimed));
+    let lease = crate::kit::enc(&jobs::lease(&claimed));
     let status = Case::new(
         "job status",
         Method::GET,
@@ -995,7 +995,7 @@ async fn access_token_in_the_query_works_for_streams_and_websockets() {
 async fn open_paths_need_no_credential_and_every_other_path_does() {
     let (server, _dir) = required_server().await;
     // `/openapi.json` is left out on purpose: commit d53fbc6 made it a fourth open path,
-    // which DESIGN §6 does not list.
+    // which docs/API.md does not list.
     for path in ["/healthz", "/readyz", "/metrics"] {
         let resp = server.get(path, &[]).await;
         assert_eq!(

@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{Server, assert_time, expect_problem, into_json, messages, payload};
+use crate::kit::{Server, assert_time, expect_problem, into_json, messages, payload};
 
 #[tokio::test]
 async fn json_array_batch_answers_results_in_order() {
@@ -230,7 +230,7 @@ async fn batch_item_over_max_message_bytes_is_413() {
     let results = server
         .batch(&[
             json!({"topic": "a", "data": "y".repeat(100)}),
-            json!({"topic": "a", "data_base64": crate::harness::b64_encode(&[0xffu8; 100])}),
+            json!({"topic": "a", "data_base64": crate::kit::b64_encode(&[0xffu8; 100])}),
         ])
         .await;
     assert_eq!(results.len(), 2, "items of exactly 100 bytes are accepted");

@@ -1,52 +1,13 @@
 //! `plexus pub` and `plexus sub` against a running hub.
 
-use std::process::{Output, Stdio};
-use std::time::Duration;
+use std::process::Stdio;
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
 use tokio::time::timeout;
 
-use crate::harness::{Server, messages, seq};
-
-/// A guard against a CLI that never exits; not a timing assertion.
-const CLI_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn plexus() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_plexus"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("PLEXUS_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.kill_on_drop(true);
-    cmd
-}
-
-async fn run(cmd: &mut Command, what: &str) -> Output {
-    let out = timeout(CLI_TIMEOUT, cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not exit within {CLI_TIMEOUT:?}"))
-        .expect("run plexus");
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// Parses stdout as one JSON value per non-empty line.
-fn json_lines(out: &Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("line {l:?} is not JSON: {e}")))
-        .collect()
-}
+use crate::kit::cli::{CLI_TIMEOUT, json_lines, plexus, run};
+use crate::kit::{Server, messages, seq};
 
 #[tokio::test]
 async fn pub_prints_the_result_json() {

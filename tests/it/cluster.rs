@@ -1,15 +1,15 @@
-//! Stateless nodes on Redis (DESIGN §4 "Cluster"): several `plexus serve` processes share one
-//! Redis (or a Redis Cluster); any node serves any client, a client resumes on another node
-//! with its cursor, and a node that dies or restarts loses nothing.
+//! Stateless nodes on Redis (docs/ARCHITECTURE.md, the cluster): several `plexus serve` processes
+//! share one Redis (or a Redis Cluster); any node serves any client, a client resumes on another
+//! node with its cursor, and a node that dies or restarts loses nothing.
 
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::clients::Sse;
-use crate::harness::{Server, parse_cursor, seqs};
 use crate::jobs::{claim, complete, id, status, submit};
-use crate::redis::{RedisCluster, RedisServer};
+use crate::kit::clients::Sse;
+use crate::kit::redis::{RedisCluster, RedisServer};
+use crate::kit::{Server, parse_cursor, seqs};
 
 async fn node(storage: &str) -> Server {
     Server::start(&["--storage", storage]).await
@@ -175,7 +175,7 @@ async fn a_job_submitted_on_one_node_is_claimed_on_another_and_completed_on_a_th
 
     // The queue's topic carries the job's `queued` event to every node (claimers there watch it).
     let page = c.read("_queues.render", "since=all").await;
-    let events: Vec<String> = crate::harness::messages(&page)
+    let events: Vec<String> = crate::kit::messages(&page)
         .iter()
         .map(|m| m["event"].as_str().unwrap_or_default().to_owned())
         .collect();
@@ -271,7 +271,7 @@ async fn a_redis_cluster_serves_publish_read_and_resume_across_shards() {
         6,
         "a multi-topic read across shards: {page}"
     );
-    let cursor = crate::harness::next(&page);
+    let cursor = crate::kit::next(&page);
     let positions = parse_cursor(&cursor);
     assert_eq!(positions.len(), 3, "one position per topic: {cursor}");
     for name in &names {
@@ -333,15 +333,15 @@ async fn a_node_answers_503_while_redis_is_down_and_recovers_when_it_returns() {
         .send()
         .await
         .expect("the node answers");
-    let problem = crate::harness::expect_problem(resp, 503, "publish while redis is down").await;
+    let problem = crate::kit::expect_problem(resp, 503, "publish while redis is down").await;
     assert!(problem["detail"].is_string(), "{problem}");
     let resp = a.get("/readyz", &[]).await;
-    crate::harness::expect_problem(resp, 503, "readyz while redis is down").await;
+    crate::kit::expect_problem(resp, 503, "readyz while redis is down").await;
     let (status, _, _) = a.get_json("/healthz").await;
     assert_eq!(status, 200, "the process is alive");
 
     redis.start_again().await;
-    let published = crate::harness::eventually("publishing works again", || async {
+    let published = crate::kit::eventually("publishing works again", || async {
         let resp = a
             .client()
             .post(a.url("/v1/topics/up/messages"))
@@ -395,7 +395,7 @@ async fn messages_published_while_a_nodes_subscription_is_down_still_reach_its_r
         );
         tokio::spawn(async move { client.get(url).send().await?.json::<Value>().await })
     };
-    crate::harness::eventually("the long poll waits on A", || async {
+    crate::kit::eventually("the long poll waits on A", || async {
         (a.topic_info("feed").await["subscribers"].as_u64()? >= 2).then_some(())
     })
     .await;

@@ -1,7 +1,7 @@
 //! CORS: configured origins get the headers (preflights answered without credentials),
 //! others get none; without configuration there is no CORS at all.
 
-use crate::harness::Server;
+use crate::kit::Server;
 
 fn config(dir: &std::path::Path, body: &str) -> String {
     let path = dir.join("cors.toml");

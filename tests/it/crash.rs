@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use futures_util::future::join_all;
 use serde_json::json;
 
-use crate::harness::{Server, payload, seq};
+use crate::kit::{Engine, Server, payload, seq};
 
 const TASKS: usize = 8;
 const PER_TASK: usize = 125;
@@ -19,8 +19,8 @@ fn body(task: usize, i: usize) -> Vec<u8> {
     b
 }
 
-async fn crash_and_recover(args: &[&str]) {
-    let mut server = Server::start_durable(args).await;
+async fn crash_and_recover(engine: Engine, args: &[&str]) {
+    let mut server = Server::start_on(engine, args).await;
     let srv = &server;
     let publishers = (0..TASKS).map(|task| async move {
         let mut acked = Vec::with_capacity(PER_TASK);
@@ -65,10 +65,16 @@ async fn crash_and_recover(args: &[&str]) {
 
 #[tokio::test]
 async fn acknowledged_messages_survive_sigkill() {
-    crash_and_recover(&[]).await;
+    crash_and_recover(Engine::Sqlite, &[]).await;
+}
+
+/// The hub is killed, its Redis lives on: what Redis acknowledged is there after a restart.
+#[tokio::test]
+async fn acknowledged_messages_survive_sigkill_on_redis() {
+    crash_and_recover(Engine::Redis, &[]).await;
 }
 
 #[tokio::test]
 async fn acknowledged_messages_survive_sigkill_with_durability_machine() {
-    crash_and_recover(&["--durability", "machine"]).await;
+    crash_and_recover(Engine::Sqlite, &["--durability", "machine"]).await;
 }

@@ -1,17 +1,16 @@
-//! The core delivery scenarios once per store engine (STYLE rule 8): what a reader sees must
-//! not depend on where the log lives.
+//! What the store engines themselves do, once per engine through HTTP: paging, multi-topic
+//! cursors, idempotent publishes, delete and retention. How messages reach a subscriber over
+//! each transport is the delivery matrix's (`matrix.rs`); the store's own behaviour suite
+//! runs per engine in the library's unit tests (`src/store/conformance.rs`).
 
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::harness::{Server, eventually, gaps, into_json, messages, next, parse_cursor, seqs};
-
-const SQLITE: &[&str] = &["--storage", "sqlite"];
-const MEMORY: &[&str] = &["--storage", "memory"];
+use crate::kit::{Engine, Server, eventually, gaps, into_json, messages, next, parse_cursor, seqs};
 
 /// Publish, page, resume a multi-topic cursor, replay an idempotent publish, delete.
-async fn delivery(engine: &[&str]) {
-    let server = Server::start(engine).await;
+async fn delivery(engine: Engine) {
+    let server = Server::start_on(engine, &[]).await;
     server.publish_n("a", 25, "m").await;
 
     let mut since = "all".to_string();
@@ -32,7 +31,7 @@ async fn delivery(engine: &[&str]) {
     );
     server.publish("b", "b1").await;
     let page = server
-        .read("a,b", &format!("since={}", crate::harness::enc(&cursor)))
+        .read("a,b", &format!("since={}", crate::kit::enc(&cursor)))
         .await;
     let m = messages(&page);
     assert_eq!(m.len(), 1, "{engine:?}: only the new message: {page}");
@@ -74,36 +73,9 @@ async fn delivery(engine: &[&str]) {
     );
 }
 
-/// A long poll parked on the topic is answered by the next publish.
-async fn long_poll(engine: &[&str]) {
-    let server = Server::start(engine).await;
-    server.publish("t", "old").await;
-    let req = server
-        .client()
-        .get(server.url("/v1/topics/t/messages?since=1&wait=30"));
-    let poll = tokio::spawn(async move { into_json(req.send().await.expect("poll")).await });
-    eventually("a subscriber on t", || async {
-        (server.topic_info("t").await["subscribers"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 1)
-            .then_some(())
-    })
-    .await;
-    server.publish("t", "new").await;
-    let (status, _, page) = poll.await.expect("poll task");
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(seqs(&page), vec![2], "{engine:?}: {page}");
-}
-
 /// Retention by count leaves an `expired` gap followed by the retained tail.
-async fn retention(engine: &[&str]) {
-    let args: Vec<&str> = engine
-        .iter()
-        .copied()
-        .chain(["--retention-messages", "5"])
-        .collect();
-    let server = Server::start(&args).await;
+async fn retention(engine: Engine) {
+    let server = Server::start_on(engine, &["--retention-messages", "5"]).await;
     server.publish_n("t", 20, "m").await;
     eventually("retention to apply", || async {
         let info = server.topic_info("t").await;
@@ -129,30 +101,30 @@ async fn retention(engine: &[&str]) {
 
 #[tokio::test]
 async fn sqlite_delivery() {
-    delivery(SQLITE).await;
-}
-
-#[tokio::test]
-async fn memory_delivery() {
-    delivery(MEMORY).await;
-}
-
-#[tokio::test]
-async fn sqlite_long_poll() {
-    long_poll(SQLITE).await;
-}
-
-#[tokio::test]
-async fn memory_long_poll() {
-    long_poll(MEMORY).await;
+    delivery(Engine::Sqlite).await;
 }
 
 #[tokio::test]
 async fn sqlite_retention() {
-    retention(SQLITE).await;
+    retention(Engine::Sqlite).await;
+}
+
+#[tokio::test]
+async fn memory_delivery() {
+    delivery(Engine::Memory).await;
 }
 
 #[tokio::test]
 async fn memory_retention() {
-    retention(MEMORY).await;
+    retention(Engine::Memory).await;
+}
+
+#[tokio::test]
+async fn redis_delivery() {
+    delivery(Engine::Redis).await;
+}
+
+#[tokio::test]
+async fn redis_retention() {
+    retention(Engine::Redis).await;
 }

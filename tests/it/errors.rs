@@ -1,10 +1,10 @@
-//! Every error of DESIGN §2 that this issue can produce: its status, an
+//! Every error of the HTTP API (docs/API.md) that a request can meet: its status, an
 //! `application/problem+json` body, and stored data left unchanged.
 
 use reqwest::{Method, Response};
 use serde_json::json;
 
-use crate::harness::{Server, expect_problem};
+use crate::kit::{Server, expect_problem};
 
 /// A server holding a few messages on `a` and `b`, the topics every check looks at.
 async fn seeded(args: &[&str]) -> Server {

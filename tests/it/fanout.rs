@@ -1,12 +1,12 @@
-//! Fan-out (DESIGN §4 Hub): a thousand SSE subscribers on one topic each get every message,
-//! in order. The subscribers are raw sockets; the test publishes only once the topic reports
-//! all of them (`GET /v1/topics/{t}` → `subscribers`).
+//! Fan-out (docs/ARCHITECTURE.md, the hub): a thousand SSE subscribers on one topic each get every
+//! message, in order. The subscribers are raw sockets; the test publishes only once the topic
+//! reports all of them (`GET /v1/topics/{t}` → `subscribers`).
 
 use futures_util::stream::{self, StreamExt};
 use serde_json::json;
 
-use crate::clients::Sse;
-use crate::harness::{Server, eventually};
+use crate::kit::clients::Sse;
+use crate::kit::{Server, eventually};
 
 const SUBSCRIBERS: usize = 1_000;
 const MESSAGES: u64 = 20;

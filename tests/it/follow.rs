@@ -7,7 +7,7 @@ use std::time::Duration;
 use plexus_client::{Follow, Item, Transport};
 use tokio::time::timeout;
 
-use crate::harness::{Server, free_port};
+use crate::kit::{Server, free_port};
 
 /// How long one item may take, a reconnection included.
 const STEP: Duration = Duration::from_secs(60);

@@ -1,4 +1,4 @@
-//! Hostile input (DESIGN §2 "Invalid input never changes stored state", §5): hundreds of
+//! Hostile input (docs/API.md: invalid input never changes stored state; the limits): hundreds of
 //! malformed requests over raw TCP, over reqwest and over WebSockets. Afterwards the hub is
 //! healthy, serves a normal publish and read, and every topic holds exactly what was published
 //! on purpose.
@@ -21,8 +21,8 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::clients::Ws;
-use crate::harness::{DEADLINE, Server, eventually};
+use crate::kit::clients::Ws;
+use crate::kit::{DEADLINE, Server, eventually};
 
 /// How long an exchange may take to answer or close before it counts as hung. Incomplete
 /// heads are cut by the server's `--header-timeout 2s` well before.

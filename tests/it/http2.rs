@@ -1,83 +1,15 @@
 //! HTTP/2 in cleartext (h2c, prior knowledge) on the same port as HTTP/1.1: curl, reqwest and
 //! the plexus client, and many streams multiplexed on one connection.
 
-use std::time::Duration;
-
 use futures_util::future::join_all;
-use plexus_client::{Item, PublishOptions, ReadOptions, Transport};
+use plexus_client::{PublishOptions, ReadOptions, Transport};
 use reqwest::{StatusCode, Version};
 use serde_json::Value;
-use tokio::process::Command;
 use tokio::time::timeout;
 
-use crate::harness::{Server, eventually, install_crypto_provider, messages, seqs};
-
-/// How long one curl run or one subscription item may take.
-const STEP: Duration = Duration::from_secs(30);
-
-/// What a curl run answered: the status, `%{http_version}` and the body.
-pub struct CurlAnswer {
-    pub status: u16,
-    pub version: String,
-    pub body: String,
-}
-
-impl CurlAnswer {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("curl body is not JSON ({e}): {:?}", self.body))
-    }
-}
-
-/// Runs `curl -sS <args> <url>` and splits the body from a last line `STATUS VERSION`.
-pub async fn curl(args: &[&str], url: &str) -> CurlAnswer {
-    let output = timeout(
-        STEP,
-        Command::new("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "30",
-                "--write-out",
-                "\n%{http_code} %{http_version}",
-            ])
-            .args(args)
-            .arg(url)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("curl ends within the deadline")
-    .expect("run curl");
-    let stdout = String::from_utf8(output.stdout).expect("curl output is UTF-8");
-    assert!(
-        output.status.success(),
-        "curl {args:?} {url} failed ({}): stdout {stdout:?}, stderr {:?}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let (body, last) = stdout
-        .rsplit_once('\n')
-        .unwrap_or_else(|| panic!("curl printed no write-out line: {stdout:?}"));
-    let (status, version) = last
-        .split_once(' ')
-        .unwrap_or_else(|| panic!("bad curl write-out line {last:?}"));
-    CurlAnswer {
-        status: status.parse().expect("the status is a number"),
-        version: version.to_string(),
-        body: body.to_string(),
-    }
-}
-
-/// A reqwest client that speaks HTTP/2 without asking (h2c prior knowledge).
-pub fn h2c_reqwest() -> reqwest::Client {
-    install_crypto_provider();
-    reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .expect("build an h2c reqwest client")
-}
+use crate::kit::cli::curl;
+use crate::kit::clients::{READ_TIMEOUT, h2c_reqwest, message, next_item};
+use crate::kit::{Server, eventually, install_crypto_provider, messages, seqs};
 
 /// A plexus client in HTTP/2 prior-knowledge mode.
 pub fn h2c_plexus(server: &Server) -> plexus_client::Client {
@@ -86,24 +18,6 @@ pub fn h2c_plexus(server: &Server) -> plexus_client::Client {
         .http2_prior_knowledge()
         .build()
         .expect("build an h2c plexus client")
-}
-
-/// The next item of a subscription, which must come within `STEP` and be no error.
-pub async fn next_item(sub: &mut plexus_client::Subscription, what: &str) -> Item {
-    match timeout(STEP, sub.next()).await {
-        Err(_) => panic!("{what}: no item within {STEP:?}"),
-        Ok(None) => panic!("{what}: the subscription ended"),
-        Ok(Some(Err(e))) => panic!("{what}: subscription error {e}"),
-        Ok(Some(Ok(item))) => item,
-    }
-}
-
-/// The (seq, data) of a message item; panics on a gap.
-pub fn message(item: Item, what: &str) -> (u64, String) {
-    match item {
-        Item::Message(m) => (m.seq, m.data.unwrap_or_default()),
-        Item::Gap(g) => panic!("{what}: unexpected gap {g:?}"),
-    }
 }
 
 #[tokio::test]
@@ -156,8 +70,8 @@ async fn curl_speaks_h2c_with_prior_knowledge_and_http1_on_the_same_port() {
     assert_eq!(messages(&page)[1]["data"], "over-h1", "{page}");
 }
 
-/// h2c is by prior knowledge only (STACK trap 2): a request offering `Upgrade: h2c` is
-/// answered in HTTP/1.1, and answered correctly.
+/// h2c is by prior knowledge only (hyper's server does not implement the upgrade): a
+/// request offering `Upgrade: h2c` is answered in HTTP/1.1, and answered correctly.
 #[tokio::test]
 async fn an_h2c_upgrade_offer_is_answered_in_http1() {
     let server = Server::start(&[]).await;
@@ -281,7 +195,7 @@ async fn the_client_in_http2_mode_publishes_reads_and_subscribes_on_one_connecti
 }
 
 /// 500 SSE streams on one HTTP/2 connection (hyper's default of 200 concurrent streams would
-/// stall the 201st, STACK trap 1), each receiving every message in order.
+/// stall the 201st), each receiving every message in order.
 #[tokio::test]
 async fn five_hundred_sse_streams_share_one_http2_connection() {
     const STREAMS: usize = 500;
@@ -302,10 +216,13 @@ async fn five_hundred_sse_streams_share_one_http2_connection() {
     let subs = join_all((0..STREAMS).map(|_| {
         let client = client.clone();
         async move {
-            timeout(STEP, client.subscribe(topic, Some("1"), Transport::Sse))
-                .await
-                .expect("subscribe within the deadline")
-                .expect("SSE subscribe over HTTP/2")
+            timeout(
+                READ_TIMEOUT,
+                client.subscribe(topic, Some("1"), Transport::Sse),
+            )
+            .await
+            .expect("subscribe within the deadline")
+            .expect("SSE subscribe over HTTP/2")
         }
     }))
     .await;

@@ -1,4 +1,4 @@
-//! Jobs over HTTP (DESIGN §2 "Jobs: long requests, sync or async"): the lifecycle of one job
+//! Jobs over HTTP (docs/API.md, "Jobs"): the lifecycle of one job
 //! from submit to result, `Prefer: wait`, status long polls, idempotent submits, the events on
 //! `_jobs.{id}` (short poll and SSE), and every error a worker or a client can meet.
 //!
@@ -9,11 +9,8 @@
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::clients::Sse;
-use crate::harness::{Server, b64_encode, enc, eventually, expect_problem, into_json, payload};
-
-const SQLITE: &[&str] = &["--storage", "sqlite"];
-const MEMORY: &[&str] = &["--storage", "memory"];
+use crate::kit::clients::Sse;
+use crate::kit::{Engine, Server, b64_encode, enc, eventually, expect_problem, into_json, payload};
 
 /// The job's `id`.
 pub fn id(job: &Value) -> String {
@@ -307,8 +304,8 @@ pub fn unknown_id(real: &str) -> String {
     chars.into_iter().collect()
 }
 
-async fn lifecycle(engine: &[&str]) {
-    let server = Server::start(engine).await;
+async fn lifecycle(engine: Engine) {
+    let server = Server::start_on(engine, &[]).await;
     let job = submit(&server, "work.q", "hello").await;
     let job_id = id(&job);
     assert_eq!(attempts(&job), 0, "{engine:?}: a new job: {job}");
@@ -405,12 +402,17 @@ async fn lifecycle(engine: &[&str]) {
 
 #[tokio::test]
 async fn jobs_lifecycle_submit_claim_heartbeat_progress_complete_sqlite() {
-    lifecycle(SQLITE).await;
+    lifecycle(Engine::Sqlite).await;
 }
 
 #[tokio::test]
 async fn jobs_lifecycle_submit_claim_heartbeat_progress_complete_memory() {
-    lifecycle(MEMORY).await;
+    lifecycle(Engine::Memory).await;
+}
+
+#[tokio::test]
+async fn jobs_lifecycle_submit_claim_heartbeat_progress_complete_redis() {
+    lifecycle(Engine::Redis).await;
 }
 
 #[tokio::test]

@@ -1,52 +1,14 @@
-//! `plexus jobs submit | status | work` (DESIGN §3) against a running hub: `work` runs a real
-//! shell command per job, its stdout the result and a non-zero exit a failure.
+//! `plexus jobs submit | status | work` (docs/API.md, the CLI) against a running hub: `work` runs a
+//! real shell command per job, its stdout the result and a non-zero exit a failure.
 
-use std::process::{Output, Stdio};
-use std::time::Duration;
+use std::process::Stdio;
 
-use serde_json::{Value, json};
-use tokio::process::{Child, Command};
-use tokio::time::timeout;
+use serde_json::json;
+use tokio::process::Child;
 
-use crate::harness::Server;
 use crate::jobs::{assert_job, attempts, id, status, status_until, submit, submit_q};
-
-/// A guard against a CLI that never exits; not a timing assertion.
-const CLI_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn plexus() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_plexus"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("PLEXUS_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.kill_on_drop(true);
-    cmd
-}
-
-/// Runs a CLI command to its end, asserting success; its output.
-async fn run(cmd: &mut Command, what: &str) -> Output {
-    let out = timeout(CLI_TIMEOUT, cmd.stdin(Stdio::null()).output())
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not exit within {CLI_TIMEOUT:?}"))
-        .expect("run plexus");
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// The whole of stdout as one JSON value (compact or pretty).
-fn stdout_json(out: &Output, what: &str) -> Value {
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim())
-        .unwrap_or_else(|e| panic!("{what}: stdout is not one JSON value ({e}): {text:?}"))
-}
+use crate::kit::Server;
+use crate::kit::cli::{plexus, run, stdout_json};
 
 /// A running `plexus jobs work`, killed on drop; its stderr goes to a file shown when the
 /// test fails.

@@ -1,4 +1,4 @@
-//! Jobs seen from the workers' side (DESIGN §2 "Jobs"): a worker that vanishes, retries with
+//! Jobs seen from the workers' side (docs/API.md, "Jobs"): a worker that vanishes, retries with
 //! backoff until `dead`, competing workers over a thousand jobs, and jobs across a SIGKILL.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,17 +13,14 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tokio::time::timeout;
 
-use crate::harness::{Server, expect_problem, into_json};
 use crate::jobs::{
     act, act_raw, assert_job, attempts, claim, complete, data_json, events, id, lease, millis,
     names, status, submit, submit_q, try_claim,
 };
+use crate::kit::{Engine, Server, expect_problem, into_json};
 
-const SQLITE: &[&str] = &["--storage", "sqlite"];
-const MEMORY: &[&str] = &["--storage", "memory"];
-
-async fn vanished_worker(engine: &[&str]) {
-    let server = Server::start(engine).await;
+async fn vanished_worker(engine: Engine) {
+    let server = Server::start_on(engine, &[]).await;
     let job = submit(&server, "v", "work").await;
     let job_id = id(&job);
 
@@ -90,12 +87,17 @@ async fn vanished_worker(engine: &[&str]) {
 
 #[tokio::test]
 async fn jobs_vanished_worker_lease_expires_and_another_worker_finishes_sqlite() {
-    vanished_worker(SQLITE).await;
+    vanished_worker(Engine::Sqlite).await;
 }
 
 #[tokio::test]
 async fn jobs_vanished_worker_lease_expires_and_another_worker_finishes_memory() {
-    vanished_worker(MEMORY).await;
+    vanished_worker(Engine::Memory).await;
+}
+
+#[tokio::test]
+async fn jobs_vanished_worker_lease_expires_and_another_worker_finishes_redis() {
+    vanished_worker(Engine::Redis).await;
 }
 
 #[tokio::test]

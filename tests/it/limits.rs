@@ -1,4 +1,4 @@
-//! Limits of DESIGN §5: the request rate per client address (429 with `Retry-After`; the
+//! Limits (docs/API.md, "Limits"): the request rate per client address (429 with `Retry-After`; the
 //! health paths exempt), the request-head timeout (a slow or silent client is cut while others
 //! are served), connections per client address and in all (refused at accept, counted in
 //! `plexus_connections_refused_total`), and the message size (413 on every way in).
@@ -15,8 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 
-use crate::clients::{READ_TIMEOUT, Ws};
-use crate::harness::{DEADLINE, Server, eventually, expect_problem, metric};
+use crate::kit::clients::{READ_TIMEOUT, Ws};
+use crate::kit::{DEADLINE, Server, eventually, expect_problem, metric};
 
 fn loopback(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))

@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-use crate::harness::{Server, eventually, into_json, messages, next, parse_cursor, seqs};
+use crate::kit::{Server, eventually, into_json, messages, next, parse_cursor, seqs};
 
 /// Starts `GET path` with `headers` in a task.
 fn spawn_get(

@@ -1,38 +1,77 @@
 //! Plexus integration tests: one binary, a real `plexus serve` per test on port 0, real
-//! HTTP clients and the real CLI. See `harness.rs` for how a server is started and observed.
+//! clients (raw sockets, reqwest, WebSocket, `plexus-client`, the CLI).
+//!
+//! Each test runs on one engine: the one it names, or the default (sqlite;
+//! `PLEXUS_TEST_ENGINE=memory|redis` runs the whole suite on another). Only `matrix`
+//! and the engine-specific modules (`engines`, `cluster`, `crash`) start several engines.
 
-mod clients;
-mod harness;
-mod redis;
+// The test kit: server harness, Redis fixture and cluster, CLI runner, stream clients.
+mod kit;
 
-mod admin;
-mod auth;
-mod batch;
-mod cli;
-mod cluster;
-mod cors;
-mod crash;
-mod engines;
-mod errors;
-mod fanout;
-mod follow;
-mod hostile;
-mod http2;
-mod jobs;
-mod jobs_cli;
-mod jobs_workers;
-mod limits;
-mod longpoll;
-mod metrics;
-mod ndjson;
-mod openapi;
-mod publish;
-mod read;
-// One test per conformance bug found and fixed, each with a real client.
+// Delivery over every transport × engine: live, resume, multi-topic, catch-up, gaps, restart.
+mod matrix;
+// Bugs that were fixed, one test each.
 mod regression;
+
+// Topic listing and info, DELETE of a topic, health and readiness.
+mod admin;
+// `auth.mode = "required"`: 401/403/allowed for every operation on every transport.
+mod auth;
+// `POST /v1/publish`: JSON array and NDJSON batches, all or nothing.
+mod batch;
+// `plexus pub` and `plexus sub` against a running hub.
+mod cli;
+// Several nodes on one Redis or Redis Cluster: any node serves, a cursor moves between them.
+mod cluster;
+// docs/API.md's tables of problem types and metrics match the code.
+mod contract;
+// CORS headers for configured origins, none otherwise.
+mod cors;
+// Every acknowledged message survives SIGKILL, on each durable engine.
+mod crash;
+// Publish, page, idempotency and delete once per store engine.
+mod engines;
+// Every error status with a problem+json body, stored data unchanged.
+mod errors;
+// A thousand SSE subscribers on one topic each get every message in order.
+mod fanout;
+// `plexus_client::Client::follow` across server restarts.
+mod follow;
+// Malformed requests by the hundred; the hub stays healthy and its data exact.
+mod hostile;
+// h2c on the HTTP/1.1 port: curl, reqwest, the client, many streams on one connection.
+mod http2;
+// Jobs over HTTP: lifecycle, `Prefer: wait`, idempotent submits, events, errors.
+mod jobs;
+// `plexus jobs submit | status | work` against a running hub.
+mod jobs_cli;
+// Jobs from the workers' side: lost workers, retries, competing workers, SIGKILL.
+mod jobs_workers;
+// Rate, request-head timeout, connection and size limits.
+mod limits;
+// Long-poll specifics: `wait=`, `Prefer: wait=`, timeouts, subscriber counts.
+mod longpoll;
+// `/metrics`: each family moves when its event happens.
+mod metrics;
+// A SQLite database of the first, unversioned schema opens, migrates and reads back whole.
+mod migration;
+// NDJSON specifics: framing, keepalive and gap lines, bad parameters.
+mod ndjson;
+// `GET /openapi.json` covers every route.
+mod openapi;
+// `POST /v1/topics/{topic}/messages`: seqs, envelopes, encodings, idempotency.
+mod publish;
+// Short-poll specifics: every form of `since`, paging with `limit` and `next`.
+mod read;
+// Retention by count and by age, and the `expired` gaps it leaves.
 mod retention;
+// Graceful shutdown: open streams end cleanly and resume after a restart.
 mod shutdown;
+// Slow consumers: `catchup`, `latest` and `disconnect` policies, bounded memory.
 mod slow;
+// SSE specifics: framing, `raw=1`, keepalives, gaps, bad parameters, `Last-Event-ID`.
 mod sse;
+// TLS: a self-signed certificate clients can trust, ALPN h2, bad key files.
 mod tls;
+// WebSocket specifics: subscribe/unsubscribe/publish frames, error frames, `since` forms.
 mod ws;

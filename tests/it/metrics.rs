@@ -2,8 +2,8 @@
 
 use serde_json::Value;
 
-use crate::clients::{Ndjson, Sse};
-use crate::harness::{Server, eventually, metric};
+use crate::kit::clients::{Ndjson, Sse};
+use crate::kit::{Server, eventually, metric};
 
 async fn scrape(server: &Server) -> String {
     server

@@ -1,10 +1,11 @@
-//! NDJSON streams (DESIGN §2 "Streams"): one envelope a line, gap and keepalive lines, and
-//! exact resume with `since` — within one server and across a restart.
+//! NDJSON streams (docs/API.md, "Streams"): one envelope a line, gap and keepalive lines, bad
+//! parameters. Delivery itself — order, resume, catch-up, gaps, restarts — is the delivery
+//! matrix's (`matrix.rs`).
 
 use serde_json::{Value, json};
 
-use crate::clients::Ndjson;
-use crate::harness::{Server, eventually, expect_problem};
+use crate::kit::clients::Ndjson;
+use crate::kit::{Server, eventually, expect_problem};
 
 /// `(topic, seq)` of envelope lines, asserting none is a gap or control line.
 fn topic_seqs(lines: &[Value]) -> Vec<(String, u64)> {
@@ -44,7 +45,7 @@ async fn ndjson_sends_one_envelope_a_line_from_now() {
     assert_eq!(seqs(&lines), vec![3, 4], "default since is now: {lines:?}");
     assert_eq!(lines[0]["event"], json!("created"), "{lines:?}");
     assert_eq!(lines[0]["data"], json!("made"), "{lines:?}");
-    crate::harness::assert_time(&lines[0]["time"]);
+    crate::kit::assert_time(&lines[0]["time"]);
     assert_eq!(lines[1]["data_base64"], json!("/wA="), "{lines:?}");
     assert!(lines[1].get("data").is_none(), "{lines:?}");
 
@@ -104,90 +105,5 @@ async fn ndjson_bad_parameters_are_400() {
     }
 }
 
-#[tokio::test]
-async fn ndjson_resume_with_since_is_exact() {
-    let server = Server::start(&[]).await;
-    server.publish_n("t", 5, "m").await;
-    let mut stream = Ndjson::open(&server, "/v1/topics/t/stream?since=all").await;
-    assert_eq!(seqs(&stream.events(3).await), vec![1, 2, 3]);
-    drop(stream);
-
-    server.publish_n("t", 4, "n").await;
-    let mut stream = Ndjson::open(&server, "/v1/topics/t/stream?since=3").await;
-    assert_eq!(seqs(&stream.events(6).await), vec![4, 5, 6, 7, 8, 9]);
-    server.publish("t", "sentinel").await;
-    let next = stream.events(1).await;
-    assert_eq!(seqs(&next), vec![10], "nothing extra before it");
-    assert_eq!(next[0]["data"], json!("sentinel"));
-}
-
-#[tokio::test]
-async fn ndjson_multi_topic_resume_is_exact_per_topic() {
-    let server = Server::start(&[]).await;
-    for i in 1..=3 {
-        server.publish("a", format!("a{i}")).await;
-        server.publish("b", format!("b{i}")).await;
-    }
-    let mut stream = Ndjson::open(&server, "/v1/topics/a,b/stream?since=all").await;
-    let first = topic_seqs(&stream.events(4).await);
-    drop(stream);
-    // The client's own cursor: the last seq seen per topic, 0 for one not seen yet.
-    let last = |topic: &str| {
-        first
-            .iter()
-            .filter(|(t, _)| t == topic)
-            .map(|(_, s)| *s)
-            .max()
-            .unwrap_or(0)
-    };
-    let cursor = format!("a:{},b:{}", last("a"), last("b"));
-
-    for i in 4..=5 {
-        server.publish("a", format!("a{i}")).await;
-        server.publish("b", format!("b{i}")).await;
-    }
-    let path = format!(
-        "/v1/topics/a,b/stream?since={}",
-        crate::harness::enc(&cursor)
-    );
-    let mut stream = Ndjson::open(&server, &path).await;
-    let rest = topic_seqs(&stream.events(6).await);
-    server.publish("a", "sentinel").await;
-    assert_eq!(
-        topic_seqs(&stream.events(1).await),
-        vec![("a".to_string(), 6)],
-        "nothing extra before the sentinel"
-    );
-    let all: Vec<_> = first.iter().chain(rest.iter()).cloned().collect();
-    for topic in ["a", "b"] {
-        let got: Vec<u64> = all
-            .iter()
-            .filter(|(t, _)| t == topic)
-            .map(|(_, s)| *s)
-            .collect();
-        assert_eq!(
-            got,
-            vec![1, 2, 3, 4, 5],
-            "{topic} across the resume from {cursor}: {all:?}"
-        );
-    }
-}
-
-#[tokio::test]
-async fn ndjson_resume_across_a_restart_is_exact() {
-    let mut server = Server::start_durable(&[]).await;
-    server.publish_n("t", 5, "m").await;
-    let mut stream = Ndjson::open(&server, "/v1/topics/t/stream?since=all").await;
-    assert_eq!(seqs(&stream.events(3).await), vec![1, 2, 3]);
-    drop(stream);
-    server.publish("t", "before-restart").await;
-    server.restart().await;
-    server.publish_n("t", 3, "after").await;
-
-    let mut stream = Ndjson::open(&server, "/v1/topics/t/stream?since=3").await;
-    let rest = stream.events(6).await;
-    assert_eq!(seqs(&rest), vec![4, 5, 6, 7, 8, 9]);
-    assert_eq!(rest[2]["data"], json!("before-restart"));
-    server.publish("t", "sentinel").await;
-    assert_eq!(seqs(&stream.events(1).await), vec![10]);
-}
+// Exact resume with `since`, single- and multi-topic, is the matrix's `resume` and
+// `multi_topic` (every transport, every engine).

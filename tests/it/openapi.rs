@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::harness::Server;
+use crate::kit::Server;
 
 /// Every route of the router, with its methods, as the description names them.
 const ROUTES: [(&str, &[&str]); 15] = [

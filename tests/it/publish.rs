@@ -3,9 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::harness::{
-    Server, assert_time, b64_encode, expect_problem, into_json, messages, payload,
-};
+use crate::kit::{Server, assert_time, b64_encode, expect_problem, into_json, messages, payload};
 
 #[tokio::test]
 async fn publish_answers_201_with_seq_1_2_3_on_a_fresh_topic() {

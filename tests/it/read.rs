@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::harness::{
+use crate::kit::{
     Server, enc, expect_problem, gaps, messages, next, parse_cursor, payload, seq, seqs,
 };
 

@@ -1,5 +1,7 @@
-//! One test per conformance bug that was found and fixed, each with a real client, each failing
-//! before its fix. The contract each one holds the server to is in docs/API.md.
+//! Regression tests: one test per bug that was found and fixed, named after what went wrong,
+//! each with a comment saying what the bug was and which contract it broke (docs/API.md).
+//! A bug's test lives here rather than in its feature's module, so that what once broke
+//! reads as one list. Tests here use the kit like any other module (`crate::kit`).
 
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
@@ -9,8 +11,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::clients::{READ_TIMEOUT, Sse};
-use crate::harness::{Server, eventually, expect_problem, into_json, messages, metric};
+use crate::kit::clients::{READ_TIMEOUT, Sse};
+use crate::kit::{Server, eventually, expect_problem, into_json, messages, metric};
 
 /// A client's Close frame is answered with a Close frame echoing its code before the server
 /// ends the TCP connection (RFC 6455 §5.5.1); without it browsers report 1006,
@@ -319,7 +321,7 @@ async fn openapi_bounds_are_the_servers_own() {
 /// request) decided.
 #[tokio::test]
 async fn connection_gauge_labels_tls_connections_by_protocol() {
-    crate::harness::install_crypto_provider();
+    crate::kit::install_crypto_provider();
     let server = Server::start(&["--tls-self-signed"]).await;
     let pem_path = server.data_dir().join("tls").join("self-signed.pem");
     let pem =

@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{Server, eventually, gaps, messages, next, seqs};
+use crate::kit::{Server, eventually, gaps, messages, next, seqs};
 
 /// Waits until `GET /v1/topics/{topic}` shows at most `max` messages; that info.
 async fn until_at_most(server: &Server, topic: &str, max: u64) -> Value {
@@ -122,7 +122,7 @@ async fn expired_gap_on_a_multi_topic_read() {
     let a: Vec<u64> = messages(&page)
         .iter()
         .filter(|m| m["topic"] == json!("a"))
-        .map(crate::harness::seq)
+        .map(crate::kit::seq)
         .collect();
     assert_eq!(a, (to + 1..=6).collect::<Vec<u64>>(), "{page}");
 }

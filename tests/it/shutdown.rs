@@ -6,8 +6,8 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::clients::Sse;
-use crate::harness::{Server, eventually, free_port};
+use crate::kit::clients::Sse;
+use crate::kit::{Server, eventually, free_port};
 
 #[tokio::test]
 async fn sigterm_drains_streams_and_polls_then_exits_0_and_clients_resume() {
@@ -164,7 +164,7 @@ async fn readyz_is_503_while_draining_and_the_node_still_serves() {
         (resp.status() == 503).then_some(resp)
     })
     .await;
-    let body = crate::harness::expect_problem(problem, 503, "readyz while draining").await;
+    let body = crate::kit::expect_problem(problem, 503, "readyz while draining").await;
     assert!(
         body["detail"].as_str().unwrap_or("").contains("draining"),
         "the problem says why: {body}"
@@ -174,7 +174,7 @@ async fn readyz_is_503_while_draining_and_the_node_still_serves() {
     let published = server.publish("draining", "still served").await;
     assert_eq!(published["seq"], 1, "publishes are served while draining");
     let page = server.read("draining", "since=all").await;
-    assert_eq!(crate::harness::seqs(&page), vec![1], "reads too");
+    assert_eq!(crate::kit::seqs(&page), vec![1], "reads too");
 
     let status = server.sigterm().await;
     assert!(

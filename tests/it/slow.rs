@@ -1,9 +1,9 @@
-//! Slow consumers (DESIGN §2 "Streams", §4 Hub, §5; STYLE rule 7): a subscriber that stops
-//! reading while thousands of messages are published falls behind the topic's live buffer
-//! (256 messages). Each policy keeps its promise when it reads again:
-//! `catchup` gets everything, in order, once; `latest` gets the newest and a `skipped` gap
-//! for exactly what it missed; `disconnect` ends cleanly and its cursor resumes with no loss.
-//! Meanwhile the hub's memory stays bounded.
+//! Slow consumers (docs/API.md, "Streams"; docs/ARCHITECTURE.md, the hub): a subscriber that stops
+//! reading while thousands of messages are published falls behind the topic's live buffer (256
+//! messages). Each policy keeps its promise when it reads again: `catchup` gets everything, in
+//! order, once; `latest` gets the newest and a `skipped` gap for exactly what it missed;
+//! `disconnect` ends cleanly and its cursor resumes with no loss. Meanwhile the hub's memory stays
+//! bounded.
 //!
 //! To fall behind, a client opens its stream over a raw socket with a small receive buffer and
 //! does not read while payloads of a few KB are published: the socket buffers fill far sooner
@@ -11,8 +11,8 @@
 
 use serde_json::{Value, json};
 
-use crate::clients::{Dial, Frame, Ndjson, Sse, Ws};
-use crate::harness::Server;
+use crate::kit::Server;
+use crate::kit::clients::{Dial, Frame, Ndjson, Sse, Ws};
 
 /// The receive buffer of a stalled client (the kernel's minimum is about this).
 const SMALL: Dial = Dial {
@@ -143,7 +143,7 @@ fn assert_covers(items: &[Item], first: u64, last: u64, what: &str) -> Vec<(u64,
     gaps
 }
 
-/// DESIGN §4/§5: a subscriber that stops reading while 5,000 messages of 2 KB are published
+/// A subscriber that stops reading while 5,000 messages of 2 KB are published
 /// (about 10 MB, far beyond the socket buffers and the live buffer) gets every one of them
 /// once it reads again, and the hub does not hold the backlog in memory.
 ///
@@ -228,9 +228,9 @@ async fn slow_latest_skips_to_the_newest_with_a_skipped_gap() {
         .text()
         .await
         .expect("metrics text");
-    let lagged = crate::harness::metric(&text, "plexus_slow_subscribers_total{policy=\"latest\"}");
+    let lagged = crate::kit::metric(&text, "plexus_slow_subscribers_total{policy=\"latest\"}");
     assert!(lagged.is_some_and(|n| n >= 1), "{text}");
-    let skipped = crate::harness::metric(&text, "plexus_gaps_total{reason=\"skipped\"}");
+    let skipped = crate::kit::metric(&text, "plexus_gaps_total{reason=\"skipped\"}");
     assert_eq!(skipped, Some(gaps.len() as u64), "{text}");
 }
 

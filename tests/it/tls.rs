@@ -11,8 +11,9 @@ use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
 use tokio::time::timeout;
 
-use crate::harness::{Server, eventually, install_crypto_provider, messages, seqs};
-use crate::http2::{curl, message, next_item};
+use crate::kit::cli::curl;
+use crate::kit::clients::{message, next_item};
+use crate::kit::{Server, eventually, install_crypto_provider, messages, seqs};
 
 /// The certificate PEM that `--tls-self-signed` wrote for clients to trust.
 fn self_signed_pem(server: &Server) -> Vec<u8> {
@@ -269,7 +270,7 @@ async fn the_client_trusting_the_written_certificate_publishes_reads_and_subscri
 #[tokio::test]
 async fn unreadable_certificate_files_stop_the_server_with_their_name() {
     let dir = tempfile::tempdir().expect("create a data directory");
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_plexus"));
+    let mut cmd = crate::kit::cli::plexus();
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .args([
@@ -280,13 +281,7 @@ async fn unreadable_certificate_files_stop_the_server_with_their_name() {
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("PLEXUS_") {
-            cmd.env_remove(key);
-        }
-    }
+        .stderr(Stdio::piped());
     let output = timeout(
         Duration::from_secs(30),
         cmd.spawn().expect("spawn plexus").wait_with_output(),

@@ -1,6 +1,7 @@
-//! The multiplexed WebSocket (DESIGN §2 "WebSocket"): subscribe / unsubscribe / publish and
+//! The multiplexed WebSocket (docs/API.md, "WebSocket"): subscribe / unsubscribe / publish and
 //! their `ok` answers, topics at connect, several topics on one socket, echo of own
-//! publishes, error frames for bad input (the socket lives on), and exact resume with `since`.
+//! publishes, error frames for bad input (the socket lives on), and the forms of `since` in
+//! a `subscribe` (resume across a restart is the delivery matrix's, `matrix.rs`).
 //!
 //! "No more messages for a topic" is shown without waiting on a timer: after the event that
 //! must have no effect, a message on another topic is published, and it must be the next
@@ -9,8 +10,8 @@
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::clients::Ws;
-use crate::harness::{Server, b64_encode};
+use crate::kit::clients::Ws;
+use crate::kit::{Server, b64_encode};
 
 /// `(topic, seq)` of message frames, asserting each is one.
 fn topic_seqs(frames: &[Value]) -> Vec<(String, u64)> {
@@ -64,7 +65,7 @@ async fn ws_subscribe_publish_unsubscribe_answer_ok_with_ids() {
     assert_eq!(ok["id"], json!(2), "{ok}");
     assert_eq!(ok["topic"], json!("a"), "{ok}");
     assert_eq!(ok["seq"], json!(3), "{ok}");
-    crate::harness::assert_time(&ok["time"]);
+    crate::kit::assert_time(&ok["time"]);
 
     // A socket subscribed to a topic receives its own publishes.
     let mut frames = early;
@@ -355,38 +356,4 @@ async fn ws_resume_with_since_is_exact() {
     assert_eq!(seqs(&ws.events(6).await), vec![4, 5, 6, 7, 8, 9]);
     server.publish("t", "sentinel").await;
     assert_eq!(seqs(&ws.events(1).await), vec![10]);
-}
-
-#[tokio::test]
-async fn ws_resume_across_a_restart_is_exact() {
-    let mut server = Server::start_durable(&[]).await;
-    server.publish_n("t", 5, "m").await;
-    let mut ws = Ws::connect(&server, "?topic=t&since=all").await;
-    assert_eq!(ws.recv().await["op"], json!("ok"));
-    assert_eq!(seqs(&ws.events(3).await), vec![1, 2, 3]);
-    drop(ws);
-    server.publish("t", "before-restart").await;
-    server.restart().await;
-    server.publish_n("t", 3, "after").await;
-
-    let mut ws = Ws::connect(&server, "").await;
-    let mut rest = Vec::new();
-    ws.ok(
-        json!({"op":"subscribe","id":1,"topic":"t","since":"3"}),
-        &mut rest,
-    )
-    .await;
-    rest.extend(ws.events(6 - rest.len()).await);
-    assert_eq!(seqs(&rest), vec![4, 5, 6, 7, 8, 9]);
-    assert_eq!(rest[2]["data"], json!("before-restart"));
-    let mut more = Vec::new();
-    let ok = ws
-        .ok(
-            json!({"op":"publish","id":2,"topic":"t","data":"sentinel"}),
-            &mut more,
-        )
-        .await;
-    assert_eq!(ok["seq"], json!(10), "{ok}");
-    more.extend(ws.events(1 - more.len()).await);
-    assert_eq!(seqs(&more), vec![10]);
 }

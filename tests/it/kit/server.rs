@@ -1,5 +1,5 @@
-//! The harness: a real `plexus serve` on port 0 with its own data directory, and a few
-//! helpers that speak the HTTP API of DESIGN §2 with a real client.
+//! The server harness: a real `plexus serve` on port 0 with its own data directory, and a
+//! few helpers that speak the HTTP API (docs/API.md) with a real client.
 //!
 //! Every test starts its own server, so tests never see each other's topics and can run in
 //! parallel. Nothing here waits on a timer to let something happen: the startup waits for the
@@ -16,7 +16,7 @@ use reqwest::header::HeaderMap;
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::time::{Instant, sleep, timeout};
 
 /// How long a server may take to print its `listening on` line.
@@ -43,51 +43,80 @@ pub struct Server {
     /// One client per server: reqwest's pool lives on the runtime that opened the
     /// connection, and every `#[tokio::test]` has its own runtime.
     client: Client,
-    /// The private Redis of a server on the redis engine (see [`Server::start`]).
-    _redis: Option<crate::redis::RedisServer>,
+    /// The private Redis of a server on the redis engine (see [`Server::start_on`]).
+    _redis: Option<super::redis::RedisServer>,
 }
 
-/// The engine a test server uses when its arguments name none: `PLEXUS_TEST_ENGINE`
-/// (`sqlite`, the default; `memory`; or `redis`, which gives each server a private
-/// `redis-server`). `scripts/test` runs the suite once per engine.
-pub fn test_engine() -> String {
-    std::env::var("PLEXUS_TEST_ENGINE").unwrap_or_else(|_| "sqlite".into())
+/// A store engine, named by a test that runs on a particular one (the delivery matrix, the
+/// engine-specific tests) instead of the default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Memory,
+    /// Each server gets a private `redis-server`, stopped with it.
+    Redis,
+}
+
+impl Engine {
+    /// The engine of a test that names none: `PLEXUS_TEST_ENGINE` (`sqlite`, the default;
+    /// `memory`; `redis`). `scripts/test` leaves it unset and runs the suite once; a developer
+    /// sets it to run the whole suite on one engine.
+    pub fn from_env() -> Engine {
+        match std::env::var("PLEXUS_TEST_ENGINE").as_deref() {
+            Err(_) | Ok("" | "sqlite") => Engine::Sqlite,
+            Ok("memory") => Engine::Memory,
+            Ok("redis") => Engine::Redis,
+            Ok(other) => panic!("PLEXUS_TEST_ENGINE={other:?}: expected sqlite, memory or redis"),
+        }
+    }
 }
 
 impl Server {
-    /// Starts `plexus serve --listen 127.0.0.1:0 --data-dir <tempdir>` plus `args`; an
-    /// `--listen` in `args` replaces the ephemeral port (so a restart keeps the port).
+    /// Starts `plexus serve --listen 127.0.0.1:0 --data-dir <tempdir>` plus `args` on the
+    /// default engine ([`Engine::from_env`]) unless `args` name a `--storage`; an `--listen`
+    /// in `args` replaces the ephemeral port (so a restart keeps the port).
     pub async fn start(args: &[&str]) -> Server {
-        if !args.contains(&"--storage") && test_engine() == "memory" {
-            let mut with = args.to_vec();
-            with.extend(["--storage", "memory"]);
-            return Server::start_inner(&with).await;
+        // The default engine is the binary's default (sqlite), so no flag is added for it: a
+        // test that configures storage through a config file keeps it.
+        match Engine::from_env() {
+            Engine::Sqlite => Server::start_inner(args, None).await,
+            _ if args.contains(&"--storage") => Server::start_inner(args, None).await,
+            engine => Server::start_on(engine, args).await,
         }
-        if !args.contains(&"--storage") && test_engine() == "redis" {
-            let redis = crate::redis::RedisServer::start().await;
-            let url = redis.url();
-            let mut with = args.to_vec();
-            with.extend(["--storage", &url]);
-            let mut server = Server::start_inner(&with).await;
-            server._redis = Some(redis);
-            return server;
+    }
+
+    /// [`Server::start`] on `engine`, whatever the environment says.
+    pub async fn start_on(engine: Engine, args: &[&str]) -> Server {
+        let mut with = args.to_vec();
+        match engine {
+            Engine::Sqlite => {
+                with.extend(["--storage", "sqlite"]);
+                Server::start_inner(&with, None).await
+            }
+            Engine::Memory => {
+                with.extend(["--storage", "memory"]);
+                Server::start_inner(&with, None).await
+            }
+            Engine::Redis => {
+                let redis = super::redis::RedisServer::start().await;
+                let url = redis.url();
+                with.extend(["--storage", &url]);
+                Server::start_inner(&with, Some(redis)).await
+            }
         }
-        Server::start_inner(args).await
     }
 
     /// [`Server::start`] for a test whose store must outlive the process (it restarts the
     /// server and expects the data back) or live outside its memory (it measures the hub's
-    /// memory): on the test engine, unless that is `memory`, where it is `sqlite`.
+    /// memory): on the default engine, unless that is `memory`, where it is `sqlite`.
     pub async fn start_durable(args: &[&str]) -> Server {
-        if !args.contains(&"--storage") && test_engine() == "memory" {
-            let mut with = args.to_vec();
-            with.extend(["--storage", "sqlite"]);
-            return Server::start_inner(&with).await;
+        if !args.contains(&"--storage") && Engine::from_env() == Engine::Memory {
+            return Server::start_on(Engine::Sqlite, args).await;
         }
         Server::start(args).await
     }
 
-    async fn start_inner(args: &[&str]) -> Server {
+    async fn start_inner(args: &[&str], redis: Option<super::redis::RedisServer>) -> Server {
         install_crypto_provider();
         let dir = tempfile::tempdir().expect("create a temporary data directory");
         // Idle connections are dropped well before the shortest header timeout the tests
@@ -106,14 +135,14 @@ impl Server {
             stderr: Arc::default(),
             stdout: Arc::default(),
             client,
-            _redis: None,
+            _redis: redis,
         };
         server.spawn().await;
         server
     }
 
     async fn spawn(&mut self) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_plexus"));
+        let mut cmd = super::cli::plexus();
         cmd.arg("serve");
         if !self.args.iter().any(|a| a == "--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
@@ -123,14 +152,7 @@ impl Server {
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        // The flags under test must not be overridden by whoever runs the tests.
-        for (key, _) in std::env::vars() {
-            if key.starts_with("PLEXUS_") {
-                cmd.env_remove(key);
-            }
-        }
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn the plexus binary");
 
         let log = Arc::new(Mutex::new(String::new()));

@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::free_port;
+use super::server::free_port;
 
 /// One `redis-server` process.
 pub struct RedisServer {

@@ -1,33 +1,25 @@
-//! NDJSON streams (`GET /v1/topics/{topics}/stream`), and the machinery every streaming
-//! response shares: parameters, keepalives, and ending on shutdown.
+//! The machinery every stream shares (SSE, NDJSON, and WebSocket): its parameters, the
+//! cursor after each event, the open-stream gauge, keepalives, and ending on shutdown.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
+use axum::extract::Path;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
-use super::params::{Params, QueryPairs};
-use super::publish::path_param;
+use super::extract::{Params, QueryPairs, path_param};
+use super::state::AppState;
 use crate::hub::{Event, SlowPolicy, Subscription};
 use crate::model::{Cursor, Seq, Since, Topic, TopicList};
-use crate::wire::frames::{NDJSON_KEEPALIVE, ndjson_gap};
-
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/topics/{topics}/stream", get(ndjson))
-}
 
 /// What a streaming request asked for.
 pub(super) struct StreamRequest {
@@ -202,64 +194,4 @@ pub(super) fn streaming_response(content_type: &'static str, body: Body) -> Resp
     // Tell proxies such as nginx not to buffer the stream.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
-}
-
-/// Follow topics as NDJSON
-///
-/// One envelope a line; `{"event":"keepalive"}` lines when idle; a gap as an `"event":"gap"` line.
-#[utoipa::path(
-    get,
-    path = "/v1/topics/{topics}/stream",
-    tag = "read",
-    params(
-        ("topics" = String, Path, pattern = "^[A-Za-z0-9_-](\\.?[A-Za-z0-9_-]){0,99}(,[A-Za-z0-9_-](\\.?[A-Za-z0-9_-]){0,99}){0,63}$", description = "One topic, or up to 64 comma-separated (the pattern bounds each to 100 characters besides dots, within the 200-byte limit of a name)"),
-        ("since" = Option<String>, Query, pattern = "^(all|now|[0-9]{1,19}|[0-9]{1,9}(ms|s|m|h|d)|(?=[^,:]{1,200}:)[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*:[0-9]{1,19}(,(?=[^,:]{1,200}:)[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*:[0-9]{1,19})*|[0-9]{4}-((0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])|(0[13-9]|1[0-2])-(29|30)|(0[13578]|1[02])-31)[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$", description = "Where to start: a cursor (`next` or an SSE id), `all`, `now`, or a duration back such as `5m`"),
-        ("slow" = Option<super::openapi::SlowPolicy>, Query, description = "Slow-consumer policy (default catchup)"),
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this cursor; wins over `since`"),
-    ),
-    responses(
-        (status = 200, description = "A stream of JSON lines that lasts until the client leaves or the hub shuts down", body = String, content_type = "application/x-ndjson"),
-        (status = 400, description = "A bad topic, cursor or parameter", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "This credential may not do that", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"),
-    )
-)]
-async fn ndjson(
-    State(state): State<AppState>,
-    caller: Caller,
-    path: Result<Path<String>, PathRejection>,
-    query: QueryPairs,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let req = stream_request(&state, &caller, path, query, &headers)?;
-    let sub = state
-        .hub
-        .subscribe(&req.topics, &req.since, &Since::Now, req.slow)
-        .await?;
-    let mut positions = Positions::of(&sub);
-    let deliveries = metrics::counter!("plexus_deliveries_total", "transport" => "ndjson");
-    let encode = move |i: usize, event: &Event| -> Option<Bytes> {
-        positions.advance(i, event);
-        if matches!(event, Event::Message(_)) {
-            deliveries.increment(1);
-        }
-        Some(match event {
-            Event::Message(enc) => enc.line(),
-            Event::Gap { gap, .. } => ndjson_gap(gap),
-            Event::Disconnected => Bytes::from(format!(
-                "{{\"event\":\"disconnect\",\"next\":\"{}\"}}\n",
-                positions.cursor()
-            )),
-        })
-    };
-    let body = event_body(
-        "ndjson",
-        sub.into_stream(),
-        Bookends::default(),
-        NDJSON_KEEPALIVE,
-        state.options.keepalive,
-        state.hub.shutdown_token().clone(),
-        encode,
-    );
-    Ok(streaming_response("application/x-ndjson", body))
 }

@@ -1,5 +1,6 @@
 //! Stream clients for the streaming tests: SSE and NDJSON over a hand-written HTTP/1.1
-//! request on a raw TCP socket, and a WebSocket client speaking the `/v1/ws` frames.
+//! request on a raw TCP socket, SSE over HTTP/2 (h2c), and a WebSocket client speaking the
+//! `/v1/ws` frames.
 //!
 //! A raw socket is what lets a test play a slow consumer: it can stop reading (with a small
 //! receive buffer, so the server's writes back up quickly) and read again later. Every read
@@ -9,6 +10,7 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use plexus_client::Item;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
@@ -18,7 +20,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::handshake::client::Request as WsRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::harness::Server;
+use super::server::{Server, install_crypto_provider};
 
 /// How long one frame, line or response head may take to arrive.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -240,6 +242,40 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// Parses one event block (its lines up to and including the blank line).
+    pub fn parse(block: Vec<u8>) -> Frame {
+        let text = String::from_utf8(block).expect("SSE is UTF-8");
+        let mut frame = Frame::default();
+        for line in text.trim_end_matches('\n').split('\n') {
+            if let Some(comment) = line.strip_prefix(':') {
+                frame.comments.push(comment.trim_start().to_string());
+                continue;
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                None => (line, ""),
+            };
+            match field {
+                "id" => frame.id = Some(value.to_string()),
+                "event" => frame.event = Some(value.to_string()),
+                "retry" => frame.retry = Some(value.to_string()),
+                "data" => {
+                    frame.data = Some(match frame.data.take() {
+                        Some(d) => format!("{d}\n{value}"),
+                        None => value.to_string(),
+                    })
+                }
+                other => panic!("unknown SSE field {other:?} in {text:?}"),
+            }
+        }
+        frame
+    }
+
+    /// Whether this is a message or gap frame (not a comment or the `retry:` prelude).
+    pub fn is_event(&self) -> bool {
+        self.data.is_some() || self.id.is_some()
+    }
+
     /// `data` parsed as JSON.
     pub fn json(&self) -> Value {
         let data = self
@@ -310,38 +346,14 @@ impl Sse {
     /// The next frame of any kind; `None` when the stream ends.
     pub async fn next_frame(&mut self) -> Option<Frame> {
         let block = self.resp.take_until(b"\n\n", "SSE frame").await?;
-        let text = String::from_utf8(block).expect("SSE is UTF-8");
-        let mut frame = Frame::default();
-        for line in text.trim_end_matches('\n').split('\n') {
-            if let Some(comment) = line.strip_prefix(':') {
-                frame.comments.push(comment.trim_start().to_string());
-                continue;
-            }
-            let (field, value) = match line.split_once(':') {
-                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-                None => (line, ""),
-            };
-            match field {
-                "id" => frame.id = Some(value.to_string()),
-                "event" => frame.event = Some(value.to_string()),
-                "retry" => frame.retry = Some(value.to_string()),
-                "data" => {
-                    frame.data = Some(match frame.data.take() {
-                        Some(d) => format!("{d}\n{value}"),
-                        None => value.to_string(),
-                    })
-                }
-                other => panic!("unknown SSE field {other:?} in {text:?}"),
-            }
-        }
-        Some(frame)
+        Some(Frame::parse(block))
     }
 
     /// The next message or gap frame, skipping comments; `None` when the stream ends.
     pub async fn next_event(&mut self) -> Option<Frame> {
         loop {
             let frame = self.next_frame().await?;
-            if frame.data.is_some() || frame.id.is_some() {
+            if frame.is_event() {
                 return Some(frame);
             }
         }
@@ -360,6 +372,104 @@ impl Sse {
             }
         }
         out
+    }
+}
+
+/// A reqwest client that speaks HTTP/2 without asking (h2c prior knowledge).
+pub fn h2c_reqwest() -> reqwest::Client {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("build an h2c reqwest client")
+}
+
+/// An SSE stream over HTTP/2 in cleartext (prior knowledge), one connection of its own.
+pub struct SseH2 {
+    resp: reqwest::Response,
+    pending: Vec<u8>,
+}
+
+impl SseH2 {
+    /// Opens `GET path` over h2c, asserting HTTP/2, `200 text/event-stream` and the
+    /// `retry: 2000` prelude. The subscription exists once this returns.
+    pub async fn open(server: &Server, path: &str, headers: &[(&str, &str)]) -> SseH2 {
+        let mut req = h2c_reqwest().get(server.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = timeout(READ_TIMEOUT, req.send())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("GET {path} over h2c: no response head within {READ_TIMEOUT:?}")
+            })
+            .unwrap_or_else(|e| panic!("GET {path} over h2c: {e}"));
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2, "GET {path}");
+        assert_eq!(
+            resp.status().as_u16(),
+            200,
+            "GET {path}: {:?}",
+            resp.headers()
+        );
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        assert!(
+            ct.starts_with("text/event-stream"),
+            "GET {path}: Content-Type {ct:?}"
+        );
+        let mut sse = SseH2 {
+            resp,
+            pending: Vec::new(),
+        };
+        let first = sse
+            .next_frame()
+            .await
+            .unwrap_or_else(|| panic!("GET {path}: the stream ended before `retry:`"));
+        assert_eq!(
+            first.retry.as_deref(),
+            Some("2000"),
+            "GET {path}: {first:?}"
+        );
+        sse
+    }
+
+    /// The next frame of any kind; `None` when the stream ends.
+    pub async fn next_frame(&mut self) -> Option<Frame> {
+        let found = timeout(READ_TIMEOUT, async {
+            loop {
+                if let Some(pos) = find(&self.pending, b"\n\n") {
+                    let rest = self.pending.split_off(pos + 2);
+                    return Some(std::mem::replace(&mut self.pending, rest));
+                }
+                match self.resp.chunk().await.expect("read an HTTP/2 DATA frame") {
+                    Some(bytes) => self.pending.extend_from_slice(&bytes),
+                    None => return None,
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no SSE frame over h2c within {READ_TIMEOUT:?}; unparsed bytes: {:?}",
+                String::from_utf8_lossy(&self.pending)
+            )
+        });
+        found.map(Frame::parse)
+    }
+
+    /// The next message or gap frame, skipping comments; `None` when the stream ends.
+    pub async fn next_event(&mut self) -> Option<Frame> {
+        loop {
+            let frame = self.next_frame().await?;
+            if frame.is_event() {
+                return Some(frame);
+            }
+        }
     }
 }
 
@@ -564,5 +674,23 @@ impl Ws {
             out.push(got);
         }
         out
+    }
+}
+
+/// The next item of a subscription, which must come within `READ_TIMEOUT` and be no error.
+pub async fn next_item(sub: &mut plexus_client::Subscription, what: &str) -> Item {
+    match timeout(READ_TIMEOUT, sub.next()).await {
+        Err(_) => panic!("{what}: no item within {READ_TIMEOUT:?}"),
+        Ok(None) => panic!("{what}: the subscription ended"),
+        Ok(Some(Err(e))) => panic!("{what}: subscription error {e}"),
+        Ok(Some(Ok(item))) => item,
+    }
+}
+
+/// The (seq, data) of a message item; panics on a gap.
+pub fn message(item: Item, what: &str) -> (u64, String) {
+    match item {
+        Item::Message(m) => (m.seq, m.data.unwrap_or_default()),
+        Item::Gap(g) => panic!("{what}: unexpected gap {g:?}"),
     }
 }

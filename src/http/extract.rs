@@ -1,11 +1,47 @@
-//! Our own parsing of query strings and headers, so bad input is reported in our format.
+//! Our own parsing of paths, query strings, headers and bodies, so bad input is reported in
+//! our format (a problem), not in axum's text.
 
 use std::time::Duration;
 
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::Path;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderMap, StatusCode};
 
 use super::error::ApiError;
+use crate::model::valid_idempotency_key;
+
+/// The one path parameter of a route (a topic, topic list, queue or job id).
+pub fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|p| p.0)
+        .map_err(|e| ApiError::bad_request(format!("bad path: {}", e.body_text())))
+}
+
+/// A header as text; absent is `None`, not visible ASCII is a 400.
+pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::bad_request(format!("header {name} is not visible ASCII")))
+        })
+        .transpose()
+}
+
+/// The `Idempotency-Key` header, validated (publish and job submit share it).
+pub fn idempotency_key_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    idempotency_key(header_str(headers, "idempotency-key")?)
+}
+
+/// An idempotency key, from the header or a batch item.
+pub fn idempotency_key(key: Option<&str>) -> Result<Option<String>, ApiError> {
+    match key {
+        None => Ok(None),
+        Some(k) if valid_idempotency_key(k) => Ok(Some(k.to_owned())),
+        Some(_) => Err(ApiError::bad_request(
+            "an idempotency key is 1-200 visible ASCII characters",
+        )),
+    }
+}
 
 /// Query parameters as pairs; a malformed query string is a 400 problem.
 pub type QueryPairs = Result<axum::extract::Query<Vec<(String, String)>>, QueryRejection>;

@@ -1,0 +1,54 @@
+//! What every handler shares: the options the HTTP layer takes from the configuration, and
+//! the application state each request gets as `State<AppState>`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::limits::RateLimiter;
+use crate::auth::Authenticator;
+use crate::hub::Hub;
+use crate::jobs::Jobs;
+use crate::server::ConnStats;
+
+/// What the HTTP layer needs to know of the configuration.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    pub max_message_bytes: usize,
+    /// Largest `POST /v1/publish` body.
+    pub max_batch_bytes: usize,
+    pub max_wait: Duration,
+    /// Most topics one read or subscription may name.
+    pub max_topics: usize,
+    /// Interval of keepalives on idle streams.
+    pub keepalive: Duration,
+    /// Largest WebSocket frame accepted (larger: an error frame).
+    pub max_ws_frame_bytes: usize,
+    /// Browser origins allowed by CORS (`*`: any); empty: no CORS headers.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            max_message_bytes: 1 << 20,
+            max_batch_bytes: 16 << 20,
+            max_wait: Duration::from_secs(60),
+            max_topics: 64,
+            keepalive: Duration::from_secs(15),
+            max_ws_frame_bytes: (1 << 20) + 4096,
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+/// Shared by every handler: a cheap handle.
+#[derive(Clone)]
+pub struct AppState {
+    pub hub: Arc<Hub>,
+    pub jobs: Arc<Jobs>,
+    pub auth: Arc<Authenticator>,
+    pub limiter: Arc<RateLimiter>,
+    /// The listener's connection counters (for `/metrics`).
+    pub connections: Arc<ConnStats>,
+    pub options: Arc<HttpOptions>,
+}

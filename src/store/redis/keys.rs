@@ -1,0 +1,36 @@
+//! Key and channel names (see the key list in this folder's `mod.rs`). The topic or queue
+//! in braces is the hash tag, so each one's keys share a shard.
+
+use crate::model::{JobId, Topic};
+
+pub(super) const CHANNEL: &str = "plexus:commits";
+pub(super) const TOPICS: &str = "plexus:topics";
+pub(super) const QUEUES: &str = "plexus:queues";
+
+pub(super) fn stream_key(t: &Topic) -> String {
+    format!("plexus:s:{{{t}}}")
+}
+
+pub(super) fn meta_key(t: &Topic) -> String {
+    format!("plexus:m:{{{t}}}")
+}
+
+pub(super) fn queue_keys(q: &Topic) -> [String; 3] {
+    [
+        format!("plexus:jr:{{{q}}}"),
+        format!("plexus:jd:{{{q}}}"),
+        format!("plexus:jl:{{{q}}}"),
+    ]
+}
+
+pub(super) fn job_key(q: &Topic, id: &JobId) -> String {
+    format!("plexus:j:{{{q}}}:{id}")
+}
+
+pub(super) fn shard_channel(t: &Topic) -> String {
+    format!("plexus:c:{{{t}}}")
+}
+
+pub(super) fn job_queue_key(id: &JobId) -> String {
+    format!("plexus:jq:{id}")
+}

@@ -1,0 +1,185 @@
+//! The writer thread: the only write connection. It drains its channel, commits every
+//! queued operation in one transaction (group commit), then answers each caller; between
+//! groups it runs a retention step.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, Transaction};
+use tokio::sync::oneshot;
+
+use super::append::{apply_append, apply_delete};
+use super::retention::Retainer;
+use super::topics::{TopicRow, load_topics, save_row};
+use crate::model::{
+    Appended, Message, Millis, NewMessage, StoreError, StoreResult, Topic, now_millis,
+};
+use crate::store::log::Retention;
+
+/// Most operations committed in one group.
+const MAX_GROUP: usize = 1024;
+const TICK: Duration = Duration::from_millis(500);
+
+pub(super) enum Op {
+    Append {
+        batch: Vec<NewMessage>,
+        reply: oneshot::Sender<StoreResult<Vec<Appended>>>,
+    },
+    Delete {
+        topic: Topic,
+        reply: oneshot::Sender<StoreResult<bool>>,
+    },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
+    /// Any other write, run inside the group's transaction; its answer is sent once the
+    /// group commits (or fails).
+    Exec(ExecFn),
+}
+
+pub(super) type Deferred = Box<dyn FnOnce(StoreResult<()>) + Send>;
+pub(super) type ExecFn =
+    Box<dyn FnOnce(&Transaction<'_>, Millis) -> rusqlite::Result<Deferred> + Send>;
+
+enum Reply {
+    Deferred(Deferred),
+    Append(
+        oneshot::Sender<StoreResult<Vec<Appended>>>,
+        StoreResult<Vec<Appended>>,
+    ),
+    Delete(oneshot::Sender<StoreResult<bool>>, bool),
+    Close(oneshot::Sender<()>),
+}
+
+pub(super) struct Writer {
+    pub(super) conn: Connection,
+    pub(super) topics: HashMap<Topic, TopicRow>,
+    pub(super) retention: Retention,
+    /// Committed messages go here, in commit order, for the hub's fan-out.
+    pub(super) feed: tokio::sync::mpsc::UnboundedSender<Vec<Arc<Message>>>,
+}
+
+impl Writer {
+    pub(super) fn run(&mut self, rx: mpsc::Receiver<Op>) {
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let mut ops = Vec::new();
+            match rx.recv_timeout(wait) {
+                Ok(op) => ops.push(op),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            while ops.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            if !ops.is_empty() && self.commit_group(ops) {
+                return;
+            }
+            if Instant::now() >= next_tick {
+                let more = Retainer {
+                    conn: &mut self.conn,
+                    topics: &mut self.topics,
+                    retention: self.retention,
+                }
+                .step();
+                next_tick = Instant::now() + if more { Duration::ZERO } else { TICK };
+            }
+        }
+    }
+
+    /// Commits every op in one transaction and answers them. Returns true after a `Close`.
+    fn commit_group(&mut self, ops: Vec<Op>) -> bool {
+        let started = Instant::now();
+        metrics::histogram!("plexus_store_commit_ops").record(ops.len() as f64);
+        let mut replies = Vec::with_capacity(ops.len());
+        let mut dirty: HashSet<Topic> = HashSet::new();
+        let mut committed: Vec<Arc<Message>> = Vec::new();
+        let outcome = (|| -> rusqlite::Result<()> {
+            let tx = self.conn.transaction()?;
+            let now = now_millis();
+            for op in ops {
+                match op {
+                    Op::Append { batch, reply } => {
+                        let result = apply_append(
+                            &tx,
+                            &mut self.topics,
+                            &mut dirty,
+                            &mut committed,
+                            batch,
+                            now,
+                        )?;
+                        replies.push(Reply::Append(reply, result));
+                    }
+                    Op::Delete { topic, reply } => {
+                        let found = apply_delete(&tx, &mut self.topics, &topic)?;
+                        replies.push(Reply::Delete(reply, found));
+                    }
+                    Op::Close { reply } => replies.push(Reply::Close(reply)),
+                    Op::Exec(f) => replies.push(Reply::Deferred(f(&tx, now)?)),
+                }
+            }
+            for topic in &dirty {
+                if let Some(row) = self.topics.get(topic) {
+                    save_row(&tx, row)?;
+                }
+            }
+            tx.commit()
+        })();
+        let mut closing = false;
+        metrics::histogram!("plexus_store_commit_seconds").record(started.elapsed().as_secs_f64());
+        match outcome {
+            Ok(()) => {
+                if !committed.is_empty() {
+                    let _ = self.feed.send(committed);
+                }
+                for reply in replies {
+                    match reply {
+                        Reply::Deferred(done) => done(Ok(())),
+                        Reply::Append(tx, result) => {
+                            let _ = tx.send(result);
+                        }
+                        Reply::Delete(tx, found) => {
+                            let _ = tx.send(Ok(found));
+                        }
+                        Reply::Close(tx) => {
+                            closing = true;
+                            let _ = tx.send(());
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "sqlite commit failed; the whole group is refused");
+                // The cache ran ahead of the rolled-back transaction: reload it.
+                match load_topics(&self.conn) {
+                    Ok(topics) => self.topics = topics,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot reload topics after a failed commit")
+                    }
+                }
+                for reply in replies {
+                    match reply {
+                        Reply::Deferred(done) => done(Err(StoreError::unavailable(&e))),
+                        Reply::Append(tx, _) => {
+                            let _ = tx.send(Err(StoreError::unavailable(&e)));
+                        }
+                        Reply::Delete(tx, _) => {
+                            let _ = tx.send(Err(StoreError::unavailable(&e)));
+                        }
+                        Reply::Close(tx) => {
+                            closing = true;
+                            let _ = tx.send(());
+                        }
+                    }
+                }
+            }
+        }
+        closing
+    }
+}
