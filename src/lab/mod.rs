@@ -106,3 +106,103 @@ async fn spawn_hub(config: &Config) -> Result<Running, LabError> {
     let app = App::build(config).await?;
     Ok(app.spawn(loopback().await?)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use plexus_client::{Client, PublishOptions, Transport};
+
+    use super::*;
+
+    fn ok<T, E: fmt::Display>(what: &str, r: Result<T, E>) -> T {
+        r.unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+
+    /// Reads `socket` until `needle` appeared `n` times.
+    async fn read_until(
+        socket: &mut plexus_client::RawSocket,
+        needle: &[u8],
+        n: usize,
+    ) -> BytesMut {
+        let mut buf = BytesMut::new();
+        while buf.windows(needle.len()).filter(|w| *w == needle).count() < n {
+            assert!(ok("read", socket.read(&mut buf).await) > 0, "ended early");
+        }
+        buf
+    }
+
+    #[tokio::test]
+    async fn the_load_generators_subscriptions_see_every_message_of_an_in_process_hub() {
+        let dir = ok("dir", temp_dir("lab-test"));
+        let config = ok(
+            "config",
+            hub_config(ServeArgs {
+                data_dir: Some(dir.clone()),
+                storage: Some("memory".into()),
+                ..ServeArgs::default()
+            }),
+        );
+        let hub = ok("hub", spawn_hub(&config).await);
+        let client = ok("client", Client::new(hub.url()));
+        ok(
+            "warm-up",
+            client.publish("t", "0", &PublishOptions::default()).await,
+        );
+        let mut sse = ok(
+            "sse",
+            client.subscribe_socket("t", None, Transport::Sse).await,
+        );
+        let mut ws = ok(
+            "ws",
+            client
+                .subscribe_socket("t", Some("now"), Transport::WebSocket)
+                .await,
+        );
+        let mut bytes = ok(
+            "bytes",
+            client.subscribe_bytes("t", None, Transport::Sse).await,
+        );
+        // The WebSocket confirms its subscription before anything is published.
+        read_until(&mut ws, b"\"op\":\"ok\"", 1).await;
+        assert_eq!(ok("info", client.topic("t").await).subscribers, 3);
+        for i in 1..=3 {
+            ok(
+                "publish",
+                client
+                    .publish("t", format!("m{i}"), &PublishOptions::default())
+                    .await,
+            );
+        }
+        read_until(&mut sse, b"\"data\":\"m", 3).await;
+        read_until(&mut ws, b"\"data\":\"m", 3).await;
+        let mut body = Vec::new();
+        while body.windows(9).filter(|w| *w == b"\"data\":\"m").count() < 3 {
+            let chunk = bytes.next().await.expect("the stream goes on");
+            body.extend_from_slice(&ok("chunk", chunk));
+        }
+        hub.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn the_raw_loop_answers_the_hubs_client_as_the_hub_would() {
+        let listener = ok("bind", loopback().await);
+        let addr = ok("addr", listener.local_addr());
+        let server = tokio::spawn(raw::serve_on(listener));
+        let client = ok("client", Client::new(&format!("http://{addr}")));
+        let mut sse = ok(
+            "sse",
+            client.subscribe_socket("bench", None, Transport::Sse).await,
+        );
+        read_until(&mut sse, b"retry: 2000", 1).await;
+        let receipt = ok(
+            "publish",
+            client
+                .publish("bench", "hello", &PublishOptions::default())
+                .await,
+        );
+        assert_eq!(receipt.seq, 1);
+        read_until(&mut sse, b"\"data\":\"hello\"", 1).await;
+        server.abort();
+    }
+}

@@ -38,6 +38,11 @@ pub async fn serve(listen: &str) -> Result<(), LabError> {
         .local_addr()
         .map_err(|e| LabError::Io(e.to_string()))?;
     println!("listening on http://{addr}");
+    serve_on(listener).await
+}
+
+/// Serves the raw loop on a bound listener until the process ends.
+pub async fn serve_on(listener: TcpListener) -> Result<(), LabError> {
     let subs = Arc::new(Mutex::new(Subscribers::default()));
     loop {
         let (stream, _) = listener
