@@ -17,12 +17,14 @@
 //!
 //! Layers point one way: `http` → `hub` → `store`, and all of them use `model`.
 
+pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod http;
 pub mod hub;
 pub mod jobs;
+pub mod lab;
 pub mod model;
 pub mod observe;
 pub mod server;
