@@ -1,28 +1,41 @@
 //! Plexus: a self-hosted communication hub over one durable topic log.
 //!
 //! # Layout
-//! - [`model`]: topics, messages, seqs, cursors, `since`, gaps — pure types, parsed at the edge.
-//! - [`store`]: the message log, job store and commit-feed traits and their engines (`memory`,
-//!   `sqlite`, `redis`), opened as one `Engine`; the only place that knows storage.
-//! - [`hub`]: per-topic heads and wake-ups, cursor resolution and gaps; knows no HTTP, no SQL.
+//! From the bottom up; each layer names only those below it (`scripts/check-layers` keeps the
+//! arrows one way and the files of each folder free of import cycles).
+//! - [`model`]: topics, messages, seqs, cursors, `since`, gaps, receipts, topic info, store
+//!   errors — pure types, parsed at the edge.
+//! - [`wire`]: encodings made once per message (the JSON envelope, base64, SSE/NDJSON/WebSocket
+//!   frames) and every control frame (WebSocket `ok`/`error`/close, disconnect notices).
+//! - [`store`]: the traits `Log` (messages), `JobStore` (jobs) and `Follow` (the commit feed)
+//!   and their engines (`memory`, `sqlite/`, `redis/`), opened as one [`store::Engine`]; the only
+//!   place that knows storage. The sqlite schema is versioned with forward migrations.
+//! - [`hub`]: per-topic heads, broadcasts and wake-ups, cursor resolution and gaps; knows no
+//!   HTTP, no SQL.
 //! - [`jobs`]: job states, leases, retries with backoff; events on `_jobs.{id}`.
-//! - [`wire`]: encodings of messages (the JSON envelope, base64).
-//! - [`http`]: the HTTP API, one file per feature; `http/error.rs` maps every error to problem+json.
-//! - [`observe`]: the Prometheus recorder behind every `metrics::counter!` of the layers.
-//! - [`server`]: the accept loop serving HTTP/1.1 and HTTP/2 on one port, graceful drain.
-//! - [`tls`]: certificates (files or self-signed) into a rustls config with ALPN h2/http1.1.
-//! - [`config`]: file < environment < flags, validated into a [`config::Config`].
 //! - [`auth`]: credentials (static tokens, JWT) into principals with topic-pattern rules.
-//! - [`cli`]: the `plexus` subcommands.
+//! - [`observe`]: the Prometheus recorder behind every `metrics::counter!` of the layers.
+//! - [`tls`]: certificates (files or self-signed) into a rustls config with ALPN h2/http1.1.
+//! - [`server`]: the accept loop serving HTTP/1.1 and HTTP/2 on one port, graceful drain.
+//! - [`http`]: the HTTP and WebSocket API: shared pieces at the bottom (`state`, `extract`,
+//!   `schema`, `error` — the one error → problem+json mapping, `streaming`), one file per
+//!   feature above them with its own routes, `openapi` on top.
+//! - [`config`]: file < environment < flags, validated into a [`config::Config`].
+//! - [`app`]: builds the application once (config → store → hub → jobs → router) and runs it
+//!   on a bound listener; used by `serve`, the lab, the tests.
+//! - [`lab`]: load generators and baselines; they reach the hub only through `plexus-client`.
+//! - [`cli`]: the `plexus` subcommands, thin over [`app`] and [`lab`].
 //!
-//! Layers point one way: `http` → `hub` → `store`, and all of them use `model`.
+//! `docs/API.md` is the contract as built; `docs/ARCHITECTURE.md` follows one message through.
 
+pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod http;
 pub mod hub;
 pub mod jobs;
+pub mod lab;
 pub mod model;
 pub mod observe;
 pub mod server;

@@ -33,10 +33,12 @@
 
 mod follow;
 mod jobs;
+mod raw;
 mod subscribe;
 
 pub use follow::Follow;
 pub use jobs::Job;
+pub use raw::{ByteStream, RawSocket};
 pub use subscribe::{Item, Subscription, Transport};
 
 use std::fmt;
@@ -90,6 +92,21 @@ pub struct Problem {
     pub status: u16,
     #[serde(default)]
     pub detail: String,
+}
+
+/// A topic as `GET /v1/topics/{topic}` shows it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub topic: String,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub messages: u64,
+    /// Payload bytes retained.
+    pub bytes: u64,
+    /// Subscriptions and long polls open on this node now.
+    pub subscribers: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_publish: Option<String>,
 }
 
 /// The acknowledgement of a publish.
@@ -220,6 +237,7 @@ fn ws_tls_config(
 pub struct ClientBuilder {
     base: String,
     http2_prior_knowledge: bool,
+    pool_max_idle_per_host: Option<usize>,
     roots: Vec<reqwest::Certificate>,
     /// The same roots for the WebSocket's own TLS connection.
     ws_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
@@ -231,6 +249,13 @@ impl ClientBuilder {
     /// by ALPN without this.
     pub fn http2_prior_knowledge(mut self) -> Self {
         self.http2_prior_knowledge = true;
+        self
+    }
+
+    /// Keeps at most `n` idle connections to the hub for reuse (reqwest's default: no limit).
+    /// A load generator that gives each simulated client a `Client` of its own sets 1.
+    pub fn pool_max_idle_per_host(mut self, n: usize) -> Self {
+        self.pool_max_idle_per_host = Some(n);
         self
     }
 
@@ -255,6 +280,9 @@ impl ClientBuilder {
         let mut http = reqwest::Client::builder();
         if self.http2_prior_knowledge {
             http = http.http2_prior_knowledge();
+        }
+        if let Some(n) = self.pool_max_idle_per_host {
+            http = http.pool_max_idle_per_host(n);
         }
         for root in self.roots {
             http = http.add_root_certificate(root);
@@ -281,6 +309,7 @@ impl Client {
         ClientBuilder {
             base: base.to_owned(),
             http2_prior_knowledge: false,
+            pool_max_idle_per_host: None,
             roots: Vec::new(),
             ws_roots: Vec::new(),
         }
@@ -320,6 +349,17 @@ impl Client {
             .send()
             .await?;
         decode::<BatchResults>(response).await.map(|b| b.results)
+    }
+
+    /// The topic's retained range, size and open subscriptions (a `404` problem when it was
+    /// never published to).
+    pub async fn topic(&self, topic: &str) -> Result<TopicInfo, Error> {
+        let response = self
+            .http
+            .get(format!("{}/v1/topics/{topic}", self.base))
+            .send()
+            .await?;
+        decode(response).await
     }
 
     /// Reads `topics` (one, or several comma-separated): a short poll, or a long poll with `wait`.

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use plexus_client::{Client, Job};
 use tokio::io::AsyncWriteExt;
 
-use super::{Connection, DEFAULT_SERVER};
+use super::{CliError, Connection, DEFAULT_SERVER};
 use crate::wire::base64;
 
 #[derive(Args, Debug)]
@@ -57,12 +57,12 @@ pub enum JobsCommand {
     },
 }
 
-fn print(job: &Job) -> Result<(), String> {
-    println!("{}", serde_json::to_string(job).map_err(|e| e.to_string())?);
+fn print(job: &Job) -> Result<(), CliError> {
+    println!("{}", serde_json::to_string(job)?);
     Ok(())
 }
 
-pub async fn run(args: JobsArgs) -> Result<(), String> {
+pub async fn run(args: JobsArgs) -> Result<(), CliError> {
     let client = args.connection.client(&args.server)?;
     match args.command {
         JobsCommand::Submit { queue, data, wait } => {
@@ -70,21 +70,18 @@ pub async fn run(args: JobsArgs) -> Result<(), String> {
                 Some(d) => d.into_bytes(),
                 None => {
                     let mut buf = Vec::new();
-                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
-                        .map_err(|e| format!("cannot read stdin: {e}"))?;
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map_err(
+                        |error| CliError::Read {
+                            what: "stdin".into(),
+                            error,
+                        },
+                    )?;
                     buf
                 }
             };
-            print(
-                &client
-                    .submit_job(&queue, payload, wait)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            )
+            print(&client.submit_job(&queue, payload, wait).await?)
         }
-        JobsCommand::Status { id, wait } => {
-            print(&client.job(&id, wait).await.map_err(|e| e.to_string())?)
-        }
+        JobsCommand::Status { id, wait } => print(&client.job(&id, wait).await?),
         JobsCommand::Work {
             queue,
             concurrency,
@@ -98,7 +95,9 @@ pub async fn run(args: JobsArgs) -> Result<(), String> {
                 })
                 .collect();
             for worker in workers {
-                worker.await.map_err(|e| e.to_string())??;
+                worker
+                    .await
+                    .map_err(|e| CliError::Worker(e.to_string()))??;
             }
             Ok(())
         }
@@ -111,12 +110,14 @@ async fn work(
     queue: String,
     lease: Duration,
     command: Vec<String>,
-) -> Result<(), String> {
+) -> Result<(), CliError> {
     loop {
         let job = match client.claim(&queue, lease, Duration::from_secs(30)).await {
             Ok(Some(job)) => job,
             Ok(None) => continue,
-            Err(plexus_client::Error::Problem(p)) if p.status < 500 => return Err(p.detail),
+            Err(plexus_client::Error::Problem(p)) if p.status < 500 => {
+                return Err(CliError::Worker(p.detail));
+            }
             Err(e) => {
                 eprintln!("plexus jobs work: {e}; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;

@@ -1,4 +1,5 @@
-//! The `plexus` subcommands.
+//! The `plexus` subcommands: argument definitions and dispatch. `serve` runs the application
+//! of [`crate::app`]; `bench` hands its arguments to [`crate::lab`].
 
 pub mod bench;
 pub mod jobs;
@@ -6,11 +7,14 @@ pub mod publish;
 pub mod serve;
 pub mod sub;
 
+use std::fmt;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::ServeArgs;
+use crate::app::AppError;
+use crate::config::{ConfigError, ServeArgs};
+use crate::lab::LabError;
 
 /// Plexus: a self-hosted communication hub over one durable topic log.
 #[derive(Parser, Debug)]
@@ -35,8 +39,79 @@ pub enum Command {
     Bench(bench::BenchCommand),
 }
 
+/// Why a command failed. `main` prints it as one line and exits with code 1.
+#[derive(Debug)]
+pub enum CliError {
+    /// The async runtime could not start.
+    Runtime(std::io::Error),
+    /// The configuration of `serve` is invalid.
+    Config(ConfigError),
+    /// The application could not be built or started.
+    App(AppError),
+    /// A measurement of `bench` failed.
+    Lab(LabError),
+    /// The hub refused a request or could not be reached.
+    Hub(plexus_client::Error),
+    /// An input (stdin, a file) could not be read.
+    Read { what: String, error: std::io::Error },
+    /// Writing the output failed (e.g. a closed pipe).
+    Write(std::io::Error),
+    /// An answer could not be printed as JSON.
+    Json(serde_json::Error),
+    /// `jobs work` stopped: the hub refused the queue, or a job's command could not run.
+    Worker(String),
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Runtime(e) => write!(f, "cannot start the runtime: {e}"),
+            CliError::Config(e) => write!(f, "{e}"),
+            CliError::App(e) => write!(f, "{e}"),
+            CliError::Lab(e) => write!(f, "{e}"),
+            CliError::Hub(e) => write!(f, "{e}"),
+            CliError::Read { what, error } => write!(f, "cannot read {what}: {error}"),
+            CliError::Write(e) => write!(f, "{e}"),
+            CliError::Json(e) => write!(f, "{e}"),
+            CliError::Worker(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for CliError {}
+
+impl From<ConfigError> for CliError {
+    fn from(e: ConfigError) -> Self {
+        CliError::Config(e)
+    }
+}
+
+impl From<AppError> for CliError {
+    fn from(e: AppError) -> Self {
+        CliError::App(e)
+    }
+}
+
+impl From<LabError> for CliError {
+    fn from(e: LabError) -> Self {
+        CliError::Lab(e)
+    }
+}
+
+impl From<plexus_client::Error> for CliError {
+    fn from(e: plexus_client::Error) -> Self {
+        CliError::Hub(e)
+    }
+}
+
+impl From<serde_json::Error> for CliError {
+    fn from(e: serde_json::Error) -> Self {
+        CliError::Json(e)
+    }
+}
+
 /// Runs a parsed command. An error is one line for the user and exit code 1.
-pub fn run(cli: Cli) -> Result<(), String> {
+pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve(args) => serve::run(*args),
         Command::Pub(args) => block_on(publish::run(args)),
@@ -46,11 +121,11 @@ pub fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-fn block_on<F: std::future::Future<Output = Result<(), String>>>(f: F) -> Result<(), String> {
+fn block_on<F: std::future::Future<Output = Result<(), CliError>>>(f: F) -> Result<(), CliError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?
+        .map_err(CliError::Runtime)?
         .block_on(f)
 }
 
@@ -69,18 +144,18 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn client(&self, server: &str) -> Result<plexus_client::Client, String> {
+    pub fn client(&self, server: &str) -> Result<plexus_client::Client, CliError> {
         let mut builder = plexus_client::Client::builder(server);
         if self.http2 {
             builder = builder.http2_prior_knowledge();
         }
         if let Some(path) = &self.cacert {
-            let pem =
-                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            builder = builder
-                .add_root_certificate_pem(&pem)
-                .map_err(|e| e.to_string())?;
+            let pem = std::fs::read(path).map_err(|error| CliError::Read {
+                what: path.display().to_string(),
+                error,
+            })?;
+            builder = builder.add_root_certificate_pem(&pem)?;
         }
-        builder.build().map_err(|e| e.to_string())
+        Ok(builder.build()?)
     }
 }

@@ -4,7 +4,7 @@ use std::io::Read;
 
 use clap::Args;
 
-use super::{Connection, DEFAULT_SERVER};
+use super::{CliError, Connection, DEFAULT_SERVER};
 
 #[derive(Args, Debug)]
 pub struct PubArgs {
@@ -25,14 +25,17 @@ pub struct PubArgs {
     pub connection: Connection,
 }
 
-pub async fn run(args: PubArgs) -> Result<(), String> {
+pub async fn run(args: PubArgs) -> Result<(), CliError> {
     let data = match args.data {
         Some(data) => data.into_bytes(),
         None => {
             let mut buf = Vec::new();
             std::io::stdin()
                 .read_to_end(&mut buf)
-                .map_err(|e| format!("cannot read stdin: {e}"))?;
+                .map_err(|error| CliError::Read {
+                    what: "stdin".into(),
+                    error,
+                })?;
             buf
         }
     };
@@ -41,11 +44,8 @@ pub async fn run(args: PubArgs) -> Result<(), String> {
         event: args.event,
         idempotency_key: args.idempotency_key,
     };
-    let published = client
-        .publish(&args.topic, data, &options)
-        .await
-        .map_err(|e| e.to_string())?;
-    let line = serde_json::to_string(&published).map_err(|e| e.to_string())?;
+    let published = client.publish(&args.topic, data, &options).await?;
+    let line = serde_json::to_string(&published)?;
     println!("{line}");
     Ok(())
 }

@@ -1,23 +1,21 @@
-//! `plexus serve`: load the configuration, open the store, serve until a signal.
+//! `plexus serve`: load the configuration, set up logging and signals, and run the
+//! application that [`crate::app`] builds until a signal.
 
 use std::io::Write;
-use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, DEFAULT_TOML, LogFormat, ServeArgs, StorageKind};
-use crate::http::{AppState, HttpOptions};
-use crate::hub::{Hub, HubOptions};
-use crate::server::{self, ConnStats, ServerOptions};
-use crate::store::Engine;
+use super::CliError;
+use crate::app::{App, AppError};
+use crate::config::{Config, DEFAULT_TOML, LogFormat, ServeArgs};
 
-pub fn run(args: ServeArgs) -> Result<(), String> {
+pub fn run(args: ServeArgs) -> Result<(), CliError> {
     if args.print_config {
         print!("{DEFAULT_TOML}");
         return Ok(());
     }
-    let config = Config::load(&args).map_err(|e| e.to_string())?;
+    let config = Config::load(&args)?;
     if args.check_config {
         println!("configuration is valid: {config:#?}");
         return Ok(());
@@ -26,7 +24,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?
+        .map_err(CliError::Runtime)?
         .block_on(serve(config))
 }
 
@@ -42,81 +40,18 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-pub async fn open_store(config: &Config) -> Result<Engine, String> {
-    Ok(match &config.storage {
-        StorageKind::Memory => Engine::memory(config.retention),
-        StorageKind::Sqlite => {
-            Engine::sqlite(&config.data_dir, config.retention, config.durability).map_err(|e| {
-                format!(
-                    "cannot open the store in {}: {e}",
-                    config.data_dir.display()
-                )
-            })?
-        }
-        StorageKind::Redis(target) => Engine::redis(target, config.retention)
-            .await
-            .map_err(|e| format!("cannot open the redis store: {e}"))?,
-    })
-}
-
-/// Builds the application of a configuration: the router and the hub behind it.
-/// `draining` turns `/readyz` to 503; `shutdown` ends streams and polls.
-pub fn app(
-    config: &Config,
-    store: Engine,
-    draining: CancellationToken,
-    shutdown: CancellationToken,
-    connections: Arc<ConnStats>,
-) -> Result<axum::Router, String> {
-    let auth = Arc::new(config.auth.authenticator().map_err(|e| e.to_string())?);
-    // Installed before anything records a metric.
-    crate::observe::prometheus();
-    let options = HubOptions {
-        draining,
-        ..HubOptions::default()
-    };
-    let hub = Hub::new(store.log, store.follow, options, shutdown);
-    let jobs = crate::jobs::Jobs::new(hub.clone(), store.jobs, config.jobs.clone());
-    Ok(crate::http::router(AppState {
-        limiter: Arc::new(crate::http::limits::RateLimiter::new(
-            config.rate,
-            config.burst,
-        )),
-        hub,
-        jobs,
-        auth,
-        connections,
-        options: Arc::new(HttpOptions {
-            max_message_bytes: config.max_message_bytes,
-            max_batch_bytes: config.max_batch_bytes,
-            max_wait: config.max_wait,
-            max_topics: config.max_topics,
-            keepalive: config.keepalive,
-            // A publish frame carries the payload plus a little JSON around it.
-            max_ws_frame_bytes: config.max_message_bytes * 4 / 3 + 4096,
-            cors_origins: config.cors_origins.clone(),
-        }),
-    }))
-}
-
-async fn serve(config: Config) -> Result<(), String> {
-    let tls = match &config.tls {
-        Some(source) => {
-            Some(crate::tls::setup(source, &config.data_dir).map_err(|e| e.to_string())?)
-        }
-        None => None,
-    };
-    let store = open_store(&config).await?;
+async fn serve(config: Config) -> Result<(), CliError> {
+    let app = App::build(&config).await?;
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        .map_err(|e| AppError::Listen(format!("cannot listen on {}: {e}", config.listen)))?;
     let addr = listener
         .local_addr()
-        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+        .map_err(|e| AppError::Listen(format!("cannot read the listening address: {e}")))?;
     // The first line of stdout, which scripts and tests wait for.
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let scheme = if app.tls.is_some() { "https" } else { "http" };
     println!("listening on {scheme}://{addr}");
-    if let Some(tls) = &tls {
+    if let Some(tls) = &app.tls {
         match &tls.written_to {
             Some(path) => println!(
                 "tls: self-signed certificate, SHA-256 fingerprint {} (PEM in {})",
@@ -135,36 +70,12 @@ async fn serve(config: Config) -> Result<(), String> {
              address may publish, read and delete. Use --auth required (see the config file)."
         );
     }
-
-    let (draining, shutdown) = (CancellationToken::new(), CancellationToken::new());
     tokio::spawn(watch_signals(
-        draining.clone(),
-        shutdown.clone(),
+        app.draining.clone(),
+        app.shutdown.clone(),
         config.drain_delay,
     ));
-    let stats = Arc::new(ConnStats::default());
-    let app = app(
-        &config,
-        store.clone(),
-        draining,
-        shutdown.clone(),
-        stats.clone(),
-    )?;
-    server::run(
-        listener,
-        app,
-        shutdown,
-        ServerOptions {
-            header_timeout: config.header_timeout,
-            shutdown_grace: config.shutdown_grace,
-            tls: tls.map(|t| t.config),
-            stats,
-            max_connections: config.max_connections,
-            max_connections_per_client: config.max_connections_per_client,
-        },
-    )
-    .await;
-    store.close().await;
+    app.run(listener).await;
     tracing::info!("plexus stopped");
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use plexus_client::{Gap, Item, ReadOptions, Transport};
 
-use super::{Connection, DEFAULT_SERVER};
+use super::{CliError, Connection, DEFAULT_SERVER};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Via {
@@ -49,13 +49,13 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
     crate::model::parse_duration(s).map_err(|e| e.to_string())
 }
 
-fn print_gap(out: &mut impl Write, gap: &Gap) -> Result<(), String> {
-    let mut line = serde_json::to_value(gap).map_err(|e| e.to_string())?;
+fn print_gap(out: &mut impl Write, gap: &Gap) -> Result<(), CliError> {
+    let mut line = serde_json::to_value(gap)?;
     line["event"] = "gap".into();
-    writeln!(out, "{line}").map_err(|e| e.to_string())
+    writeln!(out, "{line}").map_err(CliError::Write)
 }
 
-pub async fn run(args: SubArgs) -> Result<(), String> {
+pub async fn run(args: SubArgs) -> Result<(), CliError> {
     let transport = match args.via {
         Via::Poll | Via::LongPoll => return poll(args).await,
         Via::Sse => Transport::Sse,
@@ -67,24 +67,24 @@ pub async fn run(args: SubArgs) -> Result<(), String> {
     let mut follow = client.follow(&args.topics, Some(&args.since), transport);
     let mut count = 0u64;
     loop {
-        let item = follow.next().await.map_err(|e| e.to_string())?;
+        let item = follow.next().await?;
         let mut out = std::io::stdout().lock();
         match item {
             Item::Message(msg) => {
-                let line = serde_json::to_string(&msg).map_err(|e| e.to_string())?;
-                writeln!(out, "{line}").map_err(|e| e.to_string())?;
+                let line = serde_json::to_string(&msg)?;
+                writeln!(out, "{line}").map_err(CliError::Write)?;
                 count += 1;
             }
             Item::Gap(gap) => print_gap(&mut out, &gap)?,
         }
-        out.flush().map_err(|e| e.to_string())?;
+        out.flush().map_err(CliError::Write)?;
         if args.count.is_some_and(|n| count >= n) {
             return Ok(());
         }
     }
 }
 
-async fn poll(args: SubArgs) -> Result<(), String> {
+async fn poll(args: SubArgs) -> Result<(), CliError> {
     let client = args.connection.client(&args.server)?;
     let mut since = args.since.clone();
     let mut seen = 0u64;
@@ -95,23 +95,20 @@ async fn poll(args: SubArgs) -> Result<(), String> {
             limit: None,
             wait: matches!(args.via, Via::LongPoll).then_some(Duration::from_secs(30)),
         };
-        let page = client
-            .read(&args.topics, &options)
-            .await
-            .map_err(|e| e.to_string())?;
+        let page = client.read(&args.topics, &options).await?;
         let mut out = stdout.lock();
         for gap in &page.gaps {
             print_gap(&mut out, gap)?;
         }
         for msg in &page.messages {
-            let line = serde_json::to_string(msg).map_err(|e| e.to_string())?;
-            writeln!(out, "{line}").map_err(|e| e.to_string())?;
+            let line = serde_json::to_string(msg)?;
+            writeln!(out, "{line}").map_err(CliError::Write)?;
             seen += 1;
             if args.count.is_some_and(|n| seen >= n) {
-                return out.flush().map_err(|e| e.to_string());
+                return out.flush().map_err(CliError::Write);
             }
         }
-        out.flush().map_err(|e| e.to_string())?;
+        out.flush().map_err(CliError::Write)?;
         drop(out);
         since = page.next;
         if matches!(args.via, Via::Poll) && page.messages.is_empty() {

@@ -3,7 +3,8 @@
 //! hub, no store — so the bench can say how close the hub gets to the cost of the writes alone.
 //!
 //! `GET` (any path) subscribes: an SSE response head, or a WebSocket `101` when the request
-//! asks to upgrade. `POST` with a body publishes it to every subscriber.
+//! asks to upgrade. `POST` with a body publishes it to every subscriber and answers what the
+//! hub answers (`201` and a receipt), so the same client drives both.
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Mutex;
 
+use super::LabError;
 use crate::model::{format_rfc3339_millis, now_millis};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -27,15 +29,26 @@ struct Subscribers {
     seq: u64,
 }
 
-pub async fn serve(listen: &str) -> Result<(), String> {
+/// Serves the raw loop on `listen` until the process ends; prints `listening on` first.
+pub async fn serve(listen: &str) -> Result<(), LabError> {
     let listener = TcpListener::bind(listen)
         .await
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        .map_err(|e| LabError::Io(format!("cannot listen on {listen}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| LabError::Io(e.to_string()))?;
     println!("listening on http://{addr}");
+    serve_on(listener).await
+}
+
+/// Serves the raw loop on a bound listener until the process ends.
+pub async fn serve_on(listener: TcpListener) -> Result<(), LabError> {
     let subs = Arc::new(Mutex::new(Subscribers::default()));
     loop {
-        let (stream, _) = listener.accept().await.map_err(|e| e.to_string())?;
+        let (stream, _) = listener
+            .accept()
+            .await
+            .map_err(|e| LabError::Io(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         let subs = subs.clone();
         tokio::spawn(async move {
@@ -93,21 +106,28 @@ async fn connection(
             }
         }
         let body = buf.split_to(head_end + length).split_off(head_end).freeze();
-        publish(&subs, &body).await;
+        let receipt = publish(&subs, &body).await;
         write
-            .write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}")
+            .write_all(
+                format!(
+                    "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{receipt}",
+                    receipt.len()
+                )
+                .as_bytes(),
+            )
             .await?;
     }
 }
 
-/// Encodes the frame once per kind, then writes it to every socket in turn.
-async fn publish(subs: &Mutex<Subscribers>, body: &[u8]) {
+/// Encodes the frame once per kind, then writes it to every socket in turn. Returns the
+/// publish's receipt.
+async fn publish(subs: &Mutex<Subscribers>, body: &[u8]) -> String {
     let mut subs = subs.lock().await;
     subs.seq += 1;
+    let time = format_rfc3339_millis(now_millis());
     let envelope = format!(
-        "{{\"topic\":\"bench\",\"seq\":{},\"time\":\"{}\",\"data\":\"{}\"}}",
+        "{{\"topic\":\"bench\",\"seq\":{},\"time\":\"{time}\",\"data\":\"{}\"}}",
         subs.seq,
-        format_rfc3339_millis(now_millis()),
         String::from_utf8_lossy(body)
     );
     let sse = Bytes::from(format!(
@@ -138,4 +158,8 @@ async fn publish(subs: &Mutex<Subscribers>, body: &[u8]) {
         }
     }
     subs.sockets = alive;
+    format!(
+        "{{\"topic\":\"bench\",\"seq\":{},\"time\":\"{time}\"}}",
+        subs.seq
+    )
 }

@@ -1,7 +1,10 @@
-//! `plexus bench fanout`: N subscribers on one topic, M messages published, measured against
-//! the hub and, in the same run, against the raw TCP loop (`raw.rs`). Both servers run as
-//! child processes so their memory can be read from /proc; the subscribers and the publisher
-//! run here, on plain sockets (a lean client, so the load generator steals little CPU).
+//! N subscribers on one topic, M messages published, measured against the hub and, in the
+//! same run, against the raw TCP loop ([`super::raw`]). Both servers run as child processes
+//! (`plexus serve`, `plexus bench raw-server`) so their memory can be read from /proc; the
+//! subscribers and the publishers run here, through `plexus-client`. Streaming subscribers
+//! use [`plexus_client::Client::subscribe_socket`], a plain socket each that scans the bytes
+//! for `"data":"` without decoding them: a lean client, so the load generator steals little
+//! CPU from the servers it measures.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -9,50 +12,42 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BytesMut};
-use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use plexus_client::{Client, Envelope, PublishOptions, ReadOptions, Transport};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+use super::LabError;
+
+/// How subscribers receive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Via {
     Sse,
     Ws,
     LongPoll,
 }
 
-#[derive(Args, Debug, Clone)]
-pub struct FanoutArgs {
-    /// How subscribers receive
-    #[arg(long, value_enum, default_value = "sse")]
+/// What `plexus bench fanout` measures.
+#[derive(Debug, Clone)]
+pub struct FanoutBench {
     pub via: Via,
-    /// Concurrent subscribers on one topic
-    #[arg(long, default_value_t = 1000)]
+    /// Concurrent subscribers on one topic.
     pub subscribers: usize,
-    /// Messages published
-    #[arg(long, default_value_t = 200)]
+    /// Messages published.
     pub messages: usize,
-    /// Payload size in bytes (at least 21: a timestamp leads it)
-    #[arg(long, default_value_t = 100)]
+    /// Payload size in bytes (at least 21: a timestamp leads it).
     pub size: usize,
-    /// Messages per second; 0 publishes as fast as the publishers can (saturated)
-    #[arg(long, default_value_t = 0.0)]
+    /// Messages per second; 0 publishes as fast as the publishers can (saturated).
     pub rate: f64,
-    /// Storage engine of the hub under test (`redis://…` to run several nodes on one Redis)
-    #[arg(long, default_value = "memory")]
+    /// Storage engine of the hub under test (`redis://…` to run several nodes on one Redis).
     pub storage: String,
-    /// Hub nodes sharing the storage (more than one needs a redis storage); subscribers and
-    /// publishers are spread over them in turn
-    #[arg(long, default_value_t = 1)]
+    /// Hub nodes sharing the storage; subscribers and publishers are spread over them.
     pub nodes: usize,
-    /// Concurrent publishers when saturated (one paced publisher with --rate)
-    #[arg(long, default_value_t = 4)]
+    /// Concurrent publishers when saturated (one paced publisher with a rate).
     pub publishers: usize,
-    /// Skip the raw TCP loop baseline
-    #[arg(long)]
+    /// Skip the raw TCP loop baseline.
     pub no_baseline: bool,
 }
 
@@ -111,22 +106,40 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+/// The send time a payload starts with (20 digits of nanoseconds).
+fn sent_at(payload: &[u8]) -> Option<u128> {
+    let digits = payload.get(..20)?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Counts one delivery of a message sent at `sent`.
+fn count_delivery(sent: Option<u128>, stats: &mut SubStats, shared: &Shared) {
+    if let Some(sent) = sent {
+        let us = now_nanos().saturating_sub(sent) / 1000;
+        stats.latency.record(us as u64);
+    }
+    stats.received += 1;
+    shared.received.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Counts the deliveries in `record` (each carries `"data":"<20-digit send time>`).
 fn count_deliveries(record: &[u8], stats: &mut SubStats, shared: &Shared) {
     let mut rest = record;
     while let Some(i) = find(rest, b"\"data\":\"") {
         let start = i + 8;
-        let digits = rest.get(start..start + 20).unwrap_or_default();
-        if let Some(sent) = std::str::from_utf8(digits)
-            .ok()
-            .and_then(|d| d.parse::<u128>().ok())
-        {
-            let us = now_nanos().saturating_sub(sent) / 1000;
-            stats.latency.record(us as u64);
-        }
-        stats.received += 1;
-        shared.received.fetch_add(1, Ordering::Relaxed);
+        count_delivery(sent_at(&rest[start..]), stats, shared);
         rest = &rest[start..];
+    }
+    shared
+        .last_delivery
+        .fetch_max(now_nanos() as u64, Ordering::Relaxed);
+}
+
+/// Counts the messages of a long poll's answer.
+fn count_page(messages: &[Envelope], stats: &mut SubStats, shared: &Shared) {
+    for message in messages {
+        let data = message.data.as_deref().unwrap_or_default();
+        count_delivery(sent_at(data.as_bytes()), stats, shared);
     }
     shared
         .last_delivery
@@ -145,45 +158,29 @@ struct Shared {
     last_delivery: AtomicU64,
 }
 
-async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<String> {
-    loop {
-        if let Some(i) = find(buf, b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..i]).into_owned();
-            buf.advance(i + 4);
-            return Ok(head);
-        }
-        if stream.read_buf(buf).await? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-    }
-}
-
 async fn subscriber(
-    addr: String,
+    client: Client,
     via: Via,
     raw: bool,
     shared: Arc<Shared>,
     gate: Arc<Semaphore>,
     stop: CancellationToken,
-) -> std::io::Result<SubStats> {
+) -> Result<SubStats, plexus_client::Error> {
     let mut stats = SubStats {
         received: 0,
         requests: 0,
         latency: Histogram::new(),
     };
     let permit = gate.acquire_owned().await;
-    let mut stream = TcpStream::connect(&addr).await?;
-    let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(8192);
     match via {
         Via::Sse => {
-            let path = if raw { "/" } else { "/v1/topics/bench/sse" };
-            stream
-                .write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").as_bytes())
+            // The raw loop answers any path: both servers get the hub's request.
+            let mut stream = client
+                .subscribe_socket("bench", None, Transport::Sse)
                 .await?;
-            read_head(&mut stream, &mut buf).await?;
             while find(&buf, b"retry: 2000").is_none() {
-                if stream.read_buf(&mut buf).await? == 0 {
+                if stream.read(&mut buf).await? == 0 {
                     return Ok(stats);
                 }
             }
@@ -192,7 +189,7 @@ async fn subscriber(
             drop(permit);
             loop {
                 tokio::select! {
-                    n = stream.read_buf(&mut buf) => if n? == 0 { break },
+                    n = stream.read(&mut buf) => if n? == 0 { break },
                     _ = stop.cancelled() => break,
                 }
                 while let Some(i) = find(&buf, b"\n\n") {
@@ -202,15 +199,9 @@ async fn subscriber(
             }
         }
         Via::Ws => {
-            let path = if raw {
-                "/"
-            } else {
-                "/v1/ws?topic=bench&since=now"
-            };
-            stream
-                .write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes())
+            let mut stream = client
+                .subscribe_socket("bench", Some("now"), Transport::WebSocket)
                 .await?;
-            read_head(&mut stream, &mut buf).await?;
             let mut ready = raw;
             let mut permit = Some(permit);
             if ready {
@@ -244,7 +235,7 @@ async fn subscriber(
                     buf.advance(header + len);
                 }
                 tokio::select! {
-                    n = stream.read_buf(&mut buf) => if n? == 0 { break },
+                    n = stream.read(&mut buf) => if n? == 0 { break },
                     _ = stop.cancelled() => break,
                 }
             }
@@ -252,47 +243,24 @@ async fn subscriber(
         Via::LongPoll => {
             let mut permit = Some(permit);
             let mut cursor = "now".to_owned();
-            let mut first = true;
             loop {
-                stream
-                    .write_all(
-                        format!("GET /v1/topics/bench/messages?since={cursor}&wait=30 HTTP/1.1\r\nHost: bench\r\n\r\n")
-                            .as_bytes(),
-                    )
-                    .await?;
-                if first {
-                    first = false;
+                let options = ReadOptions {
+                    since: Some(cursor.clone()),
+                    limit: None,
+                    wait: Some(Duration::from_secs(30)),
+                };
+                let poll = client.read("bench", &options);
+                if permit.take().is_some() {
                     shared.ready.fetch_add(1, Ordering::Relaxed);
-                    drop(permit.take());
                 }
-                let head = tokio::select! {
-                    head = read_head(&mut stream, &mut buf) => head?,
+                let page = tokio::select! {
+                    page = poll => page?,
                     _ = stop.cancelled() => break,
                 };
-                let length = head
-                    .to_ascii_lowercase()
-                    .lines()
-                    .find_map(|l| {
-                        l.strip_prefix("content-length:")
-                            .map(|v| v.trim().parse::<usize>())
-                    })
-                    .and_then(Result::ok)
-                    .unwrap_or(0);
-                while buf.len() < length {
-                    if stream.read_buf(&mut buf).await? == 0 {
-                        return Ok(stats);
-                    }
-                }
-                let body = buf.split_to(length);
                 // Counted when answered: the poll still waiting at the end is not a request served.
                 stats.requests += 1;
-                count_deliveries(&body, &mut stats, &shared);
-                if let Some(i) = find(&body, b"\"next\":\"") {
-                    let rest = &body[i + 8..];
-                    if let Some(end) = rest.iter().position(|&b| b == b'"') {
-                        cursor = String::from_utf8_lossy(&rest[..end]).into_owned();
-                    }
-                }
+                count_page(&page.messages, &mut stats, &shared);
+                cursor = page.next;
             }
         }
     }
@@ -310,24 +278,31 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Starts `plexus <args…>` and waits for its `listening on` line.
-async fn spawn_server(args: &[&str]) -> Result<(Child, String), String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+/// Starts `plexus <args…>` and waits for its `listening on` line; returns its URL.
+async fn spawn_server(args: &[&str]) -> Result<(Child, String), LabError> {
+    let exe = std::env::current_exe().map_err(|e| LabError::Io(e.to_string()))?;
     let mut child = Command::new(exe)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot start the server: {e}"))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
+        .map_err(|e| LabError::Io(format!("cannot start the server: {e}")))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| LabError::Io("no stdout".into()))?;
     let mut lines = BufReader::new(stdout).lines();
-    while let Some(line) = lines.next_line().await.map_err(|e| e.to_string())? {
-        if let Some(url) = line.strip_prefix("listening on http://") {
-            return Ok((child, url.to_owned()));
+    while let Some(line) = lines
+        .next_line()
+        .await
+        .map_err(|e| LabError::Io(e.to_string()))?
+    {
+        if let Some(addr) = line.strip_prefix("listening on http://") {
+            return Ok((child, format!("http://{addr}")));
         }
     }
-    Err("the server exited before listening".into())
+    Err(LabError::Run("the server exited before listening".into()))
 }
 
 struct Report {
@@ -341,15 +316,7 @@ struct Report {
     rss_end_kib: u64,
 }
 
-async fn publish_all(addrs: &[String], args: &FanoutArgs, raw: bool) -> Result<(), String> {
-    let client = reqwest::Client::new();
-    let urls: Vec<String> = addrs
-        .iter()
-        .map(|addr| match raw {
-            true => format!("http://{addr}/"),
-            false => format!("http://{addr}/v1/topics/bench/messages"),
-        })
-        .collect();
+async fn publish_all(clients: &[Client], args: &FanoutBench) -> Result<(), LabError> {
     let started = Instant::now();
     let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
     let pad = "x".repeat(args.size.saturating_sub(21));
@@ -361,56 +328,53 @@ async fn publish_all(addrs: &[String], args: &FanoutArgs, raw: bool) -> Result<(
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for p in 0..publishers {
-        let url = urls[p % urls.len()].clone();
-        let (client, pad, next) = (client.clone(), pad.clone(), next.clone());
+        let (client, pad, next) = (
+            clients[p % clients.len()].clone(),
+            pad.clone(),
+            next.clone(),
+        );
         let total = args.messages;
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= total {
-                    return Ok::<(), String>(());
+                    return Ok::<(), plexus_client::Error>(());
                 }
                 if let Some(every) = interval {
                     let due = started + every * i as u32;
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let body = format!("{:020} {pad}", now_nanos());
-                let response = client
-                    .post(&url)
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if !response.status().is_success() {
-                    return Err(format!("publish answered {}", response.status()));
-                }
+                client
+                    .publish("bench", body, &PublishOptions::default())
+                    .await?;
             }
         }));
     }
     for task in tasks {
-        task.await.map_err(|e| e.to_string())??;
+        task.await.map_err(|e| LabError::Run(e.to_string()))??;
     }
     Ok(())
 }
 
-async fn measure(args: &FanoutArgs, raw: bool) -> Result<Report, String> {
+async fn measure(args: &FanoutBench, raw: bool) -> Result<Report, LabError> {
     let mut nodes = Vec::new();
     for node in 0..if raw { 1 } else { args.nodes.max(1) } {
         nodes.push(spawn_node(args, raw, node).await?);
     }
     let pids: Vec<u32> = nodes.iter().map(|(c, _)| c.id().unwrap_or(0)).collect();
-    let addrs: Vec<String> = nodes.iter().map(|(_, a)| a.clone()).collect();
-    let addr = addrs[0].clone();
+    // One client per node: its pool serves the publishers and the long polls; streaming
+    // subscribers each open a socket of their own.
+    let clients = nodes
+        .iter()
+        .map(|(_, url)| Client::new(url))
+        .collect::<Result<Vec<_>, _>>()?;
     let rss = || pids.iter().map(|&p| rss_kib(p)).sum::<u64>();
-    let client = reqwest::Client::new();
     if !raw {
         // The topic exists before anyone subscribes, so the hub's counters can be read.
-        client
-            .post(format!("http://{addr}/v1/topics/bench/messages"))
-            .body("warm-up")
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+        clients[0]
+            .publish("bench", "warm-up", &PublishOptions::default())
+            .await?;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_base_kib = rss();
@@ -429,7 +393,7 @@ async fn measure(args: &FanoutArgs, raw: bool) -> Result<Report, String> {
     let subs: Vec<_> = (0..args.subscribers)
         .map(|i| {
             tokio::spawn(subscriber(
-                addrs[i % addrs.len()].clone(),
+                clients[i % clients.len()].clone(),
                 via,
                 raw,
                 shared.clone(),
@@ -441,7 +405,7 @@ async fn measure(args: &FanoutArgs, raw: bool) -> Result<Report, String> {
     let bar = ProgressBar::new(args.subscribers as u64);
     bar.set_style(
         ProgressStyle::with_template("  {msg:<24} [{bar:40}] {pos}/{len}")
-            .map_err(|e| e.to_string())?
+            .map_err(|e| LabError::Run(e.to_string()))?
             .progress_chars("=> "),
     );
     bar.set_message(if raw {
@@ -453,11 +417,11 @@ async fn measure(args: &FanoutArgs, raw: bool) -> Result<Report, String> {
     while shared.ready.load(Ordering::Relaxed) < args.subscribers {
         bar.set_position(shared.ready.load(Ordering::Relaxed) as u64);
         if connecting.elapsed() > Duration::from_secs(120) {
-            return Err(format!(
+            return Err(LabError::Run(format!(
                 "only {} of {} subscribers connected within 120 s",
                 shared.ready.load(Ordering::Relaxed),
                 args.subscribers
-            ));
+            )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -465,16 +429,8 @@ async fn measure(args: &FanoutArgs, raw: bool) -> Result<Report, String> {
         // Pollers are ready once the hubs hold all their requests.
         loop {
             let mut held = 0;
-            for addr in &addrs {
-                let info: serde_json::Value = client
-                    .get(format!("http://{addr}/v1/topics/bench"))
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .json()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                held += info["subscribers"].as_u64().unwrap_or(0);
+            for client in &clients {
+                held += client.topic("bench").await?.subscribers;
             }
             if held >= args.subscribers as u64 {
                 break;
@@ -494,7 +450,7 @@ async fn measure(args: &FanoutArgs, raw: bool) -> Result<Report, String> {
     });
     let first_publish = now_nanos() as u64;
     let publishing = Instant::now();
-    publish_all(&addrs, args, raw).await?;
+    publish_all(&clients, args).await?;
     let publishes_per_s = args.messages as f64 / publishing.elapsed().as_secs_f64().max(1e-9);
     // Drain: until everything arrived or nothing moved for 5 s.
     let mut last = (shared.received.load(Ordering::Relaxed), Instant::now());
@@ -543,7 +499,11 @@ async fn measure(args: &FanoutArgs, raw: bool) -> Result<Report, String> {
 }
 
 /// Starts the raw loop, or hub node `index` of the run.
-async fn spawn_node(args: &FanoutArgs, raw: bool, index: usize) -> Result<(Child, String), String> {
+async fn spawn_node(
+    args: &FanoutBench,
+    raw: bool,
+    index: usize,
+) -> Result<(Child, String), LabError> {
     if raw {
         return spawn_server(&["bench", "raw-server", "--listen", "127.0.0.1:0"]).await;
     }
@@ -567,7 +527,7 @@ async fn spawn_node(args: &FanoutArgs, raw: bool, index: usize) -> Result<(Child
     .await
 }
 
-fn print(name: &str, r: &Report, args: &FanoutArgs) {
+fn print(name: &str, r: &Report, args: &FanoutBench) {
     let per_conn =
         (r.rss_idle_kib.saturating_sub(r.rss_base_kib)) as f64 / args.subscribers.max(1) as f64;
     println!(
@@ -589,12 +549,16 @@ fn print(name: &str, r: &Report, args: &FanoutArgs) {
     );
 }
 
-pub async fn run(args: FanoutArgs) -> Result<(), String> {
+pub async fn run(args: FanoutBench) -> Result<(), LabError> {
     if args.size < 21 {
-        return Err("--size must be at least 21 (the payload starts with a timestamp)".into());
+        return Err(LabError::Usage(
+            "--size must be at least 21 (the payload starts with a timestamp)".into(),
+        ));
     }
     if args.nodes > 1 && !args.storage.starts_with("redis") {
-        return Err("--nodes above 1 needs a shared store: --storage redis://HOST:PORT".into());
+        return Err(LabError::Usage(
+            "--nodes above 1 needs a shared store: --storage redis://HOST:PORT".into(),
+        ));
     }
     println!(
         "fanout: {} node(s) on {}, via {:?}, {} subscribers, {} messages of {} bytes, {}",

@@ -1,32 +1,30 @@
-//! `plexus bench http2`: HTTP/1.1 keep-alive against HTTP/2 on the same hub, in one run —
-//! publish throughput at the same client concurrency, and SSE fan-out to N subscriptions —
-//! with the connections each opened and the bytes on the wire per delivered message.
+//! HTTP/1.1 keep-alive against HTTP/2 on the same hub (in this process), in one run — publish
+//! throughput at the same client concurrency, and SSE fan-out to N subscriptions — with the
+//! connections each opened and the bytes on the wire per delivered message.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clap::Args;
-use futures_util::StreamExt;
+use plexus_client::{Client, PublishOptions, Transport};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ServeArgs};
+use super::LabError;
+use crate::app::App;
+use crate::config::ServeArgs;
 use crate::server::ConnStats;
 
-#[derive(Args, Debug)]
-pub struct Http2Args {
-    /// Concurrent publishers (HTTP/1.1: one connection each; HTTP/2: streams on one connection)
-    #[arg(long, default_value_t = 64)]
+/// What `plexus bench http2` measures.
+#[derive(Debug, Clone)]
+pub struct Http2Bench {
+    /// Concurrent publishers (HTTP/1.1: one connection each; HTTP/2: streams on one connection).
     pub concurrency: usize,
-    /// Seconds each publish measurement lasts
-    #[arg(long, default_value_t = 5)]
+    /// Seconds each publish measurement lasts.
     pub seconds: u64,
-    /// SSE subscriptions for the fan-out comparison
-    #[arg(long, default_value_t = 1000)]
+    /// SSE subscriptions for the fan-out comparison.
     pub subscribers: usize,
-    /// Messages published for the fan-out comparison
-    #[arg(long, default_value_t = 100)]
+    /// Messages published for the fan-out comparison.
     pub messages: usize,
 }
 
@@ -43,12 +41,12 @@ fn loopback_bytes() -> u64 {
         .unwrap_or(0)
 }
 
-fn client(http2: bool) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder().pool_max_idle_per_host(usize::MAX);
+fn client(base: &str, http2: bool) -> Result<Client, LabError> {
+    let mut builder = Client::builder(base).pool_max_idle_per_host(usize::MAX);
     if http2 {
         builder = builder.http2_prior_knowledge();
     }
-    builder.build().map_err(|e| e.to_string())
+    Ok(builder.build()?)
 }
 
 struct Measured {
@@ -61,11 +59,11 @@ async fn publish(
     base: &str,
     stats: &ConnStats,
     http2: bool,
-    args: &Http2Args,
-) -> Result<Measured, String> {
+    args: &Http2Bench,
+) -> Result<Measured, LabError> {
     // HTTP/1.1: a client per publisher, so each keeps its own connection; HTTP/2: one client,
     // whose one connection carries every publisher's streams.
-    let shared = client(true)?;
+    let shared = client(base, true)?;
     let ok = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let before = (stats.accepted.load(Ordering::Relaxed), loopback_bytes());
@@ -74,17 +72,15 @@ async fn publish(
         let client = if http2 {
             shared.clone()
         } else {
-            client(false)?
+            client(base, false)?
         };
-        let url = format!("{base}/v1/topics/h2bench-{}/messages", i % 8);
+        let topic = format!("h2bench-{}", i % 8);
         let (ok, stop) = (ok.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let body = Bytes::from(vec![b'x'; 100]);
+            let options = PublishOptions::default();
             while !stop.load(Ordering::Relaxed) {
-                if let Ok(r) = client.post(&url).body(body.clone()).send().await
-                    && r.status().is_success()
-                {
-                    let _ = r.bytes().await;
+                if client.publish(&topic, body.clone(), &options).await.is_ok() {
                     ok.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -109,10 +105,10 @@ async fn fanout(
     base: &str,
     stats: &ConnStats,
     http2: bool,
-    args: &Http2Args,
+    args: &Http2Bench,
     topic: &str,
-) -> Result<Measured, String> {
-    let shared = client(true)?;
+) -> Result<Measured, LabError> {
+    let shared = client(base, true)?;
     let received = Arc::new(AtomicU64::new(0));
     let stop = CancellationToken::new();
     let before = (stats.accepted.load(Ordering::Relaxed), loopback_bytes());
@@ -121,20 +117,14 @@ async fn fanout(
         let client = if http2 {
             shared.clone()
         } else {
-            client(false)?
+            client(base, false)?
         };
-        let response = client
-            .get(format!("{base}/v1/topics/{topic}/sse"))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        ready.push(response);
+        ready.push(client.subscribe_bytes(topic, None, Transport::Sse).await?);
     }
     let mut tasks = Vec::new();
-    for response in ready {
+    for mut body in ready {
         let (received, stop) = (received.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
-            let mut body = response.bytes_stream();
             let mut carry: Vec<u8> = Vec::new();
             loop {
                 let chunk = tokio::select! {
@@ -151,15 +141,16 @@ async fn fanout(
             }
         }));
     }
-    let publisher = client(false)?;
+    let publisher = client(base, false)?;
     let started = Instant::now();
     for i in 0..args.messages {
         publisher
-            .post(format!("{base}/v1/topics/{topic}/messages"))
-            .body(format!("message {i:06} {}", "x".repeat(80)))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            .publish(
+                topic,
+                format!("message {i:06} {}", "x".repeat(80)),
+                &PublishOptions::default(),
+            )
+            .await?;
     }
     let expected = (args.subscribers * args.messages) as u64;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -179,20 +170,18 @@ async fn fanout(
     })
 }
 
-pub async fn run(args: Http2Args) -> Result<(), String> {
+pub async fn run(args: Http2Bench) -> Result<(), LabError> {
     let dir = super::temp_dir("http2")?;
-    let config = Config::load(&ServeArgs {
+    let config = super::hub_config(ServeArgs {
         data_dir: Some(dir.clone()),
         storage: Some("memory".into()),
-        rate: Some(0.0),
         ..ServeArgs::default()
-    })
-    .map_err(|e| e.to_string())?;
-    let stop = CancellationToken::new();
-    let stats = Arc::new(ConnStats::default());
-    let store = super::super::serve::open_store(&config).await?;
-    let app = super::super::serve::app(&config, store, stop.clone(), stop.clone(), stats.clone())?;
-    let base = super::spawn_server_with(app, stop.clone(), stats.clone()).await?;
+    })?;
+    let app = App::build(&config).await?;
+    // The accept loop's counters: connections opened per measurement.
+    let stats = app.connections.clone();
+    let hub = app.spawn(super::loopback().await?)?;
+    let base = hub.url().to_owned();
     println!(
         "http2: publish with {} concurrent publishers for {} s; SSE fan-out to {} subscriptions x {} messages (hub in-process, memory storage)",
         args.concurrency, args.seconds, args.subscribers, args.messages
@@ -214,7 +203,7 @@ pub async fn run(args: Http2Args) -> Result<(), String> {
             m.per_second, m.connections, m.bytes_per_unit
         );
     }
-    stop.cancel();
+    hub.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -1,0 +1,187 @@
+//! `plexus bench`: the arguments of each measurement and the dispatch into [`crate::lab`],
+//! where the load generators live. Each run prints its numbers next to a baseline measured in
+//! the same run; docs/BENCHMARKS.md records them.
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use super::CliError;
+use crate::lab;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Append throughput of the sqlite store at several batch sizes
+    Store(StoreArgs),
+    /// Durable HTTP publish throughput next to a bare axum handler, same client, same run
+    Publish(PublishArgs),
+    /// HTTP/1.1 keep-alive vs HTTP/2: publish throughput and SSE fan-out, same hub, same run
+    Http2(Http2Args),
+    /// Jobs/s for submit + claim + complete with 1 and 4 workers
+    Jobs(JobsBenchArgs),
+    /// Fan-out to many subscribers (SSE, WebSocket, long polling) next to a raw TCP loop
+    Fanout(FanoutArgs),
+    /// The raw TCP loop server used as fanout's baseline (started by `bench fanout`)
+    #[command(hide = true)]
+    RawServer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct StoreArgs {
+    /// Batch sizes to measure
+    #[arg(long, value_delimiter = ',', default_value = "1,64,1024")]
+    pub batch: Vec<usize>,
+    /// Messages appended per batch size
+    #[arg(long, default_value_t = 100_000)]
+    pub messages: usize,
+    /// Payload size in bytes
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// process or machine
+    #[arg(long, default_value = "process")]
+    pub durability: String,
+}
+
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    /// Concurrent keep-alive connections of the load generator
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Seconds each target is measured
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Payload size in bytes
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Topics the publishes are spread over (built-in load generator only)
+    #[arg(long, default_value_t = 1)]
+    pub topics: usize,
+    /// Durability of the hub under test: process or machine
+    #[arg(long, default_value = "process")]
+    pub durability: String,
+    /// Load generator: wrk (a separate, lean process; used when installed) or builtin
+    #[arg(long, default_value = "auto")]
+    pub load: String,
+}
+
+#[derive(Args, Debug)]
+pub struct Http2Args {
+    /// Concurrent publishers (HTTP/1.1: one connection each; HTTP/2: streams on one connection)
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Seconds each publish measurement lasts
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// SSE subscriptions for the fan-out comparison
+    #[arg(long, default_value_t = 1000)]
+    pub subscribers: usize,
+    /// Messages published for the fan-out comparison
+    #[arg(long, default_value_t = 100)]
+    pub messages: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct JobsBenchArgs {
+    /// Worker counts to measure, one run each
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    pub workers: Vec<usize>,
+    /// Jobs per run
+    #[arg(long, default_value_t = 2000)]
+    pub jobs: usize,
+    /// Concurrent submitters
+    #[arg(long, default_value_t = 8)]
+    pub submitters: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Via {
+    Sse,
+    Ws,
+    LongPoll,
+}
+
+#[derive(Args, Debug)]
+pub struct FanoutArgs {
+    /// How subscribers receive
+    #[arg(long, value_enum, default_value = "sse")]
+    pub via: Via,
+    /// Concurrent subscribers on one topic
+    #[arg(long, default_value_t = 1000)]
+    pub subscribers: usize,
+    /// Messages published
+    #[arg(long, default_value_t = 200)]
+    pub messages: usize,
+    /// Payload size in bytes (at least 21: a timestamp leads it)
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Messages per second; 0 publishes as fast as the publishers can (saturated)
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Storage engine of the hub under test (`redis://…` to run several nodes on one Redis)
+    #[arg(long, default_value = "memory")]
+    pub storage: String,
+    /// Hub nodes sharing the storage (more than one needs a redis storage); subscribers and
+    /// publishers are spread over them in turn
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// Concurrent publishers when saturated (one paced publisher with --rate)
+    #[arg(long, default_value_t = 4)]
+    pub publishers: usize,
+    /// Skip the raw TCP loop baseline
+    #[arg(long)]
+    pub no_baseline: bool,
+}
+
+pub fn run(cmd: BenchCommand) -> Result<(), CliError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    let measured = match cmd {
+        BenchCommand::Store(a) => runtime.block_on(lab::store::run(lab::store::StoreBench {
+            batch: a.batch,
+            messages: a.messages,
+            size: a.size,
+            durability: a.durability,
+        })),
+        BenchCommand::Publish(a) => {
+            runtime.block_on(lab::publish::run(lab::publish::PublishBench {
+                connections: a.connections,
+                seconds: a.seconds,
+                size: a.size,
+                topics: a.topics,
+                durability: a.durability,
+                load: a.load,
+            }))
+        }
+        BenchCommand::Http2(a) => runtime.block_on(lab::http2::run(lab::http2::Http2Bench {
+            concurrency: a.concurrency,
+            seconds: a.seconds,
+            subscribers: a.subscribers,
+            messages: a.messages,
+        })),
+        BenchCommand::Jobs(a) => runtime.block_on(lab::jobs::run(lab::jobs::JobsBench {
+            workers: a.workers,
+            jobs: a.jobs,
+            submitters: a.submitters,
+        })),
+        BenchCommand::Fanout(a) => runtime.block_on(lab::fanout::run(lab::fanout::FanoutBench {
+            via: match a.via {
+                Via::Sse => lab::fanout::Via::Sse,
+                Via::Ws => lab::fanout::Via::Ws,
+                Via::LongPoll => lab::fanout::Via::LongPoll,
+            },
+            subscribers: a.subscribers,
+            messages: a.messages,
+            size: a.size,
+            rate: a.rate,
+            storage: a.storage,
+            nodes: a.nodes,
+            publishers: a.publishers,
+            no_baseline: a.no_baseline,
+        })),
+        BenchCommand::RawServer { listen } => runtime.block_on(lab::raw::serve(&listen)),
+    };
+    Ok(measured?)
+}

@@ -1,0 +1,208 @@
+//! The lab: measurements of the hub, each next to a baseline measured in the same run
+//! (docs/BENCHMARKS.md records them). The pattern lab will grow here too.
+//!
+//! A load generator speaks to the hub only through `plexus-client`, as any application
+//! would; it starts a hub in this process with [`crate::app`] or as a child `plexus serve`.
+//! Two kinds of file are exceptions, on purpose:
+//! - the baselines are not hub clients: [`raw`] is the raw TCP loop (tokio only) and
+//!   `publish.rs` serves a bare axum handler on the same accept loop as the hub;
+//! - [`store`] measures the store itself, so it is the one file here that names an engine.
+
+pub mod fanout;
+pub mod http2;
+pub mod jobs;
+pub mod publish;
+pub mod raw;
+pub mod store;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use tokio::net::TcpListener;
+
+use crate::app::{App, AppError, Running};
+use crate::config::{Config, ConfigError, ServeArgs};
+
+/// Why a measurement could not be made. Each message is one line for the user.
+#[derive(Debug)]
+pub enum LabError {
+    /// The arguments ask for something that cannot be measured.
+    Usage(String),
+    Config(ConfigError),
+    /// The hub under test could not be built or started.
+    App(AppError),
+    /// The hub under test refused a request or could not be reached.
+    Hub(plexus_client::Error),
+    /// A local resource (a directory, a socket, a child process, a tool) failed.
+    Io(String),
+    /// The run went wrong on the way (too few subscribers, a failed publish…).
+    Run(String),
+}
+
+impl fmt::Display for LabError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LabError::Usage(m) | LabError::Io(m) | LabError::Run(m) => f.write_str(m),
+            LabError::Config(e) => write!(f, "{e}"),
+            LabError::App(e) => write!(f, "{e}"),
+            LabError::Hub(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for LabError {}
+
+impl From<ConfigError> for LabError {
+    fn from(e: ConfigError) -> Self {
+        LabError::Config(e)
+    }
+}
+
+impl From<AppError> for LabError {
+    fn from(e: AppError) -> Self {
+        LabError::App(e)
+    }
+}
+
+impl From<plexus_client::Error> for LabError {
+    fn from(e: plexus_client::Error) -> Self {
+        LabError::Hub(e)
+    }
+}
+
+/// A fresh directory of this process for a run's data.
+fn temp_dir(name: &str) -> Result<PathBuf, LabError> {
+    let dir = std::env::temp_dir().join(format!("plexus-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| LabError::Io(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+/// The configuration of a hub under test: the defaults plus `args`, without a rate limit
+/// (the load generator is one client address) and without connection limits, as the
+/// baselines have none.
+fn hub_config(args: ServeArgs) -> Result<Config, LabError> {
+    let mut config = Config::load(&ServeArgs {
+        rate: Some(0.0),
+        ..args
+    })?;
+    config.max_connections = usize::MAX;
+    config.max_connections_per_client = usize::MAX;
+    config.shutdown_grace = std::time::Duration::from_secs(1);
+    Ok(config)
+}
+
+/// Binds a fresh loopback port.
+async fn loopback() -> Result<TcpListener, LabError> {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| LabError::Io(format!("cannot bind: {e}")))
+}
+
+/// Starts a hub in this process on a fresh loopback port; [`Running::stop`] drains it and
+/// closes its store.
+async fn spawn_hub(config: &Config) -> Result<Running, LabError> {
+    let app = App::build(config).await?;
+    Ok(app.spawn(loopback().await?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use plexus_client::{Client, PublishOptions, Transport};
+
+    use super::*;
+
+    fn ok<T, E: fmt::Display>(what: &str, r: Result<T, E>) -> T {
+        r.unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+
+    /// Reads `socket` until `needle` appeared `n` times.
+    async fn read_until(
+        socket: &mut plexus_client::RawSocket,
+        needle: &[u8],
+        n: usize,
+    ) -> BytesMut {
+        let mut buf = BytesMut::new();
+        while buf.windows(needle.len()).filter(|w| *w == needle).count() < n {
+            assert!(ok("read", socket.read(&mut buf).await) > 0, "ended early");
+        }
+        buf
+    }
+
+    #[tokio::test]
+    async fn the_load_generators_subscriptions_see_every_message_of_an_in_process_hub() {
+        let dir = ok("dir", temp_dir("lab-test"));
+        let config = ok(
+            "config",
+            hub_config(ServeArgs {
+                data_dir: Some(dir.clone()),
+                storage: Some("memory".into()),
+                ..ServeArgs::default()
+            }),
+        );
+        let hub = ok("hub", spawn_hub(&config).await);
+        let client = ok("client", Client::new(hub.url()));
+        ok(
+            "warm-up",
+            client.publish("t", "0", &PublishOptions::default()).await,
+        );
+        let mut sse = ok(
+            "sse",
+            client.subscribe_socket("t", None, Transport::Sse).await,
+        );
+        let mut ws = ok(
+            "ws",
+            client
+                .subscribe_socket("t", Some("now"), Transport::WebSocket)
+                .await,
+        );
+        let mut bytes = ok(
+            "bytes",
+            client.subscribe_bytes("t", None, Transport::Sse).await,
+        );
+        // The WebSocket confirms its subscription before anything is published.
+        read_until(&mut ws, b"\"op\":\"ok\"", 1).await;
+        assert_eq!(ok("info", client.topic("t").await).subscribers, 3);
+        for i in 1..=3 {
+            ok(
+                "publish",
+                client
+                    .publish("t", format!("m{i}"), &PublishOptions::default())
+                    .await,
+            );
+        }
+        read_until(&mut sse, b"\"data\":\"m", 3).await;
+        read_until(&mut ws, b"\"data\":\"m", 3).await;
+        let mut body = Vec::new();
+        while body.windows(9).filter(|w| *w == b"\"data\":\"m").count() < 3 {
+            let chunk = bytes.next().await.expect("the stream goes on");
+            body.extend_from_slice(&ok("chunk", chunk));
+        }
+        hub.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn the_raw_loop_answers_the_hubs_client_as_the_hub_would() {
+        let listener = ok("bind", loopback().await);
+        let addr = ok("addr", listener.local_addr());
+        let server = tokio::spawn(raw::serve_on(listener));
+        let client = ok("client", Client::new(&format!("http://{addr}")));
+        let mut sse = ok(
+            "sse",
+            client.subscribe_socket("bench", None, Transport::Sse).await,
+        );
+        read_until(&mut sse, b"retry: 2000", 1).await;
+        let receipt = ok(
+            "publish",
+            client
+                .publish("bench", "hello", &PublishOptions::default())
+                .await,
+        );
+        assert_eq!(receipt.seq, 1);
+        read_until(&mut sse, b"\"data\":\"hello\"", 1).await;
+        server.abort();
+    }
+}
