@@ -23,7 +23,8 @@
 //! - [`config`]: file < environment < flags, validated into a [`config::Config`].
 //! - [`app`]: builds the application once (config → store → hub → jobs → router) and runs it
 //!   on a bound listener; used by `serve`, the lab, the tests.
-//! - [`lab`]: load generators and baselines; they reach the hub only through `plexus-client`.
+//! - [`lab`]: load generators and baselines; they reach the hub through `plexus-client` (the
+//!   store benchmark and the bare-handler baseline are the named exceptions).
 //! - [`cli`]: the `plexus` subcommands, thin over [`app`] and [`lab`].
 //!
 //! `docs/API.md` is the contract as built; `docs/ARCHITECTURE.md` follows one message through.

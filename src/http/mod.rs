@@ -5,8 +5,11 @@
 //! - at the bottom, what every handler shares: `state` (`AppState`, `HttpOptions`), `error`
 //!   (the one mapping of errors to problems and to WebSocket error statuses), `extract` (our
 //!   parsing of paths, queries, headers and bodies), `auth` (the `Caller` and its middleware),
-//!   `limits` and `trace` (middleware), `schema` (the OpenAPI schema types), and `streaming`
-//!   (the machinery of SSE, NDJSON and WebSocket streams);
+//!   `limits` and `trace` (middleware), and `schema` (the OpenAPI schema types);
+//! - over those, `streaming`: what every stream shares (its parameters, the cursor after each
+//!   event, the open-stream gauge, keepalives, ending on shutdown); SSE and NDJSON are built
+//!   on it, the WebSocket takes its gauge and keeps its own ping and close handshake, since
+//!   frames flow both ways on it;
 //! - above them the handlers, each registering its own routes: `publish`, `poll`, `sse`,
 //!   `ndjson`, `ws`, `admin`, `jobs`;
 //! - on top `openapi`, which names the handlers, and this file, which assembles the router.
