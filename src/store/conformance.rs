@@ -12,7 +12,8 @@ use super::engine::Engine;
 use super::follow::CommitFeed;
 use super::jobs::JobStore;
 use super::log::{Log, Retention};
-use super::redis::{RedisTarget, TestRedis};
+use super::redis::RedisTarget;
+use super::redis::test_redis::RedisServer;
 use super::sqlite::{Durability, SqliteLog};
 use crate::model::{
     EventName, Job, JobId, JobState, LogBounds, Message, Millis, NewMessage, StoreError, Topic,
@@ -37,15 +38,15 @@ fn msg(topic: &str, data: &str, key: Option<&str>) -> NewMessage {
 enum Backing {
     None,
     Dir(tempfile::TempDir),
-    Redis(TestRedis),
+    Redis(RedisServer),
 }
 
 /// Every engine with this retention.
 async fn engines(retention: Retention) -> Vec<(&'static str, Engine, Backing)> {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = Engine::sqlite(dir.path(), retention, Durability::Process).unwrap();
-    let server = TestRedis::start().await;
-    let redis = Engine::redis(&RedisTarget::Single(server.url.clone()), retention)
+    let server = RedisServer::start().await;
+    let redis = Engine::redis(&RedisTarget::Single(server.url()), retention)
         .await
         .unwrap();
     vec![

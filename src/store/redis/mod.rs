@@ -320,61 +320,11 @@ impl JobStore for RedisLog {
     }
 }
 
-/// A private `redis-server` for tests: on a free loopback port, no persistence, killed on drop.
+/// The tests' private `redis-server`: the same fixture the integration tests use.
 #[cfg(test)]
-pub(crate) struct TestRedis {
-    child: std::process::Child,
-    pub url: String,
-    _dir: tempfile::TempDir,
-}
-
-#[cfg(test)]
-impl TestRedis {
-    pub(crate) async fn start() -> TestRedis {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/test installs it)");
-        let url = format!("redis://127.0.0.1:{port}");
-        let client = redis::Client::open(url.as_str()).expect("a redis url");
-        for _ in 0..200 {
-            if let Ok(mut c) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut c)
-                    .await
-                    .is_ok()
-            {
-                return TestRedis {
-                    child,
-                    url,
-                    _dir: dir,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        let mut child = child;
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("redis-server did not answer on {url}");
-    }
-}
-
-#[cfg(test)]
-impl Drop for TestRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[allow(dead_code)]
+#[path = "../../../tests/it/kit/redis.rs"]
+pub(crate) mod test_redis;
 
 #[cfg(test)]
 mod tests {
@@ -397,14 +347,11 @@ mod tests {
     /// group fails only that append.
     #[tokio::test]
     async fn concurrent_appends_are_grouped_and_each_gets_its_own_result() {
-        let server = TestRedis::start().await;
+        let server = test_redis::RedisServer::start().await;
         let log = Arc::new(
-            RedisLog::open(
-                &RedisTarget::Single(server.url.clone()),
-                Retention::default(),
-            )
-            .await
-            .expect("open"),
+            RedisLog::open(&RedisTarget::Single(server.url()), Retention::default())
+                .await
+                .expect("open"),
         );
         let tasks: Vec<_> = (0..20)
             .map(|t| {
@@ -482,13 +429,10 @@ mod tests {
     /// connection) answers as the first and appends nothing.
     #[tokio::test]
     async fn a_repeated_append_call_appends_once() {
-        let server = TestRedis::start().await;
-        let log = RedisLog::open(
-            &RedisTarget::Single(server.url.clone()),
-            Retention::default(),
-        )
-        .await
-        .expect("open");
+        let server = test_redis::RedisServer::start().await;
+        let log = RedisLog::open(&RedisTarget::Single(server.url()), Retention::default())
+            .await
+            .expect("open");
         let topic: Topic = "r".parse().expect("topic");
         let batch = vec![msg("r", "a", None), msg("r", "b", None)];
         let receipt = "plexus:w:{r}:test".to_owned();
@@ -513,13 +457,10 @@ mod tests {
     /// script cache it loads the script and runs it once, all or nothing.
     #[tokio::test]
     async fn a_multi_topic_batch_survives_a_flushed_script_cache() {
-        let server = TestRedis::start().await;
-        let log = RedisLog::open(
-            &RedisTarget::Single(server.url.clone()),
-            Retention::default(),
-        )
-        .await
-        .expect("open");
+        let server = test_redis::RedisServer::start().await;
+        let log = RedisLog::open(&RedisTarget::Single(server.url()), Retention::default())
+            .await
+            .expect("open");
         let batch = || {
             vec![
                 msg("x", "1", None),

@@ -1,11 +1,22 @@
 //! Private Redis servers for the tests: `redis-server` on free loopback ports, no
 //! persistence, killed when dropped; and a real 3-master Redis Cluster made with
 //! `redis-cli --cluster create`. `scripts/test` installs both programs when missing.
+//!
+//! The one Redis fixture: the integration tests use it as `kit::redis`, and the library's unit
+//! tests (the store's behaviour suite, the redis engine's own tests) include this same file,
+//! so it names nothing outside itself.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::server::free_port;
+/// A free loopback port (the listener that found it is closed again).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener
+        .local_addr()
+        .expect("read the ephemeral port")
+        .port()
+}
 
 /// One `redis-server` process.
 pub struct RedisServer {

@@ -485,15 +485,7 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// A port that was free a moment ago: bind 127.0.0.1:0 and let it go. For a server that
-/// must come back on the same port after a restart (`--listen 127.0.0.1:{port}`).
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener
-        .local_addr()
-        .expect("read the ephemeral port")
-        .port()
-}
+pub use super::redis::free_port;
 
 /// The value of an unlabelled sample `name` in a Prometheus text exposition.
 pub fn metric(text: &str, name: &str) -> Option<u64> {
