@@ -221,6 +221,85 @@ async fn connection_gauge_counts_upgraded_websockets() {
     );
 }
 
+/// `plexus_connections_open{protocol=…}` of one scrape: every series, by label.
+async fn open_series(client: &reqwest::Client, url: &str) -> Option<Vec<(String, u64)>> {
+    let text = client.get(url).send().await.ok()?.text().await.ok()?;
+    let series = text
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("plexus_connections_open{protocol=\"")?;
+            let (label, value) = rest.split_once("\"} ")?;
+            Some((label.to_string(), value.trim().parse().ok()?))
+        })
+        .collect();
+    Some(series)
+}
+
+/// The series of `plexus_connections_open` add up to every open TCP connection. A connection
+/// was counted only once its protocol was known, so one that had sent nothing (cleartext
+/// before its first byte, or after a first `P` that may begin the HTTP/2 preface; TLS in its
+/// handshake) was in no series. Such connections are `pending` now.
+#[tokio::test]
+async fn connection_gauge_counts_connections_that_have_sent_nothing() {
+    crate::kit::install_crypto_provider();
+    for tls in [false, true] {
+        let server = if tls {
+            Server::start(&["--tls-self-signed"]).await
+        } else {
+            Server::start(&[]).await
+        };
+        let (client, url) = if tls {
+            let pem_path = server.data_dir().join("tls").join("self-signed.pem");
+            let pem = std::fs::read(&pem_path)
+                .unwrap_or_else(|e| panic!("read {}: {e}", pem_path.display()));
+            let cert = reqwest::Certificate::from_pem(&pem).expect("the written PEM");
+            let client = reqwest::Client::builder()
+                .add_root_certificate(cert)
+                .build()
+                .expect("a TLS client");
+            let url = format!("https://localhost:{}/metrics", server.port());
+            (client, url)
+        } else {
+            (reqwest::Client::new(), server.url("/metrics"))
+        };
+        // Four connections that say nothing (in cleartext, one says only `P`). Each scrape's
+        // own connection is open too: the series add up to at least five, whatever earlier
+        // connections of the harness are still open.
+        let mut quiet = Vec::new();
+        for i in 0..4 {
+            let mut socket = tokio::net::TcpStream::connect(server.addr())
+                .await
+                .expect("connect");
+            if !tls && i == 0 {
+                tokio::io::AsyncWriteExt::write_all(&mut socket, b"P")
+                    .await
+                    .expect("write P");
+            }
+            quiet.push(socket);
+        }
+        let label = if tls { "TLS" } else { "cleartext" };
+        eventually(
+            &format!("{label}: the quiet connections are counted"),
+            || async {
+                let series = open_series(&client, &url).await?;
+                let sum: u64 = series.iter().map(|(_, n)| n).sum();
+                let pending = series.iter().find(|(l, _)| l == "pending")?.1;
+                (sum >= 5 && pending >= 4).then_some(())
+            },
+        )
+        .await;
+        drop(quiet);
+        eventually(
+            &format!("{label}: the quiet connections are counted closed"),
+            || async {
+                let series = open_series(&client, &url).await?;
+                (series.iter().find(|(l, _)| l == "pending")?.1 == 0).then_some(())
+            },
+        )
+        .await;
+    }
+}
+
 /// What the document declares about credentials matches the server's mode: nothing with
 /// `--auth open`; bearer and the `access_token` query parameter with `--auth required`, and
 /// none on the paths anyone may call.
