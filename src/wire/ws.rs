@@ -258,12 +258,6 @@ pub const CLOSE_SILENT_PEER: Close = Close {
     reason: "no frame from the peer for 90 s",
 };
 
-/// The answer to a Close frame the client sent (RFC 6455 §5.5.1): a Close frame echoing its
-/// status code, or an empty one (`None`) when the client's carried no code.
-pub fn close_echo(code: Option<u16>) -> Option<Close> {
-    code.map(|code| Close { code, reason: "" })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,19 +265,6 @@ mod tests {
 
     fn decode(text: &str) -> (Option<Value>, Result<Command, FrameError>) {
         decode_client_frame(text, 1000, 10)
-    }
-
-    #[test]
-    fn close_echo_repeats_the_code() {
-        assert_eq!(
-            close_echo(Some(4001)),
-            Some(Close {
-                code: 4001,
-                reason: ""
-            })
-        );
-        assert_eq!(close_echo(Some(1000)).map(|c| c.code), Some(1000));
-        assert_eq!(close_echo(None), None);
     }
 
     #[test]
