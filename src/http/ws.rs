@@ -19,7 +19,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{ApiError, FrameRefusal};
 use super::extract::{Params, QueryPairs};
 use super::schema;
 use super::state::AppState;
@@ -28,7 +28,7 @@ use crate::hub::{Event, SlowPolicy};
 use crate::model::{NewMessage, Since, Topic, TopicList};
 use crate::wire::frames::ws_gap;
 use crate::wire::ws::{
-    CLOSE_RESTARTING, CLOSE_SILENT_PEER, Close, Command, FrameError, Reply, decode_client_frame,
+    CLOSE_RESTARTING, CLOSE_SILENT_PEER, Close, Command, Reply, decode_client_frame,
     disconnect_frame, error_frame, ok_frame,
 };
 
@@ -141,7 +141,7 @@ impl Session {
                     .await
                 {
                     Ok(next) => ok_frame(None, Reply::Subscribed { topic, next: &next }),
-                    Err(e) => error_frame(None, &e),
+                    Err(e) => refuse(None, &e),
                 };
                 if self.send_text(answer).await.is_err() {
                     return;
@@ -163,7 +163,7 @@ impl Session {
                     last_heard = Instant::now();
                     let answer = match frame {
                         WsMessage::Text(text) => Some(self.handle(text.as_str()).await),
-                        WsMessage::Binary(_) => Some(error_frame(None, &FrameError::bad("send JSON in text frames"))),
+                        WsMessage::Binary(_) => Some(refuse(None, &FrameRefusal::bad_request("send JSON in text frames"))),
                         WsMessage::Close(_) => {
                             self.answer_close().await;
                             return;
@@ -255,13 +255,17 @@ impl Session {
             decode_client_frame(text, options.max_ws_frame_bytes, options.max_message_bytes);
         let answer = match command {
             Ok(command) => self.apply(command, id.as_ref()).await,
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
-        answer.unwrap_or_else(|e| error_frame(id.as_ref(), &e))
+        answer.unwrap_or_else(|e| refuse(id.as_ref(), &e))
     }
 
     /// Carries out one command; its `ok` frame, answering `id`.
-    async fn apply(&mut self, command: Command, id: Option<&Value>) -> Result<String, FrameError> {
+    async fn apply(
+        &mut self,
+        command: Command,
+        id: Option<&Value>,
+    ) -> Result<String, FrameRefusal> {
         match command {
             Command::Subscribe { topic, since, slow } => {
                 self.caller.subscribe(&topic)?;
@@ -295,7 +299,7 @@ impl Session {
                 metrics::counter!("plexus_publishes_total", "transport" => "ws").increment(1);
                 let a = results
                     .first()
-                    .ok_or_else(|| FrameError::bad("nothing was published"))?;
+                    .ok_or_else(|| FrameRefusal::bad_request("nothing was published"))?;
                 Ok(ok_frame(
                     id,
                     Reply::Published {
@@ -314,9 +318,9 @@ impl Session {
         topic: Topic,
         since: &Since,
         slow: SlowPolicy,
-    ) -> Result<String, FrameError> {
+    ) -> Result<String, FrameRefusal> {
         if !self.active.contains_key(&topic) && self.active.len() >= self.state.options.max_topics {
-            return Err(FrameError::bad(format!(
+            return Err(FrameRefusal::bad_request(format!(
                 "at most {} topics per socket",
                 self.state.options.max_topics
             )));
@@ -339,6 +343,11 @@ impl Session {
         self.subs.push(events);
         Ok(next)
     }
+}
+
+/// The `error` frame answering a client's frame `id`: the socket lives on.
+fn refuse(id: Option<&Value>, e: &FrameRefusal) -> String {
+    error_frame(id, e.status(), e.detail())
 }
 
 /// Closes `sink`, flushing what it has queued, or gives up after `limit` (the socket is then
