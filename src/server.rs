@@ -127,9 +127,10 @@ impl ConnStats {
     }
 }
 
-/// One open TCP connection: counted from accept (as `pending`) until dropped. It travels inside the
-/// connection's socket ([`Counted`]), so it is dropped with the socket, also when hyper hands
-/// an upgraded socket (a WebSocket) over and is done with the connection long before it ends.
+/// One open TCP connection: counted from accept (as `pending`) until dropped. It travels
+/// inside the connection's socket ([`Counted`]), so it is dropped with the socket, also when
+/// hyper hands an upgraded socket (a WebSocket) over and is done with the connection long
+/// before it ends.
 struct OpenConnection {
     stats: Arc<ConnStats>,
     // The address alone, not the port: this lives as long as the connection, and an idle
@@ -184,7 +185,10 @@ impl OpenConnection {
 
     /// Notes a request; the first one labels a connection still pending by its version.
     fn requests(&self, tls: bool, version: hyper::Version) {
-        if !self.requested.swap(true, Ordering::Relaxed) {
+        // A load first: after the first request this is a read of a cache line the
+        // connection's other requests (HTTP/2 streams on other threads) share, not a write.
+        if !self.requested.load(Ordering::Relaxed) && !self.requested.swap(true, Ordering::Relaxed)
+        {
             self.speaks(Protocol::of(tls, version));
         }
     }

@@ -163,7 +163,10 @@ impl Session {
                     last_heard = Instant::now();
                     let answer = match frame {
                         WsMessage::Text(text) => Some(self.handle(text.as_str()).await),
-                        WsMessage::Binary(_) => Some(refuse(None, &FrameRefusal::bad_request("send JSON in text frames"))),
+                        WsMessage::Binary(_) => {
+                            let e = FrameRefusal::bad_request("send JSON in text frames");
+                            Some(refuse(None, &e))
+                        }
                         WsMessage::Close(_) => {
                             self.answer_close().await;
                             return;
