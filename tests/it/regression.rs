@@ -27,7 +27,7 @@ async fn websocket_close_from_the_client_is_answered_with_a_close_frame() {
         .unwrap_or_else(|_| panic!("close {code}: EOF within the deadline"));
         let close = frames
             .iter()
-            .find(|(opcode, _)| *opcode == 0x8)
+            .find(|(first, _)| *first == 0x88)
             .unwrap_or_else(|| panic!("close {code}: no Close frame before EOF: {frames:?}"));
         assert!(
             close.1.len() >= 2,
@@ -82,7 +82,7 @@ async fn raw_ws_upgrade(server: &Server) -> (tokio::net::TcpStream, Vec<u8>) {
 }
 
 /// Sends a masked Close frame with `code`, then reads until EOF; the frames that came, as
-/// (opcode, payload).
+/// (first byte, payload): a final Close frame is 0x88.
 async fn close_and_read_to_eof(
     mut socket: tokio::net::TcpStream,
     mut read: Vec<u8>,
@@ -117,7 +117,7 @@ async fn close_and_read_to_eof(
     let mut frames = Vec::new();
     let mut at = 0;
     while at + 2 <= read.len() {
-        let opcode = read[at] & 0x0f;
+        let first = read[at];
         let (len, header) = match read[at + 1] & 0x7f {
             126 if at + 4 <= read.len() => (
                 usize::from(u16::from_be_bytes([read[at + 2], read[at + 3]])),
@@ -129,7 +129,7 @@ async fn close_and_read_to_eof(
         let payload = read
             .get(at + header..at + header + len)
             .unwrap_or_else(|| panic!("close {code}: a frame cut short: {read:?}"));
-        frames.push((opcode, payload.to_vec()));
+        frames.push((first, payload.to_vec()));
         at += header + len;
     }
     assert_eq!(at, read.len(), "close {code}: whole frames only: {read:?}");
