@@ -8,7 +8,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -44,20 +44,26 @@ pub struct ServerOptions {
 }
 
 /// What an open connection speaks: the `protocol` label of `plexus_connections_open`.
+/// Every open connection has one, so the series add up to the open connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
     Http1,
     H2c,
     TlsH2,
     TlsHttp1,
+    /// Not known yet: a cleartext connection before its first byte (or, when that byte may
+    /// start the HTTP/2 preface, before its first request), a TLS connection in its handshake
+    /// (or, when ALPN chose nothing, before its first request).
+    Pending,
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 4] = [
+    pub const ALL: [Protocol; 5] = [
         Protocol::Http1,
         Protocol::H2c,
         Protocol::TlsH2,
         Protocol::TlsHttp1,
+        Protocol::Pending,
     ];
 
     pub fn label(self) -> &'static str {
@@ -66,6 +72,7 @@ impl Protocol {
             Protocol::H2c => "h2c",
             Protocol::TlsH2 => "tls-h2",
             Protocol::TlsHttp1 => "tls-http1",
+            Protocol::Pending => "pending",
         }
     }
 
@@ -78,6 +85,15 @@ impl Protocol {
             (true, false) => Protocol::TlsHttp1,
         }
     }
+
+    /// The protocol a TLS handshake chose by ALPN, if it chose one.
+    fn of_alpn(alpn: Option<&[u8]>) -> Option<Self> {
+        match alpn? {
+            b"h2" => Some(Protocol::TlsH2),
+            b"http/1.1" => Some(Protocol::TlsHttp1),
+            _ => None,
+        }
+    }
 }
 
 /// Connection counters, read by `/metrics`.
@@ -88,8 +104,9 @@ pub struct ConnStats {
     pub tls_handshake_failures: AtomicU64,
     /// Connections closed at once because a connection limit was reached.
     pub refused: AtomicU64,
-    /// Open connections by [`Protocol`] (its index), once it is known.
-    open_by_protocol: [AtomicU64; 4],
+    /// Open connections by [`Protocol`] (its index), [`Protocol::Pending`] until it is known:
+    /// together, every admitted connection not yet closed.
+    open_by_protocol: [AtomicU64; Protocol::ALL.len()],
     // A std mutex: held for a counter update on accept and close, never across an await.
     per_client: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
@@ -102,26 +119,27 @@ impl ConnStats {
     }
 
     /// Open connections that speak `protocol`, upgraded ones (WebSockets) included. A
-    /// connection counts here once its protocol is known: at accept when its first byte rules
-    /// out HTTP/2, otherwise at its first request.
+    /// connection counts as [`Protocol::Pending`] from accept until its protocol is known: at
+    /// its first byte when that rules out HTTP/2, at the end of its TLS handshake when ALPN
+    /// chose a protocol, otherwise at its first request.
     pub fn open_by(&self, protocol: Protocol) -> u64 {
         self.open_by_protocol[protocol as usize].load(Ordering::Relaxed)
     }
 }
 
-/// No protocol known yet, in [`OpenConnection::protocol`].
-const UNKNOWN: u8 = u8::MAX;
-
-/// One open TCP connection: counted from accept until dropped. It travels inside the
-/// connection's socket ([`Counted`]), so it is dropped with the socket, also when hyper hands
-/// an upgraded socket (a WebSocket) over and is done with the connection long before it ends.
+/// One open TCP connection: counted from accept (as `pending`) until dropped. It travels
+/// inside the connection's socket ([`Counted`]), so it is dropped with the socket, also when
+/// hyper hands an upgraded socket (a WebSocket) over and is done with the connection long
+/// before it ends.
 struct OpenConnection {
     stats: Arc<ConnStats>,
     // The address alone, not the port: this lives as long as the connection, and an idle
     // connection's every byte counts (docs/BENCHMARKS.md, idle connections).
     ip: std::net::IpAddr,
-    /// A [`Protocol`] as `u8`, or [`UNKNOWN`]: set once.
+    /// A [`Protocol`] as `u8`: [`Protocol::Pending`], then set once.
     protocol: AtomicU8,
+    /// Whether a request has come in (the first one labels a connection still pending).
+    requested: AtomicBool,
 }
 
 impl OpenConnection {
@@ -141,28 +159,42 @@ impl OpenConnection {
         }
         *count += 1;
         stats.accepted.fetch_add(1, Ordering::Relaxed);
+        stats.open_by_protocol[Protocol::Pending as usize].fetch_add(1, Ordering::Relaxed);
         Some(OpenConnection {
             stats: stats.clone(),
             ip,
-            protocol: AtomicU8::new(UNKNOWN),
+            protocol: AtomicU8::new(Protocol::Pending as u8),
+            requested: AtomicBool::new(false),
         })
     }
 
-    /// Records the connection's protocol; the first call wins.
+    /// Moves the connection from `pending` to `protocol`; the first call wins.
     fn speaks(&self, protocol: Protocol) {
         let set = self.protocol.compare_exchange(
-            UNKNOWN,
+            Protocol::Pending as u8,
             protocol as u8,
             Ordering::Relaxed,
             Ordering::Relaxed,
         );
         if set.is_ok() {
-            self.stats.open_by_protocol[protocol as usize].fetch_add(1, Ordering::Relaxed);
+            let open = &self.stats.open_by_protocol;
+            open[protocol as usize].fetch_add(1, Ordering::Relaxed);
+            open[Protocol::Pending as usize].fetch_sub(1, Ordering::Relaxed);
         }
     }
 
-    fn has_spoken(&self) -> bool {
-        self.protocol.load(Ordering::Relaxed) != UNKNOWN
+    /// Notes a request; the first one labels a connection still pending by its version.
+    fn requests(&self, tls: bool, version: hyper::Version) {
+        // A load first: after the first request this is a read of a cache line the
+        // connection's other requests (HTTP/2 streams on other threads) share, not a write.
+        if !self.requested.load(Ordering::Relaxed) && !self.requested.swap(true, Ordering::Relaxed)
+        {
+            self.speaks(Protocol::of(tls, version));
+        }
+    }
+
+    fn has_requested(&self) -> bool {
+        self.requested.load(Ordering::Relaxed)
     }
 }
 
@@ -340,8 +372,8 @@ struct Admitted {
 
 /// Serves one connection until it ends or the drain closes it. A connection that has made no
 /// request within `first_request` is closed: hyper's header timeout covers HTTP/1.1 heads,
-/// but an HTTP/2 client that sends only its preface would otherwise hold the socket. Its
-/// protocol is counted at its first request (over TLS or not: `tls`).
+/// but an HTTP/2 client that sends only its preface would otherwise hold the socket. A
+/// connection still `pending` is labelled at its first request (over TLS or not: `tls`).
 async fn serve<I>(
     builder: auto::Builder<TokioExecutor>,
     io: I,
@@ -356,9 +388,7 @@ async fn serve<I>(
     let open = Arc::new(open);
     let seen = open.clone();
     let app = tower::ServiceExt::map_request(app, move |mut req: axum::extract::Request<_>| {
-        if !seen.has_spoken() {
-            seen.speaks(Protocol::of(tls, req.version()));
-        }
+        seen.requests(tls, req.version());
         req.extensions_mut().insert(ClientAddr(peer));
         req
     });
@@ -372,7 +402,7 @@ async fn serve<I>(
     tokio::pin!(conn);
     let no_request = async {
         tokio::time::sleep(first_request).await;
-        if open.has_spoken() {
+        if open.has_requested() {
             std::future::pending::<()>().await;
         }
     };
@@ -457,6 +487,11 @@ pub async fn run(
                 tokio::spawn(async move {
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
+                            if let Some(protocol) =
+                                Protocol::of_alpn(tls.get_ref().1.alpn_protocol())
+                            {
+                                open.speaks(protocol);
+                            }
                             let admitted = Admitted {
                                 open,
                                 peer,
@@ -501,6 +536,45 @@ mod tests {
         );
     }
 
+    fn sum(stats: &ConnStats) -> u64 {
+        Protocol::ALL.iter().map(|p| stats.open_by(*p)).sum()
+    }
+
+    /// Every admitted connection is in exactly one series, from accept to close: `pending`
+    /// until its protocol is known, then that protocol's.
+    #[test]
+    fn the_series_add_up_to_the_open_connections() {
+        let stats = Arc::new(ConnStats::default());
+        let options = ServerOptions {
+            header_timeout: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(1),
+            tls: None,
+            stats: stats.clone(),
+            max_connections: 10,
+            max_connections_per_client: 10,
+        };
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        let silent = OpenConnection::admit(&stats, ip, &options).expect("admitted");
+        assert_eq!(stats.open_by(Protocol::Pending), 1, "counted at accept");
+        assert_eq!((sum(&stats), stats.open()), (1, 1));
+
+        let h2 = OpenConnection::admit(&stats, ip, &options).expect("admitted");
+        h2.requests(false, hyper::Version::HTTP_2);
+        h2.requests(false, hyper::Version::HTTP_11);
+        let tls = OpenConnection::admit(&stats, ip, &options).expect("admitted");
+        tls.speaks(Protocol::TlsH2);
+        tls.requests(true, hyper::Version::HTTP_11);
+        assert!(tls.has_requested());
+        assert_eq!(stats.open_by(Protocol::H2c), 1, "the first request decides");
+        assert_eq!(stats.open_by(Protocol::TlsH2), 1, "ALPN decides before it");
+        assert_eq!(stats.open_by(Protocol::TlsHttp1), 0);
+        assert_eq!(stats.open_by(Protocol::Pending), 1);
+        assert_eq!((sum(&stats), stats.open()), (3, 3));
+
+        drop((silent, h2, tls));
+        assert_eq!((sum(&stats), stats.open()), (0, 0));
+    }
+
     #[test]
     fn protocols_are_labelled_by_transport_and_version() {
         use hyper::Version;
@@ -508,8 +582,14 @@ mod tests {
         assert_eq!(Protocol::of(false, Version::HTTP_2), Protocol::H2c);
         assert_eq!(Protocol::of(true, Version::HTTP_2), Protocol::TlsH2);
         assert_eq!(Protocol::of(true, Version::HTTP_10), Protocol::TlsHttp1);
+        assert_eq!(Protocol::of_alpn(Some(b"h2")), Some(Protocol::TlsH2));
+        assert_eq!(
+            Protocol::of_alpn(Some(b"http/1.1")),
+            Some(Protocol::TlsHttp1)
+        );
+        assert_eq!(Protocol::of_alpn(None), None);
         let labels: Vec<&str> = Protocol::ALL.iter().map(|p| p.label()).collect();
-        assert_eq!(labels, ["http1", "h2c", "tls-h2", "tls-http1"]);
+        assert_eq!(labels, ["http1", "h2c", "tls-h2", "tls-http1", "pending"]);
         for (i, p) in Protocol::ALL.iter().enumerate() {
             assert_eq!(*p as usize, i, "ALL is in index order");
         }

@@ -59,7 +59,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     );
     out.push_str(
         "# HELP plexus_connections_open TCP connections open now, by protocol, upgraded \
-         (WebSocket) ones included; a connection counts once its protocol is known.\n\
+         (WebSocket) ones included; pending until the protocol is known.\n\
          # TYPE plexus_connections_open gauge\n",
     );
     for protocol in crate::server::Protocol::ALL {

@@ -119,6 +119,14 @@ fn store_problem(e: &StoreError) -> &'static ProblemType {
     }
 }
 
+/// The kind of problem a refused WebSocket frame is.
+fn frame_problem(e: &FrameError) -> &'static ProblemType {
+    match e {
+        FrameError::BadFrame(_) => &BAD_REQUEST,
+        FrameError::TooLarge(_) => &TOO_LARGE,
+    }
+}
+
 /// The kind of problem a hub error is.
 fn hub_problem(e: &HubError) -> &'static ProblemType {
     match e {
@@ -256,22 +264,56 @@ impl From<JobError> for ApiError {
     }
 }
 
-/// A refused WebSocket frame is answered with the status the same refusal has over HTTP.
-impl From<ApiError> for FrameError {
+/// A refused WebSocket frame, on its way into an `error` frame: the status the same refusal
+/// has over HTTP, and a detail.
+#[derive(Debug)]
+pub struct FrameRefusal {
+    kind: &'static ProblemType,
+    detail: String,
+}
+
+impl FrameRefusal {
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        ApiError::bad_request(detail).into()
+    }
+
+    /// The error frame's `status`.
+    pub fn status(&self) -> u16 {
+        self.kind.status.as_u16()
+    }
+
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+}
+
+impl From<ApiError> for FrameRefusal {
     fn from(e: ApiError) -> Self {
-        FrameError {
-            status: e.kind.status.as_u16(),
+        FrameRefusal {
+            kind: e.kind,
             detail: e.detail,
+        }
+    }
+}
+
+/// A frame the decoder refused: a bad frame is a 400, one over a limit a 413.
+impl From<FrameError> for FrameRefusal {
+    fn from(e: FrameError) -> Self {
+        let kind = frame_problem(&e);
+        match e {
+            FrameError::BadFrame(detail) | FrameError::TooLarge(detail) => {
+                FrameRefusal { kind, detail }
+            }
         }
     }
 }
 
 /// A hub error in a WebSocket error frame: the status of its problem; the detail is the
 /// error's own text (for a store failure, unlike the HTTP problem, its cause).
-impl From<HubError> for FrameError {
+impl From<HubError> for FrameRefusal {
     fn from(e: HubError) -> Self {
-        FrameError {
-            status: hub_problem(&e).status.as_u16(),
+        FrameRefusal {
+            kind: hub_problem(&e),
             detail: e.to_string(),
         }
     }
@@ -334,10 +376,22 @@ mod tests {
             (HubError::Store(StoreError::JobChanged(id.clone())), 409),
             (HubError::Store(StoreError::UnknownJob(id)), 404),
         ] {
-            let frame = FrameError::from(e.clone());
-            assert_eq!(frame.status, status, "{e}");
-            assert_eq!(frame.detail, e.to_string());
+            let frame = FrameRefusal::from(e.clone());
+            assert_eq!(frame.status(), status, "{e}");
+            assert_eq!(frame.detail(), e.to_string());
             assert_eq!(ApiError::from(e).status().as_u16(), status);
         }
+    }
+
+    /// A frame the WebSocket decoder refused has the status of the same refusal over HTTP:
+    /// wire/ names the kind, this file the status.
+    #[test]
+    fn decode_errors_map_to_their_status() {
+        let bad = FrameRefusal::from(FrameError::BadFrame("not a frame".into()));
+        assert_eq!((bad.status(), bad.detail()), (400, "not a frame"));
+        assert_eq!(bad.status(), ApiError::bad_request("x").status().as_u16());
+        let large = FrameRefusal::from(FrameError::TooLarge("too big".into()));
+        assert_eq!((large.status(), large.detail()), (413, "too big"));
+        assert_eq!(large.status(), ApiError::too_large("x").status().as_u16());
     }
 }

@@ -19,7 +19,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{ApiError, FrameRefusal};
 use super::extract::{Params, QueryPairs};
 use super::schema;
 use super::state::AppState;
@@ -28,11 +28,15 @@ use crate::hub::{Event, SlowPolicy};
 use crate::model::{NewMessage, Since, Topic, TopicList};
 use crate::wire::frames::ws_gap;
 use crate::wire::ws::{
-    CLOSE_RESTARTING, CLOSE_SILENT_PEER, Close, Command, FrameError, Reply, close_echo,
-    decode_client_frame, disconnect_frame, error_frame, ok_frame,
+    CLOSE_RESTARTING, CLOSE_SILENT_PEER, Close, Command, Reply, decode_client_frame,
+    disconnect_frame, error_frame, ok_frame,
 };
 
 const PING_EVERY: Duration = Duration::from_secs(30);
+/// How long a Close frame of ours may take to reach the socket. A peer that reads nothing
+/// more (it sent its own Close, or went silent) with the socket's send buffer full would
+/// otherwise keep the flush — and this task, its subscriptions and the socket — forever.
+const CLOSE_WITHIN: Duration = Duration::from_secs(5);
 /// A peer silent this long is closed with `CLOSE_SILENT_PEER` (whose reason states it).
 const SILENT_LIMIT: Duration = Duration::from_secs(90);
 
@@ -137,7 +141,7 @@ impl Session {
                     .await
                 {
                     Ok(next) => ok_frame(None, Reply::Subscribed { topic, next: &next }),
-                    Err(e) => error_frame(None, &e),
+                    Err(e) => refuse(None, &e),
                 };
                 if self.send_text(answer).await.is_err() {
                     return;
@@ -159,9 +163,12 @@ impl Session {
                     last_heard = Instant::now();
                     let answer = match frame {
                         WsMessage::Text(text) => Some(self.handle(text.as_str()).await),
-                        WsMessage::Binary(_) => Some(error_frame(None, &FrameError::bad("send JSON in text frames"))),
-                        WsMessage::Close(frame) => {
-                            self.answer_close(close_echo(frame.map(|f| f.code))).await;
+                        WsMessage::Binary(_) => {
+                            let e = FrameRefusal::bad_request("send JSON in text frames");
+                            Some(refuse(None, &e))
+                        }
+                        WsMessage::Close(_) => {
+                            self.answer_close().await;
                             return;
                         }
                         // Pongs to pings are sent by the protocol layer.
@@ -221,29 +228,26 @@ impl Session {
         self.send(WsMessage::Text(Utf8Bytes::from(text))).await
     }
 
+    /// Starts the close handshake with `close`, within [`CLOSE_WITHIN`].
     async fn close(&mut self, close: Close) {
-        let _ = self
-            .send(WsMessage::Close(Some(CloseFrame {
-                code: close.code,
-                reason: Utf8Bytes::from_static(close.reason),
-            })))
-            .await;
-    }
-
-    /// Completes the close handshake a client started (RFC 6455 §5.5.1) with `echo`, the Close
-    /// frame `wire::ws::close_echo` built from the client's. Without this the socket would just
-    /// drop, and a browser would report 1006 (`wasClean = false`). tungstenite has already
-    /// queued an echo of the client's frame when it read it, so sending ours flushes that
-    /// (the same code); closing the sink then ends the connection, which tungstenite reports
-    /// as closed: the expected end.
-    async fn answer_close(&mut self, echo: Option<Close>) {
-        let frame = echo.map(|close| CloseFrame {
+        let frame = WsMessage::Close(Some(CloseFrame {
             code: close.code,
             reason: Utf8Bytes::from_static(close.reason),
-        });
+        }));
         if let Some(sink) = self.sink.as_mut() {
-            let _ = sink.send(WsMessage::Close(frame)).await;
-            let _ = sink.close().await;
+            let _ = tokio::time::timeout(CLOSE_WITHIN, sink.send(frame)).await;
+        }
+    }
+
+    /// Completes the close handshake a client started (RFC 6455 §5.5.1); without it the socket
+    /// would just drop, and a browser would report 1006 (`wasClean = false`). The answer is
+    /// tungstenite's: when it read the client's Close it queued a Close frame echoing its code
+    /// and reason (1002 for a code that may not be sent), and refuses any frame of ours after
+    /// it. Closing the sink flushes that echo, within [`CLOSE_WITHIN`]; the connection ends when
+    /// the session drops the socket.
+    async fn answer_close(&mut self) {
+        if let Some(sink) = self.sink.as_mut() {
+            close_within(sink, CLOSE_WITHIN).await;
         }
     }
 
@@ -254,13 +258,17 @@ impl Session {
             decode_client_frame(text, options.max_ws_frame_bytes, options.max_message_bytes);
         let answer = match command {
             Ok(command) => self.apply(command, id.as_ref()).await,
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
-        answer.unwrap_or_else(|e| error_frame(id.as_ref(), &e))
+        answer.unwrap_or_else(|e| refuse(id.as_ref(), &e))
     }
 
     /// Carries out one command; its `ok` frame, answering `id`.
-    async fn apply(&mut self, command: Command, id: Option<&Value>) -> Result<String, FrameError> {
+    async fn apply(
+        &mut self,
+        command: Command,
+        id: Option<&Value>,
+    ) -> Result<String, FrameRefusal> {
         match command {
             Command::Subscribe { topic, since, slow } => {
                 self.caller.subscribe(&topic)?;
@@ -294,7 +302,7 @@ impl Session {
                 metrics::counter!("plexus_publishes_total", "transport" => "ws").increment(1);
                 let a = results
                     .first()
-                    .ok_or_else(|| FrameError::bad("nothing was published"))?;
+                    .ok_or_else(|| FrameRefusal::bad_request("nothing was published"))?;
                 Ok(ok_frame(
                     id,
                     Reply::Published {
@@ -313,9 +321,9 @@ impl Session {
         topic: Topic,
         since: &Since,
         slow: SlowPolicy,
-    ) -> Result<String, FrameError> {
+    ) -> Result<String, FrameRefusal> {
         if !self.active.contains_key(&topic) && self.active.len() >= self.state.options.max_topics {
-            return Err(FrameError::bad(format!(
+            return Err(FrameRefusal::bad_request(format!(
                 "at most {} topics per socket",
                 self.state.options.max_topics
             )));
@@ -337,5 +345,57 @@ impl Session {
             .boxed();
         self.subs.push(events);
         Ok(next)
+    }
+}
+
+/// The `error` frame answering a client's frame `id`: the socket lives on.
+fn refuse(id: Option<&Value>, e: &FrameRefusal) -> String {
+    error_frame(id, e.status(), e.detail())
+}
+
+/// Closes `sink`, flushing what it has queued, or gives up after `limit` (the socket is then
+/// dropped unflushed); whether it closed in time.
+async fn close_within<S, M>(sink: &mut S, limit: Duration) -> bool
+where
+    S: futures_util::Sink<M> + Unpin,
+{
+    matches!(tokio::time::timeout(limit, sink.close()).await, Ok(Ok(())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A peer that reads nothing: every write and flush waits forever.
+    struct Unread;
+
+    impl futures_util::Sink<WsMessage> for Unread {
+        type Error = ();
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Pending
+        }
+        fn start_send(self: Pin<&mut Self>, _: WsMessage) -> Result<(), ()> {
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Pending
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Pending
+        }
+    }
+
+    /// Answering a client's Close could wait forever on a peer that never reads, pinning the
+    /// session's task and its socket.
+    #[tokio::test]
+    async fn closing_gives_up_on_a_peer_that_never_reads() {
+        let closed = tokio::time::timeout(
+            Duration::from_secs(10),
+            close_within(&mut Unread, Duration::from_millis(20)),
+        )
+        .await;
+        assert_eq!(closed, Ok(false), "the close gives up within its limit");
     }
 }

@@ -1,7 +1,9 @@
-//! The WebSocket protocol, both ways: the client frame decoder (text → a [`Command`], or the
-//! error frame's status and detail), and the control frames the hub answers with (`ok`,
-//! `error`, `disconnect`, and its Close frames). Message and gap frames are in `frames.rs`.
-//! Pure (no socket, no hub), so it can be fuzzed and tested on its own.
+//! The WebSocket protocol, both ways: the client frame decoder (text → a [`Command`], or a
+//! [`FrameError`] saying what kind of frame was refused), and the control frames the hub
+//! answers with (`ok`, `error`, `disconnect`, and its Close frames). Message and gap frames
+//! are in `frames.rs`. Pure (no socket, no hub), so it can be fuzzed and tested on its own.
+//! Which status an error frame carries is not decided here: `http/error.rs` maps every error,
+//! a [`FrameError`] included, to the status the same refusal has over HTTP.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -28,18 +30,24 @@ pub enum Command {
     },
 }
 
-/// An error frame's `status` (HTTP numbers: 400, 403, 404, 409, 413, 503) and `detail`.
+/// Why the decoder refused a client's frame: its kind, and a detail for the client.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FrameError {
-    pub status: u16,
-    pub detail: String,
+pub enum FrameError {
+    /// Not a frame the hub understands: not JSON, an unknown op, a missing or bad field.
+    BadFrame(String),
+    /// The frame, or the payload it publishes, is over its limit.
+    TooLarge(String),
 }
 
 impl FrameError {
-    pub fn bad(detail: impl Into<String>) -> Self {
-        FrameError {
-            status: 400,
-            detail: detail.into(),
+    fn bad(detail: impl Into<String>) -> Self {
+        FrameError::BadFrame(detail.into())
+    }
+
+    /// What the error frame tells the client.
+    pub fn detail(&self) -> &str {
+        match self {
+            FrameError::BadFrame(detail) | FrameError::TooLarge(detail) => detail,
         }
     }
 }
@@ -67,13 +75,7 @@ pub fn decode_client_frame(
             "the frame is {} bytes, at most {max_frame_bytes} allowed",
             text.len()
         );
-        return (
-            None,
-            Err(FrameError {
-                status: 413,
-                detail,
-            }),
-        );
+        return (None, Err(FrameError::TooLarge(detail)));
     }
     let value: Value = match serde_json::from_str(text) {
         Ok(value) => value,
@@ -122,13 +124,10 @@ fn command(frame: ClientFrame, max_message_bytes: usize) -> Result<Command, Fram
                 _ => return Err(FrameError::bad("give exactly one of data and data_base64")),
             };
             if data.len() > max_message_bytes {
-                return Err(FrameError {
-                    status: 413,
-                    detail: format!(
-                        "the payload is {} bytes, at most {max_message_bytes} allowed",
-                        data.len()
-                    ),
-                });
+                return Err(FrameError::TooLarge(format!(
+                    "the payload is {} bytes, at most {max_message_bytes} allowed",
+                    data.len()
+                )));
             }
             let event = frame
                 .event
@@ -218,14 +217,14 @@ pub fn ok_frame(id: Option<&Value>, reply: Reply<'_>) -> String {
     })
 }
 
-/// The `error` frame refusing a client's frame (with its `id`, when it had one); the socket
-/// lives on.
-pub fn error_frame(id: Option<&Value>, e: &FrameError) -> String {
+/// The `error` frame refusing a client's frame (with its `id`, when it had one) with the
+/// `status` the caller maps the refusal to (an HTTP number); the socket lives on.
+pub fn error_frame(id: Option<&Value>, status: u16, detail: &str) -> String {
     json_text(&ErrorFrame {
-        detail: &e.detail,
+        detail,
         id,
         op: "error",
-        status: e.status,
+        status,
     })
 }
 
@@ -258,12 +257,6 @@ pub const CLOSE_SILENT_PEER: Close = Close {
     reason: "no frame from the peer for 90 s",
 };
 
-/// The answer to a Close frame the client sent (RFC 6455 §5.5.1): a Close frame echoing its
-/// status code, or an empty one (`None`) when the client's carried no code.
-pub fn close_echo(code: Option<u16>) -> Option<Close> {
-    code.map(|code| Close { code, reason: "" })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,19 +264,6 @@ mod tests {
 
     fn decode(text: &str) -> (Option<Value>, Result<Command, FrameError>) {
         decode_client_frame(text, 1000, 10)
-    }
-
-    #[test]
-    fn close_echo_repeats_the_code() {
-        assert_eq!(
-            close_echo(Some(4001)),
-            Some(Close {
-                code: 4001,
-                reason: ""
-            })
-        );
-        assert_eq!(close_echo(Some(1000)).map(|c| c.code), Some(1000));
-        assert_eq!(close_echo(None), None);
     }
 
     #[test]
@@ -306,16 +286,31 @@ mod tests {
     }
 
     #[test]
-    fn errors_keep_the_id_and_their_status() {
-        let status = |text: &str| decode(text).1.err().map(|e| e.status);
-        assert_eq!(status("not json"), Some(400));
-        assert_eq!(status(r#"{"op":"dance","topic":"a"}"#), Some(400));
-        assert_eq!(status(r#"{"op":"subscribe","topic":"a b"}"#), Some(400));
+    fn errors_keep_the_id_and_their_kind() {
+        let too_large = |text: &str| match decode(text).1 {
+            Err(FrameError::TooLarge(_)) => Some(true),
+            Err(FrameError::BadFrame(_)) => Some(false),
+            Ok(_) => None,
+        };
+        assert_eq!(too_large("not json"), Some(false));
+        assert_eq!(too_large(r#"{"op":"dance","topic":"a"}"#), Some(false));
         assert_eq!(
-            status(r#"{"op":"publish","topic":"a","data":"12345678901"}"#),
-            Some(413)
+            too_large(r#"{"op":"subscribe","topic":"a b"}"#),
+            Some(false)
         );
-        assert_eq!(status(&"x".repeat(1001)), Some(413));
+        assert_eq!(
+            too_large(r#"{"op":"publish","topic":"a","data":"12345678901"}"#),
+            Some(true)
+        );
+        assert_eq!(too_large(&"x".repeat(1001)), Some(true));
+        assert_eq!(
+            decode(&"x".repeat(1001))
+                .1
+                .err()
+                .as_ref()
+                .map(FrameError::detail),
+            Some("the frame is 1001 bytes, at most 1000 allowed")
+        );
         assert_eq!(
             decode(r#"{"op":"dance","id":"q"}"#).0,
             Some(Value::from("q"))
@@ -352,7 +347,7 @@ mod tests {
             r#"{"id":null,"op":"ok","seq":3,"time":"2026-11-24T19:00:00.123Z","topic":"a"}"#
         );
         assert_eq!(
-            error_frame(Some(&Value::from("q")), &FrameError::bad("no")),
+            error_frame(Some(&Value::from("q")), 400, "no"),
             r#"{"detail":"no","id":"q","op":"error","status":400}"#
         );
         assert_eq!(
@@ -377,12 +372,8 @@ mod tests {
             },
         );
         assert_eq!(frame, expected.to_string());
-        let e = FrameError {
-            status: 503,
-            detail: "x \"y\"".into(),
-        };
         let expected = serde_json::json!({"op":"error","status":503,"detail":"x \"y\"","id":id});
-        assert_eq!(error_frame(Some(&id), &e), expected.to_string());
+        assert_eq!(error_frame(Some(&id), 503, "x \"y\""), expected.to_string());
     }
 
     proptest! {

@@ -3,65 +3,137 @@
 //! A bug's test lives here rather than in its feature's module, so that what once broke
 //! reads as one list. Tests here use the kit like any other module (`crate::kit`).
 
-use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::kit::clients::{READ_TIMEOUT, Sse};
 use crate::kit::{Server, eventually, expect_problem, into_json, messages, metric};
 
 /// A client's Close frame is answered with a Close frame echoing its code before the server
 /// ends the TCP connection (RFC 6455 §5.5.1); without it browsers report 1006,
-/// `wasClean = false`.
+/// `wasClean = false`. Checked on the wire, with a client that is nothing but a TCP socket:
+/// a WebSocket library would answer for itself.
 #[tokio::test]
 async fn websocket_close_from_the_client_is_answered_with_a_close_frame() {
     let server = Server::start(&[]).await;
-    let url = format!("ws://{}/v1/ws?topic=bye", server.addr());
-    let (mut ws, _) = timeout(READ_TIMEOUT, tokio_tungstenite::connect_async(url))
+    for code in [1000u16, 4001] {
+        let (socket, after_head) = raw_ws_upgrade(&server).await;
+        let frames = timeout(
+            READ_TIMEOUT,
+            close_and_read_to_eof(socket, after_head, code),
+        )
         .await
-        .expect("handshake within the deadline")
-        .expect("WebSocket handshake");
-    // The subscription at connect is answered first; the socket is then idle.
-    let first = timeout(READ_TIMEOUT, ws.next())
-        .await
-        .expect("the subscribe answer within the deadline");
-    assert!(
-        matches!(&first, Some(Ok(WsMessage::Text(t))) if t.as_str().contains("\"op\":\"ok\"")),
-        "{first:?}"
-    );
-    ws.send(WsMessage::Close(Some(CloseFrame {
-        code: CloseCode::Normal,
-        reason: "done".into(),
-    })))
-    .await
-    .expect("send Close(1000)");
-    let answer = loop {
-        let frame = timeout(READ_TIMEOUT, ws.next())
-            .await
-            .expect("an answer to Close within the deadline");
-        match frame {
-            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
-            other => break other,
-        }
-    };
-    match answer {
-        Some(Ok(WsMessage::Close(Some(close)))) => {
-            assert_eq!(u16::from(close.code), 1000, "the close code is echoed")
-        }
-        other => panic!("expected a Close frame with code 1000 before EOF, got {other:?}"),
+        .unwrap_or_else(|_| panic!("close {code}: EOF within the deadline"));
+        let close = frames
+            .iter()
+            .find(|(first, _)| *first == 0x88)
+            .unwrap_or_else(|| panic!("close {code}: no Close frame before EOF: {frames:?}"));
+        assert!(
+            close.1.len() >= 2,
+            "close {code}: the Close frame carries a code: {frames:?}"
+        );
+        let echoed = u16::from_be_bytes([close.1[0], close.1[1]]);
+        assert_eq!(echoed, code, "the close code is echoed: {frames:?}");
     }
-    // Then the connection ends.
-    let after = timeout(READ_TIMEOUT, ws.next())
+}
+
+/// Opens `/v1/ws` by hand over a plain TCP socket; the socket after the `101` head, and the
+/// bytes read past the head.
+async fn raw_ws_upgrade(server: &Server) -> (tokio::net::TcpStream, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(server.addr())
         .await
-        .expect("EOF after the close handshake");
-    assert!(
-        !matches!(after, Some(Ok(_))),
-        "nothing follows the Close frame: {after:?}"
+        .expect("connect");
+    let request = format!(
+        "GET /v1/ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr()
     );
+    socket
+        .write_all(request.as_bytes())
+        .await
+        .expect("write the upgrade request");
+    let mut read = Vec::new();
+    let head_end = loop {
+        if let Some(at) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let mut buf = [0u8; 1024];
+        let n = timeout(READ_TIMEOUT, socket.read(&mut buf))
+            .await
+            .expect("the upgrade answer within the deadline")
+            .expect("read the upgrade answer");
+        assert!(n > 0, "EOF before the upgrade answer: {read:?}");
+        read.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&read[..head_end]);
+    assert!(
+        head.starts_with("HTTP/1.1 101"),
+        "the upgrade is accepted: {head}"
+    );
+    // RFC 6455 §1.3's example key and its accept value.
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    (socket, read.split_off(head_end))
+}
+
+/// Sends a masked Close frame with `code`, then reads until EOF; the frames that came, as
+/// (first byte, payload): a final Close frame is 0x88.
+async fn close_and_read_to_eof(
+    mut socket: tokio::net::TcpStream,
+    mut read: Vec<u8>,
+    code: u16,
+) -> Vec<(u8, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let [hi, lo] = code.to_be_bytes();
+    let close = [
+        0x88,
+        0x82,
+        mask[0],
+        mask[1],
+        mask[2],
+        mask[3],
+        hi ^ mask[0],
+        lo ^ mask[1],
+    ];
+    socket
+        .write_all(&close)
+        .await
+        .expect("write the Close frame");
+    loop {
+        let mut buf = [0u8; 1024];
+        match socket.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => read.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("close {code}: the connection failed instead of ending: {e}"),
+        }
+    }
+    // Server frames are unmasked; ours are short, so a 7-bit or 16-bit length.
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at + 2 <= read.len() {
+        let first = read[at];
+        let (len, header) = match read[at + 1] & 0x7f {
+            126 if at + 4 <= read.len() => (
+                usize::from(u16::from_be_bytes([read[at + 2], read[at + 3]])),
+                4,
+            ),
+            126 | 127 => panic!("close {code}: an unexpected frame length: {read:?}"),
+            len => (usize::from(len), 2),
+        };
+        let payload = read
+            .get(at + header..at + header + len)
+            .unwrap_or_else(|| panic!("close {code}: a frame cut short: {read:?}"));
+        frames.push((first, payload.to_vec()));
+        at += header + len;
+    }
+    assert_eq!(at, read.len(), "close {code}: whole frames only: {read:?}");
+    frames
 }
 
 /// An SSE stream ended by a shutdown tells the client when to come back: its last frame is
@@ -219,6 +291,85 @@ async fn connection_gauge_counts_upgraded_websockets() {
         metric(&text, r#"plexus_connections_open{protocol="h2c"}"#).is_some_and(|n| n >= 1),
         "the h2c connection is counted: {text}"
     );
+}
+
+/// `plexus_connections_open{protocol=…}` of one scrape: every series, by label.
+async fn open_series(client: &reqwest::Client, url: &str) -> Option<Vec<(String, u64)>> {
+    let text = client.get(url).send().await.ok()?.text().await.ok()?;
+    let series = text
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("plexus_connections_open{protocol=\"")?;
+            let (label, value) = rest.split_once("\"} ")?;
+            Some((label.to_string(), value.trim().parse().ok()?))
+        })
+        .collect();
+    Some(series)
+}
+
+/// The series of `plexus_connections_open` add up to every open TCP connection. A connection
+/// was counted only once its protocol was known, so one that had sent nothing (cleartext
+/// before its first byte, or after a first `P` that may begin the HTTP/2 preface; TLS in its
+/// handshake) was in no series. Such connections are `pending` now.
+#[tokio::test]
+async fn connection_gauge_counts_connections_that_have_sent_nothing() {
+    crate::kit::install_crypto_provider();
+    for tls in [false, true] {
+        let server = if tls {
+            Server::start(&["--tls-self-signed"]).await
+        } else {
+            Server::start(&[]).await
+        };
+        let (client, url) = if tls {
+            let pem_path = server.data_dir().join("tls").join("self-signed.pem");
+            let pem = std::fs::read(&pem_path)
+                .unwrap_or_else(|e| panic!("read {}: {e}", pem_path.display()));
+            let cert = reqwest::Certificate::from_pem(&pem).expect("the written PEM");
+            let client = reqwest::Client::builder()
+                .add_root_certificate(cert)
+                .build()
+                .expect("a TLS client");
+            let url = format!("https://localhost:{}/metrics", server.port());
+            (client, url)
+        } else {
+            (reqwest::Client::new(), server.url("/metrics"))
+        };
+        // Four connections that say nothing (in cleartext, one says only `P`). Each scrape's
+        // own connection is open too: the series add up to at least five, whatever earlier
+        // connections of the harness are still open.
+        let mut quiet = Vec::new();
+        for i in 0..4 {
+            let mut socket = tokio::net::TcpStream::connect(server.addr())
+                .await
+                .expect("connect");
+            if !tls && i == 0 {
+                tokio::io::AsyncWriteExt::write_all(&mut socket, b"P")
+                    .await
+                    .expect("write P");
+            }
+            quiet.push(socket);
+        }
+        let label = if tls { "TLS" } else { "cleartext" };
+        eventually(
+            &format!("{label}: the quiet connections are counted"),
+            || async {
+                let series = open_series(&client, &url).await?;
+                let sum: u64 = series.iter().map(|(_, n)| n).sum();
+                let pending = series.iter().find(|(l, _)| l == "pending")?.1;
+                (sum >= 5 && pending >= 4).then_some(())
+            },
+        )
+        .await;
+        drop(quiet);
+        eventually(
+            &format!("{label}: the quiet connections are counted closed"),
+            || async {
+                let series = open_series(&client, &url).await?;
+                (series.iter().find(|(l, _)| l == "pending")?.1 == 0).then_some(())
+            },
+        )
+        .await;
+    }
 }
 
 /// What the document declares about credentials matches the server's mode: nothing with
