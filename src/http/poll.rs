@@ -73,8 +73,9 @@ async fn poll(
     };
     let limit = match params.get("limit")? {
         None => DEFAULT_LIMIT,
-        // Any whole number from 1 to u64::MAX, as the OpenAPI description says; a larger
-        // `limit` asks for no more than the page can hold, so it is clamped, not refused.
+        // Any whole number from 1 to u64::MAX, as the OpenAPI description says
+        // (`schema::Limit`); above MAX_LIMIT it is clamped, not refused, so a client asking
+        // for as many as there are gets a full page.
         Some(v) => match v.parse::<u64>() {
             Ok(0) | Err(_) => {
                 return Err(ApiError::bad_request(format!(

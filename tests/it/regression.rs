@@ -305,8 +305,13 @@ async fn openapi_bounds_are_the_servers_own() {
 
     let limit = param("/v1/topics/{topics}/messages", "get", "limit");
     assert_eq!(
-        (&limit["type"], &limit["minimum"], &limit["maximum"]),
-        (&json!("integer"), &json!(1), &json!(u64::MAX)),
+        (&limit["type"], &limit["format"]),
+        (&json!("integer"), &json!("uint64")),
+        "{limit}"
+    );
+    assert_eq!(
+        (&limit["minimum"], &limit["maximum"]),
+        (&json!(1), &json!(u64::MAX)),
         "{limit}"
     );
     server.publish_n("l", 3, "m").await;
