@@ -33,6 +33,16 @@ const JOB_E: &str = "f5eb74345f37b432051f44f9e0e10635";
 /// `make.sh`'s `--jobs-backoff 5m`: B's first failure delays it by that.
 const BACKOFF_MS: i64 = 5 * 60 * 1000;
 
+/// A job as `make.sh` left it: id, state, attempts, max_attempts, result, error.
+type Made = (
+    &'static str,
+    &'static str,
+    i64,
+    i64,
+    Option<&'static [u8]>,
+    Option<&'static str>,
+);
+
 /// A message: as the fixture stores it, or as a poll serves it. Numbers are SQLite's (i64).
 #[derive(Clone, Debug, PartialEq)]
 struct Message {
@@ -433,7 +443,7 @@ async fn a_database_from_before_versions_keeps_every_message_job_and_key() {
 
     // The jobs make.sh left, submitted in this order on queue `work` with the payloads
     // `{"task":"a"}` to `{"task":"e"}`: state, attempts, max_attempts, result, error.
-    let made: [(&str, &str, i64, i64, Option<&[u8]>, Option<&str>); 5] = [
+    let made: [Made; 5] = [
         (JOB_A, "succeeded", 1, 5, Some(b"result\x00\xff"), None),
         (JOB_B, "queued", 1, 5, None, Some("disk full")),
         (JOB_C, "queued", 1, 5, None, Some("the lease ran out")),
