@@ -358,12 +358,18 @@ async fn a_database_from_before_versions_keeps_every_message_job_and_key() {
     let fixture = Fixture::read();
     let mut server = on_fixture().await;
 
-    // C was running; its lease (stored with it) ran out long ago, so the sweeper puts it back
-    // (and announces that on its topics). Nothing else changes the store once that is done.
-    eventually("the expired lease of job C is swept", || async {
-        let (_, c) = served_job(&server, JOB_C).await;
-        (c.state == "queued").then_some(())
-    })
+    // C was running; its lease (stored with it) ran out long ago, so the sweeper puts it back,
+    // then announces that on `_jobs.{C}` and `_queues.work` (one commit, after the job's).
+    // Nothing else changes the store once both are done.
+    let c_topic = format!("_jobs.{JOB_C}");
+    eventually(
+        "the expired lease of job C is swept and announced",
+        || async {
+            let (_, c) = served_job(&server, JOB_C).await;
+            let announced = server.topic_info(&c_topic).await["last_seq"] == 3;
+            (c.state == "queued" && announced).then_some(())
+        },
+    )
     .await;
 
     // Every job, every field: as stored, but for what the sweep did to C.
@@ -386,7 +392,7 @@ async fn a_database_from_before_versions_keeps_every_message_job_and_key() {
     // as stored, plus the sweep's announcement of C on `_jobs.{C}` and `_queues.work`.
     let topics = served_topics(&server).await;
     let mut want_topics = fixture.topics.clone();
-    for name in [format!("_jobs.{JOB_C}"), "_queues.work".to_owned()] {
+    for name in [c_topic.clone(), "_queues.work".to_owned()] {
         let want = want_topics.get_mut(&name).expect("a topic of the fixture");
         let swept = topics[&name].messages.last().expect("a message").clone();
         assert_eq!(
