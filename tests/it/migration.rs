@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::jobs::millis;
 use crate::kit::cli::{plexus, run_to_failure};
-use crate::kit::{Server, assert_time, eventually, into_json, payload};
+use crate::kit::{Server, assert_time, b64_decode, eventually, into_json, payload};
 
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -252,7 +252,7 @@ fn text_or_base64(job: &Value, name: &str) -> Option<Vec<u8>> {
         (Value::Null, Value::Null) => None,
         (Value::String(text), Value::Null) => Some(text.as_bytes().to_vec()),
         (Value::Null, Value::String(b64)) => {
-            Some(crate::kit::b64_decode(b64).unwrap_or_else(|| panic!("{name}_base64 in {job}")))
+            Some(b64_decode(b64).unwrap_or_else(|| panic!("{name}_base64 in {job}")))
         }
         _ => panic!("one of {name} and {name}_base64 at most: {job}"),
     }
