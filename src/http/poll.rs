@@ -44,7 +44,7 @@ struct PollBody<'a> {
     params(
         ("topics" = inline(schema::Topics), Path, description = "One topic, or up to 64 comma-separated (the pattern bounds each to 100 characters besides dots, within the 200-byte limit of a name)"),
         ("since" = inline(Option<schema::Since>), Query, description = "Where to start: a cursor (`next` or an SSE id), `all`, `now`, or a duration back such as `5m`"),
-        ("limit" = inline(Option<schema::Limit>), Query, description = "Most messages, up to 2147483647 (default 100; above 1000 clamped)"),
+        ("limit" = inline(Option<schema::Limit>), Query, description = "Most messages, from 1 (default 100; above 1000 clamped to 1000)"),
         ("wait" = inline(Option<schema::Wait>), Query, description = "Seconds to wait for a message (long poll), clamped to max_wait"),
         ("Prefer" = Option<String>, Header, description = "`wait=N` (RFC 7240): the same as the `wait` query parameter"),
     ),
@@ -73,16 +73,16 @@ async fn poll(
     };
     let limit = match params.get("limit")? {
         None => DEFAULT_LIMIT,
-        // Bounded as the OpenAPI description says (a 32-bit integer), so what it allows is
-        // accepted and what it forbids refused.
-        Some(v) => match v.parse::<i32>() {
-            Ok(n) if (1..=schema::MAX_LIMIT_PARAM).contains(&n) => (n as usize).min(MAX_LIMIT),
-            _ => {
+        // Any whole number from 1 to u64::MAX, as the OpenAPI description says
+        // (`schema::Limit`); above MAX_LIMIT it is clamped, not refused, so a client asking
+        // for as many as there are gets a full page.
+        Some(v) => match v.parse::<u64>() {
+            Ok(0) | Err(_) => {
                 return Err(ApiError::bad_request(format!(
-                    "limit={v:?}: give a whole number from 1 to {} (values above {MAX_LIMIT} are clamped)",
-                    schema::MAX_LIMIT_PARAM
+                    "limit={v:?}: give a whole number from 1 (values above {MAX_LIMIT} are clamped)"
                 )));
             }
+            Ok(n) => n.min(MAX_LIMIT as u64) as usize,
         },
     };
     // The query wins over `Prefer: wait` when both are given.

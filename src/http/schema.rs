@@ -244,8 +244,9 @@ pub enum SlowPolicy {
 /// The shortest lease of a claim, in seconds (a millisecond): `?lease=` below it is `400`.
 pub const MIN_LEASE_SECS: f64 = 0.001;
 
-/// The largest `?limit=` of a poll: a 32-bit integer (values above 1,000 are clamped).
-pub const MAX_LIMIT_PARAM: i32 = i32::MAX;
+/// The largest `?limit=` of a poll: the server parses it as a `u64` (and clamps anything
+/// above 1,000), so the description allows every value it accepts, and no other.
+const MAX_LIMIT_PARAM: u64 = u64::MAX;
 
 /// `?wait=` and `?lease=` are below this many seconds.
 const SECONDS_BOUND: i64 = 1_000_000_000;
@@ -304,7 +305,8 @@ impl PartialSchema for Limit {
     fn schema() -> RefOr<Schema> {
         ObjectBuilder::new()
             .schema_type(Type::Integer)
-            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
+            // The OpenAPI format registry's `uint64`: int64 would forbid what the server takes.
+            .format(Some(SchemaFormat::Custom("uint64".into())))
             .minimum(Some(1))
             .maximum(Some(MAX_LIMIT_PARAM))
             .into()

@@ -24,16 +24,35 @@ pub fn plexus() -> Command {
     cmd
 }
 
-/// Runs a CLI command to its end with no stdin, asserting success; its output.
-pub async fn run(cmd: &mut Command, what: &str) -> Output {
-    let out = timeout(CLI_TIMEOUT, cmd.stdin(Stdio::null()).output())
+/// Runs a CLI command to its end with no stdin; its output. One that is still running after
+/// [`CLI_TIMEOUT`] fails the test, and is killed as its handle drops.
+pub async fn output(cmd: &mut Command, what: &str) -> Output {
+    timeout(CLI_TIMEOUT, cmd.stdin(Stdio::null()).output())
         .await
         .unwrap_or_else(|_| panic!("{what} did not exit within {CLI_TIMEOUT:?}"))
-        .expect("run plexus");
+        .expect("run plexus")
+}
+
+/// [`output`], asserting success.
+pub async fn run(cmd: &mut Command, what: &str) -> Output {
+    let out = output(cmd, what).await;
     assert!(
         out.status.success(),
         "{what} failed ({}):\nstdout: {}\nstderr: {}",
         out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// [`output`], asserting failure: for a command that must refuse to run (a `serve` that must
+/// not start), which then cannot hang the test by running after all.
+pub async fn run_to_failure(cmd: &mut Command, what: &str) -> Output {
+    let out = output(cmd, what).await;
+    assert!(
+        !out.status.success(),
+        "{what} must fail, but succeeded:\nstdout: {}\nstderr: {}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
