@@ -521,3 +521,34 @@ async fn connection_gauge_labels_tls_connections_by_protocol() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 13, items 10, 13 and 14 (review findings 10, 13 and 14): a data directory shared by two
+// hubs, a malformed database, `Expect: 100-continue` over the route's limit.
+
+/// A second hub on a data directory that a running hub uses exits at start, non-zero, with a
+/// message naming the directory and the first hub; the first hub keeps serving. Before the fix
+/// it started, and every publish of either hub could fail on the other's rows (finding 10).
+#[tokio::test]
+async fn a_second_hub_on_the_same_data_directory_refuses_to_start() {
+    let server = Server::start_on(crate::kit::Engine::Sqlite, &[]).await;
+    let mut second = crate::kit::cli::plexus();
+    second
+        .args(["serve", "--storage", "sqlite", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(server.data_dir());
+    let out = crate::kit::cli::run_to_failure(&mut second, "a second plexus serve").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("another plexus")
+            && stderr.contains(&server.data_dir().display().to_string())
+            && stderr.contains(&format!("process {}", server.pid())),
+        "the message names the directory and the first hub: {stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening on"),
+        "the second hub never listened"
+    );
+    let published = server.publish("still-mine", "x").await;
+    assert_eq!(published["seq"], 1, "the first hub still serves: {published}");
+}

@@ -47,6 +47,10 @@ pub enum Durability {
 }
 
 const DB_FILE: &str = "plexus.db";
+/// Held locked (exclusively) by the process that has the database open. Two hubs on one
+/// database would each trust their own cache of the topic rows and refuse each other's
+/// writes, and neither would see the other's commits; the second one stops at start instead.
+const LOCK_FILE: &str = "plexus.lock";
 
 /// The `sqlite` engine handle. Cheap to share: the writer is a thread behind a channel and
 /// the read connections sit in a small pool.
@@ -54,6 +58,8 @@ pub struct SqliteLog {
     writer: Mutex<Option<mpsc::Sender<Op>>>,
     readers: Arc<ReadPool>,
     feed: FeedSlot,
+    /// The data directory's lock, released when the handle is dropped or the process ends.
+    _lock: std::fs::File,
 }
 
 impl SqliteLog {
@@ -63,6 +69,7 @@ impl SqliteLog {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::unavailable(format!("cannot create {}: {e}", dir.display()))
         })?;
+        let lock = lock_dir(dir)?;
         let path = dir.join(DB_FILE);
         let mut conn = Connection::open(&path).map_err(StoreError::unavailable)?;
         let sync = match durability {
@@ -103,6 +110,7 @@ impl SqliteLog {
                 idle: Mutex::new(Vec::new()),
             }),
             feed,
+            _lock: lock,
         })
     }
 
@@ -156,6 +164,49 @@ impl SqliteLog {
             None => Err(StoreError::unavailable("the store is closed")),
         }
     }
+}
+
+/// Takes the data directory's lock (see [`LOCK_FILE`]) and writes this process's id in it, so
+/// the message of a second hub can name the first.
+fn lock_dir(dir: &Path) -> StoreResult<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StoreError::unavailable(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => String::new(),
+                pid => format!(" (process {pid})"),
+            };
+            return Err(StoreError::unavailable(format!(
+                "another plexus{holder} is using the data directory {}: it holds the lock {}; \
+                 stop it, or give this one a data directory of its own (--data-dir)",
+                dir.display(),
+                path.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(StoreError::unavailable(format!(
+                "cannot lock {}: {e}",
+                path.display()
+            )));
+        }
+    }
+    // Only informative: a failure to record the pid does not stop the hub.
+    let _ = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()));
+    Ok(file)
 }
 
 impl Log for SqliteLog {
