@@ -550,5 +550,8 @@ async fn a_second_hub_on_the_same_data_directory_refuses_to_start() {
         "the second hub never listened"
     );
     let published = server.publish("still-mine", "x").await;
-    assert_eq!(published["seq"], 1, "the first hub still serves: {published}");
+    assert_eq!(
+        published["seq"], 1,
+        "the first hub still serves: {published}"
+    );
 }
