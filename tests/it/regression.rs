@@ -555,3 +555,44 @@ async fn a_second_hub_on_the_same_data_directory_refuses_to_start() {
         "the first hub still serves: {published}"
     );
 }
+
+/// A malformed database stops `plexus serve` at start, with a message naming the file. Before
+/// the fix the hub started on it: `/readyz` said 200 while every read failed and publishes kept
+/// writing into the broken file (finding 13).
+#[tokio::test]
+async fn serve_refuses_to_start_on_a_malformed_database() {
+    let mut server = Server::start_on(crate::kit::Engine::Sqlite, &[]).await;
+    server.batch_n("bulk", 3000, &"x".repeat(500)).await;
+    assert!(server.sigterm().await.success());
+    let db = server.data_dir().join("plexus.db");
+    {
+        // Everything into the main file, so the pages overwritten below are the ones read.
+        let conn = rusqlite::Connection::open(&db).expect("open the database");
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .expect("checkpoint");
+    }
+    let mut bytes = std::fs::read(&db).expect("read the database");
+    let page = 4096;
+    let middle = bytes.len() / page / 2 * page;
+    assert!(bytes.len() > 16 * page, "a database of many pages");
+    bytes[middle..middle + 8 * page].fill(0x55);
+    std::fs::write(&db, &bytes).expect("write the corrupted database");
+    let checked: String = rusqlite::Connection::open(&db)
+        .expect("open the corrupted database")
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .unwrap_or_else(|e| e.to_string());
+    assert_ne!(checked, "ok", "the copy is corrupted");
+
+    let mut again = crate::kit::cli::plexus();
+    again
+        .args(["serve", "--storage", "sqlite", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(server.data_dir());
+    let out = crate::kit::cli::run_to_failure(&mut again, "plexus serve on a malformed db").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("malformed") && stderr.contains(&db.display().to_string()),
+        "the message names the malformed database: {stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
+}
