@@ -596,3 +596,40 @@ async fn serve_refuses_to_start_on_a_malformed_database() {
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
 }
+
+/// `Expect: 100-continue` with a `Content-Length` over the route's limit is answered `413` at
+/// once, before any body is sent; before the fix the server sent `100 Continue` and waited for
+/// the 99 MB it had already refused (finding 14). Checked with a raw socket that sends only the
+/// head and reads the answer.
+#[tokio::test]
+async fn expect_continue_over_the_limit_is_refused_before_the_body() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start(&[]).await;
+    for path in [
+        "/v1/topics/expect/messages",
+        "/v1/publish",
+        "/v1/queues/expect/jobs",
+    ] {
+        let mut socket = tokio::net::TcpStream::connect(server.addr())
+            .await
+            .expect("connect");
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: 99999999\r\nExpect: 100-continue\r\n\r\n",
+            server.addr()
+        );
+        socket
+            .write_all(head.as_bytes())
+            .await
+            .expect("send the head");
+        let answer = crate::kit::clients::RawResponse::read_head(socket, path).await;
+        assert_eq!(answer.status, 413, "{path}: refused before the body");
+        assert_eq!(
+            answer.header("content-type"),
+            Some("application/problem+json"),
+            "{path}"
+        );
+    }
+    let (status, _, _) = server.get_json("/v1/topics/expect").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was stored");
+}
