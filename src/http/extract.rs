@@ -3,9 +3,12 @@
 
 use std::time::Duration;
 
-use axum::extract::Path;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
 
 use super::error::ApiError;
 use crate::model::valid_idempotency_key;
@@ -95,6 +98,42 @@ pub fn prefer_wait(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
         }
     }
     Ok(None)
+}
+
+/// `route` with a body limit of `limit` bytes: a body that grows past it is a `413` as it is
+/// read (axum's `DefaultBodyLimit`), and a request whose `Content-Length` already says so is
+/// a `413` before its body is touched. hyper sends `100 Continue` only when a handler starts
+/// reading the body, so a client that sent `Expect: 100-continue` gets the `413` at once and
+/// never uploads the body it announced.
+pub fn body_limit<S>(route: MethodRouter<S>, limit: usize) -> MethodRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    route
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            limit,
+            refuse_declared_oversize,
+        ))
+}
+
+async fn refuse_declared_oversize(
+    State(limit): State<usize>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > limit as u64 => ApiError::too_large(format!(
+            "the body is larger than {limit} bytes (Content-Length: {length})"
+        ))
+        .into_response(),
+        _ => next.run(request).await,
+    }
 }
 
 /// A request body, or the problem for one that is too large or broken.

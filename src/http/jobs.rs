@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,13 +26,13 @@ pub fn routes(options: &HttpOptions) -> Router<AppState> {
     Router::new()
         .route(
             "/v1/queues/{queue}/jobs",
-            post(submit).layer(DefaultBodyLimit::max(options.max_message_bytes)),
+            super::extract::body_limit(post(submit), options.max_message_bytes),
         )
         .route("/v1/queues/{queue}/claim", post(claim))
         .route("/v1/jobs/{id}", get(status))
         .route(
             "/v1/jobs/{id}/{action}",
-            post(act).layer(DefaultBodyLimit::max(options.max_message_bytes)),
+            super::extract::body_limit(post(act), options.max_message_bytes),
         )
 }
 

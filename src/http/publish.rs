@@ -1,7 +1,7 @@
 //! Publish: one message (`POST /v1/topics/{topic}/messages`) or a batch (`POST /v1/publish`).
 
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -26,11 +26,11 @@ pub fn routes(options: &HttpOptions) -> Router<AppState> {
     Router::new()
         .route(
             "/v1/topics/{topics}/messages",
-            post(publish_one).layer(DefaultBodyLimit::max(options.max_message_bytes)),
+            super::extract::body_limit(post(publish_one), options.max_message_bytes),
         )
         .route(
             "/v1/publish",
-            post(publish_batch).layer(DefaultBodyLimit::max(options.max_batch_bytes)),
+            super::extract::body_limit(post(publish_batch), options.max_batch_bytes),
         )
 }
 

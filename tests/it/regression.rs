@@ -521,3 +521,115 @@ async fn connection_gauge_labels_tls_connections_by_protocol() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 13, items 10, 13 and 14 (review findings 10, 13 and 14): a data directory shared by two
+// hubs, a malformed database, `Expect: 100-continue` over the route's limit.
+
+/// A second hub on a data directory that a running hub uses exits at start, non-zero, with a
+/// message naming the directory and the first hub; the first hub keeps serving. Before the fix
+/// it started, and every publish of either hub could fail on the other's rows (finding 10).
+#[tokio::test]
+async fn a_second_hub_on_the_same_data_directory_refuses_to_start() {
+    let server = Server::start_on(crate::kit::Engine::Sqlite, &[]).await;
+    let mut second = crate::kit::cli::plexus();
+    second
+        .args(["serve", "--storage", "sqlite", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(server.data_dir());
+    let out = crate::kit::cli::run_to_failure(&mut second, "a second plexus serve").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("another plexus")
+            && stderr.contains(&server.data_dir().display().to_string())
+            && stderr.contains(&format!("process {}", server.pid())),
+        "the message names the directory and the first hub: {stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening on"),
+        "the second hub never listened"
+    );
+    let published = server.publish("still-mine", "x").await;
+    assert_eq!(
+        published["seq"], 1,
+        "the first hub still serves: {published}"
+    );
+}
+
+/// A malformed database stops `plexus serve` at start, with a message naming the file. Before
+/// the fix the hub started on it: `/readyz` said 200 while every read failed and publishes kept
+/// writing into the broken file (finding 13).
+#[tokio::test]
+async fn serve_refuses_to_start_on_a_malformed_database() {
+    let mut server = Server::start_on(crate::kit::Engine::Sqlite, &[]).await;
+    server.batch_n("bulk", 3000, &"x".repeat(500)).await;
+    assert!(server.sigterm().await.success());
+    let db = server.data_dir().join("plexus.db");
+    {
+        // Everything into the main file, so the pages overwritten below are the ones read.
+        let conn = rusqlite::Connection::open(&db).expect("open the database");
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .expect("checkpoint");
+    }
+    let mut bytes = std::fs::read(&db).expect("read the database");
+    let page = 4096;
+    let middle = bytes.len() / page / 2 * page;
+    assert!(bytes.len() > 16 * page, "a database of many pages");
+    bytes[middle..middle + 8 * page].fill(0x55);
+    std::fs::write(&db, &bytes).expect("write the corrupted database");
+    let checked: String = rusqlite::Connection::open(&db)
+        .expect("open the corrupted database")
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .unwrap_or_else(|e| e.to_string());
+    assert_ne!(checked, "ok", "the copy is corrupted");
+
+    let mut again = crate::kit::cli::plexus();
+    again
+        .args(["serve", "--storage", "sqlite", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(server.data_dir());
+    let out = crate::kit::cli::run_to_failure(&mut again, "plexus serve on a malformed db").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("malformed") && stderr.contains(&db.display().to_string()),
+        "the message names the malformed database: {stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
+}
+
+/// `Expect: 100-continue` with a `Content-Length` over the route's limit is answered `413` at
+/// once, before any body is sent; before the fix the server sent `100 Continue` and waited for
+/// the 99 MB it had already refused (finding 14). Checked with a raw socket that sends only the
+/// head and reads the answer.
+#[tokio::test]
+async fn expect_continue_over_the_limit_is_refused_before_the_body() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start(&[]).await;
+    for path in [
+        "/v1/topics/expect/messages",
+        "/v1/publish",
+        "/v1/queues/expect/jobs",
+    ] {
+        let mut socket = tokio::net::TcpStream::connect(server.addr())
+            .await
+            .expect("connect");
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: 99999999\r\nExpect: 100-continue\r\n\r\n",
+            server.addr()
+        );
+        socket
+            .write_all(head.as_bytes())
+            .await
+            .expect("send the head");
+        let answer = crate::kit::clients::RawResponse::read_head(socket, path).await;
+        assert_eq!(answer.status, 413, "{path}: refused before the body");
+        assert_eq!(
+            answer.header("content-type"),
+            Some("application/problem+json"),
+            "{path}"
+        );
+    }
+    let (status, _, _) = server.get_json("/v1/topics/expect").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was stored");
+}

@@ -27,7 +27,7 @@ use rusqlite::{Connection, Transaction};
 use tokio::sync::oneshot;
 
 use self::read::ReadPool;
-use self::writer::{Deferred, Op, Writer};
+use self::writer::{Deferred, Op, Writer, WriterHealth};
 use super::follow::{CommitFeed, FeedSlot, Follow};
 use super::jobs::JobStore;
 use super::log::{BoxFuture, Log, ReadBatch, Retention};
@@ -47,6 +47,10 @@ pub enum Durability {
 }
 
 const DB_FILE: &str = "plexus.db";
+/// Held locked (exclusively) by the process that has the database open. Two hubs on one
+/// database would each trust their own cache of the topic rows and refuse each other's
+/// writes, and neither would see the other's commits; the second one stops at start instead.
+const LOCK_FILE: &str = "plexus.lock";
 
 /// The `sqlite` engine handle. Cheap to share: the writer is a thread behind a channel and
 /// the read connections sit in a small pool.
@@ -54,6 +58,10 @@ pub struct SqliteLog {
     writer: Mutex<Option<mpsc::Sender<Op>>>,
     readers: Arc<ReadPool>,
     feed: FeedSlot,
+    /// The error of the writer's last commit, `None` once one succeeds: `/readyz` reports it.
+    health: WriterHealth,
+    /// The data directory's lock, released when the handle is dropped or the process ends.
+    _lock: std::fs::File,
 }
 
 impl SqliteLog {
@@ -63,8 +71,10 @@ impl SqliteLog {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::unavailable(format!("cannot create {}: {e}", dir.display()))
         })?;
+        let lock = lock_dir(dir)?;
         let path = dir.join(DB_FILE);
         let mut conn = Connection::open(&path).map_err(StoreError::unavailable)?;
+        check_integrity(&conn, &path)?;
         let sync = match durability {
             Durability::Process => "NORMAL",
             Durability::Machine => "FULL",
@@ -86,7 +96,9 @@ impl SqliteLog {
         let topics = topics::load_topics(&conn).map_err(StoreError::unavailable)?;
         let (tx, rx) = mpsc::channel();
         let feed = FeedSlot::new();
+        let health = WriterHealth::default();
         let mut writer = Writer {
+            health: health.clone(),
             conn,
             topics,
             retention,
@@ -103,6 +115,8 @@ impl SqliteLog {
                 idle: Mutex::new(Vec::new()),
             }),
             feed,
+            health,
+            _lock: lock,
         })
     }
 
@@ -158,6 +172,67 @@ impl SqliteLog {
     }
 }
 
+/// Refuses a malformed database (`PRAGMA quick_check`): a hub started on one would answer
+/// reads with errors while `/readyz` said it was fine, and keep writing into the broken file.
+fn check_integrity(conn: &Connection, path: &Path) -> StoreResult<()> {
+    let problems: rusqlite::Result<Vec<String>> = conn
+        .prepare("PRAGMA quick_check(5)")
+        .and_then(|mut stmt| stmt.query_map([], |r| r.get(0))?.collect());
+    let problems = match problems {
+        Ok(rows) if rows.len() == 1 && rows[0] == "ok" => return Ok(()),
+        Ok(rows) => rows.join("; "),
+        Err(e) => e.to_string(),
+    };
+    Err(StoreError::unavailable(format!(
+        "the database {} is malformed (PRAGMA quick_check: {problems}); plexus will not serve \
+         from it: restore it from a backup, or move it away to start with an empty store",
+        path.display()
+    )))
+}
+
+/// Takes the data directory's lock (see [`LOCK_FILE`]) and writes this process's id in it, so
+/// the message of a second hub can name the first.
+fn lock_dir(dir: &Path) -> StoreResult<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StoreError::unavailable(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => String::new(),
+                pid => format!(" (process {pid})"),
+            };
+            return Err(StoreError::unavailable(format!(
+                "another plexus{holder} is using the data directory {}: it holds the lock {}; \
+                 stop it, or give this one a data directory of its own (--data-dir)",
+                dir.display(),
+                path.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(StoreError::unavailable(format!(
+                "cannot lock {}: {e}",
+                path.display()
+            )));
+        }
+    }
+    // Only informative: a failure to record the pid does not stop the hub.
+    let _ = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()));
+    Ok(file)
+}
+
 impl Log for SqliteLog {
     fn append(&self, batch: Vec<NewMessage>) -> BoxFuture<'_, StoreResult<Vec<Appended>>> {
         let (reply, rx) = oneshot::channel();
@@ -205,11 +280,26 @@ impl Log for SqliteLog {
         ))
     }
 
+    /// Ready when the writer runs, its last commit succeeded (or a probe write succeeds now)
+    /// and a read of both tables' last pages works. A failed commit (a full disk, a malformed
+    /// page, an I/O error) keeps the store unready until a write succeeds again.
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
         let alive = self.send_probe();
-        let read = self.with_reader(|tx| tx.query_row("SELECT 1", [], |_| Ok(())));
+        let failing = self.health.last_error().is_some();
+        // Only while failing: a healthy hub's `/readyz` never writes. The probe rewrites the
+        // header page, so it needs the disk like any commit.
+        let probe = failing.then(|| {
+            self.exec(|tx, _| {
+                tx.pragma_update(None, "user_version", schema::VERSION)?;
+                Ok(Ok(()))
+            })
+        });
+        let read = self.with_reader(read::check);
         Box::pin(async move {
             alive?;
+            if let Some(probe) = probe {
+                probe.await?;
+            }
             read.await
         })
     }
@@ -268,5 +358,54 @@ impl JobStore for SqliteLog {
     fn next_due(&self, queue: &Topic) -> BoxFuture<'_, StoreResult<Option<Millis>>> {
         let queue = queue.clone();
         self.with_reader(move |tx| jobs::next_due(tx, &queue))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::log::Log;
+
+    fn message(topic: &str) -> NewMessage {
+        NewMessage {
+            topic: topic.parse().unwrap(),
+            event: None,
+            data: bytes::Bytes::from_static(b"x"),
+            idempotency_key: None,
+        }
+    }
+
+    /// `ping` (and so `/readyz`) fails while the writer cannot commit, and recovers once a
+    /// write goes through again. Before, it only ran `SELECT 1` on a reader, which a WAL
+    /// database answers whatever the writer's state.
+    #[tokio::test]
+    async fn ping_fails_while_commits_fail_and_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SqliteLog::open(dir.path(), Retention::default(), Durability::Process).unwrap();
+        log.ping().await.unwrap();
+        // Another connection holds the write lock: the writer's commits fail (busy).
+        let blocker = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        assert!(log.append(vec![message("a")]).await.is_err());
+        assert!(log.ping().await.is_err(), "not ready while writes fail");
+        blocker.execute_batch("ROLLBACK").unwrap();
+        log.ping().await.unwrap();
+        assert!(log.append(vec![message("a")]).await.is_ok());
+        log.close().await;
+    }
+
+    /// `ping` reads the tables, not `SELECT 1`: a database whose tables cannot be read is not
+    /// ready.
+    #[tokio::test]
+    async fn ping_fails_when_the_tables_cannot_be_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SqliteLog::open(dir.path(), Retention::default(), Durability::Process).unwrap();
+        log.ping().await.unwrap();
+        Connection::open(dir.path().join(DB_FILE))
+            .unwrap()
+            .execute_batch("DROP TABLE messages")
+            .unwrap();
+        assert!(log.ping().await.is_err());
+        log.close().await;
     }
 }

@@ -3,8 +3,8 @@
 //! groups it runs a retention step.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, Transaction};
@@ -53,7 +53,23 @@ enum Reply {
     Close(oneshot::Sender<()>),
 }
 
+/// The outcome of the writer's last commit, shared with the handle's `ping`.
+#[derive(Clone, Default)]
+pub(super) struct WriterHealth(Arc<Mutex<Option<String>>>);
+
+impl WriterHealth {
+    pub(super) fn last_error(&self) -> Option<String> {
+        // A std mutex: held only to read or replace the value.
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, error: Option<String>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    }
+}
+
 pub(super) struct Writer {
+    pub(super) health: WriterHealth,
     pub(super) conn: Connection,
     pub(super) topics: HashMap<Topic, TopicRow>,
     pub(super) retention: Retention,
@@ -135,6 +151,7 @@ impl Writer {
         metrics::histogram!("plexus_store_commit_seconds").record(started.elapsed().as_secs_f64());
         match outcome {
             Ok(()) => {
+                self.health.set(None);
                 if !committed.is_empty() {
                     let _ = self.feed.send(committed);
                 }
@@ -156,6 +173,7 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "sqlite commit failed; the whole group is refused");
+                self.health.set(Some(e.to_string()));
                 // The cache ran ahead of the rolled-back transaction: reload it.
                 match load_topics(&self.conn) {
                     Ok(topics) => self.topics = topics,
