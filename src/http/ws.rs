@@ -82,7 +82,7 @@ async fn upgrade(
                 caller.subscribe(topic)?;
             }
             let since = match params.get("since")? {
-                Some(s) => s.parse::<Since>()?,
+                Some(s) => Since::parse_bounded(s, state.options.max_topics)?,
                 None => Since::Now,
             };
             Some((topics, since))
@@ -254,8 +254,12 @@ impl Session {
     /// Answers one text frame.
     async fn handle(&mut self, text: &str) -> String {
         let options = &self.state.options;
-        let (id, command) =
-            decode_client_frame(text, options.max_ws_frame_bytes, options.max_message_bytes);
+        let (id, command) = decode_client_frame(
+            text,
+            options.max_ws_frame_bytes,
+            options.max_message_bytes,
+            options.max_topics,
+        );
         let answer = match command {
             Ok(command) => self.apply(command, id.as_ref()).await,
             Err(e) => Err(e.into()),
