@@ -577,3 +577,48 @@ async fn a_cursor_with_138000_pairs_is_refused_cheaply() {
         .await;
     assert_eq!(ok["topic"], "a", "{ok}");
 }
+
+// ---- issue 13, item 6: WebSocket frames bypass the rate limit -------------------------------
+
+/// With `--rate 5`, 2,000 publish frames on one socket all succeeded: frames were never
+/// charged to the address's bucket. Every frame now costs a token, as a request does; a frame
+/// over the limit gets an `error` frame with status 429, nothing is stored for it, and the
+/// socket lives on.
+#[tokio::test]
+async fn websocket_frames_are_charged_to_the_rate_limit() {
+    let server = Server::start(&["--rate", "5", "--burst", "5"]).await;
+    let mut ws = crate::kit::clients::Ws::connect(&server, "").await;
+    let sent = 40;
+    let (mut ok, mut limited) = (0, 0);
+    for id in 0..sent {
+        let kind = ["publish", "subscribe", "unsubscribe"][id % 3];
+        let frame = json!({"op": kind, "id": id, "topic": "r", "data": "x"});
+        let frame = if kind == "publish" {
+            frame
+        } else {
+            json!({"op": kind, "id": id, "topic": "r"})
+        };
+        let answer = ws.call(frame, &mut Vec::new()).await;
+        match answer["op"].as_str() {
+            Some("ok") => ok += 1,
+            _ => {
+                assert_eq!(answer["status"], 429, "{answer}");
+                assert_eq!(answer["id"], id, "{answer}");
+                limited += 1;
+            }
+        }
+    }
+    assert!(limited > 0, "{ok} of {sent} frames ok, none limited");
+    assert!(ok < sent / 2, "{ok} of {sent} frames ok at 5/s");
+    // The socket lives on: once the bucket refills, a frame is served again.
+    let mut served = false;
+    for id in 100..140 {
+        let frame = json!({"op": "publish", "id": id, "topic": "r", "data": "later"});
+        if ws.call(frame, &mut Vec::new()).await["op"] == "ok" {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(served, "a frame is served again after the bucket refills");
+}
