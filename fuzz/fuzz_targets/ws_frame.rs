@@ -12,12 +12,13 @@ use serde_json::Value;
 
 const MAX_FRAME: usize = 4096;
 const MAX_MESSAGE: usize = 1024;
+const MAX_TOPICS: usize = 64;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let (id, command) = decode_client_frame(text, MAX_FRAME, MAX_MESSAGE);
+    let (id, command) = decode_client_frame(text, MAX_FRAME, MAX_MESSAGE, MAX_TOPICS);
     if text.len() > MAX_FRAME {
         assert!(matches!(command, Err(FrameError::TooLarge(_))), "{command:?}");
         return;
@@ -48,8 +49,8 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(field("op"), Some("subscribe"));
             let expected = match json.get("since") {
                 None | Some(Value::Null) => Ok(Since::Now),
-                Some(Value::String(s)) => s.parse::<Since>(),
-                Some(Value::Number(n)) => n.to_string().parse::<Since>(),
+                Some(Value::String(s)) => Since::parse_bounded(s, MAX_TOPICS),
+                Some(Value::Number(n)) => Since::parse_bounded(&n.to_string(), MAX_TOPICS),
                 Some(other) => panic!("since {other} accepted in {text:?}"),
             };
             assert_eq!(expected.as_ref(), Ok(since), "{text:?}");

@@ -308,14 +308,11 @@ impl From<FrameError> for FrameRefusal {
     }
 }
 
-/// A hub error in a WebSocket error frame: the status of its problem; the detail is the
-/// error's own text (for a store failure, unlike the HTTP problem, its cause).
+/// A hub error in a WebSocket error frame: the status and the detail the same error has over
+/// HTTP, so a store failure's cause goes to the log, never to the client.
 impl From<HubError> for FrameRefusal {
     fn from(e: HubError) -> Self {
-        FrameRefusal {
-            kind: hub_problem(&e),
-            detail: e.to_string(),
-        }
+        ApiError::from(e).into()
     }
 }
 
@@ -378,8 +375,20 @@ mod tests {
         ] {
             let frame = FrameRefusal::from(e.clone());
             assert_eq!(frame.status(), status, "{e}");
-            assert_eq!(frame.detail(), e.to_string());
-            assert_eq!(ApiError::from(e).status().as_u16(), status);
+            let problem = ApiError::from(e.clone());
+            assert_eq!(
+                frame.detail(),
+                problem.detail,
+                "the same detail as over HTTP"
+            );
+            assert_eq!(problem.status().as_u16(), status);
+            if let HubError::Store(StoreError::Unavailable(cause)) = &e {
+                assert!(
+                    !frame.detail().contains(cause.as_str()),
+                    "{}",
+                    frame.detail()
+                );
+            }
         }
     }
 

@@ -68,7 +68,7 @@ async fn poll(
     }
     let params = Params::from(query)?;
     let since = match params.get("since")? {
-        Some(s) => s.parse::<Since>()?,
+        Some(s) => Since::parse_bounded(s, state.options.max_topics)?,
         None => Since::All,
     };
     let limit = match params.get("limit")? {

@@ -50,7 +50,7 @@ pub(super) fn stream_request(
         None => None,
     };
     let since = match last_event_id.or(params.get("since")?) {
-        Some(s) => s.parse::<Since>()?,
+        Some(s) => Since::parse_bounded(s, state.options.max_topics)?,
         None => Since::Now,
     };
     let slow = match params.get("slow")? {

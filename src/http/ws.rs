@@ -3,8 +3,10 @@
 //! error frame and the socket lives on.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -26,6 +28,7 @@ use super::state::AppState;
 use super::streaming::OpenStream;
 use crate::hub::{Event, SlowPolicy};
 use crate::model::{NewMessage, Since, Topic, TopicList};
+use crate::server::ClientAddr;
 use crate::wire::frames::ws_gap;
 use crate::wire::ws::{
     CLOSE_RESTARTING, CLOSE_SILENT_PEER, Close, Command, Reply, decode_client_frame,
@@ -68,9 +71,11 @@ pub fn routes() -> Router<AppState> {
 async fn upgrade(
     State(state): State<AppState>,
     caller: Caller,
+    client: Option<Extension<ClientAddr>>,
     query: QueryPairs,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let client = client.map(|Extension(ClientAddr(addr))| addr.ip());
     let ws = ws.map_err(|e| {
         ApiError::bad_request(format!("not a WebSocket upgrade: {}", e.body_text()))
     })?;
@@ -82,7 +87,7 @@ async fn upgrade(
                 caller.subscribe(topic)?;
             }
             let since = match params.get("since")? {
-                Some(s) => s.parse::<Since>()?,
+                Some(s) => Since::parse_bounded(s, state.options.max_topics)?,
                 None => Since::Now,
             };
             Some((topics, since))
@@ -98,7 +103,9 @@ async fn upgrade(
         .max_message_size(limit.saturating_mul(4))
         .max_frame_size(limit.saturating_mul(4))
         .on_upgrade(move |socket| async move {
-            Session::new(state, caller, socket).run(initial).await;
+            Session::new(state, caller, client, socket)
+                .run(initial)
+                .await;
         })
         .into_response())
 }
@@ -108,6 +115,8 @@ type Outbox = SplitSink<WebSocket, WsMessage>;
 struct Session {
     state: AppState,
     caller: Caller,
+    /// The address whose request-rate bucket every frame is charged to, as the upgrade was.
+    client: Option<IpAddr>,
     sink: Option<Outbox>,
     socket: Option<WebSocket>,
     subs: SelectAll<BoxStream<'static, (Topic, Event)>>,
@@ -116,10 +125,11 @@ struct Session {
 }
 
 impl Session {
-    fn new(state: AppState, caller: Caller, socket: WebSocket) -> Self {
+    fn new(state: AppState, caller: Caller, client: Option<IpAddr>, socket: WebSocket) -> Self {
         Session {
             state,
             caller,
+            client,
             sink: None,
             socket: Some(socket),
             subs: SelectAll::new(),
@@ -254,8 +264,23 @@ impl Session {
     /// Answers one text frame.
     async fn handle(&mut self, text: &str) -> String {
         let options = &self.state.options;
-        let (id, command) =
-            decode_client_frame(text, options.max_ws_frame_bytes, options.max_message_bytes);
+        let (id, command) = decode_client_frame(
+            text,
+            options.max_ws_frame_bytes,
+            options.max_message_bytes,
+            options.max_topics,
+        );
+        // Every frame costs a token of the address's bucket, like an HTTP request: a socket is
+        // no way around `limits.rate`. Charged after the decode (linear, bounded by the frame
+        // limit) so that the refusal names the frame's id.
+        if let Some(client) = self.client
+            && let Err(retry_after) = self.state.limiter.check(client, std::time::Instant::now())
+        {
+            return refuse(
+                id.as_ref(),
+                &ApiError::too_many_requests(retry_after).into(),
+            );
+        }
         let answer = match command {
             Ok(command) => self.apply(command, id.as_ref()).await,
             Err(e) => Err(e.into()),

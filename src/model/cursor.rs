@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -17,7 +18,16 @@ pub enum Cursor {
 pub enum CursorError {
     Malformed(String),
     Topic(TopicError),
+    /// More pairs than a read may name, counted before duplicates are dropped.
+    TooMany {
+        given: usize,
+        max: usize,
+    },
 }
+
+/// The most pairs [`Cursor::from_str`] accepts: the ceiling of `limits.max_topics`. The edges
+/// that know the configured limit parse with [`Cursor::parse_bounded`].
+pub const MAX_CURSOR_PAIRS: usize = 10_000;
 
 impl fmt::Display for CursorError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -27,6 +37,9 @@ impl fmt::Display for CursorError {
                 "{s:?} is not a cursor; expected a seq (\"42\") or topic:seq pairs (\"orders:42,alerts:7\")"
             ),
             CursorError::Topic(e) => write!(f, "cursor names a bad topic: {e}"),
+            CursorError::TooMany { given, max } => {
+                write!(f, "the cursor names {given} pairs, at most {max} allowed")
+            }
         }
     }
 }
@@ -58,25 +71,46 @@ impl Cursor {
     }
 }
 
-impl FromStr for Cursor {
-    type Err = CursorError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
+impl Cursor {
+    /// Parses a cursor of at most `max_pairs` pairs. The pairs are counted before anything
+    /// else is done with them, so a hostile cursor costs one pass over its text; duplicates
+    /// are then dropped through a map (the highest seq of a topic wins), keeping first order.
+    pub fn parse_bounded(s: &str, max_pairs: usize) -> Result<Self, CursorError> {
         if let Some(seq) = parse_seq(s) {
             return Ok(Cursor::Single(seq));
         }
+        let given = s.bytes().filter(|&b| b == b',').count() + 1;
+        if given > max_pairs {
+            return Err(CursorError::TooMany {
+                given,
+                max: max_pairs,
+            });
+        }
         let malformed = || CursorError::Malformed(s.chars().take(100).collect());
         let mut pairs: Vec<(Topic, Seq)> = Vec::new();
+        let mut index: HashMap<Topic, usize> = HashMap::new();
         for part in s.split(',') {
             let (topic, seq) = part.rsplit_once(':').ok_or_else(malformed)?;
             let topic: Topic = topic.parse().map_err(CursorError::Topic)?;
             let seq = parse_seq(seq).ok_or_else(malformed)?;
-            match pairs.iter_mut().find(|(t, _)| *t == topic) {
-                Some(existing) => existing.1 = existing.1.max(seq),
-                None => pairs.push((topic, seq)),
+            match index.get(&topic) {
+                Some(&i) => pairs[i].1 = pairs[i].1.max(seq),
+                None => {
+                    index.insert(topic.clone(), pairs.len());
+                    pairs.push((topic, seq));
+                }
             }
         }
         Ok(Cursor::Multi(pairs))
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = CursorError;
+
+    /// At most [`MAX_CURSOR_PAIRS`] pairs.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Cursor::parse_bounded(s, MAX_CURSOR_PAIRS)
     }
 }
 
@@ -125,6 +159,27 @@ mod tests {
         ] {
             assert!(bad.parse::<Cursor>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn pairs_are_counted_before_duplicates_are_dropped() {
+        assert_eq!(
+            Cursor::parse_bounded("a:1,a:2,a:3", 2),
+            Err(CursorError::TooMany { given: 3, max: 2 })
+        );
+        assert_eq!(
+            Cursor::parse_bounded("a:1,b:9,a:3", 3),
+            Ok(Cursor::Multi(vec![(t("a"), 3), (t("b"), 9)]))
+        );
+        assert_eq!(Cursor::parse_bounded("42", 1), Ok(Cursor::Single(42)));
+        let huge = (0..MAX_CURSOR_PAIRS + 1)
+            .map(|i| format!("t{i}:1"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(matches!(
+            huge.parse::<Cursor>(),
+            Err(CursorError::TooMany { .. })
+        ));
     }
 
     #[test]

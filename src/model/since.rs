@@ -2,6 +2,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use super::cursor::MAX_CURSOR_PAIRS;
 use super::{Cursor, CursorError, Millis, parse_duration, parse_rfc3339};
 
 /// Where a read or subscription starts.
@@ -34,10 +35,10 @@ impl fmt::Display for SinceError {
 
 impl std::error::Error for SinceError {}
 
-impl FromStr for Since {
-    type Err = SinceError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
+impl Since {
+    /// Parses a since whose cursor, if it is one, names at most `max_pairs` pairs (see
+    /// [`Cursor::parse_bounded`]); the edges pass `limits.max_topics`.
+    pub fn parse_bounded(s: &str, max_pairs: usize) -> Result<Self, SinceError> {
         match s {
             "all" => return Ok(Since::All),
             "now" => return Ok(Since::Now),
@@ -49,7 +50,18 @@ impl FromStr for Since {
         if let Some(t) = parse_rfc3339(s) {
             return Ok(Since::Time(t));
         }
-        s.parse::<Cursor>().map(Since::Cursor).map_err(SinceError)
+        Cursor::parse_bounded(s, max_pairs)
+            .map(Since::Cursor)
+            .map_err(SinceError)
+    }
+}
+
+impl FromStr for Since {
+    type Err = SinceError;
+
+    /// A cursor of at most [`super::cursor::MAX_CURSOR_PAIRS`] pairs.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Since::parse_bounded(s, MAX_CURSOR_PAIRS)
     }
 }
 

@@ -1,3 +1,4 @@
+use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -101,19 +102,21 @@ pub struct TopicList(Vec<Topic>);
 
 impl TopicList {
     /// Parses a comma-separated list; duplicates are dropped, order is kept.
+    ///
+    /// One pass over the text: duplicates are found through a set, and the parse stops at the
+    /// first distinct topic over `max`, so a long list costs no more than its length.
     pub fn parse(s: &str, max: usize) -> Result<Self, TopicError> {
         let mut topics: Vec<Topic> = Vec::new();
+        let mut seen: HashSet<Topic> = HashSet::new();
         for part in s.split(',') {
             let topic: Topic = part.parse()?;
-            if !topics.contains(&topic) {
+            if seen.insert(topic.clone()) {
+                if topics.len() == max {
+                    let given = s.split(',').collect::<HashSet<_>>().len();
+                    return Err(TopicError::TooMany { given, max });
+                }
                 topics.push(topic);
             }
-        }
-        if topics.len() > max {
-            return Err(TopicError::TooMany {
-                given: topics.len(),
-                max,
-            });
         }
         Ok(TopicList(topics))
     }
