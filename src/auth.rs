@@ -9,7 +9,7 @@ use std::sync::Arc;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::model::{Topic, TopicPattern};
+use crate::model::{JobId, Topic, TopicPattern};
 
 /// What a credential may do.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -97,6 +97,42 @@ impl fmt::Display for AuthSetupError {
 
 impl std::error::Error for AuthSetupError {}
 
+/// Whether a principal may read a topic, as far as its rules alone can tell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadAccess {
+    Allowed,
+    Denied,
+    /// `_jobs.{id}`: allowed when the principal holds `jobs` on that job's queue, which only
+    /// the job store knows (see [`Principal::can_use_queue`]).
+    IfJobsOnQueueOf(JobId),
+}
+
+/// The hub's reserved topics that carry a queue's jobs: a job's events and a queue's
+/// announcements, read with the `jobs` right on the queue.
+enum JobTopic {
+    Job(JobId),
+    Queue(Topic),
+}
+
+/// `_jobs.{id}` and `_queues.{queue}`; `Err(())` for a `_jobs…` or `_queues…` name that
+/// names no job or queue (such a topic has no queue, so no `jobs` right covers it); `Ok(None)`
+/// for every other topic.
+fn job_topic(topic: &Topic) -> Result<Option<JobTopic>, ()> {
+    let name = topic.as_str();
+    let (family, rest) = name.split_once('.').unwrap_or((name, ""));
+    match family {
+        "_jobs" => rest
+            .parse()
+            .map(|id| Some(JobTopic::Job(id)))
+            .map_err(|_| ()),
+        "_queues" => rest
+            .parse()
+            .map(|queue| Some(JobTopic::Queue(queue)))
+            .map_err(|_| ()),
+        _ => Ok(None),
+    }
+}
+
 /// The caller of a request.
 #[derive(Clone, Debug)]
 pub enum Principal {
@@ -117,8 +153,28 @@ impl Principal {
         self.allows(|r| &r.publish, topic)
     }
 
+    /// The `subscribe` rules alone; reading also takes [`Principal::read_access`].
     pub fn can_subscribe(&self, topic: &Topic) -> bool {
         self.allows(|r| &r.subscribe, topic)
+    }
+
+    /// Reading a topic takes a `subscribe` rule that matches it (a wildcard never matches a
+    /// reserved first token, see [`TopicPattern`]); reading a job's events (`_jobs.{id}`) or
+    /// a queue's announcements (`_queues.{queue}`) also takes `jobs` on that queue, the right
+    /// that `GET /v1/jobs/{id}` needs for the same data.
+    pub fn read_access(&self, topic: &Topic) -> ReadAccess {
+        if matches!(self, Principal::Open) {
+            return ReadAccess::Allowed;
+        }
+        if !self.can_subscribe(topic) {
+            return ReadAccess::Denied;
+        }
+        match job_topic(topic) {
+            Ok(None) => ReadAccess::Allowed,
+            Ok(Some(JobTopic::Queue(queue))) if self.can_use_queue(&queue) => ReadAccess::Allowed,
+            Ok(Some(JobTopic::Job(id))) => ReadAccess::IfJobsOnQueueOf(id),
+            Ok(Some(JobTopic::Queue(_))) | Err(()) => ReadAccess::Denied,
+        }
     }
 
     pub fn can_use_queue(&self, queue: &Topic) -> bool {
@@ -365,6 +421,60 @@ mod tests {
         )
         .unwrap();
         assert!(auth.authenticate(Some(&forged)).is_err());
+    }
+
+    #[test]
+    fn reserved_topics_take_a_named_pattern_and_jobs_on_the_queue() {
+        let principal = |subscribe: &[&str], jobs: &[&str]| {
+            let text = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
+            Principal::Granted(Arc::new(
+                RulesText {
+                    subscribe: text(subscribe),
+                    jobs: text(jobs),
+                    ..RulesText::default()
+                }
+                .parse()
+                .unwrap(),
+            ))
+        };
+        let t = |s: &str| s.parse::<Topic>().unwrap();
+        let id = "0123456789abcdef0123456789abcdef";
+        let job = t(&format!("_jobs.{id}"));
+        let everything = principal(&[">"], &[">"]);
+        assert_eq!(everything.read_access(&t("a.b")), ReadAccess::Allowed);
+        for reserved in [&job, &t("_queues.thumbs"), &t("_x")] {
+            assert_eq!(everything.read_access(reserved), ReadAccess::Denied);
+        }
+        let follower = principal(&["_jobs.>", "_queues.>"], &["thumbs"]);
+        assert_eq!(
+            follower.read_access(&job),
+            ReadAccess::IfJobsOnQueueOf(id.parse().unwrap())
+        );
+        assert_eq!(
+            follower.read_access(&t("_queues.thumbs")),
+            ReadAccess::Allowed
+        );
+        for denied in [
+            "_queues.other",
+            "_jobs.nope",
+            "_jobs",
+            "_queues",
+            "_jobs.x.y",
+        ] {
+            assert_eq!(
+                follower.read_access(&t(denied)),
+                ReadAccess::Denied,
+                "{denied}"
+            );
+        }
+        // `jobs` alone does not read the topics: the subscribe rule must name them.
+        let worker = principal(&[], &["thumbs"]);
+        assert_eq!(worker.read_access(&t("_queues.thumbs")), ReadAccess::Denied);
+        assert_eq!(worker.read_access(&job), ReadAccess::Denied);
+        assert_eq!(
+            Principal::Open.read_access(&t("_queues.thumbs")),
+            ReadAccess::Allowed
+        );
     }
 
     #[test]

@@ -122,16 +122,18 @@ struct TopicList<'a> {
 )]
 async fn list(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     let topics = state.hub.topics().await?;
-    // An admin sees every topic; anyone else the topics they may read.
+    // An admin sees every topic; anyone else the topics they may read, so that the hub's
+    // reserved topics (`_jobs.{id}` names every job) show only to a credential that may read
+    // them. A job's topic costs a lookup of its queue, and only when the credential's
+    // `subscribe` rules name `_jobs`.
     let admin = caller.0.is_admin();
-    let body = TopicList {
-        topics: topics
-            .iter()
-            .filter(|(info, _)| admin || caller.0.can_subscribe(&info.topic))
-            .map(|(info, subs)| topic_json(info, *subs))
-            .collect(),
-    };
-    Ok(Json(body).into_response())
+    let mut shown = Vec::new();
+    for (info, subs) in &topics {
+        if admin || caller.may_read(&state.jobs, &info.topic).await? {
+            shown.push(topic_json(info, *subs));
+        }
+    }
+    Ok(Json(TopicList { topics: shown }).into_response())
 }
 
 /// Show a topic
@@ -154,7 +156,7 @@ async fn show(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let topic: Topic = path_param(path)?.parse()?;
-    caller.subscribe(&topic)?;
+    caller.subscribe(&state.jobs, &topic).await?;
     match state.hub.topic(&topic).await? {
         Some((info, subs)) => Ok(Json(topic_json(&info, subs)).into_response()),
         None => Err(ApiError::not_found(format!(
@@ -165,7 +167,8 @@ async fn show(
 
 /// Delete a topic's messages
 ///
-/// Keeps its counter; readers get a `deleted` gap. Needs an admin credential.
+/// Keeps its counter; readers get a `deleted` gap. Needs an admin credential; the hub's
+/// reserved topics (`_…`) cannot be deleted.
 #[utoipa::path(
     delete,
     path = "/v1/topics/{topic}",
@@ -186,6 +189,13 @@ async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let topic: Topic = path_param(path)?.parse()?;
     caller.admin()?;
+    if topic.is_reserved() {
+        // A job's events and a queue's announcements are the hub's record of its jobs:
+        // followers and claimers on other nodes rely on them.
+        return Err(ApiError::reserved_topic(format!(
+            "topic {topic} is reserved for the hub (names starting with _ can be read, not deleted)"
+        )));
+    }
     if state.hub.delete_topic(&topic).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -11,7 +11,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
-use crate::auth::{Authenticator, Principal};
+use crate::auth::{Authenticator, Principal, ReadAccess};
+use crate::jobs::{JobError, Jobs};
 use crate::model::Topic;
 
 /// The paths anyone may call.
@@ -104,8 +105,24 @@ impl Caller {
         }
     }
 
-    pub fn subscribe(&self, topic: &Topic) -> Result<(), ApiError> {
-        if self.0.can_subscribe(topic) {
+    /// Whether this caller may read `topic`: its `subscribe` rule and, for a job's events
+    /// (`_jobs.{id}`), `jobs` on the job's queue, looked up in `jobs`. An unknown job counts
+    /// as a foreign one, so the answer tells nothing of which jobs exist.
+    pub async fn may_read(&self, jobs: &Jobs, topic: &Topic) -> Result<bool, ApiError> {
+        Ok(match self.0.read_access(topic) {
+            ReadAccess::Allowed => true,
+            ReadAccess::Denied => false,
+            ReadAccess::IfJobsOnQueueOf(id) => match jobs.get(&id).await {
+                Ok(job) => self.0.can_use_queue(&job.queue),
+                Err(JobError::UnknownJob(_)) => false,
+                Err(e) => return Err(e.into()),
+            },
+        })
+    }
+
+    /// Reading `topic` (see [`Caller::may_read`]): `403` when not allowed.
+    pub async fn subscribe(&self, jobs: &Jobs, topic: &Topic) -> Result<(), ApiError> {
+        if self.may_read(jobs, topic).await? {
             Ok(())
         } else {
             Err(ApiError::forbidden(format!(

@@ -183,6 +183,11 @@ impl ApiError {
         Self::new(&FORBIDDEN, detail)
     }
 
+    /// A client may not change a topic the hub keeps (`_…`), whatever its rights.
+    pub fn reserved_topic(detail: impl Into<String>) -> Self {
+        Self::new(&RESERVED_TOPIC, detail)
+    }
+
     pub fn too_many_requests(retry_after: u64) -> Self {
         ApiError {
             retry_after: Some(retry_after.min(u32::MAX as u64) as u32),

@@ -49,7 +49,7 @@ async fn ndjson(
     query: QueryPairs,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let req = stream_request(&state, &caller, path, query, &headers)?;
+    let req = stream_request(&state, &caller, path, query, &headers).await?;
     let sub = state
         .hub
         .subscribe(&req.topics, &req.since, &Since::Now, req.slow)

@@ -64,7 +64,7 @@ async fn poll(
 ) -> Result<Response, ApiError> {
     let topics = TopicList::parse(&path_param(path)?, state.options.max_topics)?;
     for topic in topics.iter() {
-        caller.subscribe(topic)?;
+        caller.subscribe(&state.jobs, topic).await?;
     }
     let params = Params::from(query)?;
     let since = match params.get("since")? {

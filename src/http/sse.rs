@@ -58,7 +58,7 @@ async fn sse(
     query: QueryPairs,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let req = stream_request(&state, &caller, path, query, &headers)?;
+    let req = stream_request(&state, &caller, path, query, &headers).await?;
     let raw = match req.params.get("raw")? {
         None | Some("0") | Some("false") => false,
         Some("1") | Some("true") | Some("") => true,

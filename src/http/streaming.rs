@@ -30,7 +30,7 @@ pub(super) struct StreamRequest {
 }
 
 /// Parses the topics, `since` (default `now`; `Last-Event-ID` wins when given) and `slow`.
-pub(super) fn stream_request(
+pub(super) async fn stream_request(
     state: &AppState,
     caller: &Caller,
     path: Result<Path<String>, PathRejection>,
@@ -39,7 +39,7 @@ pub(super) fn stream_request(
 ) -> Result<StreamRequest, ApiError> {
     let topics = TopicList::parse(&path_param(path)?, state.options.max_topics)?;
     for topic in topics.iter() {
-        caller.subscribe(topic)?;
+        caller.subscribe(&state.jobs, topic).await?;
     }
     let params = Params::from(query)?;
     let last_event_id = match headers.get("last-event-id") {

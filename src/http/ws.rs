@@ -84,7 +84,7 @@ async fn upgrade(
         Some(topics) => {
             let topics = TopicList::parse(topics, state.options.max_topics)?;
             for topic in topics.iter() {
-                caller.subscribe(topic)?;
+                caller.subscribe(&state.jobs, topic).await?;
             }
             let since = match params.get("since")? {
                 Some(s) => Since::parse_bounded(s, state.options.max_topics)?,
@@ -296,7 +296,7 @@ impl Session {
     ) -> Result<String, FrameRefusal> {
         match command {
             Command::Subscribe { topic, since, slow } => {
-                self.caller.subscribe(&topic)?;
+                self.caller.subscribe(&self.state.jobs, &topic).await?;
                 let next = self.subscribe(topic.clone(), &since, slow).await?;
                 Ok(ok_frame(
                     id,

@@ -5,7 +5,12 @@ use super::Topic;
 
 /// A pattern over topic names: dot-separated tokens where `*` matches exactly one token and
 /// `>` (last only) matches one or more remaining tokens. `orders.>` matches `orders.eu` and
-/// `orders.eu.1`, not `orders`; `>` alone matches every topic.
+/// `orders.eu.1`, not `orders`; `>` alone matches every topic but the reserved ones.
+///
+/// A topic whose first token starts with `_` is reserved for the hub (`_jobs.{id}`,
+/// `_queues.{queue}`): a wildcard never stands for that token, so only a pattern that names it
+/// (`_jobs.>`) matches. A rule such as `subscribe = [">"]` thus never reaches the hub's own
+/// topics by accident.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicPattern {
     tokens: Vec<PatternToken>,
@@ -68,6 +73,9 @@ impl FromStr for TopicPattern {
 
 impl TopicPattern {
     pub fn matches(&self, topic: &Topic) -> bool {
+        if topic.is_reserved() && !matches!(self.tokens.first(), Some(PatternToken::Literal(_))) {
+            return false;
+        }
         let mut names = topic.as_str().split('.');
         for token in &self.tokens {
             match token {
@@ -120,6 +128,22 @@ mod tests {
     }
 
     #[test]
+    fn wildcards_never_stand_for_a_reserved_first_token() {
+        for p in [">", "*", "*.>", "*.*", "*.abc"] {
+            for t in ["_jobs.abc", "_queues.q", "_x", "_"] {
+                assert!(!m(p, t), "{p} must not match {t}");
+            }
+        }
+        assert!(m("_jobs.*", "_jobs.abc"));
+        assert!(m("_queues.>", "_queues.a.b"));
+        assert!(m("_x", "_x"));
+        assert!(!m("_jobs.>", "_queues.q"));
+        // Only the first token is reserved: `_` further in is an ordinary name.
+        assert!(m(">", "jobs._1"));
+        assert!(m("jobs.*", "jobs._1"));
+    }
+
+    #[test]
     fn bad_patterns() {
         for bad in ["", "a..b", "a.>.b", ">.a", "a b", "a.**", "a.*x"] {
             assert!(bad.parse::<TopicPattern>().is_err(), "{bad}");
@@ -132,7 +156,10 @@ mod tests {
             let topic: Topic = s.parse().unwrap();
             let pattern: TopicPattern = s.parse().unwrap();
             prop_assert!(pattern.matches(&topic));
-            prop_assert!(">".parse::<TopicPattern>().unwrap().matches(&topic));
+            prop_assert_eq!(
+                ">".parse::<TopicPattern>().unwrap().matches(&topic),
+                !topic.is_reserved()
+            );
         }
 
         #[test]

@@ -731,4 +731,317 @@ async fn websocket_frames_are_charged_to_the_rate_limit() {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
     assert!(served, "a frame is served again after the bucket refills");
+// Issue 13, finding 5: wildcards reached the hub's reserved topics. `subscribe = [">"]` (or
+// `*.>`) read `_queues.{q}` and `_jobs.{id}`, and so every queue's job payloads, with no
+// `jobs` right; `GET /v1/topics` listed every job id; an admin could delete them. A wildcard
+// no longer stands for a first token starting with `_`; reading `_jobs.{id}` or
+// `_queues.{q}` takes a `subscribe` rule that names it and `jobs` on the queue (docs/API.md,
+// "Authentication").
+
+/// The `[auth]` section for the reserved-topic tests: one static token per rule set.
+fn reserved_topic_config() -> String {
+    let mut out = String::from("[auth]\nmode = \"required\"\n");
+    for (token, rules) in [
+        (
+            "sub-everything",
+            r#"publish = [">"]
+subscribe = [">"]"#,
+        ),
+        ("star-rest-reader", r#"subscribe = ["*.>", "*"]"#),
+        (
+            "follows-queue-a",
+            r#"subscribe = ["_jobs.>", "_queues.>"]
+jobs = ["queueA"]"#,
+        ),
+        (
+            "follows-queue-b",
+            r#"subscribe = ["_jobs.>", "_queues.>"]
+jobs = ["queueB"]"#,
+        ),
+        ("works-queue-b", r#"jobs = ["queueB"]"#),
+        (
+            "root-admin",
+            r#"publish = [">"]
+subscribe = [">"]
+jobs = [">"]
+admin = true"#,
+        ),
+    ] {
+        out.push_str(&format!(
+            "\n[[auth.tokens]]\ntoken = \"{token}\"\n{rules}\n"
+        ));
+    }
+    out
+}
+
+async fn reserved_topic_server() -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("create a config directory");
+    let path = dir.path().join("plexus.toml");
+    std::fs::write(&path, reserved_topic_config()).expect("write the config");
+    let server = Server::start(&["--config", path.to_str().expect("a UTF-8 path")]).await;
+    (server, dir)
+}
+
+async fn as_token(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    body: &str,
+    token: &str,
+) -> reqwest::Response {
+    server
+        .client()
+        .request(method.clone(), server.url(path))
+        .bearer_auth(token)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// The names `token` sees in `GET /v1/topics`.
+async fn listed_for(server: &Server, token: &str) -> Vec<String> {
+    let resp = as_token(server, reqwest::Method::GET, "/v1/topics", "", token).await;
+    let (status, _, body) = into_json(resp).await;
+    assert_eq!(status, StatusCode::OK, "GET /v1/topics as {token}: {body}");
+    body["topics"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no topics in {body}"))
+        .iter()
+        .map(|t| t["topic"].as_str().expect("a topic name").to_string())
+        .collect()
+}
+
+/// A WebSocket handshake with `access_token` and `query` (`&`-joined, may be empty).
+async fn ws_as(
+    server: &Server,
+    token: &str,
+    query: &str,
+) -> Result<crate::kit::clients::Ws, (u16, String)> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("ws://{}/v1/ws?access_token={token}{query}", server.addr());
+    let request = url.into_client_request().expect("a WebSocket request");
+    crate::kit::clients::Ws::handshake(request).await
+}
+
+#[tokio::test]
+async fn wildcards_do_not_read_reserved_topics_and_job_topics_need_the_jobs_right() {
+    use reqwest::Method;
+    let (server, _dir) = reserved_topic_server().await;
+    let resp = as_token(
+        &server,
+        Method::POST,
+        "/v1/queues/queueB/jobs",
+        "SECRET-PAYLOAD-OF-B",
+        "root-admin",
+    )
+    .await;
+    let (status, _, job) = into_json(resp).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "submit to queueB: {job}");
+    let id = crate::jobs::id(&job);
+    let job_topic = format!("_jobs.{id}");
+    let resp = as_token(
+        &server,
+        Method::POST,
+        "/v1/queues/queueA/jobs",
+        "a",
+        "root-admin",
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED, "submit to queueA");
+    let resp = as_token(
+        &server,
+        Method::POST,
+        "/v1/topics/orders.eu/messages",
+        "o",
+        "root-admin",
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::CREATED, "publish to orders.eu");
+    let unknown_job = "_jobs.0123456789abcdef0123456789abcdef";
+
+    // Long poll and short poll, SSE and NDJSON: 403 for every reserved topic a wildcard would
+    // have reached, or that the credential's queues do not cover.
+    let refused = [
+        ("sub-everything", "_queues.queueB"),
+        ("sub-everything", job_topic.as_str()),
+        ("sub-everything", "_queues.queueB,orders.eu"),
+        ("star-rest-reader", "_queues.queueB"),
+        ("star-rest-reader", job_topic.as_str()),
+        ("follows-queue-a", "_queues.queueB"),
+        ("follows-queue-a", job_topic.as_str()),
+        ("follows-queue-b", unknown_job),
+        ("works-queue-b", job_topic.as_str()),
+        ("works-queue-b", "_queues.queueB"),
+    ];
+    for (token, topics) in refused {
+        for path in [
+            format!("/v1/topics/{topics}/messages?since=all"),
+            format!("/v1/topics/{topics}/messages?since=all&wait=1"),
+            format!("/v1/topics/{topics}/sse?since=all"),
+            format!("/v1/topics/{topics}/stream?since=all"),
+        ] {
+            let resp = as_token(&server, Method::GET, &path, "", token).await;
+            let problem = expect_problem(resp, 403, &format!("GET {path} as {token}")).await;
+            assert!(!problem.to_string().contains("SECRET-PAYLOAD"), "{problem}");
+        }
+        let resp = as_token(
+            &server,
+            Method::GET,
+            &format!("/v1/topics/{topics}"),
+            "",
+            token,
+        )
+        .await;
+        if !topics.contains(',') {
+            expect_problem(resp, 403, &format!("GET /v1/topics/{topics} as {token}")).await;
+        }
+        match ws_as(&server, token, &format!("&topic={topics}&since=all")).await {
+            Ok(_) => panic!("WS ?topic={topics} as {token}: the upgrade succeeded"),
+            Err((status, body)) => assert_eq!(status, 403, "WS ?topic={topics} as {token}: {body}"),
+        }
+    }
+    for (token, topic) in refused.iter().filter(|(_, t)| !t.contains(',')) {
+        let mut ws = ws_as(&server, token, "").await.expect("a WebSocket");
+        let mut early = Vec::new();
+        let answer = ws
+            .call(
+                json!({"op":"subscribe","id":1,"topic":topic,"since":"all"}),
+                &mut early,
+            )
+            .await;
+        assert_eq!(
+            (answer["op"].clone(), answer["status"].clone()),
+            (json!("error"), json!(403)),
+            "WS subscribe {topic} as {token}: {answer}"
+        );
+        assert!(early.is_empty(), "nothing delivered: {early:?}");
+    }
+    // The wildcard still reads every ordinary topic.
+    let page = into_json(
+        as_token(
+            &server,
+            Method::GET,
+            "/v1/topics/orders.eu/messages?since=all",
+            "",
+            "sub-everything",
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(page.0, StatusCode::OK, "{}", page.2);
+    assert_eq!(messages(&page.2).len(), 1, "{}", page.2);
+
+    // A credential naming the reserved topics, with `jobs` on the queue, reads them on every
+    // transport.
+    let page = into_json(
+        as_token(
+            &server,
+            Method::GET,
+            &format!("/v1/topics/{job_topic},_queues.queueB/messages?since=all"),
+            "",
+            "follows-queue-b",
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(page.0, StatusCode::OK, "{}", page.2);
+    assert_eq!(messages(&page.2).len(), 2, "queued on both: {}", page.2);
+    let mut sse = Sse::open(
+        &server,
+        &format!("/v1/topics/{job_topic}/sse?since=all"),
+        &[("authorization", "Bearer follows-queue-b")],
+    )
+    .await;
+    let queued = sse.events(1).await;
+    assert_eq!(queued[0].json()["event"], json!("queued"), "{queued:?}");
+    let mut ws = ws_as(&server, "follows-queue-b", "")
+        .await
+        .expect("a WebSocket");
+    let mut early = Vec::new();
+    ws.ok(
+        json!({"op":"subscribe","id":1,"topic":"_queues.queueB","since":"all"}),
+        &mut early,
+    )
+    .await;
+    let got = if early.is_empty() {
+        ws.events(1).await
+    } else {
+        early
+    };
+    assert_eq!(got[0]["topic"], json!("_queues.queueB"), "{got:?}");
+    let resp = as_token(
+        &server,
+        Method::GET,
+        "/v1/topics/_queues.queueA/messages",
+        "",
+        "follows-queue-a",
+    )
+    .await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "follows-queue-a reads _queues.queueA"
+    );
+
+    // The topic list shows a reserved topic only to a credential that may read it.
+    let everything = listed_for(&server, "sub-everything").await;
+    assert!(
+        everything.iter().all(|t| !t.starts_with('_'))
+            && everything.contains(&"orders.eu".to_string()),
+        "{everything:?}"
+    );
+    let a = listed_for(&server, "follows-queue-a").await;
+    assert!(
+        !a.contains(&job_topic)
+            && !a.contains(&"_queues.queueB".to_string())
+            && a.contains(&"_queues.queueA".to_string()),
+        "{a:?}"
+    );
+    let b = listed_for(&server, "follows-queue-b").await;
+    assert!(
+        b.contains(&job_topic)
+            && b.contains(&"_queues.queueB".to_string())
+            && !b.contains(&"_queues.queueA".to_string()),
+        "{b:?}"
+    );
+    assert!(
+        listed_for(&server, "root-admin").await.contains(&job_topic),
+        "an admin lists every topic"
+    );
+
+    // An admin may not delete the hub's topics: 403, and the events stay.
+    for topic in [job_topic.as_str(), "_queues.queueB"] {
+        let resp = as_token(
+            &server,
+            Method::DELETE,
+            &format!("/v1/topics/{topic}"),
+            "",
+            "root-admin",
+        )
+        .await;
+        let problem = expect_problem(resp, 403, &format!("DELETE {topic}")).await;
+        assert_eq!(
+            problem["type"],
+            json!("urn:plexus:problem:reserved-topic"),
+            "{problem}"
+        );
+    }
+    let page = into_json(
+        as_token(
+            &server,
+            Method::GET,
+            &format!("/v1/topics/{job_topic}/messages?since=all"),
+            "",
+            "follows-queue-b",
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        messages(&page.2).len(),
+        1,
+        "the job's event is still there: {}",
+        page.2
+    );
 }
