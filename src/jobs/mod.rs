@@ -92,8 +92,8 @@ pub struct Jobs {
     /// Where jobs are kept; their events go through the hub.
     store: Arc<dyn JobStore>,
     options: JobsOptions,
-    // A std mutex: held only to find a queue's notifier, never across an await.
-    queues: Mutex<HashMap<Topic, Arc<Notify>>>,
+    // A std mutex: held only to find, make or drop a queue's notifier, never across an await.
+    queues: Mutex<HashMap<Topic, QueueWaiters>>,
     random: SystemRandom,
 }
 
@@ -125,20 +125,19 @@ impl Jobs {
         Ok(bytes)
     }
 
-    fn notifier(&self, queue: &Topic) -> Arc<Notify> {
+    /// The queue's notifier, made if missing, held by the returned guard: while any guard of
+    /// a queue lives its notifier stays, and the last one dropped removes it (with its relay),
+    /// so queue names claimed once cost nothing afterwards.
+    fn waiting_on(&self, queue: &Topic) -> Waiting<'_> {
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        queues
-            .entry(queue.clone())
-            .or_insert_with(|| {
-                let notify = Arc::new(Notify::new());
-                // On a store other nodes share, a job queued through another node reaches
-                // this one as a commit of the queue's topic: each wakes one claimer here, as a
-                // local submit does. (A local submit then wakes two: one looks, finds nothing,
-                // waits again; so a store of this node alone does without.)
-                let topic = queue_topic(queue).filter(|_| self.hub.shared_store());
-                let Some(topic) = topic else {
-                    return notify;
-                };
+        let entry = queues.entry(queue.clone()).or_insert_with(|| {
+            let notify = Arc::new(Notify::new());
+            // On a store other nodes share, a job queued through another node reaches
+            // this one as a commit of the queue's topic: each wakes one claimer here, as a
+            // local submit does. (A local submit then wakes two: one looks, finds nothing,
+            // waits again; so a store of this node alone does without.)
+            let topic = queue_topic(queue).filter(|_| self.hub.shared_store());
+            let relay = topic.map(|topic| {
                 let mut head = self.hub.head_watch(&topic);
                 let relay = Arc::downgrade(&notify);
                 tokio::spawn(async move {
@@ -148,10 +147,36 @@ impl Jobs {
                             None => return,
                         }
                     }
-                });
-                notify
-            })
-            .clone()
+                })
+                .abort_handle()
+            });
+            QueueWaiters {
+                notify,
+                relay,
+                waiters: 0,
+            }
+        });
+        entry.waiters += 1;
+        Waiting {
+            jobs: self,
+            queue: queue.clone(),
+            notify: entry.notify.clone(),
+        }
+    }
+
+    /// Wakes one claimer of the queue, if any waits here. Nobody waiting: nothing to wake, as
+    /// a claimer looks in the store after it starts waiting, so it finds the job itself.
+    fn wake_one(&self, queue: &Topic) {
+        let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = queues.get(queue) {
+            entry.notify.notify_one();
+        }
+    }
+
+    /// How many queues have a notifier now (claimers waiting on them).
+    #[cfg(test)]
+    fn notifiers(&self) -> usize {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Publishes a state change (event = the state) or progress on `_jobs.{id}`.
@@ -230,7 +255,7 @@ impl Jobs {
         let (job, replayed) = self.store.create(job, idempotency_key).await?;
         if !replayed {
             self.announce_state(&job).await?;
-            self.notifier(&queue).notify_one();
+            self.wake_one(&queue);
         }
         Ok((job, replayed))
     }
@@ -282,10 +307,16 @@ impl Jobs {
         wait: Duration,
     ) -> Result<Option<Job>, JobError> {
         let deadline = Instant::now() + wait;
-        let notify = self.notifier(queue);
+        let waiting = self.waiting_on(queue);
+        // Whether a delayed job was seen: one we then leave without may be due before the
+        // other waiters' deadlines, and only we knew when.
+        let mut delayed_seen = false;
         loop {
-            let notified = notify.notified();
+            let notified = waiting.notify.notified();
             tokio::pin!(notified);
+            // Waiting from here on: a job queued after this point wakes us, one queued before
+            // it is found by the claim below. Nothing else wakes a claimer, so an idle one
+            // costs no store work at all.
             notified.as_mut().enable();
             let token = JobId::from_random(self.random_hex()?).to_string();
             let now = now_millis();
@@ -295,13 +326,20 @@ impl Jobs {
                 return Ok(Some(job));
             }
             if Instant::now() >= deadline || self.hub.shutdown_token().is_cancelled() {
+                if delayed_seen {
+                    // Passed on: the next waiter looks up the due time itself.
+                    waiting.notify.notify_one();
+                }
                 return Ok(None);
             }
-            // One claimer is woken per new job (no herd). A retry's backoff may end before
-            // anyone notifies, and a woken claimer may have gone away: look again at least
-            // once a second.
-            let mut wake = deadline.min(Instant::now() + Duration::from_secs(1));
+            // One claimer is woken per new job (no herd); a woken claimer that goes away
+            // passes its wake-up on to the next (tokio's `Notified` does on drop). A delayed
+            // job (a retry's backoff) is announced when it is queued, so the claimer it wakes
+            // learns its `run_at` here and sleeps until then. An expired lease is put back by
+            // the sweeper, which wakes a claimer like a submit.
+            let mut wake = deadline;
             if let Some(due) = self.store.next_due(queue).await? {
+                delayed_seen = true;
                 let in_ms = (due - now_millis()).max(0) as u64;
                 wake = wake.min(Instant::now() + Duration::from_millis(in_ms));
             }
@@ -386,7 +424,7 @@ impl Jobs {
         let job = self.store.save(job, expected).await?;
         self.announce_state(&job).await?;
         if job.state == JobState::Queued {
-            self.notifier(&job.queue).notify_one();
+            self.wake_one(&job.queue);
         }
         Ok(job)
     }
@@ -410,7 +448,7 @@ impl Jobs {
             match self.store.save(job, expected).await {
                 Ok(job) => {
                     self.announce_state(&job).await?;
-                    self.notifier(&job.queue).notify_one();
+                    self.wake_one(&job.queue);
                 }
                 // Completed or heartbeated meanwhile: the worker was alive after all.
                 Err(StoreError::JobChanged(_)) => {}
@@ -418,6 +456,38 @@ impl Jobs {
             }
         }
         Ok(())
+    }
+}
+
+/// A queue's notifier and who holds it.
+struct QueueWaiters {
+    notify: Arc<Notify>,
+    /// On a shared store: the task relaying the queue topic's commits to `notify`.
+    relay: Option<tokio::task::AbortHandle>,
+    /// Claims holding a [`Waiting`] of this queue.
+    waiters: usize,
+}
+
+/// A claim's hold on its queue's notifier; the last one dropped removes the notifier.
+struct Waiting<'a> {
+    jobs: &'a Jobs,
+    queue: Topic,
+    notify: Arc<Notify>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut queues = self.jobs.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(entry) = queues.get_mut(&self.queue) else {
+            return;
+        };
+        entry.waiters = entry.waiters.saturating_sub(1);
+        if entry.waiters == 0
+            && let Some(entry) = queues.remove(&self.queue)
+            && let Some(relay) = entry.relay
+        {
+            relay.abort();
+        }
     }
 }
 
@@ -440,4 +510,88 @@ async fn sweep(jobs: Weak<Jobs>) {
 /// a queue name so long that the prefix would make the topic name too long).
 pub fn queue_topic(queue: &Topic) -> Option<Topic> {
     format!("_queues.{queue}").parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::HubOptions;
+    use crate::store::{Engine, Retention};
+    use tokio_util::sync::CancellationToken;
+
+    fn service() -> Arc<Jobs> {
+        let store = Engine::memory(Retention::default());
+        let hub = Hub::new(
+            store.log,
+            store.follow,
+            HubOptions::default(),
+            CancellationToken::new(),
+        );
+        Jobs::new(hub, store.jobs, JobsOptions::default())
+    }
+
+    /// Issue 13, item 9: a notifier per queue name ever claimed was kept for good (300,000
+    /// names: ~90 MiB). Each goes with its last waiting claim.
+    #[tokio::test]
+    async fn queue_notifiers_go_with_their_last_claimer() {
+        let jobs = service();
+        let lease = Duration::from_secs(30);
+        for i in 0..2_000 {
+            let queue: Topic = format!("q{i}").parse().unwrap();
+            let claimed = jobs.claim(&queue, lease, Duration::ZERO).await.unwrap();
+            assert!(claimed.is_none());
+        }
+        assert_eq!(jobs.notifiers(), 0, "no claim waits: no notifier is kept");
+
+        // A waiting claim keeps its queue's notifier, and a submit meanwhile reaches it; a
+        // claim given up (its client went away) releases it too.
+        let queue: Topic = "busy".parse().unwrap();
+        let waiter = {
+            let jobs = jobs.clone();
+            let queue = queue.clone();
+            tokio::spawn(async move { jobs.claim(&queue, lease, Duration::from_secs(30)).await })
+        };
+        let idle = {
+            let jobs = jobs.clone();
+            tokio::spawn(async move {
+                let queue: Topic = "idle".parse().unwrap();
+                jobs.claim(&queue, lease, Duration::from_secs(30)).await
+            })
+        };
+        while jobs.notifiers() < 2 {
+            tokio::task::yield_now().await;
+        }
+        let (job, _) = jobs
+            .submit(queue.clone(), Bytes::from_static(b"x"), None, None)
+            .await
+            .unwrap();
+        let claimed = waiter
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the waiting claim got the job");
+        assert_eq!(claimed.id, job.id);
+        assert_eq!(
+            jobs.notifiers(),
+            1,
+            "only the idle queue's claimer still waits"
+        );
+        idle.abort();
+        let _ = idle.await;
+        assert_eq!(
+            jobs.notifiers(),
+            0,
+            "an abandoned claim leaves nothing behind"
+        );
+        // A submit to a queue nobody waits on makes no notifier either.
+        jobs.submit(
+            "nobody".parse().unwrap(),
+            Bytes::from_static(b"y"),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(jobs.notifiers(), 0);
+    }
 }
