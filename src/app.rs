@@ -149,6 +149,7 @@ impl App {
             stats: self.connections.clone(),
             max_connections: self.config.max_connections,
             max_connections_per_client: self.config.max_connections_per_client,
+            write_timeout: self.config.write_timeout,
         }
     }
 
@@ -187,6 +188,7 @@ fn http_options(config: &Config) -> HttpOptions {
         // A publish frame carries the payload plus a little JSON around it.
         max_ws_frame_bytes: config.max_message_bytes * 4 / 3 + 4096,
         cors_origins: config.cors_origins.clone(),
+        body_timeout: config.body_timeout,
     }
 }
 

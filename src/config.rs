@@ -117,6 +117,12 @@ pub struct ServeArgs {
     /// Requests a client may send at once above its rate [default: 10000]
     #[arg(long, env = "PLEXUS_BURST", value_name = "N")]
     pub burst: Option<f64>,
+    /// Fail a request whose body makes no progress for this long [default: 30s]
+    #[arg(long, env = "PLEXUS_BODY_TIMEOUT", value_name = "DUR")]
+    pub body_timeout: Option<String>,
+    /// Close a connection (stream, WebSocket) that takes no written byte for this long [default: 30s]
+    #[arg(long, env = "PLEXUS_WRITE_TIMEOUT", value_name = "DUR")]
+    pub write_timeout: Option<String>,
     /// Print the default configuration file (every key, its default) and exit
     #[arg(long)]
     pub print_config: bool,
@@ -209,6 +215,8 @@ struct FileLimits {
     max_connections_per_client: u64,
     rate: f64,
     burst: f64,
+    body_timeout: String,
+    write_timeout: String,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -262,6 +270,10 @@ pub struct Config {
     pub burst: f64,
     /// Browser origins allowed to call the API (`*`: any); empty: no CORS.
     pub cors_origins: Vec<String>,
+    /// A request body that makes no progress this long fails (`408`, connection closed).
+    pub body_timeout: Duration,
+    /// A connection whose writes make no progress this long is closed.
+    pub write_timeout: Duration,
 }
 
 /// Authentication settings; secrets are redacted when printed.
@@ -513,7 +525,24 @@ impl Config {
                 )));
             }
         }
+        let body_timeout = duration(
+            "limits.body_timeout",
+            a.body_timeout.as_deref().unwrap_or(&f.limits.body_timeout),
+        )?;
+        let write_timeout = duration(
+            "limits.write_timeout",
+            a.write_timeout
+                .as_deref()
+                .unwrap_or(&f.limits.write_timeout),
+        )?;
+        if body_timeout.is_zero() || write_timeout.is_zero() {
+            return Err(ConfigError(
+                "limits.body_timeout: limits.body_timeout and limits.write_timeout must be more than 0".into(),
+            ));
+        }
         Ok(Config {
+            body_timeout,
+            write_timeout,
             cors_origins: f.cors.allowed_origins,
             max_connections: max_connections as usize,
             max_connections_per_client: per_client as usize,

@@ -41,6 +41,9 @@ pub struct ServerOptions {
     pub max_connections: usize,
     /// Most connections open at once from one client address.
     pub max_connections_per_client: usize,
+    /// The longest a connection's socket may refuse every byte written to it (a client that
+    /// stopped reading); then the connection is closed.
+    pub write_timeout: Duration,
 }
 
 /// What an open connection speaks: the `protocol` label of `plexus_connections_open`.
@@ -221,10 +224,68 @@ impl Drop for OpenConnection {
 
 /// A connection's socket with its count (an [`OpenConnection`], or an `Arc` of one shared
 /// with the service that learns the protocol from the first request): the count ends when the
-/// socket is dropped, whoever holds it then.
+/// socket is dropped, whoever holds it then. Its writes are watched by a [`Stall`].
 struct Counted<I, G> {
     io: I,
     _open: G,
+    stall: Stall,
+}
+
+impl<I, G> Counted<I, G> {
+    fn new(io: I, open: G, write_timeout: Duration) -> Self {
+        Counted {
+            io,
+            _open: open,
+            stall: Stall::new(write_timeout),
+        }
+    }
+}
+
+/// The write timeout of one connection: a write or flush that stays pending (the peer's
+/// receive window and our send buffer are full: it stopped reading) for the timeout fails
+/// with `TimedOut`, which ends the connection — an SSE or NDJSON stream, a WebSocket, or a
+/// response, whoever was writing. Any progress restarts it. The timer exists only while a
+/// write is blocked: an idle connection holds the timeout and an empty pointer.
+struct Stall {
+    timeout_ms: u32,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Stall {
+    fn new(timeout: Duration) -> Self {
+        Stall {
+            timeout_ms: timeout.as_millis().clamp(1, u32::MAX as u128) as u32,
+            timer: None,
+        }
+    }
+
+    /// Watches the result of one write or flush: progress disarms the timer, a pending one
+    /// arms it (waking this task when it runs out), and once it has run out the write fails.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        match polled {
+            Poll::Pending => {
+                let timeout = Duration::from_millis(u64::from(self.timeout_ms));
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the peer read nothing within the write timeout",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            done => {
+                self.timer = None;
+                done
+            }
+        }
+    }
 }
 
 impl<I: AsyncRead + Unpin, G: Unpin> AsyncRead for Counted<I, G> {
@@ -243,7 +304,8 @@ impl<I: AsyncWrite + Unpin, G: Unpin> AsyncWrite for Counted<I, G> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.stall.watch(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -251,7 +313,8 @@ impl<I: AsyncWrite + Unpin, G: Unpin> AsyncWrite for Counted<I, G> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.stall.watch(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -259,11 +322,13 @@ impl<I: AsyncWrite + Unpin, G: Unpin> AsyncWrite for Counted<I, G> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let polled = Pin::new(&mut self.io).poll_flush(cx);
+        self.stall.watch(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let polled = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.stall.watch(cx, polled)
     }
 }
 
@@ -368,6 +433,7 @@ struct Admitted {
     open: OpenConnection,
     peer: std::net::SocketAddr,
     tls: bool,
+    write_timeout: Duration,
 }
 
 /// Serves one connection until it ends or the drain closes it. A connection that has made no
@@ -384,7 +450,12 @@ async fn serve<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Admitted { open, peer, tls } = admitted;
+    let Admitted {
+        open,
+        peer,
+        tls,
+        write_timeout,
+    } = admitted;
     let open = Arc::new(open);
     let seen = open.clone();
     let app = tower::ServiceExt::map_request(app, move |mut req: axum::extract::Request<_>| {
@@ -393,10 +464,7 @@ async fn serve<I>(
         req
     });
     let service = TowerToHyperService::new(app);
-    let io = Counted {
-        io,
-        _open: open.clone(),
-    };
+    let io = Counted::new(io, open.clone(), write_timeout);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     let conn = watcher.watch(conn.into_owned());
     tokio::pin!(conn);
@@ -449,6 +517,7 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         let (builder, app, watcher) = (builder.clone(), app.clone(), graceful.watcher());
+        let write_timeout = options.write_timeout;
         match &acceptor {
             None => {
                 let timeout = options.header_timeout;
@@ -463,10 +532,7 @@ pub async fn run(
                         // long-lived one is no bigger than the connection.
                         Ok(Ok(n)) if n > 0 && first[0] != b'P' => {
                             open.speaks(Protocol::Http1);
-                            let stream = Counted {
-                                io: stream,
-                                _open: open,
-                            };
+                            let stream = Counted::new(stream, open, write_timeout);
                             tokio::spawn(serve_http1(http1, stream, app, watcher, shutdown, peer));
                         }
                         Ok(Ok(n)) if n > 0 => {
@@ -474,6 +540,7 @@ pub async fn run(
                                 open,
                                 peer,
                                 tls: false,
+                                write_timeout,
                             };
                             Box::pin(serve(builder, stream, app, watcher, admitted, timeout)).await;
                         }
@@ -496,6 +563,7 @@ pub async fn run(
                                 open,
                                 peer,
                                 tls: true,
+                                write_timeout,
                             };
                             serve(builder, tls, app, watcher, admitted, timeout).await
                         }
@@ -526,13 +594,18 @@ mod tests {
     use super::*;
 
     /// The count travels inside every connection's socket for the connection's whole life:
-    /// it must stay as small as the guard it replaced (docs/BENCHMARKS.md, idle connections).
+    /// it must stay as small as the guard it replaced (docs/BENCHMARKS.md, idle connections),
+    /// and the write timeout beside it adds a timeout and a pointer, its timer existing only
+    /// while a write is blocked.
     #[test]
     fn the_per_connection_count_stays_small() {
         assert!(std::mem::size_of::<OpenConnection>() <= 32);
+        assert!(std::mem::size_of::<Stall>() <= 16);
         assert_eq!(
             std::mem::size_of::<Counted<tokio::net::TcpStream, OpenConnection>>(),
-            std::mem::size_of::<tokio::net::TcpStream>() + std::mem::size_of::<OpenConnection>()
+            std::mem::size_of::<tokio::net::TcpStream>()
+                + std::mem::size_of::<OpenConnection>()
+                + std::mem::size_of::<Stall>()
         );
     }
 
@@ -552,6 +625,7 @@ mod tests {
             stats: stats.clone(),
             max_connections: 10,
             max_connections_per_client: 10,
+            write_timeout: Duration::from_secs(1),
         };
         let ip = std::net::IpAddr::from([127, 0, 0, 1]);
         let silent = OpenConnection::admit(&stats, ip, &options).expect("admitted");

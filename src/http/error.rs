@@ -70,6 +70,11 @@ const TOO_LARGE: ProblemType = ProblemType::new(
     "too-large",
     "Payload too large",
 );
+const REQUEST_TIMEOUT: ProblemType = ProblemType::new(
+    StatusCode::REQUEST_TIMEOUT,
+    "request-timeout",
+    "Request timeout",
+);
 /// Its `Retry-After` is how long the client's bucket needs, so it is set per answer.
 const RATE_LIMITED: ProblemType = ProblemType::new(
     StatusCode::TOO_MANY_REQUESTS,
@@ -90,7 +95,7 @@ const DRAINING: ProblemType = ProblemType {
 };
 
 /// Every problem type the API answers with, each once.
-pub const PROBLEM_TYPES: [&ProblemType; 16] = [
+pub const PROBLEM_TYPES: [&ProblemType; 17] = [
     &BAD_REQUEST,
     &BAD_TOPIC,
     &BAD_SINCE,
@@ -107,6 +112,7 @@ pub const PROBLEM_TYPES: [&ProblemType; 16] = [
     &RATE_LIMITED,
     &UNAVAILABLE,
     &DRAINING,
+    &REQUEST_TIMEOUT,
 ];
 
 /// The kind of problem a store error is.
@@ -196,6 +202,10 @@ impl ApiError {
                 format!("this client is over its request rate; retry in {retry_after} s"),
             )
         }
+    }
+
+    pub fn request_timeout(detail: impl Into<String>) -> Self {
+        Self::new(&REQUEST_TIMEOUT, detail)
     }
 
     pub fn not_found(detail: impl Into<String>) -> Self {

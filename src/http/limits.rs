@@ -1,5 +1,6 @@
 //! Request rate per client address: a token bucket each (`limits.rate` per second, bursts of
-//! `limits.burst`); over it, `429` with `Retry-After`.
+//! `limits.burst`); over it, `429` with `Retry-After`. And the body timeout: a request body
+//! that makes no progress for `limits.body_timeout` fails with `408`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -67,6 +68,95 @@ pub async fn limit(State(limiter): State<Arc<RateLimiter>>, req: Request, next: 
         return ApiError::too_many_requests(retry_after).into_response();
     }
     next.run(req).await
+}
+
+/// The body timeout (`limits.body_timeout`): a request body from which nothing arrives for
+/// that long fails the request with `408`, and the connection is closed (a stalled client
+/// would otherwise hold its connection and the handler's task forever).
+pub async fn body_deadline(
+    State(timeout): State<std::time::Duration>,
+    req: Request,
+    next: Next,
+) -> Response {
+    use axum::body::HttpBody;
+    if req.body().is_end_stream() {
+        return next.run(req).await;
+    }
+    let expired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = expired.clone();
+    let req = req.map(|inner| {
+        axum::body::Body::new(Deadline {
+            inner,
+            timeout,
+            timer: None,
+            expired: seen,
+        })
+    });
+    let response = next.run(req).await;
+    if !expired.load(std::sync::atomic::Ordering::Relaxed) {
+        return response;
+    }
+    let mut response = ApiError::request_timeout(format!(
+        "the request body made no progress for {} s",
+        timeout.as_secs_f64()
+    ))
+    .into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
+}
+
+/// A request body that fails once nothing has arrived for `timeout`; any frame restarts it.
+/// The timer exists only while the body waits.
+struct Deadline {
+    inner: axum::body::Body,
+    timeout: std::time::Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    expired: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl http_body::Body for Deadline {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                let timeout = this.timeout;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.expired
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Poll::Ready(Some(Err(axum::Error::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the request body made no progress within the body timeout",
+                )))))
+            }
+            ready => {
+                this.timer = None;
+                ready
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 #[cfg(test)]

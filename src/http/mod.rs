@@ -54,6 +54,11 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // A body that stalls fails the request (408) instead of holding it forever.
+        .layer(axum::middleware::from_fn_with_state(
+            state.options.body_timeout,
+            limits::body_deadline,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.auth.clone(),
             auth::authenticate,

@@ -25,6 +25,8 @@ pub struct HttpOptions {
     pub max_ws_frame_bytes: usize,
     /// Browser origins allowed by CORS (`*`: any); empty: no CORS headers.
     pub cors_origins: Vec<String>,
+    /// A request body that makes no progress this long fails (`408`).
+    pub body_timeout: Duration,
 }
 
 impl Default for HttpOptions {
@@ -37,6 +39,7 @@ impl Default for HttpOptions {
             keepalive: Duration::from_secs(15),
             max_ws_frame_bytes: (1 << 20) + 4096,
             cors_origins: Vec::new(),
+            body_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -65,6 +65,7 @@ async fn spawn_bare(stop: CancellationToken) -> Result<String, LabError> {
             stats: Arc::new(ConnStats::default()),
             max_connections: usize::MAX,
             max_connections_per_client: usize::MAX,
+            write_timeout: Duration::from_secs(30),
         },
     ));
     Ok(format!("http://{addr}"))
