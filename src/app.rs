@@ -105,8 +105,9 @@ impl App {
         crate::observe::prometheus();
         let (draining, shutdown) = (CancellationToken::new(), CancellationToken::new());
         let options = HubOptions {
+            max_read_bytes: config.max_read_bytes,
+            read_budget_bytes: config.read_budget_bytes,
             draining: draining.clone(),
-            ..HubOptions::default()
         };
         let hub = Hub::new(
             store.log.clone(),

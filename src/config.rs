@@ -217,6 +217,8 @@ struct FileLimits {
     burst: f64,
     body_timeout: String,
     write_timeout: String,
+    max_read_bytes: u64,
+    read_budget_bytes: u64,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -274,6 +276,10 @@ pub struct Config {
     pub body_timeout: Duration,
     /// A connection whose writes make no progress this long is closed.
     pub write_timeout: Duration,
+    /// Most payload one read or subscription loads at a time, shared by its topics.
+    pub max_read_bytes: usize,
+    /// Most payload all reads and catch-ups hold at once; over it, new reads get `503`.
+    pub read_budget_bytes: usize,
 }
 
 /// Authentication settings; secrets are redacted when printed.
@@ -397,6 +403,16 @@ impl Config {
         if f.limits.max_topics == 0 || f.limits.max_topics > 10_000 {
             return Err(ConfigError(
                 "limits.max_topics: must be from 1 to 10000".into(),
+            ));
+        }
+        if f.limits.max_read_bytes == 0 || f.limits.max_read_bytes > 1 << 30 {
+            return Err(ConfigError(
+                "limits.max_read_bytes: must be from 1 to 1073741824".into(),
+            ));
+        }
+        if f.limits.read_budget_bytes < f.limits.max_read_bytes {
+            return Err(ConfigError(
+                "limits.read_budget_bytes: must be at least limits.max_read_bytes".into(),
             ));
         }
         let log_format = match a.log_format.as_deref().unwrap_or(&f.log.format) {
@@ -569,6 +585,8 @@ impl Config {
             },
             max_message_bytes: max_message_bytes as usize,
             max_batch_bytes: f.limits.max_batch_bytes as usize,
+            max_read_bytes: f.limits.max_read_bytes as usize,
+            read_budget_bytes: f.limits.read_budget_bytes as usize,
             max_wait: duration(
                 "limits.max_wait",
                 a.max_wait.as_deref().unwrap_or(&f.limits.max_wait),

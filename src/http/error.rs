@@ -93,9 +93,14 @@ const DRAINING: ProblemType = ProblemType {
     retry_after: Some(1),
     ..ProblemType::new(StatusCode::SERVICE_UNAVAILABLE, "draining", "Draining")
 };
+/// The hub's memory budget for reads is spent (`limits.read_budget_bytes`).
+const BUSY: ProblemType = ProblemType {
+    retry_after: Some(1),
+    ..ProblemType::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "Busy")
+};
 
 /// Every problem type the API answers with, each once.
-pub const PROBLEM_TYPES: [&ProblemType; 17] = [
+pub const PROBLEM_TYPES: [&ProblemType; 18] = [
     &BAD_REQUEST,
     &BAD_TOPIC,
     &BAD_SINCE,
@@ -113,6 +118,7 @@ pub const PROBLEM_TYPES: [&ProblemType; 17] = [
     &UNAVAILABLE,
     &DRAINING,
     &REQUEST_TIMEOUT,
+    &BUSY,
 ];
 
 /// The kind of problem a store error is.
@@ -140,6 +146,7 @@ fn hub_problem(e: &HubError) -> &'static ProblemType {
         HubError::ReservedTopic(_) => &RESERVED_TOPIC,
         HubError::BareCursorForTopics(_) => &BAD_CURSOR,
         HubError::Draining => &DRAINING,
+        HubError::Busy => &BUSY,
     }
 }
 
@@ -377,6 +384,7 @@ mod tests {
             (HubError::ReservedTopic(topic.clone()), 403),
             (HubError::BareCursorForTopics(2), 400),
             (HubError::Draining, 503),
+            (HubError::Busy, 503),
             (HubError::Store(StoreError::Unavailable("down".into())), 503),
             (
                 HubError::Store(StoreError::IdempotencyConflict {

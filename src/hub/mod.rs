@@ -1,6 +1,7 @@
 //! The hub: per-topic heads and wake-ups, where a read starts, and the gaps it must report.
 //! It knows neither HTTP nor storage details: it speaks `model` types and calls a [`Log`].
 
+mod budget;
 mod read;
 mod subscribe;
 
@@ -14,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::model::SlowPolicy;
 pub use read::{ReadRequest, ReadResult};
-pub use subscribe::{Event, Subscription, TopicEvents};
+pub use subscribe::{Event, PageTurn, Subscription, TopicEvents};
 
 use crate::model::{Appended, StoreError, TopicInfo};
 use crate::model::{Message, NewMessage, Seq, Topic};
@@ -37,6 +38,8 @@ pub enum HubError {
     BareCursorForTopics(usize),
     /// The node is shutting down or about to: it is not ready for new clients.
     Draining,
+    /// The hub's budget for pages loaded on behalf of readers is spent: new reads wait.
+    Busy,
 }
 
 impl fmt::Display for HubError {
@@ -55,6 +58,10 @@ impl fmt::Display for HubError {
                 f,
                 "this node is draining before a shutdown; connect to another node or retry shortly"
             ),
+            HubError::Busy => write!(
+                f,
+                "the hub holds as many pages for readers as its memory budget allows; retry shortly"
+            ),
         }
     }
 }
@@ -70,8 +77,11 @@ impl From<StoreError> for HubError {
 /// Tunables of the hub, validated by the config layer.
 #[derive(Clone, Debug)]
 pub struct HubOptions {
-    /// Most payload bytes one read gathers (at least one message is always returned).
+    /// Most payload bytes one read or subscription loads at a time, shared by its topics
+    /// (at least one message is always returned).
     pub max_read_bytes: usize,
+    /// Most payload bytes the hub holds at once for all reads and catch-ups together.
+    pub read_budget_bytes: usize,
     /// Cancelled when the node starts draining: `/readyz` answers 503 from then on, while
     /// requests are still served until the shutdown token ends them.
     pub draining: CancellationToken,
@@ -81,6 +91,7 @@ impl Default for HubOptions {
     fn default() -> Self {
         HubOptions {
             max_read_bytes: 8 << 20,
+            read_budget_bytes: 256 << 20,
             draining: CancellationToken::new(),
         }
     }
@@ -100,6 +111,8 @@ pub struct Hub {
     /// The store's commit feed, and what this node wants fed of a shared store.
     follow: Arc<dyn Follow>,
     options: HubOptions,
+    /// What all readers together may hold of loaded pages.
+    budget: Arc<budget::Budget>,
     // A std mutex: held only to look up or insert a topic's state, never across an await.
     topics: Mutex<HashMap<Topic, Arc<TopicState>>>,
     shutdown: CancellationToken,
@@ -122,6 +135,7 @@ impl Hub {
         let hub = Arc::new(Hub {
             log,
             follow,
+            budget: budget::Budget::new(options.read_budget_bytes),
             options,
             topics: Mutex::new(HashMap::new()),
             shutdown,

@@ -124,20 +124,25 @@ impl Hub {
 
     /// Reads every topic once from its position, then advances the positions past what is
     /// returned and past the gaps reported.
+    ///
+    /// The read's one byte budget (`max_read_bytes`) is shared by its topics: each loads at
+    /// most its share (at least one message), reserved from the hub's budget first.
     async fn read_once(
         &self,
         positions: &mut [Position],
         limit: usize,
     ) -> Result<ReadResult, HubError> {
         let max_bytes = self.options.max_read_bytes;
+        let _held = self.budget.try_reserve(max_bytes).ok_or(HubError::Busy)?;
+        let share = (max_bytes / positions.len().max(1)).max(1);
         let mut gaps = Vec::new();
-        let mut per_topic: Vec<Vec<Arc<Message>>> = Vec::with_capacity(positions.len());
+        let mut runs: Vec<Run> = Vec::with_capacity(positions.len());
         for pos in positions.iter_mut() {
-            let (topic_gaps, messages) = self.read_topic(pos, limit, max_bytes).await?;
+            let (topic_gaps, messages, complete) = self.read_topic(pos, limit, share).await?;
             gaps.extend(topic_gaps);
-            per_topic.push(messages);
+            runs.push(Run { messages, complete });
         }
-        let messages = merge(per_topic, limit, max_bytes);
+        let messages = merge(runs, limit, max_bytes);
         for msg in &messages {
             if let Some(pos) = positions.iter_mut().find(|p| p.topic == msg.topic) {
                 pos.after = pos.after.max(msg.seq);
@@ -154,14 +159,15 @@ impl Hub {
         })
     }
 
-    /// Reads one topic after its position: the gaps to report first, then the messages. Moves
-    /// the position past the gaps (not past the messages: the caller decides what it keeps).
+    /// Reads one topic after its position: the gaps to report first, then the messages, and
+    /// whether they reach the topic's head. Moves the position past the gaps (not past the
+    /// messages: the caller decides what it keeps).
     pub(super) async fn read_topic(
         &self,
         pos: &mut Position,
         limit: usize,
         max_bytes: usize,
-    ) -> Result<(Vec<Gap>, Vec<Arc<Message>>), HubError> {
+    ) -> Result<(Vec<Gap>, Vec<Arc<Message>>, bool), HubError> {
         let mut gaps = Vec::new();
         let mut batch = self
             .log
@@ -197,7 +203,11 @@ impl Hub {
         for gap in &gaps {
             metrics::counter!("plexus_gaps_total", "reason" => gap.reason.as_str()).increment(1);
         }
-        Ok((gaps, batch.messages))
+        let complete = batch
+            .messages
+            .last()
+            .is_none_or(|m| m.seq >= bounds.last_seq);
+        Ok((gaps, batch.messages, complete))
     }
 }
 
@@ -224,23 +234,45 @@ fn missing(topic: &Topic, from: Seq, to: Seq, bounds: &LogBounds) -> Vec<Gap> {
     gaps
 }
 
+/// One topic's messages of a read, in seq order; `complete`: they reach the topic's head.
+#[derive(Debug, Default)]
+struct Run {
+    messages: Vec<Arc<Message>>,
+    complete: bool,
+}
+
 /// Merges per-topic runs (each in seq order) by time, keeping at most `limit` messages and
 /// about `max_bytes` of payload. What is kept of each topic is a prefix of its run, so each
-/// topic's cursor can simply move to its last kept seq.
-fn merge(runs: Vec<Vec<Arc<Message>>>, limit: usize, max_bytes: usize) -> Vec<Arc<Message>> {
+/// topic's cursor can simply move to its last kept seq. A run cut short (by its byte share or
+/// the limit) bounds the merge: nothing later than its last message is kept, since what it
+/// did not load may come before it.
+fn merge(runs: Vec<Run>, limit: usize, max_bytes: usize) -> Vec<Arc<Message>> {
     if runs.len() == 1 {
-        return runs.into_iter().next().unwrap_or_default();
+        return runs
+            .into_iter()
+            .next()
+            .map(|r| r.messages)
+            .unwrap_or_default();
     }
+    let cutoff = runs
+        .iter()
+        .enumerate()
+        .filter(|(_, run)| !run.complete)
+        .filter_map(|(i, run)| run.messages.last().map(|m| (m.time, i, m.seq)))
+        .min();
     let mut all: Vec<(usize, Arc<Message>)> = runs
         .into_iter()
         .enumerate()
-        .flat_map(|(i, run)| run.into_iter().map(move |m| (i, m)))
+        .flat_map(|(i, run)| run.messages.into_iter().map(move |m| (i, m)))
         .collect();
     all.sort_by_key(|(i, m)| (m.time, *i, m.seq));
     let mut bytes = 0usize;
     let mut out = Vec::new();
-    for (_, msg) in all {
-        if out.len() == limit || (!out.is_empty() && bytes + msg.data.len() > max_bytes) {
+    for (i, msg) in all {
+        if out.len() == limit
+            || (!out.is_empty() && bytes + msg.data.len() > max_bytes)
+            || cutoff.is_some_and(|c| (msg.time, i, msg.seq) > c)
+        {
             break;
         }
         bytes += msg.data.len();
@@ -288,7 +320,36 @@ mod tests {
         };
         let a = vec![m("a", 1, 10), m("a", 2, 30)];
         let b = vec![m("b", 1, 20), m("b", 2, 40)];
-        let out = merge(vec![a, b], 3, 1000);
+        let run = |messages| Run {
+            messages,
+            complete: true,
+        };
+        let out = merge(vec![run(a), run(b)], 3, 1000);
+        let got: Vec<_> = out.iter().map(|m| (m.topic.to_string(), m.seq)).collect();
+        assert_eq!(got, vec![("a".into(), 1), ("b".into(), 1), ("a".into(), 2)]);
+    }
+
+    #[test]
+    fn merge_stops_at_the_end_of_a_run_cut_short() {
+        let m = |topic: &str, seq, time| {
+            Arc::new(Message {
+                topic: t(topic),
+                seq,
+                time,
+                event: None,
+                data: bytes::Bytes::from_static(b"x"),
+            })
+        };
+        // a's run stopped at its share after time 20: b's message at 30 may follow a's next.
+        let a = Run {
+            messages: vec![m("a", 1, 10), m("a", 2, 20)],
+            complete: false,
+        };
+        let b = Run {
+            messages: vec![m("b", 1, 15), m("b", 2, 30)],
+            complete: true,
+        };
+        let out = merge(vec![a, b], 10, 1000);
         let got: Vec<_> = out.iter().map(|m| (m.topic.to_string(), m.seq)).collect();
         assert_eq!(got, vec![("a".into(), 1), ("b".into(), 1), ("a".into(), 2)]);
     }

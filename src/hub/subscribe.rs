@@ -6,12 +6,20 @@
 //! or having fallen more than the broadcast's buffer behind) reads the store after its cursor
 //! until it is level again. So a slow client costs the hub a cursor, never a queue, and never
 //! loses a retained message.
+//!
+//! What a subscription loads from the store is bounded as a whole, not per topic: its topics
+//! take turns (one [`PageTurn`] per subscription), so only the topic being delivered holds a
+//! catch-up page, of at most `max_read_bytes`, reserved from the hub's global budget until the
+//! page is handed out.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::budget::Reservation;
 
 use super::read::Position;
 use super::{Hub, HubError, TopicState};
@@ -45,6 +53,30 @@ impl Event {
     }
 }
 
+/// The right to hold a catch-up page, shared by the topics of one subscription (or of one
+/// connection): one page at a time, taken in turn (the semaphore is fair).
+#[derive(Clone, Debug)]
+pub struct PageTurn(Arc<Semaphore>);
+
+impl PageTurn {
+    pub fn new() -> Self {
+        PageTurn(Arc::new(Semaphore::new(1)))
+    }
+}
+
+impl Default for PageTurn {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A catch-up page's hold: the subscription's turn and the bytes it took from the hub's budget.
+/// Dropped once the page is handed out.
+struct PageHold {
+    _turn: OwnedSemaphorePermit,
+    _bytes: Reservation,
+}
+
 /// A subscription to one topic.
 pub struct TopicEvents {
     hub: Arc<Hub>,
@@ -55,6 +87,9 @@ pub struct TopicEvents {
     catching_up: bool,
     pending: VecDeque<Event>,
     ended: bool,
+    turn: PageTurn,
+    /// Held while `pending` has a catch-up page in it.
+    hold: Option<PageHold>,
 }
 
 impl TopicEvents {
@@ -67,8 +102,13 @@ impl TopicEvents {
     pub async fn next(&mut self) -> Option<Event> {
         loop {
             if let Some(event) = self.pending.pop_front() {
+                if self.pending.is_empty() {
+                    // The page is handed out: the next topic's turn, and the bytes go back.
+                    self.hold = None;
+                }
                 return Some(event);
             }
+            self.hold = None;
             if self.ended || self.hub.shutdown.is_cancelled() {
                 return None;
             }
@@ -127,14 +167,30 @@ impl TopicEvents {
     }
 
     /// One page from the store after the cursor; level with the head when it comes back empty.
+    /// Waits for the subscription's turn and for room in the hub's budget first.
     async fn catch_up(&mut self) {
         let max_bytes = self.hub.options.max_read_bytes;
+        let turn = self.turn.0.clone();
+        let hub = self.hub.clone();
+        let acquired = tokio::select! {
+            held = async move {
+                let turn = turn.acquire_owned().await.ok()?;
+                let bytes = hub.budget.reserve(max_bytes).await;
+                Some((turn, bytes))
+            } => held,
+            _ = self.hub.shutdown.cancelled() => None,
+        };
+        let Some((turn, mut bytes)) = acquired else {
+            self.ended = true;
+            return;
+        };
         let mut pos = self.pos.clone();
         match self.hub.read_topic(&mut pos, CATCHUP_PAGE, max_bytes).await {
-            Ok((gaps, messages)) => {
+            Ok((gaps, messages, _)) => {
                 if gaps.is_empty() && messages.is_empty() {
                     self.catching_up = false;
                 }
+                bytes.shrink_to(messages.iter().map(|m| m.data.len()).sum());
                 let gap_end = pos.after;
                 for gap in gaps {
                     self.pending.push_back(Event::Gap {
@@ -148,6 +204,12 @@ impl TopicEvents {
                         .push_back(Event::Message(Arc::new(Encoded::new(msg))));
                 }
                 self.pos = pos;
+                if !self.pending.is_empty() {
+                    self.hold = Some(PageHold {
+                        _turn: turn,
+                        _bytes: bytes,
+                    });
+                }
             }
             Err(e) => {
                 tracing::warn!(topic = %self.pos.topic, error = %e, "catch-up read failed; ending the subscription");
@@ -208,6 +270,24 @@ impl Hub {
         default_since: &Since,
         policy: SlowPolicy,
     ) -> Result<Subscription, HubError> {
+        self.subscribe_sharing(topics, since, default_since, policy, PageTurn::new())
+            .await
+    }
+
+    /// Like [`Hub::subscribe`], with the topics taking their catch-up turns with every other
+    /// subscription given the same `turn` (a WebSocket's subscriptions share one).
+    pub async fn subscribe_sharing(
+        self: &Arc<Self>,
+        topics: &TopicList,
+        since: &Since,
+        default_since: &Since,
+        policy: SlowPolicy,
+        turn: PageTurn,
+    ) -> Result<Subscription, HubError> {
+        // A new subscription starts by catching up: refused while the budget has no room.
+        if !self.budget.has_room(self.options.max_read_bytes) {
+            return Err(HubError::Busy);
+        }
         // Receivers first, then positions: whatever commits in between is seen either way.
         let receivers: Vec<_> = topics
             .iter()
@@ -227,6 +307,8 @@ impl Hub {
                     catching_up: true,
                     pending: VecDeque::new(),
                     ended: false,
+                    turn: turn.clone(),
+                    hold: None,
                 })
                 .collect(),
         })

@@ -632,6 +632,8 @@ async fn expect_continue_over_the_limit_is_refused_before_the_body() {
     }
     let (status, _, _) = server.get_json("/v1/topics/expect").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "nothing was stored");
+}
+
 // ---- issue 13, item 1: quadratic cursor parse ----------------------------------------------
 
 /// The server's CPU time so far (user + system, `/proc/<pid>/stat`), in clock ticks.
@@ -731,6 +733,88 @@ async fn websocket_frames_are_charged_to_the_rate_limit() {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
     assert!(served, "a frame is served again after the bucket refills");
+}
+
+// ---- issue 13, items 8 and 13: a WebSocket subscription dies silently on a store error -----
+
+/// A WebSocket subscription whose store read failed went quiet: no frame, no more messages
+/// for that topic, the topic still held by the socket. It now ends with an `error` frame that
+/// names the topic, status 503 and the generic detail HTTP gives (never the store's own
+/// message), and is dropped, so a subscribe with the client's cursor resumes it. Made real on
+/// the redis engine by stopping its redis-server between the subscribe's answer (a `since=all`
+/// needs no read) and its first catch-up read.
+#[tokio::test]
+async fn a_websocket_subscription_whose_store_read_fails_says_so() {
+    let mut redis = crate::kit::redis::RedisServer::start_with(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+    ])
+    .await;
+    let server = Server::start(&["--storage", &redis.url()]).await;
+    server.publish_n("c0", 1, "before").await;
+    let mut ws = crate::kit::clients::Ws::connect(&server, "").await;
+    redis.kill();
+
+    let mut others = Vec::new();
+    let ok = ws
+        .ok(
+            json!({"op": "subscribe", "id": 1, "topic": "c0", "since": "all"}),
+            &mut others,
+        )
+        .await;
+    assert_eq!(ok["next"], "0", "{ok}");
+    let ended = match others.pop() {
+        Some(frame) => frame,
+        None => ws.recv().await,
+    };
+    assert_eq!(ended["op"], "error", "{ended}");
+    assert_eq!(ended["status"], 503, "{ended}");
+    assert_eq!(ended["topic"], "c0", "{ended}");
+    let detail = ended["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("retry shortly"),
+        "the generic detail: {detail}"
+    );
+    assert!(!detail.to_lowercase().contains("redis"), "{detail}");
+
+    // A frame that reaches the store while it is down gets the same generic detail.
+    let refused = ws
+        .call(
+            json!({"op": "publish", "id": 2, "topic": "c0", "data": "while down"}),
+            &mut Vec::new(),
+        )
+        .await;
+    assert_eq!(refused["status"], 503, "{refused}");
+    let detail = refused["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("retry shortly"), "{detail}");
+    assert!(!detail.to_lowercase().contains("redis"), "{detail}");
+
+    // The store is back: subscribing again with the cursor resumes the topic.
+    redis.start_again().await;
+    let resumed = eventually("a subscribe with the cursor is served again", || async {
+        let mut ws = crate::kit::clients::Ws::connect(&server, "").await;
+        let mut others = Vec::new();
+        let answer = ws
+            .call(
+                json!({"op": "subscribe", "id": 3, "topic": "c0", "since": "0"}),
+                &mut others,
+            )
+            .await;
+        if answer["op"] != "ok" {
+            return None;
+        }
+        let first = match others.into_iter().next() {
+            Some(frame) => frame,
+            None => ws.recv().await,
+        };
+        (first["op"] == "message").then_some(first)
+    })
+    .await;
+    assert_eq!(resumed["data"], "before1", "{resumed}");
+}
+
 // Issue 13, finding 5: wildcards reached the hub's reserved topics. `subscribe = [">"]` (or
 // `*.>`) read `_queues.{q}` and `_jobs.{id}`, and so every queue's job payloads, with no
 // `jobs` right; `GET /v1/topics` listed every job id; an admin could delete them. A wildcard
@@ -1044,6 +1128,8 @@ async fn wildcards_do_not_read_reserved_topics_and_job_topics_need_the_jobs_righ
         "the job's event is still there: {}",
         page.2
     );
+}
+
 // Issue 13, item 4: idle job claimers. Each waiting `claim?wait=…` looked in the store again
 // every second, a write transaction in the single writer: 4,000 idle claims took 138 % CPU and
 // the publish median from 1.9 to 65 ms. A claim now waits on its queue's notifier (a submit,
@@ -1157,6 +1243,8 @@ async fn idle_claims_cost_no_store_writes_and_still_wake() {
     assert_eq!(status, StatusCode::OK, "the retry is claimed: {again}");
     assert_eq!(again["id"], json!(id(&queued)));
     assert_eq!(again["attempts"], json!(2));
+}
+
 // ---- Issue 13 item 3 (review finding 4): stalled bodies and clients that stop reading ----
 
 /// A request body that stalls after a complete head was never cut: the connection and the
@@ -1380,4 +1468,145 @@ async fn a_websocket_client_that_stops_reading_is_closed_and_resumes_by_its_curs
         rest = &rest[at + len..];
     }
     resume_exactly(&server, "flood", seqs, n as u64).await;
+}
+
+// Issue 13, item 2: memory amplification. A read or subscription has one byte budget shared by
+// its topics (only the topic being delivered holds a catch-up page), and the hub one global
+// budget for those pages: when it is spent, new reads get 503 `busy` with Retry-After.
+
+/// The server's peak resident memory so far (`VmHWM` of `/proc/<pid>/status`), in bytes.
+fn peak_rss_bytes(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))
+        .expect("read /proc/<pid>/status");
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM in kB");
+    kb * 1024
+}
+
+/// Publishes `n` payloads of `size` bytes to `topic` in one batch; each names its seq.
+async fn publish_sized(server: &Server, topic: &str, n: usize, size: usize) {
+    let items: Vec<Value> = (1..=n)
+        .map(|i| {
+            let mut data = format!("{i:06}:");
+            data.push_str(&"x".repeat(size - data.len()));
+            json!({"topic": topic, "data": data})
+        })
+        .collect();
+    assert_eq!(server.batch(&items).await.len(), n);
+}
+
+/// Reads `count` messages from a stream over several topics, checking that each topic's come
+/// once, in seq order, with their own payloads and no gap.
+async fn read_exactly(
+    sse: &mut Sse,
+    count: usize,
+    what: &str,
+) -> std::collections::BTreeMap<String, u64> {
+    let mut last: std::collections::BTreeMap<String, u64> = Default::default();
+    for got in 0..count {
+        let frame = sse
+            .next_event()
+            .await
+            .unwrap_or_else(|| panic!("{what}: the stream ended after {got} messages"));
+        assert!(!frame.is_gap(), "{what}: no gap expected: {frame:?}");
+        let env = frame.json();
+        let topic = env["topic"].as_str().expect("topic").to_owned();
+        let seq = env["seq"].as_u64().expect("seq");
+        let data = env["data"].as_str().expect("data");
+        assert_eq!(
+            data[..6].parse::<u64>().ok(),
+            Some(seq),
+            "{what}: payload of {topic}:{seq}"
+        );
+        let prev = last.insert(topic.clone(), seq).unwrap_or(0);
+        assert_eq!(seq, prev + 1, "{what}: {topic} goes {prev} → {seq}");
+    }
+    last
+}
+
+/// 8 SSE clients over 32 topics of 1 MiB each (8 × 32 MiB of backlog to deliver) that stall,
+/// then read: each gets every message exactly once, and the hub's peak memory grows by a
+/// fraction of that backlog (before the fix, each stream loaded every topic's page at once).
+#[tokio::test]
+async fn stalled_streams_over_many_topics_hold_one_page_each() {
+    const TOPICS: usize = 32;
+    const PER_TOPIC: usize = 4;
+    const SIZE: usize = 256 << 10;
+    const CLIENTS: usize = 8;
+    let server = Server::start_durable(&[]).await;
+    let names: Vec<String> = (0..TOPICS).map(|i| format!("amp{i}")).collect();
+    for name in &names {
+        publish_sized(&server, name, PER_TOPIC, SIZE).await;
+    }
+    let before = peak_rss_bytes(&server);
+    let path = format!("/v1/topics/{}/sse?since=all", names.join(","));
+    let stall = crate::kit::clients::Dial {
+        recv_buffer: Some(4096),
+    };
+    let mut streams = Vec::new();
+    for _ in 0..CLIENTS {
+        streams.push(Sse::open_with(&server, &path, &[], stall).await);
+    }
+    for (i, sse) in streams.iter_mut().enumerate() {
+        let last = read_exactly(sse, TOPICS * PER_TOPIC, &format!("client {i}")).await;
+        assert_eq!(last.len(), TOPICS, "client {i} got every topic");
+        assert!(last.values().all(|&seq| seq == PER_TOPIC as u64));
+    }
+    let growth = peak_rss_bytes(&server).saturating_sub(before);
+    let backlog = (CLIENTS * TOPICS * PER_TOPIC * SIZE) as u64;
+    eprintln!("peak RSS grew by {growth} bytes for {backlog} bytes delivered to stalled clients");
+    assert!(
+        growth < backlog / 3,
+        "peak RSS grew by {growth} bytes while stalled streams owed {backlog} bytes: each must \
+         hold one page, not every topic's"
+    );
+}
+
+/// With the global budget spent by a stalled stream's page, a new poll or stream gets 503
+/// `busy` with Retry-After, nothing breaks, and once the page is delivered reads work again.
+#[tokio::test]
+async fn a_spent_read_budget_answers_503_busy() {
+    const SIZE: usize = 512 << 10;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("budget.toml");
+    std::fs::write(
+        &file,
+        "[limits]\nmax_read_bytes = 8388608\nread_budget_bytes = 8388608\n",
+    )
+    .expect("write the config");
+    let server = Server::start(&["--config", file.to_str().expect("UTF-8 path")]).await;
+    publish_sized(&server, "big", 16, SIZE).await;
+    let stall = crate::kit::clients::Dial {
+        recv_buffer: Some(4096),
+    };
+    let mut stalled = Sse::open_with(&server, "/v1/topics/big/sse?since=all", &[], stall).await;
+    let resp = eventually("a poll is refused while the budget is spent", || async {
+        let resp = server.get("/v1/topics/big/messages?since=all", &[]).await;
+        (resp.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(resp)
+    })
+    .await;
+    assert_eq!(
+        resp.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let problem = expect_problem(resp, 503, "a poll over the budget").await;
+    assert_eq!(problem["type"], "urn:plexus:problem:busy");
+    let sse = server.get("/v1/topics/big/sse?since=all", &[]).await;
+    expect_problem(sse, 503, "a stream over the budget").await;
+    // The stalled stream still gets everything, once; then the budget is free again.
+    read_exactly(&mut stalled, 16, "the stalled stream").await;
+    let page = eventually("polls are served again", || async {
+        let (status, _, body) = server
+            .get_json("/v1/topics/big/messages?since=all&limit=2")
+            .await;
+        (status == StatusCode::OK).then_some(body)
+    })
+    .await;
+    assert_eq!(messages(&page).len(), 2, "{page}");
 }
