@@ -622,3 +622,83 @@ async fn websocket_frames_are_charged_to_the_rate_limit() {
     }
     assert!(served, "a frame is served again after the bucket refills");
 }
+
+// ---- issue 13, items 8 and 13: a WebSocket subscription dies silently on a store error -----
+
+/// A WebSocket subscription whose store read failed went quiet: no frame, no more messages
+/// for that topic, the topic still held by the socket. It now ends with an `error` frame that
+/// names the topic, status 503 and the generic detail HTTP gives (never the store's own
+/// message), and is dropped, so a subscribe with the client's cursor resumes it. Made real on
+/// the redis engine by stopping its redis-server between the subscribe's answer (a `since=all`
+/// needs no read) and its first catch-up read.
+#[tokio::test]
+async fn a_websocket_subscription_whose_store_read_fails_says_so() {
+    let mut redis = crate::kit::redis::RedisServer::start_with(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+    ])
+    .await;
+    let server = Server::start(&["--storage", &redis.url()]).await;
+    server.publish_n("c0", 1, "before").await;
+    let mut ws = crate::kit::clients::Ws::connect(&server, "").await;
+    redis.kill();
+
+    let mut others = Vec::new();
+    let ok = ws
+        .ok(
+            json!({"op": "subscribe", "id": 1, "topic": "c0", "since": "all"}),
+            &mut others,
+        )
+        .await;
+    assert_eq!(ok["next"], "0", "{ok}");
+    let ended = match others.pop() {
+        Some(frame) => frame,
+        None => ws.recv().await,
+    };
+    assert_eq!(ended["op"], "error", "{ended}");
+    assert_eq!(ended["status"], 503, "{ended}");
+    assert_eq!(ended["topic"], "c0", "{ended}");
+    let detail = ended["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("retry shortly"),
+        "the generic detail: {detail}"
+    );
+    assert!(!detail.to_lowercase().contains("redis"), "{detail}");
+
+    // A frame that reaches the store while it is down gets the same generic detail.
+    let refused = ws
+        .call(
+            json!({"op": "publish", "id": 2, "topic": "c0", "data": "while down"}),
+            &mut Vec::new(),
+        )
+        .await;
+    assert_eq!(refused["status"], 503, "{refused}");
+    let detail = refused["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("retry shortly"), "{detail}");
+    assert!(!detail.to_lowercase().contains("redis"), "{detail}");
+
+    // The store is back: subscribing again with the cursor resumes the topic.
+    redis.start_again().await;
+    let resumed = eventually("a subscribe with the cursor is served again", || async {
+        let mut ws = crate::kit::clients::Ws::connect(&server, "").await;
+        let mut others = Vec::new();
+        let answer = ws
+            .call(
+                json!({"op": "subscribe", "id": 3, "topic": "c0", "since": "0"}),
+                &mut others,
+            )
+            .await;
+        if answer["op"] != "ok" {
+            return None;
+        }
+        let first = match others.into_iter().next() {
+            Some(frame) => frame,
+            None => ws.recv().await,
+        };
+        (first["op"] == "message").then_some(first)
+    })
+    .await;
+    assert_eq!(resumed["data"], "before1", "{resumed}");
+}
