@@ -150,6 +150,9 @@ fn hub_problem(e: &HubError) -> &'static ProblemType {
     }
 }
 
+/// What a client is told of a store that cannot serve it; the cause goes to the log.
+const STORE_UNAVAILABLE: &str = "the store cannot serve this request now; retry shortly";
+
 /// An error on its way to the client.
 #[derive(Debug)]
 pub struct ApiError {
@@ -258,10 +261,7 @@ impl From<StoreError> for ApiError {
         if let StoreError::Unavailable(_) = e {
             // The cause goes to the log, not to the client.
             tracing::error!(error = %e, "store unavailable");
-            return ApiError::new(
-                kind,
-                "the store cannot serve this request now; retry shortly",
-            );
+            return ApiError::new(kind, STORE_UNAVAILABLE);
         }
         ApiError::new(kind, e.to_string())
     }
@@ -297,6 +297,12 @@ pub struct FrameRefusal {
 impl FrameRefusal {
     pub fn bad_request(detail: impl Into<String>) -> Self {
         ApiError::bad_request(detail).into()
+    }
+
+    /// A subscription whose store read failed (the cause was logged where it happened): `503`,
+    /// with the detail a store failure has over HTTP.
+    pub fn store_unavailable() -> Self {
+        ApiError::new(&UNAVAILABLE, STORE_UNAVAILABLE).into()
     }
 
     /// The error frame's `status`.

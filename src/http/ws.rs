@@ -32,7 +32,7 @@ use crate::server::ClientAddr;
 use crate::wire::frames::ws_gap;
 use crate::wire::ws::{
     CLOSE_RESTARTING, CLOSE_SILENT_PEER, Close, Command, Reply, decode_client_frame,
-    disconnect_frame, error_frame, ok_frame,
+    disconnect_frame, error_frame, ok_frame, subscription_error_frame,
 };
 
 const PING_EVERY: Duration = Duration::from_secs(30);
@@ -119,7 +119,8 @@ struct Session {
     client: Option<IpAddr>,
     sink: Option<Outbox>,
     socket: Option<WebSocket>,
-    subs: SelectAll<BoxStream<'static, (Topic, Event)>>,
+    /// Each subscription's events, then `None` once it ends on its own (not by unsubscribe).
+    subs: SelectAll<BoxStream<'static, (Topic, Option<Event>)>>,
     /// Each subscribed topic's cancel switch (unsubscribe, resubscribe).
     active: HashMap<Topic, CancellationToken>,
 }
@@ -208,7 +209,10 @@ impl Session {
         }
     }
 
-    async fn deliver(&mut self, topic: Topic, event: Event) -> Result<(), ()> {
+    async fn deliver(&mut self, topic: Topic, event: Option<Event>) -> Result<(), ()> {
+        let Some(event) = event else {
+            return self.ended(topic).await;
+        };
         let bytes = match &event {
             Event::Message(enc) => {
                 metrics::counter!("plexus_deliveries_total", "transport" => "ws").increment(1);
@@ -216,8 +220,11 @@ impl Session {
             }
             Event::Gap { gap, .. } => ws_gap(gap),
             Event::Disconnected => {
-                // This topic's subscription ended (slow consumer, `disconnect` policy).
-                self.active.remove(&topic);
+                // This topic's subscription ended (slow consumer, `disconnect` policy); the
+                // cancel keeps its end from being reported again as a failure.
+                if let Some(token) = self.active.remove(&topic) {
+                    token.cancel();
+                }
                 return self.send_text(disconnect_frame(&topic)).await;
             }
         };
@@ -225,6 +232,23 @@ impl Session {
             Ok(text) => self.send(WsMessage::Text(text)).await,
             Err(_) => Ok(()),
         }
+    }
+
+    /// A subscription's events ended without an unsubscribe (which cancels before the end is
+    /// seen) or a `disconnect` (which removed it): its store read failed, and the hub logged
+    /// why. The client is told, naming the topic, and the subscription is dropped, so that a
+    /// new subscribe with the client's cursor resumes it. At shutdown the socket closes instead.
+    async fn ended(&mut self, topic: Topic) -> Result<(), ()> {
+        if self.active.remove(&topic).is_none() || self.state.hub.shutdown_token().is_cancelled() {
+            return Ok(());
+        }
+        let e = FrameRefusal::store_unavailable();
+        let detail = format!(
+            "the subscription to {topic} ended: {}; subscribe again with your cursor",
+            e.detail()
+        );
+        self.send_text(subscription_error_frame(&topic, e.status(), &detail))
+            .await
     }
 
     async fn send(&mut self, message: WsMessage) -> Result<(), ()> {
@@ -363,10 +387,14 @@ impl Session {
         if let Some(old) = self.active.insert(topic.clone(), token.clone()) {
             old.cancel();
         }
+        // The end marker is inside `take_until`: an unsubscribe or a replacing subscribe
+        // cancels the stream before it, so only an end of the hub's own is reported.
         let events = sub
             .into_stream()
+            .map(|(_, event)| Some(event))
+            .chain(futures_util::stream::once(async { None }))
             .take_until(token.cancelled_owned())
-            .map(move |(_, event)| (topic.clone(), event))
+            .map(move |event| (topic.clone(), event))
             .boxed();
         self.subs.push(events);
         Ok(next)

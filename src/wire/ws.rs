@@ -190,6 +190,8 @@ struct ErrorFrame<'a> {
     id: Option<&'a Value>,
     op: &'static str,
     status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -231,6 +233,20 @@ pub fn error_frame(id: Option<&Value>, status: u16, detail: &str) -> String {
         id,
         op: "error",
         status,
+        topic: None,
+    })
+}
+
+/// The frame ending one topic's subscription that failed (its store read did): no `id`, since
+/// no client frame asked, but the `topic`. The socket and its other subscriptions live on; the
+/// client subscribes again with its cursor.
+pub fn subscription_error_frame(topic: &Topic, status: u16, detail: &str) -> String {
+    json_text(&ErrorFrame {
+        detail,
+        id: None,
+        op: "error",
+        status,
+        topic: Some(topic.as_str()),
     })
 }
 
@@ -372,6 +388,10 @@ mod tests {
         assert_eq!(
             disconnect_frame(&topic),
             r#"{"op":"disconnect","reason":"slow consumer","topic":"a"}"#
+        );
+        assert_eq!(
+            subscription_error_frame(&topic, 503, "gone"),
+            r#"{"detail":"gone","op":"error","status":503,"topic":"a"}"#
         );
     }
 
