@@ -400,8 +400,13 @@ async fn openapi_declares_security_only_when_auth_is_required() {
         }
     }
 
-    let required =
-        Server::start(&["--auth", "required", "--jwt-secret", "regression-secret"]).await;
+    let required = Server::start(&[
+        "--auth",
+        "required",
+        "--jwt-secret",
+        "regression-secret-of-at-least-32-bytes",
+    ])
+    .await;
     let (status, _, doc) = required.get_json("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
@@ -835,4 +840,136 @@ async fn wildcards_do_not_read_reserved_topics_and_job_topics_need_the_jobs_righ
         "the job's event is still there: {}",
         page.2
     );
+}
+
+// Issue 13, finding 15 (JWT settings): an HS256 secret of any length was accepted (a short
+// one can be guessed offline from one token); there was no way to require an audience or an
+// issuer, nor to bound a token's lifetime; and a secret given as `--jwt-secret` showed in the
+// process list without a word (docs/API.md, "Authentication"; docs/CONFIG.md).
+
+const JWT_TEST_SECRET: &str = "a-regression-hs256-secret-of-32+b";
+
+fn hs256_token(claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_TEST_SECRET.as_bytes()),
+    )
+    .expect("encode a JWT")
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs() as i64
+}
+
+#[tokio::test]
+async fn a_jwt_secret_shorter_than_32_bytes_stops_the_hub_at_start() {
+    use crate::kit::cli::{plexus, run, run_to_failure};
+    let dir = tempfile::tempdir().expect("a data directory");
+    let data = dir.path().to_str().expect("a UTF-8 path");
+    for short in ["s3cret", "0123456789abcdef0123456789abcde"] {
+        let out = run_to_failure(
+            plexus().args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data,
+                "--auth",
+                "required",
+                "--jwt-secret",
+                short,
+            ]),
+            &format!("serve with a {}-byte secret", short.len()),
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("auth.jwt_secret") && stderr.contains("32 bytes"),
+            "the message names the key and the bound: {stderr}"
+        );
+        assert!(
+            !stderr.contains(short),
+            "the secret is not echoed: {stderr}"
+        );
+    }
+    run(
+        plexus()
+            .args(["serve", "--check-config", "--auth", "required"])
+            .env("PLEXUS_JWT_SECRET", JWT_TEST_SECRET),
+        "a 32-byte secret is accepted",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn jwt_audience_issuer_and_max_lifetime_are_enforced() {
+    let server = Server::start(&[
+        "--auth",
+        "required",
+        "--jwt-secret",
+        JWT_TEST_SECRET,
+        "--jwt-audience",
+        "plexus-tests",
+        "--jwt-issuer",
+        "https://id.example",
+        "--jwt-max-lifetime",
+        "1h",
+    ])
+    .await;
+    let now = unix_now();
+    let good = json!({"aud":"plexus-tests","iss":"https://id.example","exp":now + 600,
+                      "plexus":{"subscribe":["t"]}});
+    let read = |token: String| {
+        let server = &server;
+        async move {
+            server
+                .client()
+                .get(server.url("/v1/topics/t/messages?since=all"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("GET /v1/topics/t/messages")
+        }
+    };
+    assert_eq!(read(hs256_token(&good)).await.status(), StatusCode::OK);
+    let mut long_with_iat = good.clone();
+    long_with_iat["iat"] = json!(now - 60);
+    long_with_iat["exp"] = json!(now - 60 + 3600);
+    assert_eq!(
+        read(hs256_token(&long_with_iat)).await.status(),
+        StatusCode::OK,
+        "exp - iat = the maximum is accepted"
+    );
+    let mut cases = Vec::new();
+    for (what, field, value) in [
+        ("a foreign aud", "aud", json!("someone-else")),
+        ("no aud", "aud", Value::Null),
+        ("a foreign iss", "iss", json!("https://evil.example")),
+        ("no iss", "iss", Value::Null),
+        ("exp - now over 1h", "exp", json!(now + 3700)),
+        ("exp - iat over 1h", "iat", json!(now - 3600)),
+        ("a ten-year token", "exp", json!(now + 10 * 365 * 86_400)),
+    ] {
+        let mut claims = good.clone();
+        if value.is_null() {
+            claims.as_object_mut().expect("an object").remove(field);
+        } else {
+            claims[field] = value;
+        }
+        cases.push((what, claims));
+    }
+    for (what, claims) in cases {
+        let resp = read(hs256_token(&claims)).await;
+        expect_problem(resp, 401, &format!("a JWT with {what}: {claims}")).await;
+    }
+    // The secret came as a flag: the hub warns where it shows and what to use instead.
+    eventually("the --jwt-secret warning on stderr", || async {
+        let log = server.stderr();
+        (log.contains("--jwt-secret") && log.contains("PLEXUS_JWT_SECRET")).then_some(())
+    })
+    .await;
 }
