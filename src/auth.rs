@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -80,6 +81,8 @@ pub enum AuthSetupError {
     ReadPublicKey { path: String, why: String },
     /// `auth.jwt_public_key` holds neither an RSA nor an EC public key.
     NotAPublicKey,
+    /// `auth.jwt_secret` is shorter than [`MIN_JWT_SECRET_BYTES`].
+    ShortSecret,
 }
 
 impl fmt::Display for AuthSetupError {
@@ -91,6 +94,11 @@ impl fmt::Display for AuthSetupError {
             AuthSetupError::NotAPublicKey => {
                 f.write_str("auth.jwt_public_key: not an RSA or EC public key in PEM")
             }
+            AuthSetupError::ShortSecret => write!(
+                f,
+                "auth.jwt_secret: use at least {MIN_JWT_SECRET_BYTES} bytes (an HS256 secret \
+                 shorter than the hash can be guessed from one token); e.g. openssl rand -hex 32"
+            ),
         }
     }
 }
@@ -225,8 +233,25 @@ impl fmt::Display for AuthError {
 
 #[derive(Deserialize)]
 struct Claims {
+    /// Required and checked by the validation; read again for `jwt_max_lifetime`.
+    exp: u64,
+    #[serde(default)]
+    iat: Option<u64>,
     #[serde(default)]
     plexus: Option<RulesText>,
+}
+
+/// What a JWT must carry besides a good signature and a valid `exp` (`nbf` when present).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JwtChecks {
+    /// `auth.jwt_audience`: when set, `aud` is required and must name it.
+    pub audience: Option<String>,
+    /// `auth.jwt_issuer`: when set, `iss` is required and must be it.
+    pub issuer: Option<String>,
+    /// `auth.jwt_max_lifetime`: when set, a token whose `exp - iat` (or, without `iat`,
+    /// `exp - now`) is longer is refused, so that a leaked token cannot be one that lasts
+    /// for years.
+    pub max_lifetime: Option<Duration>,
 }
 
 struct Jwt {
@@ -234,11 +259,16 @@ struct Jwt {
     validation: Validation,
 }
 
+/// The shortest `auth.jwt_secret`: HS256 keys shorter than its 256-bit output can be guessed
+/// offline from one token (RFC 7518 §3.2 requires at least this).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
 /// Turns credentials into principals.
 pub struct Authenticator {
     mode: AuthMode,
     tokens: HashMap<String, Arc<Rules>>,
     jwt: Vec<Jwt>,
+    max_lifetime: Option<Duration>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -251,13 +281,29 @@ impl fmt::Debug for Authenticator {
     }
 }
 
-fn validation(alg: Algorithm) -> Validation {
+fn validation(alg: Algorithm, checks: &JwtChecks) -> Validation {
     let mut v = Validation::new(alg);
     v.validate_exp = true;
     v.validate_nbf = true;
     v.leeway = 5;
-    v.set_required_spec_claims(&["exp"]);
+    let mut required = vec!["exp"];
+    if let Some(aud) = &checks.audience {
+        v.set_audience(&[aud]);
+        required.push("aud");
+    }
+    if let Some(iss) = &checks.issuer {
+        v.set_issuer(&[iss]);
+        required.push("iss");
+    }
+    v.set_required_spec_claims(&required);
     v
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Authenticator {
@@ -266,34 +312,40 @@ impl Authenticator {
             mode: AuthMode::Open,
             tokens: HashMap::new(),
             jwt: Vec::new(),
+            max_lifetime: None,
         }
     }
 
-    /// `tokens`: static token → rules; `jwt_secret` (HS256) and/or `jwt_public_key` (PEM, RSA
-    /// for RS256 or EC P-256 for ES256).
+    /// `tokens`: static token → rules; `jwt_secret` (HS256, at least
+    /// [`MIN_JWT_SECRET_BYTES`]) and/or `jwt_public_key` (PEM, RSA for RS256 or EC P-256 for
+    /// ES256); `checks`: what every JWT must carry besides.
     pub fn new(
         mode: AuthMode,
         tokens: Vec<(Secret, Rules)>,
         jwt_secret: Option<&Secret>,
         jwt_public_key_pem: Option<&[u8]>,
+        checks: &JwtChecks,
     ) -> Result<Self, AuthSetupError> {
         let mut jwt = Vec::new();
         if let Some(secret) = jwt_secret {
+            if secret.0.len() < MIN_JWT_SECRET_BYTES {
+                return Err(AuthSetupError::ShortSecret);
+            }
             jwt.push(Jwt {
                 key: DecodingKey::from_secret(secret.0.as_bytes()),
-                validation: validation(Algorithm::HS256),
+                validation: validation(Algorithm::HS256, checks),
             });
         }
         if let Some(pem) = jwt_public_key_pem {
             if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
                 jwt.push(Jwt {
                     key,
-                    validation: validation(Algorithm::RS256),
+                    validation: validation(Algorithm::RS256, checks),
                 });
             } else if let Ok(key) = DecodingKey::from_ec_pem(pem) {
                 jwt.push(Jwt {
                     key,
-                    validation: validation(Algorithm::ES256),
+                    validation: validation(Algorithm::ES256, checks),
                 });
             } else {
                 return Err(AuthSetupError::NotAPublicKey);
@@ -306,6 +358,7 @@ impl Authenticator {
                 .map(|(token, rules)| (token.0, Arc::new(rules)))
                 .collect(),
             jwt,
+            max_lifetime: checks.max_lifetime,
         })
     }
 
@@ -330,6 +383,21 @@ impl Authenticator {
         for jwt in &self.jwt {
             match jsonwebtoken::decode::<Claims>(token, &jwt.key, &jwt.validation) {
                 Ok(data) => {
+                    if let Some(max) = self.max_lifetime {
+                        let from = data.claims.iat.unwrap_or_else(unix_now);
+                        let lifetime = data.claims.exp.saturating_sub(from);
+                        if lifetime > max.as_secs() {
+                            return Err(AuthError::Invalid(format!(
+                                "the token lives {lifetime} s (exp - {}), more than auth.jwt_max_lifetime ({} s)",
+                                if data.claims.iat.is_some() {
+                                    "iat"
+                                } else {
+                                    "now"
+                                },
+                                max.as_secs()
+                            )));
+                        }
+                    }
                     let rules = data
                         .claims
                         .plexus
@@ -361,6 +429,8 @@ mod tests {
         .unwrap()
     }
 
+    const SECRET: &str = "a-test-secret-of-at-least-32-bytes";
+
     fn now() -> u64 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -370,12 +440,13 @@ mod tests {
 
     #[test]
     fn tokens_and_jwts() {
-        let secret = Secret("s3cret".into());
+        let secret = Secret(SECRET.into());
         let auth = Authenticator::new(
             AuthMode::Required,
             vec![(Secret("tok".into()), rules(&["orders.>"]))],
             Some(&secret),
             None,
+            &JwtChecks::default(),
         )
         .unwrap();
         assert!(matches!(auth.authenticate(None), Err(AuthError::Missing)));
@@ -392,7 +463,7 @@ mod tests {
         let good = encode(
             &Header::default(),
             &claims,
-            &EncodingKey::from_secret(b"s3cret"),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
         )
         .unwrap();
         let p = auth.authenticate(Some(&good)).unwrap();
@@ -402,7 +473,7 @@ mod tests {
         let expired = encode(
             &Header::default(),
             &expired,
-            &EncodingKey::from_secret(b"s3cret"),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
         )
         .unwrap();
         assert!(auth.authenticate(Some(&expired)).is_err());
@@ -410,7 +481,7 @@ mod tests {
         let not_yet = encode(
             &Header::default(),
             &not_yet,
-            &EncodingKey::from_secret(b"s3cret"),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
         )
         .unwrap();
         assert!(auth.authenticate(Some(&not_yet)).is_err());
@@ -475,6 +546,71 @@ mod tests {
             Principal::Open.read_access(&t("_queues.thumbs")),
             ReadAccess::Allowed
         );
+    }
+
+    fn hs256(claims: serde_json::Value) -> String {
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        let short = Secret("x".repeat(MIN_JWT_SECRET_BYTES - 1));
+        let e = Authenticator::new(
+            AuthMode::Required,
+            vec![],
+            Some(&short),
+            None,
+            &JwtChecks::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e, AuthSetupError::ShortSecret);
+        assert!(e.to_string().starts_with("auth.jwt_secret:"), "{e}");
+    }
+
+    #[test]
+    fn audience_issuer_and_max_lifetime() {
+        let checks = JwtChecks {
+            audience: Some("plexus".into()),
+            issuer: Some("https://issuer.example".into()),
+            max_lifetime: Some(std::time::Duration::from_secs(3600)),
+        };
+        let auth = Authenticator::new(
+            AuthMode::Required,
+            vec![],
+            Some(&Secret(SECRET.into())),
+            None,
+            &checks,
+        )
+        .unwrap();
+        let t = now();
+        let good = serde_json::json!({"aud":"plexus","iss":"https://issuer.example","exp":t+600});
+        assert!(auth.authenticate(Some(&hs256(good.clone()))).is_ok());
+        let mut with_iat = good.clone();
+        with_iat["iat"] = (t - 10).into();
+        with_iat["exp"] = (t - 10 + 3600).into();
+        assert!(auth.authenticate(Some(&hs256(with_iat))).is_ok());
+        for (field, value) in [
+            ("aud", serde_json::json!("other")),
+            ("aud", serde_json::Value::Null),
+            ("iss", serde_json::json!("https://evil.example")),
+            ("iss", serde_json::Value::Null),
+            ("exp", serde_json::json!(t + 3700)),
+            ("iat", serde_json::json!(t - 4000)),
+        ] {
+            let mut c = good.clone();
+            if value.is_null() {
+                c.as_object_mut().unwrap().remove(field);
+            } else {
+                c[field] = value.clone();
+            }
+            let got = auth.authenticate(Some(&hs256(c.clone())));
+            assert!(got.is_err(), "{field} = {value}: {c} must be refused");
+        }
     }
 
     #[test]

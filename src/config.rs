@@ -105,6 +105,15 @@ pub struct ServeArgs {
     /// RS256/ES256 public key (PEM) for JWTs
     #[arg(long, env = "PLEXUS_JWT_PUBLIC_KEY", value_name = "FILE")]
     pub jwt_public_key: Option<PathBuf>,
+    /// The `aud` every JWT must name [default: none, not checked]
+    #[arg(long, env = "PLEXUS_JWT_AUDIENCE", value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+    /// The `iss` every JWT must carry [default: none, not checked]
+    #[arg(long, env = "PLEXUS_JWT_ISSUER", value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+    /// Longest JWT lifetime, exp - iat (or exp - now), e.g. 1h [default: none, no limit]
+    #[arg(long, env = "PLEXUS_JWT_MAX_LIFETIME", value_name = "DUR")]
+    pub jwt_max_lifetime: Option<String>,
     /// Connections open at once [default: 50000]
     #[arg(long, env = "PLEXUS_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<u64>,
@@ -172,6 +181,9 @@ struct FileAuth {
     jwt_secret: String,
     jwt_public_key: PathBuf,
     tokens: Vec<FileToken>,
+    jwt_audience: String,
+    jwt_issuer: String,
+    jwt_max_lifetime: String,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -289,6 +301,8 @@ pub struct AuthConfig {
     pub jwt_secret: Option<crate::auth::Secret>,
     pub jwt_public_key: Option<PathBuf>,
     pub tokens: Vec<(crate::auth::Secret, crate::auth::Rules)>,
+    /// `auth.jwt_audience`, `auth.jwt_issuer`, `auth.jwt_max_lifetime`.
+    pub jwt_checks: crate::auth::JwtChecks,
 }
 
 impl AuthConfig {
@@ -308,6 +322,7 @@ impl AuthConfig {
             self.tokens.clone(),
             self.jwt_secret.as_ref(),
             pem.as_deref(),
+            &self.jwt_checks,
         )
     }
 }
@@ -498,13 +513,20 @@ impl Config {
             .map_err(|e| ConfigError(format!("auth.tokens[{i}].{e}")))?;
             tokens.push((crate::auth::Secret(t.token.clone()), rules));
         }
+        let jwt_checks = jwt_checks(a, &f.auth)?;
         let jwt_secret = a.jwt_secret.clone().unwrap_or(f.auth.jwt_secret);
+        if !jwt_secret.is_empty() && jwt_secret.len() < crate::auth::MIN_JWT_SECRET_BYTES {
+            return Err(ConfigError(
+                crate::auth::AuthSetupError::ShortSecret.to_string(),
+            ));
+        }
         let jwt_public_key = a.jwt_public_key.clone().unwrap_or(f.auth.jwt_public_key);
         let auth = AuthConfig {
             mode,
             jwt_secret: (!jwt_secret.is_empty()).then_some(crate::auth::Secret(jwt_secret)),
             jwt_public_key: (!jwt_public_key.as_os_str().is_empty()).then_some(jwt_public_key),
             tokens,
+            jwt_checks,
         };
         if auth.mode == crate::auth::AuthMode::Required
             && auth.tokens.is_empty()
@@ -607,6 +629,47 @@ impl Config {
     }
 }
 
+/// `auth.jwt_audience`, `auth.jwt_issuer` and `auth.jwt_max_lifetime`; empty is unset.
+fn jwt_checks(a: &ServeArgs, f: &FileAuth) -> Result<crate::auth::JwtChecks, ConfigError> {
+    let text = |flag: &Option<String>, file: &String, key: &str| {
+        let value = flag.clone().unwrap_or_else(|| file.clone());
+        if value.chars().any(char::is_control) || value.trim() != value {
+            return Err(ConfigError(format!(
+                "{key}: {value:?} has spaces around it or control characters"
+            )));
+        }
+        Ok((!value.is_empty()).then_some(value))
+    };
+    let audience = text(&a.jwt_audience, &f.jwt_audience, "auth.jwt_audience")?;
+    let issuer = text(&a.jwt_issuer, &f.jwt_issuer, "auth.jwt_issuer")?;
+    let max_lifetime = match a.jwt_max_lifetime.as_deref().unwrap_or(&f.jwt_max_lifetime) {
+        "" => None,
+        s => {
+            let d = duration("auth.jwt_max_lifetime", s)?;
+            if d.as_secs() == 0 {
+                return Err(ConfigError(
+                    "auth.jwt_max_lifetime: must be at least 1s (or empty for no limit)".into(),
+                ));
+            }
+            Some(d)
+        }
+    };
+    Ok(crate::auth::JwtChecks {
+        audience,
+        issuer,
+        max_lifetime,
+    })
+}
+
+/// Whether `--jwt-secret` was given among `args` (the process's own arguments): a secret on
+/// the command line shows in the process list, unlike `PLEXUS_JWT_SECRET` or the file.
+pub fn jwt_secret_on_command_line(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
+    args.into_iter().any(|arg| {
+        let arg = arg.to_string_lossy();
+        arg == "--jwt-secret" || arg.starts_with("--jwt-secret=")
+    })
+}
+
 fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
@@ -666,5 +729,47 @@ mod tests {
         assert!(e.0.contains("listen"), "{e}");
         let e = with_file("storage = \"disk\"\n").unwrap_err();
         assert!(e.0.contains("storage"), "{e}");
+    }
+
+    #[test]
+    fn jwt_settings() {
+        let e =
+            with_file("[auth]\njwt_secret = \"only-31-bytes-of-secret-0123456\"\n").unwrap_err();
+        assert!(e.0.starts_with("auth.jwt_secret:"), "{e}");
+        let c = with_file("[auth]\njwt_secret = \"exactly-32-bytes-of-secret-01234\"\n").unwrap();
+        assert!(c.auth.jwt_secret.is_some());
+        assert_eq!(c.auth.jwt_checks, crate::auth::JwtChecks::default());
+        let c = with_file(
+            "[auth]\njwt_audience = \"plexus\"\njwt_issuer = \"https://id.example\"\njwt_max_lifetime = \"1h\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.auth.jwt_checks,
+            crate::auth::JwtChecks {
+                audience: Some("plexus".into()),
+                issuer: Some("https://id.example".into()),
+                max_lifetime: Some(Duration::from_secs(3600)),
+            }
+        );
+        for (bad, key) in [
+            ("jwt_max_lifetime = \"forever\"", "auth.jwt_max_lifetime"),
+            ("jwt_max_lifetime = \"0s\"", "auth.jwt_max_lifetime"),
+            ("jwt_max_lifetime = \"500ms\"", "auth.jwt_max_lifetime"),
+            ("jwt_audience = \" plexus\"", "auth.jwt_audience"),
+            ("jwt_issuer = \"a\\nb\"", "auth.jwt_issuer"),
+        ] {
+            let e = with_file(&format!("[auth]\n{bad}\n")).unwrap_err();
+            assert!(e.0.starts_with(key), "{bad}: {e}");
+        }
+        let from_flag =
+            |args: &[&str]| jwt_secret_on_command_line(args.iter().map(std::ffi::OsString::from));
+        assert!(from_flag(&["plexus", "serve", "--jwt-secret", "x"]));
+        assert!(from_flag(&["plexus", "serve", "--jwt-secret=x"]));
+        assert!(!from_flag(&[
+            "plexus",
+            "serve",
+            "--jwt-public-key",
+            "k.pem"
+        ]));
     }
 }

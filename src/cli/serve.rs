@@ -21,6 +21,12 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         return Ok(());
     }
     init_logging(config.log_format);
+    if crate::config::jwt_secret_on_command_line(std::env::args_os()) {
+        tracing::warn!(
+            "--jwt-secret on the command line shows in the process list (ps, /proc); \
+             set PLEXUS_JWT_SECRET or auth.jwt_secret in the config file instead"
+        );
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -23,8 +23,8 @@ use crate::jobs;
 use crate::kit::clients::{Ndjson, Sse, Ws};
 use crate::kit::{Server, b64_encode, expect_problem, into_json, payload};
 
-const SECRET: &str = "an-hs256-secret-for-the-tests";
-const OTHER_SECRET: &str = "some-other-hs256-secret";
+const SECRET: &str = "an-hs256-secret-for-the-tests-32b+";
+const OTHER_SECRET: &str = "some-other-hs256-secret-of-32-bytes";
 /// A credential that is neither a configured token nor a JWT.
 const BOGUS: &str = "not-a-known-credential";
 

@@ -79,8 +79,13 @@ async fn describes_every_route() {
 
 #[tokio::test]
 async fn is_readable_without_credentials() {
-    let server =
-        Server::start(&["--auth", "required", "--jwt-secret", "openapi-test-secret"]).await;
+    let server = Server::start(&[
+        "--auth",
+        "required",
+        "--jwt-secret",
+        "openapi-test-secret-of-at-least-32-bytes",
+    ])
+    .await;
     let doc = description(&server).await;
     assert!(doc["paths"].is_object());
     // The API itself still needs credentials.

@@ -400,8 +400,13 @@ async fn openapi_declares_security_only_when_auth_is_required() {
         }
     }
 
-    let required =
-        Server::start(&["--auth", "required", "--jwt-secret", "regression-secret"]).await;
+    let required = Server::start(&[
+        "--auth",
+        "required",
+        "--jwt-secret",
+        "regression-secret-of-at-least-32-bytes",
+    ])
+    .await;
     let (status, _, doc) = required.get_json("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
@@ -520,299 +525,6 @@ async fn connection_gauge_labels_tls_connections_by_protocol() {
             "this {series} connection is counted: {text}"
         );
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Issue 13, items 10, 13 and 14 (review findings 10, 13 and 14): a data directory shared by two
-// hubs, a malformed database, `Expect: 100-continue` over the route's limit.
-
-/// A second hub on a data directory that a running hub uses exits at start, non-zero, with a
-/// message naming the directory and the first hub; the first hub keeps serving. Before the fix
-/// it started, and every publish of either hub could fail on the other's rows (finding 10).
-#[tokio::test]
-async fn a_second_hub_on_the_same_data_directory_refuses_to_start() {
-    let server = Server::start_on(crate::kit::Engine::Sqlite, &[]).await;
-    let mut second = crate::kit::cli::plexus();
-    second
-        .args(["serve", "--storage", "sqlite", "--listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(server.data_dir());
-    let out = crate::kit::cli::run_to_failure(&mut second, "a second plexus serve").await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("another plexus")
-            && stderr.contains(&server.data_dir().display().to_string())
-            && stderr.contains(&format!("process {}", server.pid())),
-        "the message names the directory and the first hub: {stderr}"
-    );
-    assert!(
-        !String::from_utf8_lossy(&out.stdout).contains("listening on"),
-        "the second hub never listened"
-    );
-    let published = server.publish("still-mine", "x").await;
-    assert_eq!(
-        published["seq"], 1,
-        "the first hub still serves: {published}"
-    );
-}
-
-/// A malformed database stops `plexus serve` at start, with a message naming the file. Before
-/// the fix the hub started on it: `/readyz` said 200 while every read failed and publishes kept
-/// writing into the broken file (finding 13).
-#[tokio::test]
-async fn serve_refuses_to_start_on_a_malformed_database() {
-    let mut server = Server::start_on(crate::kit::Engine::Sqlite, &[]).await;
-    server.batch_n("bulk", 3000, &"x".repeat(500)).await;
-    assert!(server.sigterm().await.success());
-    let db = server.data_dir().join("plexus.db");
-    {
-        // Everything into the main file, so the pages overwritten below are the ones read.
-        let conn = rusqlite::Connection::open(&db).expect("open the database");
-        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
-            .expect("checkpoint");
-    }
-    let mut bytes = std::fs::read(&db).expect("read the database");
-    let page = 4096;
-    let middle = bytes.len() / page / 2 * page;
-    assert!(bytes.len() > 16 * page, "a database of many pages");
-    bytes[middle..middle + 8 * page].fill(0x55);
-    std::fs::write(&db, &bytes).expect("write the corrupted database");
-    let checked: String = rusqlite::Connection::open(&db)
-        .expect("open the corrupted database")
-        .query_row("PRAGMA quick_check", [], |r| r.get(0))
-        .unwrap_or_else(|e| e.to_string());
-    assert_ne!(checked, "ok", "the copy is corrupted");
-
-    let mut again = crate::kit::cli::plexus();
-    again
-        .args(["serve", "--storage", "sqlite", "--listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(server.data_dir());
-    let out = crate::kit::cli::run_to_failure(&mut again, "plexus serve on a malformed db").await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("malformed") && stderr.contains(&db.display().to_string()),
-        "the message names the malformed database: {stderr}"
-    );
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
-}
-
-/// `Expect: 100-continue` with a `Content-Length` over the route's limit is answered `413` at
-/// once, before any body is sent; before the fix the server sent `100 Continue` and waited for
-/// the 99 MB it had already refused (finding 14). Checked with a raw socket that sends only the
-/// head and reads the answer.
-#[tokio::test]
-async fn expect_continue_over_the_limit_is_refused_before_the_body() {
-    use tokio::io::AsyncWriteExt;
-    let server = Server::start(&[]).await;
-    for path in [
-        "/v1/topics/expect/messages",
-        "/v1/publish",
-        "/v1/queues/expect/jobs",
-    ] {
-        let mut socket = tokio::net::TcpStream::connect(server.addr())
-            .await
-            .expect("connect");
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-             Content-Length: 99999999\r\nExpect: 100-continue\r\n\r\n",
-            server.addr()
-        );
-        socket
-            .write_all(head.as_bytes())
-            .await
-            .expect("send the head");
-        let answer = crate::kit::clients::RawResponse::read_head(socket, path).await;
-        assert_eq!(answer.status, 413, "{path}: refused before the body");
-        assert_eq!(
-            answer.header("content-type"),
-            Some("application/problem+json"),
-            "{path}"
-        );
-    }
-    let (status, _, _) = server.get_json("/v1/topics/expect").await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was stored");
-}
-
-// ---- issue 13, item 1: quadratic cursor parse ----------------------------------------------
-
-/// The server's CPU time so far (user + system, `/proc/<pid>/stat`), in clock ticks.
-fn server_cpu_ticks(server: &Server) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", server.pid()))
-        .expect("read /proc/<pid>/stat");
-    // The command name, field 2, is in parentheses and may hold spaces: count after it.
-    let after = &stat[stat.rfind(')').expect("a stat line names its command") + 2..];
-    let fields: Vec<&str> = after.split(' ').collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command.
-    let tick = |i: usize| fields[i].parse::<u64>().expect("a tick count");
-    tick(11) + tick(12)
-}
-
-/// A `subscribe` frame whose `since` named 138,000 distinct pairs was parsed with a linear
-/// search per pair: ~20 s of a runtime worker, before the rule check, while `/healthz` waited.
-/// A cursor of more pairs than `limits.max_topics` is now refused before anything else is done
-/// with them; the frame costs the server well under 100 ms of CPU (a generous bound: the
-/// decode of the 1.3 MB frame is linear), and the hub answers meanwhile.
-#[tokio::test]
-async fn a_cursor_with_138000_pairs_is_refused_cheaply() {
-    let server = Server::start(&[]).await;
-    let mut ws = crate::kit::clients::Ws::connect(&server, "").await;
-    let since = (0..138_000)
-        .map(|i| format!("t{i}:1"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let frame = json!({"op": "subscribe", "id": 1, "topic": "a", "since": since});
-    // The ticks are 10 ms on Linux; measure after the socket is open and idle.
-    let ticks_per_sec = 100;
-    let before = server_cpu_ticks(&server);
-    ws.send(frame).await;
-    let health = server.get("/healthz", &[]).await;
-    assert_eq!(
-        health.status(),
-        StatusCode::OK,
-        "/healthz answers meanwhile"
-    );
-    let answer = ws.recv().await;
-    let spent_ms = (server_cpu_ticks(&server) - before) * 1000 / ticks_per_sec;
-    assert_eq!(answer["op"], "error", "{answer}");
-    assert_eq!(answer["id"], 1, "{answer}");
-    assert_eq!(answer["status"], 400, "{answer}");
-    let detail = answer["detail"].as_str().unwrap_or_default();
-    assert!(detail.contains("138000 pairs, at most 64"), "{detail}");
-    assert!(spent_ms < 100, "the frame cost {spent_ms} ms of server CPU");
-    // The socket lives on.
-    let ok = ws
-        .ok(
-            json!({"op": "subscribe", "id": 2, "topic": "a"}),
-            &mut Vec::new(),
-        )
-        .await;
-    assert_eq!(ok["topic"], "a", "{ok}");
-}
-
-// ---- issue 13, item 6: WebSocket frames bypass the rate limit -------------------------------
-
-/// With `--rate 5`, 2,000 publish frames on one socket all succeeded: frames were never
-/// charged to the address's bucket. Every frame now costs a token, as a request does; a frame
-/// over the limit gets an `error` frame with status 429, nothing is stored for it, and the
-/// socket lives on.
-#[tokio::test]
-async fn websocket_frames_are_charged_to_the_rate_limit() {
-    let server = Server::start(&["--rate", "5", "--burst", "5"]).await;
-    let mut ws = crate::kit::clients::Ws::connect(&server, "").await;
-    let sent = 40;
-    let (mut ok, mut limited) = (0, 0);
-    for id in 0..sent {
-        let kind = ["publish", "subscribe", "unsubscribe"][id % 3];
-        let frame = json!({"op": kind, "id": id, "topic": "r", "data": "x"});
-        let frame = if kind == "publish" {
-            frame
-        } else {
-            json!({"op": kind, "id": id, "topic": "r"})
-        };
-        let answer = ws.call(frame, &mut Vec::new()).await;
-        match answer["op"].as_str() {
-            Some("ok") => ok += 1,
-            _ => {
-                assert_eq!(answer["status"], 429, "{answer}");
-                assert_eq!(answer["id"], id, "{answer}");
-                limited += 1;
-            }
-        }
-    }
-    assert!(limited > 0, "{ok} of {sent} frames ok, none limited");
-    assert!(ok < sent / 2, "{ok} of {sent} frames ok at 5/s");
-    // The socket lives on: once the bucket refills, a frame is served again.
-    let mut served = false;
-    for id in 100..140 {
-        let frame = json!({"op": "publish", "id": id, "topic": "r", "data": "later"});
-        if ws.call(frame, &mut Vec::new()).await["op"] == "ok" {
-            served = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
-    assert!(served, "a frame is served again after the bucket refills");
-}
-
-// ---- issue 13, items 8 and 13: a WebSocket subscription dies silently on a store error -----
-
-/// A WebSocket subscription whose store read failed went quiet: no frame, no more messages
-/// for that topic, the topic still held by the socket. It now ends with an `error` frame that
-/// names the topic, status 503 and the generic detail HTTP gives (never the store's own
-/// message), and is dropped, so a subscribe with the client's cursor resumes it. Made real on
-/// the redis engine by stopping its redis-server between the subscribe's answer (a `since=all`
-/// needs no read) and its first catch-up read.
-#[tokio::test]
-async fn a_websocket_subscription_whose_store_read_fails_says_so() {
-    let mut redis = crate::kit::redis::RedisServer::start_with(&[
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-    ])
-    .await;
-    let server = Server::start(&["--storage", &redis.url()]).await;
-    server.publish_n("c0", 1, "before").await;
-    let mut ws = crate::kit::clients::Ws::connect(&server, "").await;
-    redis.kill();
-
-    let mut others = Vec::new();
-    let ok = ws
-        .ok(
-            json!({"op": "subscribe", "id": 1, "topic": "c0", "since": "all"}),
-            &mut others,
-        )
-        .await;
-    assert_eq!(ok["next"], "0", "{ok}");
-    let ended = match others.pop() {
-        Some(frame) => frame,
-        None => ws.recv().await,
-    };
-    assert_eq!(ended["op"], "error", "{ended}");
-    assert_eq!(ended["status"], 503, "{ended}");
-    assert_eq!(ended["topic"], "c0", "{ended}");
-    let detail = ended["detail"].as_str().unwrap_or_default();
-    assert!(
-        detail.contains("retry shortly"),
-        "the generic detail: {detail}"
-    );
-    assert!(!detail.to_lowercase().contains("redis"), "{detail}");
-
-    // A frame that reaches the store while it is down gets the same generic detail.
-    let refused = ws
-        .call(
-            json!({"op": "publish", "id": 2, "topic": "c0", "data": "while down"}),
-            &mut Vec::new(),
-        )
-        .await;
-    assert_eq!(refused["status"], 503, "{refused}");
-    let detail = refused["detail"].as_str().unwrap_or_default();
-    assert!(detail.contains("retry shortly"), "{detail}");
-    assert!(!detail.to_lowercase().contains("redis"), "{detail}");
-
-    // The store is back: subscribing again with the cursor resumes the topic.
-    redis.start_again().await;
-    let resumed = eventually("a subscribe with the cursor is served again", || async {
-        let mut ws = crate::kit::clients::Ws::connect(&server, "").await;
-        let mut others = Vec::new();
-        let answer = ws
-            .call(
-                json!({"op": "subscribe", "id": 3, "topic": "c0", "since": "0"}),
-                &mut others,
-            )
-            .await;
-        if answer["op"] != "ok" {
-            return None;
-        }
-        let first = match others.into_iter().next() {
-            Some(frame) => frame,
-            None => ws.recv().await,
-        };
-        (first["op"] == "message").then_some(first)
-    })
-    .await;
-    assert_eq!(resumed["data"], "before1", "{resumed}");
 }
 
 // Issue 13, finding 5: wildcards reached the hub's reserved topics. `subscribe = [">"]` (or
@@ -1128,6 +840,431 @@ async fn wildcards_do_not_read_reserved_topics_and_job_topics_need_the_jobs_righ
         "the job's event is still there: {}",
         page.2
     );
+}
+
+// Issue 13, finding 15 (JWT settings): an HS256 secret of any length was accepted (a short
+// one can be guessed offline from one token); there was no way to require an audience or an
+// issuer, nor to bound a token's lifetime; and a secret given as `--jwt-secret` showed in the
+// process list without a word (docs/API.md, "Authentication"; docs/CONFIG.md).
+
+const JWT_TEST_SECRET: &str = "a-regression-hs256-secret-of-32+b";
+
+fn hs256_token(claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_TEST_SECRET.as_bytes()),
+    )
+    .expect("encode a JWT")
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs() as i64
+}
+
+#[tokio::test]
+async fn a_jwt_secret_shorter_than_32_bytes_stops_the_hub_at_start() {
+    use crate::kit::cli::{plexus, run, run_to_failure};
+    let dir = tempfile::tempdir().expect("a data directory");
+    let data = dir.path().to_str().expect("a UTF-8 path");
+    for short in ["s3cret", "0123456789abcdef0123456789abcde"] {
+        let out = run_to_failure(
+            plexus().args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data,
+                "--auth",
+                "required",
+                "--jwt-secret",
+                short,
+            ]),
+            &format!("serve with a {}-byte secret", short.len()),
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("auth.jwt_secret") && stderr.contains("32 bytes"),
+            "the message names the key and the bound: {stderr}"
+        );
+        assert!(
+            !stderr.contains(short),
+            "the secret is not echoed: {stderr}"
+        );
+    }
+    run(
+        plexus()
+            .args(["serve", "--check-config", "--auth", "required"])
+            .env("PLEXUS_JWT_SECRET", JWT_TEST_SECRET),
+        "a 32-byte secret is accepted",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn jwt_audience_issuer_and_max_lifetime_are_enforced() {
+    let server = Server::start(&[
+        "--auth",
+        "required",
+        "--jwt-secret",
+        JWT_TEST_SECRET,
+        "--jwt-audience",
+        "plexus-tests",
+        "--jwt-issuer",
+        "https://id.example",
+        "--jwt-max-lifetime",
+        "1h",
+    ])
+    .await;
+    let now = unix_now();
+    let good = json!({"aud":"plexus-tests","iss":"https://id.example","exp":now + 600,
+                      "plexus":{"subscribe":["t"]}});
+    let read = |token: String| {
+        let server = &server;
+        async move {
+            server
+                .client()
+                .get(server.url("/v1/topics/t/messages?since=all"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("GET /v1/topics/t/messages")
+        }
+    };
+    assert_eq!(read(hs256_token(&good)).await.status(), StatusCode::OK);
+    let mut long_with_iat = good.clone();
+    long_with_iat["iat"] = json!(now - 60);
+    long_with_iat["exp"] = json!(now - 60 + 3600);
+    assert_eq!(
+        read(hs256_token(&long_with_iat)).await.status(),
+        StatusCode::OK,
+        "exp - iat = the maximum is accepted"
+    );
+    let mut cases = Vec::new();
+    for (what, field, value) in [
+        ("a foreign aud", "aud", json!("someone-else")),
+        ("no aud", "aud", Value::Null),
+        ("a foreign iss", "iss", json!("https://evil.example")),
+        ("no iss", "iss", Value::Null),
+        ("exp - now over 1h", "exp", json!(now + 3700)),
+        ("exp - iat over 1h", "iat", json!(now - 3600)),
+        ("a ten-year token", "exp", json!(now + 10 * 365 * 86_400)),
+    ] {
+        let mut claims = good.clone();
+        if value.is_null() {
+            claims.as_object_mut().expect("an object").remove(field);
+        } else {
+            claims[field] = value;
+        }
+        cases.push((what, claims));
+    }
+    for (what, claims) in cases {
+        let resp = read(hs256_token(&claims)).await;
+        expect_problem(resp, 401, &format!("a JWT with {what}: {claims}")).await;
+    }
+    // The secret came as a flag: the hub warns where it shows and what to use instead.
+    eventually("the --jwt-secret warning on stderr", || async {
+        let log = server.stderr();
+        (log.contains("--jwt-secret") && log.contains("PLEXUS_JWT_SECRET")).then_some(())
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 13, items 10, 13 and 14 (review findings 10, 13 and 14): a data directory shared by two
+// hubs, a malformed database, `Expect: 100-continue` over the route's limit.
+
+/// A second hub on a data directory that a running hub uses exits at start, non-zero, with a
+/// message naming the directory and the first hub; the first hub keeps serving. Before the fix
+/// it started, and every publish of either hub could fail on the other's rows (finding 10).
+#[tokio::test]
+async fn a_second_hub_on_the_same_data_directory_refuses_to_start() {
+    let server = Server::start_on(crate::kit::Engine::Sqlite, &[]).await;
+    let mut second = crate::kit::cli::plexus();
+    second
+        .args(["serve", "--storage", "sqlite", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(server.data_dir());
+    let out = crate::kit::cli::run_to_failure(&mut second, "a second plexus serve").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("another plexus")
+            && stderr.contains(&server.data_dir().display().to_string())
+            && stderr.contains(&format!("process {}", server.pid())),
+        "the message names the directory and the first hub: {stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening on"),
+        "the second hub never listened"
+    );
+    let published = server.publish("still-mine", "x").await;
+    assert_eq!(
+        published["seq"], 1,
+        "the first hub still serves: {published}"
+    );
+}
+
+/// A malformed database stops `plexus serve` at start, with a message naming the file. Before
+/// the fix the hub started on it: `/readyz` said 200 while every read failed and publishes kept
+/// writing into the broken file (finding 13).
+#[tokio::test]
+async fn serve_refuses_to_start_on_a_malformed_database() {
+    let mut server = Server::start_on(crate::kit::Engine::Sqlite, &[]).await;
+    server.batch_n("bulk", 3000, &"x".repeat(500)).await;
+    assert!(server.sigterm().await.success());
+    let db = server.data_dir().join("plexus.db");
+    {
+        // Everything into the main file, so the pages overwritten below are the ones read.
+        let conn = rusqlite::Connection::open(&db).expect("open the database");
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .expect("checkpoint");
+    }
+    let mut bytes = std::fs::read(&db).expect("read the database");
+    let page = 4096;
+    let middle = bytes.len() / page / 2 * page;
+    assert!(bytes.len() > 16 * page, "a database of many pages");
+    bytes[middle..middle + 8 * page].fill(0x55);
+    std::fs::write(&db, &bytes).expect("write the corrupted database");
+    let checked: String = rusqlite::Connection::open(&db)
+        .expect("open the corrupted database")
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .unwrap_or_else(|e| e.to_string());
+    assert_ne!(checked, "ok", "the copy is corrupted");
+
+    let mut again = crate::kit::cli::plexus();
+    again
+        .args(["serve", "--storage", "sqlite", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(server.data_dir());
+    let out = crate::kit::cli::run_to_failure(&mut again, "plexus serve on a malformed db").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("malformed") && stderr.contains(&db.display().to_string()),
+        "the message names the malformed database: {stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
+}
+
+/// `Expect: 100-continue` with a `Content-Length` over the route's limit is answered `413` at
+/// once, before any body is sent; before the fix the server sent `100 Continue` and waited for
+/// the 99 MB it had already refused (finding 14). Checked with a raw socket that sends only the
+/// head and reads the answer.
+#[tokio::test]
+async fn expect_continue_over_the_limit_is_refused_before_the_body() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start(&[]).await;
+    for path in [
+        "/v1/topics/expect/messages",
+        "/v1/publish",
+        "/v1/queues/expect/jobs",
+    ] {
+        let mut socket = tokio::net::TcpStream::connect(server.addr())
+            .await
+            .expect("connect");
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: 99999999\r\nExpect: 100-continue\r\n\r\n",
+            server.addr()
+        );
+        socket
+            .write_all(head.as_bytes())
+            .await
+            .expect("send the head");
+        let answer = crate::kit::clients::RawResponse::read_head(socket, path).await;
+        assert_eq!(answer.status, 413, "{path}: refused before the body");
+        assert_eq!(
+            answer.header("content-type"),
+            Some("application/problem+json"),
+            "{path}"
+        );
+    }
+    let (status, _, _) = server.get_json("/v1/topics/expect").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was stored");
+}
+
+// ---- issue 13, item 1: quadratic cursor parse ----------------------------------------------
+
+/// The server's CPU time so far (user + system, `/proc/<pid>/stat`), in clock ticks.
+fn server_cpu_ticks(server: &Server) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", server.pid()))
+        .expect("read /proc/<pid>/stat");
+    // The command name, field 2, is in parentheses and may hold spaces: count after it.
+    let after = &stat[stat.rfind(')').expect("a stat line names its command") + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command.
+    let tick = |i: usize| fields[i].parse::<u64>().expect("a tick count");
+    tick(11) + tick(12)
+}
+
+/// A `subscribe` frame whose `since` named 138,000 distinct pairs was parsed with a linear
+/// search per pair: ~20 s of a runtime worker, before the rule check, while `/healthz` waited.
+/// A cursor of more pairs than `limits.max_topics` is now refused before anything else is done
+/// with them; the frame costs the server well under 100 ms of CPU (a generous bound: the
+/// decode of the 1.3 MB frame is linear), and the hub answers meanwhile.
+#[tokio::test]
+async fn a_cursor_with_138000_pairs_is_refused_cheaply() {
+    let server = Server::start(&[]).await;
+    let mut ws = crate::kit::clients::Ws::connect(&server, "").await;
+    let since = (0..138_000)
+        .map(|i| format!("t{i}:1"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let frame = json!({"op": "subscribe", "id": 1, "topic": "a", "since": since});
+    // The ticks are 10 ms on Linux; measure after the socket is open and idle.
+    let ticks_per_sec = 100;
+    let before = server_cpu_ticks(&server);
+    ws.send(frame).await;
+    let health = server.get("/healthz", &[]).await;
+    assert_eq!(
+        health.status(),
+        StatusCode::OK,
+        "/healthz answers meanwhile"
+    );
+    let answer = ws.recv().await;
+    let spent_ms = (server_cpu_ticks(&server) - before) * 1000 / ticks_per_sec;
+    assert_eq!(answer["op"], "error", "{answer}");
+    assert_eq!(answer["id"], 1, "{answer}");
+    assert_eq!(answer["status"], 400, "{answer}");
+    let detail = answer["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("138000 pairs, at most 64"), "{detail}");
+    assert!(spent_ms < 100, "the frame cost {spent_ms} ms of server CPU");
+    // The socket lives on.
+    let ok = ws
+        .ok(
+            json!({"op": "subscribe", "id": 2, "topic": "a"}),
+            &mut Vec::new(),
+        )
+        .await;
+    assert_eq!(ok["topic"], "a", "{ok}");
+}
+
+// ---- issue 13, item 6: WebSocket frames bypass the rate limit -------------------------------
+
+/// With `--rate 5`, 2,000 publish frames on one socket all succeeded: frames were never
+/// charged to the address's bucket. Every frame now costs a token, as a request does; a frame
+/// over the limit gets an `error` frame with status 429, nothing is stored for it, and the
+/// socket lives on.
+#[tokio::test]
+async fn websocket_frames_are_charged_to_the_rate_limit() {
+    let server = Server::start(&["--rate", "5", "--burst", "5"]).await;
+    let mut ws = crate::kit::clients::Ws::connect(&server, "").await;
+    let sent = 40;
+    let (mut ok, mut limited) = (0, 0);
+    for id in 0..sent {
+        let kind = ["publish", "subscribe", "unsubscribe"][id % 3];
+        let frame = json!({"op": kind, "id": id, "topic": "r", "data": "x"});
+        let frame = if kind == "publish" {
+            frame
+        } else {
+            json!({"op": kind, "id": id, "topic": "r"})
+        };
+        let answer = ws.call(frame, &mut Vec::new()).await;
+        match answer["op"].as_str() {
+            Some("ok") => ok += 1,
+            _ => {
+                assert_eq!(answer["status"], 429, "{answer}");
+                assert_eq!(answer["id"], id, "{answer}");
+                limited += 1;
+            }
+        }
+    }
+    assert!(limited > 0, "{ok} of {sent} frames ok, none limited");
+    assert!(ok < sent / 2, "{ok} of {sent} frames ok at 5/s");
+    // The socket lives on: once the bucket refills, a frame is served again.
+    let mut served = false;
+    for id in 100..140 {
+        let frame = json!({"op": "publish", "id": id, "topic": "r", "data": "later"});
+        if ws.call(frame, &mut Vec::new()).await["op"] == "ok" {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(served, "a frame is served again after the bucket refills");
+}
+
+// ---- issue 13, items 8 and 13: a WebSocket subscription dies silently on a store error -----
+
+/// A WebSocket subscription whose store read failed went quiet: no frame, no more messages
+/// for that topic, the topic still held by the socket. It now ends with an `error` frame that
+/// names the topic, status 503 and the generic detail HTTP gives (never the store's own
+/// message), and is dropped, so a subscribe with the client's cursor resumes it. Made real on
+/// the redis engine by stopping its redis-server between the subscribe's answer (a `since=all`
+/// needs no read) and its first catch-up read.
+#[tokio::test]
+async fn a_websocket_subscription_whose_store_read_fails_says_so() {
+    let mut redis = crate::kit::redis::RedisServer::start_with(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+    ])
+    .await;
+    let server = Server::start(&["--storage", &redis.url()]).await;
+    server.publish_n("c0", 1, "before").await;
+    let mut ws = crate::kit::clients::Ws::connect(&server, "").await;
+    redis.kill();
+
+    let mut others = Vec::new();
+    let ok = ws
+        .ok(
+            json!({"op": "subscribe", "id": 1, "topic": "c0", "since": "all"}),
+            &mut others,
+        )
+        .await;
+    assert_eq!(ok["next"], "0", "{ok}");
+    let ended = match others.pop() {
+        Some(frame) => frame,
+        None => ws.recv().await,
+    };
+    assert_eq!(ended["op"], "error", "{ended}");
+    assert_eq!(ended["status"], 503, "{ended}");
+    assert_eq!(ended["topic"], "c0", "{ended}");
+    let detail = ended["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("retry shortly"),
+        "the generic detail: {detail}"
+    );
+    assert!(!detail.to_lowercase().contains("redis"), "{detail}");
+
+    // A frame that reaches the store while it is down gets the same generic detail.
+    let refused = ws
+        .call(
+            json!({"op": "publish", "id": 2, "topic": "c0", "data": "while down"}),
+            &mut Vec::new(),
+        )
+        .await;
+    assert_eq!(refused["status"], 503, "{refused}");
+    let detail = refused["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("retry shortly"), "{detail}");
+    assert!(!detail.to_lowercase().contains("redis"), "{detail}");
+
+    // The store is back: subscribing again with the cursor resumes the topic.
+    redis.start_again().await;
+    let resumed = eventually("a subscribe with the cursor is served again", || async {
+        let mut ws = crate::kit::clients::Ws::connect(&server, "").await;
+        let mut others = Vec::new();
+        let answer = ws
+            .call(
+                json!({"op": "subscribe", "id": 3, "topic": "c0", "since": "0"}),
+                &mut others,
+            )
+            .await;
+        if answer["op"] != "ok" {
+            return None;
+        }
+        let first = match others.into_iter().next() {
+            Some(frame) => frame,
+            None => ws.recv().await,
+        };
+        (first["op"] == "message").then_some(first)
+    })
+    .await;
+    assert_eq!(resumed["data"], "before1", "{resumed}");
 }
 
 // Issue 13, item 4: idle job claimers. Each waiting `claim?wait=…` looked in the store again
