@@ -22,7 +22,8 @@ pub use duration::{DurationError, parse_duration};
 pub use gap::{Gap, GapReason};
 pub use job::{Job, JobId, JobState};
 pub use message::{
-    EventName, EventNameError, Message, NewMessage, fingerprint, valid_idempotency_key,
+    EventName, EventNameError, Fingerprint, Message, NewMessage, StoredFingerprint, fingerprint,
+    valid_idempotency_key,
 };
 pub use pattern::{PatternError, TopicPattern};
 pub use policy::SlowPolicy;

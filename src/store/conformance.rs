@@ -1589,3 +1589,69 @@ async fn read_accepts_the_largest_limit() {
         }
     }
 }
+
+/// A key stored by a release before SHA-256 fingerprints (FNV-1a 64: an integer in sqlite,
+/// a decimal in redis) still replays its body and refuses another; a new key stores the
+/// SHA-256 and is matched by it.
+#[tokio::test]
+async fn legacy_fnv_idempotency_keys_still_match_their_body() {
+    let body = msg("a", "x", Some("old"));
+    let fnv = body.fingerprint().legacy();
+    // sqlite: the old row, as a release before wrote it, next to the topic's first message.
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteLog::open(dir.path(), Retention::default(), Durability::Process).unwrap();
+    sqlite.append(vec![msg("a", "first", None)]).await.unwrap();
+    rusqlite::Connection::open(dir.path().join("plexus.db"))
+        .unwrap()
+        .execute(
+            "INSERT INTO idempotency (topic_id, key, fingerprint, seq, time, expires)
+             VALUES ((SELECT id FROM topics WHERE name = 'a'), 'old', ?1, 1, 5, ?2)",
+            rusqlite::params![fnv as i64, i64::MAX],
+        )
+        .unwrap();
+    // redis: the old value, `FINGERPRINT SEQ TIME`.
+    let server = RedisServer::start().await;
+    let redis_log =
+        super::redis::RedisLog::open(&RedisTarget::Single(server.url()), Retention::default())
+            .await
+            .unwrap();
+    redis_log
+        .append(vec![msg("a", "first", None)])
+        .await
+        .unwrap();
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("plexus:i:{a}:old")
+        .arg(format!("{fnv} 1 5"))
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let logs: [(&str, &dyn Log); 2] = [("sqlite", &sqlite), ("redis", &redis_log)];
+    for (name, log) in logs {
+        let replay = log.append(vec![body.clone()]).await.unwrap();
+        assert_eq!((replay[0].seq, replay[0].replayed), (1, true), "{name}");
+        let other = log.append(vec![msg("a", "y", Some("old"))]).await;
+        assert!(
+            matches!(other, Err(StoreError::IdempotencyConflict { .. })),
+            "{name}: {other:?}"
+        );
+        // A new key: stored as SHA-256, replayed by the same body only.
+        let new = log.append(vec![msg("a", "z", Some("new"))]).await.unwrap();
+        let again = log.append(vec![msg("a", "z", Some("new"))]).await.unwrap();
+        assert_eq!(
+            (again[0].seq, again[0].replayed),
+            (new[0].seq, true),
+            "{name}"
+        );
+        assert!(
+            log.append(vec![msg("a", "w", Some("new"))]).await.is_err(),
+            "{name}"
+        );
+    }
+}

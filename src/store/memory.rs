@@ -8,8 +8,8 @@ use super::follow::{CommitFeed, FeedSlot, Follow};
 use super::jobs::JobStore;
 use super::log::{BoxFuture, IDEMPOTENCY_TTL, Log, ReadBatch, Retention};
 use crate::model::{
-    Appended, Job, JobId, JobState, LogBounds, Message, Millis, NewMessage, Seq, StoreError,
-    StoreResult, Topic, TopicInfo, fingerprint, now_millis,
+    Appended, Fingerprint, Job, JobId, JobState, LogBounds, Message, Millis, NewMessage, Seq,
+    StoreError, StoreResult, Topic, TopicInfo, fingerprint, now_millis,
 };
 
 #[derive(Default)]
@@ -44,7 +44,7 @@ impl TopicLog {
 }
 
 struct IdemEntry {
-    fingerprint: u64,
+    fingerprint: Fingerprint,
     appended: Appended,
 }
 
@@ -56,7 +56,7 @@ struct State {
     idem_order: VecDeque<(Millis, Topic, String)>,
     jobs: HashMap<JobId, Job>,
     /// Job idempotency keys per queue: the payload's fingerprint and the job.
-    job_keys: HashMap<(Topic, String), (u64, JobId)>,
+    job_keys: HashMap<(Topic, String), (Fingerprint, JobId)>,
 }
 
 /// The `memory` engine. A std mutex guards the state: every operation is short and never
@@ -107,7 +107,7 @@ impl MemoryLog {
             }
         }
         // Check every key first, so a conflict stores nothing.
-        let mut in_batch: HashMap<(Topic, String), u64> = HashMap::new();
+        let mut in_batch: HashMap<(Topic, String), Fingerprint> = HashMap::new();
         for msg in &batch {
             if let Some(key) = &msg.idempotency_key {
                 let id = (msg.topic.clone(), key.clone());

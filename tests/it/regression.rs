@@ -1086,6 +1086,70 @@ async fn expect_continue_over_the_limit_is_refused_before_the_body() {
     assert_eq!(status, StatusCode::NOT_FOUND, "nothing was stored");
 }
 
+// ---------------------------------------------------------------------------------------------
+// Issue 13, item 15 (review finding 16): idempotency fingerprints are SHA-256, not FNV-1a 64.
+
+/// A key's stored fingerprint is the SHA-256 of the body (32 bytes), for a message and for a
+/// job, so a second body that collides with the first cannot replay as it (FNV-1a 64, before,
+/// could be collided on purpose). Replays and conflicts answer as before. Keys stored by a
+/// release before (an integer FNV-1a 64 in the same column) still match their body: see
+/// `migration.rs`, which replays the fixture's keys.
+#[tokio::test]
+async fn idempotency_fingerprints_are_sha256() {
+    let server = Server::start_on(crate::kit::Engine::Sqlite, &[]).await;
+    let key = [("Idempotency-Key", "k-1")];
+    let first = server.publish_with("fp", "body-1", &key).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let replay = server.publish_with("fp", "body-1", &key).await;
+    assert!(replay.headers().get("idempotent-replayed").is_some());
+    let other = server.publish_with("fp", "body-2", &key).await;
+    assert_eq!(other.status(), StatusCode::CONFLICT);
+    let submit = |body: &'static str| {
+        server
+            .client()
+            .post(server.url("/v1/queues/fpq/jobs"))
+            .header("Idempotency-Key", "j-1")
+            .body(body)
+            .send()
+    };
+    assert_eq!(
+        submit("job-1").await.expect("submit").status(),
+        StatusCode::ACCEPTED
+    );
+    let replay = submit("job-1").await.expect("submit again");
+    assert!(replay.headers().get("idempotent-replayed").is_some());
+    assert_eq!(
+        submit("job-2").await.expect("submit another").status(),
+        StatusCode::CONFLICT
+    );
+
+    let sha = |parts: &[&[u8]]| {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        for part in parts {
+            ctx.update(part);
+        }
+        ctx.finish().as_ref().to_vec()
+    };
+    let db = rusqlite::Connection::open(server.data_dir().join("plexus.db")).expect("open");
+    let message_fp: Vec<u8> = db
+        .query_row(
+            "SELECT fingerprint FROM idempotency WHERE key = 'k-1'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the message key's fingerprint is a blob");
+    // No event, the separator, the body.
+    assert_eq!(message_fp, sha(&[b"", &[0xff], b"body-1"]));
+    let job_fp: Vec<u8> = db
+        .query_row(
+            "SELECT fingerprint FROM jobs WHERE idem_key = 'j-1'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the job key's fingerprint is a blob");
+    assert_eq!(job_fp, sha(&[b"job-1"]));
+}
+
 // ---- issue 13, item 1: quadratic cursor parse ----------------------------------------------
 
 /// The server's CPU time so far (user + system, `/proc/<pid>/stat`), in clock ticks.

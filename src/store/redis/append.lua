@@ -3,7 +3,9 @@
 -- that have one, in order.
 -- ARGV: 1 now, 2 max messages, 3 max age ms, 4 idempotency ttl ms, 5 topic, 6 '1' = only
 -- check the keys, 7 the publish command (PUBLISH, or SPUBLISH on a cluster), 8 its channel,
--- 9 n, then 4 per message: event ('' none), data, has key '1'|'0', fingerprint.
+-- 9 n, then 4 per message: event ('' none), data, has key '1'|'0', fingerprint: 'SHA LEGACY',
+-- the SHA-256 in hex, which a new key stores, and the FNV-1a 64 in decimal, which a key stored
+-- by a release before SHA-256 holds (a decimal never equals a 64-digit hex).
 -- Returns seq, time, replayed (0|1) per message; a reused key with another body is an error
 -- `PLEXUS_CONFLICT <index>` and stores nothing. A call repeated by the client after a
 -- dropped connection finds its receipt and answers as the first time, appending nothing.
@@ -29,10 +31,11 @@ for i = 0, n - 1 do
     local fp = first_fp[k]
     if fp == nil then
       local v = redis.call('GET', k)
-      if v then fp = string.match(v, '^(%S+)') else fp = ARGV[b + 3] end
+      if v then fp = string.match(v, '^(%S+)') else fp = string.match(ARGV[b + 3], '^(%S+)') end
       first_fp[k] = fp
     end
-    if fp ~= ARGV[b + 3] then
+    local sha, legacy = string.match(ARGV[b + 3], '^(%S+) (%S+)$')
+    if fp ~= sha and fp ~= legacy then
       return redis.error_reply('PLEXUS_CONFLICT ' .. i)
     end
   end
@@ -73,7 +76,7 @@ for i = 0, n - 1 do
     added = added + #d
     appended = appended + 1
     if k then
-      redis.call('SET', k, string.format('%s %d %d', ARGV[b + 3], head, last), 'PX', ARGV[4])
+      redis.call('SET', k, string.format('%s %d %d', string.match(ARGV[b + 3], '^(%S+)'), head, last), 'PX', ARGV[4])
     end
     out[#out + 1] = head
     out[#out + 1] = last

@@ -86,7 +86,12 @@ impl Core {
                 Some(_) => b"1",
                 None => b"0",
             }));
-            args.push(Cow::Owned(m.fingerprint().to_string().into_bytes()));
+            // The SHA-256 (stored) and the FNV-1a 64 of a key stored before it (see
+            // append.lua).
+            let fp = m.fingerprint();
+            args.push(Cow::Owned(
+                format!("{} {}", fp.hex(), fp.legacy()).into_bytes(),
+            ));
         }
         (keys, args)
     }

@@ -146,7 +146,9 @@ impl Core {
         if let Some(key) = &idempotency_key {
             inv.key(format!("plexus:jk:{{{queue}}}:{key}"));
         }
-        inv.arg(fingerprint(&[&job.payload]).to_string())
+        let fp = fingerprint(&[&job.payload]);
+        // The SHA-256 (stored) and the FNV-1a 64 of a key stored before it (job_create.lua).
+        inv.arg(format!("{} {}", fp.hex(), fp.legacy()))
             .arg(job.id.as_str())
             .arg(IDEMPOTENCY_TTL.as_millis() as u64);
         // job_create.lua takes the placement without the id.

@@ -7,7 +7,8 @@
 //!   `e` (event, when there is one), `d` (payload);
 //! - `plexus:m:{T}` a hash: `head` (the seq counter, which deletes and retention never lower),
 //!   `last` (time of the last message), `bytes` (payload retained), `del` (deleted through);
-//! - `plexus:i:{T}:KEY` an idempotency key, `FINGERPRINT SEQ TIME`, expiring after 24 h;
+//! - `plexus:i:{T}:KEY` an idempotency key, `FINGERPRINT SEQ TIME` (the SHA-256 of event and
+//!   payload in hex; a key from before SHA-256 holds an FNV-1a 64 in decimal), expiring after 24 h;
 //! - `plexus:w:{T}:CALL` an append's receipt (its result, for 60 s), so that a call the client
 //!   library repeats after a dropped connection does not append twice;
 //! - `plexus:topics` the set of topic names, for listing;

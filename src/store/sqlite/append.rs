@@ -7,10 +7,25 @@ use std::sync::Arc;
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::topics::{TopicRow, save_row};
-use crate::model::{Appended, Message, Millis, NewMessage, Seq, StoreError, StoreResult, Topic};
+use crate::model::{
+    Appended, Message, Millis, NewMessage, Seq, StoreError, StoreResult, StoredFingerprint, Topic,
+};
 use crate::store::log::IDEMPOTENCY_TTL;
 
-type Known = Option<(u64, Appended)>;
+type Known = Option<(StoredFingerprint, Appended)>;
+
+/// A `fingerprint` column as stored: a 32-byte SHA-256 blob, or (a row written before
+/// SHA-256, kept in the same column) the FNV-1a 64 as an integer. The value's SQLite type
+/// marks which, so old rows need no migration and match the bodies they were first used with.
+pub(super) fn stored_fingerprint(value: rusqlite::types::ValueRef<'_>) -> StoredFingerprint {
+    use rusqlite::types::ValueRef;
+    match value {
+        ValueRef::Integer(fnv) => StoredFingerprint::Legacy(fnv as u64),
+        ValueRef::Blob(sha) => StoredFingerprint::Sha256(sha.to_vec()),
+        // Nothing writes other types: such a row matches no body.
+        _ => StoredFingerprint::Sha256(Vec::new()),
+    }
+}
 
 fn lookup_key(tx: &Transaction<'_>, id: i64, key: &str, now: Millis) -> rusqlite::Result<Known> {
     tx.prepare_cached(
@@ -19,7 +34,7 @@ fn lookup_key(tx: &Transaction<'_>, id: i64, key: &str, now: Millis) -> rusqlite
     )?
     .query_row(params![id, key, now], |r| {
         Ok((
-            r.get::<_, i64>(0)? as u64,
+            stored_fingerprint(r.get_ref(0)?),
             Appended {
                 seq: r.get::<_, i64>(1)? as Seq,
                 time: r.get(2)?,
@@ -40,7 +55,7 @@ pub(super) fn apply_append(
     batch: Vec<NewMessage>,
     now: Millis,
 ) -> rusqlite::Result<StoreResult<Vec<Appended>>> {
-    let mut seen: HashMap<(&Topic, &str), u64> = HashMap::new();
+    let mut seen: HashMap<(&Topic, &str), StoredFingerprint> = HashMap::new();
     for msg in &batch {
         let Some(key) = msg.idempotency_key.as_deref() else {
             continue;
@@ -49,9 +64,9 @@ pub(super) fn apply_append(
             Some(row) => lookup_key(tx, row.id, key, now)?.map(|(fp, _)| fp),
             None => None,
         }
-        .or_else(|| seen.get(&(&msg.topic, key)).copied());
+        .or_else(|| seen.get(&(&msg.topic, key)).cloned());
         match known {
-            Some(fp) if fp != msg.fingerprint() => {
+            Some(fp) if !msg.fingerprint().matches(&fp) => {
                 return Ok(Err(StoreError::IdempotencyConflict {
                     topic: msg.topic.clone(),
                     key: key.to_owned(),
@@ -59,7 +74,10 @@ pub(super) fn apply_append(
             }
             Some(_) => {}
             None => {
-                seen.insert((&msg.topic, key), msg.fingerprint());
+                seen.insert(
+                    (&msg.topic, key),
+                    StoredFingerprint::Sha256(msg.fingerprint().sha256().to_vec()),
+                );
             }
         }
     }
@@ -124,7 +142,7 @@ pub(super) fn apply_append(
             .execute(params![
                 row.id,
                 key,
-                msg.fingerprint() as i64,
+                &msg.fingerprint().sha256()[..],
                 appended.seq as i64,
                 appended.time,
                 now + IDEMPOTENCY_TTL.as_millis() as Millis

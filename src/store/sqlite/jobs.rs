@@ -4,7 +4,9 @@
 use bytes::Bytes;
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use crate::model::{Job, JobId, JobState, Millis, StoreError, StoreResult, Topic, fingerprint};
+use crate::model::{
+    Job, JobId, JobState, Millis, StoreError, StoreResult, StoredFingerprint, Topic, fingerprint,
+};
 
 const JOB_COLUMNS: &str = "id, queue, state, attempts, max_attempts, created, updated, payload, \
     result, error, run_at, lease, lease_until, lease_ms";
@@ -73,16 +75,16 @@ pub(super) fn create(
     job: Job,
     idempotency_key: Option<String>,
 ) -> rusqlite::Result<StoreResult<(Job, bool)>> {
-    let fp = fingerprint(&[&job.payload]) as i64;
+    let fp = fingerprint(&[&job.payload]);
     if let Some(key) = &idempotency_key {
-        let known: Option<(String, i64)> = tx
+        let known: Option<(String, StoredFingerprint)> = tx
             .prepare_cached("SELECT id, fingerprint FROM jobs WHERE queue = ?1 AND idem_key = ?2")?
             .query_row(params![job.queue.as_str(), key], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+                Ok((r.get(0)?, super::append::stored_fingerprint(r.get_ref(1)?)))
             })
             .optional()?;
         if let Some((id, known_fp)) = known {
-            if known_fp != fp {
+            if !fp.matches(&known_fp) {
                 return Ok(Err(StoreError::IdempotencyConflict {
                     topic: job.queue.clone(),
                     key: key.clone(),
@@ -116,7 +118,7 @@ pub(super) fn create(
         job.lease_until,
         job.lease_ms.map(|v| v as i64),
         idempotency_key,
-        fp
+        &fp.sha256()[..]
     ])?;
     Ok(Ok((job, false)))
 }

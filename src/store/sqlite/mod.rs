@@ -180,7 +180,8 @@ fn check_integrity(conn: &Connection, path: &Path) -> StoreResult<()> {
         .and_then(|mut stmt| stmt.query_map([], |r| r.get(0))?.collect());
     let problems = match problems {
         Ok(rows) if rows.len() == 1 && rows[0] == "ok" => return Ok(()),
-        Ok(rows) => rows.join("; "),
+        // One line for the user: sqlite puts a newline between the problems of one row.
+        Ok(rows) => rows.join("; ").replace('\n', "; "),
         Err(e) => e.to_string(),
     };
     Err(StoreError::unavailable(format!(
