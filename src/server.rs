@@ -44,6 +44,9 @@ pub struct ServerOptions {
     /// The longest a connection's socket may refuse every byte written to it (a client that
     /// stopped reading); then the connection is closed.
     pub write_timeout: Duration,
+    /// Reverse proxies (`limits.trusted_proxies`): the per-address connection limit does not
+    /// apply to their own addresses.
+    pub trusted_proxies: Vec<crate::model::Cidr>,
 }
 
 /// What an open connection speaks: the `protocol` label of `plexus_connections_open`.
@@ -155,12 +158,17 @@ impl OpenConnection {
         if stats.open() >= options.max_connections as u64 {
             return None;
         }
-        let mut per_client = stats.per_client.lock().unwrap_or_else(|p| p.into_inner());
-        let count = per_client.entry(ip).or_insert(0);
-        if *count >= options.max_connections_per_client {
-            return None;
+        // An IPv6 client counts by its /64; a trusted proxy carries many clients and is not
+        // counted (its own entry never exists, so the close finds nothing to take back).
+        let ip = crate::model::client_key(ip);
+        if !options.trusted_proxies.iter().any(|c| c.contains(ip)) {
+            let mut per_client = stats.per_client.lock().unwrap_or_else(|p| p.into_inner());
+            let count = per_client.entry(ip).or_insert(0);
+            if *count >= options.max_connections_per_client {
+                return None;
+            }
+            *count += 1;
         }
-        *count += 1;
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         stats.open_by_protocol[Protocol::Pending as usize].fetch_add(1, Ordering::Relaxed);
         Some(OpenConnection {
@@ -626,6 +634,7 @@ mod tests {
             max_connections: 10,
             max_connections_per_client: 10,
             write_timeout: Duration::from_secs(1),
+            trusted_proxies: Vec::new(),
         };
         let ip = std::net::IpAddr::from([127, 0, 0, 1]);
         let silent = OpenConnection::admit(&stats, ip, &options).expect("admitted");

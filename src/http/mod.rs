@@ -19,6 +19,7 @@
 
 mod admin;
 mod auth;
+mod client;
 pub mod error;
 mod extract;
 mod jobs;
@@ -43,6 +44,8 @@ pub use state::{AppState, HttpOptions};
 /// The whole API as one router.
 pub fn router(state: AppState) -> Router {
     let cors = cors(&state.options.cors_origins);
+    let state_proxies: std::sync::Arc<[crate::model::Cidr]> =
+        state.options.trusted_proxies.clone().into();
     let router = Router::new()
         .merge(publish::routes(&state.options))
         .merge(poll::routes())
@@ -70,7 +73,12 @@ pub fn router(state: AppState) -> Router {
         ))
         .with_state(state)
         // Every request, refused ones included, gets an id and a log line.
-        .layer(axum::middleware::from_fn(trace::trace));
+        .layer(axum::middleware::from_fn(trace::trace))
+        // First of all: the client behind a trusted proxy, for the rate limit and the logs.
+        .layer(axum::middleware::from_fn_with_state(
+            state_proxies,
+            client::resolve,
+        ));
     // Outermost: a browser's preflight is answered without credentials.
     match cors {
         Some(cors) => router.layer(cors),

@@ -746,3 +746,107 @@ async fn a_websocket_client_that_stops_reading_is_closed_and_resumes_by_its_curs
     }
     resume_exactly(&server, "flood", seqs, n as u64).await;
 }
+
+// ---- Issue 13 item 11 (review finding 11): behind a reverse proxy ----
+
+/// `GET /v1/topics` with one forwarding header; its status.
+async fn status_with(server: &Server, header: (&str, &str)) -> u16 {
+    server.get("/v1/topics", &[header]).await.status().as_u16()
+}
+
+/// Behind nginx every client shared the proxy's address: one rate bucket (four clients with
+/// four `X-Forwarded-For` values got 200 200 200 429) and one connection budget. For a peer in
+/// `limits.trusted_proxies` the client is now the rightmost forwarded address that is not a
+/// trusted proxy, `Forwarded` before `X-Forwarded-For`; an IPv6 client counts by its /64.
+#[tokio::test]
+async fn a_trusted_proxy_forwards_each_client_its_own_rate_bucket() {
+    let server = Server::start(&[
+        "--rate",
+        "1",
+        "--burst",
+        "1",
+        "--trusted-proxies",
+        "127.0.0.1/32",
+    ])
+    .await;
+    for client in [
+        "198.51.100.1",
+        "198.51.100.2",
+        "198.51.100.3",
+        "198.51.100.4",
+    ] {
+        assert_eq!(
+            status_with(&server, ("x-forwarded-for", client)).await,
+            200,
+            "{client}"
+        );
+    }
+    let resp = server
+        .get("/v1/topics", &[("x-forwarded-for", "198.51.100.1")])
+        .await;
+    expect_problem(resp, 429, "the same client again").await;
+    // The rightmost hop that is not a trusted proxy; a client cannot pick it by prepending.
+    assert_eq!(
+        status_with(&server, ("x-forwarded-for", "198.51.100.5, 127.0.0.1")).await,
+        200
+    );
+    assert_eq!(
+        status_with(&server, ("x-forwarded-for", "203.0.113.77, 198.51.100.5")).await,
+        429,
+        "the spoofed left hop is not the client"
+    );
+    // Forwarded (RFC 7239) wins over X-Forwarded-For.
+    assert_eq!(
+        status_with(
+            &server,
+            ("forwarded", "for=\"[2001:db8::1]:4711\";proto=http")
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        status_with(&server, ("forwarded", "for=\"[2001:db8::2]\"")).await,
+        429,
+        "the same /64"
+    );
+    assert_eq!(
+        status_with(&server, ("forwarded", "for=\"[2001:db8:0:1::1]\"")).await,
+        200,
+        "another /64"
+    );
+}
+
+/// A forwarding header from a peer that is not a trusted proxy is ignored: it cannot buy a
+/// client a fresh bucket.
+#[tokio::test]
+async fn a_forwarding_header_from_an_untrusted_peer_is_ignored() {
+    let server = Server::start(&["--rate", "1", "--burst", "1"]).await;
+    assert_eq!(
+        status_with(&server, ("x-forwarded-for", "198.51.100.1")).await,
+        200
+    );
+    let resp = server
+        .get("/v1/topics", &[("x-forwarded-for", "198.51.100.2")])
+        .await;
+    expect_problem(resp, 429, "another XFF from the same peer").await;
+}
+
+/// The per-address connection limit does not apply to a trusted proxy's own address: with
+/// one connection per client, a second connection from the proxy is served.
+#[tokio::test]
+async fn the_connection_limit_does_not_apply_to_a_trusted_proxy() {
+    let server = Server::start(&[
+        "--max-connections-per-client",
+        "1",
+        "--trusted-proxies",
+        "127.0.0.1",
+    ])
+    .await;
+    let mut sse = Sse::open(&server, "/v1/topics/p/sse?since=all", &[]).await;
+    server.publish("p", "one").await;
+    let first = timeout(READ_TIMEOUT, sse.next_event())
+        .await
+        .expect("an event within the deadline")
+        .expect("the stream is open");
+    assert_eq!(first.id(), "1");
+}
