@@ -23,9 +23,18 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-/// The peer of a connection, in every request's extensions.
+/// The peer of a connection, in every request's extensions (behind a trusted proxy, the
+/// client it forwarded for).
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub std::net::SocketAddr);
+
+/// What the listener is, in every request's extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct Listening {
+    /// Whether the hub listens on a loopback address (then only loopback `Host` names reach it
+    /// from a browser legitimately).
+    pub loopback: bool,
+}
 
 #[derive(Clone)]
 pub struct ServerOptions {
@@ -500,6 +509,10 @@ pub async fn run(
     shutdown: CancellationToken,
     options: ServerOptions,
 ) {
+    let loopback = listener
+        .local_addr()
+        .is_ok_and(|a| a.ip().to_canonical().is_loopback());
+    let app = app.layer(axum::Extension(Listening { loopback }));
     let builder = builder(&options);
     let http1 = Arc::new(http1_builder(&options));
     let acceptor = options.tls.clone().map(TlsAcceptor::from);

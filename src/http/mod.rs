@@ -26,6 +26,7 @@ mod jobs;
 pub mod limits;
 mod ndjson;
 mod openapi;
+mod origin;
 mod poll;
 mod publish;
 mod schema;
@@ -44,6 +45,11 @@ pub use state::{AppState, HttpOptions};
 /// The whole API as one router.
 pub fn router(state: AppState) -> Router {
     let cors = cors(&state.options.cors_origins);
+    let origins = std::sync::Arc::new(origin::OriginPolicy {
+        active: state.auth.mode() == crate::auth::AuthMode::Open
+            || state.options.cors_origins.is_empty(),
+        allowed: state.options.cors_origins.clone(),
+    });
     let state_proxies: std::sync::Arc<[crate::model::Cidr]> =
         state.options.trusted_proxies.clone().into();
     let router = Router::new()
@@ -71,6 +77,8 @@ pub fn router(state: AppState) -> Router {
             state.limiter.clone(),
             limits::limit,
         ))
+        // Web pages against an open hub: DNS rebinding and foreign origins (403).
+        .layer(axum::middleware::from_fn_with_state(origins, origin::guard))
         .with_state(state)
         // Every request, refused ones included, gets an id and a log line.
         .layer(axum::middleware::from_fn(trace::trace))

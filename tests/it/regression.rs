@@ -850,3 +850,78 @@ async fn the_connection_limit_does_not_apply_to_a_trusted_proxy() {
         .expect("the stream is open");
     assert_eq!(first.id(), "1");
 }
+
+// ---- Issue 13 item 12 (review finding 12): an open hub on loopback and web pages ----
+
+/// A cross-site "simple" request (text/plain, a foreign `Origin`, a rebinding `Host`)
+/// published to an open hub on loopback, and a WebSocket from a foreign origin subscribed and
+/// published. Now, in open mode (or with no CORS configured), a non-loopback `Host` is `403`
+/// on a loopback listener, and so is a foreign `Origin` on a state-changing request or a
+/// WebSocket upgrade; nothing is stored. Requests without `Origin` (curl) and from the hub's
+/// own origin are served, and reads from a foreign origin too (the browser cannot read them
+/// without CORS headers).
+#[tokio::test]
+async fn an_open_hub_on_loopback_refuses_foreign_hosts_and_origins() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let server = Server::start(&[]).await;
+    let url = server.url("/v1/topics/web/messages");
+    let post = |headers: Vec<(&'static str, String)>| {
+        let mut req = server
+            .client()
+            .post(&url)
+            .header("content-type", "text/plain")
+            .body("rm -rf ~");
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        req.send()
+    };
+    let rebinding = format!("evil.example:{}", server.port());
+    let resp = post(vec![("host", rebinding.clone())]).await.expect("send");
+    expect_problem(resp, 403, "a rebinding Host").await;
+    let resp = server.get("/v1/topics", &[("host", &rebinding)]).await;
+    expect_problem(resp, 403, "a rebinding Host on a read").await;
+    let resp = post(vec![("origin", "https://evil.example".into())])
+        .await
+        .expect("send");
+    expect_problem(resp, 403, "a foreign origin").await;
+    let resp = post(vec![("origin", "null".into())]).await.expect("send");
+    expect_problem(resp, 403, "an opaque origin").await;
+    let page = server.read("web", "since=all").await;
+    assert!(messages(&page).is_empty(), "nothing was stored: {page}");
+
+    let resp = post(vec![]).await.expect("send");
+    assert_eq!(resp.status(), StatusCode::CREATED, "no Origin: curl");
+    let own = format!("http://{}", server.addr());
+    let resp = post(vec![("origin", own.clone())]).await.expect("send");
+    assert_eq!(resp.status(), StatusCode::CREATED, "the hub's own origin");
+    let resp = post(vec![("host", format!("localhost:{}", server.port()))])
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::CREATED, "localhost is loopback");
+    let resp = server
+        .get(
+            "/v1/topics/web/messages?since=all",
+            &[("origin", "https://evil.example")],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK, "a read changes nothing");
+
+    let ws_url = format!("ws://{}/v1/ws", server.addr());
+    let mut foreign = ws_url.as_str().into_client_request().expect("a request");
+    foreign.headers_mut().insert(
+        "origin",
+        "https://evil.example".parse().expect("a header value"),
+    );
+    match crate::kit::clients::Ws::handshake(foreign).await {
+        Err((status, _)) => assert_eq!(status, 403, "a WebSocket from a foreign origin"),
+        Ok(_) => panic!("a WebSocket from a foreign origin was accepted"),
+    }
+    let mut same = ws_url.as_str().into_client_request().expect("a request");
+    same.headers_mut()
+        .insert("origin", own.parse().expect("a header value"));
+    assert!(
+        crate::kit::clients::Ws::handshake(same).await.is_ok(),
+        "a WebSocket from the hub's own origin"
+    );
+}
