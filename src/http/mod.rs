@@ -5,7 +5,9 @@
 //! - at the bottom, what every handler shares: `state` (`AppState`, `HttpOptions`), `error`
 //!   (the one mapping of errors to problems and to WebSocket error statuses), `extract` (our
 //!   parsing of paths, queries, headers and bodies), `auth` (the `Caller` and its middleware),
-//!   `limits` and `trace` (middleware), and `schema` (the OpenAPI schema types);
+//!   `limits` (rate, body timeout), `client` (the client behind a trusted proxy), `origin`
+//!   (Host and Origin checks of an open hub) and `trace` (middleware), and `schema` (the
+//!   OpenAPI schema types);
 //! - over those, `streaming`: what every stream shares (its parameters, the cursor after each
 //!   event, the open-stream gauge, keepalives, ending on shutdown); SSE and NDJSON are built
 //!   on it, the WebSocket takes its gauge and keeps its own ping and close handshake, since
