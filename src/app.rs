@@ -151,6 +151,7 @@ impl App {
             max_connections: self.config.max_connections,
             max_connections_per_client: self.config.max_connections_per_client,
             write_timeout: self.config.write_timeout,
+            trusted_proxies: self.config.trusted_proxies.clone(),
         }
     }
 
@@ -190,6 +191,7 @@ fn http_options(config: &Config) -> HttpOptions {
         max_ws_frame_bytes: config.max_message_bytes * 4 / 3 + 4096,
         cors_origins: config.cors_origins.clone(),
         body_timeout: config.body_timeout,
+        trusted_proxies: config.trusted_proxies.clone(),
     }
 }
 

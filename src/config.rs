@@ -132,6 +132,9 @@ pub struct ServeArgs {
     /// Close a connection (stream, WebSocket) that takes no written byte for this long [default: 30s]
     #[arg(long, env = "PLEXUS_WRITE_TIMEOUT", value_name = "DUR")]
     pub write_timeout: Option<String>,
+    /// Reverse proxies whose Forwarded / X-Forwarded-For name the client, comma-separated CIDRs [default: none]
+    #[arg(long, env = "PLEXUS_TRUSTED_PROXIES", value_name = "CIDRS")]
+    pub trusted_proxies: Option<String>,
     /// Print the default configuration file (every key, its default) and exit
     #[arg(long)]
     pub print_config: bool,
@@ -231,6 +234,7 @@ struct FileLimits {
     write_timeout: String,
     max_read_bytes: u64,
     read_budget_bytes: u64,
+    trusted_proxies: Vec<String>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -292,6 +296,8 @@ pub struct Config {
     pub max_read_bytes: usize,
     /// Most payload all reads and catch-ups hold at once; over it, new reads get `503`.
     pub read_budget_bytes: usize,
+    /// Reverse proxies whose `Forwarded` / `X-Forwarded-For` name the client.
+    pub trusted_proxies: Vec<crate::model::Cidr>,
 }
 
 /// Authentication settings; secrets are redacted when printed.
@@ -578,7 +584,24 @@ impl Config {
                 "limits.body_timeout: limits.body_timeout and limits.write_timeout must be more than 0".into(),
             ));
         }
+        let proxies: Vec<String> = match &a.trusted_proxies {
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            None => f.limits.trusted_proxies,
+        };
+        let mut trusted_proxies = Vec::new();
+        for (i, cidr) in proxies.iter().enumerate() {
+            trusted_proxies.push(
+                cidr.parse()
+                    .map_err(|e| ConfigError(format!("limits.trusted_proxies[{i}]: {e}")))?,
+            );
+        }
         Ok(Config {
+            trusted_proxies,
             body_timeout,
             write_timeout,
             cors_origins: f.cors.allowed_origins,

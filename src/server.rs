@@ -23,9 +23,18 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-/// The peer of a connection, in every request's extensions.
+/// The peer of a connection, in every request's extensions (behind a trusted proxy, the
+/// client it forwarded for).
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub std::net::SocketAddr);
+
+/// What the listener is, in every request's extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct Listening {
+    /// Whether the hub listens on a loopback address (then only loopback `Host` names reach it
+    /// from a browser legitimately).
+    pub loopback: bool,
+}
 
 #[derive(Clone)]
 pub struct ServerOptions {
@@ -44,6 +53,9 @@ pub struct ServerOptions {
     /// The longest a connection's socket may refuse every byte written to it (a client that
     /// stopped reading); then the connection is closed.
     pub write_timeout: Duration,
+    /// Reverse proxies (`limits.trusted_proxies`): the per-address connection limit does not
+    /// apply to their own addresses.
+    pub trusted_proxies: Vec<crate::model::Cidr>,
 }
 
 /// What an open connection speaks: the `protocol` label of `plexus_connections_open`.
@@ -155,12 +167,17 @@ impl OpenConnection {
         if stats.open() >= options.max_connections as u64 {
             return None;
         }
-        let mut per_client = stats.per_client.lock().unwrap_or_else(|p| p.into_inner());
-        let count = per_client.entry(ip).or_insert(0);
-        if *count >= options.max_connections_per_client {
-            return None;
+        // An IPv6 client counts by its /64; a trusted proxy carries many clients and is not
+        // counted (its own entry never exists, so the close finds nothing to take back).
+        let ip = crate::model::client_key(ip);
+        if !options.trusted_proxies.iter().any(|c| c.contains(ip)) {
+            let mut per_client = stats.per_client.lock().unwrap_or_else(|p| p.into_inner());
+            let count = per_client.entry(ip).or_insert(0);
+            if *count >= options.max_connections_per_client {
+                return None;
+            }
+            *count += 1;
         }
-        *count += 1;
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         stats.open_by_protocol[Protocol::Pending as usize].fetch_add(1, Ordering::Relaxed);
         Some(OpenConnection {
@@ -492,6 +509,10 @@ pub async fn run(
     shutdown: CancellationToken,
     options: ServerOptions,
 ) {
+    let loopback = listener
+        .local_addr()
+        .is_ok_and(|a| a.ip().to_canonical().is_loopback());
+    let app = app.layer(axum::Extension(Listening { loopback }));
     let builder = builder(&options);
     let http1 = Arc::new(http1_builder(&options));
     let acceptor = options.tls.clone().map(TlsAcceptor::from);
@@ -626,6 +647,7 @@ mod tests {
             max_connections: 10,
             max_connections_per_client: 10,
             write_timeout: Duration::from_secs(1),
+            trusted_proxies: Vec::new(),
         };
         let ip = std::net::IpAddr::from([127, 0, 0, 1]);
         let silent = OpenConnection::admit(&stats, ip, &options).expect("admitted");

@@ -5,7 +5,9 @@
 //! - at the bottom, what every handler shares: `state` (`AppState`, `HttpOptions`), `error`
 //!   (the one mapping of errors to problems and to WebSocket error statuses), `extract` (our
 //!   parsing of paths, queries, headers and bodies), `auth` (the `Caller` and its middleware),
-//!   `limits` and `trace` (middleware), and `schema` (the OpenAPI schema types);
+//!   `limits` (rate, body timeout), `client` (the client behind a trusted proxy), `origin`
+//!   (Host and Origin checks of an open hub) and `trace` (middleware), and `schema` (the
+//!   OpenAPI schema types);
 //! - over those, `streaming`: what every stream shares (its parameters, the cursor after each
 //!   event, the open-stream gauge, keepalives, ending on shutdown); SSE and NDJSON are built
 //!   on it, the WebSocket takes its gauge and keeps its own ping and close handshake, since
@@ -19,12 +21,14 @@
 
 mod admin;
 mod auth;
+mod client;
 pub mod error;
 mod extract;
 mod jobs;
 pub mod limits;
 mod ndjson;
 mod openapi;
+mod origin;
 mod poll;
 mod publish;
 mod schema;
@@ -43,6 +47,13 @@ pub use state::{AppState, HttpOptions};
 /// The whole API as one router.
 pub fn router(state: AppState) -> Router {
     let cors = cors(&state.options.cors_origins);
+    let origins = std::sync::Arc::new(origin::OriginPolicy {
+        active: state.auth.mode() == crate::auth::AuthMode::Open
+            || state.options.cors_origins.is_empty(),
+        allowed: state.options.cors_origins.clone(),
+    });
+    let state_proxies: std::sync::Arc<[crate::model::Cidr]> =
+        state.options.trusted_proxies.clone().into();
     let router = Router::new()
         .merge(publish::routes(&state.options))
         .merge(poll::routes())
@@ -68,9 +79,16 @@ pub fn router(state: AppState) -> Router {
             state.limiter.clone(),
             limits::limit,
         ))
+        // Web pages against an open hub: DNS rebinding and foreign origins (403).
+        .layer(axum::middleware::from_fn_with_state(origins, origin::guard))
         .with_state(state)
         // Every request, refused ones included, gets an id and a log line.
-        .layer(axum::middleware::from_fn(trace::trace));
+        .layer(axum::middleware::from_fn(trace::trace))
+        // First of all: the client behind a trusted proxy, for the rate limit and the logs.
+        .layer(axum::middleware::from_fn_with_state(
+            state_proxies,
+            client::resolve,
+        ));
     // Outermost: a browser's preflight is answered without credentials.
     match cors {
         Some(cors) => router.layer(cors),

@@ -27,6 +27,8 @@ pub struct HttpOptions {
     pub cors_origins: Vec<String>,
     /// A request body that makes no progress this long fails (`408`).
     pub body_timeout: Duration,
+    /// Peers whose `Forwarded` / `X-Forwarded-For` name the client (`limits.trusted_proxies`).
+    pub trusted_proxies: Vec<crate::model::Cidr>,
 }
 
 impl Default for HttpOptions {
@@ -40,6 +42,7 @@ impl Default for HttpOptions {
             max_ws_frame_bytes: (1 << 20) + 4096,
             cors_origins: Vec::new(),
             body_timeout: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -34,6 +34,12 @@ pub async fn trace(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let version = req.version();
+    // The client: the peer, or behind a trusted proxy the address it forwarded.
+    let client = req
+        .extensions()
+        .get::<crate::server::ClientAddr>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default();
     let started = Instant::now();
     let span = tracing::info_span!("request", request_id = %id);
     let mut response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
@@ -50,9 +56,9 @@ pub async fn trace(req: Request, next: Next) -> Response {
     }
     span.in_scope(|| {
         if status >= 500 {
-            tracing::warn!(%method, %path, ?version, status, micros, "request");
+            tracing::warn!(%client, %method, %path, ?version, status, micros, "request");
         } else {
-            tracing::debug!(%method, %path, ?version, status, micros, "request");
+            tracing::debug!(%client, %method, %path, ?version, status, micros, "request");
         }
     });
     if let Ok(value) = HeaderValue::from_str(&id) {

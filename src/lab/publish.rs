@@ -66,6 +66,7 @@ async fn spawn_bare(stop: CancellationToken) -> Result<String, LabError> {
             max_connections: usize::MAX,
             max_connections_per_client: usize::MAX,
             write_timeout: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
         },
     ));
     Ok(format!("http://{addr}"))

@@ -2,6 +2,7 @@
 //! (`FromStr`) into a value that cannot be invalid, then passed inward.
 
 mod bounds;
+mod cidr;
 mod cursor;
 mod duration;
 mod gap;
@@ -17,6 +18,7 @@ pub(crate) mod topic;
 mod topic_info;
 
 pub use bounds::LogBounds;
+pub use cidr::{Cidr, client_key};
 pub use cursor::{Cursor, CursorError};
 pub use duration::{DurationError, parse_duration};
 pub use gap::{Gap, GapReason};

@@ -974,6 +974,410 @@ async fn jwt_audience_issuer_and_max_lifetime_are_enforced() {
     .await;
 }
 
+// ---- Issue 13 item 3 (review finding 4): stalled bodies and clients that stop reading ----
+
+/// A request body that stalls after a complete head was never cut: the connection and the
+/// handler's task were held forever. Now it fails with `408` problem+json at
+/// `limits.body_timeout`, the connection is closed, nothing is stored, and the hub serves on.
+#[tokio::test]
+async fn a_request_body_that_stalls_is_cut_at_the_body_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(&["--body-timeout", "1s"]).await;
+    let mut socket = tokio::net::TcpStream::connect(server.addr())
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/topics/stalled/messages HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain\r\n\
+         Content-Length: 1000\r\n\r\nonly a few bytes",
+        server.addr()
+    );
+    socket.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    timeout(READ_TIMEOUT, socket.read_to_end(&mut answer))
+        .await
+        .expect("the hub answers and closes the connection within the deadline")
+        .expect("read the answer");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(
+        lower.contains("content-type: application/problem+json"),
+        "{answer}"
+    );
+    assert!(lower.contains("connection: close"), "{answer}");
+    assert!(
+        answer.contains("urn:plexus:problem:request-timeout"),
+        "{answer}"
+    );
+    let page = server.read("stalled", "since=all").await;
+    assert!(messages(&page).is_empty(), "nothing was stored: {page}");
+}
+
+/// `plexus_streams_open{transport=…}` of the server's `/metrics`.
+async fn streams_open(server: &Server, transport: &str) -> u64 {
+    let text = server
+        .get("/metrics", &[])
+        .await
+        .text()
+        .await
+        .expect("the metrics text");
+    metric(
+        &text,
+        &format!("plexus_streams_open{{transport=\"{transport}\"}}"),
+    )
+    .unwrap_or(0)
+}
+
+/// Publishes `n` messages of 64 KiB to `topic`: enough, with a small client receive buffer,
+/// to fill every buffer between the hub and a client that stopped reading.
+async fn flood(server: &Server, topic: &str, n: usize) {
+    let payload = "x".repeat(64 * 1024);
+    for _ in 0..n {
+        server.publish(topic, payload.clone()).await;
+    }
+}
+
+/// Reads a socket to its end (the hub closed it), whatever it was cut in.
+async fn read_to_eof(mut socket: tokio::net::TcpStream, mut got: Vec<u8>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = timeout(READ_TIMEOUT, socket.read(&mut buf))
+            .await
+            .expect("the closed connection reaches its end within the deadline")
+            .unwrap_or(0);
+        if n == 0 {
+            return got;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The seqs of the messages read before a cut, and then the rest read by the cursor after
+/// the last: every one of `1..=n` exactly once.
+async fn resume_exactly(server: &Server, topic: &str, before: Vec<u64>, n: u64) {
+    let last = before.last().copied().unwrap_or(0);
+    assert!(last < n, "the stream was cut before its end: {last} of {n}");
+    let mut all = before;
+    let mut cursor = last.to_string();
+    loop {
+        let page = server
+            .read(topic, &format!("since={cursor}&limit=1000"))
+            .await;
+        let got = crate::kit::seqs(&page);
+        if got.is_empty() {
+            break;
+        }
+        all.extend(got);
+        cursor = crate::kit::next(&page);
+    }
+    assert_eq!(
+        all,
+        (1..=n).collect::<Vec<_>>(),
+        "every message exactly once, in order"
+    );
+}
+
+/// An SSE client that stopped reading while messages flowed was never closed. Now the
+/// connection is closed once it has taken no byte for `limits.write_timeout`; the events it
+/// got whole end at a cursor, and a read from that cursor gets the rest exactly once.
+#[tokio::test]
+async fn an_sse_client_that_stops_reading_is_closed_and_resumes_by_its_cursor() {
+    use crate::kit::clients::{Dial, RawResponse};
+    let server = Server::start(&["--write-timeout", "1s"]).await;
+    let dial = Dial {
+        recv_buffer: Some(4096),
+    };
+    let path = "/v1/topics/flood/sse?since=all";
+    let socket = RawResponse::send(&server, path, &[], dial).await;
+    eventually("the SSE stream is open", || async {
+        (streams_open(&server, "sse").await == 1).then_some(())
+    })
+    .await;
+    let n = 256;
+    flood(&server, "flood", n).await;
+    eventually("the stalled SSE stream is closed", || async {
+        (streams_open(&server, "sse").await == 0).then_some(())
+    })
+    .await;
+    let raw = read_to_eof(socket, Vec::new()).await;
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    assert!(raw.starts_with(b"HTTP/1.1 200"), "{:?}", &raw[..head_end]);
+    // Whole chunks only (the cut may end inside one); each chunk is one SSE frame.
+    let mut ids = Vec::new();
+    let mut rest = &raw[head_end..];
+    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&rest[..eol])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+            .expect("a chunk size line");
+        let start = eol + 2;
+        if size == 0 || rest.len() < start + size + 2 {
+            break;
+        }
+        let frame = String::from_utf8_lossy(&rest[start..start + size]);
+        if let Some(id) = frame.lines().find_map(|l| l.strip_prefix("id:")) {
+            ids.push(id.trim().parse::<u64>().expect("a numeric id"));
+        }
+        rest = &rest[start + size + 2..];
+    }
+    resume_exactly(&server, "flood", ids, n as u64).await;
+}
+
+/// A WebSocket client that stopped reading while messages flowed was still open at 141 s:
+/// the silence check sat in the same `select!` as the blocked send. Now the socket is closed
+/// once it has taken no byte for `limits.write_timeout`, and the frames it got whole end at a
+/// cursor from which a read gets the rest exactly once.
+#[tokio::test]
+async fn a_websocket_client_that_stops_reading_is_closed_and_resumes_by_its_cursor() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(&["--write-timeout", "1s"]).await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("a small receive buffer");
+    let mut socket = socket
+        .connect(server.addr().parse().expect("ip:port"))
+        .await
+        .expect("connect");
+    let request = format!(
+        "GET /v1/ws?topic=flood&since=all HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+        server.addr()
+    );
+    socket.write_all(request.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut buf = [0u8; 1024];
+        let n = timeout(READ_TIMEOUT, socket.read(&mut buf))
+            .await
+            .expect("the upgrade answer within the deadline")
+            .expect("read");
+        assert!(n > 0, "EOF before the upgrade answer");
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    let n = 256;
+    flood(&server, "flood", n).await;
+    eventually("the stalled WebSocket is closed", || async {
+        (streams_open(&server, "ws").await == 0).then_some(())
+    })
+    .await;
+    let head_end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+    let after = head.split_off(head_end);
+    let raw = read_to_eof(socket, after).await;
+    // Whole frames only (the cut may end inside one).
+    let mut seqs = Vec::new();
+    let mut rest = &raw[..];
+    while rest.len() >= 2 {
+        let (len, at) = match rest[1] & 0x7f {
+            126 if rest.len() >= 4 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
+            127 if rest.len() >= 10 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&rest[2..10]);
+                (u64::from_be_bytes(b) as usize, 10)
+            }
+            126 | 127 => break,
+            short => (short as usize, 2),
+        };
+        if rest.len() < at + len {
+            break;
+        }
+        if rest[0] == 0x81 {
+            let frame: Value = serde_json::from_slice(&rest[at..at + len]).expect("JSON frames");
+            if frame["op"] == "message" {
+                seqs.push(frame["seq"].as_u64().expect("a seq"));
+            }
+        }
+        rest = &rest[at + len..];
+    }
+    resume_exactly(&server, "flood", seqs, n as u64).await;
+}
+
+// ---- Issue 13 item 11 (review finding 11): behind a reverse proxy ----
+
+/// `GET /v1/topics` with one forwarding header; its status.
+async fn status_with(server: &Server, header: (&str, &str)) -> u16 {
+    server.get("/v1/topics", &[header]).await.status().as_u16()
+}
+
+/// Behind nginx every client shared the proxy's address: one rate bucket (four clients with
+/// four `X-Forwarded-For` values got 200 200 200 429) and one connection budget. For a peer in
+/// `limits.trusted_proxies` the client is now the rightmost forwarded address that is not a
+/// trusted proxy, `Forwarded` before `X-Forwarded-For`; an IPv6 client counts by its /64.
+#[tokio::test]
+async fn a_trusted_proxy_forwards_each_client_its_own_rate_bucket() {
+    let server = Server::start(&[
+        "--rate",
+        "1",
+        "--burst",
+        "1",
+        "--trusted-proxies",
+        "127.0.0.1/32",
+    ])
+    .await;
+    for client in [
+        "198.51.100.1",
+        "198.51.100.2",
+        "198.51.100.3",
+        "198.51.100.4",
+    ] {
+        assert_eq!(
+            status_with(&server, ("x-forwarded-for", client)).await,
+            200,
+            "{client}"
+        );
+    }
+    let resp = server
+        .get("/v1/topics", &[("x-forwarded-for", "198.51.100.1")])
+        .await;
+    expect_problem(resp, 429, "the same client again").await;
+    // The rightmost hop that is not a trusted proxy; a client cannot pick it by prepending.
+    assert_eq!(
+        status_with(&server, ("x-forwarded-for", "198.51.100.5, 127.0.0.1")).await,
+        200
+    );
+    assert_eq!(
+        status_with(&server, ("x-forwarded-for", "203.0.113.77, 198.51.100.5")).await,
+        429,
+        "the spoofed left hop is not the client"
+    );
+    // Forwarded (RFC 7239) wins over X-Forwarded-For.
+    assert_eq!(
+        status_with(
+            &server,
+            ("forwarded", "for=\"[2001:db8::1]:4711\";proto=http")
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        status_with(&server, ("forwarded", "for=\"[2001:db8::2]\"")).await,
+        429,
+        "the same /64"
+    );
+    assert_eq!(
+        status_with(&server, ("forwarded", "for=\"[2001:db8:0:1::1]\"")).await,
+        200,
+        "another /64"
+    );
+}
+
+/// A forwarding header from a peer that is not a trusted proxy is ignored: it cannot buy a
+/// client a fresh bucket.
+#[tokio::test]
+async fn a_forwarding_header_from_an_untrusted_peer_is_ignored() {
+    let server = Server::start(&["--rate", "1", "--burst", "1"]).await;
+    assert_eq!(
+        status_with(&server, ("x-forwarded-for", "198.51.100.1")).await,
+        200
+    );
+    let resp = server
+        .get("/v1/topics", &[("x-forwarded-for", "198.51.100.2")])
+        .await;
+    expect_problem(resp, 429, "another XFF from the same peer").await;
+}
+
+/// The per-address connection limit does not apply to a trusted proxy's own address: with
+/// one connection per client, a second connection from the proxy is served.
+#[tokio::test]
+async fn the_connection_limit_does_not_apply_to_a_trusted_proxy() {
+    let server = Server::start(&[
+        "--max-connections-per-client",
+        "1",
+        "--trusted-proxies",
+        "127.0.0.1",
+    ])
+    .await;
+    let mut sse = Sse::open(&server, "/v1/topics/p/sse?since=all", &[]).await;
+    server.publish("p", "one").await;
+    let first = timeout(READ_TIMEOUT, sse.next_event())
+        .await
+        .expect("an event within the deadline")
+        .expect("the stream is open");
+    assert_eq!(first.id(), "1");
+}
+
+// ---- Issue 13 item 12 (review finding 12): an open hub on loopback and web pages ----
+
+/// A cross-site "simple" request (text/plain, a foreign `Origin`, a rebinding `Host`)
+/// published to an open hub on loopback, and a WebSocket from a foreign origin subscribed and
+/// published. Now, in open mode (or with no CORS configured), a non-loopback `Host` is `403`
+/// on a loopback listener, and so is a foreign `Origin` on a state-changing request or a
+/// WebSocket upgrade; nothing is stored. Requests without `Origin` (curl) and from the hub's
+/// own origin are served, and reads from a foreign origin too (the browser cannot read them
+/// without CORS headers).
+#[tokio::test]
+async fn an_open_hub_on_loopback_refuses_foreign_hosts_and_origins() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let server = Server::start(&[]).await;
+    let url = server.url("/v1/topics/web/messages");
+    let post = |headers: Vec<(&'static str, String)>| {
+        let mut req = server
+            .client()
+            .post(&url)
+            .header("content-type", "text/plain")
+            .body("rm -rf ~");
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        req.send()
+    };
+    let rebinding = format!("evil.example:{}", server.port());
+    let resp = post(vec![("host", rebinding.clone())]).await.expect("send");
+    expect_problem(resp, 403, "a rebinding Host").await;
+    let resp = server.get("/v1/topics", &[("host", &rebinding)]).await;
+    expect_problem(resp, 403, "a rebinding Host on a read").await;
+    let resp = post(vec![("origin", "https://evil.example".into())])
+        .await
+        .expect("send");
+    expect_problem(resp, 403, "a foreign origin").await;
+    let resp = post(vec![("origin", "null".into())]).await.expect("send");
+    expect_problem(resp, 403, "an opaque origin").await;
+    let page = server.read("web", "since=all").await;
+    assert!(messages(&page).is_empty(), "nothing was stored: {page}");
+
+    let resp = post(vec![]).await.expect("send");
+    assert_eq!(resp.status(), StatusCode::CREATED, "no Origin: curl");
+    let own = format!("http://{}", server.addr());
+    let resp = post(vec![("origin", own.clone())]).await.expect("send");
+    assert_eq!(resp.status(), StatusCode::CREATED, "the hub's own origin");
+    let resp = post(vec![("host", format!("localhost:{}", server.port()))])
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::CREATED, "localhost is loopback");
+    let resp = server
+        .get(
+            "/v1/topics/web/messages?since=all",
+            &[("origin", "https://evil.example")],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK, "a read changes nothing");
+
+    let ws_url = format!("ws://{}/v1/ws", server.addr());
+    let mut foreign = ws_url.as_str().into_client_request().expect("a request");
+    foreign.headers_mut().insert(
+        "origin",
+        "https://evil.example".parse().expect("a header value"),
+    );
+    match crate::kit::clients::Ws::handshake(foreign).await {
+        Err((status, _)) => assert_eq!(status, 403, "a WebSocket from a foreign origin"),
+        Ok(_) => panic!("a WebSocket from a foreign origin was accepted"),
+    }
+    let mut same = ws_url.as_str().into_client_request().expect("a request");
+    same.headers_mut()
+        .insert("origin", own.parse().expect("a header value"));
+    assert!(
+        crate::kit::clients::Ws::handshake(same).await.is_ok(),
+        "a WebSocket from the hub's own origin"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Issue 13, items 10, 13 and 14 (review findings 10, 13 and 14): a data directory shared by two
 // hubs, a malformed database, `Expect: 100-continue` over the route's limit.
@@ -1444,231 +1848,6 @@ async fn idle_claims_cost_no_store_writes_and_still_wake() {
     assert_eq!(status, StatusCode::OK, "the retry is claimed: {again}");
     assert_eq!(again["id"], json!(id(&queued)));
     assert_eq!(again["attempts"], json!(2));
-}
-
-// ---- Issue 13 item 3 (review finding 4): stalled bodies and clients that stop reading ----
-
-/// A request body that stalls after a complete head was never cut: the connection and the
-/// handler's task were held forever. Now it fails with `408` problem+json at
-/// `limits.body_timeout`, the connection is closed, nothing is stored, and the hub serves on.
-#[tokio::test]
-async fn a_request_body_that_stalls_is_cut_at_the_body_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let server = Server::start(&["--body-timeout", "1s"]).await;
-    let mut socket = tokio::net::TcpStream::connect(server.addr())
-        .await
-        .expect("connect");
-    let head = format!(
-        "POST /v1/topics/stalled/messages HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain\r\n\
-         Content-Length: 1000\r\n\r\nonly a few bytes",
-        server.addr()
-    );
-    socket.write_all(head.as_bytes()).await.expect("write");
-    let mut answer = Vec::new();
-    timeout(READ_TIMEOUT, socket.read_to_end(&mut answer))
-        .await
-        .expect("the hub answers and closes the connection within the deadline")
-        .expect("read the answer");
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    let lower = answer.to_ascii_lowercase();
-    assert!(
-        lower.contains("content-type: application/problem+json"),
-        "{answer}"
-    );
-    assert!(lower.contains("connection: close"), "{answer}");
-    assert!(
-        answer.contains("urn:plexus:problem:request-timeout"),
-        "{answer}"
-    );
-    let page = server.read("stalled", "since=all").await;
-    assert!(messages(&page).is_empty(), "nothing was stored: {page}");
-}
-
-/// `plexus_streams_open{transport=…}` of the server's `/metrics`.
-async fn streams_open(server: &Server, transport: &str) -> u64 {
-    let text = server
-        .get("/metrics", &[])
-        .await
-        .text()
-        .await
-        .expect("the metrics text");
-    metric(
-        &text,
-        &format!("plexus_streams_open{{transport=\"{transport}\"}}"),
-    )
-    .unwrap_or(0)
-}
-
-/// Publishes `n` messages of 64 KiB to `topic`: enough, with a small client receive buffer,
-/// to fill every buffer between the hub and a client that stopped reading.
-async fn flood(server: &Server, topic: &str, n: usize) {
-    let payload = "x".repeat(64 * 1024);
-    for _ in 0..n {
-        server.publish(topic, payload.clone()).await;
-    }
-}
-
-/// Reads a socket to its end (the hub closed it), whatever it was cut in.
-async fn read_to_eof(mut socket: tokio::net::TcpStream, mut got: Vec<u8>) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = timeout(READ_TIMEOUT, socket.read(&mut buf))
-            .await
-            .expect("the closed connection reaches its end within the deadline")
-            .unwrap_or(0);
-        if n == 0 {
-            return got;
-        }
-        got.extend_from_slice(&buf[..n]);
-    }
-}
-
-/// The seqs of the messages read before a cut, and then the rest read by the cursor after
-/// the last: every one of `1..=n` exactly once.
-async fn resume_exactly(server: &Server, topic: &str, before: Vec<u64>, n: u64) {
-    let last = before.last().copied().unwrap_or(0);
-    assert!(last < n, "the stream was cut before its end: {last} of {n}");
-    let mut all = before;
-    let mut cursor = last.to_string();
-    loop {
-        let page = server
-            .read(topic, &format!("since={cursor}&limit=1000"))
-            .await;
-        let got = crate::kit::seqs(&page);
-        if got.is_empty() {
-            break;
-        }
-        all.extend(got);
-        cursor = crate::kit::next(&page);
-    }
-    assert_eq!(
-        all,
-        (1..=n).collect::<Vec<_>>(),
-        "every message exactly once, in order"
-    );
-}
-
-/// An SSE client that stopped reading while messages flowed was never closed. Now the
-/// connection is closed once it has taken no byte for `limits.write_timeout`; the events it
-/// got whole end at a cursor, and a read from that cursor gets the rest exactly once.
-#[tokio::test]
-async fn an_sse_client_that_stops_reading_is_closed_and_resumes_by_its_cursor() {
-    use crate::kit::clients::{Dial, RawResponse};
-    let server = Server::start(&["--write-timeout", "1s"]).await;
-    let dial = Dial {
-        recv_buffer: Some(4096),
-    };
-    let path = "/v1/topics/flood/sse?since=all";
-    let socket = RawResponse::send(&server, path, &[], dial).await;
-    eventually("the SSE stream is open", || async {
-        (streams_open(&server, "sse").await == 1).then_some(())
-    })
-    .await;
-    let n = 256;
-    flood(&server, "flood", n).await;
-    eventually("the stalled SSE stream is closed", || async {
-        (streams_open(&server, "sse").await == 0).then_some(())
-    })
-    .await;
-    let raw = read_to_eof(socket, Vec::new()).await;
-    let head_end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head")
-        + 4;
-    assert!(raw.starts_with(b"HTTP/1.1 200"), "{:?}", &raw[..head_end]);
-    // Whole chunks only (the cut may end inside one); each chunk is one SSE frame.
-    let mut ids = Vec::new();
-    let mut rest = &raw[head_end..];
-    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
-        let size = std::str::from_utf8(&rest[..eol])
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
-            .expect("a chunk size line");
-        let start = eol + 2;
-        if size == 0 || rest.len() < start + size + 2 {
-            break;
-        }
-        let frame = String::from_utf8_lossy(&rest[start..start + size]);
-        if let Some(id) = frame.lines().find_map(|l| l.strip_prefix("id:")) {
-            ids.push(id.trim().parse::<u64>().expect("a numeric id"));
-        }
-        rest = &rest[start + size + 2..];
-    }
-    resume_exactly(&server, "flood", ids, n as u64).await;
-}
-
-/// A WebSocket client that stopped reading while messages flowed was still open at 141 s:
-/// the silence check sat in the same `select!` as the blocked send. Now the socket is closed
-/// once it has taken no byte for `limits.write_timeout`, and the frames it got whole end at a
-/// cursor from which a read gets the rest exactly once.
-#[tokio::test]
-async fn a_websocket_client_that_stops_reading_is_closed_and_resumes_by_its_cursor() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let server = Server::start(&["--write-timeout", "1s"]).await;
-    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
-    socket
-        .set_recv_buffer_size(4096)
-        .expect("a small receive buffer");
-    let mut socket = socket
-        .connect(server.addr().parse().expect("ip:port"))
-        .await
-        .expect("connect");
-    let request = format!(
-        "GET /v1/ws?topic=flood&since=all HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Sec-WebSocket-Version: 13\r\n\r\n",
-        server.addr()
-    );
-    socket.write_all(request.as_bytes()).await.expect("write");
-    let mut head = Vec::new();
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let mut buf = [0u8; 1024];
-        let n = timeout(READ_TIMEOUT, socket.read(&mut buf))
-            .await
-            .expect("the upgrade answer within the deadline")
-            .expect("read");
-        assert!(n > 0, "EOF before the upgrade answer");
-        head.extend_from_slice(&buf[..n]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
-    let n = 256;
-    flood(&server, "flood", n).await;
-    eventually("the stalled WebSocket is closed", || async {
-        (streams_open(&server, "ws").await == 0).then_some(())
-    })
-    .await;
-    let head_end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
-    let after = head.split_off(head_end);
-    let raw = read_to_eof(socket, after).await;
-    // Whole frames only (the cut may end inside one).
-    let mut seqs = Vec::new();
-    let mut rest = &raw[..];
-    while rest.len() >= 2 {
-        let (len, at) = match rest[1] & 0x7f {
-            126 if rest.len() >= 4 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
-            127 if rest.len() >= 10 => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&rest[2..10]);
-                (u64::from_be_bytes(b) as usize, 10)
-            }
-            126 | 127 => break,
-            short => (short as usize, 2),
-        };
-        if rest.len() < at + len {
-            break;
-        }
-        if rest[0] == 0x81 {
-            let frame: Value = serde_json::from_slice(&rest[at..at + len]).expect("JSON frames");
-            if frame["op"] == "message" {
-                seqs.push(frame["seq"].as_u64().expect("a seq"));
-            }
-        }
-        rest = &rest[at + len..];
-    }
-    resume_exactly(&server, "flood", seqs, n as u64).await;
 }
 
 // Issue 13, item 2: memory amplification. A read or subscription has one byte budget shared by
