@@ -662,3 +662,90 @@ async fn a_spent_read_budget_answers_503_busy() {
     .await;
     assert_eq!(messages(&page).len(), 2, "{page}");
 }
+
+// Issue 13, item 9 (topic list): `GET /v1/topics` answered every topic in one body, to any
+// caller, after loading them all. It is now paginated (`limit`, `after`, `next`) and filtered
+// by the caller's rights page by page.
+
+/// The names of a topic-list page, and its `next`.
+fn topic_page(page: &Value) -> (Vec<String>, Option<String>) {
+    let names = page["topics"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no `topics` array in {page}"))
+        .iter()
+        .map(|t| t["topic"].as_str().expect("a topic name").to_owned())
+        .collect();
+    (names, page["next"].as_str().map(str::to_owned))
+}
+
+#[tokio::test]
+async fn the_topic_list_is_paginated() {
+    let server = Server::start(&[]).await;
+    for i in 0..5 {
+        server.publish(&format!("t{i}"), "x").await;
+    }
+    let mut seen = Vec::new();
+    let mut path = "/v1/topics?limit=2".to_owned();
+    let mut pages = 0;
+    loop {
+        let (status, _, page) = server.get_json(&path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {page}");
+        let (names, next) = topic_page(&page);
+        assert!(names.len() <= 2, "{path}: {page}");
+        seen.extend(names);
+        pages += 1;
+        match next {
+            Some(next) => path = format!("/v1/topics?limit=2&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["t0", "t1", "t2", "t3", "t4"]);
+    assert_eq!(pages, 3);
+    for bad in [
+        "/v1/topics?limit=0",
+        "/v1/topics?limit=x",
+        "/v1/topics?after=a..b",
+    ] {
+        expect_problem(server.get(bad, &[]).await, 400, bad).await;
+    }
+}
+
+#[tokio::test]
+async fn the_topic_list_pages_only_what_the_caller_may_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("auth.toml");
+    std::fs::write(
+        &file,
+        "[auth]\nmode = \"required\"\n\
+         [[auth.tokens]]\ntoken = \"writer-123\"\npublish = [\">\"]\n\
+         [[auth.tokens]]\ntoken = \"reader-123\"\nsubscribe = [\"pub.>\"]\n",
+    )
+    .expect("write the config");
+    let server = Server::start(&["--config", file.to_str().expect("UTF-8 path")]).await;
+    for topic in ["a0", "a1", "pub.x", "pub.y", "z9"] {
+        let resp = server
+            .publish_with(topic, "x", &[("authorization", "Bearer writer-123")])
+            .await;
+        assert_eq!(resp.status(), StatusCode::CREATED, "publish to {topic}");
+    }
+    let get = |path: &'static str| {
+        let server = &server;
+        async move {
+            let resp = server
+                .get(path, &[("authorization", "Bearer reader-123")])
+                .await;
+            let (status, _, page) = into_json(resp).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {page}");
+            topic_page(&page)
+        }
+    };
+    assert_eq!(
+        get("/v1/topics?limit=1").await,
+        (vec!["pub.x".to_owned()], Some("pub.x".to_owned()))
+    );
+    assert_eq!(
+        get("/v1/topics?limit=1&after=pub.x").await,
+        (vec!["pub.y".to_owned()], None)
+    );
+    assert_eq!(get("/v1/topics").await.0, ["pub.x", "pub.y"]);
+}
