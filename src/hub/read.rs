@@ -134,7 +134,9 @@ impl Hub {
         limit: usize,
     ) -> Result<ReadResult, HubError> {
         let max_bytes = self.options.max_read_bytes;
-        let _held = self.budget.try_reserve(max_bytes).ok_or(HubError::Busy)?;
+        if !self.budget.has_room(max_bytes) {
+            return Err(HubError::Busy);
+        }
         let share = (max_bytes / positions.len().max(1)).max(1);
         let mut gaps = Vec::new();
         let mut lanes: Vec<Lane> = Vec::with_capacity(positions.len());
@@ -147,6 +149,12 @@ impl Hub {
                 complete,
             });
         }
+        let loaded = lanes
+            .iter()
+            .flat_map(|l| l.messages.iter())
+            .map(|m| m.data.len())
+            .sum();
+        let _held = self.budget.take(loaded);
         let messages = self.merge(positions, lanes, limit, share).await?;
         for msg in &messages {
             if let Some(pos) = positions.iter_mut().find(|p| p.topic == msg.topic) {
