@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::extract::path_param;
+use super::extract::{Params, QueryPairs, path_param};
 use super::schema;
 use super::state::AppState;
 use crate::model::TopicInfo;
@@ -106,34 +106,78 @@ fn topic_json(info: &TopicInfo, subscribers: usize) -> TopicJson<'_> {
 #[derive(Serialize)]
 struct TopicList<'a> {
     topics: Vec<TopicJson<'a>>,
+    /// Where the next page starts (`after=`), when there may be one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
 }
+
+/// Most topics one page of `GET /v1/topics` holds (also its default).
+const MAX_TOPICS_PAGE: usize = 1000;
 
 /// List topics
 ///
-/// An admin sees every topic; anyone else the topics they may read.
+/// An admin sees every topic; anyone else the topics they may read. A page holds up to
+/// `limit` topics (default and most 1000) named after `after`; `next` names where the next
+/// page starts.
 #[utoipa::path(
     get,
     path = "/v1/topics",
     tag = "manage",
+    params(
+        ("limit" = Option<u64>, Query, description = "Most topics, from 1 (default 1000; above 1000 clamped to 1000)"),
+        ("after" = Option<String>, Query, description = "List the topics named after this one (the `next` of the previous page)"),
+    ),
     responses(
         (status = 200, description = "The topics", body = schema::TopicList),
+        (status = 400, description = "A bad topic, cursor or parameter", body = schema::Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = schema::Problem, content_type = "application/problem+json"),
     )
 )]
-async fn list(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
-    let topics = state.hub.topics().await?;
-    // An admin sees every topic; anyone else the topics they may read, so that the hub's
-    // reserved topics (`_jobs.{id}` names every job) show only to a credential that may read
-    // them. A job's topic costs a lookup of its queue, and only when the credential's
-    // `subscribe` rules name `_jobs`.
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    let params = Params::from(query)?;
+    let limit = match params.get("limit")? {
+        None => MAX_TOPICS_PAGE,
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if n >= 1 => {
+                usize::try_from(n).map_or(MAX_TOPICS_PAGE, |n| n.min(MAX_TOPICS_PAGE))
+            }
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "limit={v:?}: give a whole number from 1 (values above {MAX_TOPICS_PAGE} are clamped)"
+                )));
+            }
+        },
+    };
+    let after = params.get("after")?.map(str::parse::<Topic>).transpose()?;
+    // An admin sees every topic; anyone else the topics they may read, filtered page by page.
     let admin = caller.0.is_admin();
-    let mut shown = Vec::new();
+    let (topics, more) = state
+        .hub
+        .topics_page(after, limit, |topic| admin || caller.0.can_subscribe(topic))
+        .await?;
+    // `next` follows the page as read, so a page whose last topics the check below hides
+    // still moves the listing on.
+    let next = more
+        .then(|| topics.last().map(|(info, _)| info.topic.to_string()))
+        .flatten();
+    // The rules' patterns let a hub's reserved topic through only when they name it; reading
+    // `_jobs.{id}` or `_queues.{queue}` also needs the jobs right on the queue, which costs a
+    // lookup of a job's queue only for such a topic.
+    let mut shown = Vec::with_capacity(topics.len());
     for (info, subs) in &topics {
         if admin || caller.may_read(&state.jobs, &info.topic).await? {
             shown.push(topic_json(info, *subs));
         }
     }
-    Ok(Json(TopicList { topics: shown }).into_response())
+    let body = TopicList {
+        topics: shown,
+        next,
+    };
+    Ok(Json(body).into_response())
 }
 
 /// Show a topic

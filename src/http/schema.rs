@@ -203,6 +203,8 @@ pub struct TopicInfo {
 #[derive(ToSchema)]
 pub struct TopicList {
     topics: Vec<TopicInfo>,
+    /// Where the next page starts (`after=`), when there may be one.
+    next: Option<String>,
 }
 
 #[derive(ToSchema)]

@@ -1,7 +1,8 @@
 //! The hub's one global budget for what it loads on behalf of readers: catch-up pages of
-//! streams and the pages of polls. Each read reserves what it may load before it loads it and
-//! gives it back when the page is delivered, so a thousand slow readers cannot add up to more
-//! than the budget. When it is spent, new reads are refused (the caller answers `503` with
+//! streams and the pages of polls. A read first checks there is room for what it may load
+//! (`max_read_bytes`), then takes what it actually loaded and gives it back once the page is
+//! delivered, so a thousand slow readers cannot hold more than the budget (give or take the
+//! reads in flight). When it is spent, new reads are refused (the caller answers `503` with
 //! `Retry-After`) and streams already open wait their turn: a slow consumer costs a cursor.
 
 use std::sync::Arc;
@@ -27,28 +28,25 @@ impl Budget {
         })
     }
 
-    /// Reserves `bytes` if they fit; `None` when the budget is spent.
-    pub fn try_reserve(self: &Arc<Self>, bytes: usize) -> Option<Reservation> {
-        let bytes = bytes.min(self.limit);
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                (used + bytes <= self.limit).then_some(used + bytes)
-            })
-            .ok()?;
+    /// Takes `bytes` already loaded, even past the limit: a read checks for room before it
+    /// loads (at most its `max_read_bytes`), then accounts for what it actually loaded, so
+    /// many small reads at once never spend the budget on pages they do not hold.
+    pub fn take(self: &Arc<Self>, bytes: usize) -> Reservation {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
         metrics::gauge!("plexus_read_budget_bytes").set(self.used() as f64);
-        Some(Reservation {
+        Reservation {
             budget: self.clone(),
             bytes,
-        })
+        }
     }
 
-    /// Reserves `bytes`, waiting until they fit (for streams already open).
-    pub async fn reserve(self: &Arc<Self>, bytes: usize) -> Reservation {
+    /// Waits until `bytes` fit (for streams already open, before they load a page).
+    pub async fn wait_for_room(&self, bytes: usize) {
         loop {
-            // Registered before the attempt: a release between the two still wakes us.
+            // Registered before the check: a release between the two still wakes us.
             let freed = self.freed.notified();
-            if let Some(r) = self.try_reserve(bytes) {
-                return r;
+            if self.has_room(bytes) {
+                return;
             }
             freed.await;
         }
@@ -56,7 +54,7 @@ impl Budget {
 
     /// Whether `bytes` would fit now (a new read's admission check).
     pub fn has_room(&self, bytes: usize) -> bool {
-        self.used() + bytes.min(self.limit) <= self.limit
+        self.used().saturating_add(bytes.min(self.limit)) <= self.limit
     }
 
     pub fn used(&self) -> usize {
@@ -79,16 +77,6 @@ pub struct Reservation {
     bytes: usize,
 }
 
-impl Reservation {
-    /// Keeps only `bytes` of the reservation (what a read actually loaded).
-    pub fn shrink_to(&mut self, bytes: usize) {
-        if bytes < self.bytes {
-            self.budget.release(self.bytes - bytes);
-            self.bytes = bytes;
-        }
-    }
-}
-
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.budget.release(self.bytes);
@@ -100,15 +88,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reservations_add_up_to_the_limit_and_come_back() {
+    fn reservations_add_up_and_come_back() {
         let budget = Budget::new(100);
-        let mut a = budget.try_reserve(60).unwrap();
-        assert!(budget.try_reserve(50).is_none());
-        a.shrink_to(10);
-        let b = budget.try_reserve(90).unwrap();
-        assert!(!budget.has_room(1));
+        let a = budget.take(10);
+        assert!(budget.has_room(90));
+        assert!(!budget.has_room(91));
+        let b = budget.take(140);
+        assert_eq!(budget.used(), 150);
+        assert!(!budget.has_room(0));
         drop(a);
         drop(b);
         assert_eq!(budget.used(), 0);
+        assert!(budget.has_room(100));
     }
 }

@@ -265,6 +265,38 @@ impl Hub {
             .collect())
     }
 
+    /// Up to `limit` topics named after `after` that `visible` lets through, in name order,
+    /// and whether more may follow. The store is read a page at a time and each page filtered
+    /// before the next is loaded, so a listing never holds more than a page.
+    pub async fn topics_page(
+        &self,
+        after: Option<Topic>,
+        limit: usize,
+        visible: impl Fn(&Topic) -> bool,
+    ) -> Result<(Vec<(TopicInfo, usize)>, bool), HubError> {
+        let mut out = Vec::new();
+        let mut after = after;
+        let page = limit.max(1);
+        loop {
+            let infos = self.log.topics_page(after.clone(), page).await?;
+            let exhausted = infos.len() < page;
+            after = infos.last().map(|i| i.topic.clone()).or(after);
+            for info in infos {
+                if !visible(&info.topic) {
+                    continue;
+                }
+                if out.len() == limit {
+                    return Ok((out, true));
+                }
+                let subscribers = self.subscribers(&info.topic);
+                out.push((info, subscribers));
+            }
+            if exhausted {
+                return Ok((out, false));
+            }
+        }
+    }
+
     pub async fn topic(&self, topic: &Topic) -> Result<Option<(TopicInfo, usize)>, HubError> {
         let info = self.log.topic(topic).await?;
         Ok(info.map(|info| (info, self.subscribers(topic))))

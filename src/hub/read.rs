@@ -1,6 +1,7 @@
 //! Short and long polls: resolve where a read starts, read every topic, report gaps, merge,
 //! and hand out the cursor that resumes exactly after what was returned.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,16 +134,28 @@ impl Hub {
         limit: usize,
     ) -> Result<ReadResult, HubError> {
         let max_bytes = self.options.max_read_bytes;
-        let _held = self.budget.try_reserve(max_bytes).ok_or(HubError::Busy)?;
+        if !self.budget.has_room(max_bytes) {
+            return Err(HubError::Busy);
+        }
         let share = (max_bytes / positions.len().max(1)).max(1);
         let mut gaps = Vec::new();
-        let mut runs: Vec<Run> = Vec::with_capacity(positions.len());
+        let mut lanes: Vec<Lane> = Vec::with_capacity(positions.len());
         for pos in positions.iter_mut() {
             let (topic_gaps, messages, complete) = self.read_topic(pos, limit, share).await?;
             gaps.extend(topic_gaps);
-            runs.push(Run { messages, complete });
+            lanes.push(Lane {
+                last: messages.last().map_or(pos.after, |m| m.seq),
+                messages: messages.into(),
+                complete,
+            });
         }
-        let messages = merge(runs, limit, max_bytes);
+        let loaded = lanes
+            .iter()
+            .flat_map(|l| l.messages.iter())
+            .map(|m| m.data.len())
+            .sum();
+        let _held = self.budget.take(loaded);
+        let messages = self.merge(positions, lanes, limit, share).await?;
         for msg in &messages {
             if let Some(pos) = positions.iter_mut().find(|p| p.topic == msg.topic) {
                 pos.after = pos.after.max(msg.seq);
@@ -234,51 +247,73 @@ fn missing(topic: &Topic, from: Seq, to: Seq, bounds: &LogBounds) -> Vec<Gap> {
     gaps
 }
 
-/// One topic's messages of a read, in seq order; `complete`: they reach the topic's head.
-#[derive(Debug, Default)]
-struct Run {
-    messages: Vec<Arc<Message>>,
+/// One topic's loaded messages during a read, in seq order.
+struct Lane {
+    messages: VecDeque<Arc<Message>>,
+    /// The last seq loaded.
+    last: Seq,
+    /// Everything up to the topic's head is loaded.
     complete: bool,
 }
 
-/// Merges per-topic runs (each in seq order) by time, keeping at most `limit` messages and
-/// about `max_bytes` of payload. What is kept of each topic is a prefix of its run, so each
-/// topic's cursor can simply move to its last kept seq. A run cut short (by its byte share or
-/// the limit) bounds the merge: nothing later than its last message is kept, since what it
-/// did not load may come before it.
-fn merge(runs: Vec<Run>, limit: usize, max_bytes: usize) -> Vec<Arc<Message>> {
-    if runs.len() == 1 {
-        return runs
-            .into_iter()
-            .next()
-            .map(|r| r.messages)
-            .unwrap_or_default();
-    }
-    let cutoff = runs
-        .iter()
-        .enumerate()
-        .filter(|(_, run)| !run.complete)
-        .filter_map(|(i, run)| run.messages.last().map(|m| (m.time, i, m.seq)))
-        .min();
-    let mut all: Vec<(usize, Arc<Message>)> = runs
-        .into_iter()
-        .enumerate()
-        .flat_map(|(i, run)| run.messages.into_iter().map(move |m| (i, m)))
-        .collect();
-    all.sort_by_key(|(i, m)| (m.time, *i, m.seq));
-    let mut bytes = 0usize;
-    let mut out = Vec::new();
-    for (i, msg) in all {
-        if out.len() == limit
-            || (!out.is_empty() && bytes + msg.data.len() > max_bytes)
-            || cutoff.is_some_and(|c| (msg.time, i, msg.seq) > c)
-        {
-            break;
+impl Hub {
+    /// Merges the topics' messages by time, keeping at most `limit` messages and about
+    /// `max_read_bytes` of payload. A topic whose loaded messages run out before its head is
+    /// refilled (its `share` of bytes at a time) before the merge goes on, so what is kept is
+    /// in time order and each topic's part a prefix of it: each cursor simply moves to its last
+    /// kept seq. Memory stays at the answer plus one share per topic.
+    async fn merge(
+        &self,
+        positions: &[Position],
+        mut lanes: Vec<Lane>,
+        limit: usize,
+        share: usize,
+    ) -> Result<Vec<Arc<Message>>, HubError> {
+        let max_bytes = self.options.max_read_bytes;
+        let mut bytes = 0usize;
+        let mut out: Vec<Arc<Message>> = Vec::new();
+        while out.len() < limit {
+            for (lane, pos) in lanes.iter_mut().zip(positions) {
+                if !lane.messages.is_empty() || lane.complete {
+                    continue;
+                }
+                let batch = self
+                    .log
+                    .read(&pos.topic, lane.last, limit - out.len(), share)
+                    .await?;
+                let head = batch.bounds().last_seq;
+                match batch.messages.first() {
+                    Some(first) if first.seq == lane.last + 1 => {}
+                    // Nothing more, or a hole (retention ran meanwhile): the next read reports it.
+                    None => {
+                        lane.complete = true;
+                        continue;
+                    }
+                    Some(_) => return Ok(out),
+                }
+                lane.last = batch.messages.last().map_or(lane.last, |m| m.seq);
+                lane.complete = lane.last >= head;
+                lane.messages.extend(batch.messages);
+            }
+            let next = lanes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, lane)| lane.messages.front().map(|m| ((m.time, i, m.seq), i)))
+                .min();
+            let Some((_, i)) = next else {
+                break;
+            };
+            let Some(msg) = lanes[i].messages.pop_front() else {
+                break;
+            };
+            if !out.is_empty() && bytes + msg.data.len() > max_bytes {
+                break;
+            }
+            bytes += msg.data.len();
+            out.push(msg);
         }
-        bytes += msg.data.len();
-        out.push(msg);
+        Ok(out)
     }
-    out
 }
 
 #[cfg(test)]
@@ -305,52 +340,5 @@ mod tests {
         let only_expired = missing(&t("a"), 8, 10, &b);
         assert_eq!(only_expired.len(), 1);
         assert_eq!(only_expired[0].reason, GapReason::Expired);
-    }
-
-    #[test]
-    fn merge_keeps_prefixes_in_time_order() {
-        let m = |topic: &str, seq, time| {
-            Arc::new(Message {
-                topic: t(topic),
-                seq,
-                time,
-                event: None,
-                data: bytes::Bytes::from_static(b"x"),
-            })
-        };
-        let a = vec![m("a", 1, 10), m("a", 2, 30)];
-        let b = vec![m("b", 1, 20), m("b", 2, 40)];
-        let run = |messages| Run {
-            messages,
-            complete: true,
-        };
-        let out = merge(vec![run(a), run(b)], 3, 1000);
-        let got: Vec<_> = out.iter().map(|m| (m.topic.to_string(), m.seq)).collect();
-        assert_eq!(got, vec![("a".into(), 1), ("b".into(), 1), ("a".into(), 2)]);
-    }
-
-    #[test]
-    fn merge_stops_at_the_end_of_a_run_cut_short() {
-        let m = |topic: &str, seq, time| {
-            Arc::new(Message {
-                topic: t(topic),
-                seq,
-                time,
-                event: None,
-                data: bytes::Bytes::from_static(b"x"),
-            })
-        };
-        // a's run stopped at its share after time 20: b's message at 30 may follow a's next.
-        let a = Run {
-            messages: vec![m("a", 1, 10), m("a", 2, 20)],
-            complete: false,
-        };
-        let b = Run {
-            messages: vec![m("b", 1, 15), m("b", 2, 30)],
-            complete: true,
-        };
-        let out = merge(vec![a, b], 10, 1000);
-        let got: Vec<_> = out.iter().map(|m| (m.topic.to_string(), m.seq)).collect();
-        assert_eq!(got, vec![("a".into(), 1), ("b".into(), 1), ("a".into(), 2)]);
     }
 }

@@ -175,12 +175,12 @@ impl TopicEvents {
         let acquired = tokio::select! {
             held = async move {
                 let turn = turn.acquire_owned().await.ok()?;
-                let bytes = hub.budget.reserve(max_bytes).await;
-                Some((turn, bytes))
+                hub.budget.wait_for_room(max_bytes).await;
+                Some(turn)
             } => held,
             _ = self.hub.shutdown.cancelled() => None,
         };
-        let Some((turn, mut bytes)) = acquired else {
+        let Some(turn) = acquired else {
             self.ended = true;
             return;
         };
@@ -190,7 +190,10 @@ impl TopicEvents {
                 if gaps.is_empty() && messages.is_empty() {
                     self.catching_up = false;
                 }
-                bytes.shrink_to(messages.iter().map(|m| m.data.len()).sum());
+                let bytes = self
+                    .hub
+                    .budget
+                    .take(messages.iter().map(|m| m.data.len()).sum());
                 let gap_end = pos.after;
                 for gap in gaps {
                     self.pending.push_back(Event::Gap {

@@ -530,7 +530,7 @@ mod tests {
         Jobs::new(hub, store.jobs, JobsOptions::default())
     }
 
-    /// Issue 13, item 9: a notifier per queue name ever claimed was kept for good (300,000
+    /// Hardening: a notifier per queue name ever claimed was kept for good (300,000
     /// names: ~90 MiB). Each goes with its last waiting claim.
     #[tokio::test]
     async fn queue_notifiers_go_with_their_last_claimer() {

@@ -1655,3 +1655,48 @@ async fn legacy_fnv_idempotency_keys_still_match_their_body() {
         );
     }
 }
+
+/// Hardening: `topics_page` pages `topics` in name order, on every engine.
+#[tokio::test]
+async fn topics_page_pages_the_topics_in_name_order() {
+    for (name, store, _dir) in engines(Retention::default()).await {
+        store
+            .log
+            .append(vec![
+                msg("c", "1", None),
+                msg("a.x", "1", None),
+                msg("b", "1", None),
+                msg("a", "1", None),
+            ])
+            .await
+            .unwrap();
+        let names = |infos: Vec<TopicInfo>| -> Vec<String> {
+            infos.iter().map(|i| i.topic.to_string()).collect()
+        };
+        let all = store.log.topics().await.unwrap();
+        assert_eq!(
+            names(store.log.topics_page(None, 10).await.unwrap()),
+            names(all),
+            "{name}"
+        );
+        assert_eq!(
+            names(store.log.topics_page(None, 2).await.unwrap()),
+            ["a", "a.x"],
+            "{name}"
+        );
+        assert_eq!(
+            names(store.log.topics_page(Some(t("a.x")), 2).await.unwrap()),
+            ["b", "c"],
+            "{name}"
+        );
+        assert!(
+            store
+                .log
+                .topics_page(Some(t("c")), 2)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}"
+        );
+    }
+}

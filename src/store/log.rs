@@ -68,6 +68,14 @@ pub trait Log: Send + Sync + 'static {
 
     fn topics(&self) -> BoxFuture<'_, StoreResult<Vec<TopicInfo>>>;
 
+    /// Up to `limit` topics named after `after` (all when `None`), in name order: a page of
+    /// [`Log::topics`] that loads only that page.
+    fn topics_page(
+        &self,
+        after: Option<Topic>,
+        limit: usize,
+    ) -> BoxFuture<'_, StoreResult<Vec<TopicInfo>>>;
+
     fn topic(&self, topic: &Topic) -> BoxFuture<'_, StoreResult<Option<TopicInfo>>>;
 
     /// Drops every message of a topic, keeping its seq counter. `false`: unknown topic.

@@ -260,6 +260,32 @@ impl Log for MemoryLog {
         Box::pin(async move { Ok(infos) })
     }
 
+    fn topics_page(
+        &self,
+        after: Option<Topic>,
+        limit: usize,
+    ) -> BoxFuture<'_, StoreResult<Vec<TopicInfo>>> {
+        let mut state = self.lock();
+        let now = now_millis();
+        let mut names: Vec<Topic> = state
+            .topics
+            .keys()
+            .filter(|t| after.as_ref().is_none_or(|a| *t > a))
+            .cloned()
+            .collect();
+        names.sort();
+        names.truncate(limit);
+        let infos: Vec<TopicInfo> = names
+            .iter()
+            .filter_map(|topic| {
+                let log = state.topics.get_mut(topic)?;
+                log.trim(self.retention, now);
+                Some(info(topic, log))
+            })
+            .collect();
+        Box::pin(async move { Ok(infos) })
+    }
+
     fn topic(&self, topic: &Topic) -> BoxFuture<'_, StoreResult<Option<TopicInfo>>> {
         let mut state = self.lock();
         let found = self.touch(&mut state, topic).map(|log| info(topic, log));

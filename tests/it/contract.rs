@@ -266,6 +266,8 @@ fn nothing_cites_files_outside_the_repository() {
         concat!("STACK", " trap"),
         concat!("..", "/shared"),
         concat!("(issue", " "),
+        concat!("Issue", " 1"),
+        concat!(" issue", " 1"),
     ];
     let mut paths = Vec::new();
     for dir in ["src", "tests", "docs"] {

@@ -200,6 +200,14 @@ impl Log for RedisLog {
         Box::pin(self.core.topic_infos())
     }
 
+    fn topics_page(
+        &self,
+        after: Option<Topic>,
+        limit: usize,
+    ) -> BoxFuture<'_, StoreResult<Vec<TopicInfo>>> {
+        Box::pin(async move { self.core.topic_infos_page(after.as_ref(), limit).await })
+    }
+
     fn topic(&self, topic: &Topic) -> BoxFuture<'_, StoreResult<Option<TopicInfo>>> {
         let topic = topic.clone();
         Box::pin(async move { self.core.topic_info(&topic).await })

@@ -84,6 +84,34 @@ impl Core {
         Ok(infos)
     }
 
+    /// Up to `limit` topics named after `after`, in name order. The names come from the set
+    /// (names only); the infos are loaded for the page alone.
+    pub(super) async fn topic_infos_page(
+        &self,
+        after: Option<&Topic>,
+        limit: usize,
+    ) -> StoreResult<Vec<TopicInfo>> {
+        let names: Vec<String> = self
+            .conn
+            .query(redis::cmd("SMEMBERS").arg(TOPICS))
+            .await
+            .map_err(unavailable)?;
+        let mut topics: Vec<Topic> = names
+            .into_iter()
+            .filter_map(|n| n.parse::<Topic>().ok())
+            .filter(|t| after.is_none_or(|a| t > a))
+            .collect();
+        topics.sort();
+        topics.truncate(limit);
+        let mut infos = Vec::with_capacity(topics.len());
+        for topic in topics {
+            if let Some(info) = self.topic_info(&topic).await? {
+                infos.push(info);
+            }
+        }
+        Ok(infos)
+    }
+
     /// The position just before the first retained message at or after `time`, by `seek.lua`.
     pub(super) async fn seek_time(&self, topic: &Topic, time: Millis) -> StoreResult<Seq> {
         let mut inv = self.scripts.seek.prepare_invoke();

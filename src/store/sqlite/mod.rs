@@ -265,6 +265,14 @@ impl Log for SqliteLog {
         self.with_reader(read::topics)
     }
 
+    fn topics_page(
+        &self,
+        after: Option<Topic>,
+        limit: usize,
+    ) -> BoxFuture<'_, StoreResult<Vec<TopicInfo>>> {
+        self.with_reader(move |tx| read::topics_page(tx, after.as_ref(), limit))
+    }
+
     fn topic(&self, topic: &Topic) -> BoxFuture<'_, StoreResult<Option<TopicInfo>>> {
         let topic = topic.clone();
         self.with_reader(move |tx| read::topic(tx, &topic))

@@ -182,6 +182,38 @@ pub(super) fn topics(tx: &Transaction<'_>) -> rusqlite::Result<Vec<TopicInfo>> {
     Ok(out)
 }
 
+/// Up to `limit` topics named after `after`, in name order (the primary key's order).
+pub(super) fn topics_page(
+    tx: &Transaction<'_>,
+    after: Option<&Topic>,
+    limit: usize,
+) -> rusqlite::Result<Vec<TopicInfo>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT name, head, first_seq, msg_count, bytes, last_time FROM topics \
+         WHERE name > ?1 ORDER BY name LIMIT ?2",
+    )?;
+    let after = after.map_or("", |t| t.as_str());
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(rusqlite::params![after, limit], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (name, head, first, count, bytes, last) = row?;
+        if let Ok(topic) = name.parse::<Topic>() {
+            out.push(topic_info(topic, head, first, count, bytes, last));
+        }
+    }
+    Ok(out)
+}
+
 pub(super) fn topic(tx: &Transaction<'_>, topic: &Topic) -> rusqlite::Result<Option<TopicInfo>> {
     tx.prepare_cached(
         "SELECT head, first_seq, msg_count, bytes, last_time FROM topics WHERE name = ?1",
