@@ -193,37 +193,10 @@ impl Jobs {
         Ok(())
     }
 
-    /// Publishes a state change on `_jobs.{id}`; a job (re)queued is also announced, in the
-    /// same commit, on `_queues.{queue}`, which claimers on every node watch.
-    async fn announce_state(&self, job: &Job) -> Result<(), JobError> {
+    /// A job's state change, counted once it is committed.
+    fn count_transition(job: &Job) {
         metrics::counter!("plexus_job_transitions_total", "state" => job.state.as_str())
             .increment(1);
-        let data = Bytes::from(job_json(job, false));
-        let queue_topic = match job.state {
-            JobState::Queued => queue_topic(&job.queue),
-            _ => None,
-        };
-        let Some(queue_topic) = queue_topic else {
-            return self.announce(job, job.state.as_str(), data).await;
-        };
-        let event = job.state.as_str().parse::<EventName>().ok();
-        self.hub
-            .publish_internal(vec![
-                NewMessage {
-                    topic: job.id.topic(),
-                    event: event.clone(),
-                    data: data.clone(),
-                    idempotency_key: None,
-                },
-                NewMessage {
-                    topic: queue_topic,
-                    event,
-                    data,
-                    idempotency_key: None,
-                },
-            ])
-            .await?;
-        Ok(())
     }
 
     /// Submits a job. With an idempotency key already used with this payload, the first job
@@ -252,9 +225,12 @@ impl Jobs {
             lease_until: None,
             lease_ms: None,
         };
-        let (job, replayed) = self.store.create(job, idempotency_key).await?;
+        let (job, replayed) = self
+            .store
+            .create_announced(job, idempotency_key, Box::new(state_events))
+            .await?;
         if !replayed {
-            self.announce_state(&job).await?;
+            Self::count_transition(&job);
             self.wake_one(&queue);
         }
         Ok((job, replayed))
@@ -321,8 +297,11 @@ impl Jobs {
             let token = JobId::from_random(self.random_hex()?).to_string();
             let now = now_millis();
             let lease_ms = lease.as_millis() as u64;
-            if let Some(job) = self.store.claim(queue, now, token, lease_ms).await? {
-                self.announce_state(&job).await?;
+            let claimed =
+                self.store
+                    .claim_announced(queue, now, token, lease_ms, Box::new(state_events));
+            if let Some(job) = claimed.await? {
+                Self::count_transition(&job);
                 return Ok(Some(job));
             }
             if Instant::now() >= deadline || self.hub.shutdown_token().is_cancelled() {
@@ -389,8 +368,11 @@ impl Jobs {
         job.updated = now_millis();
         job.lease = None;
         job.lease_until = None;
-        let job = self.store.save(job, Some(token.to_owned())).await?;
-        self.announce_state(&job).await?;
+        let job = self
+            .store
+            .save_announced(job, Some(token.to_owned()), Box::new(state_events))
+            .await?;
+        Self::count_transition(&job);
         Ok(job)
     }
 
@@ -421,8 +403,11 @@ impl Jobs {
                 .min(MAX_BACKOFF);
             job.run_at = Some(now + delay.as_millis() as Millis);
         }
-        let job = self.store.save(job, expected).await?;
-        self.announce_state(&job).await?;
+        let job = self
+            .store
+            .save_announced(job, expected, Box::new(state_events))
+            .await?;
+        Self::count_transition(&job);
         if job.state == JobState::Queued {
             self.wake_one(&job.queue);
         }
@@ -445,9 +430,13 @@ impl Jobs {
                 job.state = JobState::Queued;
                 job.run_at = None;
             }
-            match self.store.save(job, expected).await {
+            match self
+                .store
+                .save_announced(job, expected, Box::new(state_events))
+                .await
+            {
                 Ok(job) => {
-                    self.announce_state(&job).await?;
+                    Self::count_transition(&job);
                     self.wake_one(&job.queue);
                 }
                 // Completed or heartbeated meanwhile: the worker was alive after all.
@@ -504,6 +493,30 @@ async fn sweep(jobs: Weak<Jobs>) {
             tracing::warn!(error = %e, "lease sweep failed; will retry");
         }
     }
+}
+
+/// The events a job's state commits with it: the state (event = the state) on `_jobs.{id}`;
+/// a job (re)queued also on `_queues.{queue}`, which claimers on every node watch.
+fn state_events(job: &Job) -> Vec<NewMessage> {
+    let data = Bytes::from(job_json(job, false));
+    let event = job.state.as_str().parse::<EventName>().ok();
+    let mut events = vec![NewMessage {
+        topic: job.id.topic(),
+        event: event.clone(),
+        data: data.clone(),
+        idempotency_key: None,
+    }];
+    if job.state == JobState::Queued
+        && let Some(topic) = queue_topic(&job.queue)
+    {
+        events.push(NewMessage {
+            topic,
+            event,
+            data,
+            idempotency_key: None,
+        });
+    }
+    events
 }
 
 /// The topic on which a queue's (re)queued jobs are announced: `_queues.{queue}` (`None` for

@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::follow::{CommitFeed, FeedSlot, Follow};
-use super::jobs::JobStore;
+use super::jobs::{JobEvents, JobStore};
 use super::log::{BoxFuture, IDEMPOTENCY_TTL, Log, ReadBatch, Retention};
 use crate::model::{
     Appended, Job, JobId, JobState, LogBounds, Message, Millis, NewMessage, Seq, StoreError,
@@ -97,6 +97,11 @@ impl MemoryLog {
 
     fn append_locked(&self, batch: Vec<NewMessage>) -> StoreResult<Vec<Appended>> {
         let mut state = self.lock();
+        self.append_in(&mut state, batch)
+    }
+
+    /// Appends under the caller's lock, so a job write and its events are one commit.
+    fn append_in(&self, state: &mut State, batch: Vec<NewMessage>) -> StoreResult<Vec<Appended>> {
         let now = now_millis();
         while let Some((expires, _, _)) = state.idem_order.front() {
             if *expires > now {
@@ -296,10 +301,11 @@ impl Follow for MemoryLog {
 }
 
 impl JobStore for MemoryLog {
-    fn create(
+    fn create_announced(
         &self,
         job: Job,
         idempotency_key: Option<String>,
+        events: JobEvents,
     ) -> BoxFuture<'_, StoreResult<(Job, bool)>> {
         let mut state = self.lock();
         let result = (|| {
@@ -321,6 +327,7 @@ impl JobStore for MemoryLog {
                     .insert((job.queue.clone(), key.clone()), (fp, job.id.clone()));
             }
             state.jobs.insert(job.id.clone(), job.clone());
+            self.append_in(&mut state, events(&job))?;
             Ok((job, false))
         })();
         Box::pin(async move { result })
@@ -331,7 +338,12 @@ impl JobStore for MemoryLog {
         Box::pin(async move { Ok(job) })
     }
 
-    fn save(&self, job: Job, expected_lease: Option<String>) -> BoxFuture<'_, StoreResult<Job>> {
+    fn save_announced(
+        &self,
+        job: Job,
+        expected_lease: Option<String>,
+        events: JobEvents,
+    ) -> BoxFuture<'_, StoreResult<Job>> {
         let mut state = self.lock();
         let result = match state.jobs.get_mut(&job.id) {
             None => Err(StoreError::UnknownJob(job.id.clone())),
@@ -340,18 +352,20 @@ impl JobStore for MemoryLog {
             }
             Some(stored) => {
                 *stored = job.clone();
-                Ok(job)
+                let batch = events(&job);
+                self.append_in(&mut state, batch).map(|_| job)
             }
         };
         Box::pin(async move { result })
     }
 
-    fn claim(
+    fn claim_announced(
         &self,
         queue: &Topic,
         now: Millis,
         lease: String,
         lease_ms: u64,
+        events: JobEvents,
     ) -> BoxFuture<'_, StoreResult<Option<Job>>> {
         let mut state = self.lock();
         let next = state
@@ -368,7 +382,14 @@ impl JobStore for MemoryLog {
             job.claim(now, lease, lease_ms);
             job.clone()
         });
-        Box::pin(async move { Ok(claimed) })
+        let result = match claimed {
+            Some(job) => {
+                let batch = events(&job);
+                self.append_in(&mut state, batch).map(|_| Some(job))
+            }
+            None => Ok(None),
+        };
+        Box::pin(async move { result })
     }
 
     fn expired(&self, now: Millis, limit: usize) -> BoxFuture<'_, StoreResult<Vec<Job>>> {

@@ -47,7 +47,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManagerConfig;
 
 use super::follow::{CommitFeed, FeedSlot, Follow};
-use super::jobs::JobStore;
+use super::jobs::{JobEvents, JobStore};
 use super::log::{BoxFuture, Log, ReadBatch, Retention};
 use crate::model::{
     Appended, Job, JobId, LogBounds, Millis, NewMessage, Seq, StoreResult, Topic, TopicInfo,
@@ -277,13 +277,31 @@ impl Follow for RedisLog {
     }
 }
 
+// The job and its events are two commits here (the job's hash lives on its queue's shard, its
+// topic on another): a crash between them leaves a state without its event.
+impl RedisLog {
+    async fn announce(&self, events: Vec<NewMessage>) -> StoreResult<()> {
+        if !events.is_empty() {
+            append::append(&self.core, &self.pending, events).await?;
+        }
+        Ok(())
+    }
+}
+
 impl JobStore for RedisLog {
-    fn create(
+    fn create_announced(
         &self,
         job: Job,
         idempotency_key: Option<String>,
+        events: JobEvents,
     ) -> BoxFuture<'_, StoreResult<(Job, bool)>> {
-        Box::pin(self.core.create_job(job, idempotency_key))
+        Box::pin(async move {
+            let (job, replayed) = self.core.create_job(job, idempotency_key).await?;
+            if !replayed {
+                self.announce(events(&job)).await?;
+            }
+            Ok((job, replayed))
+        })
     }
 
     fn get(&self, id: &JobId) -> BoxFuture<'_, StoreResult<Option<Job>>> {
@@ -291,23 +309,36 @@ impl JobStore for RedisLog {
         Box::pin(async move { self.core.get_job(&id).await })
     }
 
-    fn save(&self, job: Job, expected_lease: Option<String>) -> BoxFuture<'_, StoreResult<Job>> {
+    fn save_announced(
+        &self,
+        job: Job,
+        expected_lease: Option<String>,
+        events: JobEvents,
+    ) -> BoxFuture<'_, StoreResult<Job>> {
         Box::pin(async move {
             let expected = expected_lease.unwrap_or_default();
             self.core.save_job(&job, "lease", &expected).await?;
+            self.announce(events(&job)).await?;
             Ok(job)
         })
     }
 
-    fn claim(
+    fn claim_announced(
         &self,
         queue: &Topic,
         now: Millis,
         lease: String,
         lease_ms: u64,
+        events: JobEvents,
     ) -> BoxFuture<'_, StoreResult<Option<Job>>> {
         let queue = queue.clone();
-        Box::pin(async move { self.core.claim_job(&queue, now, lease, lease_ms).await })
+        Box::pin(async move {
+            let claimed = self.core.claim_job(&queue, now, lease, lease_ms).await?;
+            if let Some(job) = &claimed {
+                self.announce(events(job)).await?;
+            }
+            Ok(claimed)
+        })
     }
 
     fn expired(&self, now: Millis, limit: usize) -> BoxFuture<'_, StoreResult<Vec<Job>>> {

@@ -34,14 +34,16 @@ pub(super) enum Op {
     Close {
         reply: oneshot::Sender<()>,
     },
-    /// Any other write, run inside the group's transaction; its answer is sent once the
-    /// group commits (or fails).
-    Exec(ExecFn),
+    /// Any other write (a job's), run inside the group's transaction with the messages it
+    /// commits with it (the job's events): both or neither are kept. Its answer is sent once
+    /// the group commits (or fails).
+    ExecAppend(ExecAppendFn),
 }
 
 pub(super) type Deferred = Box<dyn FnOnce(StoreResult<()>) + Send>;
-pub(super) type ExecFn =
-    Box<dyn FnOnce(&Transaction<'_>, Millis) -> rusqlite::Result<Deferred> + Send>;
+pub(super) type ExecAppendFn = Box<
+    dyn FnOnce(&Transaction<'_>, Millis) -> rusqlite::Result<(Vec<NewMessage>, Deferred)> + Send,
+>;
 
 enum Reply {
     Deferred(Deferred),
@@ -121,7 +123,23 @@ impl Writer {
                         replies.push(Reply::Delete(reply, found));
                     }
                     Op::Close { reply } => replies.push(Reply::Close(reply)),
-                    Op::Exec(f) => replies.push(Reply::Deferred(f(&tx, now)?)),
+                    Op::ExecAppend(f) => {
+                        let (batch, done) = f(&tx, now)?;
+                        if !batch.is_empty() {
+                            // Messages without idempotency keys: no conflict can refuse them.
+                            if let Err(e) = apply_append(
+                                &tx,
+                                &mut self.topics,
+                                &mut dirty,
+                                &mut committed,
+                                batch,
+                                now,
+                            )? {
+                                tracing::error!(error = %e, "a job's events were refused");
+                            }
+                        }
+                        replies.push(Reply::Deferred(done));
+                    }
                 }
             }
             for topic in &dirty {
