@@ -29,6 +29,9 @@ use crate::wire::job::job_json;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// How often expired leases are looked for.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// How often finished jobs past their retention are looked for, and how many go per commit.
+const PURGE_EVERY: Duration = Duration::from_secs(5);
+const PURGE_BATCH: usize = 500;
 
 #[derive(Clone, Debug)]
 pub struct JobsOptions {
@@ -36,6 +39,8 @@ pub struct JobsOptions {
     /// The first retry's delay; it doubles with each attempt, up to 5 minutes.
     pub backoff: Duration,
     pub default_lease: Duration,
+    /// How long a finished job and its `_jobs.{id}` topic are kept after it finished.
+    pub retention: Duration,
 }
 
 impl Default for JobsOptions {
@@ -44,6 +49,7 @@ impl Default for JobsOptions {
             max_attempts: 5,
             backoff: Duration::from_secs(1),
             default_lease: Duration::from_secs(30),
+            retention: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -481,6 +487,7 @@ impl Drop for Waiting<'_> {
 }
 
 async fn sweep(jobs: Weak<Jobs>) {
+    let mut next_purge = Instant::now();
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
         let Some(jobs) = jobs.upgrade() else {
@@ -491,6 +498,16 @@ async fn sweep(jobs: Weak<Jobs>) {
         }
         if let Err(e) = jobs.expire_leases().await {
             tracing::warn!(error = %e, "lease sweep failed; will retry");
+        }
+        if Instant::now() >= next_purge {
+            // Finished jobs past `jobs.retention` go with their topics, a bounded batch per
+            // commit; a full batch means more are due, so the next sweep goes on at once.
+            let before = now_millis() - jobs.options.retention.as_millis() as Millis;
+            match jobs.store.purge_finished(before, PURGE_BATCH).await {
+                Ok(n) if n >= PURGE_BATCH => {}
+                Ok(_) => next_purge = Instant::now() + PURGE_EVERY,
+                Err(e) => tracing::warn!(error = %e, "job retention failed; will retry"),
+            }
         }
     }
 }

@@ -76,4 +76,10 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// When the earliest queued job of `queue` that is not yet due becomes due.
     fn next_due(&self, queue: &Topic) -> BoxFuture<'_, StoreResult<Option<Millis>>>;
+
+    /// Deletes up to `limit` finished jobs (`succeeded`, `dead`) last changed before `before`,
+    /// each with its `_jobs.{id}` topic; how many went. An engine without it keeps them (0).
+    fn purge_finished(&self, _before: Millis, _limit: usize) -> BoxFuture<'_, StoreResult<usize>> {
+        Box::pin(async { Ok(0) })
+    }
 }

@@ -392,6 +392,24 @@ impl JobStore for MemoryLog {
         Box::pin(async move { result })
     }
 
+    fn purge_finished(&self, before: Millis, limit: usize) -> BoxFuture<'_, StoreResult<usize>> {
+        let mut state = self.lock();
+        let gone: Vec<JobId> = state
+            .jobs
+            .values()
+            .filter(|j| j.state.is_final() && j.updated < before)
+            .take(limit)
+            .map(|j| j.id.clone())
+            .collect();
+        for id in &gone {
+            state.jobs.remove(id);
+            state.topics.remove(&id.topic());
+        }
+        state.job_keys.retain(|_, (_, id)| !gone.contains(id));
+        let purged = gone.len();
+        Box::pin(async move { Ok(purged) })
+    }
+
     fn expired(&self, now: Millis, limit: usize) -> BoxFuture<'_, StoreResult<Vec<Job>>> {
         let expired = self
             .lock()

@@ -727,3 +727,35 @@ async fn a_job_and_its_last_event_agree_after_sigkill() {
         );
     }
 }
+
+// Issue 13, item 9: finished jobs and their `_jobs.{id}` topics were never deleted (50,000
+// jobs and 50,001 topic rows stayed after their messages expired). `jobs.retention` (7 d by
+// default) now deletes a finished job and its topic that long after it finished.
+
+#[tokio::test]
+async fn finished_jobs_and_their_topics_go_after_the_jobs_retention() {
+    use crate::jobs::{claim, complete, id, submit};
+    let server = Server::start(&["--jobs-retention", "1s"]).await;
+    let done = submit(&server, "ret.q", "finished").await;
+    let claimed = claim(&server, "ret.q", "60").await;
+    complete(&server, &claimed, "ok").await;
+    let waiting = submit(&server, "ret.q", "still queued").await;
+    let done_id = id(&done);
+    eventually("the finished job is deleted", || async {
+        let (status, _, _) = server.get_json(&format!("/v1/jobs/{done_id}")).await;
+        (status == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    let (status, _, body) = server
+        .get_json(&format!("/v1/topics/_jobs.{done_id}"))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "its topic went with it: {body}"
+    );
+    // A job not finished is kept, whatever its age.
+    let (status, _, job) = server.get_json(&format!("/v1/jobs/{}", id(&waiting))).await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    assert_eq!(job["state"], json!("queued"));
+}

@@ -278,6 +278,18 @@ impl JobStore for SqliteLog {
         )
     }
 
+    fn purge_finished(&self, before: Millis, limit: usize) -> BoxFuture<'_, StoreResult<usize>> {
+        let (reply, rx) = oneshot::channel();
+        Box::pin(self.call(
+            Op::PurgeJobs {
+                before,
+                limit,
+                reply,
+            },
+            rx,
+        ))
+    }
+
     fn expired(&self, now: Millis, limit: usize) -> BoxFuture<'_, StoreResult<Vec<Job>>> {
         self.with_reader(move |tx| jobs::expired(tx, now, limit))
     }
