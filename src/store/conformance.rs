@@ -1722,11 +1722,6 @@ async fn finished_jobs_are_purged_with_their_topics() {
                 .unwrap();
         }
         let purged = store.jobs.purge_finished(T0 + 500, 100).await.unwrap();
-        if name == "redis" {
-            // Not yet on redis: its finished jobs are kept (docs/ARCHITECTURE.md).
-            assert_eq!(purged, 0, "{name}");
-            continue;
-        }
         assert_eq!(purged, 1, "{name}: only the job finished before the cut");
         assert_eq!(store.jobs.get(&old.id).await.unwrap(), None, "{name}");
         assert_eq!(

@@ -13,7 +13,8 @@
 //! - `plexus:topics` the set of topic names, for listing;
 //! - `plexus:j:{Q}:ID` a job (a hash), `plexus:jr:{Q}` / `plexus:jd:{Q}` / `plexus:jl:{Q}` its
 //!   queue's ready, delayed and running sorted sets, `plexus:jk:{Q}:KEY` a job idempotency key
-//!   (24 h), `plexus:jq:ID` the queue of a job id, `plexus:queues` the set of queues.
+//!   (24 h), `plexus:jq:ID` the queue of a job id, `plexus:queues` the set of queues,
+//!   `plexus:jf:{Q}` the queue's finished jobs by finish time (for `jobs.retention`).
 //!
 //! Every write of a topic is one Lua script (increment, append, trim, publish: atomic). On one
 //! Redis the script publishes the new messages on the channel `plexus:commits`; every node
@@ -319,6 +320,9 @@ impl JobStore for RedisLog {
             let expected = expected_lease.unwrap_or_default();
             self.core.save_job(&job, "lease", &expected).await?;
             self.announce(events(&job)).await?;
+            if job.state.is_final() {
+                self.core.mark_finished(&job).await?;
+            }
             Ok(job)
         })
     }
@@ -339,6 +343,10 @@ impl JobStore for RedisLog {
             }
             Ok(claimed)
         })
+    }
+
+    fn purge_finished(&self, before: Millis, limit: usize) -> BoxFuture<'_, StoreResult<usize>> {
+        Box::pin(self.core.purge_finished(before, limit))
     }
 
     fn expired(&self, now: Millis, limit: usize) -> BoxFuture<'_, StoreResult<Vec<Job>>> {
