@@ -91,6 +91,9 @@ pub struct ServeArgs {
     /// Lease of a claim that names none [default: 30s]
     #[arg(long, env = "PLEXUS_JOBS_DEFAULT_LEASE", value_name = "DUR")]
     pub jobs_default_lease: Option<String>,
+    /// How long a finished job and its events are kept [default: 7d]
+    #[arg(long, env = "PLEXUS_JOBS_RETENTION", value_name = "DUR")]
+    pub jobs_retention: Option<String>,
     /// open (no credentials) or required (tokens or JWTs, see the config file) [default: open]
     #[arg(long, env = "PLEXUS_AUTH", value_name = "MODE")]
     pub auth: Option<String>,
@@ -169,6 +172,7 @@ struct FileJobs {
     max_attempts: u32,
     backoff: String,
     default_lease: String,
+    retention: String,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -492,6 +496,10 @@ impl Config {
                 a.jobs_backoff.as_deref().unwrap_or(&f.jobs.backoff),
             )?,
             default_lease,
+            retention: duration(
+                "jobs.retention",
+                a.jobs_retention.as_deref().unwrap_or(&f.jobs.retention),
+            )?,
         };
         let mode = match a.auth.as_deref().unwrap_or(&f.auth.mode) {
             "open" => crate::auth::AuthMode::Open,
@@ -723,6 +731,7 @@ mod tests {
         assert_eq!(c.max_message_bytes, 1 << 20);
         assert_eq!(c.max_wait, Duration::from_secs(60));
         assert_eq!(c.storage, StorageKind::Sqlite);
+        assert_eq!(c.jobs.retention, Duration::from_secs(7 * 86_400));
     }
 
     #[test]

@@ -29,6 +29,9 @@ use crate::wire::job::job_json;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// How often expired leases are looked for.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// How often finished jobs past their retention are looked for, and how many go per commit.
+const PURGE_EVERY: Duration = Duration::from_secs(5);
+const PURGE_BATCH: usize = 500;
 
 #[derive(Clone, Debug)]
 pub struct JobsOptions {
@@ -36,6 +39,8 @@ pub struct JobsOptions {
     /// The first retry's delay; it doubles with each attempt, up to 5 minutes.
     pub backoff: Duration,
     pub default_lease: Duration,
+    /// How long a finished job and its `_jobs.{id}` topic are kept after it finished.
+    pub retention: Duration,
 }
 
 impl Default for JobsOptions {
@@ -44,6 +49,7 @@ impl Default for JobsOptions {
             max_attempts: 5,
             backoff: Duration::from_secs(1),
             default_lease: Duration::from_secs(30),
+            retention: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -193,37 +199,10 @@ impl Jobs {
         Ok(())
     }
 
-    /// Publishes a state change on `_jobs.{id}`; a job (re)queued is also announced, in the
-    /// same commit, on `_queues.{queue}`, which claimers on every node watch.
-    async fn announce_state(&self, job: &Job) -> Result<(), JobError> {
+    /// A job's state change, counted once it is committed.
+    fn count_transition(job: &Job) {
         metrics::counter!("plexus_job_transitions_total", "state" => job.state.as_str())
             .increment(1);
-        let data = Bytes::from(job_json(job, false));
-        let queue_topic = match job.state {
-            JobState::Queued => queue_topic(&job.queue),
-            _ => None,
-        };
-        let Some(queue_topic) = queue_topic else {
-            return self.announce(job, job.state.as_str(), data).await;
-        };
-        let event = job.state.as_str().parse::<EventName>().ok();
-        self.hub
-            .publish_internal(vec![
-                NewMessage {
-                    topic: job.id.topic(),
-                    event: event.clone(),
-                    data: data.clone(),
-                    idempotency_key: None,
-                },
-                NewMessage {
-                    topic: queue_topic,
-                    event,
-                    data,
-                    idempotency_key: None,
-                },
-            ])
-            .await?;
-        Ok(())
     }
 
     /// Submits a job. With an idempotency key already used with this payload, the first job
@@ -252,9 +231,12 @@ impl Jobs {
             lease_until: None,
             lease_ms: None,
         };
-        let (job, replayed) = self.store.create(job, idempotency_key).await?;
+        let (job, replayed) = self
+            .store
+            .create_announced(job, idempotency_key, Box::new(state_events))
+            .await?;
         if !replayed {
-            self.announce_state(&job).await?;
+            Self::count_transition(&job);
             self.wake_one(&queue);
         }
         Ok((job, replayed))
@@ -321,8 +303,11 @@ impl Jobs {
             let token = JobId::from_random(self.random_hex()?).to_string();
             let now = now_millis();
             let lease_ms = lease.as_millis() as u64;
-            if let Some(job) = self.store.claim(queue, now, token, lease_ms).await? {
-                self.announce_state(&job).await?;
+            let claimed =
+                self.store
+                    .claim_announced(queue, now, token, lease_ms, Box::new(state_events));
+            if let Some(job) = claimed.await? {
+                Self::count_transition(&job);
                 return Ok(Some(job));
             }
             if Instant::now() >= deadline || self.hub.shutdown_token().is_cancelled() {
@@ -389,8 +374,11 @@ impl Jobs {
         job.updated = now_millis();
         job.lease = None;
         job.lease_until = None;
-        let job = self.store.save(job, Some(token.to_owned())).await?;
-        self.announce_state(&job).await?;
+        let job = self
+            .store
+            .save_announced(job, Some(token.to_owned()), Box::new(state_events))
+            .await?;
+        Self::count_transition(&job);
         Ok(job)
     }
 
@@ -421,8 +409,11 @@ impl Jobs {
                 .min(MAX_BACKOFF);
             job.run_at = Some(now + delay.as_millis() as Millis);
         }
-        let job = self.store.save(job, expected).await?;
-        self.announce_state(&job).await?;
+        let job = self
+            .store
+            .save_announced(job, expected, Box::new(state_events))
+            .await?;
+        Self::count_transition(&job);
         if job.state == JobState::Queued {
             self.wake_one(&job.queue);
         }
@@ -445,9 +436,13 @@ impl Jobs {
                 job.state = JobState::Queued;
                 job.run_at = None;
             }
-            match self.store.save(job, expected).await {
+            match self
+                .store
+                .save_announced(job, expected, Box::new(state_events))
+                .await
+            {
                 Ok(job) => {
-                    self.announce_state(&job).await?;
+                    Self::count_transition(&job);
                     self.wake_one(&job.queue);
                 }
                 // Completed or heartbeated meanwhile: the worker was alive after all.
@@ -492,6 +487,7 @@ impl Drop for Waiting<'_> {
 }
 
 async fn sweep(jobs: Weak<Jobs>) {
+    let mut next_purge = Instant::now();
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
         let Some(jobs) = jobs.upgrade() else {
@@ -503,7 +499,41 @@ async fn sweep(jobs: Weak<Jobs>) {
         if let Err(e) = jobs.expire_leases().await {
             tracing::warn!(error = %e, "lease sweep failed; will retry");
         }
+        if Instant::now() >= next_purge {
+            // Finished jobs past `jobs.retention` go with their topics, a bounded batch per
+            // commit; a full batch means more are due, so the next sweep goes on at once.
+            let before = now_millis() - jobs.options.retention.as_millis() as Millis;
+            match jobs.store.purge_finished(before, PURGE_BATCH).await {
+                Ok(n) if n >= PURGE_BATCH => {}
+                Ok(_) => next_purge = Instant::now() + PURGE_EVERY,
+                Err(e) => tracing::warn!(error = %e, "job retention failed; will retry"),
+            }
+        }
     }
+}
+
+/// The events a job's state commits with it: the state (event = the state) on `_jobs.{id}`;
+/// a job (re)queued also on `_queues.{queue}`, which claimers on every node watch.
+fn state_events(job: &Job) -> Vec<NewMessage> {
+    let data = Bytes::from(job_json(job, false));
+    let event = job.state.as_str().parse::<EventName>().ok();
+    let mut events = vec![NewMessage {
+        topic: job.id.topic(),
+        event: event.clone(),
+        data: data.clone(),
+        idempotency_key: None,
+    }];
+    if job.state == JobState::Queued
+        && let Some(topic) = queue_topic(&job.queue)
+    {
+        events.push(NewMessage {
+            topic,
+            event,
+            data,
+            idempotency_key: None,
+        });
+    }
+    events
 }
 
 /// The topic on which a queue's (re)queued jobs are announced: `_queues.{queue}` (`None` for

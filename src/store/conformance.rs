@@ -1700,3 +1700,160 @@ async fn topics_page_pages_the_topics_in_name_order() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hardening: a job's state and its `_jobs.{id}` event were two commits; after a crash
+// between them a follower could wait forever for an event. They are now written together.
+
+/// A job write's events as `Jobs` makes them: the state, named by itself, on `_jobs.{id}`.
+fn state_event(job: &Job) -> Vec<NewMessage> {
+    vec![NewMessage {
+        topic: job.id.topic(),
+        event: Some(ev(job.state.as_str())),
+        data: Bytes::from(job.state.as_str().to_owned()),
+        idempotency_key: None,
+    }]
+}
+
+#[tokio::test]
+async fn job_writes_commit_their_events_with_them() {
+    for (name, store, _dir) in engines(Retention::default()).await {
+        let j = job("q", 1, T0);
+        let topic = j.id.topic();
+        let events = || async { read_all(&store.log, topic.as_str()).await };
+        let names = |msgs: Vec<Arc<Message>>| -> Vec<String> {
+            msgs.iter()
+                .map(|m| m.event.as_ref().map_or("", |e| e.as_str()).to_owned())
+                .collect()
+        };
+        let key = Some("k".to_owned());
+        let (made, replayed) = store
+            .jobs
+            .create_announced(j.clone(), key.clone(), Box::new(state_event))
+            .await
+            .unwrap();
+        assert!(!replayed, "{name}");
+        assert_eq!(
+            names(events().await),
+            ["queued"],
+            "{name}: the new job's event"
+        );
+        // A replay of the key makes no job and no event.
+        let (_, replayed) = store
+            .jobs
+            .create_announced(j.clone(), key, Box::new(state_event))
+            .await
+            .unwrap();
+        assert!(replayed, "{name}");
+        assert_eq!(
+            events().await.len(),
+            1,
+            "{name}: a replay announces nothing"
+        );
+        // Nothing to claim: no event anywhere.
+        let none = store
+            .jobs
+            .claim_announced(&t("empty"), T0, "l0".into(), 30_000, Box::new(state_event))
+            .await
+            .unwrap();
+        assert!(none.is_none(), "{name}");
+        let running = store
+            .jobs
+            .claim_announced(&t("q"), T0 + 1, "l1".into(), 30_000, Box::new(state_event))
+            .await
+            .unwrap()
+            .expect("the job is due");
+        assert_eq!(running.id, made.id, "{name}");
+        assert_eq!(names(events().await), ["queued", "running"], "{name}");
+        // A save refused by its compare-and-set writes neither the job nor its event.
+        let done = Job {
+            state: JobState::Succeeded,
+            lease: None,
+            lease_until: None,
+            updated: T0 + 2,
+            ..running.clone()
+        };
+        assert_eq!(
+            store
+                .jobs
+                .save_announced(done.clone(), Some("stale".into()), Box::new(state_event))
+                .await,
+            Err(StoreError::JobChanged(j.id.clone())),
+            "{name}"
+        );
+        assert_eq!(
+            events().await.len(),
+            2,
+            "{name}: a refused save announces nothing"
+        );
+        store
+            .jobs
+            .save_announced(done.clone(), Some("l1".into()), Box::new(state_event))
+            .await
+            .unwrap();
+        let all = events().await;
+        assert_eq!(
+            names(all.clone()),
+            ["queued", "running", "succeeded"],
+            "{name}"
+        );
+        let stored = store.jobs.get(&j.id).await.unwrap().expect("stored");
+        assert_eq!(
+            all.last().map(|m| m.data.clone()),
+            Some(Bytes::from(stored.state.as_str().to_owned())),
+            "{name}: the last event is the stored state"
+        );
+    }
+}
+
+// Hardening: finished jobs and their topics were kept forever.
+#[tokio::test]
+async fn finished_jobs_are_purged_with_their_topics() {
+    for (name, store, _dir) in engines(Retention::default()).await {
+        let old = job("q", 1, T0);
+        let young = job("q", 2, T0);
+        let waiting = job("q", 3, T0);
+        for j in [&old, &young, &waiting] {
+            store
+                .jobs
+                .create_announced(j.clone(), None, Box::new(state_event))
+                .await
+                .unwrap();
+        }
+        for (j, updated) in [(&old, T0 + 10), (&young, T0 + 1_000)] {
+            let finished = Job {
+                state: JobState::Dead,
+                updated,
+                ..j.clone()
+            };
+            store
+                .jobs
+                .save_announced(finished, None, Box::new(state_event))
+                .await
+                .unwrap();
+        }
+        let purged = store.jobs.purge_finished(T0 + 500, 100).await.unwrap();
+        assert_eq!(purged, 1, "{name}: only the job finished before the cut");
+        assert_eq!(store.jobs.get(&old.id).await.unwrap(), None, "{name}");
+        assert_eq!(
+            store.log.topic(&old.id.topic()).await.unwrap(),
+            None,
+            "{name}: its topic went with it"
+        );
+        assert!(store.jobs.get(&young.id).await.unwrap().is_some(), "{name}");
+        assert!(
+            store.jobs.get(&waiting.id).await.unwrap().is_some(),
+            "{name}"
+        );
+        assert_eq!(
+            read_all(&store.log, young.id.topic().as_str()).await.len(),
+            2,
+            "{name}"
+        );
+        assert_eq!(
+            store.jobs.purge_finished(T0 + 500, 100).await.unwrap(),
+            0,
+            "{name}"
+        );
+    }
+}

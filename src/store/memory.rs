@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::follow::{CommitFeed, FeedSlot, Follow};
-use super::jobs::JobStore;
+use super::jobs::{JobEvents, JobStore};
 use super::log::{BoxFuture, IDEMPOTENCY_TTL, Log, ReadBatch, Retention};
 use crate::model::{
     Appended, Fingerprint, Job, JobId, JobState, LogBounds, Message, Millis, NewMessage, Seq,
@@ -97,6 +97,11 @@ impl MemoryLog {
 
     fn append_locked(&self, batch: Vec<NewMessage>) -> StoreResult<Vec<Appended>> {
         let mut state = self.lock();
+        self.append_in(&mut state, batch)
+    }
+
+    /// Appends under the caller's lock, so a job write and its events are one commit.
+    fn append_in(&self, state: &mut State, batch: Vec<NewMessage>) -> StoreResult<Vec<Appended>> {
         let now = now_millis();
         while let Some((expires, _, _)) = state.idem_order.front() {
             if *expires > now {
@@ -322,10 +327,11 @@ impl Follow for MemoryLog {
 }
 
 impl JobStore for MemoryLog {
-    fn create(
+    fn create_announced(
         &self,
         job: Job,
         idempotency_key: Option<String>,
+        events: JobEvents,
     ) -> BoxFuture<'_, StoreResult<(Job, bool)>> {
         let mut state = self.lock();
         let result = (|| {
@@ -347,6 +353,7 @@ impl JobStore for MemoryLog {
                     .insert((job.queue.clone(), key.clone()), (fp, job.id.clone()));
             }
             state.jobs.insert(job.id.clone(), job.clone());
+            self.append_in(&mut state, events(&job))?;
             Ok((job, false))
         })();
         Box::pin(async move { result })
@@ -357,7 +364,12 @@ impl JobStore for MemoryLog {
         Box::pin(async move { Ok(job) })
     }
 
-    fn save(&self, job: Job, expected_lease: Option<String>) -> BoxFuture<'_, StoreResult<Job>> {
+    fn save_announced(
+        &self,
+        job: Job,
+        expected_lease: Option<String>,
+        events: JobEvents,
+    ) -> BoxFuture<'_, StoreResult<Job>> {
         let mut state = self.lock();
         let result = match state.jobs.get_mut(&job.id) {
             None => Err(StoreError::UnknownJob(job.id.clone())),
@@ -366,18 +378,20 @@ impl JobStore for MemoryLog {
             }
             Some(stored) => {
                 *stored = job.clone();
-                Ok(job)
+                let batch = events(&job);
+                self.append_in(&mut state, batch).map(|_| job)
             }
         };
         Box::pin(async move { result })
     }
 
-    fn claim(
+    fn claim_announced(
         &self,
         queue: &Topic,
         now: Millis,
         lease: String,
         lease_ms: u64,
+        events: JobEvents,
     ) -> BoxFuture<'_, StoreResult<Option<Job>>> {
         let mut state = self.lock();
         let next = state
@@ -394,7 +408,32 @@ impl JobStore for MemoryLog {
             job.claim(now, lease, lease_ms);
             job.clone()
         });
-        Box::pin(async move { Ok(claimed) })
+        let result = match claimed {
+            Some(job) => {
+                let batch = events(&job);
+                self.append_in(&mut state, batch).map(|_| Some(job))
+            }
+            None => Ok(None),
+        };
+        Box::pin(async move { result })
+    }
+
+    fn purge_finished(&self, before: Millis, limit: usize) -> BoxFuture<'_, StoreResult<usize>> {
+        let mut state = self.lock();
+        let gone: Vec<JobId> = state
+            .jobs
+            .values()
+            .filter(|j| j.state.is_final() && j.updated < before)
+            .take(limit)
+            .map(|j| j.id.clone())
+            .collect();
+        for id in &gone {
+            state.jobs.remove(id);
+            state.topics.remove(&id.topic());
+        }
+        state.job_keys.retain(|_, (_, id)| !gone.contains(id));
+        let purged = gone.len();
+        Box::pin(async move { Ok(purged) })
     }
 
     fn expired(&self, now: Millis, limit: usize) -> BoxFuture<'_, StoreResult<Vec<Job>>> {

@@ -23,7 +23,7 @@ mod conformance;
 
 pub use engine::Engine;
 pub use follow::{CommitFeed, Follow};
-pub use jobs::JobStore;
+pub use jobs::{JobEvents, JobStore};
 pub use log::{BoxFuture, IDEMPOTENCY_TTL, Log, ReadBatch, Retention};
 pub use memory::MemoryLog;
 pub use redis::{RedisLog, RedisTarget};

@@ -1850,6 +1850,129 @@ async fn idle_claims_cost_no_store_writes_and_still_wake() {
     assert_eq!(again["attempts"], json!(2));
 }
 
+// Hardening: a job's state and its `_jobs.{id}` event were two commits. After `kill -9`
+// mid-work, 5 of 6 runs left a job whose stored state and last event disagreed, so a client
+// following the job could wait forever for its final event. They are now one commit.
+
+/// Workers claim and complete jobs until a request fails (the server is killed under them).
+async fn work_until_killed(
+    client: reqwest::Client,
+    base: String,
+    done: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    loop {
+        let Ok(resp) = client
+            .post(format!("{base}/v1/queues/crash.q/claim?wait=0&lease=60"))
+            .send()
+            .await
+        else {
+            return;
+        };
+        if resp.status() != StatusCode::OK {
+            return;
+        }
+        let Ok(job) = resp.json::<Value>().await else {
+            return;
+        };
+        let (Some(id), Some(lease)) = (job["id"].as_str(), job["lease"].as_str()) else {
+            return;
+        };
+        let completed = client
+            .post(format!(
+                "{base}/v1/jobs/{id}/complete?lease={}",
+                crate::kit::enc(lease)
+            ))
+            .body("ok")
+            .send()
+            .await;
+        if completed.is_err() {
+            return;
+        }
+        done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_job_and_its_last_event_agree_after_sigkill() {
+    const JOBS: usize = 1_500;
+    let mut server = Server::start_on(crate::kit::Engine::Sqlite, &[]).await;
+    let mut ids = Vec::with_capacity(JOBS);
+    for chunk in 0..JOBS / 50 {
+        let submits =
+            (0..50).map(|i| crate::jobs::submit(&server, "crash.q", format!("{chunk}-{i}")));
+        for job in futures_util::future::join_all(submits).await {
+            ids.push(crate::jobs::id(&job));
+        }
+    }
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..16)
+        .map(|_| {
+            let client = server.client().clone();
+            tokio::spawn(work_until_killed(
+                client,
+                server.base().to_string(),
+                done.clone(),
+            ))
+        })
+        .collect();
+    // Killed mid-work: some jobs done, the rest queued or running.
+    eventually("the workers have completed some jobs", || async {
+        (done.load(std::sync::atomic::Ordering::SeqCst) >= 300).then_some(())
+    })
+    .await;
+    server.sigkill().await;
+    for worker in workers {
+        let _ = worker.await;
+    }
+    server.restart().await;
+    for id in &ids {
+        let (status, _, job) = server.get_json(&format!("/v1/jobs/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "job {id} survives: {job}");
+        let events = crate::jobs::events(&server, id).await;
+        let last = events
+            .last()
+            .unwrap_or_else(|| panic!("job {id} has no event: {job}"));
+        assert_eq!(
+            last["event"],
+            job["state"],
+            "job {id}: its last event is its stored state ({} events)",
+            events.len()
+        );
+    }
+}
+
+// Hardening: finished jobs and their `_jobs.{id}` topics were never deleted (50,000
+// jobs and 50,001 topic rows stayed after their messages expired). `jobs.retention` (7 d by
+// default) now deletes a finished job and its topic that long after it finished.
+
+#[tokio::test]
+async fn finished_jobs_and_their_topics_go_after_the_jobs_retention() {
+    use crate::jobs::{claim, complete, id, submit};
+    let server = Server::start(&["--jobs-retention", "1s"]).await;
+    let done = submit(&server, "ret.q", "finished").await;
+    let claimed = claim(&server, "ret.q", "60").await;
+    complete(&server, &claimed, "ok").await;
+    let waiting = submit(&server, "ret.q", "still queued").await;
+    let done_id = id(&done);
+    eventually("the finished job is deleted", || async {
+        let (status, _, _) = server.get_json(&format!("/v1/jobs/{done_id}")).await;
+        (status == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    let (status, _, body) = server
+        .get_json(&format!("/v1/topics/_jobs.{done_id}"))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "its topic went with it: {body}"
+    );
+    // A job not finished is kept, whatever its age.
+    let (status, _, job) = server.get_json(&format!("/v1/jobs/{}", id(&waiting))).await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    assert_eq!(job["state"], json!("queued"));
+}
+
 // Hardening: memory amplification. A read or subscription has one byte budget shared by
 // its topics (only the topic being delivered holds a catch-up page), and the hub one global
 // budget for those pages: when it is spent, new reads get 503 `busy` with Retry-After.

@@ -224,6 +224,74 @@ impl Core {
         Ok(expired)
     }
 
+    /// Lists a finished job for retention (after its save: a crash between the two keeps the
+    /// job for good, as before retention existed).
+    pub(super) async fn mark_finished(&self, job: &Job) -> StoreResult<()> {
+        self.conn
+            .query::<()>(
+                redis::cmd("ZADD")
+                    .arg(finished_key(&job.queue))
+                    .arg(job.updated)
+                    .arg(job.id.as_str()),
+            )
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Deletes up to `limit` finished jobs listed before `before`, each with its topic.
+    pub(super) async fn purge_finished(&self, before: Millis, limit: usize) -> StoreResult<usize> {
+        let queues: Vec<String> = self
+            .conn
+            .query(redis::cmd("SMEMBERS").arg(QUEUES))
+            .await
+            .map_err(unavailable)?;
+        let mut purged = 0;
+        for queue in queues.iter().filter_map(|q| q.parse::<Topic>().ok()) {
+            if purged >= limit {
+                break;
+            }
+            let finished = finished_key(&queue);
+            let ids: Vec<String> = self
+                .conn
+                .query(
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(&finished)
+                        .arg("-inf")
+                        .arg(format!("({before}"))
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(limit - purged),
+                )
+                .await
+                .map_err(unavailable)?;
+            for id in ids.iter().filter_map(|id| id.parse::<JobId>().ok()) {
+                let topic = id.topic();
+                // Each key on its own shard: one command each, the index entry last.
+                for key in [
+                    job_key(&queue, &id),
+                    job_queue_key(&id),
+                    stream_key(&topic),
+                    meta_key(&topic),
+                ] {
+                    self.conn
+                        .query::<()>(redis::cmd("DEL").arg(key))
+                        .await
+                        .map_err(unavailable)?;
+                }
+                self.conn
+                    .query::<()>(redis::cmd("SREM").arg(TOPICS).arg(topic.as_str()))
+                    .await
+                    .map_err(unavailable)?;
+                self.conn
+                    .query::<()>(redis::cmd("ZREM").arg(&finished).arg(id.as_str()))
+                    .await
+                    .map_err(unavailable)?;
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
+
     /// When the earliest delayed job of `queue` becomes due.
     pub(super) async fn next_due(&self, queue: &Topic) -> StoreResult<Option<Millis>> {
         let [_, delayed, _] = queue_keys(queue);

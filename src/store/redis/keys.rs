@@ -34,3 +34,8 @@ pub(super) fn shard_channel(t: &Topic) -> String {
 pub(super) fn job_queue_key(id: &JobId) -> String {
     format!("plexus:jq:{id}")
 }
+
+/// A queue's finished jobs (`succeeded`, `dead`) by the time they finished, for retention.
+pub(super) fn finished_key(q: &Topic) -> String {
+    format!("plexus:jf:{{{q}}}")
+}

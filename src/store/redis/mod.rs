@@ -14,7 +14,8 @@
 //! - `plexus:topics` the set of topic names, for listing;
 //! - `plexus:j:{Q}:ID` a job (a hash), `plexus:jr:{Q}` / `plexus:jd:{Q}` / `plexus:jl:{Q}` its
 //!   queue's ready, delayed and running sorted sets, `plexus:jk:{Q}:KEY` a job idempotency key
-//!   (24 h), `plexus:jq:ID` the queue of a job id, `plexus:queues` the set of queues.
+//!   (24 h), `plexus:jq:ID` the queue of a job id, `plexus:queues` the set of queues,
+//!   `plexus:jf:{Q}` the queue's finished jobs by finish time (for `jobs.retention`).
 //!
 //! Every write of a topic is one Lua script (increment, append, trim, publish: atomic). On one
 //! Redis the script publishes the new messages on the channel `plexus:commits`; every node
@@ -48,7 +49,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManagerConfig;
 
 use super::follow::{CommitFeed, FeedSlot, Follow};
-use super::jobs::JobStore;
+use super::jobs::{JobEvents, JobStore};
 use super::log::{BoxFuture, Log, ReadBatch, Retention};
 use crate::model::{
     Appended, Job, JobId, LogBounds, Millis, NewMessage, Seq, StoreResult, Topic, TopicInfo,
@@ -286,13 +287,31 @@ impl Follow for RedisLog {
     }
 }
 
+// The job and its events are two commits here (the job's hash lives on its queue's shard, its
+// topic on another): a crash between them leaves a state without its event.
+impl RedisLog {
+    async fn announce(&self, events: Vec<NewMessage>) -> StoreResult<()> {
+        if !events.is_empty() {
+            append::append(&self.core, &self.pending, events).await?;
+        }
+        Ok(())
+    }
+}
+
 impl JobStore for RedisLog {
-    fn create(
+    fn create_announced(
         &self,
         job: Job,
         idempotency_key: Option<String>,
+        events: JobEvents,
     ) -> BoxFuture<'_, StoreResult<(Job, bool)>> {
-        Box::pin(self.core.create_job(job, idempotency_key))
+        Box::pin(async move {
+            let (job, replayed) = self.core.create_job(job, idempotency_key).await?;
+            if !replayed {
+                self.announce(events(&job)).await?;
+            }
+            Ok((job, replayed))
+        })
     }
 
     fn get(&self, id: &JobId) -> BoxFuture<'_, StoreResult<Option<Job>>> {
@@ -300,23 +319,43 @@ impl JobStore for RedisLog {
         Box::pin(async move { self.core.get_job(&id).await })
     }
 
-    fn save(&self, job: Job, expected_lease: Option<String>) -> BoxFuture<'_, StoreResult<Job>> {
+    fn save_announced(
+        &self,
+        job: Job,
+        expected_lease: Option<String>,
+        events: JobEvents,
+    ) -> BoxFuture<'_, StoreResult<Job>> {
         Box::pin(async move {
             let expected = expected_lease.unwrap_or_default();
             self.core.save_job(&job, "lease", &expected).await?;
+            self.announce(events(&job)).await?;
+            if job.state.is_final() {
+                self.core.mark_finished(&job).await?;
+            }
             Ok(job)
         })
     }
 
-    fn claim(
+    fn claim_announced(
         &self,
         queue: &Topic,
         now: Millis,
         lease: String,
         lease_ms: u64,
+        events: JobEvents,
     ) -> BoxFuture<'_, StoreResult<Option<Job>>> {
         let queue = queue.clone();
-        Box::pin(async move { self.core.claim_job(&queue, now, lease, lease_ms).await })
+        Box::pin(async move {
+            let claimed = self.core.claim_job(&queue, now, lease, lease_ms).await?;
+            if let Some(job) = &claimed {
+                self.announce(events(job)).await?;
+            }
+            Ok(claimed)
+        })
+    }
+
+    fn purge_finished(&self, before: Millis, limit: usize) -> BoxFuture<'_, StoreResult<usize>> {
+        Box::pin(self.core.purge_finished(before, limit))
     }
 
     fn expired(&self, now: Millis, limit: usize) -> BoxFuture<'_, StoreResult<Vec<Job>>> {

@@ -179,3 +179,21 @@ pub(super) fn apply_delete(
     save_row(tx, row)?;
     Ok(true)
 }
+
+/// Drops a topic altogether (its messages, keys and row): a finished job's `_jobs.{id}`.
+pub(super) fn apply_drop_topic(
+    tx: &Transaction<'_>,
+    topics: &mut HashMap<Topic, TopicRow>,
+    topic: &Topic,
+) -> rusqlite::Result<()> {
+    let Some(row) = topics.remove(topic) else {
+        return Ok(());
+    };
+    tx.prepare_cached("DELETE FROM messages WHERE topic_id = ?1")?
+        .execute([row.id])?;
+    tx.prepare_cached("DELETE FROM idempotency WHERE topic_id = ?1")?
+        .execute([row.id])?;
+    tx.prepare_cached("DELETE FROM topics WHERE id = ?1")?
+        .execute([row.id])?;
+    Ok(())
+}

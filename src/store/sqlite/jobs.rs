@@ -197,3 +197,28 @@ pub(super) fn next_due(tx: &Transaction<'_>, queue: &Topic) -> rusqlite::Result<
     )?
     .query_row([queue.as_str()], |r| r.get(0))
 }
+
+/// Finished jobs last changed before `before` (at most `limit`), for retention.
+pub(super) fn finished_before(
+    tx: &Transaction<'_>,
+    before: Millis,
+    limit: usize,
+) -> rusqlite::Result<Vec<JobId>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT id FROM jobs WHERE state IN ('succeeded', 'dead') AND updated < ?1 LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![before, limit as i64], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for row in rows {
+        if let Ok(id) = row?.parse::<JobId>() {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn delete(tx: &Transaction<'_>, id: &JobId) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM jobs WHERE id = ?1")?
+        .execute([id.as_str()])?;
+    Ok(())
+}

@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 use self::read::ReadPool;
 use self::writer::{Deferred, Op, Writer, WriterHealth};
 use super::follow::{CommitFeed, FeedSlot, Follow};
-use super::jobs::JobStore;
+use super::jobs::{JobEvents, JobStore};
 use super::log::{BoxFuture, Log, ReadBatch, Retention};
 use crate::model::{
     Appended, Job, JobId, LogBounds, Millis, NewMessage, Seq, StoreError, StoreResult, Topic,
@@ -148,17 +148,21 @@ impl SqliteLog {
         })
     }
 
-    /// Runs `f` in the writer's next group transaction; its value is returned once committed.
-    fn exec<T: Send + 'static>(
+    /// Runs `f` in the writer's next group transaction with the messages `events` makes of
+    /// its value (nothing when it failed): one commit for both.
+    fn exec_announced<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Transaction<'_>, Millis) -> rusqlite::Result<StoreResult<T>> + Send + 'static,
+        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<StoreResult<T>> + Send + 'static,
+        events: impl FnOnce(&T) -> Vec<NewMessage> + Send + 'static,
     ) -> BoxFuture<'_, StoreResult<T>> {
         let (reply, rx) = oneshot::channel();
-        let op = Op::Exec(Box::new(move |tx, now| {
-            let value = f(tx, now)?;
-            Ok(Box::new(move |committed: StoreResult<()>| {
+        let op = Op::ExecAppend(Box::new(move |tx, _now| {
+            let value = f(tx)?;
+            let batch = value.as_ref().map_or_else(|_| Vec::new(), events);
+            let done = Box::new(move |committed: StoreResult<()>| {
                 let _ = reply.send(committed.and(value));
-            }) as Deferred)
+            }) as Deferred;
+            Ok((batch, done))
         }));
         Box::pin(self.call(op, rx))
     }
@@ -298,10 +302,13 @@ impl Log for SqliteLog {
         // Only while failing: a healthy hub's `/readyz` never writes. The probe rewrites the
         // header page, so it needs the disk like any commit.
         let probe = failing.then(|| {
-            self.exec(|tx, _| {
-                tx.pragma_update(None, "user_version", schema::VERSION)?;
-                Ok(Ok(()))
-            })
+            self.exec_announced(
+                |tx| {
+                    tx.pragma_update(None, "user_version", schema::VERSION)?;
+                    Ok(Ok(()))
+                },
+                |_| Vec::new(),
+            )
         });
         let read = self.with_reader(read::check);
         Box::pin(async move {
@@ -332,12 +339,16 @@ impl Follow for SqliteLog {
 }
 
 impl JobStore for SqliteLog {
-    fn create(
+    fn create_announced(
         &self,
         job: Job,
         idempotency_key: Option<String>,
+        events: JobEvents,
     ) -> BoxFuture<'_, StoreResult<(Job, bool)>> {
-        self.exec(move |tx, _now| jobs::create(tx, job, idempotency_key))
+        self.exec_announced(
+            move |tx| jobs::create(tx, job, idempotency_key),
+            move |(job, replayed)| if *replayed { Vec::new() } else { events(job) },
+        )
     }
 
     fn get(&self, id: &JobId) -> BoxFuture<'_, StoreResult<Option<Job>>> {
@@ -345,19 +356,40 @@ impl JobStore for SqliteLog {
         self.with_reader(move |tx| jobs::get(tx, &id))
     }
 
-    fn save(&self, job: Job, expected_lease: Option<String>) -> BoxFuture<'_, StoreResult<Job>> {
-        self.exec(move |tx, _now| jobs::save(tx, job, expected_lease))
+    fn save_announced(
+        &self,
+        job: Job,
+        expected_lease: Option<String>,
+        events: JobEvents,
+    ) -> BoxFuture<'_, StoreResult<Job>> {
+        self.exec_announced(move |tx| jobs::save(tx, job, expected_lease), events)
     }
 
-    fn claim(
+    fn claim_announced(
         &self,
         queue: &Topic,
         now: Millis,
         lease: String,
         lease_ms: u64,
+        events: JobEvents,
     ) -> BoxFuture<'_, StoreResult<Option<Job>>> {
         let queue = queue.clone();
-        self.exec(move |tx, _| jobs::claim(tx, &queue, now, lease, lease_ms))
+        self.exec_announced(
+            move |tx| jobs::claim(tx, &queue, now, lease, lease_ms),
+            move |claimed| claimed.as_ref().map_or_else(Vec::new, events),
+        )
+    }
+
+    fn purge_finished(&self, before: Millis, limit: usize) -> BoxFuture<'_, StoreResult<usize>> {
+        let (reply, rx) = oneshot::channel();
+        Box::pin(self.call(
+            Op::PurgeJobs {
+                before,
+                limit,
+                reply,
+            },
+            rx,
+        ))
     }
 
     fn expired(&self, now: Millis, limit: usize) -> BoxFuture<'_, StoreResult<Vec<Job>>> {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, Transaction};
 use tokio::sync::oneshot;
 
-use super::append::{apply_append, apply_delete};
+use super::append::{apply_append, apply_delete, apply_drop_topic};
 use super::retention::Retainer;
 use super::topics::{TopicRow, load_topics, save_row};
 use crate::model::{
@@ -34,14 +34,22 @@ pub(super) enum Op {
     Close {
         reply: oneshot::Sender<()>,
     },
-    /// Any other write, run inside the group's transaction; its answer is sent once the
-    /// group commits (or fails).
-    Exec(ExecFn),
+    /// Job retention: finished jobs changed before `before`, with their topics.
+    PurgeJobs {
+        before: Millis,
+        limit: usize,
+        reply: oneshot::Sender<StoreResult<usize>>,
+    },
+    /// Any other write (a job's), run inside the group's transaction with the messages it
+    /// commits with it (the job's events): both or neither are kept. Its answer is sent once
+    /// the group commits (or fails).
+    ExecAppend(ExecAppendFn),
 }
 
 pub(super) type Deferred = Box<dyn FnOnce(StoreResult<()>) + Send>;
-pub(super) type ExecFn =
-    Box<dyn FnOnce(&Transaction<'_>, Millis) -> rusqlite::Result<Deferred> + Send>;
+pub(super) type ExecAppendFn = Box<
+    dyn FnOnce(&Transaction<'_>, Millis) -> rusqlite::Result<(Vec<NewMessage>, Deferred)> + Send,
+>;
 
 enum Reply {
     Deferred(Deferred),
@@ -137,7 +145,38 @@ impl Writer {
                         replies.push(Reply::Delete(reply, found));
                     }
                     Op::Close { reply } => replies.push(Reply::Close(reply)),
-                    Op::Exec(f) => replies.push(Reply::Deferred(f(&tx, now)?)),
+                    Op::PurgeJobs {
+                        before,
+                        limit,
+                        reply,
+                    } => {
+                        let ids = super::jobs::finished_before(&tx, before, limit)?;
+                        for id in &ids {
+                            super::jobs::delete(&tx, id)?;
+                            apply_drop_topic(&tx, &mut self.topics, &id.topic())?;
+                        }
+                        let purged = ids.len();
+                        replies.push(Reply::Deferred(Box::new(move |committed| {
+                            let _ = reply.send(committed.map(|()| purged));
+                        })));
+                    }
+                    Op::ExecAppend(f) => {
+                        let (batch, done) = f(&tx, now)?;
+                        if !batch.is_empty() {
+                            // Messages without idempotency keys: no conflict can refuse them.
+                            if let Err(e) = apply_append(
+                                &tx,
+                                &mut self.topics,
+                                &mut dirty,
+                                &mut committed,
+                                batch,
+                                now,
+                            )? {
+                                tracing::error!(error = %e, "a job's events were refused");
+                            }
+                        }
+                        replies.push(Reply::Deferred(done));
+                    }
                 }
             }
             for topic in &dirty {
