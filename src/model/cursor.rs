@@ -108,7 +108,7 @@ impl Cursor {
 impl FromStr for Cursor {
     type Err = CursorError;
 
-    /// At most [`MAX_CURSOR_PAIRS`] pairs.
+    /// At most `MAX_CURSOR_PAIRS` pairs.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Cursor::parse_bounded(s, MAX_CURSOR_PAIRS)
     }

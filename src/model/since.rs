@@ -59,7 +59,7 @@ impl Since {
 impl FromStr for Since {
     type Err = SinceError;
 
-    /// A cursor of at most [`super::cursor::MAX_CURSOR_PAIRS`] pairs.
+    /// A cursor of at most `MAX_CURSOR_PAIRS` (10,000) pairs.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Since::parse_bounded(s, MAX_CURSOR_PAIRS)
     }
