@@ -5,20 +5,8 @@ use serde_json::Value;
 use crate::kit::clients::{Ndjson, Sse};
 use crate::kit::{Server, eventually, metric};
 
-async fn scrape(server: &Server) -> String {
-    server
-        .client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text")
-}
-
 async fn value(server: &Server, series: &str) -> u64 {
-    metric(&scrape(server).await, series).unwrap_or(0)
+    metric(&server.metrics().await, series).unwrap_or(0)
 }
 
 #[tokio::test]
@@ -64,7 +52,7 @@ async fn each_family_moves_when_its_event_happens() {
     drop(sse);
     drop(nd);
     eventually("the streams are counted closed", || async {
-        let text = scrape(&server).await;
+        let text = server.metrics().await;
         let sse = metric(&text, r#"plexus_streams_open{transport="sse"}"#)?;
         let nd = metric(&text, r#"plexus_streams_open{transport="ndjson"}"#)?;
         (sse == 0 && nd == 0).then_some(())
@@ -106,18 +94,18 @@ async fn each_family_moves_when_its_event_happens() {
         tokio::spawn(async move { client.get(url).send().await })
     };
     eventually("a long poll is counted waiting", || async {
-        (metric(&scrape(&server).await, "plexus_long_polls_waiting")? == 1).then_some(())
+        (metric(&server.metrics().await, "plexus_long_polls_waiting")? == 1).then_some(())
     })
     .await;
     server.publish("quiet", "wake").await;
     poll.await.expect("join").expect("the poll answered");
     eventually("the long poll is no longer waiting", || async {
-        (metric(&scrape(&server).await, "plexus_long_polls_waiting")? == 0).then_some(())
+        (metric(&server.metrics().await, "plexus_long_polls_waiting")? == 0).then_some(())
     })
     .await;
 
     // Store commits, errors by status, requests by protocol, connections.
-    let text = scrape(&server).await;
+    let text = server.metrics().await;
     assert!(
         metric(&text, "plexus_store_commit_seconds_count").is_some_and(|n| n >= 4),
         "{text}"

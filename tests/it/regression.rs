@@ -1752,16 +1752,7 @@ fn cpu_ticks(server: &Server) -> u64 {
 }
 
 async fn commit_ops(server: &Server) -> u64 {
-    let text = server
-        .client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("the metrics text");
-    metric(&text, "plexus_store_commit_ops_sum").unwrap_or(0)
+    metric(&server.metrics().await, "plexus_store_commit_ops_sum").unwrap_or(0)
 }
 
 #[tokio::test]

@@ -158,28 +158,7 @@ pub(super) fn seek_time(
 }
 
 pub(super) fn topics(tx: &Transaction<'_>) -> rusqlite::Result<Vec<TopicInfo>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT name, head, first_seq, msg_count, bytes, last_time FROM topics ORDER BY name",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get(1)?,
-            r.get(2)?,
-            r.get(3)?,
-            r.get(4)?,
-            r.get(5)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (name, head, first, count, bytes, last) = row?;
-        // Names were validated before they were stored; skip any that would not parse.
-        if let Ok(topic) = name.parse::<Topic>() {
-            out.push(topic_info(topic, head, first, count, bytes, last));
-        }
-    }
-    Ok(out)
+    topics_page(tx, None, usize::MAX)
 }
 
 /// Up to `limit` topics named after `after`, in name order (the primary key's order).
@@ -207,6 +186,7 @@ pub(super) fn topics_page(
     let mut out = Vec::new();
     for row in rows {
         let (name, head, first, count, bytes, last) = row?;
+        // Names were validated before they were stored; skip any that would not parse.
         if let Ok(topic) = name.parse::<Topic>() {
             out.push(topic_info(topic, head, first, count, bytes, last));
         }

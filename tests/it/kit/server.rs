@@ -72,6 +72,18 @@ impl Engine {
 }
 
 impl Server {
+    /// The text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        self.client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("the metrics text")
+    }
+
     /// Starts `plexus serve --listen 127.0.0.1:0 --data-dir <tempdir>` plus `args` on the
     /// default engine ([`Engine::from_env`]) unless `args` name a `--storage`; an `--listen`
     /// in `args` replaces the ephemeral port (so a restart keeps the port).
