@@ -129,20 +129,33 @@ impl Writer {
             let now = now_millis();
             for op in ops {
                 match op {
+                    // On an error the op's reply is kept in `replies`, so its caller hears of
+                    // the failure only after the writer's health says so (a `/readyz` right
+                    // after a failed publish must not find the store healthy).
                     Op::Append { batch, reply } => {
-                        let result = apply_append(
+                        match apply_append(
                             &tx,
                             &mut self.topics,
                             &mut dirty,
                             &mut committed,
                             batch,
                             now,
-                        )?;
-                        replies.push(Reply::Append(reply, result));
+                        ) {
+                            Ok(result) => replies.push(Reply::Append(reply, result)),
+                            Err(e) => {
+                                replies.push(Reply::Append(reply, Ok(Vec::new())));
+                                return Err(e);
+                            }
+                        }
                     }
                     Op::Delete { topic, reply } => {
-                        let found = apply_delete(&tx, &mut self.topics, &topic)?;
-                        replies.push(Reply::Delete(reply, found));
+                        match apply_delete(&tx, &mut self.topics, &topic) {
+                            Ok(found) => replies.push(Reply::Delete(reply, found)),
+                            Err(e) => {
+                                replies.push(Reply::Delete(reply, false));
+                                return Err(e);
+                            }
+                        }
                     }
                     Op::Close { reply } => replies.push(Reply::Close(reply)),
                     Op::PurgeJobs {
@@ -162,6 +175,7 @@ impl Writer {
                     }
                     Op::ExecAppend(f) => {
                         let (batch, done) = f(&tx, now)?;
+                        replies.push(Reply::Deferred(done));
                         if !batch.is_empty() {
                             // Messages without idempotency keys: no conflict can refuse them.
                             if let Err(e) = apply_append(
@@ -175,7 +189,6 @@ impl Writer {
                                 tracing::error!(error = %e, "a job's events were refused");
                             }
                         }
-                        replies.push(Reply::Deferred(done));
                     }
                 }
             }
