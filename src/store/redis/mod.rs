@@ -52,13 +52,15 @@ use super::follow::{CommitFeed, FeedSlot, Follow};
 use super::jobs::{JobEvents, JobStore};
 use super::log::{BoxFuture, Log, ReadBatch, Retention};
 use crate::model::{
-    Appended, Job, JobId, LogBounds, Millis, NewMessage, Seq, StoreResult, Topic, TopicInfo,
+    Appended, Job, JobId, LogBounds, Millis, NewMessage, Seq, StoreError, StoreResult, Topic,
+    TopicInfo,
 };
 
+pub use self::core::Replication;
 pub use self::target::RedisTarget;
 
 use self::append::Pending;
-use self::core::{Conn, Core, Scripts, node_id, unavailable};
+use self::core::{Conn, Core, Scripts, check_acks, node_id, unavailable};
 use self::feed::{Followed, Interest, feed_pushes, follow_commits, follow_interests, subscribe};
 use self::keys::*;
 use self::target::{redact, tcp_settings};
@@ -66,6 +68,9 @@ use self::target::{redact, tcp_settings};
 /// Longest a command may take before the node calls Redis unavailable. redis-rs defaults to
 /// 500 ms, which a large script under load can exceed.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long `/readyz` waits for the replicas of each shard to answer under `replicated`.
+const READY_WAIT: Duration = Duration::from_millis(200);
 
 /// The `redis` engine.
 pub struct RedisLog {
@@ -83,12 +88,22 @@ pub struct RedisLog {
 
 impl RedisLog {
     /// Connects, and subscribes to the commit channel before returning, so no commit made
-    /// after `open` is missed.
-    pub async fn open(target: &RedisTarget, retention: Retention) -> Result<Self, String> {
+    /// after `open` is missed. With `replication` (`durability = "replicated"`) every write
+    /// waits for its shard's replicas (see `docs/ARCHITECTURE.md`, the committed head).
+    pub async fn open(
+        target: &RedisTarget,
+        retention: Retention,
+        replication: Option<Replication>,
+    ) -> Result<Self, String> {
         let feed = FeedSlot::new();
         let followed = Followed::default();
         let mut tasks = Vec::new();
-        let (conn, sharded) = match target {
+        // A write's `WAIT` may hold its connection for the whole replica timeout, and more
+        // writes queue behind it there.
+        let write_timeout = replication.map_or(RESPONSE_TIMEOUT, |r| {
+            RESPONSE_TIMEOUT + r.timeout.saturating_mul(4)
+        });
+        let (conn, writes, sharded) = match target {
             RedisTarget::Single(url) => {
                 let shown = redact(url);
                 let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
@@ -100,14 +115,23 @@ impl RedisLog {
                     .set_connection_timeout(Some(Duration::from_secs(5)))
                     .set_number_of_retries(3);
                 let manager = client
-                    .get_connection_manager_with_config(config)
+                    .get_connection_manager_with_config(config.clone())
                     .await
                     .map_err(|e| format!("cannot connect to {shown}: {e}"))?;
+                let writes = match replication {
+                    None => manager.clone(),
+                    Some(_) => client
+                        .get_connection_manager_with_config(
+                            config.set_response_timeout(Some(write_timeout)),
+                        )
+                        .await
+                        .map_err(|e| format!("cannot connect to {shown}: {e}"))?,
+                };
                 let pubsub = subscribe(&client)
                     .await
                     .map_err(|e| format!("cannot subscribe to {CHANNEL} on {shown}: {e}"))?;
                 tasks.push(tokio::spawn(follow_commits(client, pubsub, feed.sender())));
-                (Conn::Single(manager), None)
+                (Conn::Single(manager), Conn::Single(writes), None)
             }
             RedisTarget::Cluster(nodes) => {
                 let shown: Vec<String> = nodes.iter().map(|n| redact(n)).collect();
@@ -121,6 +145,18 @@ impl RedisLog {
                     .get_async_connection()
                     .await
                     .map_err(|e| format!("cannot connect to the cluster {shown:?}: {e}"))?;
+                let writes = match replication {
+                    None => conn.clone(),
+                    Some(_) => redis::cluster::ClusterClient::builder(nodes.clone())
+                        .response_timeout(write_timeout)
+                        .connection_timeout(Duration::from_secs(5))
+                        .tcp_settings(tcp_settings())
+                        .build()
+                        .map_err(|e| format!("{shown:?}: {e}"))?
+                        .get_async_connection()
+                        .await
+                        .map_err(|e| format!("cannot connect to the cluster {shown:?}: {e}"))?,
+                };
                 // Sharded subscriptions need RESP3; their messages arrive as pushes.
                 let (push_tx, push_rx) = tokio::sync::mpsc::unbounded_channel();
                 let subscriber = redis::cluster::ClusterClient::builder(nodes.clone())
@@ -139,11 +175,17 @@ impl RedisLog {
                     interest_rx,
                     followed.clone(),
                 )));
-                (Conn::Cluster(conn), Some((interest_tx, push_rx)))
+                (
+                    Conn::Cluster(conn),
+                    Conn::Cluster(writes),
+                    Some((interest_tx, push_rx)),
+                )
             }
         };
         let core = Core {
             conn,
+            writes,
+            replication,
             scripts: Arc::new(Scripts::new()),
             retention,
             sharded: sharded.is_some(),
@@ -160,6 +202,7 @@ impl RedisLog {
             )));
             interests
         });
+        core.check_replicas().await;
         Ok(RedisLog {
             core,
             interests,
@@ -168,6 +211,36 @@ impl RedisLog {
             feed,
             tasks: Mutex::new(tasks),
         })
+    }
+}
+
+impl Core {
+    /// Says at start what the replicas mean for durability: an error when `replicated` cannot
+    /// be met yet (the hub starts; `/readyz` answers 503 until it can), a warning when there
+    /// are replicas but writes do not wait for them.
+    async fn check_replicas(&self) {
+        let wanted = self.replication.map_or(0, |r| r.min_replicas);
+        match self.conn.replicas(0, Duration::ZERO).await {
+            Ok((fewest, _)) if self.replication.is_some() && fewest < i64::from(wanted) => {
+                tracing::error!(
+                    replicas = fewest,
+                    min_replicas = wanted,
+                    "durability is replicated, but a Redis shard has fewer connected replicas \
+                     than redis.min_replicas: publishes and job writes answer 503, and /readyz \
+                     503, until enough replicas connect"
+                );
+            }
+            Ok((_, total)) if self.replication.is_none() && total > 0 => {
+                tracing::warn!(
+                    replicas = total,
+                    "the Redis store has replicas, but durability is not replicated: an \
+                     acknowledged message can be lost when a master fails over (set \
+                     durability = \"replicated\")"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "redis: cannot count the replicas"),
+        }
     }
 }
 
@@ -225,8 +298,19 @@ impl Log for RedisLog {
                 .conn
                 .query::<String>(&redis::cmd("PING"))
                 .await
-                .map(|_| ())
-                .map_err(unavailable)
+                .map_err(unavailable)?;
+            // Under `replicated`, a shard without enough replicas refuses every write.
+            if let Some(rep) = self.core.replication {
+                let (fewest, _) = self
+                    .core
+                    .writes
+                    .replicas(rep.min_replicas, READY_WAIT)
+                    .await
+                    .map_err(unavailable)?;
+                check_acks(fewest, rep, "every shard")
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            }
+            Ok(())
         })
     }
 
@@ -397,7 +481,7 @@ mod tests {
     async fn concurrent_appends_are_grouped_and_each_gets_its_own_result() {
         let server = test_redis::RedisServer::start().await;
         let log = Arc::new(
-            RedisLog::open(&RedisTarget::Single(server.url()), Retention::default())
+            RedisLog::open(&RedisTarget::Single(server.url()), Retention::default(), None)
                 .await
                 .expect("open"),
         );
@@ -478,7 +562,7 @@ mod tests {
     #[tokio::test]
     async fn a_repeated_append_call_appends_once() {
         let server = test_redis::RedisServer::start().await;
-        let log = RedisLog::open(&RedisTarget::Single(server.url()), Retention::default())
+        let log = RedisLog::open(&RedisTarget::Single(server.url()), Retention::default(), None)
             .await
             .expect("open");
         let topic: Topic = "r".parse().expect("topic");
@@ -506,7 +590,7 @@ mod tests {
     #[tokio::test]
     async fn a_multi_topic_batch_survives_a_flushed_script_cache() {
         let server = test_redis::RedisServer::start().await;
-        let log = RedisLog::open(&RedisTarget::Single(server.url()), Retention::default())
+        let log = RedisLog::open(&RedisTarget::Single(server.url()), Retention::default(), None)
             .await
             .expect("open");
         let batch = || {
