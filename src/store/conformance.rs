@@ -12,8 +12,8 @@ use super::engine::Engine;
 use super::follow::CommitFeed;
 use super::jobs::JobStore;
 use super::log::{Log, Retention};
-use super::redis::{RedisTarget, Replication};
 use super::redis::test_redis::RedisServer;
+use super::redis::{RedisTarget, Replication};
 use super::sqlite::{Durability, SqliteLog};
 use crate::model::{
     EventName, Job, JobId, JobState, LogBounds, Message, Millis, NewMessage, StoreError, Topic,
@@ -1632,10 +1632,13 @@ async fn legacy_fnv_idempotency_keys_still_match_their_body() {
         .unwrap();
     // redis: the old value, `FINGERPRINT SEQ TIME`.
     let server = RedisServer::start().await;
-    let redis_log =
-        super::redis::RedisLog::open(&RedisTarget::Single(server.url()), Retention::default(), None)
-            .await
-            .unwrap();
+    let redis_log = super::redis::RedisLog::open(
+        &RedisTarget::Single(server.url()),
+        Retention::default(),
+        None,
+    )
+    .await
+    .unwrap();
     redis_log
         .append(vec![msg("a", "first", None)])
         .await

@@ -44,6 +44,9 @@ end
 if ARGV[6] == '1' then return {} end
 
 local head = tonumber(redis.call('HGET', m, 'head') or 0)
+-- Under `replicated` a topic's first write starts its committed head where it is, so what
+-- this call appends stays hidden until commit.lua raises it.
+if ARGV[7] == '' then redis.call('HSETNX', m, 'ok', string.format('%d', head)) end
 local last = tonumber(redis.call('HGET', m, 'last') or 0)
 local added = 0
 local out = {}

@@ -328,7 +328,9 @@ impl Core {
                     )));
                 }
             };
-            let failed = items.iter().position(|v| matches!(v, redis::Value::ServerError(_)));
+            let failed = items
+                .iter()
+                .position(|v| matches!(v, redis::Value::ServerError(_)));
             let Some(i) = failed else {
                 break (items, acks);
             };

@@ -41,9 +41,15 @@ impl Conn {
 
     /// Redis `WAIT numreplicas timeout` on the connection (and, on a cluster, the master) that
     /// wrote `key`: how many replicas hold every write this connection made there.
-    pub(super) async fn wait_for(&self, key: &str, replicas: u32, timeout: Duration) -> Result<i64, RedisError> {
+    pub(super) async fn wait_for(
+        &self,
+        key: &str,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<i64, RedisError> {
         let mut wait = redis::cmd("WAIT");
-        wait.arg(replicas).arg(timeout.as_millis().min(i64::MAX as u128) as i64);
+        wait.arg(replicas)
+            .arg(timeout.as_millis().min(i64::MAX as u128) as i64);
         match self.clone() {
             Conn::Single(mut c) => wait.query_async(&mut c).await,
             Conn::Cluster(mut c) => {
@@ -62,9 +68,14 @@ impl Conn {
 
     /// Connected replicas that acknowledge within `timeout`: the fewest of any shard, and
     /// the sum over all shards (`WAIT` on every master).
-    pub(super) async fn replicas(&self, replicas: u32, timeout: Duration) -> Result<(i64, i64), RedisError> {
+    pub(super) async fn replicas(
+        &self,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<(i64, i64), RedisError> {
         let mut wait = redis::cmd("WAIT");
-        wait.arg(replicas).arg(timeout.as_millis().min(i64::MAX as u128) as i64);
+        wait.arg(replicas)
+            .arg(timeout.as_millis().min(i64::MAX as u128) as i64);
         match self.clone() {
             Conn::Single(mut c) => {
                 let n: i64 = wait.query_async(&mut c).await?;
@@ -80,7 +91,9 @@ impl Conn {
                         Some(ResponsePolicy::Aggregate(op)),
                     ))
                 };
-                let min = c.route_command(wait.clone(), on_all(AggregateOp::Min)).await?;
+                let min = c
+                    .route_command(wait.clone(), on_all(AggregateOp::Min))
+                    .await?;
                 let sum = c.route_command(wait, on_all(AggregateOp::Sum)).await?;
                 Ok((
                     redis::from_redis_value(min).map_err(RedisError::from)?,

@@ -203,6 +203,14 @@ impl RedisLog {
             interests
         });
         core.check_replicas().await;
+        if replication.is_some() {
+            // Loaded ahead: a first EVALSHA that finds no script still waits for its WAIT.
+            let mut load = redis::cmd("SCRIPT");
+            load.arg("LOAD").arg(&core.scripts.append_code);
+            if let Err(e) = core.writes.query::<String>(&load).await {
+                tracing::warn!(error = %e, "redis: cannot load the append script yet");
+            }
+        }
         Ok(RedisLog {
             core,
             interests,
@@ -481,9 +489,13 @@ mod tests {
     async fn concurrent_appends_are_grouped_and_each_gets_its_own_result() {
         let server = test_redis::RedisServer::start().await;
         let log = Arc::new(
-            RedisLog::open(&RedisTarget::Single(server.url()), Retention::default(), None)
-                .await
-                .expect("open"),
+            RedisLog::open(
+                &RedisTarget::Single(server.url()),
+                Retention::default(),
+                None,
+            )
+            .await
+            .expect("open"),
         );
         let tasks: Vec<_> = (0..20)
             .map(|t| {
@@ -562,9 +574,13 @@ mod tests {
     #[tokio::test]
     async fn a_repeated_append_call_appends_once() {
         let server = test_redis::RedisServer::start().await;
-        let log = RedisLog::open(&RedisTarget::Single(server.url()), Retention::default(), None)
-            .await
-            .expect("open");
+        let log = RedisLog::open(
+            &RedisTarget::Single(server.url()),
+            Retention::default(),
+            None,
+        )
+        .await
+        .expect("open");
         let topic: Topic = "r".parse().expect("topic");
         let batch = vec![msg("r", "a", None), msg("r", "b", None)];
         let receipt = "plexus:w:{r}:test".to_owned();
@@ -590,9 +606,13 @@ mod tests {
     #[tokio::test]
     async fn a_multi_topic_batch_survives_a_flushed_script_cache() {
         let server = test_redis::RedisServer::start().await;
-        let log = RedisLog::open(&RedisTarget::Single(server.url()), Retention::default(), None)
-            .await
-            .expect("open");
+        let log = RedisLog::open(
+            &RedisTarget::Single(server.url()),
+            Retention::default(),
+            None,
+        )
+        .await
+        .expect("open");
         let batch = || {
             vec![
                 msg("x", "1", None),

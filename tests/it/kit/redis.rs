@@ -103,7 +103,10 @@ impl RedisServer {
 
     /// The process id, while it runs.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).expect("redis is running")
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .expect("redis is running")
     }
 
     /// Sends a signal (`STOP`, `CONT`, `KILL`…) to the process, as `kill -SIG` does.
