@@ -248,21 +248,17 @@ impl RedisCluster {
             .expect("a node of this cluster")
     }
 
-    /// The ports of the replicas of the master on `port`.
+    /// The ports of the replicas of the master on `port`, by each node's `ROLE` (a replica
+    /// answers `slave`, its master's host and port, its link state, its offset).
     pub fn replicas_of(&self, port: u16) -> Vec<u16> {
-        let nodes = self.node(port).cli(&["CLUSTER", "NODES"]);
-        let Some(id) = nodes
-            .lines()
-            .find(|l| l.contains("myself"))
-            .and_then(|l| l.split_whitespace().next())
-        else {
-            return Vec::new();
-        };
-        nodes
-            .lines()
-            .filter(|l| l.split_whitespace().nth(3) == Some(id))
-            .filter_map(|l| l.split_whitespace().nth(1))
-            .filter_map(|addr| addr.split(['@', ':']).nth(1)?.parse().ok())
+        self.nodes
+            .iter()
+            .filter(|n| {
+                let role = n.cli(&["ROLE"]);
+                let lines: Vec<&str> = role.lines().map(str::trim).collect();
+                lines.first() == Some(&"slave") && lines.get(2) == Some(&port.to_string().as_str())
+            })
+            .map(|n| n.port)
             .collect()
     }
 
