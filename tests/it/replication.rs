@@ -24,7 +24,7 @@ async fn replicated_node(storage: &str) -> Server {
         "--durability",
         "replicated",
         "--redis-replica-timeout",
-        "1s",
+        "2s",
     ])
     .await
 }
@@ -225,7 +225,7 @@ async fn failover(replicated: bool) -> Failover {
             "--durability",
             "replicated",
             "--redis-replica-timeout",
-            "1s",
+            "2s",
         ]);
     }
     let a = Server::start(&args).await;

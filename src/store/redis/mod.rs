@@ -471,7 +471,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::model::StoreError;
+    use crate::model::now_millis;
 
     fn msg(topic: &str, data: &str, key: Option<&str>) -> NewMessage {
         NewMessage {
@@ -629,5 +629,113 @@ mod tests {
         let done = log.append(batch()).await.expect("a batch after the flush");
         let seqs: Vec<Seq> = done.iter().map(|a| a.seq).collect();
         assert_eq!(seqs, vec![3, 2, 4], "each topic counts on, once");
+    }
+
+    /// A replicated log on a master with one replica.
+    async fn replicated() -> (test_redis::RedisServer, test_redis::RedisServer, RedisLog) {
+        let master = test_redis::RedisServer::start().await;
+        let replica = test_redis::RedisServer::start_replica_of(&master).await;
+        let replication = Replication {
+            min_replicas: 1,
+            timeout: Duration::from_secs(2),
+        };
+        let log = RedisLog::open(
+            &RedisTarget::Single(master.url()),
+            Retention::default(),
+            Some(replication),
+        )
+        .await
+        .expect("open");
+        (master, replica, log)
+    }
+
+    async fn next_commit(feed: &mut CommitFeed) -> Vec<Seq> {
+        let batch = tokio::time::timeout(Duration::from_secs(10), feed.recv())
+            .await
+            .expect("a commit is fed")
+            .expect("the feed is open");
+        batch.iter().map(|m| m.seq).collect()
+    }
+
+    /// Under `replicated` a write the paused replica cannot confirm is refused, never shown
+    /// nor fed; once the replica is back, the next commit shows both and feeds its own.
+    #[tokio::test]
+    async fn replicated_writes_stay_hidden_until_a_replica_confirms() {
+        let (_master, replica, log) = replicated().await;
+        let mut feed = log.take_commits().expect("the feed");
+        let t: Topic = "r".parse().expect("topic");
+        let a = log.append(vec![msg("r", "a", None)]).await.expect("a");
+        assert_eq!(a[0].seq, 1);
+        assert_eq!(next_commit(&mut feed).await, vec![1]);
+
+        replica.pause();
+        let b = log.append(vec![msg("r", "b", None)]).await;
+        assert!(matches!(b, Err(StoreError::NotReplicated(_))), "{b:?}");
+        assert!(log.ping().await.is_err(), "not ready without the replica");
+        let read = log.read(&t, 0, 10, usize::MAX).await.expect("read");
+        let seqs: Vec<Seq> = read.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, vec![1], "the unconfirmed write is not shown");
+        assert_eq!(read.bounds().last_seq, 1);
+        assert_eq!(log.seek_time(&t, now_millis() + 60_000).await, Ok(1));
+
+        replica.resume();
+        let mut ready = false;
+        for _ in 0..100 {
+            if log.ping().await.is_ok() {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(ready, "ready again once the replica answers");
+        let c = log.append(vec![msg("r", "c", None)]).await.expect("c");
+        assert_eq!(c[0].seq, 3, "the refused write kept its seq");
+        assert_eq!(
+            next_commit(&mut feed).await,
+            vec![3],
+            "the feed carries the commit's own messages; readers find 2 as a hole"
+        );
+        let read = log.read(&t, 0, 10, usize::MAX).await.expect("read");
+        let seqs: Vec<Seq> = read.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(
+            seqs,
+            vec![1, 2, 3],
+            "the later commit covers the earlier write"
+        );
+    }
+
+    /// A failover can lose the raise of the committed head though the messages under it were
+    /// replicated (and shown): a reader whose cursor is past the head it finds waits there,
+    /// and is not told the log was reset.
+    #[tokio::test]
+    async fn a_cursor_past_a_lost_raise_waits_instead_of_resetting() {
+        let (_master, _replica, log) = replicated().await;
+        let t: Topic = "w".parse().expect("topic");
+        let batch = vec![
+            msg("w", "1", None),
+            msg("w", "2", None),
+            msg("w", "3", None),
+        ];
+        log.append(batch).await.expect("append");
+        log.core
+            .conn
+            .query::<()>(redis::cmd("HSET").arg(meta_key(&t)).arg("ok").arg(1))
+            .await
+            .expect("lower the committed head");
+        let read = log.read(&t, 2, 10, usize::MAX).await.expect("read");
+        assert!(read.messages.is_empty());
+        assert_eq!(read.bounds().last_seq, 2, "the head this reader saw");
+        let read = log.read(&t, 0, 10, usize::MAX).await.expect("read");
+        assert_eq!(read.messages.len(), 1, "others see the committed head");
+        let read = log.read(&t, 9, 10, usize::MAX).await.expect("read");
+        assert_eq!(
+            read.bounds().last_seq,
+            1,
+            "a cursor past every write is a reset"
+        );
+        log.append(vec![msg("w", "4", None)]).await.expect("append");
+        let read = log.read(&t, 2, 10, usize::MAX).await.expect("read");
+        let seqs: Vec<Seq> = read.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, vec![3, 4]);
     }
 }
