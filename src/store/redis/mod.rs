@@ -6,7 +6,10 @@
 //! - `plexus:s:{T}` a Stream, one entry per message, entry id `SEQ-0`, fields `t` (ms),
 //!   `e` (event, when there is one), `d` (payload);
 //! - `plexus:m:{T}` a hash: `head` (the seq counter, which deletes and retention never lower),
-//!   `last` (time of the last message), `bytes` (payload retained), `del` (deleted through);
+//!   `ok` (the committed head: readers and the commit feed stop there; equal to `head` but
+//!   under `durability = "replicated"`, where `commit.lua` raises it once replicas hold a
+//!   write), `last` (time of the last message), `bytes` (payload retained), `del` (deleted
+//!   through);
 //! - `plexus:i:{T}:KEY` an idempotency key, `FINGERPRINT SEQ TIME` (the SHA-256 of event and
 //!   payload in hex; a key from before SHA-256 holds an FNV-1a 64 in decimal), expiring after 24 h;
 //! - `plexus:w:{T}:CALL` an append's receipt (its result, for 60 s), so that a call the client
@@ -29,6 +32,11 @@
 //! after a drop, the engine feeds an empty batch and the hub re-checks the heads of the topics
 //! it has readers for, so commits made meanwhile reach them without waiting for the next
 //! publish.
+//!
+//! Under `durability = "replicated"` writes go on a connection of their own and each is
+//! followed by Redis `WAIT` on the same connection and master; a topic's commit is published
+//! by `commit.lua` after the `WAIT`, not by `append.lua` (docs/ARCHITECTURE.md, replicated
+//! durability).
 //!
 //! Files, bottom up: `target` (URLs), `keys` (key and channel names), `core` (the connection,
 //! the scripts, what every task shares); over them `read`, `append` (group commit, MULTI),
