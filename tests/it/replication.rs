@@ -258,6 +258,36 @@ async fn failover(replicated: bool) -> Failover {
         .expect("the topic's master has a replica");
     cluster.node(replica).pause();
 
+    // Readers poll both hubs from the cursor while the replica is paused, until the master
+    // dies: under `replicated` none of them may ever see a message the replica lacks.
+    let polling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let pollers: Vec<_> = [&a, &b]
+        .into_iter()
+        .map(|node| {
+            let (client, url) = (
+                node.client().clone(),
+                node.url(&format!(
+                    "/v1/topics/{topic}/messages?since={cursor}&wait=1"
+                )),
+            );
+            let polling = polling.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while polling.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(resp) = client.get(&url).send().await else {
+                        continue;
+                    };
+                    if let Ok(page) = resp.json::<Value>().await
+                        && let Some(got) = page["messages"].as_array()
+                    {
+                        seen.extend(got.iter().map(seq));
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+
     // 30 large publishes at once, through both hubs.
     let tasks: Vec<_> = (1..=30)
         .map(|i| {
@@ -293,8 +323,17 @@ async fn failover(replicated: bool) -> Failover {
             assert!(retry_after, "a 503 says when to retry");
         }
     }
+    polling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let mut seen_while_paused = Vec::new();
+    for poller in pollers {
+        seen_while_paused.extend(poller.await.expect("poller"));
+    }
     if replicated {
         // Visible only once replicated: neither hub shows what the replica does not hold.
+        assert!(
+            seen_while_paused.is_empty(),
+            "polls saw unreplicated messages: {seen_while_paused:?}"
+        );
         for node in [&a, &b] {
             let page = node.read(topic, &format!("since={cursor}")).await;
             assert!(

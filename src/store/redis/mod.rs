@@ -746,4 +746,33 @@ mod tests {
         let seqs: Vec<Seq> = read.messages.iter().map(|m| m.seq).collect();
         assert_eq!(seqs, vec![3, 4]);
     }
+
+    /// Under `replicated`, after Redis lost its script cache (a restart, a failover), a
+    /// single-topic append and a multi-topic batch load the script and run once.
+    #[tokio::test]
+    async fn replicated_appends_survive_a_flushed_script_cache() {
+        let (_master, _replica, log) = replicated().await;
+        log.append(vec![msg("x", "1", None)]).await.expect("first");
+        let flush = || async {
+            log.core
+                .writes
+                .query::<String>(redis::cmd("SCRIPT").arg("FLUSH"))
+                .await
+                .expect("SCRIPT FLUSH");
+        };
+        flush().await;
+        let one = log
+            .append(vec![msg("x", "2", None)])
+            .await
+            .expect("one topic");
+        assert_eq!(one[0].seq, 2);
+        flush().await;
+        let batch = vec![msg("x", "3", None), msg("y", "1", None)];
+        let done = log.append(batch).await.expect("a batch after the flush");
+        let seqs: Vec<Seq> = done.iter().map(|a| a.seq).collect();
+        assert_eq!(seqs, vec![3, 1], "each topic counts on, once");
+        let x: Topic = "x".parse().expect("topic");
+        let read = log.read(&x, 0, 10, usize::MAX).await.expect("read");
+        assert_eq!(read.messages.len(), 3, "every confirmed write is shown");
+    }
 }
