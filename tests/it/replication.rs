@@ -67,6 +67,20 @@ async fn replicated_durability_needs_a_redis_storage() {
     .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("redis.min_replicas"), "{stderr}");
+    for timeout in ["0ms", "61s", "soon"] {
+        let out = run_to_failure(
+            plexus()
+                .args(["serve", "--listen", "127.0.0.1:0", "--storage", "memory"])
+                .args(["--redis-replica-timeout", timeout]),
+            "serve with a bad redis.replica_timeout",
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("redis.replica_timeout"),
+            "{timeout}: {stderr}"
+        );
+    }
 }
 
 /// No replica: `/readyz` and every write answer 503 and nothing is shown; once a replica

@@ -1,6 +1,8 @@
 //! Private Redis servers for the tests: `redis-server` on free loopback ports, no
-//! persistence, killed when dropped; and a real 3-master Redis Cluster made with
-//! `redis-cli --cluster create`. `scripts/test` installs both programs when missing.
+//! persistence, killed when dropped, a replica of one when asked; and a real 3-master Redis
+//! Cluster made with `redis-cli --cluster create`, with replicas when asked. A node can be
+//! paused (`SIGSTOP`), resumed, killed and started again, as in a failover.
+//! `scripts/test` installs both programs when missing.
 //!
 //! The one Redis fixture: the integration tests use it as `kit::redis`, and the library's unit
 //! tests (the store's behaviour suite, the redis engine's own tests) include this same file,
