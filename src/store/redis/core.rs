@@ -66,39 +66,33 @@ impl Conn {
         }
     }
 
-    /// Connected replicas that acknowledge within `timeout`: the fewest of any shard, and
-    /// the sum over all shards (`WAIT` on every master).
+    /// Replicas that acknowledge this connection's writes within `timeout` (`WAIT` on every
+    /// master): the fewest of any shard, or the sum over all shards.
     pub(super) async fn replicas(
         &self,
         replicas: u32,
         timeout: Duration,
-    ) -> Result<(i64, i64), RedisError> {
+        tally: Tally,
+    ) -> Result<i64, RedisError> {
         let mut wait = redis::cmd("WAIT");
         wait.arg(replicas)
             .arg(timeout.as_millis().min(i64::MAX as u128) as i64);
         match self.clone() {
-            Conn::Single(mut c) => {
-                let n: i64 = wait.query_async(&mut c).await?;
-                Ok((n, n))
-            }
+            Conn::Single(mut c) => wait.query_async(&mut c).await,
             Conn::Cluster(mut c) => {
                 use redis::cluster_routing::{
                     AggregateOp, MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo,
                 };
-                let on_all = |op| {
-                    RoutingInfo::MultiNode((
-                        MultipleNodeRoutingInfo::AllMasters,
-                        Some(ResponsePolicy::Aggregate(op)),
-                    ))
+                let op = match tally {
+                    Tally::Fewest => AggregateOp::Min,
+                    Tally::Total => AggregateOp::Sum,
                 };
-                let min = c
-                    .route_command(wait.clone(), on_all(AggregateOp::Min))
-                    .await?;
-                let sum = c.route_command(wait, on_all(AggregateOp::Sum)).await?;
-                Ok((
-                    redis::from_redis_value(min).map_err(RedisError::from)?,
-                    redis::from_redis_value(sum).map_err(RedisError::from)?,
-                ))
+                let routing = RoutingInfo::MultiNode((
+                    MultipleNodeRoutingInfo::AllMasters,
+                    Some(ResponsePolicy::Aggregate(op)),
+                ));
+                let value = c.route_command(wait, routing).await?;
+                redis::from_redis_value(value).map_err(RedisError::from)
             }
         }
     }
@@ -145,6 +139,13 @@ impl Scripts {
             commit: topic(include_str!("commit.lua")),
         }
     }
+}
+
+/// How [`Conn::replicas`] sums up the shards.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Tally {
+    Fewest,
+    Total,
 }
 
 /// `durability = "replicated"`: how many replicas of a shard must hold a write before it is

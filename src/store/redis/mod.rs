@@ -68,7 +68,7 @@ pub use self::core::Replication;
 pub use self::target::RedisTarget;
 
 use self::append::Pending;
-use self::core::{Conn, Core, Scripts, check_acks, node_id, unavailable};
+use self::core::{Conn, Core, Scripts, Tally, check_acks, node_id, unavailable};
 use self::feed::{Followed, Interest, feed_pushes, follow_commits, follow_interests, subscribe};
 use self::keys::*;
 use self::target::{redact, tcp_settings};
@@ -235,9 +235,13 @@ impl Core {
     /// be met yet (the hub starts; `/readyz` answers 503 until it can), a warning when there
     /// are replicas but writes do not wait for them.
     async fn check_replicas(&self) {
-        let wanted = self.replication.map_or(0, |r| r.min_replicas);
-        match self.conn.replicas(0, Duration::ZERO).await {
-            Ok((fewest, _)) if self.replication.is_some() && fewest < i64::from(wanted) => {
+        // `WAIT 0 0` answers at once: every replica has acknowledged a fresh connection.
+        let (tally, wanted) = match self.replication {
+            Some(r) => (Tally::Fewest, i64::from(r.min_replicas)),
+            None => (Tally::Total, 0),
+        };
+        match self.conn.replicas(0, Duration::ZERO, tally).await {
+            Ok(fewest) if self.replication.is_some() && fewest < wanted => {
                 tracing::error!(
                     replicas = fewest,
                     min_replicas = wanted,
@@ -246,7 +250,7 @@ impl Core {
                      503, until enough replicas connect"
                 );
             }
-            Ok((_, total)) if self.replication.is_none() && total > 0 => {
+            Ok(total) if self.replication.is_none() && total > 0 => {
                 tracing::warn!(
                     replicas = total,
                     "the Redis store has replicas, but durability is not replicated: an \
@@ -317,10 +321,10 @@ impl Log for RedisLog {
                 .map_err(unavailable)?;
             // Under `replicated`, a shard without enough replicas refuses every write.
             if let Some(rep) = self.core.replication {
-                let (fewest, _) = self
+                let fewest = self
                     .core
                     .writes
-                    .replicas(rep.min_replicas, READY_WAIT)
+                    .replicas(rep.min_replicas, READY_WAIT, Tally::Fewest)
                     .await
                     .map_err(unavailable)?;
                 check_acks(fewest, rep, "every shard")
