@@ -161,9 +161,10 @@ impl Core {
             .arg(rep.timeout.as_millis().min(i64::MAX as u128) as i64);
         let started = std::time::Instant::now();
         let mut loaded = false;
+        let writer = self.writer(&keys[0]);
         let (out, acks) = loop {
             let mut values: Vec<redis::Value> =
-                self.writes.query_pipe(&pipe).await.map_err(unavailable)?;
+                writer.query_pipe(&pipe).await.map_err(unavailable)?;
             let (Some(acks), Some(out)) = (values.pop(), values.pop()) else {
                 return Err(StoreError::Unavailable("redis: a short reply".into()));
             };
@@ -175,10 +176,7 @@ impl Core {
                         loaded = true;
                         let mut load = redis::cmd("SCRIPT");
                         load.arg("LOAD").arg(&self.scripts.append_code);
-                        self.writes
-                            .query::<String>(&load)
-                            .await
-                            .map_err(unavailable)?;
+                        writer.query::<String>(&load).await.map_err(unavailable)?;
                         continue;
                     }
                     return Err(append_error(e, topic, messages));
@@ -220,7 +218,7 @@ impl Core {
             .arg(command)
             .arg(channel)
             .arg(topic.as_str());
-        self.writes
+        self.writer(&stream_key(topic))
             .invoke::<i64>(&inv)
             .await
             .map(|_| ())
@@ -294,6 +292,12 @@ impl Core {
         let Some(rep) = self.replication else {
             return Err(StoreError::Unavailable("redis: not replicated".into()));
         };
+        let writer = self.writer(
+            &topics
+                .first()
+                .map(|(t, _)| stream_key(t))
+                .unwrap_or_default(),
+        );
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         pipe.cmd("MULTI");
@@ -316,7 +320,7 @@ impl Core {
         let mut loaded = false;
         let (items, acks) = loop {
             let mut values: Vec<redis::Value> =
-                self.writes.query_pipe(&pipe).await.map_err(unavailable)?;
+                writer.query_pipe(&pipe).await.map_err(unavailable)?;
             let (Some(acks), Some(exec)) = (values.pop(), values.pop()) else {
                 return Err(StoreError::Unavailable("redis: a short reply".into()));
             };
@@ -343,10 +347,7 @@ impl Core {
                 loaded = true;
                 let mut load = redis::cmd("SCRIPT");
                 load.arg("LOAD").arg(&self.scripts.append_code);
-                self.writes
-                    .query::<String>(&load)
-                    .await
-                    .map_err(unavailable)?;
+                writer.query::<String>(&load).await.map_err(unavailable)?;
                 continue;
             }
             return Err(append_error(e, &topics[i].0, &topics[i].1));

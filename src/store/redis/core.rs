@@ -164,9 +164,12 @@ pub(super) fn unavailable(e: RedisError) -> StoreError {
 #[derive(Clone)]
 pub(super) struct Core {
     pub(super) conn: Conn,
-    /// Where writes go. Under `replicated` a connection of their own: each `WAIT` holds its
-    /// connection until the replicas answer, and reads must not queue behind it.
-    pub(super) writes: Conn,
+    /// Where writes go (never empty; see [`Core::writer`]). Under `replicated` connections
+    /// of their own: each `WAIT` holds its connection until the replicas answer, and reads
+    /// must not queue behind it. Otherwise only `conn`.
+    pub(super) writes: Arc<[Conn]>,
+    /// Under `replicated`: a connection that never writes, to count connected replicas.
+    pub(super) probe: Option<Conn>,
     /// `Some` under `durability = "replicated"`.
     pub(super) replication: Option<Replication>,
     pub(super) scripts: Arc<Scripts>,
@@ -194,11 +197,20 @@ impl Core {
             return Ok(());
         };
         let acks = self
-            .writes
+            .writer(key)
             .wait_for(key, rep.min_replicas, rep.timeout)
             .await
             .map_err(unavailable)?;
         check_acks(acks, rep, key)
+    }
+
+    /// The write connection of `key`: always the same one, so a write and its `WAIT` share
+    /// it (a `WAIT` counts the writes of its own connection).
+    pub(super) fn writer(&self, key: &str) -> &Conn {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        &self.writes[(h.finish() % self.writes.len() as u64) as usize]
     }
 
     pub(super) fn retention_args(&self) -> [i64; 3] {

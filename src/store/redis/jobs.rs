@@ -54,7 +54,11 @@ impl Core {
         inv.arg(mode).arg(expected);
         placement_args(&mut inv, job);
         encode_job(&mut inv, job);
-        match self.writes.invoke::<i64>(&inv).await {
+        match self
+            .writer(&job_key(&job.queue, &job.id))
+            .invoke::<i64>(&inv)
+            .await
+        {
             Ok(_) => self.confirm(&job_key(&job.queue, &job.id)).await,
             Err(e) if e.to_string().contains("PLEXUS_CHANGED") => {
                 Err(StoreError::JobChanged(job.id.clone()))
@@ -130,7 +134,7 @@ impl Core {
         let queue = job.queue.clone();
         self.remember(QUEUES, queue.as_str()).await?;
         // The id → queue index first: a job is never stored where `job_get` cannot see it.
-        self.writes
+        self.writer(&job_queue_key(&job.id))
             .query::<()>(
                 redis::cmd("SET")
                     .arg(job_queue_key(&job.id))
@@ -158,7 +162,7 @@ impl Core {
             .arg(job.run_at.map(|t| t.to_string()).unwrap_or_default())
             .arg(job.lease_until.map(|t| t.to_string()).unwrap_or_default());
         encode_job(&mut inv, &job);
-        let first: String = match self.writes.invoke(&inv).await {
+        let first: String = match self.writer(&job_key(&queue, &job.id)).invoke(&inv).await {
             Ok(first) => {
                 self.confirm(&job_key(&queue, &job.id)).await?;
                 first
@@ -231,7 +235,7 @@ impl Core {
     /// Lists a finished job for retention (after its save: a crash between the two keeps the
     /// job for good, as before retention existed).
     pub(super) async fn mark_finished(&self, job: &Job) -> StoreResult<()> {
-        self.writes
+        self.writer(&finished_key(&job.queue))
             .query::<()>(
                 redis::cmd("ZADD")
                     .arg(finished_key(&job.queue))

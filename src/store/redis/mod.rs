@@ -77,8 +77,10 @@ use self::target::{redact, tcp_settings};
 /// 500 ms, which a large script under load can exceed.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long `/readyz` waits for the replicas of each shard to answer under `replicated`.
-const READY_WAIT: Duration = Duration::from_millis(200);
+/// Write connections under `replicated`. Each `WAIT` holds its connection (on a cluster, its
+/// connection to that master) until the replicas answer, so writes of other topics spread
+/// over a few instead of queueing behind one.
+const WRITE_CONNECTIONS: usize = 4;
 
 /// The `redis` engine.
 pub struct RedisLog {
@@ -111,7 +113,7 @@ impl RedisLog {
         let write_timeout = replication.map_or(RESPONSE_TIMEOUT, |r| {
             RESPONSE_TIMEOUT + r.timeout.saturating_mul(4)
         });
-        let (conn, writes, sharded) = match target {
+        let (conn, mut writes, sharded) = match target {
             RedisTarget::Single(url) => {
                 let shown = redact(url);
                 let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
@@ -126,20 +128,22 @@ impl RedisLog {
                     .get_connection_manager_with_config(config.clone())
                     .await
                     .map_err(|e| format!("cannot connect to {shown}: {e}"))?;
-                let writes = match replication {
-                    None => manager.clone(),
-                    Some(_) => client
-                        .get_connection_manager_with_config(
-                            config.set_response_timeout(Some(write_timeout)),
-                        )
-                        .await
-                        .map_err(|e| format!("cannot connect to {shown}: {e}"))?,
-                };
+                let mut writes = Vec::new();
+                if replication.is_some() {
+                    let config = config.set_response_timeout(Some(write_timeout));
+                    for _ in 0..WRITE_CONNECTIONS {
+                        let write = client
+                            .get_connection_manager_with_config(config.clone())
+                            .await
+                            .map_err(|e| format!("cannot connect to {shown}: {e}"))?;
+                        writes.push(Conn::Single(write));
+                    }
+                }
                 let pubsub = subscribe(&client)
                     .await
                     .map_err(|e| format!("cannot subscribe to {CHANNEL} on {shown}: {e}"))?;
                 tasks.push(tokio::spawn(follow_commits(client, pubsub, feed.sender())));
-                (Conn::Single(manager), Conn::Single(writes), None)
+                (Conn::Single(manager), writes, None)
             }
             RedisTarget::Cluster(nodes) => {
                 let shown: Vec<String> = nodes.iter().map(|n| redact(n)).collect();
@@ -153,18 +157,22 @@ impl RedisLog {
                     .get_async_connection()
                     .await
                     .map_err(|e| format!("cannot connect to the cluster {shown:?}: {e}"))?;
-                let writes = match replication {
-                    None => conn.clone(),
-                    Some(_) => redis::cluster::ClusterClient::builder(nodes.clone())
+                let mut writes = Vec::new();
+                if replication.is_some() {
+                    let writer = redis::cluster::ClusterClient::builder(nodes.clone())
                         .response_timeout(write_timeout)
                         .connection_timeout(Duration::from_secs(5))
                         .tcp_settings(tcp_settings())
                         .build()
-                        .map_err(|e| format!("{shown:?}: {e}"))?
-                        .get_async_connection()
-                        .await
-                        .map_err(|e| format!("cannot connect to the cluster {shown:?}: {e}"))?,
-                };
+                        .map_err(|e| format!("{shown:?}: {e}"))?;
+                    for _ in 0..WRITE_CONNECTIONS {
+                        let write = writer
+                            .get_async_connection()
+                            .await
+                            .map_err(|e| format!("cannot connect to the cluster {shown:?}: {e}"))?;
+                        writes.push(Conn::Cluster(write));
+                    }
+                }
                 // Sharded subscriptions need RESP3; their messages arrive as pushes.
                 let (push_tx, push_rx) = tokio::sync::mpsc::unbounded_channel();
                 let subscriber = redis::cluster::ClusterClient::builder(nodes.clone())
@@ -183,16 +191,38 @@ impl RedisLog {
                     interest_rx,
                     followed.clone(),
                 )));
-                (
-                    Conn::Cluster(conn),
-                    Conn::Cluster(writes),
-                    Some((interest_tx, push_rx)),
-                )
+                (Conn::Cluster(conn), writes, Some((interest_tx, push_rx)))
             }
         };
+        // Under `replicated`, a connection that never writes counts the replicas: `WAIT 0 0`
+        // there answers at once with every connected replica (its offset to wait for is 0).
+        let probe = match (&replication, target) {
+            (None, _) => None,
+            (Some(_), RedisTarget::Single(url)) => Some(Conn::Single(
+                redis::Client::open(url.as_str())
+                    .map_err(|e| format!("{}: {e}", redact(url)))?
+                    .get_connection_manager()
+                    .await
+                    .map_err(|e| format!("cannot connect to {}: {e}", redact(url)))?,
+            )),
+            (Some(_), RedisTarget::Cluster(nodes)) => Some(Conn::Cluster(
+                redis::cluster::ClusterClient::builder(nodes.clone())
+                    .connection_timeout(Duration::from_secs(5))
+                    .tcp_settings(tcp_settings())
+                    .build()
+                    .map_err(|e| format!("redis cluster: {e}"))?
+                    .get_async_connection()
+                    .await
+                    .map_err(|e| format!("cannot connect to the cluster: {e}"))?,
+            )),
+        };
+        if writes.is_empty() {
+            writes.push(conn.clone());
+        }
         let core = Core {
             conn,
-            writes,
+            writes: writes.into(),
+            probe,
             replication,
             scripts: Arc::new(Scripts::new()),
             retention,
@@ -215,7 +245,7 @@ impl RedisLog {
             // Loaded ahead: a first EVALSHA that finds no script still waits for its WAIT.
             let mut load = redis::cmd("SCRIPT");
             load.arg("LOAD").arg(&core.scripts.append_code);
-            if let Err(e) = core.writes.query::<String>(&load).await {
+            if let Err(e) = core.writes[0].query::<String>(&load).await {
                 tracing::warn!(error = %e, "redis: cannot load the append script yet");
             }
         }
@@ -240,7 +270,8 @@ impl Core {
             Some(r) => (Tally::Fewest, i64::from(r.min_replicas)),
             None => (Tally::Total, 0),
         };
-        match self.conn.replicas(0, Duration::ZERO, tally).await {
+        let probe = self.probe.as_ref().unwrap_or(&self.conn);
+        match probe.replicas(0, Duration::ZERO, tally).await {
             Ok(fewest) if self.replication.is_some() && fewest < wanted => {
                 tracing::error!(
                     replicas = fewest,
@@ -320,11 +351,9 @@ impl Log for RedisLog {
                 .await
                 .map_err(unavailable)?;
             // Under `replicated`, a shard without enough replicas refuses every write.
-            if let Some(rep) = self.core.replication {
-                let fewest = self
-                    .core
-                    .writes
-                    .replicas(rep.min_replicas, READY_WAIT, Tally::Fewest)
+            if let (Some(rep), Some(probe)) = (self.core.replication, &self.core.probe) {
+                let fewest = probe
+                    .replicas(0, Duration::ZERO, Tally::Fewest)
                     .await
                     .map_err(unavailable)?;
                 check_acks(fewest, rep, "every shard")
@@ -483,7 +512,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::model::now_millis;
+    use crate::model::{StoreError, now_millis};
 
     fn msg(topic: &str, data: &str, key: Option<&str>) -> NewMessage {
         NewMessage {
@@ -683,7 +712,6 @@ mod tests {
         replica.pause();
         let b = log.append(vec![msg("r", "b", None)]).await;
         assert!(matches!(b, Err(StoreError::NotReplicated(_))), "{b:?}");
-        assert!(log.ping().await.is_err(), "not ready without the replica");
         let read = log.read(&t, 0, 10, usize::MAX).await.expect("read");
         let seqs: Vec<Seq> = read.messages.iter().map(|m| m.seq).collect();
         assert_eq!(seqs, vec![1], "the unconfirmed write is not shown");
@@ -691,16 +719,15 @@ mod tests {
         assert_eq!(log.seek_time(&t, now_millis() + 60_000).await, Ok(1));
 
         replica.resume();
-        let mut ready = false;
-        for _ in 0..100 {
-            if log.ping().await.is_ok() {
-                ready = true;
+        // Retried with one key until the replica confirms: every try answers the first seq.
+        let mut c = Err(StoreError::Unavailable("not tried".into()));
+        for _ in 0..20 {
+            c = log.append(vec![msg("r", "c", Some("c"))]).await;
+            if c.is_ok() {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(ready, "ready again once the replica answers");
-        let c = log.append(vec![msg("r", "c", None)]).await.expect("c");
+        let c = c.expect("c, once the replica is back");
         assert_eq!(c[0].seq, 3, "the refused write kept its seq");
         assert_eq!(
             next_commit(&mut feed).await,
@@ -758,8 +785,7 @@ mod tests {
         let (_master, _replica, log) = replicated().await;
         log.append(vec![msg("x", "1", None)]).await.expect("first");
         let flush = || async {
-            log.core
-                .writes
+            log.core.writes[0]
                 .query::<String>(redis::cmd("SCRIPT").arg("FLUSH"))
                 .await
                 .expect("SCRIPT FLUSH");
