@@ -404,8 +404,11 @@ impl Core {
     /// Drops every message of a topic, keeping its counter, by `delete.lua`.
     pub(super) async fn delete_topic(&self, topic: &Topic) -> StoreResult<bool> {
         let mut inv = self.scripts.delete.prepare_invoke();
-        inv.key(stream_key(topic)).key(meta_key(topic));
-        let found: i64 = self.conn.invoke(&inv).await.map_err(unavailable)?;
+        let key = stream_key(topic);
+        inv.key(&key).key(meta_key(topic));
+        let found: i64 = self.writer(&key).invoke(&inv).await.map_err(unavailable)?;
+        // Under `replicated` a delete, too, is answered once replicas hold it.
+        self.confirm(&key).await?;
         Ok(found == 1)
     }
 }
