@@ -717,6 +717,8 @@ mod tests {
         assert_eq!(seqs, vec![1], "the unconfirmed write is not shown");
         assert_eq!(read.bounds().last_seq, 1);
         assert_eq!(log.seek_time(&t, now_millis() + 60_000).await, Ok(1));
+        let info = log.topic(&t).await.expect("info").expect("a topic");
+        assert_eq!((info.last_seq, info.messages), (1, 1), "{info:?}");
 
         replica.resume();
         // Retried with one key until the replica confirms: every try answers the first seq.
