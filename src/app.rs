@@ -60,9 +60,16 @@ pub async fn open_store(config: &Config) -> Result<Engine, AppError> {
                 ))
             })?
         }
-        StorageKind::Redis(target) => Engine::redis(target, config.retention)
+        StorageKind::Redis(target) => {
+            let replicated = config.durability == crate::store::Durability::Replicated;
+            Engine::redis(
+                target,
+                config.retention,
+                replicated.then_some(config.replication),
+            )
             .await
-            .map_err(|e| AppError::Store(format!("cannot open the redis store: {e}")))?,
+            .map_err(|e| AppError::Store(format!("cannot open the redis store: {e}")))?
+        }
     })
 }
 

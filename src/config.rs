@@ -43,7 +43,7 @@ pub struct ServeArgs {
     /// Storage engine: sqlite or memory [default: sqlite]
     #[arg(long, env = "PLEXUS_STORAGE", value_name = "ENGINE")]
     pub storage: Option<String>,
-    /// process (survives a hub crash) or machine (fsync: survives a machine crash) [default: process]
+    /// process (survives a hub crash), machine (fsync: survives a machine crash) or replicated (redis: held by replicas) [default: process]
     #[arg(long, env = "PLEXUS_DURABILITY", value_name = "LEVEL")]
     pub durability: Option<String>,
     /// Messages kept per topic [default: 100000]
@@ -138,6 +138,12 @@ pub struct ServeArgs {
     /// Reverse proxies whose Forwarded / X-Forwarded-For name the client, comma-separated CIDRs [default: none]
     #[arg(long, env = "PLEXUS_TRUSTED_PROXIES", value_name = "CIDRS")]
     pub trusted_proxies: Option<String>,
+    /// durability = replicated: replicas of a shard that must hold a write [default: 1]
+    #[arg(long, env = "PLEXUS_REDIS_MIN_REPLICAS", value_name = "N")]
+    pub redis_min_replicas: Option<u32>,
+    /// durability = replicated: longest wait for them before a 503 [default: 5s]
+    #[arg(long, env = "PLEXUS_REDIS_REPLICA_TIMEOUT", value_name = "DUR")]
+    pub redis_replica_timeout: Option<String>,
     /// Print the default configuration file (every key, its default) and exit
     #[arg(long)]
     pub print_config: bool,
@@ -164,6 +170,14 @@ struct FileConfig {
     streams: FileStreams,
     jobs: FileJobs,
     log: FileLog,
+    redis: FileRedis,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct FileRedis {
+    min_replicas: u32,
+    replica_timeout: String,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -302,6 +316,8 @@ pub struct Config {
     pub read_budget_bytes: usize,
     /// Reverse proxies whose `Forwarded` / `X-Forwarded-For` name the client.
     pub trusted_proxies: Vec<crate::model::Cidr>,
+    /// `redis.min_replicas` and `redis.replica_timeout`, used under `durability = "replicated"`.
+    pub replication: crate::store::Replication,
 }
 
 /// Authentication settings; secrets are redacted when printed.
@@ -395,12 +411,35 @@ impl Config {
         let durability = match a.durability.as_deref().unwrap_or(&f.durability) {
             "process" => Durability::Process,
             "machine" => Durability::Machine,
+            "replicated" if matches!(storage, StorageKind::Redis(_)) => Durability::Replicated,
+            "replicated" => {
+                return Err(ConfigError(
+                    "durability: \"replicated\" needs a redis storage (redis://HOST:PORT or \
+                     redis+cluster://HOST:PORT,HOST:PORT): it waits for Redis replicas"
+                        .into(),
+                ));
+            }
             s => {
                 return Err(ConfigError(format!(
-                    "durability: {s:?} is not one of process, machine"
+                    "durability: {s:?} is not one of process, machine, replicated"
                 )));
             }
         };
+        let min_replicas = a.redis_min_replicas.unwrap_or(f.redis.min_replicas);
+        if min_replicas == 0 {
+            return Err(ConfigError("redis.min_replicas: must be at least 1".into()));
+        }
+        let replica_timeout = duration(
+            "redis.replica_timeout",
+            a.redis_replica_timeout
+                .as_deref()
+                .unwrap_or(&f.redis.replica_timeout),
+        )?;
+        if replica_timeout.as_millis() < 1 || replica_timeout > Duration::from_secs(60) {
+            return Err(ConfigError(
+                "redis.replica_timeout: must be from 1ms to 60s".into(),
+            ));
+        }
         let max_messages = a.retention_messages.unwrap_or(f.retention.max_messages);
         if max_messages == 0 {
             return Err(ConfigError(
@@ -609,6 +648,10 @@ impl Config {
             );
         }
         Ok(Config {
+            replication: crate::store::Replication {
+                min_replicas,
+                timeout: replica_timeout,
+            },
             trusted_proxies,
             body_timeout,
             write_timeout,

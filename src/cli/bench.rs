@@ -19,6 +19,8 @@ pub enum BenchCommand {
     Jobs(JobsBenchArgs),
     /// Fan-out to many subscribers (SSE, WebSocket, long polling) next to a raw TCP loop
     Fanout(FanoutArgs),
+    /// Publish throughput and p50/p99 latency, durability replicated vs the default, on one Redis with replicas
+    Replication(ReplicationArgs),
     /// The raw TCP loop server used as fanout's baseline (started by `bench fanout`)
     #[command(hide = true)]
     RawServer {
@@ -63,6 +65,25 @@ pub struct PublishArgs {
     /// Load generator: wrk (a separate, lean process; used when installed) or builtin
     #[arg(long, default_value = "auto")]
     pub load: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ReplicationArgs {
+    /// The Redis both hubs use, with at least one replica per shard (redis://… or redis+cluster://…)
+    #[arg(long)]
+    pub storage: String,
+    /// Concurrent publishers, each on its own keep-alive connection
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Seconds each durability is measured
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Payload size in bytes
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Topics the publishes are spread over
+    #[arg(long, default_value_t = 8)]
+    pub topics: usize,
 }
 
 #[derive(Args, Debug)]
@@ -181,6 +202,15 @@ pub fn run(cmd: BenchCommand) -> Result<(), CliError> {
             publishers: a.publishers,
             no_baseline: a.no_baseline,
         })),
+        BenchCommand::Replication(a) => {
+            runtime.block_on(lab::replication::run(lab::replication::ReplicationBench {
+                storage: a.storage,
+                connections: a.connections,
+                seconds: a.seconds,
+                size: a.size,
+                topics: a.topics,
+            }))
+        }
         BenchCommand::RawServer { listen } => runtime.block_on(lab::raw::serve(&listen)),
     };
     Ok(measured?)

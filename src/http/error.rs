@@ -99,8 +99,18 @@ const BUSY: ProblemType = ProblemType {
     ..ProblemType::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "Busy")
 };
 
+/// `durability = "replicated"`: too few replicas confirmed the write in time.
+const NOT_REPLICATED: ProblemType = ProblemType {
+    retry_after: Some(1),
+    ..ProblemType::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not-replicated",
+        "Not replicated",
+    )
+};
+
 /// Every problem type the API answers with, each once.
-pub const PROBLEM_TYPES: [&ProblemType; 18] = [
+pub const PROBLEM_TYPES: [&ProblemType; 19] = [
     &BAD_REQUEST,
     &BAD_TOPIC,
     &BAD_SINCE,
@@ -119,6 +129,7 @@ pub const PROBLEM_TYPES: [&ProblemType; 18] = [
     &DRAINING,
     &REQUEST_TIMEOUT,
     &BUSY,
+    &NOT_REPLICATED,
 ];
 
 /// The kind of problem a store error is.
@@ -128,6 +139,7 @@ fn store_problem(e: &StoreError) -> &'static ProblemType {
         StoreError::IdempotencyConflict { .. } => &IDEMPOTENCY_CONFLICT,
         StoreError::JobChanged(_) => &STALE_LEASE,
         StoreError::UnknownJob(_) => &NOT_FOUND,
+        StoreError::NotReplicated(_) => &NOT_REPLICATED,
     }
 }
 
@@ -149,6 +161,11 @@ fn hub_problem(e: &HubError) -> &'static ProblemType {
         HubError::Busy => &BUSY,
     }
 }
+
+/// What a publisher is told of a write its replicas did not confirm in time.
+const NOT_REPLICATED_DETAIL: &str = "the write was not confirmed by enough replicas in time and \
+     is not acknowledged; retry with the same Idempotency-Key to get its first result once \
+     replicated (without a key a retry may store it twice)";
 
 /// What a client is told of a store that cannot serve it; the cause goes to the log.
 const STORE_UNAVAILABLE: &str = "the store cannot serve this request now; retry shortly";
@@ -262,6 +279,10 @@ impl From<StoreError> for ApiError {
             // The cause goes to the log, not to the client.
             tracing::error!(error = %e, "store unavailable");
             return ApiError::new(kind, STORE_UNAVAILABLE);
+        }
+        if let StoreError::NotReplicated(_) = e {
+            tracing::warn!(error = %e, "write not replicated in time");
+            return ApiError::new(kind, NOT_REPLICATED_DETAIL);
         }
         ApiError::new(kind, e.to_string())
     }

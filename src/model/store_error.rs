@@ -14,6 +14,9 @@ pub enum StoreError {
     JobChanged(JobId),
     /// No such job.
     UnknownJob(JobId),
+    /// `durability = "replicated"`: the write is stored on its shard's master, but too few
+    /// replicas confirmed it in time, so it is neither acknowledged nor shown (a 503 upstream).
+    NotReplicated(String),
 }
 
 impl StoreError {
@@ -36,6 +39,7 @@ impl fmt::Display for StoreError {
                 "job {id} was claimed again or finished: this lease is no longer its own"
             ),
             StoreError::UnknownJob(id) => write!(f, "no job {id}"),
+            StoreError::NotReplicated(why) => write!(f, "not replicated in time: {why}"),
         }
     }
 }

@@ -12,8 +12,8 @@ use super::engine::Engine;
 use super::follow::CommitFeed;
 use super::jobs::JobStore;
 use super::log::{Log, Retention};
-use super::redis::RedisTarget;
 use super::redis::test_redis::RedisServer;
+use super::redis::{RedisTarget, Replication};
 use super::sqlite::{Durability, SqliteLog};
 use crate::model::{
     EventName, Job, JobId, JobState, LogBounds, Message, Millis, NewMessage, StoreError, Topic,
@@ -39,6 +39,7 @@ enum Backing {
     None,
     Dir(tempfile::TempDir),
     Redis(RedisServer),
+    Replicated(RedisServer, RedisServer),
 }
 
 /// Every engine with this retention.
@@ -46,13 +47,33 @@ async fn engines(retention: Retention) -> Vec<(&'static str, Engine, Backing)> {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = Engine::sqlite(dir.path(), retention, Durability::Process).unwrap();
     let server = RedisServer::start().await;
-    let redis = Engine::redis(&RedisTarget::Single(server.url()), retention)
+    let redis = Engine::redis(&RedisTarget::Single(server.url()), retention, None)
         .await
         .unwrap();
+    // `durability = "replicated"`: every write waits for the replica, readers stop at the
+    // committed head; every behaviour must hold the same.
+    let master = RedisServer::start().await;
+    let replica = RedisServer::start_replica_of(&master).await;
+    let replication = Replication {
+        min_replicas: 1,
+        timeout: Duration::from_secs(5),
+    };
+    let replicated = Engine::redis(
+        &RedisTarget::Single(master.url()),
+        retention,
+        Some(replication),
+    )
+    .await
+    .unwrap();
     vec![
         ("memory", Engine::memory(retention), Backing::None),
         ("sqlite", sqlite, Backing::Dir(dir)),
         ("redis", redis, Backing::Redis(server)),
+        (
+            "redis-replicated",
+            replicated,
+            Backing::Replicated(master, replica),
+        ),
     ]
 }
 
@@ -1611,10 +1632,13 @@ async fn legacy_fnv_idempotency_keys_still_match_their_body() {
         .unwrap();
     // redis: the old value, `FINGERPRINT SEQ TIME`.
     let server = RedisServer::start().await;
-    let redis_log =
-        super::redis::RedisLog::open(&RedisTarget::Single(server.url()), Retention::default())
-            .await
-            .unwrap();
+    let redis_log = super::redis::RedisLog::open(
+        &RedisTarget::Single(server.url()),
+        Retention::default(),
+        None,
+    )
+    .await
+    .unwrap();
     redis_log
         .append(vec![msg("a", "first", None)])
         .await

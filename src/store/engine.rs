@@ -8,7 +8,7 @@ use super::follow::Follow;
 use super::jobs::JobStore;
 use super::log::{Log, Retention};
 use super::memory::MemoryLog;
-use super::redis::{RedisLog, RedisTarget};
+use super::redis::{RedisLog, RedisTarget, Replication};
 use super::sqlite::{Durability, SqliteLog};
 use crate::model::StoreResult;
 
@@ -41,9 +41,14 @@ impl Engine {
         )?)))
     }
 
-    pub async fn redis(target: &RedisTarget, retention: Retention) -> Result<Engine, String> {
+    /// Connects to Redis; `replication` under `durability = "replicated"`.
+    pub async fn redis(
+        target: &RedisTarget,
+        retention: Retention,
+        replication: Option<Replication>,
+    ) -> Result<Engine, String> {
         Ok(Engine::new(Arc::new(
-            RedisLog::open(target, retention).await?,
+            RedisLog::open(target, retention, replication).await?,
         )))
     }
 

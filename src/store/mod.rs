@@ -26,7 +26,7 @@ pub use follow::{CommitFeed, Follow};
 pub use jobs::{JobEvents, JobStore};
 pub use log::{BoxFuture, IDEMPOTENCY_TTL, Log, ReadBatch, Retention};
 pub use memory::MemoryLog;
-pub use redis::{RedisLog, RedisTarget};
+pub use redis::{RedisLog, RedisTarget, Replication};
 pub use sqlite::{Durability, SqliteLog};
 
 // The store's receipts and errors are domain types; named here too for the layers that

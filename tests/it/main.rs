@@ -63,6 +63,8 @@ mod openapi;
 mod publish;
 // Short-poll specifics: every form of `since`, paging with `limit` and `next`.
 mod read;
+// `durability = "replicated"` on Redis: no replica, a replica attached, a 3+3 cluster failover.
+mod replication;
 // Retention by count and by age, and the `expired` gaps it leaves.
 mod retention;
 // Graceful shutdown: open streams end cleanly and resume after a restart.

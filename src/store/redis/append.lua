@@ -2,7 +2,8 @@
 -- KEYS: 1 stream, 2 meta, 3 this call's receipt, 4.. the idempotency keys of the messages
 -- that have one, in order.
 -- ARGV: 1 now, 2 max messages, 3 max age ms, 4 idempotency ttl ms, 5 topic, 6 '1' = only
--- check the keys, 7 the publish command (PUBLISH, or SPUBLISH on a cluster), 8 its channel,
+-- check the keys, 7 the publish command (PUBLISH, or SPUBLISH on a cluster; '' under
+-- `durability = "replicated"`, where commit.lua shows and publishes once replicas hold it), 8 its channel,
 -- 9 n, then 4 per message: event ('' none), data, has key '1'|'0', fingerprint: 'SHA LEGACY',
 -- the SHA-256 in hex, which a new key stores, and the FNV-1a 64 in decimal, which a key stored
 -- by a release before SHA-256 holds (a decimal never equals a 64-digit hex).
@@ -43,6 +44,9 @@ end
 if ARGV[6] == '1' then return {} end
 
 local head = tonumber(redis.call('HGET', m, 'head') or 0)
+-- Under `replicated` a topic's first write starts its committed head where it is, so what
+-- this call appends stays hidden until commit.lua raises it.
+if ARGV[7] == '' then redis.call('HSETNX', m, 'ok', string.format('%d', head)) end
 local last = tonumber(redis.call('HGET', m, 'last') or 0)
 local added = 0
 local out = {}
@@ -90,7 +94,10 @@ if appended > 0 then
   redis.call('HSET', m, 'head', string.format('%d', head), 'last', string.format('%d', last))
   redis.call('HINCRBY', m, 'bytes', added)
   trim(s, m, now, maxn, maxage)
-  redis.call(ARGV[7], ARGV[8], table.concat(feed))
+  if ARGV[7] ~= '' then
+    redis.call('HSET', m, 'ok', string.format('%d', head))
+    redis.call(ARGV[7], ARGV[8], table.concat(feed))
+  end
 end
 redis.call('SET', receipt, table.concat(out, ' '), 'PX', 60000)
 return out

@@ -10,7 +10,7 @@ use redis::RedisError;
 use crate::model::{Appended, NewMessage, Seq, StoreError, StoreResult, Topic};
 use crate::store::log::IDEMPOTENCY_TTL;
 
-use super::core::{Core, unavailable};
+use super::core::{Core, check_acks, unavailable};
 use super::keys::*;
 
 /// One append waiting for its topic's next script call, and where its result goes.
@@ -58,9 +58,11 @@ impl Core {
                 .filter_map(|m| m.idempotency_key.as_ref())
                 .map(|key| format!("plexus:i:{{{topic}}}:{key}")),
         );
-        let (command, channel) = match self.sharded {
-            false => ("PUBLISH", CHANNEL.to_owned()),
-            true => ("SPUBLISH", shard_channel(topic)),
+        let (command, channel) = match (self.replication, self.sharded) {
+            // commit.lua publishes, once replicas hold the write.
+            (Some(_), _) => ("", String::new()),
+            (None, false) => ("PUBLISH", CHANNEL.to_owned()),
+            (None, true) => ("SPUBLISH", shard_channel(topic)),
         };
         let [now, max_messages, max_age] = self.retention_args();
         let mut args: Vec<Cow<'m, [u8]>> = [
@@ -105,6 +107,9 @@ impl Core {
         receipt: String,
     ) -> StoreResult<Vec<Appended>> {
         let (keys, args) = self.append_args(topic, messages, check_only, receipt);
+        if !check_only && self.replication.is_some() {
+            return self.append_replicated(topic, messages, keys, args).await;
+        }
         let mut inv = self.scripts.append.prepare_invoke();
         for key in keys {
             inv.key(key);
@@ -127,12 +132,108 @@ impl Core {
         }
     }
 
+    /// `durability = "replicated"`: the script and `WAIT` in one pipeline on the write
+    /// connection, so `WAIT` runs on the connection (and master) that wrote, even when
+    /// redis-rs reconnects or re-routes (then both run again, and the receipt keeps the
+    /// script from appending twice); then commit.lua shows the messages.
+    async fn append_replicated(
+        &self,
+        topic: &Topic,
+        messages: &[NewMessage],
+        keys: Vec<String>,
+        args: Vec<Cow<'_, [u8]>>,
+    ) -> StoreResult<Vec<Appended>> {
+        let Some(rep) = self.replication else {
+            return Err(StoreError::Unavailable("redis: not replicated".into()));
+        };
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let cmd = pipe
+            .cmd("EVALSHA")
+            .arg(self.scripts.append.get_hash())
+            .arg(keys.len())
+            .arg(&keys);
+        for arg in &args {
+            cmd.arg(arg.as_ref());
+        }
+        pipe.cmd("WAIT")
+            .arg(rep.min_replicas)
+            .arg(rep.timeout.as_millis().min(i64::MAX as u128) as i64);
+        let started = std::time::Instant::now();
+        let mut loaded = false;
+        let writer = self.writer(&keys[0]);
+        let (out, acks) = loop {
+            let mut values: Vec<redis::Value> =
+                writer.query_pipe(&pipe).await.map_err(unavailable)?;
+            let (Some(acks), Some(out)) = (values.pop(), values.pop()) else {
+                return Err(StoreError::Unavailable("redis: a short reply".into()));
+            };
+            match out {
+                redis::Value::ServerError(e) => {
+                    let e = RedisError::from(e);
+                    if !loaded && e.to_string().to_lowercase().contains("noscript") {
+                        // Redis lost its script cache (a restart or a failover): load, again.
+                        loaded = true;
+                        let mut load = redis::cmd("SCRIPT");
+                        load.arg("LOAD").arg(&self.scripts.append_code);
+                        writer.query::<String>(&load).await.map_err(unavailable)?;
+                        continue;
+                    }
+                    return Err(append_error(e, topic, messages));
+                }
+                out => break (out, acks),
+            }
+        };
+        let out: Vec<i64> = redis::from_redis_value(out)
+            .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
+        let acks: i64 = redis::from_redis_value(acks)
+            .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
+        check_acks(acks, rep, &format!("topic {topic}"))?;
+        let done = appended(&out);
+        self.commit(topic, &done).await?;
+        metrics::histogram!("plexus_store_commit_ops").record(messages.len() as f64);
+        metrics::histogram!("plexus_store_commit_seconds").record(started.elapsed().as_secs_f64());
+        Ok(done)
+    }
+
+    /// Raises the topic's committed head over the seqs of a replicated write (replayed ones
+    /// too: their first write is older, so it is replicated as well), which shows them to
+    /// readers and publishes them to every node, by commit.lua.
+    pub(super) async fn commit(&self, topic: &Topic, done: &[Appended]) -> StoreResult<()> {
+        let (Some(first), Some(upto)) = (
+            done.iter().map(|a| a.seq).min(),
+            done.iter().map(|a| a.seq).max(),
+        ) else {
+            return Ok(());
+        };
+        let (command, channel) = match self.sharded {
+            false => ("PUBLISH", CHANNEL.to_owned()),
+            true => ("SPUBLISH", shard_channel(topic)),
+        };
+        let mut inv = self.scripts.commit.prepare_invoke();
+        inv.key(stream_key(topic))
+            .key(meta_key(topic))
+            .arg(first)
+            .arg(upto)
+            .arg(command)
+            .arg(channel)
+            .arg(topic.as_str());
+        self.writer(&stream_key(topic))
+            .invoke::<i64>(&inv)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
     /// Appends a batch of several topics on one Redis in one MULTI/EXEC: every topic's
     /// script runs, or none (a dropped connection before EXEC runs nothing).
     pub(super) async fn append_topics(
         &self,
         topics: &[(Topic, Vec<NewMessage>)],
     ) -> StoreResult<Vec<Vec<Appended>>> {
+        if self.replication.is_some() {
+            return self.append_topics_replicated(topics).await;
+        }
         let mut pipe = redis::pipe();
         pipe.atomic();
         for (topic, messages) in topics {
@@ -182,6 +283,92 @@ impl Core {
         }
     }
 
+    /// [`Core::append_topics`] under `replicated`: MULTI, the scripts, EXEC and `WAIT` in one
+    /// pipeline on the write connection, then each topic's commit.lua.
+    async fn append_topics_replicated(
+        &self,
+        topics: &[(Topic, Vec<NewMessage>)],
+    ) -> StoreResult<Vec<Vec<Appended>>> {
+        let Some(rep) = self.replication else {
+            return Err(StoreError::Unavailable("redis: not replicated".into()));
+        };
+        let writer = self.writer(
+            &topics
+                .first()
+                .map(|(t, _)| stream_key(t))
+                .unwrap_or_default(),
+        );
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        pipe.cmd("MULTI");
+        for (topic, messages) in topics {
+            let (keys, args) = self.append_args(topic, messages, false, self.receipt(topic));
+            let cmd = pipe
+                .cmd("EVALSHA")
+                .arg(self.scripts.append.get_hash())
+                .arg(keys.len())
+                .arg(keys);
+            for arg in &args {
+                cmd.arg(arg.as_ref());
+            }
+        }
+        pipe.cmd("EXEC");
+        pipe.cmd("WAIT")
+            .arg(rep.min_replicas)
+            .arg(rep.timeout.as_millis().min(i64::MAX as u128) as i64);
+        let started = std::time::Instant::now();
+        let mut loaded = false;
+        let (items, acks) = loop {
+            let mut values: Vec<redis::Value> =
+                writer.query_pipe(&pipe).await.map_err(unavailable)?;
+            let (Some(acks), Some(exec)) = (values.pop(), values.pop()) else {
+                return Err(StoreError::Unavailable("redis: a short reply".into()));
+            };
+            let items = match exec {
+                redis::Value::Array(items) if items.len() == topics.len() => items,
+                other => {
+                    return Err(StoreError::Unavailable(format!(
+                        "redis: the transaction failed: {other:?}"
+                    )));
+                }
+            };
+            let failed = items
+                .iter()
+                .position(|v| matches!(v, redis::Value::ServerError(_)));
+            let Some(i) = failed else {
+                break (items, acks);
+            };
+            let redis::Value::ServerError(e) = items[i].clone() else {
+                continue;
+            };
+            let e = RedisError::from(e);
+            if !loaded && e.to_string().to_lowercase().contains("noscript") {
+                // Every EVALSHA failed alike, so nothing ran: load the script, run again.
+                loaded = true;
+                let mut load = redis::cmd("SCRIPT");
+                load.arg("LOAD").arg(&self.scripts.append_code);
+                writer.query::<String>(&load).await.map_err(unavailable)?;
+                continue;
+            }
+            return Err(append_error(e, &topics[i].0, &topics[i].1));
+        };
+        let acks: i64 = redis::from_redis_value(acks)
+            .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
+        check_acks(acks, rep, "a batch")?;
+        let mut outs = Vec::with_capacity(items.len());
+        for ((topic, _), item) in topics.iter().zip(items) {
+            let out: Vec<i64> = redis::from_redis_value(item)
+                .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
+            let done = appended(&out);
+            self.commit(topic, &done).await?;
+            outs.push(done);
+        }
+        let count: usize = topics.iter().map(|(_, m)| m.len()).sum();
+        metrics::histogram!("plexus_store_commit_ops").record(count as f64);
+        metrics::histogram!("plexus_store_commit_seconds").record(started.elapsed().as_secs_f64());
+        Ok(outs)
+    }
+
     /// Commits the appends of a group in one script call (a group commit: the script's fixed
     /// cost is paid once). If one of them reuses an idempotency key with another body, each
     /// runs alone instead, so the error reaches only that one, as if they had come in turn.
@@ -217,8 +404,11 @@ impl Core {
     /// Drops every message of a topic, keeping its counter, by `delete.lua`.
     pub(super) async fn delete_topic(&self, topic: &Topic) -> StoreResult<bool> {
         let mut inv = self.scripts.delete.prepare_invoke();
-        inv.key(stream_key(topic)).key(meta_key(topic));
-        let found: i64 = self.conn.invoke(&inv).await.map_err(unavailable)?;
+        let key = stream_key(topic);
+        inv.key(&key).key(meta_key(topic));
+        let found: i64 = self.writer(&key).invoke(&inv).await.map_err(unavailable)?;
+        // Under `replicated` a delete, too, is answered once replicas hold it.
+        self.confirm(&key).await?;
         Ok(found == 1)
     }
 }

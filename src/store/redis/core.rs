@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
@@ -38,6 +39,64 @@ impl Conn {
         }
     }
 
+    /// Redis `WAIT numreplicas timeout` on the connection (and, on a cluster, the master) that
+    /// wrote `key`: how many replicas hold every write this connection made there.
+    pub(super) async fn wait_for(
+        &self,
+        key: &str,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<i64, RedisError> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas)
+            .arg(timeout.as_millis().min(i64::MAX as u128) as i64);
+        match self.clone() {
+            Conn::Single(mut c) => wait.query_async(&mut c).await,
+            Conn::Cluster(mut c) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = Route::with_key(key, SlotAddr::Master);
+                let value = c
+                    .route_command(
+                        wait,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
+                    .await?;
+                redis::from_redis_value(value).map_err(RedisError::from)
+            }
+        }
+    }
+
+    /// Replicas that acknowledge this connection's writes within `timeout` (`WAIT` on every
+    /// master): the fewest of any shard, or the sum over all shards.
+    pub(super) async fn replicas(
+        &self,
+        replicas: u32,
+        timeout: Duration,
+        tally: Tally,
+    ) -> Result<i64, RedisError> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas)
+            .arg(timeout.as_millis().min(i64::MAX as u128) as i64);
+        match self.clone() {
+            Conn::Single(mut c) => wait.query_async(&mut c).await,
+            Conn::Cluster(mut c) => {
+                use redis::cluster_routing::{
+                    AggregateOp, MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo,
+                };
+                let op = match tally {
+                    Tally::Fewest => AggregateOp::Min,
+                    Tally::Total => AggregateOp::Sum,
+                };
+                let routing = RoutingInfo::MultiNode((
+                    MultipleNodeRoutingInfo::AllMasters,
+                    Some(ResponsePolicy::Aggregate(op)),
+                ));
+                let value = c.route_command(wait, routing).await?;
+                redis::from_redis_value(value).map_err(RedisError::from)
+            }
+        }
+    }
+
     pub(super) async fn invoke<T: FromRedisValue>(
         &self,
         script: &ScriptInvocation<'_>,
@@ -60,6 +119,7 @@ pub(super) struct Scripts {
     pub(super) job_create: Script,
     pub(super) job_save: Script,
     pub(super) job_pick: Script,
+    pub(super) commit: Script,
 }
 
 impl Scripts {
@@ -76,8 +136,24 @@ impl Scripts {
             job_create: job(include_str!("job_create.lua")),
             job_save: job(include_str!("job_save.lua")),
             job_pick: Script::new(include_str!("job_pick.lua")),
+            commit: topic(include_str!("commit.lua")),
         }
     }
+}
+
+/// How [`Conn::replicas`] sums up the shards.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Tally {
+    Fewest,
+    Total,
+}
+
+/// `durability = "replicated"`: how many replicas of a shard must hold a write before it is
+/// acknowledged, and how long a write waits for them (Redis `WAIT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replication {
+    pub min_replicas: u32,
+    pub timeout: Duration,
 }
 
 pub(super) fn unavailable(e: RedisError) -> StoreError {
@@ -88,6 +164,14 @@ pub(super) fn unavailable(e: RedisError) -> StoreError {
 #[derive(Clone)]
 pub(super) struct Core {
     pub(super) conn: Conn,
+    /// Where writes go (never empty; see [`Core::writer`]). Under `replicated` connections
+    /// of their own: each `WAIT` holds its connection until the replicas answer, and reads
+    /// must not queue behind it. Otherwise only `conn`.
+    pub(super) writes: Arc<[Conn]>,
+    /// Under `replicated`: a connection that never writes, to count connected replicas.
+    pub(super) probe: Option<Conn>,
+    /// `Some` under `durability = "replicated"`.
+    pub(super) replication: Option<Replication>,
     pub(super) scripts: Arc<Scripts>,
     pub(super) retention: Retention,
     pub(super) sharded: bool,
@@ -106,6 +190,29 @@ pub(super) fn node_id() -> u64 {
 }
 
 impl Core {
+    /// Under `replicated`: waits until enough replicas hold every write made on `writes` to
+    /// `key`'s shard; a `NotReplicated` error when they do not in time. Without: nothing.
+    pub(super) async fn confirm(&self, key: &str) -> StoreResult<()> {
+        let Some(rep) = self.replication else {
+            return Ok(());
+        };
+        let acks = self
+            .writer(key)
+            .wait_for(key, rep.min_replicas, rep.timeout)
+            .await
+            .map_err(unavailable)?;
+        check_acks(acks, rep, key)
+    }
+
+    /// The write connection of `key`: always the same one, so a write and its `WAIT` share
+    /// it (a `WAIT` counts the writes of its own connection).
+    pub(super) fn writer(&self, key: &str) -> &Conn {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        &self.writes[(h.finish() % self.writes.len() as u64) as usize]
+    }
+
     pub(super) fn retention_args(&self) -> [i64; 3] {
         [
             now_millis(),
@@ -137,4 +244,16 @@ impl Core {
         known.insert(id);
         Ok(())
     }
+}
+
+/// Enough replicas acknowledged, or `NotReplicated` naming what was missing.
+pub(super) fn check_acks(acks: i64, rep: Replication, what: &str) -> StoreResult<()> {
+    if acks >= i64::from(rep.min_replicas) {
+        return Ok(());
+    }
+    Err(StoreError::NotReplicated(format!(
+        "{acks} of {} replicas confirmed the write of {what} within {} ms",
+        rep.min_replicas,
+        rep.timeout.as_millis()
+    )))
 }

@@ -3,5 +3,6 @@
 local s, m = KEYS[1], KEYS[2]
 if redis.call('EXISTS', m) == 0 then return 0 end
 redis.call('DEL', s)
-redis.call('HSET', m, 'del', redis.call('HGET', m, 'head') or '0', 'bytes', 0)
+local head = redis.call('HGET', m, 'head') or '0'
+redis.call('HSET', m, 'del', head, 'ok', head, 'bytes', 0)
 return 1

@@ -54,8 +54,12 @@ impl Core {
         inv.arg(mode).arg(expected);
         placement_args(&mut inv, job);
         encode_job(&mut inv, job);
-        match self.conn.invoke::<i64>(&inv).await {
-            Ok(_) => Ok(()),
+        match self
+            .writer(&job_key(&job.queue, &job.id))
+            .invoke::<i64>(&inv)
+            .await
+        {
+            Ok(_) => self.confirm(&job_key(&job.queue, &job.id)).await,
             Err(e) if e.to_string().contains("PLEXUS_CHANGED") => {
                 Err(StoreError::JobChanged(job.id.clone()))
             }
@@ -130,7 +134,7 @@ impl Core {
         let queue = job.queue.clone();
         self.remember(QUEUES, queue.as_str()).await?;
         // The id → queue index first: a job is never stored where `job_get` cannot see it.
-        self.conn
+        self.writer(&job_queue_key(&job.id))
             .query::<()>(
                 redis::cmd("SET")
                     .arg(job_queue_key(&job.id))
@@ -138,6 +142,7 @@ impl Core {
             )
             .await
             .map_err(unavailable)?;
+        self.confirm(&job_queue_key(&job.id)).await?;
         let mut inv = self.scripts.job_create.prepare_invoke();
         inv.key(job_key(&queue, &job.id));
         for k in queue_keys(&queue) {
@@ -157,8 +162,11 @@ impl Core {
             .arg(job.run_at.map(|t| t.to_string()).unwrap_or_default())
             .arg(job.lease_until.map(|t| t.to_string()).unwrap_or_default());
         encode_job(&mut inv, &job);
-        let first: String = match self.conn.invoke(&inv).await {
-            Ok(first) => first,
+        let first: String = match self.writer(&job_key(&queue, &job.id)).invoke(&inv).await {
+            Ok(first) => {
+                self.confirm(&job_key(&queue, &job.id)).await?;
+                first
+            }
             Err(e) if e.to_string().contains("PLEXUS_CONFLICT") => {
                 return Err(StoreError::IdempotencyConflict {
                     topic: queue,
@@ -227,7 +235,7 @@ impl Core {
     /// Lists a finished job for retention (after its save: a crash between the two keeps the
     /// job for good, as before retention existed).
     pub(super) async fn mark_finished(&self, job: &Job) -> StoreResult<()> {
-        self.conn
+        self.writer(&finished_key(&job.queue))
             .query::<()>(
                 redis::cmd("ZADD")
                     .arg(finished_key(&job.queue))
@@ -235,7 +243,8 @@ impl Core {
                     .arg(job.id.as_str()),
             )
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        self.confirm(&finished_key(&job.queue)).await
     }
 
     /// Deletes up to `limit` finished jobs listed before `before`, each with its topic.

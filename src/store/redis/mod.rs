@@ -6,7 +6,10 @@
 //! - `plexus:s:{T}` a Stream, one entry per message, entry id `SEQ-0`, fields `t` (ms),
 //!   `e` (event, when there is one), `d` (payload);
 //! - `plexus:m:{T}` a hash: `head` (the seq counter, which deletes and retention never lower),
-//!   `last` (time of the last message), `bytes` (payload retained), `del` (deleted through);
+//!   `ok` (the committed head: readers and the commit feed stop there; equal to `head` but
+//!   under `durability = "replicated"`, where `commit.lua` raises it once replicas hold a
+//!   write), `last` (time of the last message), `bytes` (payload retained), `del` (deleted
+//!   through);
 //! - `plexus:i:{T}:KEY` an idempotency key, `FINGERPRINT SEQ TIME` (the SHA-256 of event and
 //!   payload in hex; a key from before SHA-256 holds an FNV-1a 64 in decimal), expiring after 24 h;
 //! - `plexus:w:{T}:CALL` an append's receipt (its result, for 60 s), so that a call the client
@@ -30,6 +33,11 @@
 //! it has readers for, so commits made meanwhile reach them without waiting for the next
 //! publish.
 //!
+//! Under `durability = "replicated"` writes go on a connection of their own and each is
+//! followed by Redis `WAIT` on the same connection and master; a topic's commit is published
+//! by `commit.lua` after the `WAIT`, not by `append.lua` (docs/ARCHITECTURE.md, replicated
+//! durability).
+//!
 //! Files, bottom up: `target` (URLs), `keys` (key and channel names), `core` (the connection,
 //! the scripts, what every task shares); over them `read`, `append` (group commit, MULTI),
 //! `jobs` and `feed` (the commit subscriptions), which never use each other; and this file,
@@ -52,13 +60,15 @@ use super::follow::{CommitFeed, FeedSlot, Follow};
 use super::jobs::{JobEvents, JobStore};
 use super::log::{BoxFuture, Log, ReadBatch, Retention};
 use crate::model::{
-    Appended, Job, JobId, LogBounds, Millis, NewMessage, Seq, StoreResult, Topic, TopicInfo,
+    Appended, Job, JobId, LogBounds, Millis, NewMessage, Seq, StoreError, StoreResult, Topic,
+    TopicInfo,
 };
 
+pub use self::core::Replication;
 pub use self::target::RedisTarget;
 
 use self::append::Pending;
-use self::core::{Conn, Core, Scripts, node_id, unavailable};
+use self::core::{Conn, Core, Scripts, Tally, check_acks, node_id, unavailable};
 use self::feed::{Followed, Interest, feed_pushes, follow_commits, follow_interests, subscribe};
 use self::keys::*;
 use self::target::{redact, tcp_settings};
@@ -66,6 +76,11 @@ use self::target::{redact, tcp_settings};
 /// Longest a command may take before the node calls Redis unavailable. redis-rs defaults to
 /// 500 ms, which a large script under load can exceed.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Write connections under `replicated`. Each `WAIT` holds its connection (on a cluster, its
+/// connection to that master) until the replicas answer, so writes of other topics spread
+/// over a few instead of queueing behind one.
+const WRITE_CONNECTIONS: usize = 4;
 
 /// The `redis` engine.
 pub struct RedisLog {
@@ -83,12 +98,22 @@ pub struct RedisLog {
 
 impl RedisLog {
     /// Connects, and subscribes to the commit channel before returning, so no commit made
-    /// after `open` is missed.
-    pub async fn open(target: &RedisTarget, retention: Retention) -> Result<Self, String> {
+    /// after `open` is missed. With `replication` (`durability = "replicated"`) every write
+    /// waits for its shard's replicas (see `docs/ARCHITECTURE.md`, the committed head).
+    pub async fn open(
+        target: &RedisTarget,
+        retention: Retention,
+        replication: Option<Replication>,
+    ) -> Result<Self, String> {
         let feed = FeedSlot::new();
         let followed = Followed::default();
         let mut tasks = Vec::new();
-        let (conn, sharded) = match target {
+        // A write's `WAIT` may hold its connection for the whole replica timeout, and more
+        // writes queue behind it there.
+        let write_timeout = replication.map_or(RESPONSE_TIMEOUT, |r| {
+            RESPONSE_TIMEOUT + r.timeout.saturating_mul(4)
+        });
+        let (conn, mut writes, sharded) = match target {
             RedisTarget::Single(url) => {
                 let shown = redact(url);
                 let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
@@ -100,14 +125,25 @@ impl RedisLog {
                     .set_connection_timeout(Some(Duration::from_secs(5)))
                     .set_number_of_retries(3);
                 let manager = client
-                    .get_connection_manager_with_config(config)
+                    .get_connection_manager_with_config(config.clone())
                     .await
                     .map_err(|e| format!("cannot connect to {shown}: {e}"))?;
+                let mut writes = Vec::new();
+                if replication.is_some() {
+                    let config = config.set_response_timeout(Some(write_timeout));
+                    for _ in 0..WRITE_CONNECTIONS {
+                        let write = client
+                            .get_connection_manager_with_config(config.clone())
+                            .await
+                            .map_err(|e| format!("cannot connect to {shown}: {e}"))?;
+                        writes.push(Conn::Single(write));
+                    }
+                }
                 let pubsub = subscribe(&client)
                     .await
                     .map_err(|e| format!("cannot subscribe to {CHANNEL} on {shown}: {e}"))?;
                 tasks.push(tokio::spawn(follow_commits(client, pubsub, feed.sender())));
-                (Conn::Single(manager), None)
+                (Conn::Single(manager), writes, None)
             }
             RedisTarget::Cluster(nodes) => {
                 let shown: Vec<String> = nodes.iter().map(|n| redact(n)).collect();
@@ -121,6 +157,22 @@ impl RedisLog {
                     .get_async_connection()
                     .await
                     .map_err(|e| format!("cannot connect to the cluster {shown:?}: {e}"))?;
+                let mut writes = Vec::new();
+                if replication.is_some() {
+                    let writer = redis::cluster::ClusterClient::builder(nodes.clone())
+                        .response_timeout(write_timeout)
+                        .connection_timeout(Duration::from_secs(5))
+                        .tcp_settings(tcp_settings())
+                        .build()
+                        .map_err(|e| format!("{shown:?}: {e}"))?;
+                    for _ in 0..WRITE_CONNECTIONS {
+                        let write = writer
+                            .get_async_connection()
+                            .await
+                            .map_err(|e| format!("cannot connect to the cluster {shown:?}: {e}"))?;
+                        writes.push(Conn::Cluster(write));
+                    }
+                }
                 // Sharded subscriptions need RESP3; their messages arrive as pushes.
                 let (push_tx, push_rx) = tokio::sync::mpsc::unbounded_channel();
                 let subscriber = redis::cluster::ClusterClient::builder(nodes.clone())
@@ -139,11 +191,39 @@ impl RedisLog {
                     interest_rx,
                     followed.clone(),
                 )));
-                (Conn::Cluster(conn), Some((interest_tx, push_rx)))
+                (Conn::Cluster(conn), writes, Some((interest_tx, push_rx)))
             }
         };
+        // Under `replicated`, a connection that never writes counts the replicas: `WAIT 0 0`
+        // there answers at once with every connected replica (its offset to wait for is 0).
+        let probe = match (&replication, target) {
+            (None, _) => None,
+            (Some(_), RedisTarget::Single(url)) => Some(Conn::Single(
+                redis::Client::open(url.as_str())
+                    .map_err(|e| format!("{}: {e}", redact(url)))?
+                    .get_connection_manager()
+                    .await
+                    .map_err(|e| format!("cannot connect to {}: {e}", redact(url)))?,
+            )),
+            (Some(_), RedisTarget::Cluster(nodes)) => Some(Conn::Cluster(
+                redis::cluster::ClusterClient::builder(nodes.clone())
+                    .connection_timeout(Duration::from_secs(5))
+                    .tcp_settings(tcp_settings())
+                    .build()
+                    .map_err(|e| format!("redis cluster: {e}"))?
+                    .get_async_connection()
+                    .await
+                    .map_err(|e| format!("cannot connect to the cluster: {e}"))?,
+            )),
+        };
+        if writes.is_empty() {
+            writes.push(conn.clone());
+        }
         let core = Core {
             conn,
+            writes: writes.into(),
+            probe,
+            replication,
             scripts: Arc::new(Scripts::new()),
             retention,
             sharded: sharded.is_some(),
@@ -160,6 +240,15 @@ impl RedisLog {
             )));
             interests
         });
+        core.check_replicas().await;
+        if replication.is_some() {
+            // Loaded ahead: a first EVALSHA that finds no script still waits for its WAIT.
+            let mut load = redis::cmd("SCRIPT");
+            load.arg("LOAD").arg(&core.scripts.append_code);
+            if let Err(e) = core.writes[0].query::<String>(&load).await {
+                tracing::warn!(error = %e, "redis: cannot load the append script yet");
+            }
+        }
         Ok(RedisLog {
             core,
             interests,
@@ -168,6 +257,41 @@ impl RedisLog {
             feed,
             tasks: Mutex::new(tasks),
         })
+    }
+}
+
+impl Core {
+    /// Says at start what the replicas mean for durability: an error when `replicated` cannot
+    /// be met yet (the hub starts; `/readyz` answers 503 until it can), a warning when there
+    /// are replicas but writes do not wait for them.
+    async fn check_replicas(&self) {
+        // `WAIT 0 0` answers at once: every replica has acknowledged a fresh connection.
+        let (tally, wanted) = match self.replication {
+            Some(r) => (Tally::Fewest, i64::from(r.min_replicas)),
+            None => (Tally::Total, 0),
+        };
+        let probe = self.probe.as_ref().unwrap_or(&self.conn);
+        match probe.replicas(0, Duration::ZERO, tally).await {
+            Ok(fewest) if self.replication.is_some() && fewest < wanted => {
+                tracing::error!(
+                    replicas = fewest,
+                    min_replicas = wanted,
+                    "durability is replicated, but a Redis shard has fewer connected replicas \
+                     than redis.min_replicas: publishes and job writes answer 503, and /readyz \
+                     503, until enough replicas connect"
+                );
+            }
+            Ok(total) if self.replication.is_none() && total > 0 => {
+                tracing::warn!(
+                    replicas = total,
+                    "the Redis store has replicas, but durability is not replicated: an \
+                     acknowledged message can be lost when a master fails over (set \
+                     durability = \"replicated\")"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "redis: cannot count the replicas"),
+        }
     }
 }
 
@@ -225,8 +349,17 @@ impl Log for RedisLog {
                 .conn
                 .query::<String>(&redis::cmd("PING"))
                 .await
-                .map(|_| ())
-                .map_err(unavailable)
+                .map_err(unavailable)?;
+            // Under `replicated`, a shard without enough replicas refuses every write.
+            if let (Some(rep), Some(probe)) = (self.core.replication, &self.core.probe) {
+                let fewest = probe
+                    .replicas(0, Duration::ZERO, Tally::Fewest)
+                    .await
+                    .map_err(unavailable)?;
+                check_acks(fewest, rep, "every shard")
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            }
+            Ok(())
         })
     }
 
@@ -379,7 +512,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::model::StoreError;
+    use crate::model::{StoreError, now_millis};
 
     fn msg(topic: &str, data: &str, key: Option<&str>) -> NewMessage {
         NewMessage {
@@ -397,9 +530,13 @@ mod tests {
     async fn concurrent_appends_are_grouped_and_each_gets_its_own_result() {
         let server = test_redis::RedisServer::start().await;
         let log = Arc::new(
-            RedisLog::open(&RedisTarget::Single(server.url()), Retention::default())
-                .await
-                .expect("open"),
+            RedisLog::open(
+                &RedisTarget::Single(server.url()),
+                Retention::default(),
+                None,
+            )
+            .await
+            .expect("open"),
         );
         let tasks: Vec<_> = (0..20)
             .map(|t| {
@@ -478,9 +615,13 @@ mod tests {
     #[tokio::test]
     async fn a_repeated_append_call_appends_once() {
         let server = test_redis::RedisServer::start().await;
-        let log = RedisLog::open(&RedisTarget::Single(server.url()), Retention::default())
-            .await
-            .expect("open");
+        let log = RedisLog::open(
+            &RedisTarget::Single(server.url()),
+            Retention::default(),
+            None,
+        )
+        .await
+        .expect("open");
         let topic: Topic = "r".parse().expect("topic");
         let batch = vec![msg("r", "a", None), msg("r", "b", None)];
         let receipt = "plexus:w:{r}:test".to_owned();
@@ -506,9 +647,13 @@ mod tests {
     #[tokio::test]
     async fn a_multi_topic_batch_survives_a_flushed_script_cache() {
         let server = test_redis::RedisServer::start().await;
-        let log = RedisLog::open(&RedisTarget::Single(server.url()), Retention::default())
-            .await
-            .expect("open");
+        let log = RedisLog::open(
+            &RedisTarget::Single(server.url()),
+            Retention::default(),
+            None,
+        )
+        .await
+        .expect("open");
         let batch = || {
             vec![
                 msg("x", "1", None),
@@ -525,5 +670,141 @@ mod tests {
         let done = log.append(batch()).await.expect("a batch after the flush");
         let seqs: Vec<Seq> = done.iter().map(|a| a.seq).collect();
         assert_eq!(seqs, vec![3, 2, 4], "each topic counts on, once");
+    }
+
+    /// A replicated log on a master with one replica.
+    async fn replicated() -> (test_redis::RedisServer, test_redis::RedisServer, RedisLog) {
+        let master = test_redis::RedisServer::start().await;
+        let replica = test_redis::RedisServer::start_replica_of(&master).await;
+        let replication = Replication {
+            min_replicas: 1,
+            timeout: Duration::from_secs(2),
+        };
+        let log = RedisLog::open(
+            &RedisTarget::Single(master.url()),
+            Retention::default(),
+            Some(replication),
+        )
+        .await
+        .expect("open");
+        (master, replica, log)
+    }
+
+    async fn next_commit(feed: &mut CommitFeed) -> Vec<Seq> {
+        let batch = tokio::time::timeout(Duration::from_secs(10), feed.recv())
+            .await
+            .expect("a commit is fed")
+            .expect("the feed is open");
+        batch.iter().map(|m| m.seq).collect()
+    }
+
+    /// Under `replicated` a write the paused replica cannot confirm is refused, never shown
+    /// nor fed; once the replica is back, the next commit shows both and feeds its own.
+    #[tokio::test]
+    async fn replicated_writes_stay_hidden_until_a_replica_confirms() {
+        let (_master, replica, log) = replicated().await;
+        let mut feed = log.take_commits().expect("the feed");
+        let t: Topic = "r".parse().expect("topic");
+        let a = log.append(vec![msg("r", "a", None)]).await.expect("a");
+        assert_eq!(a[0].seq, 1);
+        assert_eq!(next_commit(&mut feed).await, vec![1]);
+
+        replica.pause();
+        let b = log.append(vec![msg("r", "b", None)]).await;
+        assert!(matches!(b, Err(StoreError::NotReplicated(_))), "{b:?}");
+        let read = log.read(&t, 0, 10, usize::MAX).await.expect("read");
+        let seqs: Vec<Seq> = read.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, vec![1], "the unconfirmed write is not shown");
+        assert_eq!(read.bounds().last_seq, 1);
+        assert_eq!(log.seek_time(&t, now_millis() + 60_000).await, Ok(1));
+        let info = log.topic(&t).await.expect("info").expect("a topic");
+        assert_eq!((info.last_seq, info.messages), (1, 1), "{info:?}");
+
+        replica.resume();
+        // Retried with one key until the replica confirms: every try answers the first seq.
+        let mut c = Err(StoreError::Unavailable("not tried".into()));
+        for _ in 0..20 {
+            c = log.append(vec![msg("r", "c", Some("c"))]).await;
+            if c.is_ok() {
+                break;
+            }
+        }
+        let c = c.expect("c, once the replica is back");
+        assert_eq!(c[0].seq, 3, "the refused write kept its seq");
+        assert_eq!(
+            next_commit(&mut feed).await,
+            vec![3],
+            "the feed carries the commit's own messages; readers find 2 as a hole"
+        );
+        let read = log.read(&t, 0, 10, usize::MAX).await.expect("read");
+        let seqs: Vec<Seq> = read.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(
+            seqs,
+            vec![1, 2, 3],
+            "the later commit covers the earlier write"
+        );
+    }
+
+    /// A failover can lose the raise of the committed head though the messages under it were
+    /// replicated (and shown): a reader whose cursor is past the head it finds waits there,
+    /// and is not told the log was reset.
+    #[tokio::test]
+    async fn a_cursor_past_a_lost_raise_waits_instead_of_resetting() {
+        let (_master, _replica, log) = replicated().await;
+        let t: Topic = "w".parse().expect("topic");
+        let batch = vec![
+            msg("w", "1", None),
+            msg("w", "2", None),
+            msg("w", "3", None),
+        ];
+        log.append(batch).await.expect("append");
+        log.core
+            .conn
+            .query::<()>(redis::cmd("HSET").arg(meta_key(&t)).arg("ok").arg(1))
+            .await
+            .expect("lower the committed head");
+        let read = log.read(&t, 2, 10, usize::MAX).await.expect("read");
+        assert!(read.messages.is_empty());
+        assert_eq!(read.bounds().last_seq, 2, "the head this reader saw");
+        let read = log.read(&t, 0, 10, usize::MAX).await.expect("read");
+        assert_eq!(read.messages.len(), 1, "others see the committed head");
+        let read = log.read(&t, 9, 10, usize::MAX).await.expect("read");
+        assert_eq!(
+            read.bounds().last_seq,
+            1,
+            "a cursor past every write is a reset"
+        );
+        log.append(vec![msg("w", "4", None)]).await.expect("append");
+        let read = log.read(&t, 2, 10, usize::MAX).await.expect("read");
+        let seqs: Vec<Seq> = read.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, vec![3, 4]);
+    }
+
+    /// Under `replicated`, after Redis lost its script cache (a restart, a failover), a
+    /// single-topic append and a multi-topic batch load the script and run once.
+    #[tokio::test]
+    async fn replicated_appends_survive_a_flushed_script_cache() {
+        let (_master, _replica, log) = replicated().await;
+        log.append(vec![msg("x", "1", None)]).await.expect("first");
+        let flush = || async {
+            log.core.writes[0]
+                .query::<String>(redis::cmd("SCRIPT").arg("FLUSH"))
+                .await
+                .expect("SCRIPT FLUSH");
+        };
+        flush().await;
+        let one = log
+            .append(vec![msg("x", "2", None)])
+            .await
+            .expect("one topic");
+        assert_eq!(one[0].seq, 2);
+        flush().await;
+        let batch = vec![msg("x", "3", None), msg("y", "1", None)];
+        let done = log.append(batch).await.expect("a batch after the flush");
+        let seqs: Vec<Seq> = done.iter().map(|a| a.seq).collect();
+        assert_eq!(seqs, vec![3, 1], "each topic counts on, once");
+        let x: Topic = "x".parse().expect("topic");
+        let read = log.read(&x, 0, 10, usize::MAX).await.expect("read");
+        assert_eq!(read.messages.len(), 3, "every confirmed write is shown");
     }
 }

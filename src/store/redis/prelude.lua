@@ -49,13 +49,18 @@ local function trim(s, m, now, maxn, maxage)
   if dropped > 0 then redis.call('HINCRBY', m, 'bytes', -dropped) end
 end
 
--- first retained seq, head, deleted-through; nil for a topic never published.
+-- first retained seq, committed head, deleted-through; nil for a topic never published.
+-- Readers see up to the committed head `ok`: under `durability = "replicated"` commit.lua
+-- raises it once the replicas hold a write; otherwise append.lua keeps it at `head`. A topic
+-- written before `ok` existed has none and shows everything.
 local function bounds(s, m)
   if redis.call('EXISTS', m) == 0 then return nil end
   local head = tonumber(redis.call('HGET', m, 'head') or 0)
+  local ok = tonumber(redis.call('HGET', m, 'ok') or head)
+  if ok < head then head = ok end
   local del = tonumber(redis.call('HGET', m, 'del') or 0)
   local first = head + 1
   local e = redis.call('XRANGE', s, '-', '+', 'COUNT', 1)
-  if #e > 0 then first = entry_seq(e[1][1]) end
+  if #e > 0 then first = math.min(entry_seq(e[1][1]), head + 1) end
   return first, head, del
 end

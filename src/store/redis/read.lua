@@ -7,12 +7,19 @@ local s, m = KEYS[1], KEYS[2]
 trim(s, m, tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
 local first, head, del = bounds(s, m)
 if first == nil then return {} end
-local out = {first, head, del}
+-- A cursor past the committed head but within what was written was shown by a master whose
+-- raise of `ok` a failover lost (the write itself was replicated before it was shown): the
+-- reader waits there rather than being told the log was reset.
+local after = tonumber(string.match(ARGV[4], '^(%d+)')) - 1
+local written = tonumber(redis.call('HGET', m, 'head') or 0)
+local shown = head
+if after > shown and after <= written then shown = after end
+local out = {first, shown, del}
 local limit = tonumber(ARGV[5])
 if limit > 0 then
   local max_bytes = tonumber(ARGV[6])
   local bytes = 0
-  for _, e in ipairs(redis.call('XRANGE', s, ARGV[4], '+', 'COUNT', limit)) do
+  for _, e in ipairs(redis.call('XRANGE', s, ARGV[4], string.format('%d-0', head), 'COUNT', limit)) do
     local t, ev, d = entry_fields(e[2])
     bytes = bytes + #d
     if #out > 3 and bytes > max_bytes then break end

@@ -11,7 +11,7 @@ local lo, hi = first, head + 1
 while lo < hi do
   local mid = math.floor((lo + hi) / 2)
   local e = redis.call('XRANGE', s, string.format('%d-0', mid), '+', 'COUNT', 1)
-  if #e == 0 then
+  if #e == 0 or entry_seq(e[1][1]) > head then
     hi = mid
   else
     local seq = entry_seq(e[1][1])

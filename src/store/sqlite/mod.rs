@@ -44,6 +44,9 @@ pub enum Durability {
     Process,
     /// Also survives a crash of the machine (fsync before the acknowledgement).
     Machine,
+    /// Redis engines only: held by `redis.min_replicas` replicas of its shard before the
+    /// acknowledgement, and shown to readers only then (Redis `WAIT`).
+    Replicated,
 }
 
 const DB_FILE: &str = "plexus.db";
@@ -78,6 +81,11 @@ impl SqliteLog {
         let sync = match durability {
             Durability::Process => "NORMAL",
             Durability::Machine => "FULL",
+            Durability::Replicated => {
+                return Err(StoreError::unavailable(
+                    "durability \"replicated\" needs a redis storage",
+                ));
+            }
         };
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000;"

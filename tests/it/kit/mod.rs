@@ -3,7 +3,8 @@
 //! - `server`: a real `plexus serve` on port 0 with its own data directory, on the engine a
 //!   test names ([`Server::start_on`]) or on the default one ([`Server::start`]), and the
 //!   helpers that speak the HTTP API with a real client (re-exported here).
-//! - [`redis`]: a private `redis-server` per test, and a real 3-master Redis Cluster.
+//! - [`redis`]: a private `redis-server` per test (or a replica of one), and a real 3-master
+//!   Redis Cluster (with replicas when asked); nodes can be paused, resumed and killed.
 //! - [`clients`]: raw-socket SSE and NDJSON clients, an SSE client over HTTP/2, a
 //!   WebSocket client for `/v1/ws`, and helpers for `plexus-client` subscriptions.
 //! - [`cli`]: runs the `plexus` binary itself (`pub`, `sub`, `jobs`, a failing `serve`)

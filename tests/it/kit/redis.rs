@@ -1,6 +1,8 @@
 //! Private Redis servers for the tests: `redis-server` on free loopback ports, no
-//! persistence, killed when dropped; and a real 3-master Redis Cluster made with
-//! `redis-cli --cluster create`. `scripts/test` installs both programs when missing.
+//! persistence, killed when dropped, a replica of one when asked; and a real 3-master Redis
+//! Cluster made with `redis-cli --cluster create`, with replicas when asked. A node can be
+//! paused (`SIGSTOP`), resumed, killed and started again, as in a failover.
+//! `scripts/test` installs both programs when missing.
 //!
 //! The one Redis fixture: the integration tests use it as `kit::redis`, and the library's unit
 //! tests (the store's behaviour suite, the redis engine's own tests) include this same file,
@@ -82,6 +84,53 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// A standalone server replicating `master`, its link up when this returns.
+    pub async fn start_replica_of(master: &RedisServer) -> RedisServer {
+        let replica = RedisServer::start().await;
+        replica.replicate(master).await;
+        replica
+    }
+
+    /// Makes this server a replica of `master` (`REPLICAOF`) and waits for the link.
+    pub async fn replicate(&self, master: &RedisServer) {
+        // Redis 7 waits 5 s before a diskless full sync, for more replicas to join it.
+        master.cli(&["CONFIG", "SET", "repl-diskless-sync-delay", "0"]);
+        self.cli(&["REPLICAOF", "127.0.0.1", &master.port.to_string()]);
+        self.wait_for("master_link_status:up", &["INFO", "REPLICATION"])
+            .await;
+        master
+            .wait_for("state=online", &["INFO", "REPLICATION"])
+            .await;
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .expect("redis is running")
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, `KILL`…) to the process, as `kill -SIG` does.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill on PATH");
+        assert!(status.success(), "kill -{signal} {}", self.pid());
+    }
+
+    /// Pauses the process (`SIGSTOP`): its sockets stay open, it reads nothing.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Resumes a paused process (`SIGCONT`).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
     /// Runs `redis-cli` against this server.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
@@ -93,7 +142,14 @@ impl RedisServer {
     }
 
     async fn wait_for(&self, expected: &str, args: &[&str]) {
-        for _ in 0..400 {
+        self.wait_within(expected, args, Duration::from_secs(10))
+            .await;
+    }
+
+    /// Polls `redis-cli ARGS` until its answer contains `expected`, for at most `limit`.
+    pub async fn wait_within(&self, expected: &str, args: &[&str], limit: Duration) {
+        let tries = limit.as_millis() / 25;
+        for _ in 0..tries.max(1) {
             if self.cli(args).contains(expected) {
                 return;
             }
@@ -112,25 +168,36 @@ impl Drop for RedisServer {
     }
 }
 
-/// A Redis Cluster of three masters (no replicas), every slot covered.
+/// A Redis Cluster of three masters, every slot covered, and as many replicas per master as
+/// it was started with.
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
+    /// Three masters, no replica.
     pub async fn start() -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..3)
+        RedisCluster::start_with_replicas(0, &[]).await
+    }
+
+    /// Three masters with `replicas` replicas each, every replica's link up when this
+    /// returns; `extra` are more `redis-server` arguments for every node (such as a short
+    /// `--cluster-node-timeout`).
+    pub async fn start_with_replicas(replicas: usize, extra: &[&str]) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| {
                 // The bus port would be port + 10000, which another node's free port may be.
                 let bus = free_port().to_string();
-                RedisServer::spawn(&[
+                let mut args = vec![
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
                     "nodes.conf",
                     "--cluster-port",
                     &bus,
-                ])
+                ];
+                args.extend_from_slice(extra);
+                RedisServer::spawn(&args)
             })
             .collect();
         for node in &nodes {
@@ -144,7 +211,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli --cluster create");
         assert!(
@@ -157,7 +224,55 @@ impl RedisCluster {
             node.wait_for("cluster_state:ok", &["CLUSTER", "INFO"])
                 .await;
         }
-        RedisCluster { nodes }
+        let cluster = RedisCluster { nodes };
+        for node in &cluster.nodes {
+            if node.cli(&["ROLE"]).starts_with("slave") {
+                node.wait_for("master_link_status:up", &["INFO", "REPLICATION"])
+                    .await;
+            }
+        }
+        cluster
+    }
+
+    /// The node listening on `port`.
+    pub fn node(&self, port: u16) -> &RedisServer {
+        self.nodes
+            .iter()
+            .find(|n| n.port == port)
+            .expect("a node of this cluster")
+    }
+
+    /// The node listening on `port`, to kill or restart it.
+    pub fn node_mut(&mut self, port: u16) -> &mut RedisServer {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node of this cluster")
+    }
+
+    /// The ports of the replicas of the master on `port`, by each node's `ROLE` (a replica
+    /// answers `slave`, its master's host and port, its link state, its offset).
+    pub fn replicas_of(&self, port: u16) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| {
+                let role = n.cli(&["ROLE"]);
+                let lines: Vec<&str> = role.lines().map(str::trim).collect();
+                lines.first() == Some(&"slave") && lines.get(2) == Some(&port.to_string().as_str())
+            })
+            .map(|n| n.port)
+            .collect()
+    }
+
+    /// Waits until the node on `port` is a master with slots and the cluster is whole again
+    /// (after a failover promoted it), polling: a failover's duration is not asserted.
+    pub async fn wait_for_master(&self, port: u16) {
+        let node = self.node(port);
+        let limit = Duration::from_secs(60);
+        node.wait_within("role:master", &["INFO", "REPLICATION"], limit)
+            .await;
+        node.wait_within("cluster_state:ok", &["CLUSTER", "INFO"], limit)
+            .await;
     }
 
     /// The `--storage` value naming every node.
