@@ -31,15 +31,16 @@ impl Core {
         messages: &[NewMessage],
         check_only: bool,
     ) -> StoreResult<Vec<Appended>> {
-        self.append_call(topic, messages, check_only, self.receipt(topic))
+        let slot = self.slot(topic).await?;
+        self.append_call(topic, &slot, messages, check_only, self.receipt(&slot))
             .await
     }
 
     /// A fresh receipt key for one append call of a topic.
-    pub(super) fn receipt(&self, topic: &Topic) -> String {
+    pub(super) fn receipt(&self, slot: &Slot) -> String {
         let (node, calls) = &*self.calls;
         let call = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        format!("plexus:w:{{{topic}}}:{node:016x}{call:x}")
+        slot.receipt(&format!("{node:016x}{call:x}"))
     }
 
     /// The keys and arguments of one run of `append.lua` (see the script for their order).
@@ -47,20 +48,21 @@ impl Core {
     pub(super) fn append_args<'m>(
         &self,
         topic: &Topic,
+        slot: &Slot,
         messages: &'m [NewMessage],
         check_only: bool,
         receipt: String,
     ) -> (Vec<String>, Vec<Cow<'m, [u8]>>) {
-        let mut keys = vec![stream_key(topic), meta_key(topic), receipt];
+        let mut keys = vec![slot.stream(), slot.meta(), receipt];
         keys.extend(
             messages
                 .iter()
                 .filter_map(|m| m.idempotency_key.as_ref())
-                .map(|key| format!("plexus:i:{{{topic}}}:{key}")),
+                .map(|key| slot.idempotency(key)),
         );
         let (command, channel) = match self.sharded {
             false => ("PUBLISH", CHANNEL.to_owned()),
-            true => ("SPUBLISH", shard_channel(topic)),
+            true => ("SPUBLISH", slot.channel()),
         };
         let [now, max_messages, max_age] = self.retention_args();
         let mut args: Vec<Cow<'m, [u8]>> = [
@@ -100,11 +102,12 @@ impl Core {
     pub(super) async fn append_call(
         &self,
         topic: &Topic,
+        slot: &Slot,
         messages: &[NewMessage],
         check_only: bool,
         receipt: String,
     ) -> StoreResult<Vec<Appended>> {
-        let (keys, args) = self.append_args(topic, messages, check_only, receipt);
+        let (keys, args) = self.append_args(topic, slot, messages, check_only, receipt);
         let mut inv = self.scripts.append.prepare_invoke();
         for key in keys {
             inv.key(key);
@@ -136,7 +139,8 @@ impl Core {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for (topic, messages) in topics {
-            let (keys, args) = self.append_args(topic, messages, false, self.receipt(topic));
+            let slot = self.slot(topic).await?;
+            let (keys, args) = self.append_args(topic, &slot, messages, false, self.receipt(&slot));
             let cmd = pipe
                 .cmd("EVALSHA")
                 .arg(self.scripts.append.get_hash())
@@ -216,8 +220,9 @@ impl Core {
 
     /// Drops every message of a topic, keeping its counter, by `delete.lua`.
     pub(super) async fn delete_topic(&self, topic: &Topic) -> StoreResult<bool> {
+        let slot = self.slot(topic).await?;
         let mut inv = self.scripts.delete.prepare_invoke();
-        inv.key(stream_key(topic)).key(meta_key(topic));
+        inv.key(slot.stream()).key(slot.meta());
         let found: i64 = self.conn.invoke(&inv).await.map_err(unavailable)?;
         Ok(found == 1)
     }

@@ -1,17 +1,20 @@
 //! What the engine and its tasks all use: the connection, the scripts, the retention.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue, RedisError, Script, ScriptInvocation};
 
-use crate::model::{StoreError, StoreResult, now_millis};
+use crate::model::{StoreError, StoreResult, Topic, now_millis};
 use crate::store::log::Retention;
+
+use super::keys::{Slot, announced_queue, job_of_topic};
 
 const PRELUDE: &str = include_str!("prelude.lua");
 const JOBS_PRELUDE: &str = include_str!("jobs.lua");
+const EVENTS: &str = include_str!("events.lua");
 
 /// One connection handle, cheap to clone, to a server or a cluster.
 #[derive(Clone)]
@@ -60,12 +63,14 @@ pub(super) struct Scripts {
     pub(super) job_create: Script,
     pub(super) job_save: Script,
     pub(super) job_pick: Script,
+    pub(super) carry: Script,
 }
 
 impl Scripts {
     pub(super) fn new() -> Self {
         let topic = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
-        let job = |body: &str| Script::new(&format!("{JOBS_PRELUDE}\n{body}"));
+        // A job script writes the job and appends its events (the topic prelude's retention).
+        let job = |body: &str| Script::new(&format!("{PRELUDE}\n{JOBS_PRELUDE}\n{EVENTS}\n{body}"));
         Scripts {
             append: topic(include_str!("append.lua")),
             append_code: format!("{PRELUDE}\n{}", include_str!("append.lua")),
@@ -76,6 +81,7 @@ impl Scripts {
             job_create: job(include_str!("job_create.lua")),
             job_save: job(include_str!("job_save.lua")),
             job_pick: Script::new(include_str!("job_pick.lua")),
+            carry: Script::new(include_str!("carry.lua")),
         }
     }
 }
@@ -95,6 +101,8 @@ pub(super) struct Core {
     pub(super) calls: Arc<(u64, std::sync::atomic::AtomicU64)>,
     /// Topics and queues this node has already added to their sets.
     pub(super) known: Arc<Mutex<HashSet<String>>>,
+    /// The slots of the job topics this node has used (a job's queue never changes).
+    pub(super) slots: Arc<Mutex<HashMap<Topic, Slot>>>,
 }
 
 /// A random id for this node's append receipts.
@@ -135,6 +143,80 @@ impl Core {
             known.clear();
         }
         known.insert(id);
+        Ok(())
+    }
+}
+
+/// Most job topics whose slot a node remembers; past it the memory starts again (each one
+/// then costs a lookup again, never a wrong answer).
+const SLOTS_REMEMBERED: usize = 100_000;
+
+impl Core {
+    /// Where `topic`'s keys live (see [`Slot`]). A `_jobs.{id}` topic costs one lookup of its
+    /// job's queue on a node's first use; a job that does not exist keeps its topic under its
+    /// own name, where nothing is ever written.
+    pub(super) async fn slot(&self, topic: &Topic) -> StoreResult<Slot> {
+        let announced = announced_queue(topic);
+        let job = match announced {
+            Some(_) => None,
+            None => match job_of_topic(topic) {
+                Some(id) => Some(id),
+                None => return Ok(Slot::own(topic)),
+            },
+        };
+        if let Some(slot) = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(topic)
+        {
+            return Ok(slot.clone());
+        }
+        let queue = match (announced, job) {
+            (Some(queue), _) => queue,
+            (None, Some(id)) => match self.queue_of(&id).await? {
+                Some(queue) => queue,
+                None => return Ok(Slot::own(topic)),
+            },
+            (None, None) => return Ok(Slot::own(topic)),
+        };
+        let slot = Slot::of_queue(&queue, topic);
+        self.carry_over(topic, &slot).await?;
+        self.remember_slot(topic, slot.clone());
+        Ok(slot)
+    }
+
+    /// Records a job topic's slot without a lookup (a new job: nothing to carry over).
+    pub(super) fn remember_slot(&self, topic: &Topic, slot: Slot) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if slots.len() >= SLOTS_REMEMBERED {
+            slots.clear();
+        }
+        slots.insert(topic.clone(), slot);
+    }
+
+    /// A job topic written by a release that kept it under its own name: its seq counter
+    /// moves to the new slot (the old messages read as deleted, so a follower's cursor stays
+    /// valid and sees a gap rather than seqs counted again from 1), and the old keys go.
+    pub(super) async fn carry_over(&self, topic: &Topic, slot: &Slot) -> StoreResult<()> {
+        let old = Slot::own(topic);
+        let (head, last): (Option<i64>, Option<i64>) = self
+            .conn
+            .query(redis::cmd("HMGET").arg(old.meta()).arg("head").arg("last"))
+            .await
+            .map_err(unavailable)?;
+        let Some(head) = head else {
+            return Ok(());
+        };
+        let mut inv = self.scripts.carry.prepare_invoke();
+        inv.key(slot.meta()).arg(head).arg(last.unwrap_or(0));
+        self.conn.invoke::<i64>(&inv).await.map_err(unavailable)?;
+        for key in [old.stream(), old.meta()] {
+            self.conn
+                .query::<()>(redis::cmd("DEL").arg(key))
+                .await
+                .map_err(unavailable)?;
+        }
         Ok(())
     }
 }

@@ -133,13 +133,7 @@ impl RedisLog {
                     .get_async_connection()
                     .await
                     .map_err(|e| format!("cannot subscribe on the cluster {shown:?}: {e}"))?;
-                let (interest_tx, interest_rx) = tokio::sync::mpsc::unbounded_channel();
-                tasks.push(tokio::spawn(follow_interests(
-                    subscriber,
-                    interest_rx,
-                    followed.clone(),
-                )));
-                (Conn::Cluster(conn), Some((interest_tx, push_rx)))
+                (Conn::Cluster(conn), Some((subscriber, push_rx)))
             }
         };
         let core = Core {
@@ -149,8 +143,16 @@ impl RedisLog {
             sharded: sharded.is_some(),
             calls: Arc::new((node_id(), 0.into())),
             known: Arc::default(),
+            slots: Arc::default(),
         };
-        let interests = sharded.map(|(interests, pushes)| {
+        let interests = sharded.map(|(subscriber, pushes)| {
+            let (interests, interest_rx) = tokio::sync::mpsc::unbounded_channel();
+            tasks.push(tokio::spawn(follow_interests(
+                subscriber,
+                interest_rx,
+                followed.clone(),
+                core.clone(),
+            )));
             tasks.push(tokio::spawn(feed_pushes(
                 pushes,
                 feed.sender(),
@@ -287,8 +289,9 @@ impl Follow for RedisLog {
     }
 }
 
-// The job and its events are two commits here (the job's hash lives on its queue's shard, its
-// topic on another): a crash between them leaves a state without its event.
+// A job and its events are one script (`job_create.lua`, `job_save.lua`): on a cluster the
+// job's own topics share its queue's slot (see `keys::Slot`). An event on any other topic
+// could not share it and is appended after the script, as a separate commit.
 impl RedisLog {
     async fn announce(&self, events: Vec<NewMessage>) -> StoreResult<()> {
         if !events.is_empty() {
@@ -306,10 +309,9 @@ impl JobStore for RedisLog {
         events: JobEvents,
     ) -> BoxFuture<'_, StoreResult<(Job, bool)>> {
         Box::pin(async move {
-            let (job, replayed) = self.core.create_job(job, idempotency_key).await?;
-            if !replayed {
-                self.announce(events(&job)).await?;
-            }
+            let made = events(&job);
+            let (job, replayed, outside) = self.core.create_job(job, idempotency_key, made).await?;
+            self.announce(outside).await?;
             Ok((job, replayed))
         })
     }
@@ -327,11 +329,11 @@ impl JobStore for RedisLog {
     ) -> BoxFuture<'_, StoreResult<Job>> {
         Box::pin(async move {
             let expected = expected_lease.unwrap_or_default();
-            self.core.save_job(&job, "lease", &expected).await?;
-            self.announce(events(&job)).await?;
-            if job.state.is_final() {
-                self.core.mark_finished(&job).await?;
-            }
+            let outside = self
+                .core
+                .save_job(&job, "lease", &expected, events(&job))
+                .await?;
+            self.announce(outside).await?;
             Ok(job)
         })
     }
@@ -346,11 +348,15 @@ impl JobStore for RedisLog {
     ) -> BoxFuture<'_, StoreResult<Option<Job>>> {
         let queue = queue.clone();
         Box::pin(async move {
-            let claimed = self.core.claim_job(&queue, now, lease, lease_ms).await?;
-            if let Some(job) = &claimed {
-                self.announce(events(job)).await?;
-            }
-            Ok(claimed)
+            let claimed = self
+                .core
+                .claim_job(&queue, now, lease, lease_ms, &events)
+                .await?;
+            let Some((job, outside)) = claimed else {
+                return Ok(None);
+            };
+            self.announce(outside).await?;
+            Ok(Some(job))
         })
     }
 
@@ -486,12 +492,12 @@ mod tests {
         let receipt = "plexus:w:{r}:test".to_owned();
         let first = log
             .core
-            .append_call(&topic, &batch, false, receipt.clone())
+            .append_call(&topic, &Slot::own(&topic), &batch, false, receipt.clone())
             .await
             .expect("first call");
         let again = log
             .core
-            .append_call(&topic, &batch, false, receipt)
+            .append_call(&topic, &Slot::own(&topic), &batch, false, receipt)
             .await
             .expect("repeated call");
         assert_eq!(first, again, "the repeat answers as the first");

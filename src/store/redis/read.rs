@@ -22,7 +22,8 @@ impl Core {
         max_bytes: usize,
     ) -> StoreResult<ReadBatch> {
         let mut inv = self.scripts.read.prepare_invoke();
-        inv.key(stream_key(topic)).key(meta_key(topic));
+        let slot = self.slot(topic).await?;
+        inv.key(slot.stream()).key(slot.meta());
         for arg in self.retention_args() {
             inv.arg(arg);
         }
@@ -49,7 +50,8 @@ impl Core {
     /// What the admin API shows of a topic, by `info.lua`.
     pub(super) async fn topic_info(&self, topic: &Topic) -> StoreResult<Option<TopicInfo>> {
         let mut inv = self.scripts.info.prepare_invoke();
-        inv.key(stream_key(topic)).key(meta_key(topic));
+        let slot = self.slot(topic).await?;
+        inv.key(slot.stream()).key(slot.meta());
         for arg in self.retention_args() {
             inv.arg(arg);
         }
@@ -115,7 +117,8 @@ impl Core {
     /// The position just before the first retained message at or after `time`, by `seek.lua`.
     pub(super) async fn seek_time(&self, topic: &Topic, time: Millis) -> StoreResult<Seq> {
         let mut inv = self.scripts.seek.prepare_invoke();
-        inv.key(stream_key(topic)).key(meta_key(topic));
+        let slot = self.slot(topic).await?;
+        inv.key(slot.stream()).key(slot.meta());
         for arg in self.retention_args() {
             inv.arg(arg);
         }
