@@ -138,6 +138,9 @@ pub struct ServeArgs {
     /// Reverse proxies whose Forwarded / X-Forwarded-For name the client, comma-separated CIDRs [default: none]
     #[arg(long, env = "PLEXUS_TRUSTED_PROXIES", value_name = "CIDRS")]
     pub trusted_proxies: Option<String>,
+    /// Most topics the hub holds, reserved ones included; a write creating one more gets 507 [default: 1000000]
+    #[arg(long, env = "PLEXUS_MAX_TOPICS_TOTAL", value_name = "N")]
+    pub max_topics_total: Option<u64>,
     /// Print the default configuration file (every key, its default) and exit
     #[arg(long)]
     pub print_config: bool,
@@ -239,6 +242,7 @@ struct FileLimits {
     max_read_bytes: u64,
     read_budget_bytes: u64,
     trusted_proxies: Vec<String>,
+    max_topics_total: u64,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -302,6 +306,8 @@ pub struct Config {
     pub read_budget_bytes: usize,
     /// Reverse proxies whose `Forwarded` / `X-Forwarded-For` name the client.
     pub trusted_proxies: Vec<crate::model::Cidr>,
+    /// Most topics the store holds; a write that would create one more is refused (`507`).
+    pub max_topics_total: u64,
 }
 
 /// Authentication settings; secrets are redacted when printed.
@@ -608,7 +614,14 @@ impl Config {
                     .map_err(|e| ConfigError(format!("limits.trusted_proxies[{i}]: {e}")))?,
             );
         }
+        let max_topics_total = a.max_topics_total.unwrap_or(f.limits.max_topics_total);
+        if max_topics_total == 0 {
+            return Err(ConfigError(
+                "limits.max_topics_total: must be at least 1".into(),
+            ));
+        }
         Ok(Config {
+            max_topics_total,
             trusted_proxies,
             body_timeout,
             write_timeout,

@@ -99,8 +99,15 @@ const BUSY: ProblemType = ProblemType {
     ..ProblemType::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "Busy")
 };
 
+/// A write would create a topic beyond `limits.max_topics_total`.
+const TOO_MANY_TOPICS: ProblemType = ProblemType::new(
+    StatusCode::INSUFFICIENT_STORAGE,
+    "too-many-topics",
+    "Too many topics",
+);
+
 /// Every problem type the API answers with, each once.
-pub const PROBLEM_TYPES: [&ProblemType; 18] = [
+pub const PROBLEM_TYPES: [&ProblemType; 19] = [
     &BAD_REQUEST,
     &BAD_TOPIC,
     &BAD_SINCE,
@@ -119,6 +126,7 @@ pub const PROBLEM_TYPES: [&ProblemType; 18] = [
     &DRAINING,
     &REQUEST_TIMEOUT,
     &BUSY,
+    &TOO_MANY_TOPICS,
 ];
 
 /// The kind of problem a store error is.
@@ -128,6 +136,7 @@ fn store_problem(e: &StoreError) -> &'static ProblemType {
         StoreError::IdempotencyConflict { .. } => &IDEMPOTENCY_CONFLICT,
         StoreError::JobChanged(_) => &STALE_LEASE,
         StoreError::UnknownJob(_) => &NOT_FOUND,
+        StoreError::TooManyTopics { .. } => &TOO_MANY_TOPICS,
     }
 }
 
@@ -401,6 +410,7 @@ mod tests {
             ),
             (HubError::Store(StoreError::JobChanged(id.clone())), 409),
             (HubError::Store(StoreError::UnknownJob(id)), 404),
+            (HubError::Store(StoreError::TooManyTopics { limit: 3 }), 507),
         ] {
             let frame = FrameRefusal::from(e.clone());
             assert_eq!(frame.status(), status, "{e}");

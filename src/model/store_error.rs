@@ -14,6 +14,9 @@ pub enum StoreError {
     JobChanged(JobId),
     /// No such job.
     UnknownJob(JobId),
+    /// The write would create a topic beyond the hub's cap on topics
+    /// (`limits.max_topics_total`); nothing of it was stored.
+    TooManyTopics { limit: u64 },
 }
 
 impl StoreError {
@@ -36,6 +39,11 @@ impl fmt::Display for StoreError {
                 "job {id} was claimed again or finished: this lease is no longer its own"
             ),
             StoreError::UnknownJob(id) => write!(f, "no job {id}"),
+            StoreError::TooManyTopics { limit } => write!(
+                f,
+                "the hub holds its limit of {limit} topics (limits.max_topics_total): this \
+                 would create a new one; existing topics still accept messages"
+            ),
         }
     }
 }

@@ -2132,3 +2132,79 @@ async fn redis_carries_a_job_topic_over_from_its_old_keys() {
         .unwrap();
     assert_eq!(old, 0, "the old keys are gone");
 }
+
+// Hardening: nothing capped the number of topics. `Log::limit_topics` now refuses a write
+// that would create one beyond the cap, storing nothing of it; existing topics keep accepting.
+#[tokio::test]
+async fn the_topic_cap_refuses_new_topics_and_stores_nothing() {
+    for (name, store, _dir) in engines(Retention::default()).await {
+        store.log.limit_topics(2);
+        store.log.append(vec![msg("a", "1", None)]).await.unwrap();
+        let over = store
+            .log
+            .append(vec![
+                msg("a", "2", None),
+                msg("b", "x", None),
+                msg("c", "x", None),
+            ])
+            .await;
+        assert_eq!(over, Err(StoreError::TooManyTopics { limit: 2 }), "{name}");
+        assert_eq!(
+            read_all(&store.log, "a").await.len(),
+            1,
+            "{name}: nothing stored"
+        );
+        assert_eq!(store.log.topic(&t("b")).await.unwrap(), None, "{name}");
+        // A job takes two new topics (`_jobs.{id}`, `_queues.q`): 3 in all, one too many.
+        let j = job("q", 1, T0);
+        let refused = store
+            .jobs
+            .create_announced(
+                j.clone(),
+                Some("k".into()),
+                Box::new(state_and_queue_events),
+            )
+            .await;
+        assert_eq!(
+            refused.err(),
+            Some(StoreError::TooManyTopics { limit: 2 }),
+            "{name}"
+        );
+        assert_eq!(
+            store.jobs.get(&j.id).await.unwrap(),
+            None,
+            "{name}: no job kept"
+        );
+        assert!(claim(&store.jobs, "q", T0, "l").await.is_none(), "{name}");
+        store.log.limit_topics(3);
+        let (made, replayed) = store
+            .jobs
+            .create_announced(
+                j.clone(),
+                Some("k".into()),
+                Box::new(state_and_queue_events),
+            )
+            .await
+            .unwrap();
+        assert!(!replayed, "{name}: the refused submit left no key behind");
+        assert_eq!(made.id, j.id, "{name}");
+        // Full again, yet the job's own topics and `a` keep accepting.
+        let running = claim(&store.jobs, "q", T0, "l").await.expect("due");
+        store
+            .jobs
+            .save_announced(
+                requeued(running, T0 + 1, None, "again"),
+                Some("l".into()),
+                Box::new(state_and_queue_events),
+            )
+            .await
+            .unwrap();
+        store.log.append(vec![msg("a", "3", None)]).await.unwrap();
+        assert_eq!(
+            store.log.append(vec![msg("d", "x", None)]).await,
+            Err(StoreError::TooManyTopics { limit: 3 }),
+            "{name}"
+        );
+        assert_eq!(store.log.topics().await.unwrap().len(), 3, "{name}");
+    }
+}

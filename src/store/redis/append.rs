@@ -326,10 +326,8 @@ pub(super) async fn append(
             core.append_topic(topic, &split(topic), true).await?;
         }
     }
-    // Everything that can fail before a commit happens first.
-    for topic in &order {
-        core.remember(TOPICS, topic.as_str()).await?;
-    }
+    // Everything that can fail before a commit happens first (the cap on topics too).
+    core.admit_topics(&order.iter().collect::<Vec<_>>()).await?;
     let mut results = vec![None; batch.len()];
     if order.len() > 1 && !core.sharded {
         // One Redis: every topic in one MULTI/EXEC, all or nothing.

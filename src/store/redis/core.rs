@@ -10,7 +10,7 @@ use redis::{Cmd, FromRedisValue, RedisError, Script, ScriptInvocation};
 use crate::model::{StoreError, StoreResult, Topic, now_millis};
 use crate::store::log::Retention;
 
-use super::keys::{Slot, announced_queue, job_of_topic};
+use super::keys::{Slot, TOPICS, announced_queue, job_of_topic};
 
 const PRELUDE: &str = include_str!("prelude.lua");
 const JOBS_PRELUDE: &str = include_str!("jobs.lua");
@@ -64,6 +64,7 @@ pub(super) struct Scripts {
     pub(super) job_save: Script,
     pub(super) job_pick: Script,
     pub(super) carry: Script,
+    pub(super) topics_admit: Script,
 }
 
 impl Scripts {
@@ -82,6 +83,7 @@ impl Scripts {
             job_save: job(include_str!("job_save.lua")),
             job_pick: Script::new(include_str!("job_pick.lua")),
             carry: Script::new(include_str!("carry.lua")),
+            topics_admit: Script::new(include_str!("topics_admit.lua")),
         }
     }
 }
@@ -103,6 +105,8 @@ pub(super) struct Core {
     pub(super) known: Arc<Mutex<HashSet<String>>>,
     /// The slots of the job topics this node has used (a job's queue never changes).
     pub(super) slots: Arc<Mutex<HashMap<Topic, Slot>>>,
+    /// `limits.max_topics_total`: the size of the topic set is the count.
+    pub(super) max_topics: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A random id for this node's append receipts.
@@ -120,6 +124,45 @@ impl Core {
             self.retention.max_messages.min(i64::MAX as u64) as i64,
             self.retention.max_age.as_millis().min(i64::MAX as u128) as i64,
         ]
+    }
+
+    /// Adds topics to the topic set, refusing them all if that would pass the cap on topics
+    /// (`topics_admit.lua`, atomic across nodes). A topic this node already added costs
+    /// nothing; a new one, one script call before its first write.
+    pub(super) async fn admit_topics(&self, topics: &[&Topic]) -> StoreResult<()> {
+        let mut new: Vec<&Topic> = Vec::new();
+        {
+            let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            for t in topics {
+                if !known.contains(&format!("{TOPICS}\n{t}")) && !new.contains(t) {
+                    new.push(t);
+                }
+            }
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
+        let limit = self.max_topics.load(std::sync::atomic::Ordering::Relaxed);
+        let mut inv = self.scripts.topics_admit.prepare_invoke();
+        inv.key(TOPICS).arg(limit);
+        for t in &new {
+            inv.arg(t.as_str());
+        }
+        match self.conn.invoke::<i64>(&inv).await {
+            Ok(_) => {}
+            Err(e) if e.to_string().contains("PLEXUS_TOO_MANY_TOPICS") => {
+                return Err(StoreError::TooManyTopics { limit });
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() > 100_000 {
+            known.clear();
+        }
+        for t in new {
+            known.insert(format!("{TOPICS}\n{t}"));
+        }
+        Ok(())
     }
 
     /// Adds a name to a set once per node (the set only lists; a missing entry hides a

@@ -116,9 +116,11 @@ impl Core {
                 block.outside.extend(messages);
                 continue;
             }
-            self.remember(TOPICS, topic.as_str()).await?;
             inside.push((topic, slot, messages));
         }
+        // Refused here, before the script: nothing of the job is written.
+        self.admit_topics(&inside.iter().map(|(t, _, _)| t).collect::<Vec<_>>())
+            .await?;
         let publish = if self.sharded { "SPUBLISH" } else { "PUBLISH" };
         let head = [
             now.to_string(),
@@ -239,8 +241,13 @@ impl Core {
         events: Vec<NewMessage>,
     ) -> StoreResult<(Job, bool, Vec<NewMessage>)> {
         let queue = job.queue.clone();
+        // A new job's topic has nothing to carry over from an older release.
+        self.remember_slot(&job.id.topic(), Slot::of_queue(&queue, &job.id.topic()));
+        // The cap on topics is checked here, before anything of the job is written.
+        let block = self.events_block(&job, events, 5).await?;
         self.remember(QUEUES, queue.as_str()).await?;
-        // The id → queue index first: a job is never stored where `job_get` cannot see it.
+        // The id → queue index before the job: a job is never stored where `job_get` cannot
+        // see it.
         self.conn
             .query::<()>(
                 redis::cmd("SET")
@@ -249,9 +256,6 @@ impl Core {
             )
             .await
             .map_err(unavailable)?;
-        // A new job's topic has nothing to carry over from an older release.
-        self.remember_slot(&job.id.topic(), Slot::of_queue(&queue, &job.id.topic()));
-        let block = self.events_block(&job, events, 5).await?;
         let mut inv = self.scripts.job_create.prepare_invoke();
         inv.key(job_key(&queue, &job.id));
         for k in queue_keys(&queue) {

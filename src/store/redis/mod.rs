@@ -50,7 +50,7 @@ use redis::aio::ConnectionManagerConfig;
 
 use super::follow::{CommitFeed, FeedSlot, Follow};
 use super::jobs::{JobEvents, JobStore};
-use super::log::{BoxFuture, Log, ReadBatch, Retention};
+use super::log::{BoxFuture, Log, MAX_TOPICS_TOTAL, ReadBatch, Retention};
 use crate::model::{
     Appended, Job, JobId, LogBounds, Millis, NewMessage, Seq, StoreResult, Topic, TopicInfo,
 };
@@ -144,6 +144,7 @@ impl RedisLog {
             calls: Arc::new((node_id(), 0.into())),
             known: Arc::default(),
             slots: Arc::default(),
+            max_topics: Arc::new(MAX_TOPICS_TOTAL.into()),
         };
         let interests = sharded.map(|(subscriber, pushes)| {
             let (interests, interest_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -219,6 +220,12 @@ impl Log for RedisLog {
     fn delete_topic(&self, topic: &Topic) -> BoxFuture<'_, StoreResult<bool>> {
         let topic = topic.clone();
         Box::pin(async move { self.core.delete_topic(&topic).await })
+    }
+
+    fn limit_topics(&self, max: u64) {
+        self.core
+            .max_topics
+            .store(max, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
