@@ -14,7 +14,7 @@ pub(super) const QUEUES: &str = "plexus:queues";
 /// shard: `_jobs.{id}` is `{Q}:_jobs.{id}` (Q the job's queue, which the engine looks up once
 /// per job) and `_queues.{q}` is `{q}:_queues.{q}`. A release before this one kept those two
 /// under their own names; [`Core::slot`](super::core::Core::slot) carries each one's seq
-/// counter over on first use (docs/ARCHITECTURE.md, "Redis keys").
+/// counter over on first use (docs/ARCHITECTURE.md, "Jobs").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Slot(String);
 

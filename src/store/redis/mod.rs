@@ -11,13 +11,20 @@
 //!   payload in hex; a key from before SHA-256 holds an FNV-1a 64 in decimal), expiring after 24 h;
 //! - `plexus:w:{T}:CALL` an append's receipt (its result, for 60 s), so that a call the client
 //!   library repeats after a dropped connection does not append twice;
-//! - `plexus:topics` the set of topic names, for listing;
+//! - the hub's job topics `_jobs.{id}` and `_queues.{Q}` under their queue's tag instead:
+//!   `plexus:s:{Q}:_jobs.ID`, `plexus:m:{Q}:_jobs.ID`, `plexus:c:{Q}:_jobs.ID`, … (see
+//!   `keys::Slot`), so a job and its events are one script on one slot. A release before this
+//!   one kept them under `{_jobs.ID}`; a node carries such a topic's seq counter over (its old
+//!   messages then read as deleted) and drops the old keys the first time it uses the topic;
+//! - `plexus:topics` the set of topic names, for listing, and its size the count that
+//!   `limits.max_topics_total` caps (`topics_admit.lua`);
 //! - `plexus:j:{Q}:ID` a job (a hash), `plexus:jr:{Q}` / `plexus:jd:{Q}` / `plexus:jl:{Q}` its
 //!   queue's ready, delayed and running sorted sets, `plexus:jk:{Q}:KEY` a job idempotency key
 //!   (24 h), `plexus:jq:ID` the queue of a job id, `plexus:queues` the set of queues,
 //!   `plexus:jf:{Q}` the queue's finished jobs by finish time (for `jobs.retention`).
 //!
-//! Every write of a topic is one Lua script (increment, append, trim, publish: atomic). On one
+//! Every write of a topic is one Lua script (increment, append, trim, publish: atomic), and so
+//! is every job write with its events (`job_create.lua`, `job_save.lua`). On one
 //! Redis the script publishes the new messages on the channel `plexus:commits`; every node
 //! subscribes to it. On a Redis Cluster it uses sharded Pub/Sub instead (`SPUBLISH` on
 //! `plexus:c:{T}`, on the topic's own shard, so nothing crosses the cluster bus), and a node
