@@ -2208,3 +2208,50 @@ async fn the_topic_cap_refuses_new_topics_and_stores_nothing() {
         assert_eq!(store.log.topics().await.unwrap().len(), 3, "{name}");
     }
 }
+
+// Hardening: on redis a page of the topic list loaded every name (`SMEMBERS`, then a sort)
+// for each page. Names now also live in a sorted set; one left short by an older release is
+// filled at open.
+#[tokio::test]
+async fn redis_pages_topics_from_names_an_older_release_left() {
+    let server = RedisServer::start().await;
+    let target = RedisTarget::Single(server.url());
+    let store = Engine::redis(&target, Retention::default()).await.unwrap();
+    store
+        .log
+        .append(vec![
+            msg("b", "1", None),
+            msg("a", "1", None),
+            msg("c", "1", None),
+        ])
+        .await
+        .unwrap();
+    store.close().await;
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg("{plexus:topics}:byname")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let store = Engine::redis(&target, Retention::default()).await.unwrap();
+    let page = |after: Option<&str>| {
+        let log = store.log.clone();
+        let after = after.map(t);
+        async move {
+            log.topics_page(after, 2)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|i| i.topic.to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(page(None).await, ["a", "b"]);
+    assert_eq!(page(Some("b")).await, ["c"]);
+    store.log.append(vec![msg("a.z", "1", None)]).await.unwrap();
+    assert_eq!(page(Some("a")).await, ["a.z", "b"]);
+}

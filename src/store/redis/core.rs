@@ -10,7 +10,7 @@ use redis::{Cmd, FromRedisValue, RedisError, Script, ScriptInvocation};
 use crate::model::{StoreError, StoreResult, Topic, now_millis};
 use crate::store::log::Retention;
 
-use super::keys::{Slot, TOPICS, announced_queue, job_of_topic};
+use super::keys::{Slot, TOPICS, TOPICS_BY_NAME, announced_queue, job_of_topic};
 
 const PRELUDE: &str = include_str!("prelude.lua");
 const JOBS_PRELUDE: &str = include_str!("jobs.lua");
@@ -144,7 +144,7 @@ impl Core {
         }
         let limit = self.max_topics.load(std::sync::atomic::Ordering::Relaxed);
         let mut inv = self.scripts.topics_admit.prepare_invoke();
-        inv.key(TOPICS).arg(limit);
+        inv.key(TOPICS).key(TOPICS_BY_NAME).arg(limit);
         for t in &new {
             inv.arg(t.as_str());
         }
@@ -163,6 +163,60 @@ impl Core {
             known.insert(format!("{TOPICS}\n{t}"));
         }
         Ok(())
+    }
+
+    /// Forgets a topic name (a purged job's topic): from the set and the sorted set.
+    pub(super) async fn forget_topic(&self, topic: &Topic) -> StoreResult<()> {
+        for cmd in [
+            redis::cmd("SREM").arg(TOPICS).arg(topic.as_str()).clone(),
+            redis::cmd("ZREM")
+                .arg(TOPICS_BY_NAME)
+                .arg(topic.as_str())
+                .clone(),
+        ] {
+            self.conn.query::<()>(&cmd).await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// Fills the sorted set of topic names from the set when a release before this one left
+    /// it short (it kept only the set): once, at open, a thousand names a command.
+    pub(super) async fn index_topic_names(&self) -> StoreResult<()> {
+        let count = |key: &'static str, cmd: &'static str| async move {
+            self.conn
+                .query::<u64>(redis::cmd(cmd).arg(key))
+                .await
+                .map_err(unavailable)
+        };
+        if count(TOPICS_BY_NAME, "ZCARD").await? >= count(TOPICS, "SCARD").await? {
+            return Ok(());
+        }
+        let mut cursor = 0u64;
+        loop {
+            let (next, names): (u64, Vec<String>) = self
+                .conn
+                .query(
+                    redis::cmd("SSCAN")
+                        .arg(TOPICS)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(1000),
+                )
+                .await
+                .map_err(unavailable)?;
+            if !names.is_empty() {
+                let mut zadd = redis::cmd("ZADD");
+                zadd.arg(TOPICS_BY_NAME);
+                for name in &names {
+                    zadd.arg(0).arg(name);
+                }
+                self.conn.query::<()>(&zadd).await.map_err(unavailable)?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
     }
 
     /// Adds a name to a set once per node (the set only lists; a missing entry hides a

@@ -301,10 +301,7 @@ impl Core {
             .parse()
             .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
         // A replay made no job: the listing forgets the topic named for the would-be one.
-        self.conn
-            .query::<()>(redis::cmd("SREM").arg(TOPICS).arg(job.id.topic().as_str()))
-            .await
-            .map_err(unavailable)?;
+        self.forget_topic(&job.id.topic()).await?;
         match self.load_job(&queue, &id).await? {
             Some((first, _)) => Ok((first, true, Vec::new())),
             None => Err(StoreError::UnknownJob(id)),
@@ -400,10 +397,7 @@ impl Core {
                         .await
                         .map_err(unavailable)?;
                 }
-                self.conn
-                    .query::<()>(redis::cmd("SREM").arg(TOPICS).arg(topic.as_str()))
-                    .await
-                    .map_err(unavailable)?;
+                self.forget_topic(&topic).await?;
                 self.conn
                     .query::<()>(redis::cmd("ZREM").arg(&finished).arg(id.as_str()))
                     .await

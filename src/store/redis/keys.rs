@@ -5,6 +5,10 @@ use crate::model::{JobId, Topic};
 
 pub(super) const CHANNEL: &str = "plexus:commits";
 pub(super) const TOPICS: &str = "plexus:topics";
+/// The topic names again, in a sorted set (all scores 0) so that a page of the listing is one
+/// `ZRANGEBYLEX`. Its hash tag is the set's own name, so both share a slot and one script
+/// writes both.
+pub(super) const TOPICS_BY_NAME: &str = "{plexus:topics}:byname";
 pub(super) const QUEUES: &str = "plexus:queues";
 
 /// Where a topic's keys live: the part of each of its key names after the key's prefix.

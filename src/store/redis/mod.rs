@@ -16,8 +16,10 @@
 //!   `keys::Slot`), so a job and its events are one script on one slot. A release before this
 //!   one kept them under `{_jobs.ID}`; a node carries such a topic's seq counter over (its old
 //!   messages then read as deleted) and drops the old keys the first time it uses the topic;
-//! - `plexus:topics` the set of topic names, for listing, and its size the count that
-//!   `limits.max_topics_total` caps (`topics_admit.lua`);
+//! - `plexus:topics` the set of topic names, its size the count that `limits.max_topics_total`
+//!   caps (`topics_admit.lua`), and `{plexus:topics}:byname` the same names in a sorted set
+//!   (scores 0), so that a page of the listing is one `ZRANGEBYLEX` (filled from the set at
+//!   open when a release before this one left it short);
 //! - `plexus:j:{Q}:ID` a job (a hash), `plexus:jr:{Q}` / `plexus:jd:{Q}` / `plexus:jl:{Q}` its
 //!   queue's ready, delayed and running sorted sets, `plexus:jk:{Q}:KEY` a job idempotency key
 //!   (24 h), `plexus:jq:ID` the queue of a job id, `plexus:queues` the set of queues,
@@ -153,6 +155,9 @@ impl RedisLog {
             slots: Arc::default(),
             max_topics: Arc::new(MAX_TOPICS_TOTAL.into()),
         };
+        core.index_topic_names()
+            .await
+            .map_err(|e| format!("cannot index the topic names: {e}"))?;
         let interests = sharded.map(|(subscriber, pushes)| {
             let (interests, interest_rx) = tokio::sync::mpsc::unbounded_channel();
             tasks.push(tokio::spawn(follow_interests(

@@ -86,27 +86,30 @@ impl Core {
         Ok(infos)
     }
 
-    /// Up to `limit` topics named after `after`, in name order. The names come from the set
-    /// (names only); the infos are loaded for the page alone.
+    /// Up to `limit` topics named after `after`, in name order: one `ZRANGEBYLEX` of the
+    /// sorted set of names (a name's bytes order it, as `Topic`'s order does); the infos are
+    /// loaded for the page alone.
     pub(super) async fn topic_infos_page(
         &self,
         after: Option<&Topic>,
         limit: usize,
     ) -> StoreResult<Vec<TopicInfo>> {
+        let from = after.map_or_else(|| "-".to_owned(), |a| format!("({a}"));
         let names: Vec<String> = self
             .conn
-            .query(redis::cmd("SMEMBERS").arg(TOPICS))
+            .query(
+                redis::cmd("ZRANGEBYLEX")
+                    .arg(TOPICS_BY_NAME)
+                    .arg(from)
+                    .arg("+")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit.min(i64::MAX as usize)),
+            )
             .await
             .map_err(unavailable)?;
-        let mut topics: Vec<Topic> = names
-            .into_iter()
-            .filter_map(|n| n.parse::<Topic>().ok())
-            .filter(|t| after.is_none_or(|a| t > a))
-            .collect();
-        topics.sort();
-        topics.truncate(limit);
-        let mut infos = Vec::with_capacity(topics.len());
-        for topic in topics {
+        let mut infos = Vec::with_capacity(names.len());
+        for topic in names.iter().filter_map(|n| n.parse::<Topic>().ok()) {
             if let Some(info) = self.topic_info(&topic).await? {
                 infos.push(info);
             }
