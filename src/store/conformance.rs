@@ -2255,3 +2255,50 @@ async fn redis_pages_topics_from_names_an_older_release_left() {
     store.log.append(vec![msg("a.z", "1", None)]).await.unwrap();
     assert_eq!(page(Some("a")).await, ["a.z", "b"]);
 }
+
+// Hardening: a job idempotency key stored by a release before SHA-256 kept its FNV-1a 64
+// for as long as its job existed. sqlite now rewrites it as the SHA-256 of the job's payload
+// at open (on redis job keys expire within a day).
+#[tokio::test]
+async fn sqlite_rehashes_legacy_job_keys_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = job("q", 4, T0);
+    let fp = crate::model::fingerprint(&[&j.payload]);
+    {
+        let sqlite =
+            SqliteLog::open(dir.path(), Retention::default(), Durability::Process).unwrap();
+        sqlite.create(j.clone(), Some("k".into())).await.unwrap();
+        sqlite.close().await;
+    }
+    let db = || rusqlite::Connection::open(dir.path().join("plexus.db")).unwrap();
+    // As a release before SHA-256 left it: the FNV-1a 64, an integer.
+    db().execute(
+        "UPDATE jobs SET fingerprint = ?1 WHERE id = ?2",
+        rusqlite::params![fp.legacy() as i64, j.id.as_str()],
+    )
+    .unwrap();
+    let sqlite = SqliteLog::open(dir.path(), Retention::default(), Durability::Process).unwrap();
+    let stored: Vec<u8> = db()
+        .query_row(
+            "SELECT fingerprint FROM jobs WHERE id = ?1",
+            [j.id.as_str()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        stored,
+        fp.sha256().to_vec(),
+        "rewritten as the payload's SHA-256"
+    );
+    let (first, replayed) = sqlite.create(j.clone(), Some("k".into())).await.unwrap();
+    assert!(replayed && first.id == j.id);
+    let other = Job {
+        id: jid(5),
+        payload: Bytes::from_static(b"another"),
+        ..j
+    };
+    assert!(matches!(
+        sqlite.create(other, Some("k".into())).await,
+        Err(StoreError::IdempotencyConflict { .. })
+    ));
+}

@@ -95,6 +95,13 @@ impl SqliteLog {
                 "sqlite schema migrated"
             );
         }
+        let rehashed = jobs::rehash_legacy_keys(&conn).map_err(StoreError::unavailable)?;
+        if rehashed > 0 {
+            tracing::info!(
+                jobs = rehashed,
+                "job idempotency fingerprints rehashed as SHA-256"
+            );
+        }
         let topics = topics::load_topics(&conn).map_err(StoreError::unavailable)?;
         let (tx, rx) = mpsc::channel();
         let feed = FeedSlot::new();
