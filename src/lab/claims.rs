@@ -50,6 +50,25 @@ async fn cpu_percent(pid: u32, duration: Duration) -> Result<f64, LabError> {
     Ok(100.0 * used / started.elapsed().as_secs_f64())
 }
 
+/// Waits until the hub holds at least `n` descriptors (a socket per claim, and a few more).
+async fn wait_for_sockets(pid: u32, n: usize) -> Result<(), LabError> {
+    let started = Instant::now();
+    loop {
+        let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map_err(|e| LabError::Io(format!("cannot list /proc/{pid}/fd: {e}")))?
+            .count();
+        if open >= n {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err(LabError::Run(format!(
+                "the hub holds {open} descriptors after 60 s, {n} expected"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub async fn run(args: IdleClaimsBench) -> Result<(), LabError> {
     if args.claims == 0 || args.queues == 0 {
         return Err(LabError::Usage(
@@ -87,44 +106,37 @@ pub async fn run(args: IdleClaimsBench) -> Result<(), LabError> {
     client.submit_job("warm.up", "x", None).await?;
     let baseline = cpu_percent(pid, args.duration).await?;
     let mut tasks = Vec::with_capacity(args.claims);
-    for i in 0..args.claims {
-        let (client, queue) = (client.clone(), format!("idle.{}", i % args.queues));
-        tasks.push(tokio::spawn(async move {
-            // A claim answers empty after its wait; a worker asks again at once.
-            loop {
-                client
-                    .claim(&queue, Duration::from_secs(30), Duration::from_secs(60))
-                    .await?;
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), plexus_client::Error>(())
-        }));
-    }
-    // Every claim has reached the hub: it holds a socket per claim (its open descriptors).
-    let started = Instant::now();
-    loop {
-        let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map_err(|e| LabError::Io(format!("cannot list /proc/{pid}/fd: {e}")))?
-            .count();
-        if open >= args.claims {
-            break;
+    // Opened a few hundred at a time, each wave once the hub holds its sockets: thousands of
+    // connects at once overflow the listen backlog, which is not what this measures.
+    while tasks.len() < args.claims {
+        let wave = (args.claims - tasks.len()).min(250);
+        for _ in 0..wave {
+            let i = tasks.len();
+            let (client, queue) = (client.clone(), format!("idle.{}", i % args.queues));
+            tasks.push(tokio::spawn(async move {
+                // A claim answers empty after its wait; a worker asks again at once.
+                loop {
+                    client
+                        .claim(&queue, Duration::from_secs(30), Duration::from_secs(60))
+                        .await?;
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), plexus_client::Error>(())
+            }));
         }
-        if started.elapsed() > Duration::from_secs(60) {
-            return Err(LabError::Run(format!(
-                "the hub holds {open} descriptors after 60 s of {} claims",
-                args.claims
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        wait_for_sockets(pid, tasks.len()).await?;
     }
     // Let the connection storm's work settle before measuring the idle state.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = cpu_percent(pid, args.duration).await?;
-    for task in &tasks {
+    for task in tasks {
         if task.is_finished() {
-            return Err(LabError::Run(
-                "a claim failed during the measurement".into(),
-            ));
+            let why = match task.await {
+                Ok(Err(e)) => e.to_string(),
+                Ok(Ok(())) => "it ended".into(),
+                Err(e) => e.to_string(),
+            };
+            return Err(LabError::Run(format!("a claim failed: {why}")));
         }
         task.abort();
     }
