@@ -9,8 +9,13 @@ use crate::model::{
 };
 use crate::store::log::ReadBatch;
 
+use futures_util::StreamExt;
+
 use super::core::{Core, unavailable};
 use super::keys::*;
+
+/// Topic infos a listing page asks Redis for at once.
+const INFOS_IN_FLIGHT: usize = 64;
 
 impl Core {
     /// Messages after `after` (see [`Log::read`](crate::store::Log::read)), by `read.lua`.
@@ -108,13 +113,17 @@ impl Core {
             )
             .await
             .map_err(unavailable)?;
-        let mut infos = Vec::with_capacity(names.len());
-        for topic in names.iter().filter_map(|n| n.parse::<Topic>().ok()) {
-            if let Some(info) = self.topic_info(&topic).await? {
-                infos.push(info);
-            }
-        }
-        Ok(infos)
+        // The page's infos are asked for together (the connection pipelines them), in order.
+        let topics: Vec<Topic> = names.iter().filter_map(|n| n.parse().ok()).collect();
+        let infos: Vec<StoreResult<Option<TopicInfo>>> = futures_util::stream::iter(topics)
+            .map(|topic| {
+                let core = self.clone();
+                async move { core.topic_info(&topic).await }
+            })
+            .buffered(INFOS_IN_FLIGHT)
+            .collect()
+            .await;
+        infos.into_iter().filter_map(Result::transpose).collect()
     }
 
     /// The position just before the first retained message at or after `time`, by `seek.lua`.
