@@ -66,6 +66,20 @@ async fn the_topic_cap_holds_on(engine: Engine) {
         "a second job (its own _jobs topic)",
     )
     .await;
+    // A WebSocket publish frame: an `error` frame with the same status; the socket goes on.
+    let mut ws = crate::kit::clients::Ws::connect(&server, "").await;
+    let mut others = Vec::new();
+    let refused = ws
+        .call(
+            json!({"op":"publish","id":1,"topic":"f","data":"x"}),
+            &mut others,
+        )
+        .await;
+    assert_eq!(
+        (refused["op"].clone(), refused["status"].clone()),
+        (json!("error"), json!(507)),
+        "{engine:?}: {refused}"
+    );
     // Nothing of them was stored: a still holds one message, no new topic, no second job.
     let mut now = listed(&server).await;
     now.sort();
@@ -79,7 +93,13 @@ async fn the_topic_cap_holds_on(engine: Engine) {
     let (status, _, _) = server.get_json("/v1/topics/d").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{engine:?}");
 
-    // Existing topics keep accepting: a publish, a batch, the job's own state changes.
+    // Existing topics keep accepting: a publish (HTTP and WebSocket), a batch, the job's own
+    // state changes.
+    ws.ok(
+        json!({"op":"publish","id":2,"topic":"a","data":"ws"}),
+        &mut others,
+    )
+    .await;
     server.publish("a", "second").await;
     server
         .batch(&[
