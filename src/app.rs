@@ -50,7 +50,7 @@ impl std::error::Error for AppError {}
 
 /// Opens the store a configuration names: the one place that chooses an engine.
 pub async fn open_store(config: &Config) -> Result<Engine, AppError> {
-    Ok(match &config.storage {
+    let engine = match &config.storage {
         StorageKind::Memory => Engine::memory(config.retention),
         StorageKind::Sqlite => {
             Engine::sqlite(&config.data_dir, config.retention, config.durability).map_err(|e| {
@@ -70,7 +70,9 @@ pub async fn open_store(config: &Config) -> Result<Engine, AppError> {
             .await
             .map_err(|e| AppError::Store(format!("cannot open the redis store: {e}")))?
         }
-    })
+    };
+    engine.log.limit_topics(config.max_topics_total);
+    Ok(engine)
 }
 
 /// A built application: every long-lived part, ready to serve.

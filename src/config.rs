@@ -144,6 +144,9 @@ pub struct ServeArgs {
     /// durability = replicated: longest wait for them before a 503 [default: 5s]
     #[arg(long, env = "PLEXUS_REDIS_REPLICA_TIMEOUT", value_name = "DUR")]
     pub redis_replica_timeout: Option<String>,
+    /// Most topics the hub holds, reserved ones included; a write creating one more gets 507 [default: 1000000]
+    #[arg(long, env = "PLEXUS_MAX_TOPICS_TOTAL", value_name = "N")]
+    pub max_topics_total: Option<u64>,
     /// Print the default configuration file (every key, its default) and exit
     #[arg(long)]
     pub print_config: bool,
@@ -253,6 +256,7 @@ struct FileLimits {
     max_read_bytes: u64,
     read_budget_bytes: u64,
     trusted_proxies: Vec<String>,
+    max_topics_total: u64,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -318,6 +322,8 @@ pub struct Config {
     pub trusted_proxies: Vec<crate::model::Cidr>,
     /// `redis.min_replicas` and `redis.replica_timeout`, used under `durability = "replicated"`.
     pub replication: crate::store::Replication,
+    /// Most topics the store holds; a write that would create one more is refused (`507`).
+    pub max_topics_total: u64,
 }
 
 /// Authentication settings; secrets are redacted when printed.
@@ -647,11 +653,18 @@ impl Config {
                     .map_err(|e| ConfigError(format!("limits.trusted_proxies[{i}]: {e}")))?,
             );
         }
+        let max_topics_total = a.max_topics_total.unwrap_or(f.limits.max_topics_total);
+        if max_topics_total == 0 {
+            return Err(ConfigError(
+                "limits.max_topics_total: must be at least 1".into(),
+            ));
+        }
         Ok(Config {
             replication: crate::store::Replication {
                 min_replicas,
                 timeout: replica_timeout,
             },
+            max_topics_total,
             trusted_proxies,
             body_timeout,
             write_timeout,

@@ -21,6 +21,8 @@ pub enum BenchCommand {
     Fanout(FanoutArgs),
     /// Publish throughput and p50/p99 latency, durability replicated vs the default, on one Redis with replicas
     Replication(ReplicationArgs),
+    /// Server CPU while many job claims wait (`claim?wait=60`), next to the same hub idle
+    IdleClaims(IdleClaimsArgs),
     /// The raw TCP loop server used as fanout's baseline (started by `bench fanout`)
     #[command(hide = true)]
     RawServer {
@@ -113,6 +115,22 @@ pub struct JobsBenchArgs {
     /// Concurrent submitters
     #[arg(long, default_value_t = 8)]
     pub submitters: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct IdleClaimsArgs {
+    /// Claims waiting at once (one connection each)
+    #[arg(long, default_value_t = 4000)]
+    pub claims: usize,
+    /// How long the baseline and the waiting claims are each measured (e.g. 30s)
+    #[arg(long, default_value = "30s")]
+    pub duration: String,
+    /// Queues the claims are spread over
+    #[arg(long, default_value_t = 40)]
+    pub queues: usize,
+    /// Storage engine of the hub under test
+    #[arg(long, default_value = "sqlite")]
+    pub storage: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -209,6 +227,16 @@ pub fn run(cmd: BenchCommand) -> Result<(), CliError> {
                 seconds: a.seconds,
                 size: a.size,
                 topics: a.topics,
+            }))
+        }
+        BenchCommand::IdleClaims(a) => {
+            let duration = crate::model::parse_duration(&a.duration)
+                .map_err(|e| CliError::Lab(lab::LabError::Usage(format!("--duration: {e}"))))?;
+            runtime.block_on(lab::claims::run(lab::claims::IdleClaimsBench {
+                claims: a.claims,
+                duration,
+                queues: a.queues,
+                storage: a.storage,
             }))
         }
         BenchCommand::RawServer { listen } => runtime.block_on(lab::raw::serve(&listen)),

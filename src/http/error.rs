@@ -108,9 +108,15 @@ const NOT_REPLICATED: ProblemType = ProblemType {
         "Not replicated",
     )
 };
+/// A write would create a topic beyond `limits.max_topics_total`.
+const TOO_MANY_TOPICS: ProblemType = ProblemType::new(
+    StatusCode::INSUFFICIENT_STORAGE,
+    "too-many-topics",
+    "Too many topics",
+);
 
 /// Every problem type the API answers with, each once.
-pub const PROBLEM_TYPES: [&ProblemType; 19] = [
+pub const PROBLEM_TYPES: [&ProblemType; 20] = [
     &BAD_REQUEST,
     &BAD_TOPIC,
     &BAD_SINCE,
@@ -130,6 +136,7 @@ pub const PROBLEM_TYPES: [&ProblemType; 19] = [
     &REQUEST_TIMEOUT,
     &BUSY,
     &NOT_REPLICATED,
+    &TOO_MANY_TOPICS,
 ];
 
 /// The kind of problem a store error is.
@@ -140,6 +147,7 @@ fn store_problem(e: &StoreError) -> &'static ProblemType {
         StoreError::JobChanged(_) => &STALE_LEASE,
         StoreError::UnknownJob(_) => &NOT_FOUND,
         StoreError::NotReplicated(_) => &NOT_REPLICATED,
+        StoreError::TooManyTopics { .. } => &TOO_MANY_TOPICS,
     }
 }
 
@@ -422,6 +430,7 @@ mod tests {
             ),
             (HubError::Store(StoreError::JobChanged(id.clone())), 409),
             (HubError::Store(StoreError::UnknownJob(id)), 404),
+            (HubError::Store(StoreError::TooManyTopics { limit: 3 }), 507),
         ] {
             let frame = FrameRefusal::from(e.clone());
             assert_eq!(frame.status(), status, "{e}");

@@ -103,6 +103,7 @@ fn lease_seconds(params: &Params) -> Result<Option<Duration>, ApiError> {
         (status = 409, description = "The idempotency key was used with another body", body = schema::Problem, content_type = "application/problem+json"),
         (status = 413, description = "The payload is larger than max_message_bytes", body = schema::Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 507, description = "It would create a topic beyond limits.max_topics_total; nothing is stored", body = schema::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn submit(

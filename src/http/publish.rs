@@ -71,6 +71,7 @@ impl<'a> Published<'a> {
         (status = 409, description = "The idempotency key was used with another body", body = schema::Problem, content_type = "application/problem+json"),
         (status = 413, description = "The payload is larger than max_message_bytes", body = schema::Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 507, description = "It would create a topic beyond limits.max_topics_total; nothing is stored", body = schema::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn publish_one(
@@ -239,6 +240,7 @@ fn to_message(i: usize, item: BatchItem, max_bytes: usize) -> Result<NewMessage,
         (status = 409, description = "An idempotency key was used with another body", body = schema::Problem, content_type = "application/problem+json"),
         (status = 413, description = "The batch is larger than the batch limit, or an item than max_message_bytes", body = schema::Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 507, description = "It would create a topic beyond limits.max_topics_total; nothing is stored", body = schema::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn publish_batch(

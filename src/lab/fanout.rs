@@ -279,7 +279,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Starts `plexus <args…>` and waits for its `listening on` line; returns its URL.
-async fn spawn_server(args: &[&str]) -> Result<(Child, String), LabError> {
+pub(super) async fn spawn_server(args: &[&str]) -> Result<(Child, String), LabError> {
     let exe = std::env::current_exe().map_err(|e| LabError::Io(e.to_string()))?;
     let mut child = Command::new(exe)
         .args(args)

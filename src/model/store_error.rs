@@ -17,6 +17,9 @@ pub enum StoreError {
     /// `durability = "replicated"`: the write is stored on its shard's master, but too few
     /// replicas confirmed it in time, so it is neither acknowledged nor shown (a 503 upstream).
     NotReplicated(String),
+    /// The write would create a topic beyond the hub's cap on topics
+    /// (`limits.max_topics_total`); nothing of it was stored.
+    TooManyTopics { limit: u64 },
 }
 
 impl StoreError {
@@ -40,6 +43,11 @@ impl fmt::Display for StoreError {
             ),
             StoreError::UnknownJob(id) => write!(f, "no job {id}"),
             StoreError::NotReplicated(why) => write!(f, "not replicated in time: {why}"),
+            StoreError::TooManyTopics { limit } => write!(
+                f,
+                "the hub holds its limit of {limit} topics (limits.max_topics_total): this \
+                 would create a new one; existing topics still accept messages"
+            ),
         }
     }
 }

@@ -1881,3 +1881,458 @@ async fn finished_jobs_are_purged_with_their_topics() {
         );
     }
 }
+
+// Hardening: on Redis a job's state and its events were two writes (the job on its queue's
+// shard, `_jobs.{id}` on its own), so a crash between them left a state without its event.
+// They are now one script; on a cluster the job's topics share its queue's slot.
+
+/// A job write's events as `Jobs` makes them: the state on `_jobs.{id}`, and on
+/// `_queues.{queue}` while it is queued.
+fn state_and_queue_events(job: &Job) -> Vec<NewMessage> {
+    let mut events = state_event(job);
+    if job.state == JobState::Queued {
+        events.push(NewMessage {
+            topic: t(&format!("_queues.{}", job.queue)),
+            ..events[0].clone()
+        });
+    }
+    events
+}
+
+/// Drives one job through create, claim, retry, claim and success with its events, and
+/// checks each topic holds exactly the states written, in order.
+async fn job_lifecycle_with_events(name: &str, store: &Engine) {
+    let j = job("lifecycle.q", 7, T0);
+    let events = |topic: Topic| {
+        let log = store.log.clone();
+        async move {
+            read_all(&log, topic.as_str())
+                .await
+                .iter()
+                .map(|m| m.event.as_ref().map_or("", |e| e.as_str()).to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let queue_topic = t("_queues.lifecycle.q");
+    store
+        .jobs
+        .create_announced(j.clone(), None, Box::new(state_and_queue_events))
+        .await
+        .unwrap();
+    let running = store
+        .jobs
+        .claim_announced(
+            &j.queue,
+            T0 + 1,
+            "l1".into(),
+            30_000,
+            Box::new(state_and_queue_events),
+        )
+        .await
+        .unwrap()
+        .expect("due");
+    let retry = requeued(running, T0 + 2, None, "boom");
+    store
+        .jobs
+        .save_announced(retry, Some("l1".into()), Box::new(state_and_queue_events))
+        .await
+        .unwrap();
+    let running = store
+        .jobs
+        .claim_announced(
+            &j.queue,
+            T0 + 3,
+            "l2".into(),
+            30_000,
+            Box::new(state_and_queue_events),
+        )
+        .await
+        .unwrap()
+        .expect("due again");
+    let done = Job {
+        state: JobState::Succeeded,
+        lease: None,
+        lease_until: None,
+        updated: T0 + 4,
+        ..running
+    };
+    store
+        .jobs
+        .save_announced(done, Some("l2".into()), Box::new(state_and_queue_events))
+        .await
+        .unwrap();
+    assert_eq!(
+        events(j.id.topic()).await,
+        ["queued", "running", "queued", "running", "succeeded"],
+        "{name}"
+    );
+    assert_eq!(
+        events(queue_topic.clone()).await,
+        ["queued", "queued"],
+        "{name}"
+    );
+    let listed: Vec<Topic> = store
+        .log
+        .topics()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.topic)
+        .collect();
+    assert!(
+        listed.contains(&j.id.topic()) && listed.contains(&queue_topic),
+        "{name}: both topics are listed: {listed:?}"
+    );
+    // Finished: retention finds it, and takes its topic with it.
+    assert_eq!(
+        store.jobs.purge_finished(T0 + 5, 10).await.unwrap(),
+        1,
+        "{name}"
+    );
+    assert_eq!(
+        store.log.topic(&j.id.topic()).await.unwrap(),
+        None,
+        "{name}"
+    );
+}
+
+#[tokio::test]
+async fn a_job_and_its_topics_keep_every_state_in_order() {
+    for (name, store, _dir) in engines(Retention::default()).await {
+        job_lifecycle_with_events(name, &store).await;
+    }
+}
+
+#[tokio::test]
+async fn on_a_redis_cluster_a_job_and_its_events_share_one_shard() {
+    let cluster = super::redis::test_redis::RedisCluster::start().await;
+    let Some(Ok(target)) = RedisTarget::parse(&cluster.url()) else {
+        panic!("a cluster URL");
+    };
+    let store = Engine::redis(&target, Retention::default(), None)
+        .await
+        .unwrap();
+    // One script touching keys of two slots fails with CROSSSLOT: this runs only if the job,
+    // its queue's sets and both topics share one slot.
+    job_lifecycle_with_events("cluster", &store).await;
+    let j = job("shard.q", 9, T0);
+    let id = j.id.clone();
+    let mut feed = store.follow.take_commits().unwrap();
+    store
+        .jobs
+        .create_announced(j.clone(), None, Box::new(state_and_queue_events))
+        .await
+        .unwrap();
+    // Followed once the job exists (its id is only known from its submit): the channel is
+    // found through the job's queue. Its confirmation feeds the topic's newest message.
+    store.follow.follow(&j.id.topic());
+    let patience = Patience::new();
+    let mut seen = Vec::new();
+    while !seen.contains(&1) {
+        patience
+            .wait("the job topic's subscription is confirmed")
+            .await;
+        while let Ok(batch) = feed.try_recv() {
+            seen.extend(
+                batch
+                    .iter()
+                    .filter(|m| m.topic == j.id.topic())
+                    .map(|m| m.seq),
+            );
+        }
+    }
+    for key in [
+        format!("plexus:s:{{shard.q}}:_jobs.{id}"),
+        "plexus:s:{shard.q}:_queues.shard.q".to_owned(),
+    ] {
+        assert_eq!(
+            cluster.owner_of(&key),
+            cluster.owner_of(&format!("plexus:j:{{shard.q}}:{id}")),
+            "{key}"
+        );
+    }
+    // The sharded feed carries the job topic's commits (its channel shares the slot too).
+    let running = store
+        .jobs
+        .claim_announced(
+            &j.queue,
+            T0 + 1,
+            "l".into(),
+            30_000,
+            Box::new(state_and_queue_events),
+        )
+        .await
+        .unwrap()
+        .expect("due");
+    while !seen.contains(&2) {
+        patience
+            .wait("the claim's event on the job topic's feed")
+            .await;
+        while let Ok(batch) = feed.try_recv() {
+            seen.extend(
+                batch
+                    .iter()
+                    .filter(|m| m.topic == running.id.topic())
+                    .map(|m| m.seq),
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn redis_carries_a_job_topic_over_from_its_old_keys() {
+    let server = RedisServer::start().await;
+    let target = RedisTarget::Single(server.url());
+    let store = Engine::redis(&target, Retention::default(), None)
+        .await
+        .unwrap();
+    let j = job("old.q", 3, T0);
+    let topic = j.id.topic();
+    store
+        .jobs
+        .create_announced(j.clone(), None, Box::new(state_event))
+        .await
+        .unwrap();
+    store.close().await;
+    // As a release before this one left it: the job's topic under its own name, 3 events.
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let new_keys = [
+        format!("plexus:s:{{old.q}}:{topic}"),
+        format!("plexus:m:{{old.q}}:{topic}"),
+    ];
+    let _: () = redis::cmd("DEL")
+        .arg(&new_keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for seq in 1..=3 {
+        let _: String = redis::cmd("XADD")
+            .arg(format!("plexus:s:{{{topic}}}"))
+            .arg(format!("{seq}-0"))
+            .arg("t")
+            .arg(T0)
+            .arg("d")
+            .arg("old")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let _: () = redis::cmd("HSET")
+        .arg(format!("plexus:m:{{{topic}}}"))
+        .arg("head")
+        .arg(3)
+        .arg("last")
+        .arg(T0)
+        .arg("bytes")
+        .arg(9)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // A node of this release: the topic counts on from 3, the old messages read as deleted.
+    let store = Engine::redis(&target, Retention::default(), None)
+        .await
+        .unwrap();
+    let running = claim(&store.jobs, "old.q", T0 + 1, "l").await.expect("due");
+    assert_eq!(running.id, j.id);
+    store
+        .jobs
+        .save_announced(
+            Job {
+                state: JobState::Dead,
+                ..running
+            },
+            Some("l".into()),
+            Box::new(state_event),
+        )
+        .await
+        .unwrap();
+    let batch = store.log.read(&topic, 0, 100, usize::MAX).await.unwrap();
+    let seqs: Vec<u64> = batch.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [4], "the dead event after the three old ones");
+    assert_eq!(batch.bounds().deleted_through, 3);
+    let old: i64 = redis::cmd("EXISTS")
+        .arg(format!("plexus:s:{{{topic}}}"))
+        .arg(format!("plexus:m:{{{topic}}}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(old, 0, "the old keys are gone");
+}
+
+// Hardening: nothing capped the number of topics. `Log::limit_topics` now refuses a write
+// that would create one beyond the cap, storing nothing of it; existing topics keep accepting.
+#[tokio::test]
+async fn the_topic_cap_refuses_new_topics_and_stores_nothing() {
+    for (name, store, _dir) in engines(Retention::default()).await {
+        store.log.limit_topics(2);
+        store.log.append(vec![msg("a", "1", None)]).await.unwrap();
+        let over = store
+            .log
+            .append(vec![
+                msg("a", "2", None),
+                msg("b", "x", None),
+                msg("c", "x", None),
+            ])
+            .await;
+        assert_eq!(over, Err(StoreError::TooManyTopics { limit: 2 }), "{name}");
+        assert_eq!(
+            read_all(&store.log, "a").await.len(),
+            1,
+            "{name}: nothing stored"
+        );
+        assert_eq!(store.log.topic(&t("b")).await.unwrap(), None, "{name}");
+        // A job takes two new topics (`_jobs.{id}`, `_queues.q`): 3 in all, one too many.
+        let j = job("q", 1, T0);
+        let refused = store
+            .jobs
+            .create_announced(
+                j.clone(),
+                Some("k".into()),
+                Box::new(state_and_queue_events),
+            )
+            .await;
+        assert_eq!(
+            refused.err(),
+            Some(StoreError::TooManyTopics { limit: 2 }),
+            "{name}"
+        );
+        assert_eq!(
+            store.jobs.get(&j.id).await.unwrap(),
+            None,
+            "{name}: no job kept"
+        );
+        assert!(claim(&store.jobs, "q", T0, "l").await.is_none(), "{name}");
+        store.log.limit_topics(3);
+        let (made, replayed) = store
+            .jobs
+            .create_announced(
+                j.clone(),
+                Some("k".into()),
+                Box::new(state_and_queue_events),
+            )
+            .await
+            .unwrap();
+        assert!(!replayed, "{name}: the refused submit left no key behind");
+        assert_eq!(made.id, j.id, "{name}");
+        // Full again, yet the job's own topics and `a` keep accepting.
+        let running = claim(&store.jobs, "q", T0, "l").await.expect("due");
+        store
+            .jobs
+            .save_announced(
+                requeued(running, T0 + 1, None, "again"),
+                Some("l".into()),
+                Box::new(state_and_queue_events),
+            )
+            .await
+            .unwrap();
+        store.log.append(vec![msg("a", "3", None)]).await.unwrap();
+        assert_eq!(
+            store.log.append(vec![msg("d", "x", None)]).await,
+            Err(StoreError::TooManyTopics { limit: 3 }),
+            "{name}"
+        );
+        assert_eq!(store.log.topics().await.unwrap().len(), 3, "{name}");
+    }
+}
+
+// Hardening: on redis a page of the topic list loaded every name (`SMEMBERS`, then a sort)
+// for each page. Names now also live in a sorted set; one left short by an older release is
+// filled at open.
+#[tokio::test]
+async fn redis_pages_topics_from_names_an_older_release_left() {
+    let server = RedisServer::start().await;
+    let target = RedisTarget::Single(server.url());
+    let store = Engine::redis(&target, Retention::default(), None)
+        .await
+        .unwrap();
+    store
+        .log
+        .append(vec![
+            msg("b", "1", None),
+            msg("a", "1", None),
+            msg("c", "1", None),
+        ])
+        .await
+        .unwrap();
+    store.close().await;
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg("{plexus:topics}:byname")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let store = Engine::redis(&target, Retention::default(), None)
+        .await
+        .unwrap();
+    let page = |after: Option<&str>| {
+        let log = store.log.clone();
+        let after = after.map(t);
+        async move {
+            log.topics_page(after, 2)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|i| i.topic.to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(page(None).await, ["a", "b"]);
+    assert_eq!(page(Some("b")).await, ["c"]);
+    store.log.append(vec![msg("a.z", "1", None)]).await.unwrap();
+    assert_eq!(page(Some("a")).await, ["a.z", "b"]);
+}
+
+// Hardening: a job idempotency key stored by a release before SHA-256 kept its FNV-1a 64
+// for as long as its job existed. sqlite now rewrites it as the SHA-256 of the job's payload
+// at open (on redis job keys expire within a day).
+#[tokio::test]
+async fn sqlite_rehashes_legacy_job_keys_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = job("q", 4, T0);
+    let fp = crate::model::fingerprint(&[&j.payload]);
+    {
+        let sqlite =
+            SqliteLog::open(dir.path(), Retention::default(), Durability::Process).unwrap();
+        sqlite.create(j.clone(), Some("k".into())).await.unwrap();
+        sqlite.close().await;
+    }
+    let db = || rusqlite::Connection::open(dir.path().join("plexus.db")).unwrap();
+    // As a release before SHA-256 left it: the FNV-1a 64, an integer.
+    db().execute(
+        "UPDATE jobs SET fingerprint = ?1 WHERE id = ?2",
+        rusqlite::params![fp.legacy() as i64, j.id.as_str()],
+    )
+    .unwrap();
+    let sqlite = SqliteLog::open(dir.path(), Retention::default(), Durability::Process).unwrap();
+    let stored: Vec<u8> = db()
+        .query_row(
+            "SELECT fingerprint FROM jobs WHERE id = ?1",
+            [j.id.as_str()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        stored,
+        fp.sha256().to_vec(),
+        "rewritten as the payload's SHA-256"
+    );
+    let (first, replayed) = sqlite.create(j.clone(), Some("k".into())).await.unwrap();
+    assert!(replayed && first.id == j.id);
+    let other = Job {
+        id: jid(5),
+        payload: Bytes::from_static(b"another"),
+        ..j
+    };
+    assert!(matches!(
+        sqlite.create(other, Some("k".into())).await,
+        Err(StoreError::IdempotencyConflict { .. })
+    ));
+}

@@ -7,8 +7,9 @@ use crate::model::{Job, JobId, Millis, NewMessage, StoreResult, Topic};
 /// The messages a job write commits with it, made from the job as written (its state's event
 /// on `_jobs.{id}`, and on `_queues.{queue}` when it is queued): the job and its events are
 /// one commit, so a follower never sees a state without its event, nor an event of a state
-/// that was not kept.
-pub type JobEvents = Box<dyn FnOnce(&Job) -> Vec<NewMessage> + Send>;
+/// that was not kept. An engine may call it more than once (a claim that loses a race to
+/// another node tries the next job) and commits what the written job's call made.
+pub type JobEvents = Box<dyn Fn(&Job) -> Vec<NewMessage> + Send + Sync>;
 
 fn no_events() -> JobEvents {
     Box::new(|_| Vec::new())

@@ -11,6 +11,9 @@ use crate::model::{
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// The default cap on topics (`limits.max_topics_total`), until the application sets its own.
+pub const MAX_TOPICS_TOTAL: u64 = 1_000_000;
+
 /// How long an idempotency key is remembered.
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -80,6 +83,11 @@ pub trait Log: Send + Sync + 'static {
 
     /// Drops every message of a topic, keeping its seq counter. `false`: unknown topic.
     fn delete_topic(&self, topic: &Topic) -> BoxFuture<'_, StoreResult<bool>>;
+
+    /// Caps the number of topics (reserved ones included): a write that would create one more
+    /// fails with [`StoreError::TooManyTopics`](crate::model::StoreError::TooManyTopics) and
+    /// stores nothing. Each engine keeps a count, so the check costs no scan.
+    fn limit_topics(&self, max: u64);
 
     /// Checks the engine can serve (for `/readyz`).
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>>;

@@ -2,11 +2,12 @@
 //! Retention is applied on every touch of a topic, so it is never later than the next access.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::follow::{CommitFeed, FeedSlot, Follow};
 use super::jobs::{JobEvents, JobStore};
-use super::log::{BoxFuture, IDEMPOTENCY_TTL, Log, ReadBatch, Retention};
+use super::log::{BoxFuture, IDEMPOTENCY_TTL, Log, MAX_TOPICS_TOTAL, ReadBatch, Retention};
 use crate::model::{
     Appended, Fingerprint, Job, JobId, JobState, LogBounds, Message, Millis, NewMessage, Seq,
     StoreError, StoreResult, Topic, TopicInfo, fingerprint, now_millis,
@@ -65,6 +66,8 @@ pub struct MemoryLog {
     state: Mutex<State>,
     retention: Retention,
     feed: FeedSlot,
+    /// `limits.max_topics_total`: the topic map's length is the count.
+    max_topics: AtomicU64,
 }
 
 impl MemoryLog {
@@ -73,7 +76,23 @@ impl MemoryLog {
             state: Mutex::new(State::default()),
             retention,
             feed: FeedSlot::new(),
+            max_topics: AtomicU64::new(MAX_TOPICS_TOTAL),
         }
+    }
+
+    /// Refuses a batch that would create topics beyond the cap (checked before any write).
+    fn admit(&self, state: &State, batch: &[NewMessage]) -> StoreResult<()> {
+        let limit = self.max_topics.load(Ordering::Relaxed);
+        let mut new: Vec<&Topic> = Vec::new();
+        for m in batch {
+            if !state.topics.contains_key(&m.topic) && !new.contains(&&m.topic) {
+                new.push(&m.topic);
+            }
+        }
+        if !new.is_empty() && state.topics.len() as u64 + new.len() as u64 > limit {
+            return Err(StoreError::TooManyTopics { limit });
+        }
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -135,6 +154,7 @@ impl MemoryLog {
                 }
             }
         }
+        self.admit(state, &batch)?;
         let mut results = Vec::with_capacity(batch.len());
         let mut committed = Vec::with_capacity(batch.len());
         for msg in batch {
@@ -311,6 +331,10 @@ impl Log for MemoryLog {
         Box::pin(async move { Ok(found) })
     }
 
+    fn limit_topics(&self, max: u64) {
+        self.max_topics.store(max, Ordering::Relaxed);
+    }
+
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async { Ok(()) })
     }
@@ -336,24 +360,29 @@ impl JobStore for MemoryLog {
         let mut state = self.lock();
         let result = (|| {
             let fp = fingerprint(&[&job.payload]);
-            if let Some(key) = &idempotency_key {
-                if let Some((known, id)) = state.job_keys.get(&(job.queue.clone(), key.clone())) {
-                    if *known != fp {
-                        return Err(StoreError::IdempotencyConflict {
-                            topic: job.queue.clone(),
-                            key: key.clone(),
-                        });
-                    }
-                    if let Some(first) = state.jobs.get(id) {
-                        return Ok((first.clone(), true));
-                    }
+            let batch = events(&job);
+            if let Some(key) = &idempotency_key
+                && let Some((known, id)) = state.job_keys.get(&(job.queue.clone(), key.clone()))
+            {
+                if *known != fp {
+                    return Err(StoreError::IdempotencyConflict {
+                        topic: job.queue.clone(),
+                        key: key.clone(),
+                    });
                 }
+                if let Some(first) = state.jobs.get(id) {
+                    return Ok((first.clone(), true));
+                }
+            }
+            // Refused before anything of the job is kept.
+            self.admit(&state, &batch)?;
+            if let Some(key) = &idempotency_key {
                 state
                     .job_keys
                     .insert((job.queue.clone(), key.clone()), (fp, job.id.clone()));
             }
             state.jobs.insert(job.id.clone(), job.clone());
-            self.append_in(&mut state, events(&job))?;
+            self.append_in(&mut state, batch)?;
             Ok((job, false))
         })();
         Box::pin(async move { result })
@@ -376,10 +405,15 @@ impl JobStore for MemoryLog {
             Some(stored) if stored.lease != expected_lease => {
                 Err(StoreError::JobChanged(job.id.clone()))
             }
-            Some(stored) => {
-                *stored = job.clone();
+            Some(_) => {
                 let batch = events(&job);
-                self.append_in(&mut state, batch).map(|_| job)
+                match self.admit(&state, &batch) {
+                    Ok(()) => {
+                        state.jobs.insert(job.id.clone(), job.clone());
+                        self.append_in(&mut state, batch).map(|_| job)
+                    }
+                    Err(e) => Err(e),
+                }
             }
         };
         Box::pin(async move { result })
@@ -404,14 +438,21 @@ impl JobStore for MemoryLog {
             })
             .min_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)))
             .map(|j| j.id.clone());
-        let claimed = next.and_then(|id| state.jobs.get_mut(&id)).map(|job| {
+        let claimed = next.and_then(|id| state.jobs.get(&id)).map(|job| {
+            let mut job = job.clone();
             job.claim(now, lease, lease_ms);
-            job.clone()
+            job
         });
         let result = match claimed {
             Some(job) => {
                 let batch = events(&job);
-                self.append_in(&mut state, batch).map(|_| Some(job))
+                match self.admit(&state, &batch) {
+                    Ok(()) => {
+                        state.jobs.insert(job.id.clone(), job.clone());
+                        self.append_in(&mut state, batch).map(|_| Some(job))
+                    }
+                    Err(e) => Err(e),
+                }
             }
             None => Ok(None),
         };

@@ -37,6 +37,8 @@ mod errors;
 mod fanout;
 // `plexus_client::Client::follow` across server restarts.
 mod follow;
+// Hardening: a job and its last event agree after SIGKILL on Redis; the cap on topics.
+mod hardening;
 // Malformed requests by the hundred; the hub stays healthy and its data exact.
 mod hostile;
 // h2c on the HTTP/1.1 port: curl, reqwest, the client, many streams on one connection.

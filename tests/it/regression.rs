@@ -1846,7 +1846,7 @@ async fn idle_claims_cost_no_store_writes_and_still_wake() {
 // following the job could wait forever for its final event. They are now one commit.
 
 /// Workers claim and complete jobs until a request fails (the server is killed under them).
-async fn work_until_killed(
+pub(crate) async fn work_until_killed(
     client: reqwest::Client,
     base: String,
     done: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -1885,8 +1885,14 @@ async fn work_until_killed(
 
 #[tokio::test]
 async fn a_job_and_its_last_event_agree_after_sigkill() {
+    jobs_and_their_last_events_agree_after_sigkill(crate::kit::Engine::Sqlite).await;
+}
+
+/// Submits jobs, kills the hub with SIGKILL while 16 workers claim and complete them, starts
+/// it again and checks every job's stored state against its last `_jobs.{id}` event.
+pub(crate) async fn jobs_and_their_last_events_agree_after_sigkill(engine: crate::kit::Engine) {
     const JOBS: usize = 1_500;
-    let mut server = Server::start_on(crate::kit::Engine::Sqlite, &[]).await;
+    let mut server = Server::start_on(engine, &[]).await;
     let mut ids = Vec::with_capacity(JOBS);
     for chunk in 0..JOBS / 50 {
         let submits =

@@ -31,15 +31,16 @@ impl Core {
         messages: &[NewMessage],
         check_only: bool,
     ) -> StoreResult<Vec<Appended>> {
-        self.append_call(topic, messages, check_only, self.receipt(topic))
+        let slot = self.slot(topic).await?;
+        self.append_call(topic, &slot, messages, check_only, self.receipt(&slot))
             .await
     }
 
     /// A fresh receipt key for one append call of a topic.
-    pub(super) fn receipt(&self, topic: &Topic) -> String {
+    pub(super) fn receipt(&self, slot: &Slot) -> String {
         let (node, calls) = &*self.calls;
         let call = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        format!("plexus:w:{{{topic}}}:{node:016x}{call:x}")
+        slot.receipt(&format!("{node:016x}{call:x}"))
     }
 
     /// The keys and arguments of one run of `append.lua` (see the script for their order).
@@ -47,22 +48,23 @@ impl Core {
     pub(super) fn append_args<'m>(
         &self,
         topic: &Topic,
+        slot: &Slot,
         messages: &'m [NewMessage],
         check_only: bool,
         receipt: String,
     ) -> (Vec<String>, Vec<Cow<'m, [u8]>>) {
-        let mut keys = vec![stream_key(topic), meta_key(topic), receipt];
+        let mut keys = vec![slot.stream(), slot.meta(), receipt];
         keys.extend(
             messages
                 .iter()
                 .filter_map(|m| m.idempotency_key.as_ref())
-                .map(|key| format!("plexus:i:{{{topic}}}:{key}")),
+                .map(|key| slot.idempotency(key)),
         );
         let (command, channel) = match (self.replication, self.sharded) {
             // commit.lua publishes, once replicas hold the write.
             (Some(_), _) => ("", String::new()),
             (None, false) => ("PUBLISH", CHANNEL.to_owned()),
-            (None, true) => ("SPUBLISH", shard_channel(topic)),
+            (None, true) => ("SPUBLISH", slot.channel()),
         };
         let [now, max_messages, max_age] = self.retention_args();
         let mut args: Vec<Cow<'m, [u8]>> = [
@@ -102,13 +104,16 @@ impl Core {
     pub(super) async fn append_call(
         &self,
         topic: &Topic,
+        slot: &Slot,
         messages: &[NewMessage],
         check_only: bool,
         receipt: String,
     ) -> StoreResult<Vec<Appended>> {
-        let (keys, args) = self.append_args(topic, messages, check_only, receipt);
+        let (keys, args) = self.append_args(topic, slot, messages, check_only, receipt);
         if !check_only && self.replication.is_some() {
-            return self.append_replicated(topic, messages, keys, args).await;
+            return self
+                .append_replicated(topic, slot, messages, keys, args)
+                .await;
         }
         let mut inv = self.scripts.append.prepare_invoke();
         for key in keys {
@@ -139,6 +144,7 @@ impl Core {
     async fn append_replicated(
         &self,
         topic: &Topic,
+        slot: &Slot,
         messages: &[NewMessage],
         keys: Vec<String>,
         args: Vec<Cow<'_, [u8]>>,
@@ -190,7 +196,7 @@ impl Core {
             .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
         check_acks(acks, rep, &format!("topic {topic}"))?;
         let done = appended(&out);
-        self.commit(topic, &done).await?;
+        self.commit(topic, slot, &done).await?;
         metrics::histogram!("plexus_store_commit_ops").record(messages.len() as f64);
         metrics::histogram!("plexus_store_commit_seconds").record(started.elapsed().as_secs_f64());
         Ok(done)
@@ -199,26 +205,42 @@ impl Core {
     /// Raises the topic's committed head over the seqs of a replicated write (replayed ones
     /// too: their first write is older, so it is replicated as well), which shows them to
     /// readers and publishes them to every node, by commit.lua.
-    pub(super) async fn commit(&self, topic: &Topic, done: &[Appended]) -> StoreResult<()> {
+    pub(super) async fn commit(
+        &self,
+        topic: &Topic,
+        slot: &Slot,
+        done: &[Appended],
+    ) -> StoreResult<()> {
         let (Some(first), Some(upto)) = (
             done.iter().map(|a| a.seq).min(),
             done.iter().map(|a| a.seq).max(),
         ) else {
             return Ok(());
         };
+        self.commit_range(topic, slot, first, upto).await
+    }
+
+    /// Raises the topic's committed head to `upto`, publishing `first..=upto` (commit.lua).
+    pub(super) async fn commit_range(
+        &self,
+        topic: &Topic,
+        slot: &Slot,
+        first: Seq,
+        upto: Seq,
+    ) -> StoreResult<()> {
         let (command, channel) = match self.sharded {
             false => ("PUBLISH", CHANNEL.to_owned()),
-            true => ("SPUBLISH", shard_channel(topic)),
+            true => ("SPUBLISH", slot.channel()),
         };
         let mut inv = self.scripts.commit.prepare_invoke();
-        inv.key(stream_key(topic))
-            .key(meta_key(topic))
+        inv.key(slot.stream())
+            .key(slot.meta())
             .arg(first)
             .arg(upto)
             .arg(command)
             .arg(channel)
             .arg(topic.as_str());
-        self.writer(&stream_key(topic))
+        self.writer(&slot.stream())
             .invoke::<i64>(&inv)
             .await
             .map(|_| ())
@@ -237,7 +259,8 @@ impl Core {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for (topic, messages) in topics {
-            let (keys, args) = self.append_args(topic, messages, false, self.receipt(topic));
+            let slot = self.slot(topic).await?;
+            let (keys, args) = self.append_args(topic, &slot, messages, false, self.receipt(&slot));
             let cmd = pipe
                 .cmd("EVALSHA")
                 .arg(self.scripts.append.get_hash())
@@ -292,17 +315,16 @@ impl Core {
         let Some(rep) = self.replication else {
             return Err(StoreError::Unavailable("redis: not replicated".into()));
         };
-        let writer = self.writer(
-            &topics
-                .first()
-                .map(|(t, _)| stream_key(t))
-                .unwrap_or_default(),
-        );
+        let mut slots = Vec::with_capacity(topics.len());
+        for (topic, _) in topics {
+            slots.push(self.slot(topic).await?);
+        }
+        let writer = self.writer(&slots.first().map(Slot::stream).unwrap_or_default());
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         pipe.cmd("MULTI");
-        for (topic, messages) in topics {
-            let (keys, args) = self.append_args(topic, messages, false, self.receipt(topic));
+        for ((topic, messages), slot) in topics.iter().zip(&slots) {
+            let (keys, args) = self.append_args(topic, slot, messages, false, self.receipt(slot));
             let cmd = pipe
                 .cmd("EVALSHA")
                 .arg(self.scripts.append.get_hash())
@@ -356,11 +378,11 @@ impl Core {
             .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
         check_acks(acks, rep, "a batch")?;
         let mut outs = Vec::with_capacity(items.len());
-        for ((topic, _), item) in topics.iter().zip(items) {
+        for (((topic, _), slot), item) in topics.iter().zip(&slots).zip(items) {
             let out: Vec<i64> = redis::from_redis_value(item)
                 .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
             let done = appended(&out);
-            self.commit(topic, &done).await?;
+            self.commit(topic, slot, &done).await?;
             outs.push(done);
         }
         let count: usize = topics.iter().map(|(_, m)| m.len()).sum();
@@ -403,12 +425,16 @@ impl Core {
 
     /// Drops every message of a topic, keeping its counter, by `delete.lua`.
     pub(super) async fn delete_topic(&self, topic: &Topic) -> StoreResult<bool> {
+        let slot = self.slot(topic).await?;
         let mut inv = self.scripts.delete.prepare_invoke();
-        let key = stream_key(topic);
-        inv.key(&key).key(meta_key(topic));
-        let found: i64 = self.writer(&key).invoke(&inv).await.map_err(unavailable)?;
+        inv.key(slot.stream()).key(slot.meta());
+        let found: i64 = self
+            .writer(&slot.stream())
+            .invoke(&inv)
+            .await
+            .map_err(unavailable)?;
         // Under `replicated` a delete, too, is answered once replicas hold it.
-        self.confirm(&key).await?;
+        self.confirm(&slot.stream()).await?;
         Ok(found == 1)
     }
 }
@@ -511,10 +537,8 @@ pub(super) async fn append(
             core.append_topic(topic, &split(topic), true).await?;
         }
     }
-    // Everything that can fail before a commit happens first.
-    for topic in &order {
-        core.remember(TOPICS, topic.as_str()).await?;
-    }
+    // Everything that can fail before a commit happens first (the cap on topics too).
+    core.admit_topics(&order.iter().collect::<Vec<_>>()).await?;
     let mut results = vec![None; batch.len()];
     if order.len() > 1 && !core.sharded {
         // One Redis: every topic in one MULTI/EXEC, all or nothing.

@@ -86,6 +86,7 @@ pub(super) async fn follow_interests(
     mut conn: ClusterConnection,
     mut interests: tokio::sync::mpsc::UnboundedReceiver<Interest>,
     followed: Followed,
+    core: Core,
 ) {
     while let Some(interest) = interests.recv().await {
         match interest {
@@ -93,7 +94,14 @@ pub(super) async fn follow_interests(
                 // Retried, with a capped backoff, for as long as the topic is wanted.
                 let mut delay = Duration::from_millis(100);
                 while wanted(&followed, &topic) {
-                    match conn.ssubscribe(shard_channel(&topic)).await {
+                    let subscribed = match core.slot(&topic).await {
+                        Ok(slot) => conn
+                            .ssubscribe(slot.channel())
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    match subscribed {
                         Ok(()) => break,
                         Err(e) => {
                             tracing::warn!(%topic, error = %e, "redis: cannot subscribe to the topic's shard channel; retrying");
@@ -105,7 +113,8 @@ pub(super) async fn follow_interests(
             }
             Interest::Unfollow(topic) => {
                 if !wanted(&followed, &topic)
-                    && let Err(e) = conn.sunsubscribe(shard_channel(&topic)).await
+                    && let Ok(slot) = core.slot(&topic).await
+                    && let Err(e) = conn.sunsubscribe(slot.channel()).await
                 {
                     tracing::debug!(%topic, error = %e, "redis: cannot unsubscribe");
                 }
@@ -129,9 +138,7 @@ pub(super) async fn feed_pushes(
     let topic_of = |channel: &[u8]| {
         std::str::from_utf8(channel)
             .ok()
-            .and_then(|c| c.strip_prefix("plexus:c:{"))
-            .and_then(|c| c.strip_suffix('}'))
-            .and_then(|t| t.parse::<Topic>().ok())
+            .and_then(Slot::topic_of_channel)
     };
     while let Some(push) = pushes.recv().await {
         if push.kind == redis::PushKind::SUnsubscribe

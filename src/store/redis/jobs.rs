@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use redis::ScriptInvocation;
 
-use crate::model::{Job, JobId, JobState, Millis, StoreError, StoreResult, Topic, fingerprint};
+use crate::model::{
+    Job, JobId, JobState, Millis, NewMessage, Seq, StoreError, StoreResult, Topic, fingerprint,
+};
+use crate::store::jobs::JobEvents;
 use crate::store::log::IDEMPOTENCY_TTL;
 
 use super::core::{Core, unavailable};
@@ -44,22 +47,41 @@ impl Core {
         Ok(queue.and_then(|q| q.parse().ok()))
     }
 
-    /// Writes a job through `job_save.lua`, compare-and-set on `mode` (`lease`|`version`).
-    pub(super) async fn save_job(&self, job: &Job, mode: &str, expected: &str) -> StoreResult<()> {
+    /// Writes a job through `job_save.lua`, compare-and-set on `mode` (`lease`|`version`),
+    /// with `events` in the same script. Returns the events that could not share the job's
+    /// slot (on a cluster, a topic that is not the job's own), for the caller to append.
+    pub(super) async fn save_job(
+        &self,
+        job: &Job,
+        mode: &str,
+        expected: &str,
+        events: Vec<NewMessage>,
+    ) -> StoreResult<Vec<NewMessage>> {
+        let block = self.events_block(job, events, 6).await?;
         let mut inv = self.scripts.job_save.prepare_invoke();
         inv.key(job_key(&job.queue, &job.id));
         for k in queue_keys(&job.queue) {
             inv.key(k);
         }
+        inv.key(finished_key(&job.queue));
+        for k in &block.keys {
+            inv.key(k);
+        }
         inv.arg(mode).arg(expected);
         placement_args(&mut inv, job);
+        inv.arg(job.updated).arg(block.args.len());
+        for a in &block.args {
+            inv.arg(a.as_slice());
+        }
         encode_job(&mut inv, job);
-        match self
-            .writer(&job_key(&job.queue, &job.id))
-            .invoke::<i64>(&inv)
-            .await
-        {
-            Ok(_) => self.confirm(&job_key(&job.queue, &job.id)).await,
+        let key = job_key(&job.queue, &job.id);
+        match self.writer(&key).invoke::<Vec<i64>>(&inv).await {
+            Ok(out) => {
+                self.confirm(&key).await?;
+                self.commit_events(&block.inside, out.get(1..).unwrap_or_default())
+                    .await?;
+                Ok(block.outside)
+            }
             Err(e) if e.to_string().contains("PLEXUS_CHANGED") => {
                 Err(StoreError::JobChanged(job.id.clone()))
             }
@@ -70,13 +92,121 @@ impl Core {
         }
     }
 
+    /// The keys and arguments of a job script's events block (see `events.lua`), its stream
+    /// keys numbered from `first_key`. On one Redis every event goes in the script; on a
+    /// cluster, those whose topic shares the job's slot (`_jobs.{id}`, `_queues.{queue}`).
+    async fn events_block(
+        &self,
+        job: &Job,
+        events: Vec<NewMessage>,
+        first_key: usize,
+    ) -> StoreResult<EventsBlock> {
+        let mut block = EventsBlock::default();
+        let mut topics: Vec<(Topic, Vec<NewMessage>)> = Vec::new();
+        for m in events {
+            match topics.iter_mut().find(|(t, _)| *t == m.topic) {
+                Some((_, msgs)) => msgs.push(m),
+                None => topics.push((m.topic.clone(), vec![m])),
+            }
+        }
+        let tag = Slot::own(&job.queue);
+        let [now, max_messages, max_age] = self.retention_args();
+        let mut inside = Vec::new();
+        for (topic, messages) in topics {
+            let slot = if topic == job.id.topic() {
+                self.job_topic_slot(job).await?
+            } else {
+                self.slot(&topic).await?
+            };
+            if self.sharded && slot.tag() != tag.tag() {
+                block.outside.extend(messages);
+                continue;
+            }
+            inside.push((topic, slot, messages));
+        }
+        // Refused here, before the script: nothing of the job is written.
+        self.admit_topics(&inside.iter().map(|(t, _, _)| t).collect::<Vec<_>>())
+            .await?;
+        // Under `replicated` the script shows nothing: commit.lua does, once replicas hold it.
+        let publish = match (self.replication, self.sharded) {
+            (Some(_), _) => "",
+            (None, true) => "SPUBLISH",
+            (None, false) => "PUBLISH",
+        };
+        let head = [
+            now.to_string(),
+            max_messages.to_string(),
+            max_age.to_string(),
+            publish.to_owned(),
+            inside.len().to_string(),
+        ];
+        block.args.extend(head.map(String::into_bytes));
+        for (topic, slot, messages) in inside {
+            let channel = match self.sharded {
+                true => slot.channel(),
+                false => CHANNEL.to_owned(),
+            };
+            block.inside.push((topic.clone(), slot.clone()));
+            let index = first_key + block.keys.len();
+            block.keys.push(slot.stream());
+            block.keys.push(slot.meta());
+            for a in [
+                index.to_string(),
+                topic.as_str().to_owned(),
+                channel,
+                messages.len().to_string(),
+            ] {
+                block.args.push(a.into_bytes());
+            }
+            for m in messages {
+                let event = m.event.as_ref().map_or("", |e| e.as_str());
+                block.args.push(event.as_bytes().to_vec());
+                block.args.push(m.data.to_vec());
+            }
+        }
+        Ok(block)
+    }
+
+    /// Under `replicated`, after the job script's `WAIT`: shows each topic's events (the
+    /// `first, last` seq pairs `events.lua` returned, in the block's order) by commit.lua.
+    async fn commit_events(&self, inside: &[(Topic, Slot)], heads: &[i64]) -> StoreResult<()> {
+        if self.replication.is_none() {
+            return Ok(());
+        }
+        for ((topic, slot), pair) in inside.iter().zip(heads.chunks_exact(2)) {
+            self.commit_range(topic, slot, pair[0] as Seq, pair[1] as Seq)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The slot of a job's own `_jobs.{id}` topic, known from the job (no lookup).
+    async fn job_topic_slot(&self, job: &Job) -> StoreResult<Slot> {
+        let topic = job.id.topic();
+        if let Some(slot) = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&topic)
+        {
+            return Ok(slot.clone());
+        }
+        let slot = Slot::of_queue(&job.queue, &topic);
+        self.carry_over(&topic, &slot).await?;
+        self.remember_slot(&topic, slot.clone());
+        Ok(slot)
+    }
+
+    /// Claims the oldest due job of `queue`, with the claimed job's `events` in its script.
+    /// Returns the job and the events that could not share its slot.
     pub(super) async fn claim_job(
         &self,
         queue: &Topic,
         now: Millis,
         lease: String,
         lease_ms: u64,
-    ) -> StoreResult<Option<Job>> {
+        events: &JobEvents,
+    ) -> StoreResult<Option<(Job, Vec<NewMessage>)>> {
         let [ready, delayed, _] = queue_keys(queue);
         for attempt in 0..CLAIM_TRIES {
             let mut inv = self.scripts.job_pick.prepare_invoke();
@@ -107,16 +237,17 @@ impl Core {
             }
             if job.run_at.is_some_and(|t| t > now) {
                 // Made ready by a claimer whose clock is ahead of ours: saving it unchanged
-                // puts it back among the delayed jobs, where its run_at will bring it again.
-                match self.save_job(&job, "version", &version).await {
-                    Ok(()) | Err(StoreError::JobChanged(_) | StoreError::UnknownJob(_)) => {}
+                // (no event: its state did not change) puts it back among the delayed jobs,
+                // where its run_at will bring it again.
+                match self.save_job(&job, "version", &version, Vec::new()).await {
+                    Ok(_) | Err(StoreError::JobChanged(_) | StoreError::UnknownJob(_)) => {}
                     Err(e) => return Err(e),
                 }
                 continue;
             }
             job.claim(now, lease.clone(), lease_ms);
-            match self.save_job(&job, "version", &version).await {
-                Ok(()) => return Ok(Some(job)),
+            match self.save_job(&job, "version", &version, events(&job)).await {
+                Ok(outside) => return Ok(Some((job, outside))),
                 // Another node claimed it first: pick again.
                 Err(StoreError::JobChanged(_) | StoreError::UnknownJob(_)) => continue,
                 Err(e) => return Err(e),
@@ -125,15 +256,23 @@ impl Core {
         Ok(None)
     }
 
-    /// Stores a new job by `job_create.lua` (see [`JobStore::create`](crate::store::JobStore::create)).
+    /// Stores a new job by `job_create.lua`, with `events` in the same script (none on a
+    /// replay; see [`JobStore::create`](crate::store::JobStore::create)). Returns the job,
+    /// whether it is a replay, and the events that could not share its slot.
     pub(super) async fn create_job(
         &self,
         job: Job,
         idempotency_key: Option<String>,
-    ) -> StoreResult<(Job, bool)> {
+        events: Vec<NewMessage>,
+    ) -> StoreResult<(Job, bool, Vec<NewMessage>)> {
         let queue = job.queue.clone();
+        // A new job's topic has nothing to carry over from an older release.
+        self.remember_slot(&job.id.topic(), Slot::of_queue(&queue, &job.id.topic()));
+        // The cap on topics is checked here, before anything of the job is written.
+        let block = self.events_block(&job, events, 5).await?;
         self.remember(QUEUES, queue.as_str()).await?;
-        // The id → queue index first: a job is never stored where `job_get` cannot see it.
+        // The id → queue index before the job: a job is never stored where `job_get` cannot
+        // see it.
         self.writer(&job_queue_key(&job.id))
             .query::<()>(
                 redis::cmd("SET")
@@ -148,25 +287,45 @@ impl Core {
         for k in queue_keys(&queue) {
             inv.key(k);
         }
+        for k in &block.keys {
+            inv.key(k);
+        }
         if let Some(key) = &idempotency_key {
             inv.key(format!("plexus:jk:{{{queue}}}:{key}"));
+            let fp = fingerprint(&[&job.payload]);
+            // The SHA-256 (stored) and the FNV-1a 64 of a key stored before it (job_create.lua).
+            inv.arg(format!("{} {}", fp.hex(), fp.legacy()));
+        } else {
+            inv.arg("");
         }
-        let fp = fingerprint(&[&job.payload]);
-        // The SHA-256 (stored) and the FNV-1a 64 of a key stored before it (job_create.lua).
-        inv.arg(format!("{} {}", fp.hex(), fp.legacy()))
-            .arg(job.id.as_str())
+        inv.arg(job.id.as_str())
             .arg(IDEMPOTENCY_TTL.as_millis() as u64);
         // job_create.lua takes the placement without the id.
         inv.arg(job.state.as_str())
             .arg(job.created)
             .arg(job.run_at.map(|t| t.to_string()).unwrap_or_default())
             .arg(job.lease_until.map(|t| t.to_string()).unwrap_or_default());
+        inv.arg(block.args.len());
+        for a in &block.args {
+            inv.arg(a.as_slice());
+        }
         encode_job(&mut inv, &job);
-        let first: String = match self.writer(&job_key(&queue, &job.id)).invoke(&inv).await {
-            Ok(first) => {
-                self.confirm(&job_key(&queue, &job.id)).await?;
-                first
+        let key = job_key(&queue, &job.id);
+        let first = match self.writer(&key).invoke::<redis::Value>(&inv).await {
+            // Stored: the events' seqs, to show them once replicas hold them.
+            Ok(redis::Value::Array(heads)) => {
+                let heads: Vec<i64> = heads
+                    .into_iter()
+                    .map(redis::from_redis_value)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
+                self.confirm(&key).await?;
+                self.commit_events(&block.inside, &heads).await?;
+                return Ok((job, false, block.outside));
             }
+            // A replay: the id of the job the key first made.
+            Ok(first) => redis::from_redis_value::<String>(first)
+                .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?,
             Err(e) if e.to_string().contains("PLEXUS_CONFLICT") => {
                 return Err(StoreError::IdempotencyConflict {
                     topic: queue,
@@ -175,14 +334,13 @@ impl Core {
             }
             Err(e) => return Err(unavailable(e)),
         };
-        if first.is_empty() {
-            return Ok((job, false));
-        }
         let id: JobId = first
             .parse()
             .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
+        // A replay made no job: the listing forgets the topic named for the would-be one.
+        self.forget_topic(&job.id.topic()).await?;
         match self.load_job(&queue, &id).await? {
-            Some((first, _)) => Ok((first, true)),
+            Some((first, _)) => Ok((first, true, Vec::new())),
             None => Err(StoreError::UnknownJob(id)),
         }
     }
@@ -232,21 +390,6 @@ impl Core {
         Ok(expired)
     }
 
-    /// Lists a finished job for retention (after its save: a crash between the two keeps the
-    /// job for good, as before retention existed).
-    pub(super) async fn mark_finished(&self, job: &Job) -> StoreResult<()> {
-        self.writer(&finished_key(&job.queue))
-            .query::<()>(
-                redis::cmd("ZADD")
-                    .arg(finished_key(&job.queue))
-                    .arg(job.updated)
-                    .arg(job.id.as_str()),
-            )
-            .await
-            .map_err(unavailable)?;
-        self.confirm(&finished_key(&job.queue)).await
-    }
-
     /// Deletes up to `limit` finished jobs listed before `before`, each with its topic.
     pub(super) async fn purge_finished(&self, before: Millis, limit: usize) -> StoreResult<usize> {
         let queues: Vec<String> = self
@@ -275,22 +418,23 @@ impl Core {
                 .map_err(unavailable)?;
             for id in ids.iter().filter_map(|id| id.parse::<JobId>().ok()) {
                 let topic = id.topic();
-                // Each key on its own shard: one command each, the index entry last.
+                let (slot, old) = (Slot::of_queue(&queue, &topic), Slot::own(&topic));
+                // One command each (the index on its own shard), the index entry last; the
+                // topic's keys where a release before this one kept them too.
                 for key in [
                     job_key(&queue, &id),
                     job_queue_key(&id),
-                    stream_key(&topic),
-                    meta_key(&topic),
+                    slot.stream(),
+                    slot.meta(),
+                    old.stream(),
+                    old.meta(),
                 ] {
                     self.conn
                         .query::<()>(redis::cmd("DEL").arg(key))
                         .await
                         .map_err(unavailable)?;
                 }
-                self.conn
-                    .query::<()>(redis::cmd("SREM").arg(TOPICS).arg(topic.as_str()))
-                    .await
-                    .map_err(unavailable)?;
+                self.forget_topic(&topic).await?;
                 self.conn
                     .query::<()>(redis::cmd("ZREM").arg(&finished).arg(id.as_str()))
                     .await
@@ -398,4 +542,15 @@ pub(super) fn decode_job(
         lease_ms: int("lease_ms")?.map(|ms| ms as u64),
     };
     Ok((job, text("v").unwrap_or_else(|| "0".into())))
+}
+
+/// What [`Core::events_block`] makes.
+#[derive(Default)]
+struct EventsBlock {
+    keys: Vec<String>,
+    args: Vec<Vec<u8>>,
+    /// Events whose topic is on another shard than the job (cluster only).
+    outside: Vec<NewMessage>,
+    /// The topics whose events the script appends, in the order `events.lua` reports them.
+    inside: Vec<(Topic, Slot)>,
 }

@@ -14,13 +14,22 @@
 //!   payload in hex; a key from before SHA-256 holds an FNV-1a 64 in decimal), expiring after 24 h;
 //! - `plexus:w:{T}:CALL` an append's receipt (its result, for 60 s), so that a call the client
 //!   library repeats after a dropped connection does not append twice;
-//! - `plexus:topics` the set of topic names, for listing;
+//! - the hub's job topics `_jobs.{id}` and `_queues.{Q}` under their queue's tag instead:
+//!   `plexus:s:{Q}:_jobs.ID`, `plexus:m:{Q}:_jobs.ID`, `plexus:c:{Q}:_jobs.ID`, … (see
+//!   `keys::Slot`), so a job and its events are one script on one slot. A release before this
+//!   one kept them under `{_jobs.ID}`; a node carries such a topic's seq counter over (its old
+//!   messages then read as deleted) and drops the old keys the first time it uses the topic;
+//! - `plexus:topics` the set of topic names, its size the count that `limits.max_topics_total`
+//!   caps (`topics_admit.lua`), and `{plexus:topics}:byname` the same names in a sorted set
+//!   (scores 0), so that a page of the listing is one `ZRANGEBYLEX` (filled from the set at
+//!   open when a release before this one left it short);
 //! - `plexus:j:{Q}:ID` a job (a hash), `plexus:jr:{Q}` / `plexus:jd:{Q}` / `plexus:jl:{Q}` its
 //!   queue's ready, delayed and running sorted sets, `plexus:jk:{Q}:KEY` a job idempotency key
 //!   (24 h), `plexus:jq:ID` the queue of a job id, `plexus:queues` the set of queues,
 //!   `plexus:jf:{Q}` the queue's finished jobs by finish time (for `jobs.retention`).
 //!
-//! Every write of a topic is one Lua script (increment, append, trim, publish: atomic). On one
+//! Every write of a topic is one Lua script (increment, append, trim, publish: atomic), and so
+//! is every job write with its events (`job_create.lua`, `job_save.lua`). On one
 //! Redis the script publishes the new messages on the channel `plexus:commits`; every node
 //! subscribes to it. On a Redis Cluster it uses sharded Pub/Sub instead (`SPUBLISH` on
 //! `plexus:c:{T}`, on the topic's own shard, so nothing crosses the cluster bus), and a node
@@ -58,7 +67,7 @@ use redis::aio::ConnectionManagerConfig;
 
 use super::follow::{CommitFeed, FeedSlot, Follow};
 use super::jobs::{JobEvents, JobStore};
-use super::log::{BoxFuture, Log, ReadBatch, Retention};
+use super::log::{BoxFuture, Log, MAX_TOPICS_TOTAL, ReadBatch, Retention};
 use crate::model::{
     Appended, Job, JobId, LogBounds, Millis, NewMessage, Seq, StoreError, StoreResult, Topic,
     TopicInfo,
@@ -185,13 +194,7 @@ impl RedisLog {
                     .get_async_connection()
                     .await
                     .map_err(|e| format!("cannot subscribe on the cluster {shown:?}: {e}"))?;
-                let (interest_tx, interest_rx) = tokio::sync::mpsc::unbounded_channel();
-                tasks.push(tokio::spawn(follow_interests(
-                    subscriber,
-                    interest_rx,
-                    followed.clone(),
-                )));
-                (Conn::Cluster(conn), writes, Some((interest_tx, push_rx)))
+                (Conn::Cluster(conn), writes, Some((subscriber, push_rx)))
             }
         };
         // Under `replicated`, a connection that never writes counts the replicas: `WAIT 0 0`
@@ -229,8 +232,20 @@ impl RedisLog {
             sharded: sharded.is_some(),
             calls: Arc::new((node_id(), 0.into())),
             known: Arc::default(),
+            slots: Arc::default(),
+            max_topics: Arc::new(MAX_TOPICS_TOTAL.into()),
         };
-        let interests = sharded.map(|(interests, pushes)| {
+        core.index_topic_names()
+            .await
+            .map_err(|e| format!("cannot index the topic names: {e}"))?;
+        let interests = sharded.map(|(subscriber, pushes)| {
+            let (interests, interest_rx) = tokio::sync::mpsc::unbounded_channel();
+            tasks.push(tokio::spawn(follow_interests(
+                subscriber,
+                interest_rx,
+                followed.clone(),
+                core.clone(),
+            )));
             tasks.push(tokio::spawn(feed_pushes(
                 pushes,
                 feed.sender(),
@@ -343,6 +358,12 @@ impl Log for RedisLog {
         Box::pin(async move { self.core.delete_topic(&topic).await })
     }
 
+    fn limit_topics(&self, max: u64) {
+        self.core
+            .max_topics
+            .store(max, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
             self.core
@@ -420,8 +441,9 @@ impl Follow for RedisLog {
     }
 }
 
-// The job and its events are two commits here (the job's hash lives on its queue's shard, its
-// topic on another): a crash between them leaves a state without its event.
+// A job and its events are one script (`job_create.lua`, `job_save.lua`): on a cluster the
+// job's own topics share its queue's slot (see `keys::Slot`). An event on any other topic
+// could not share it and is appended after the script, as a separate commit.
 impl RedisLog {
     async fn announce(&self, events: Vec<NewMessage>) -> StoreResult<()> {
         if !events.is_empty() {
@@ -439,10 +461,9 @@ impl JobStore for RedisLog {
         events: JobEvents,
     ) -> BoxFuture<'_, StoreResult<(Job, bool)>> {
         Box::pin(async move {
-            let (job, replayed) = self.core.create_job(job, idempotency_key).await?;
-            if !replayed {
-                self.announce(events(&job)).await?;
-            }
+            let made = events(&job);
+            let (job, replayed, outside) = self.core.create_job(job, idempotency_key, made).await?;
+            self.announce(outside).await?;
             Ok((job, replayed))
         })
     }
@@ -460,11 +481,11 @@ impl JobStore for RedisLog {
     ) -> BoxFuture<'_, StoreResult<Job>> {
         Box::pin(async move {
             let expected = expected_lease.unwrap_or_default();
-            self.core.save_job(&job, "lease", &expected).await?;
-            self.announce(events(&job)).await?;
-            if job.state.is_final() {
-                self.core.mark_finished(&job).await?;
-            }
+            let outside = self
+                .core
+                .save_job(&job, "lease", &expected, events(&job))
+                .await?;
+            self.announce(outside).await?;
             Ok(job)
         })
     }
@@ -479,11 +500,15 @@ impl JobStore for RedisLog {
     ) -> BoxFuture<'_, StoreResult<Option<Job>>> {
         let queue = queue.clone();
         Box::pin(async move {
-            let claimed = self.core.claim_job(&queue, now, lease, lease_ms).await?;
-            if let Some(job) = &claimed {
-                self.announce(events(job)).await?;
-            }
-            Ok(claimed)
+            let claimed = self
+                .core
+                .claim_job(&queue, now, lease, lease_ms, &events)
+                .await?;
+            let Some((job, outside)) = claimed else {
+                return Ok(None);
+            };
+            self.announce(outside).await?;
+            Ok(Some(job))
         })
     }
 
@@ -627,12 +652,12 @@ mod tests {
         let receipt = "plexus:w:{r}:test".to_owned();
         let first = log
             .core
-            .append_call(&topic, &batch, false, receipt.clone())
+            .append_call(&topic, &Slot::own(&topic), &batch, false, receipt.clone())
             .await
             .expect("first call");
         let again = log
             .core
-            .append_call(&topic, &batch, false, receipt)
+            .append_call(&topic, &Slot::own(&topic), &batch, false, receipt)
             .await
             .expect("repeated call");
         assert_eq!(first, again, "the repeat answers as the first");
@@ -760,7 +785,12 @@ mod tests {
         log.append(batch).await.expect("append");
         log.core
             .conn
-            .query::<()>(redis::cmd("HSET").arg(meta_key(&t)).arg("ok").arg(1))
+            .query::<()>(
+                redis::cmd("HSET")
+                    .arg(Slot::own(&t).meta())
+                    .arg("ok")
+                    .arg(1),
+            )
             .await
             .expect("lower the committed head");
         let read = log.read(&t, 2, 10, usize::MAX).await.expect("read");

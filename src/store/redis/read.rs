@@ -9,8 +9,13 @@ use crate::model::{
 };
 use crate::store::log::ReadBatch;
 
+use futures_util::StreamExt;
+
 use super::core::{Core, unavailable};
 use super::keys::*;
+
+/// Topic infos a listing page asks Redis for at once.
+const INFOS_IN_FLIGHT: usize = 64;
 
 impl Core {
     /// Messages after `after` (see [`Log::read`](crate::store::Log::read)), by `read.lua`.
@@ -22,7 +27,8 @@ impl Core {
         max_bytes: usize,
     ) -> StoreResult<ReadBatch> {
         let mut inv = self.scripts.read.prepare_invoke();
-        inv.key(stream_key(topic)).key(meta_key(topic));
+        let slot = self.slot(topic).await?;
+        inv.key(slot.stream()).key(slot.meta());
         for arg in self.retention_args() {
             inv.arg(arg);
         }
@@ -49,7 +55,8 @@ impl Core {
     /// What the admin API shows of a topic, by `info.lua`.
     pub(super) async fn topic_info(&self, topic: &Topic) -> StoreResult<Option<TopicInfo>> {
         let mut inv = self.scripts.info.prepare_invoke();
-        inv.key(stream_key(topic)).key(meta_key(topic));
+        let slot = self.slot(topic).await?;
+        inv.key(slot.stream()).key(slot.meta());
         for arg in self.retention_args() {
             inv.arg(arg);
         }
@@ -84,38 +91,46 @@ impl Core {
         Ok(infos)
     }
 
-    /// Up to `limit` topics named after `after`, in name order. The names come from the set
-    /// (names only); the infos are loaded for the page alone.
+    /// Up to `limit` topics named after `after`, in name order: one `ZRANGEBYLEX` of the
+    /// sorted set of names (a name's bytes order it, as `Topic`'s order does); the infos are
+    /// loaded for the page alone.
     pub(super) async fn topic_infos_page(
         &self,
         after: Option<&Topic>,
         limit: usize,
     ) -> StoreResult<Vec<TopicInfo>> {
+        let from = after.map_or_else(|| "-".to_owned(), |a| format!("({a}"));
         let names: Vec<String> = self
             .conn
-            .query(redis::cmd("SMEMBERS").arg(TOPICS))
+            .query(
+                redis::cmd("ZRANGEBYLEX")
+                    .arg(TOPICS_BY_NAME)
+                    .arg(from)
+                    .arg("+")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit.min(i64::MAX as usize)),
+            )
             .await
             .map_err(unavailable)?;
-        let mut topics: Vec<Topic> = names
-            .into_iter()
-            .filter_map(|n| n.parse::<Topic>().ok())
-            .filter(|t| after.is_none_or(|a| t > a))
-            .collect();
-        topics.sort();
-        topics.truncate(limit);
-        let mut infos = Vec::with_capacity(topics.len());
-        for topic in topics {
-            if let Some(info) = self.topic_info(&topic).await? {
-                infos.push(info);
-            }
-        }
-        Ok(infos)
+        // The page's infos are asked for together (the connection pipelines them), in order.
+        let topics: Vec<Topic> = names.iter().filter_map(|n| n.parse().ok()).collect();
+        let infos: Vec<StoreResult<Option<TopicInfo>>> = futures_util::stream::iter(topics)
+            .map(|topic| {
+                let core = self.clone();
+                async move { core.topic_info(&topic).await }
+            })
+            .buffered(INFOS_IN_FLIGHT)
+            .collect()
+            .await;
+        infos.into_iter().filter_map(Result::transpose).collect()
     }
 
     /// The position just before the first retained message at or after `time`, by `seek.lua`.
     pub(super) async fn seek_time(&self, topic: &Topic, time: Millis) -> StoreResult<Seq> {
         let mut inv = self.scripts.seek.prepare_invoke();
-        inv.key(stream_key(topic)).key(meta_key(topic));
+        let slot = self.slot(topic).await?;
+        inv.key(slot.stream()).key(slot.meta());
         for arg in self.retention_args() {
             inv.arg(arg);
         }

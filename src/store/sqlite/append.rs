@@ -45,6 +45,24 @@ fn lookup_key(tx: &Transaction<'_>, id: i64, key: &str, now: Millis) -> rusqlite
     .optional()
 }
 
+/// Refuses a batch that would create topics beyond `max_topics` (`limits.max_topics_total`):
+/// the writer's topic cache holds every topic, so its length is the count.
+pub(super) fn admit(
+    topics: &HashMap<Topic, TopicRow>,
+    batch: &[NewMessage],
+    max_topics: u64,
+) -> StoreResult<()> {
+    let new: HashSet<&Topic> = batch
+        .iter()
+        .map(|m| &m.topic)
+        .filter(|t| !topics.contains_key(*t))
+        .collect();
+    if !new.is_empty() && (topics.len() + new.len()) as u64 > max_topics {
+        return Err(StoreError::TooManyTopics { limit: max_topics });
+    }
+    Ok(())
+}
+
 /// Applies one publisher's batch inside the group's transaction. An idempotency conflict
 /// refuses the batch before anything of it is written; an SQL error aborts the whole group.
 pub(super) fn apply_append(
@@ -54,7 +72,11 @@ pub(super) fn apply_append(
     committed: &mut Vec<Arc<Message>>,
     batch: Vec<NewMessage>,
     now: Millis,
+    max_topics: u64,
 ) -> rusqlite::Result<StoreResult<Vec<Appended>>> {
+    if let Err(e) = admit(topics, &batch, max_topics) {
+        return Ok(Err(e));
+    }
     let mut seen: HashMap<(&Topic, &str), StoredFingerprint> = HashMap::new();
     for msg in &batch {
         let Some(key) = msg.idempotency_key.as_deref() else {

@@ -222,3 +222,20 @@ pub(super) fn delete(tx: &Transaction<'_>, id: &JobId) -> rusqlite::Result<()> {
         .execute([id.as_str()])?;
     Ok(())
 }
+
+/// Rewrites the job idempotency fingerprints a release before SHA-256 stored (an FNV-1a 64,
+/// an integer in the column) as the SHA-256 of the job's payload, which is what that key was
+/// first used with: such a key is then as strong as a new one. Only such rows are touched, so
+/// after the first open this finds none. Returns how many were rewritten.
+pub(super) fn rehash_legacy_keys(conn: &rusqlite::Connection) -> rusqlite::Result<usize> {
+    let legacy: Vec<(String, Vec<u8>)> = conn
+        .prepare("SELECT id, payload FROM jobs WHERE typeof(fingerprint) = 'integer'")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut update = conn.prepare("UPDATE jobs SET fingerprint = ?2 WHERE id = ?1")?;
+    for (id, payload) in &legacy {
+        let fp = fingerprint(&[payload]);
+        update.execute(rusqlite::params![id, fp.sha256().as_slice()])?;
+    }
+    Ok(legacy.len())
+}

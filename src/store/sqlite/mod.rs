@@ -30,7 +30,7 @@ use self::read::ReadPool;
 use self::writer::{Deferred, Op, Writer, WriterHealth};
 use super::follow::{CommitFeed, FeedSlot, Follow};
 use super::jobs::{JobEvents, JobStore};
-use super::log::{BoxFuture, Log, ReadBatch, Retention};
+use super::log::{BoxFuture, Log, MAX_TOPICS_TOTAL, ReadBatch, Retention};
 use crate::model::{
     Appended, Job, JobId, LogBounds, Millis, NewMessage, Seq, StoreError, StoreResult, Topic,
     TopicInfo,
@@ -65,6 +65,8 @@ pub struct SqliteLog {
     health: WriterHealth,
     /// The data directory's lock, released when the handle is dropped or the process ends.
     _lock: std::fs::File,
+    /// `limits.max_topics_total`, shared with the writer, which counts the topics.
+    max_topics: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SqliteLog {
@@ -101,15 +103,24 @@ impl SqliteLog {
                 "sqlite schema migrated"
             );
         }
+        let rehashed = jobs::rehash_legacy_keys(&conn).map_err(StoreError::unavailable)?;
+        if rehashed > 0 {
+            tracing::info!(
+                jobs = rehashed,
+                "job idempotency fingerprints rehashed as SHA-256"
+            );
+        }
         let topics = topics::load_topics(&conn).map_err(StoreError::unavailable)?;
         let (tx, rx) = mpsc::channel();
         let feed = FeedSlot::new();
         let health = WriterHealth::default();
+        let max_topics = Arc::new(std::sync::atomic::AtomicU64::new(MAX_TOPICS_TOTAL));
         let mut writer = Writer {
             health: health.clone(),
             conn,
             topics,
             retention,
+            max_topics: max_topics.clone(),
             feed: feed.sender(),
         };
         std::thread::Builder::new()
@@ -117,6 +128,7 @@ impl SqliteLog {
             .spawn(move || writer.run(rx))
             .map_err(StoreError::unavailable)?;
         Ok(SqliteLog {
+            max_topics,
             writer: Mutex::new(Some(tx)),
             readers: Arc::new(ReadPool {
                 path,
@@ -304,6 +316,11 @@ impl Log for SqliteLog {
     /// Ready when the writer runs, its last commit succeeded (or a probe write succeeds now)
     /// and a read of both tables' last pages works. A failed commit (a full disk, a malformed
     /// page, an I/O error) keeps the store unready until a write succeeds again.
+    fn limit_topics(&self, max: u64) {
+        self.max_topics
+            .store(max, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
         let alive = self.send_probe();
         let failing = self.health.last_error().is_some();

@@ -3,6 +3,7 @@
 //! groups it runs a retention step.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, Transaction};
 use tokio::sync::oneshot;
 
-use super::append::{apply_append, apply_delete, apply_drop_topic};
+use super::append::{admit, apply_append, apply_delete, apply_drop_topic};
 use super::retention::Retainer;
 use super::topics::{TopicRow, load_topics, save_row};
 use crate::model::{
@@ -81,6 +82,8 @@ pub(super) struct Writer {
     pub(super) conn: Connection,
     pub(super) topics: HashMap<Topic, TopicRow>,
     pub(super) retention: Retention,
+    /// `limits.max_topics_total`, set by the handle.
+    pub(super) max_topics: Arc<AtomicU64>,
     /// Committed messages go here, in commit order, for the hub's fan-out.
     pub(super) feed: tokio::sync::mpsc::UnboundedSender<Vec<Arc<Message>>>,
 }
@@ -140,6 +143,7 @@ impl Writer {
                             &mut committed,
                             batch,
                             now,
+                            self.max_topics.load(Ordering::Relaxed),
                         ) {
                             Ok(result) => replies.push(Reply::Append(reply, result)),
                             Err(e) => {
@@ -174,7 +178,17 @@ impl Writer {
                         })));
                     }
                     Op::ExecAppend(f) => {
+                        // A job write whose events would create a topic beyond the cap is
+                        // undone: neither the job nor its events are kept.
+                        tx.execute_batch("SAVEPOINT job_write")?;
                         let (batch, done) = f(&tx, now)?;
+                        let max_topics = self.max_topics.load(Ordering::Relaxed);
+                        if let Err(e) = admit(&self.topics, &batch, max_topics) {
+                            tx.execute_batch("ROLLBACK TO job_write; RELEASE job_write")?;
+                            replies.push(Reply::Deferred(Box::new(move |_| done(Err(e)))));
+                            continue;
+                        }
+                        tx.execute_batch("RELEASE job_write")?;
                         replies.push(Reply::Deferred(done));
                         if !batch.is_empty() {
                             // Messages without idempotency keys: no conflict can refuse them.
@@ -185,6 +199,7 @@ impl Writer {
                                 &mut committed,
                                 batch,
                                 now,
+                                max_topics,
                             )? {
                                 tracing::error!(error = %e, "a job's events were refused");
                             }

@@ -1,0 +1,140 @@
+//! Hardening of the store (docs/SECURITY.md): on Redis a job and its events are one script,
+//! so a hub killed mid-work leaves every job's state equal to its last event.
+
+use crate::kit::Engine;
+
+#[tokio::test]
+async fn on_redis_a_job_and_its_last_event_agree_after_sigkill() {
+    crate::regression::jobs_and_their_last_events_agree_after_sigkill(Engine::Redis).await;
+}
+
+// `limits.max_topics_total`: a write that would create a topic beyond the cap gets `507`
+// problem+json and stores nothing; existing topics keep accepting, on every engine.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::kit::{Server, expect_problem};
+
+/// The names of the topics the hub lists (reserved ones included: open mode).
+async fn listed(server: &Server) -> Vec<String> {
+    server
+        .topics()
+        .await
+        .iter()
+        .filter_map(|t| t["topic"].as_str().map(str::to_owned))
+        .collect()
+}
+
+async fn too_many(resp: reqwest::Response, what: &str) {
+    let problem = expect_problem(resp, 507, what).await;
+    assert_eq!(
+        problem["type"],
+        json!("urn:plexus:problem:too-many-topics"),
+        "{what}: {problem}"
+    );
+}
+
+async fn the_topic_cap_holds_on(engine: Engine) {
+    use crate::jobs::{claim, complete, events, id, submit, submit_raw};
+
+    // Five topics: a, b, c, then one job's `_jobs.{id}` and its `_queues.q`.
+    let server = Server::start_on(engine, &["--max-topics-total", "5"]).await;
+    for topic in ["a", "b", "c"] {
+        server.publish(topic, "first").await;
+    }
+    // A job needs two new topics: room for exactly one job.
+    let job = submit(&server, "q", "work").await;
+    let mut all = listed(&server).await;
+    all.sort();
+    assert_eq!(all.len(), 5, "{engine:?}: {all:?}");
+
+    // Beyond the cap: a publish, a batch naming one new topic among old ones, a job.
+    too_many(
+        server.publish_with("d", "no room", &[]).await,
+        "publish to d",
+    )
+    .await;
+    let batch = json!([{"topic": "a", "data": "x"}, {"topic": "e", "data": "x"}]).to_string();
+    too_many(
+        server.batch_raw(batch, "application/json").await,
+        "a batch naming e",
+    )
+    .await;
+    too_many(
+        submit_raw(&server, "q", "", "second", &[]).await,
+        "a second job (its own _jobs topic)",
+    )
+    .await;
+    // A WebSocket publish frame: an `error` frame with the same status; the socket goes on.
+    let mut ws = crate::kit::clients::Ws::connect(&server, "").await;
+    let mut others = Vec::new();
+    let refused = ws
+        .call(
+            json!({"op":"publish","id":1,"topic":"f","data":"x"}),
+            &mut others,
+        )
+        .await;
+    assert_eq!(
+        (refused["op"].clone(), refused["status"].clone()),
+        (json!("error"), json!(507)),
+        "{engine:?}: {refused}"
+    );
+    // Nothing of them was stored: a still holds one message, no new topic, no second job.
+    let mut now = listed(&server).await;
+    now.sort();
+    assert_eq!(now, all, "{engine:?}: no topic was created");
+    let a = server.read_all("a").await;
+    assert_eq!(
+        a.len(),
+        1,
+        "{engine:?}: the refused batch stored nothing: {a:?}"
+    );
+    let (status, _, _) = server.get_json("/v1/topics/d").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{engine:?}");
+
+    // Existing topics keep accepting: a publish (HTTP and WebSocket), a batch, the job's own
+    // state changes.
+    ws.ok(
+        json!({"op":"publish","id":2,"topic":"a","data":"ws"}),
+        &mut others,
+    )
+    .await;
+    server.publish("a", "second").await;
+    server
+        .batch(&[
+            json!({"topic": "b", "data": "y"}),
+            json!({"topic": "c", "data": "y"}),
+        ])
+        .await;
+    let claimed = claim(&server, "q", "60").await;
+    assert_eq!(id(&claimed), id(&job), "{engine:?}: the only job");
+    complete(&server, &claimed, "done").await;
+    let names: Vec<Value> = events(&server, &id(&job))
+        .await
+        .iter()
+        .map(|e| e["event"].clone())
+        .collect();
+    assert_eq!(
+        names,
+        [json!("queued"), json!("running"), json!("succeeded")],
+        "{engine:?}"
+    );
+    let second = crate::jobs::try_claim(&server, "q", "wait=0").await;
+    assert!(second.is_none(), "{engine:?}: no second job: {second:?}");
+}
+
+#[tokio::test]
+async fn the_topic_cap_holds_on_memory() {
+    the_topic_cap_holds_on(Engine::Memory).await;
+}
+
+#[tokio::test]
+async fn the_topic_cap_holds_on_sqlite() {
+    the_topic_cap_holds_on(Engine::Sqlite).await;
+}
+
+#[tokio::test]
+async fn the_topic_cap_holds_on_redis() {
+    the_topic_cap_holds_on(Engine::Redis).await;
+}
