@@ -2037,7 +2037,9 @@ async fn stalled_streams_over_many_topics_hold_one_page_each() {
     const PER_TOPIC: usize = 4;
     const SIZE: usize = 256 << 10;
     const CLIENTS: usize = 8;
-    let server = Server::start_durable(&[]).await;
+    // The clients read slowly on purpose; on a loaded machine one may wait longer than the
+    // default write timeout for its turn, which is not what this test is about.
+    let server = Server::start_durable(&["--write-timeout", "600s"]).await;
     let names: Vec<String> = (0..TOPICS).map(|i| format!("amp{i}")).collect();
     for name in &names {
         publish_sized(&server, name, PER_TOPIC, SIZE).await;
