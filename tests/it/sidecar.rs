@@ -1,0 +1,795 @@
+//! `plexus sidecar` as a child process between real clients and a real hub: readiness with
+//! the hub down, publishes through the spool (201 from the hub, 202 spooled), exactly-once
+//! forwarding across a hub crash, a sidecar crash and lost responses, the spool's bound, and
+//! reads, jobs and bad input answered as the hub answers them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::Child;
+use tokio::time::{Instant, timeout};
+
+use crate::kit::cli::plexus;
+use crate::kit::{
+    STARTUP_TIMEOUT, Server, eventually, expect_problem, free_port, install_crypto_provider,
+    into_json, metric, payload,
+};
+
+/// A `plexus sidecar` child process on a fixed loopback port (kept across restarts) with its
+/// own spool directory.
+struct Sidecar {
+    dir: tempfile::TempDir,
+    hub: String,
+    args: Vec<String>,
+    port: u16,
+    child: Option<Child>,
+    stderr: Arc<Mutex<String>>,
+    client: Client,
+}
+
+impl Sidecar {
+    async fn start(hub: &str, args: &[&str]) -> Sidecar {
+        install_crypto_provider();
+        let mut sidecar = Sidecar {
+            dir: tempfile::tempdir().expect("a spool directory"),
+            hub: hub.to_owned(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            port: free_port(),
+            child: None,
+            stderr: Arc::default(),
+            client: Client::builder()
+                .timeout(Duration::from_secs(120))
+                .pool_idle_timeout(Duration::from_millis(300))
+                .build()
+                .expect("an HTTP client"),
+        };
+        sidecar.spawn().await;
+        sidecar
+    }
+
+    async fn spawn(&mut self) {
+        let mut cmd = plexus();
+        cmd.arg("sidecar")
+            .args(["--hub", &self.hub])
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--spool-dir")
+            .arg(self.dir.path())
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn plexus sidecar");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let log = self.stderr.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            while let Ok(n) = stderr.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                log.push_str(&String::from_utf8_lossy(&buf[..n]));
+                if log.len() > 256 * 1024 {
+                    let cut = log.len() - 64 * 1024;
+                    let cut = (cut..log.len())
+                        .find(|i| log.is_char_boundary(*i))
+                        .unwrap_or(0);
+                    log.drain(..cut);
+                }
+            }
+        });
+        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let line = timeout(STARTUP_TIMEOUT, lines.next_line())
+            .await
+            .expect("the sidecar prints its listening line in time")
+            .expect("read the sidecar's stdout");
+        assert_eq!(
+            line.as_deref(),
+            Some(format!("listening on http://127.0.0.1:{}", self.port).as_str()),
+            "sidecar stderr:\n{}",
+            self.stderr()
+        );
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.child = Some(child);
+    }
+
+    async fn sigkill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("SIGKILL the sidecar");
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn publish(&self, topic: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+        let resp = self
+            .client
+            .post(self.url(&format!("/v1/topics/{topic}/messages")))
+            .body(body)
+            .send()
+            .await
+            .expect("publish through the sidecar");
+        let (status, _, v) = into_json(resp).await;
+        (status, v)
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        into_json(self.client.get(self.url(path)).send().await.expect("GET")).await
+    }
+
+    async fn status(&self) -> Value {
+        let (status, _, v) = self.get("/v1/sidecar").await;
+        assert_eq!(status, StatusCode::OK, "GET /v1/sidecar: {v}");
+        v
+    }
+
+    /// Waits until the spool is empty (everything forwarded).
+    async fn drained(&self) {
+        eventually("the spool to drain", || async {
+            let s = self.status().await;
+            (s["spool"]["messages"] == json!(0)).then_some(())
+        })
+        .await;
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- plexus sidecar stderr (tail) ----\n{}", self.stderr());
+        }
+    }
+}
+
+/// A hub on a fixed port, so a restarted one is found at the same address.
+async fn hub() -> (Server, String) {
+    let port = free_port();
+    let server = Server::start_durable(&["--listen", &format!("127.0.0.1:{port}")]).await;
+    let base = server.base().to_owned();
+    (server, base)
+}
+
+/// The payloads stored on `topic`, in seq order, read from the hub itself.
+async fn stored(hub: &Server, topic: &str) -> Vec<String> {
+    hub.read_all(topic)
+        .await
+        .iter()
+        .map(|e| String::from_utf8(payload(e)).expect("UTF-8 payloads"))
+        .collect()
+}
+
+#[tokio::test]
+async fn ready_at_once_with_the_hub_down_and_publishes_are_spooled() {
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    let sidecar = Sidecar::start(&nowhere, &["--forward-wait", "1s"]).await;
+    let (status, _, v) = sidecar.get("/readyz").await;
+    // Readiness waits for nothing but the spool (a generous bound, not a benchmark).
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!((status, v), (StatusCode::OK, json!({"status": "ready"})));
+    let (status, _, _) = sidecar.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, body) = sidecar.publish("orders", "first").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["topic"], "orders");
+    assert_eq!(body["spooled"], true);
+    let key = body["key"].as_str().expect("a key");
+    let s = sidecar.status().await;
+    assert!(
+        key.starts_with(s["id"].as_str().expect("an id")),
+        "{key} {s}"
+    );
+    assert_eq!(s["hub"], "unreachable");
+    assert_eq!(s["spool"]["messages"], 1);
+    assert_eq!(s["spool"]["bytes"], 5);
+    assert!(s["spool"]["oldest"].is_string(), "{s}");
+
+    // Reads need the hub: 503 + Retry-After within forward_wait, never a hang.
+    let resp = sidecar
+        .client
+        .get(sidecar.url("/v1/topics/orders/messages?wait=30"))
+        .send()
+        .await
+        .expect("a poll");
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let p = expect_problem(resp, 503, "a poll with the hub down").await;
+    assert_eq!(p["type"], "urn:plexus:problem:unavailable");
+
+    let text = sidecar
+        .client
+        .get(sidecar.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert_eq!(
+        metric(&text, "plexus_sidecar_spool_messages"),
+        Some(1),
+        "{text}"
+    );
+    assert_eq!(metric(&text, "plexus_sidecar_hub_up"), Some(0), "{text}");
+}
+
+#[tokio::test]
+async fn publishes_reads_and_jobs_through_the_sidecar_answer_as_the_hub() {
+    let (hub, base) = hub().await;
+    let sidecar = Sidecar::start(&base, &[]).await;
+    let (status, body) = sidecar.publish("orders", "one").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["seq"], 1);
+    assert!(body["time"].is_string());
+
+    let resp = sidecar
+        .client
+        .post(sidecar.url("/v1/publish"))
+        .header("content-type", "application/json")
+        .body(json!([{"topic": "orders", "data": "two"}, {"topic": "audit", "data_base64": "/w==", "event": "x"}]).to_string())
+        .send()
+        .await
+        .expect("batch");
+    let (status, _, v) = into_json(resp).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(v["results"][0]["seq"], 2);
+    assert_eq!(v["results"][1]["topic"], "audit");
+
+    // A client's own key is kept: a replay is stored once.
+    for _ in 0..2 {
+        let resp = sidecar
+            .client
+            .post(sidecar.url("/v1/topics/orders/messages"))
+            .header("idempotency-key", "order-3")
+            .body("three")
+            .send()
+            .await
+            .expect("publish");
+        let (status, _, v) = into_json(resp).await;
+        assert_eq!((status, v["seq"].clone()), (StatusCode::CREATED, json!(3)));
+    }
+    assert_eq!(stored(&hub, "orders").await, ["one", "two", "three"]);
+
+    // Reads are the hub's own answers, byte for byte.
+    for path in [
+        "/v1/topics/orders/messages?since=1",
+        "/v1/topics/orders,audit/messages",
+        "/v1/topics/orders",
+        "/v1/topics",
+    ] {
+        let via_sidecar = sidecar.get(path).await;
+        let direct = hub.get_json(path).await;
+        assert_eq!(via_sidecar.0, direct.0, "{path}");
+        let mut a = via_sidecar.2;
+        let mut b = direct.2;
+        // Only the live subscriber counts may differ between two reads.
+        for v in [&mut a, &mut b] {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("subscribers");
+            }
+            if let Some(list) = v["topics"].as_array_mut() {
+                for t in list {
+                    t.as_object_mut().map(|o| o.remove("subscribers"));
+                }
+            }
+        }
+        assert_eq!(a, b, "{path}");
+    }
+
+    // A long poll through the sidecar wakes when a message is published on the hub.
+    let poll = sidecar
+        .client
+        .get(sidecar.url("/v1/topics/late/messages?since=all&wait=30"))
+        .send();
+    let poll = tokio::spawn(poll);
+    eventually("the long poll to wait on the hub", || async {
+        let text = hub.metrics().await;
+        (metric(&text, "plexus_long_polls_waiting") >= Some(1)).then_some(())
+    })
+    .await;
+    let woke = Instant::now();
+    let _ = hub.publish("late", "wake").await;
+    let (status, _, v) = into_json(poll.await.expect("poll task").expect("poll")).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["messages"][0]["data"], "wake");
+    assert!(woke.elapsed() < Duration::from_secs(10), "a generous bound");
+
+    // Jobs: submit, claim, complete, status, all through the sidecar.
+    let resp = sidecar
+        .client
+        .post(sidecar.url("/v1/queues/thumbs/jobs"))
+        .body("img-1")
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let location = resp.headers()["location"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let (_, _, job) = into_json(resp).await;
+    let resp = sidecar
+        .client
+        .post(sidecar.url("/v1/queues/thumbs/claim?wait=5"))
+        .send()
+        .await
+        .expect("claim");
+    let (status, _, claimed) = into_json(resp).await;
+    assert_eq!(status, StatusCode::OK, "{claimed}");
+    assert_eq!(claimed["id"], job["id"]);
+    let lease = claimed["lease"].as_str().expect("a lease");
+    let resp = sidecar
+        .client
+        .post(sidecar.url(&format!(
+            "/v1/jobs/{}/complete?lease={lease}",
+            job["id"].as_str().expect("id")
+        )))
+        .body("done")
+        .send()
+        .await
+        .expect("complete");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (status, _, v) = sidecar.get(&location).await;
+    assert_eq!(
+        (status, v["state"].clone()),
+        (StatusCode::OK, json!("succeeded"))
+    );
+    // A problem of the hub comes back as the hub wrote it.
+    let resp = sidecar
+        .client
+        .get(sidecar.url("/v1/jobs/00000000000000000000000000000000"))
+        .send()
+        .await
+        .expect("status");
+    let p = expect_problem(resp, 404, "an unknown job through the sidecar").await;
+    assert_eq!(p["type"], "urn:plexus:problem:not-found");
+}
+
+/// A request: method, path, headers, body.
+type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, String);
+
+#[tokio::test]
+async fn bad_input_gets_the_hubs_status_and_type_and_is_never_spooled() {
+    let (hub, base) = hub().await;
+    let sidecar = Sidecar::start(&base, &["--max-message-bytes", "1048576"]).await;
+    let big = "x".repeat(1048577);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "POST",
+            "/v1/topics/bad..topic/messages".into(),
+            vec![],
+            "x".into(),
+        ),
+        (
+            "POST",
+            "/v1/topics/_jobs.x/messages".into(),
+            vec![],
+            "x".into(),
+        ),
+        (
+            "POST",
+            "/v1/topics/ok/messages".into(),
+            vec![("plexus-event", "no spaces")],
+            "x".into(),
+        ),
+        (
+            "POST",
+            "/v1/topics/ok/messages".into(),
+            vec![("idempotency-key", "a b")],
+            "x".into(),
+        ),
+        ("POST", "/v1/topics/ok/messages".into(), vec![], big),
+        (
+            "POST",
+            "/v1/publish".into(),
+            vec![("content-type", "application/json")],
+            "{}".into(),
+        ),
+        ("POST", "/v1/publish".into(), vec![], "[]".into()),
+        (
+            "POST",
+            "/v1/publish".into(),
+            vec![],
+            r#"[{"topic":"ok","data":"a","data_base64":"YQ=="}]"#.into(),
+        ),
+        (
+            "POST",
+            "/v1/publish".into(),
+            vec![],
+            r#"[{"topic":"ok","data":"a","extra":1}]"#.into(),
+        ),
+        (
+            "POST",
+            "/v1/publish".into(),
+            vec![],
+            r#"[{"topic":"a b","data":"a"}]"#.into(),
+        ),
+        (
+            "POST",
+            "/v1/publish".into(),
+            vec![],
+            r#"[{"topic":"_x","data":"a"}]"#.into(),
+        ),
+        (
+            "POST",
+            "/v1/publish".into(),
+            vec![],
+            r#"[{"topic":"ok","data_base64":"%%%"}]"#.into(),
+        ),
+        (
+            "GET",
+            "/v1/topics/ok/messages?since=yesterday".into(),
+            vec![],
+            String::new(),
+        ),
+        (
+            "GET",
+            "/v1/topics/a,b/messages?since=4".into(),
+            vec![],
+            String::new(),
+        ),
+    ];
+    for (method, path, headers, body) in cases {
+        let send = |base: String| {
+            let mut req = sidecar
+                .client
+                .request(method.parse().expect("a method"), format!("{base}{path}"))
+                .body(body.clone());
+            for (k, v) in &headers {
+                req = req.header(*k, *v);
+            }
+            req.send()
+        };
+        let direct = send(hub.base().to_owned()).await.expect("to the hub");
+        let status = direct.status().as_u16();
+        assert!(status >= 400, "{method} {path}: the hub accepted it");
+        let from_hub = expect_problem(direct, status, &format!("hub {method} {path}")).await;
+        let via = send(sidecar.url("")).await.expect("to the sidecar");
+        let from_sidecar = expect_problem(via, status, &format!("sidecar {method} {path}")).await;
+        assert_eq!(from_sidecar["type"], from_hub["type"], "{method} {path}");
+    }
+    let s = sidecar.status().await;
+    assert_eq!(s["spool"]["messages"], 0, "nothing was spooled: {s}");
+    assert_eq!(s["forwarded"], 0, "nothing was forwarded: {s}");
+    assert_eq!(hub.topics().await, Vec::<Value>::new());
+}
+
+/// 8 publishers × 1,250 messages to 4 topics; the hub is SIGKILLed after 2,000 answers and
+/// started again later. Every publish is answered 201 or 202; the hub ends with each message
+/// once, and each publisher's messages in its order on its topic.
+#[tokio::test]
+async fn hub_killed_mid_stream_loses_nothing_and_stores_nothing_twice() {
+    const TASKS: usize = 8;
+    const PER_TASK: usize = 1250;
+    let (mut hub, base) = hub().await;
+    let sidecar = Arc::new(Sidecar::start(&base, &["--forward-wait", "500ms"]).await);
+    let answered = Arc::new(AtomicUsize::new(0));
+    let publishers: Vec<_> = (0..TASKS)
+        .map(|k| {
+            let sidecar = sidecar.clone();
+            let answered = answered.clone();
+            tokio::spawn(async move {
+                let mut codes = BTreeMap::new();
+                for i in 0..PER_TASK {
+                    let (status, v) = sidecar
+                        .publish(&format!("t{}", k % 4), format!("p{k}:{i}"))
+                        .await;
+                    assert!(
+                        status == StatusCode::CREATED || status == StatusCode::ACCEPTED,
+                        "p{k}:{i}: {status} {v}"
+                    );
+                    *codes.entry(status.as_u16()).or_insert(0) += 1;
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+                codes
+            })
+        })
+        .collect();
+    eventually("2,000 publishes answered", || async {
+        (answered.load(Ordering::Relaxed) >= 2000).then_some(())
+    })
+    .await;
+    hub.sigkill().await;
+    let at_kill = answered.load(Ordering::Relaxed);
+    eventually(
+        "2,000 more publishes answered with the hub down",
+        || async {
+            let n = answered.load(Ordering::Relaxed);
+            (n >= (at_kill + 2000).min(TASKS * PER_TASK)).then_some(())
+        },
+    )
+    .await;
+    hub.start_again().await;
+    let mut codes = BTreeMap::new();
+    for p in publishers {
+        for (code, n) in p.await.expect("a publisher") {
+            *codes.entry(code).or_insert(0) += n;
+        }
+    }
+    assert!(
+        codes.contains_key(&202),
+        "some publishes were spooled: {codes:?}"
+    );
+    assert!(
+        codes.contains_key(&201),
+        "some were answered by the hub: {codes:?}"
+    );
+    sidecar.drained().await;
+    let mut all = BTreeSet::new();
+    let mut total = 0;
+    for t in 0..4 {
+        let mut last: BTreeMap<usize, usize> = BTreeMap::new();
+        for p in stored(&hub, &format!("t{t}")).await {
+            total += 1;
+            let (k, i) = p[1..].split_once(':').expect("p<k>:<i>");
+            let (k, i): (usize, usize) = (k.parse().expect("k"), i.parse().expect("i"));
+            assert_eq!(k % 4, t, "{p} on its topic");
+            if let Some(prev) = last.insert(k, i) {
+                assert!(i > prev, "publisher {k}: {i} after {prev} on t{t}");
+            }
+            assert!(all.insert(p.clone()), "{p} stored twice");
+        }
+    }
+    assert_eq!(total, TASKS * PER_TASK, "exactly every message, once");
+}
+
+/// 5,000 messages spooled with the hub down, the sidecar SIGKILLed and started again, then the
+/// hub started: all 5,000 arrive, in order, none twice, under the same sidecar id.
+#[tokio::test]
+async fn sidecar_killed_with_a_backlog_forwards_it_after_a_restart() {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut sidecar = Sidecar::start(&base, &[]).await;
+    let id = sidecar.status().await["id"].clone();
+    for i in 0..1000 {
+        let (status, v) = sidecar.publish("backlog", format!("m{i}")).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    }
+    for chunk in 0..8 {
+        let items: Vec<Value> = (0..500)
+            .map(|j| json!({"topic": "backlog", "data": format!("m{}", 1000 + chunk * 500 + j)}))
+            .collect();
+        let resp = sidecar
+            .client
+            .post(sidecar.url("/v1/publish"))
+            .json(&items)
+            .send()
+            .await
+            .expect("batch");
+        let (status, _, v) = into_json(resp).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+        assert_eq!(v["results"][499]["spooled"], true);
+    }
+    assert_eq!(sidecar.status().await["spool"]["messages"], 5000);
+    sidecar.sigkill().await;
+    sidecar.spawn().await;
+    assert_eq!(
+        sidecar.status().await["id"],
+        id,
+        "the id is kept in the spool"
+    );
+    assert_eq!(sidecar.status().await["spool"]["messages"], 5000);
+    let hub = Server::start_durable(&["--listen", &format!("127.0.0.1:{port}")]).await;
+    sidecar.drained().await;
+    let expected: Vec<String> = (0..5000).map(|i| format!("m{i}")).collect();
+    assert_eq!(stored(&hub, "backlog").await, expected);
+}
+
+/// A TCP proxy between the sidecar and the hub that lets every 7th forwarded batch reach the
+/// hub, swallows the hub's answer to it, and then cuts the connection.
+async fn fault_proxy(hub_addr: String) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the proxy");
+    let addr = listener.local_addr().expect("proxy address").to_string();
+    let forwards = Arc::new(AtomicUsize::new(0));
+    let cuts = Arc::new(AtomicUsize::new(0));
+    let cuts_out = cuts.clone();
+    tokio::spawn(async move {
+        while let Ok((down, _)) = listener.accept().await {
+            let Ok(up) = TcpStream::connect(&hub_addr).await else {
+                continue;
+            };
+            let (forwards, cuts) = (forwards.clone(), cuts.clone());
+            tokio::spawn(async move {
+                let (mut down_r, mut down_w) = down.into_split();
+                let (mut up_r, mut up_w) = up.into_split();
+                let cut = Arc::new(AtomicBool::new(false));
+                let cut_in = cut.clone();
+                let requests = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = down_r.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        // A forwarded batch is plain JSON in an h2c DATA frame.
+                        if find(&buf[..n], b"\"idempotency_key\"")
+                            && (forwards.fetch_add(1, Ordering::SeqCst) + 1) % 7 == 0
+                        {
+                            cut_in.store(true, Ordering::SeqCst);
+                        }
+                        if up_w.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = up_r.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    if cut.load(Ordering::SeqCst) {
+                        if find(&buf[..n], b"\"results\"") {
+                            // The hub has answered (and so committed): lose the answer.
+                            cuts.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                        continue;
+                    }
+                    if down_w.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                requests.abort();
+            });
+        }
+    });
+    (format!("http://{addr}"), cuts_out)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn lost_responses_are_forwarded_again_and_stored_once() {
+    const TASKS: usize = 8;
+    const PER_TASK: usize = 250;
+    let (hub, _) = hub().await;
+    let (via_proxy, cuts) = fault_proxy(hub.addr().to_owned()).await;
+    let sidecar = Arc::new(Sidecar::start(&via_proxy, &[]).await);
+    let publishers: Vec<_> = (0..TASKS)
+        .map(|k| {
+            let sidecar = sidecar.clone();
+            tokio::spawn(async move {
+                for i in 0..PER_TASK {
+                    let (status, v) = sidecar.publish("cut", format!("p{k}:{i}")).await;
+                    assert!(
+                        status == StatusCode::CREATED || status == StatusCode::ACCEPTED,
+                        "{status} {v}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.await.expect("a publisher");
+    }
+    sidecar.drained().await;
+    assert!(
+        cuts.load(Ordering::SeqCst) >= 3,
+        "the proxy cut answers: {}",
+        cuts.load(Ordering::SeqCst)
+    );
+    let got = stored(&hub, "cut").await;
+    let distinct: BTreeSet<&String> = got.iter().collect();
+    assert_eq!(distinct.len(), got.len(), "no message stored twice");
+    assert_eq!(got.len(), TASKS * PER_TASK, "every message stored");
+    let text = sidecar
+        .client
+        .get(sidecar.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metric(&text, "plexus_sidecar_forward_retries_total").unwrap_or(0) >= 3,
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_full_spool_refuses_with_503_and_keeps_what_it_acknowledged() {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let sidecar = Sidecar::start(&base, &["--spool-max-bytes", "1000"]).await;
+    let mut accepted = Vec::new();
+    let refusal = loop {
+        let body = format!("{:0>100}", accepted.len());
+        let resp = sidecar
+            .client
+            .post(sidecar.url("/v1/topics/full/messages"))
+            .body(body.clone())
+            .send()
+            .await
+            .expect("publish");
+        if resp.status() == StatusCode::ACCEPTED {
+            accepted.push(body);
+            assert!(
+                accepted.len() <= 10,
+                "1,000 bytes hold ten 100-byte messages"
+            );
+            continue;
+        }
+        break resp;
+    };
+    assert_eq!(accepted.len(), 10);
+    assert_eq!(refusal.headers()["retry-after"], "1");
+    let p = expect_problem(refusal, 503, "a publish to a full spool").await;
+    assert_eq!(p["type"], "urn:plexus:problem:spool-full");
+    // A batch that does not fit is refused whole.
+    let resp = sidecar
+        .client
+        .post(sidecar.url("/v1/publish"))
+        .json(&json!([{"topic": "full", "data": "x"}]))
+        .send()
+        .await
+        .expect("batch");
+    expect_problem(resp, 503, "a batch to a full spool").await;
+    assert_eq!(sidecar.status().await["spool"]["bytes"], 1000);
+
+    let hub = Server::start_durable(&["--listen", &format!("127.0.0.1:{port}")]).await;
+    sidecar.drained().await;
+    assert_eq!(stored(&hub, "full").await, accepted);
+    let (status, v) = sidecar.publish("full", "room again").await;
+    assert!(
+        status == StatusCode::CREATED || status == StatusCode::ACCEPTED,
+        "{status} {v}"
+    );
+}
+
+#[tokio::test]
+async fn a_local_token_is_required_when_set_and_never_sent_upstream() {
+    let (hub, base) = hub().await;
+    let sidecar = Sidecar::start(&base, &["--local-token", "local-s3cret"]).await;
+    let resp = sidecar
+        .client
+        .post(sidecar.url("/v1/topics/a/messages"))
+        .body("x")
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    expect_problem(resp, 401, "no local token").await;
+    let (status, _, _) = sidecar.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK, "the open paths stay open");
+    let resp = sidecar
+        .client
+        .post(sidecar.url("/v1/topics/a/messages"))
+        .bearer_auth("local-s3cret")
+        .body("x")
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let resp = sidecar
+        .client
+        .get(sidecar.url("/v1/topics/a/messages?access_token=local-s3cret"))
+        .send()
+        .await
+        .expect("read");
+    let (status, _, v) = into_json(resp).await;
+    assert_eq!(
+        (status, v["messages"][0]["data"].clone()),
+        (StatusCode::OK, json!("x"))
+    );
+    assert_eq!(stored(&hub, "a").await, ["x"]);
+}
