@@ -9,6 +9,7 @@ mod forward;
 mod problem;
 mod proxy;
 mod publish;
+mod share;
 mod spool;
 
 use std::fmt;
@@ -66,7 +67,10 @@ struct Counters {
     refused: AtomicU64,
     spool_full: AtomicU64,
     stale_keys: AtomicU64,
+    /// Requests streamed from the hub as they are (multi-topic streams).
     streams: AtomicU64,
+    /// Local subscribers served from a shared feed.
+    local_streams: AtomicU64,
 }
 
 /// What every handler and task of the sidecar shares; one `Arc` of it is the router's state.
@@ -78,6 +82,8 @@ struct Shared {
     hub_up: AtomicBool,
     counters: Counters,
     shutdown: CancellationToken,
+    /// The shared upstream subscriptions, one per topic with local subscribers.
+    feeds: share::Feeds,
     /// Woken when the probe finds the hub back, so the forwarder leaves its backoff at once.
     hub_back: tokio::sync::Notify,
 }
@@ -140,6 +146,7 @@ impl Sidecar {
                 counters: Counters::default(),
                 shutdown,
                 hub_back: tokio::sync::Notify::new(),
+                feeds: share::Feeds::default(),
             }),
         })
     }
@@ -243,9 +250,10 @@ async fn status(State(sc): State<Arc<Shared>>) -> Response {
         "spool": {"messages": s.messages, "bytes": s.bytes, "oldest": oldest},
         "upstream": {
             "connections": u64::from(sc.hub_up.load(Ordering::Relaxed)),
-            "streams": sc.counters.streams.load(Ordering::Relaxed),
-            "subscriptions": sc.counters.streams.load(Ordering::Relaxed),
+            "streams": sc.counters.streams.load(Ordering::Relaxed) + sc.feeds.open() as u64,
+            "subscriptions": sc.feeds.open(),
         },
+        "local_streams": sc.counters.local_streams.load(Ordering::Relaxed),
         "forwarded": sc.counters.forwarded.load(Ordering::Relaxed),
     }))
     .into_response()
@@ -306,9 +314,13 @@ async fn metrics(State(sc): State<Arc<Shared>>) -> Response {
     for (name, kind, value) in rows {
         text.push_str(&format!("# TYPE {name} {kind}\n{name} {value}\n"));
     }
-    let streams = c.streams.load(Ordering::Relaxed);
+    let streams = c.streams.load(Ordering::Relaxed) + sc.feeds.open() as u64;
+    let feeds = sc.feeds.open();
+    let local = c.local_streams.load(Ordering::Relaxed);
     text.push_str(&format!(
-        "# TYPE plexus_sidecar_upstream_streams gauge\nplexus_sidecar_upstream_streams {streams}\n"
+        "# TYPE plexus_sidecar_upstream_streams gauge\nplexus_sidecar_upstream_streams {streams}\n\
+         # TYPE plexus_sidecar_upstream_subscriptions gauge\nplexus_sidecar_upstream_subscriptions {feeds}\n\
+         # TYPE plexus_sidecar_local_streams gauge\nplexus_sidecar_local_streams {local}\n"
     ));
     let mut response = (StatusCode::OK, text).into_response();
     response.headers_mut().insert(

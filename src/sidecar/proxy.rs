@@ -94,6 +94,15 @@ pub async fn forward(State(sc): State<Arc<Shared>>, request: Request) -> Respons
         }
     };
     let stream = path.ends_with("/sse") || path.ends_with("/stream");
+    if stream && parts.method == axum::http::Method::GET {
+        let last_event_id = parts
+            .headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok());
+        if let Some((topic, since, format)) = super::share::shareable(path, &query, last_event_id) {
+            return super::share::subscribe(sc, topic, since, format).await;
+        }
+    }
     let prefer = parts.headers.get("prefer").and_then(|v| v.to_str().ok());
     // The head of the answer comes at once, or after the wait the request asked for.
     let head_within = sc.config.forward_wait + asked_wait(&query, prefer);

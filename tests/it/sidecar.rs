@@ -793,3 +793,185 @@ async fn a_local_token_is_required_when_set_and_never_sent_upstream() {
     );
     assert_eq!(stored(&hub, "a").await, ["x"]);
 }
+
+/// A local stream read through the sidecar with reqwest: SSE events as `(id, envelope or gap)`,
+/// or NDJSON lines, skipping keepalives.
+struct LocalStream {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+    sse: bool,
+}
+
+impl LocalStream {
+    async fn open(sidecar: &Sidecar, path: &str, headers: &[(&str, &str)]) -> LocalStream {
+        let mut req = sidecar.client.get(sidecar.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("open a stream");
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        let sse = path.contains("/sse");
+        let ct = resp.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        assert_eq!(
+            ct,
+            if sse {
+                "text/event-stream"
+            } else {
+                "application/x-ndjson"
+            }
+        );
+        LocalStream {
+            resp,
+            buf: Vec::new(),
+            sse,
+        }
+    }
+
+    /// The next message or gap: `(id, json)` (`id` empty for NDJSON).
+    async fn next(&mut self) -> (String, Value) {
+        let sep: &[u8] = if self.sse { b"\n\n" } else { b"\n" };
+        loop {
+            if let Some(i) = self.buf.windows(sep.len()).position(|w| w == sep) {
+                let block: Vec<u8> = self.buf.drain(..i + sep.len()).collect();
+                let text = String::from_utf8(block).expect("UTF-8 frames");
+                if self.sse {
+                    let mut id = String::new();
+                    let mut data = None;
+                    for line in text.lines() {
+                        if let Some(v) = line.strip_prefix("id: ") {
+                            id = v.to_owned();
+                        } else if let Some(v) = line.strip_prefix("data: ") {
+                            data = Some(serde_json::from_str(v).expect("a JSON data line"));
+                        }
+                    }
+                    if let Some(data) = data {
+                        return (id, data);
+                    }
+                } else {
+                    let v: Value = serde_json::from_str(text.trim()).expect("a JSON line");
+                    if v["event"] != "keepalive" {
+                        return (String::new(), v);
+                    }
+                }
+                continue;
+            }
+            let chunk = timeout(Duration::from_secs(30), self.resp.chunk())
+                .await
+                .expect("a frame within 30 s")
+                .expect("read the stream")
+                .expect("the stream goes on");
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+}
+
+/// The value of `name{protocol="h2c"}`-style labelled samples, summed.
+fn labelled(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// 100 SSE and 100 NDJSON subscribers over 10 topics through the sidecar share one upstream
+/// subscription per topic, all on one connection to the hub; each gets every message in
+/// order (catch-up from its cursor, then live), a `Last-Event-ID` resume is exact, and the
+/// upstream subscriptions close after the last local subscriber leaves.
+#[tokio::test]
+async fn local_subscribers_share_one_upstream_subscription_per_topic() {
+    const TOPICS: usize = 10;
+    const BEFORE: u64 = 5;
+    const AFTER: u64 = 20;
+    let (hub, base) = hub().await;
+    let sidecar = Arc::new(Sidecar::start(&base, &[]).await);
+    for t in 0..TOPICS {
+        for i in 1..=BEFORE {
+            hub.publish(&format!("s{t}"), format!("s{t}-{i}")).await;
+        }
+    }
+    let mut streams = Vec::new();
+    for n in 0..200 {
+        let t = n % TOPICS;
+        let (path, from) = if n < 100 {
+            (format!("/v1/topics/s{t}/sse?since=0"), 1)
+        } else {
+            (format!("/v1/topics/s{t}/stream?since=2"), 3)
+        };
+        streams.push((t, from, LocalStream::open(&sidecar, &path, &[]).await));
+    }
+    // One more SSE client resumes by Last-Event-ID, as a browser does.
+    let resumed = LocalStream::open(
+        &sidecar,
+        "/v1/topics/s0/sse?since=now",
+        &[("last-event-id", "3")],
+    )
+    .await;
+    streams.push((0, 4, resumed));
+
+    let publishers: Vec<_> = (0..TOPICS)
+        .map(|t| {
+            let sidecar = sidecar.clone();
+            tokio::spawn(async move {
+                for i in BEFORE + 1..=BEFORE + AFTER {
+                    let (status, v) = sidecar.publish(&format!("s{t}"), format!("s{t}-{i}")).await;
+                    assert!(status.is_success(), "{v}");
+                }
+            })
+        })
+        .collect();
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|(t, from, mut s)| {
+            tokio::spawn(async move {
+                for want in from..=BEFORE + AFTER {
+                    let (id, v) = s.next().await;
+                    assert_eq!(v["seq"], json!(want), "s{t}: {v}");
+                    assert_eq!(v["data"], json!(format!("s{t}-{want}")));
+                    if s.sse {
+                        assert_eq!(id, want.to_string(), "the SSE id is the hub's seq");
+                    }
+                }
+                s
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.await.expect("a publisher");
+    }
+    let mut open = Vec::new();
+    for r in readers {
+        open.push(r.await.expect("a reader"));
+    }
+    let text = hub.metrics().await;
+    assert_eq!(
+        labelled(&text, "plexus_connections_open{protocol=\"h2c\"}"),
+        1,
+        "one HTTP/2 connection from the sidecar:\n{text}"
+    );
+    for t in 0..TOPICS {
+        let info = hub.topic_info(&format!("s{t}")).await;
+        assert_eq!(
+            info["subscribers"], 1,
+            "one upstream subscription for s{t}: {info}"
+        );
+    }
+    let s = sidecar.status().await;
+    assert_eq!(s["upstream"]["subscriptions"], TOPICS, "{s}");
+    assert_eq!(s["local_streams"], 201, "{s}");
+
+    drop(open);
+    eventually("the upstream subscriptions to close", || async {
+        let mut total = 0;
+        for t in 0..TOPICS {
+            total += hub.topic_info(&format!("s{t}")).await["subscribers"]
+                .as_u64()
+                .unwrap_or(99);
+        }
+        (total == 0).then_some(())
+    })
+    .await;
+    assert_eq!(sidecar.status().await["upstream"]["subscriptions"], 0);
+}
