@@ -267,61 +267,32 @@ async fn metrics(State(sc): State<Arc<Shared>>) -> Response {
         .oldest
         .map(|t| (crate::model::now_millis() - t).max(0) as f64 / 1000.0)
         .unwrap_or(0.0);
-    let rows: [(&str, &str, String); 9] = [
-        (
-            "plexus_sidecar_hub_up",
-            "gauge",
-            u8::from(sc.hub_up.load(Ordering::Relaxed)).to_string(),
-        ),
-        (
-            "plexus_sidecar_spool_messages",
-            "gauge",
-            s.messages.to_string(),
-        ),
-        ("plexus_sidecar_spool_bytes", "gauge", s.bytes.to_string()),
-        (
-            "plexus_sidecar_spool_oldest_seconds",
-            "gauge",
-            format!("{age:.3}"),
-        ),
-        (
-            "plexus_sidecar_forwarded_total",
-            "counter",
-            c.forwarded.load(Ordering::Relaxed).to_string(),
-        ),
-        (
-            "plexus_sidecar_forward_retries_total",
-            "counter",
-            c.retries.load(Ordering::Relaxed).to_string(),
-        ),
-        (
-            "plexus_sidecar_refused_total",
-            "counter",
-            c.refused.load(Ordering::Relaxed).to_string(),
-        ),
-        (
-            "plexus_sidecar_spool_full_total",
-            "counter",
-            c.spool_full.load(Ordering::Relaxed).to_string(),
-        ),
-        (
-            "plexus_sidecar_stale_keys_total",
-            "counter",
-            c.stale_keys.load(Ordering::Relaxed).to_string(),
-        ),
-    ];
-    let mut text = String::new();
-    for (name, kind, value) in rows {
-        text.push_str(&format!("# TYPE {name} {kind}\n{name} {value}\n"));
-    }
-    let streams = c.streams.load(Ordering::Relaxed) + sc.feeds.open() as u64;
-    let feeds = sc.feeds.open();
-    let local = c.local_streams.load(Ordering::Relaxed);
-    text.push_str(&format!(
-        "# TYPE plexus_sidecar_upstream_streams gauge\nplexus_sidecar_upstream_streams {streams}\n\
-         # TYPE plexus_sidecar_upstream_subscriptions gauge\nplexus_sidecar_upstream_subscriptions {feeds}\n\
-         # TYPE plexus_sidecar_local_streams gauge\nplexus_sidecar_local_streams {local}\n"
-    ));
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let text = format!(
+        "# TYPE plexus_sidecar_hub_up gauge\nplexus_sidecar_hub_up {}\n\
+         # TYPE plexus_sidecar_spool_messages gauge\nplexus_sidecar_spool_messages {}\n\
+         # TYPE plexus_sidecar_spool_bytes gauge\nplexus_sidecar_spool_bytes {}\n\
+         # TYPE plexus_sidecar_spool_oldest_seconds gauge\nplexus_sidecar_spool_oldest_seconds {age:.3}\n\
+         # TYPE plexus_sidecar_forwarded_total counter\nplexus_sidecar_forwarded_total {}\n\
+         # TYPE plexus_sidecar_forward_retries_total counter\nplexus_sidecar_forward_retries_total {}\n\
+         # TYPE plexus_sidecar_refused_total counter\nplexus_sidecar_refused_total {}\n\
+         # TYPE plexus_sidecar_spool_full_total counter\nplexus_sidecar_spool_full_total {}\n\
+         # TYPE plexus_sidecar_stale_keys_total counter\nplexus_sidecar_stale_keys_total {}\n\
+         # TYPE plexus_sidecar_upstream_streams gauge\nplexus_sidecar_upstream_streams {}\n\
+         # TYPE plexus_sidecar_upstream_subscriptions gauge\nplexus_sidecar_upstream_subscriptions {}\n\
+         # TYPE plexus_sidecar_local_streams gauge\nplexus_sidecar_local_streams {}\n",
+        u8::from(sc.hub_up.load(Ordering::Relaxed)),
+        s.messages,
+        s.bytes,
+        load(&c.forwarded),
+        load(&c.retries),
+        load(&c.refused),
+        load(&c.spool_full),
+        load(&c.stale_keys),
+        load(&c.streams) + sc.feeds.open() as u64,
+        sc.feeds.open(),
+        load(&c.local_streams),
+    );
     let mut response = (StatusCode::OK, text).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
