@@ -19,6 +19,8 @@ pub enum BenchCommand {
     Jobs(JobsBenchArgs),
     /// Fan-out to many subscribers (SSE, WebSocket, long polling) next to a raw TCP loop
     Fanout(FanoutArgs),
+    /// Latency the sidecar adds to publish and delivery, its CPU per 1,000 publishes/s and idle RSS
+    Sidecar(SidecarBenchArgs),
     /// The raw TCP loop server used as fanout's baseline (started by `bench fanout`)
     #[command(hide = true)]
     RawServer {
@@ -41,6 +43,19 @@ pub struct StoreArgs {
     /// process or machine
     #[arg(long, default_value = "process")]
     pub durability: String,
+}
+
+#[derive(Args, Debug)]
+pub struct SidecarBenchArgs {
+    /// Publishes per second (open loop)
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    /// Seconds each target is measured
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u64,
+    /// Payload size in bytes
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
 }
 
 #[derive(Args, Debug)]
@@ -181,6 +196,13 @@ pub fn run(cmd: BenchCommand) -> Result<(), CliError> {
             publishers: a.publishers,
             no_baseline: a.no_baseline,
         })),
+        BenchCommand::Sidecar(a) => {
+            runtime.block_on(lab::sidecar::run(lab::sidecar::SidecarBench {
+                rate: a.rate,
+                seconds: a.seconds,
+                size: a.size,
+            }))
+        }
         BenchCommand::RawServer { listen } => runtime.block_on(lab::raw::serve(&listen)),
     };
     Ok(measured?)

@@ -13,6 +13,7 @@ pub mod http2;
 pub mod jobs;
 pub mod publish;
 pub mod raw;
+pub mod sidecar;
 pub mod store;
 
 use std::fmt;
