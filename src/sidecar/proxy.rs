@@ -99,8 +99,10 @@ pub async fn forward(State(sc): State<Arc<Shared>>, request: Request) -> Respons
             .headers
             .get("last-event-id")
             .and_then(|v| v.to_str().ok());
-        if let Some((topic, since, format)) = super::share::shareable(path, &query, last_event_id) {
-            return super::share::subscribe(sc, topic, since, format).await;
+        if let Some((topic, since, format)) = super::share::shareable(path, &query, last_event_id)
+            && let Some(response) = super::share::subscribe(sc.clone(), topic, since, format).await
+        {
+            return response;
         }
     }
     let prefer = parts.headers.get("prefer").and_then(|v| v.to_str().ok());
@@ -109,7 +111,13 @@ pub async fn forward(State(sc): State<Arc<Shared>>, request: Request) -> Respons
     let sent = sc
         .client
         .forward(parts.method.as_str(), &target, &headers, body, None);
-    let answer = match tokio::time::timeout(head_within, sent).await {
+    let answered = tokio::select! {
+        a = tokio::time::timeout(head_within, sent) => a,
+        _ = sc.shutdown.cancelled() => {
+            return Problem::hub_unavailable("the sidecar is shutting down").into_response();
+        }
+    };
+    let answer = match answered {
         Ok(Ok(answer)) => answer,
         Ok(Err(e)) => {
             sc.hub_up.store(false, Ordering::Relaxed);

@@ -79,7 +79,11 @@ impl Drop for Hold {
             return;
         }
         let (sc, feed) = (self.sc.clone(), self.feed.clone());
-        tokio::spawn(async move {
+        // No runtime: the process is ending, and the feed with it.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
             tokio::time::sleep(LINGER).await;
             let mut map = sc.feeds.map.lock().await;
             if feed.users.load(Ordering::Acquire) == 0
@@ -94,7 +98,9 @@ impl Drop for Hold {
     }
 }
 
-async fn hold(sc: &Arc<Shared>, topic: &Topic) -> Result<Hold, Problem> {
+/// `Err(None)`: the hub refused the topic (a right, a reserved name): the request is then
+/// forwarded as it is, so the client gets the hub's own problem.
+async fn hold(sc: &Arc<Shared>, topic: &Topic) -> Result<Hold, Option<Problem>> {
     let mut map = sc.feeds.map.lock().await;
     if let Some(feed) = map.get(topic.as_str()) {
         feed.users.fetch_add(1, Ordering::AcqRel);
@@ -104,23 +110,18 @@ async fn hold(sc: &Arc<Shared>, topic: &Topic) -> Result<Hold, Problem> {
         });
     }
     // The feed starts at the topic's head: older messages are each subscriber's catch-up.
-    let head =
-        match tokio::time::timeout(sc.config.forward_wait, sc.client.topic(topic.as_str())).await {
-            Ok(Ok(info)) => info.last_seq,
-            Ok(Err(plexus_client::Error::Problem(p))) if p.status == 404 => 0,
-            Ok(Err(plexus_client::Error::Problem(p))) => {
-                return Err(Problem::hub_unavailable(format!(
-                    "the hub answered {}: {}",
-                    p.status, p.detail
-                )));
-            }
-            Ok(Err(e)) => {
-                return Err(Problem::hub_unavailable(format!(
-                    "the hub cannot be reached: {e}"
-                )));
-            }
-            Err(_) => return Err(Problem::hub_unavailable("the hub did not answer in time")),
-        };
+    let asked = tokio::time::timeout(sc.config.forward_wait, sc.client.topic(topic.as_str()));
+    let unavailable = |why: String| Err(Some(Problem::hub_unavailable(why)));
+    let head = match asked.await {
+        Ok(Ok(info)) => info.last_seq,
+        Ok(Err(plexus_client::Error::Problem(p))) if p.status == 404 => 0,
+        Ok(Err(plexus_client::Error::Problem(p))) if p.status < 500 => return Err(None),
+        Ok(Err(plexus_client::Error::Problem(p))) => {
+            return unavailable(format!("the hub answered {}: {}", p.status, p.detail));
+        }
+        Ok(Err(e)) => return unavailable(format!("the hub cannot be reached: {e}")),
+        Err(_) => return unavailable("the hub did not answer in time".into()),
+    };
     let (tx, _) = broadcast::channel(FEED_BUFFER);
     let feed = Arc::new(Feed {
         topic: topic.clone(),
@@ -279,16 +280,18 @@ pub fn shareable(
     Some((topic, since, format))
 }
 
-/// Serves a local subscription from its topic's shared feed.
+/// Serves a local subscription from its topic's shared feed; `None` when the hub refused the
+/// topic and the request is to be forwarded as it is.
 pub async fn subscribe(
     sc: Arc<Shared>,
     topic: Topic,
     since: Option<u64>,
     format: Format,
-) -> Response {
+) -> Option<Response> {
     let held = match hold(&sc, &topic).await {
         Ok(h) => h,
-        Err(p) => return p.into_response(),
+        Err(Some(p)) => return Some(p.into_response()),
+        Err(None) => return None,
     };
     let rx = held.feed.tx.subscribe();
     let start = since.unwrap_or_else(|| held.feed.position.load(Ordering::Acquire));
@@ -308,7 +311,7 @@ pub async fn subscribe(
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+    Some(response)
 }
 
 fn frame_message(enc: &Encoded, format: Format) -> Bytes {

@@ -1027,3 +1027,66 @@ async fn shared_subscriptions_survive_a_hub_restart() {
     }
     assert_eq!(hub.topic_info("r").await["subscribers"], 1);
 }
+
+/// A hub with `auth.mode = required`: the sidecar sends its own token, so local clients need
+/// none; what the token may not do is refused with the hub's own status and problem type
+/// (a publish is forwarded and refused, and leaves the spool; a stream is forwarded as is).
+#[tokio::test]
+async fn the_sidecar_uses_its_hub_token_and_passes_the_hubs_refusals_on() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let config = dir.path().join("hub.toml");
+    std::fs::write(
+        &config,
+        "[auth]\nmode = \"required\"\n[[auth.tokens]]\ntoken = \"sidecar-token-1\"\npublish = [\"orders.>\"]\nsubscribe = [\"orders.>\"]\n",
+    )
+    .expect("write the hub config");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let hub = Server::start_durable(&[
+        "--listen",
+        &listen,
+        "--config",
+        config.to_str().expect("a path"),
+    ])
+    .await;
+    let sidecar = Sidecar::start(hub.base(), &["--token", "sidecar-token-1"]).await;
+    let (status, v) = sidecar.publish("orders.eu", "allowed").await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+
+    let resp = sidecar
+        .client
+        .post(sidecar.url("/v1/topics/payroll/messages"))
+        .body("not allowed")
+        .send()
+        .await
+        .expect("publish");
+    let p = expect_problem(resp, 403, "a publish outside the sidecar's rights").await;
+    assert_eq!(p["type"], "urn:plexus:problem:forbidden");
+    sidecar.drained().await;
+    let text = sidecar
+        .client
+        .get(sidecar.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(
+        metric(&text, "plexus_sidecar_refused_total"),
+        Some(1),
+        "{text}"
+    );
+
+    let resp = sidecar
+        .client
+        .get(sidecar.url("/v1/topics/payroll/sse"))
+        .send()
+        .await
+        .expect("stream");
+    let p = expect_problem(resp, 403, "a stream outside the sidecar's rights").await;
+    assert_eq!(p["type"], "urn:plexus:problem:forbidden");
+    let mut s = LocalStream::open(&sidecar, "/v1/topics/orders.eu/sse?since=0", &[]).await;
+    let (id, v) = s.next().await;
+    assert_eq!((id.as_str(), v["data"].clone()), ("1", json!("allowed")));
+}
