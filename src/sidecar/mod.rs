@@ -11,6 +11,7 @@ mod proxy;
 mod publish;
 mod share;
 mod spool;
+mod ws;
 
 use std::fmt;
 use std::sync::Arc;
@@ -186,6 +187,7 @@ fn router(sc: Arc<Shared>) -> Router {
             post(publish::publish_batch).layer(DefaultBodyLimit::max(MAX_BATCH_BYTES)),
         )
         .route("/v1/sidecar", get(status))
+        .route("/v1/ws", axum::routing::any(ws::upgrade))
         .fallback(proxy::forward)
         .layer(middleware::from_fn_with_state(sc.clone(), local_auth));
     Router::new()

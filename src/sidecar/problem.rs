@@ -49,6 +49,20 @@ impl Problem {
         )
     }
 
+    pub fn bad_since(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "urn:plexus:problem:bad-since",
+            "Bad since",
+            detail,
+        )
+    }
+
+    /// The status and detail, for a WebSocket `error` frame.
+    pub fn frame_parts(&self) -> (u16, &str) {
+        (self.status.as_u16(), &self.detail)
+    }
+
     pub fn bad_event(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,

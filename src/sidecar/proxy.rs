@@ -65,12 +65,6 @@ pub async fn forward(State(sc): State<Arc<Shared>>, request: Request) -> Respons
     if !path.starts_with("/v1/") {
         return Problem::not_found(format!("no route {path}")).into_response();
     }
-    if path == "/v1/ws" {
-        return Problem::not_found(
-            "the sidecar does not serve the WebSocket yet; use SSE or NDJSON streams",
-        )
-        .into_response();
-    }
     let query = without_access_token(parts.uri.query().unwrap_or_default());
     let target = if query.is_empty() {
         path.to_owned()

@@ -75,7 +75,7 @@ fn key(k: Option<&str>) -> Result<Option<String>, Problem> {
 
 /// Spools `entries`; waits up to `forward_wait` for the hub's answer when the hub is up and
 /// nothing older waits in the spool, otherwise answers `202` at once.
-async fn spool(
+pub(super) async fn spool(
     sc: &Shared,
     entries: Vec<NewEntry>,
 ) -> Result<Vec<(Appended, Option<Outcome>)>, Problem> {
@@ -107,7 +107,7 @@ async fn spool(
     Ok(out)
 }
 
-fn spooled(topic: &str, a: &Appended) -> Value {
+pub(super) fn spooled(topic: &str, a: &Appended) -> Value {
     json!({"topic": topic, "spooled": true, "key": a.key})
 }
 

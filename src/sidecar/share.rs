@@ -25,7 +25,7 @@ use crate::model::{EventName, Gap, GapReason, Message, Topic, parse_rfc3339};
 use crate::wire::Encoded;
 use crate::wire::base64;
 use crate::wire::frames::{
-    NDJSON_KEEPALIVE, SSE_KEEPALIVE, SSE_RETRY, ndjson_gap, sse_gap, sse_retry_at_shutdown,
+    NDJSON_KEEPALIVE, SSE_KEEPALIVE, SSE_RETRY, ndjson_gap, sse_gap, sse_retry_at_shutdown, ws_gap,
 };
 
 /// Live items a feed keeps for subscribers that fall behind; past it they poll.
@@ -98,9 +98,15 @@ impl Drop for Hold {
     }
 }
 
-/// `Err(None)`: the hub refused the topic (a right, a reserved name): the request is then
-/// forwarded as it is, so the client gets the hub's own problem.
-async fn hold(sc: &Arc<Shared>, topic: &Topic) -> Result<Hold, Option<Problem>> {
+/// Why a feed could not be joined.
+pub enum HoldError {
+    /// The hub cannot be reached or failed (`503`).
+    Unavailable(Problem),
+    /// The hub refused the topic (a right, a reserved name): its own answer.
+    Refused(plexus_client::Problem),
+}
+
+async fn hold(sc: &Arc<Shared>, topic: &Topic) -> Result<Hold, HoldError> {
     let mut map = sc.feeds.map.lock().await;
     if let Some(feed) = map.get(topic.as_str()) {
         feed.users.fetch_add(1, Ordering::AcqRel);
@@ -111,11 +117,13 @@ async fn hold(sc: &Arc<Shared>, topic: &Topic) -> Result<Hold, Option<Problem>> 
     }
     // The feed starts at the topic's head: older messages are each subscriber's catch-up.
     let asked = tokio::time::timeout(sc.config.forward_wait, sc.client.topic(topic.as_str()));
-    let unavailable = |why: String| Err(Some(Problem::hub_unavailable(why)));
+    let unavailable = |why: String| Err(HoldError::Unavailable(Problem::hub_unavailable(why)));
     let head = match asked.await {
         Ok(Ok(info)) => info.last_seq,
         Ok(Err(plexus_client::Error::Problem(p))) if p.status == 404 => 0,
-        Ok(Err(plexus_client::Error::Problem(p))) if p.status < 500 => return Err(None),
+        Ok(Err(plexus_client::Error::Problem(p))) if p.status < 500 => {
+            return Err(HoldError::Refused(p));
+        }
         Ok(Err(plexus_client::Error::Problem(p))) => {
             return unavailable(format!("the hub answered {}: {}", p.status, p.detail));
         }
@@ -241,8 +249,12 @@ async fn run_feed(sc: Arc<Shared>, feed: Arc<Feed>) {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    Sse { raw: bool },
+    Sse {
+        raw: bool,
+    },
     Ndjson,
+    /// Text frames of the WebSocket protocol (docs/API.md §2.4).
+    Ws,
 }
 
 /// A local subscription that can share its topic's feed: one topic, a start at `now` or a
@@ -290,8 +302,9 @@ pub async fn subscribe(
 ) -> Option<Response> {
     let held = match hold(&sc, &topic).await {
         Ok(h) => h,
-        Err(Some(p)) => return Some(p.into_response()),
-        Err(None) => return None,
+        Err(HoldError::Unavailable(p)) => return Some(p.into_response()),
+        // The request goes to the hub as it is, and the client gets the hub's own problem.
+        Err(HoldError::Refused(_)) => return None,
     };
     let rx = held.feed.tx.subscribe();
     let start = since.unwrap_or_else(|| held.feed.position.load(Ordering::Acquire));
@@ -306,7 +319,7 @@ pub async fn subscribe(
     let headers = response.headers_mut();
     let content_type = match format {
         Format::Sse { .. } => "text/event-stream",
-        Format::Ndjson => "application/x-ndjson",
+        Format::Ndjson | Format::Ws => "application/x-ndjson",
     };
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -318,6 +331,7 @@ fn frame_message(enc: &Encoded, format: Format) -> Bytes {
     match format {
         Format::Sse { raw } => enc.sse(raw),
         Format::Ndjson => enc.line(),
+        Format::Ws => enc.ws(),
     }
 }
 
@@ -325,6 +339,7 @@ fn frame_gap(g: &Gap, after: u64, format: Format) -> Bytes {
     match format {
         Format::Sse { .. } => sse_gap(&after.to_string(), g),
         Format::Ndjson => ndjson_gap(g),
+        Format::Ws => ws_gap(g),
     }
 }
 
@@ -388,6 +403,8 @@ async fn deliver(
                 let frame = match format {
                     Format::Sse { .. } => SSE_KEEPALIVE,
                     Format::Ndjson => NDJSON_KEEPALIVE,
+                    // The socket's own pings keep it alive.
+                    Format::Ws => continue,
                 };
                 if tx.send(Bytes::from_static(frame)).await.is_err() {
                     return;
@@ -462,4 +479,56 @@ impl Drop for LocalStream {
             .local_streams
             .fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Starts a WebSocket subscription of `topic` from `since`, sending its frames into `tx`: the
+/// task serving it (aborted by an unsubscribe) and the start cursor for the `ok` frame, or the
+/// status and detail of an `error` frame.
+pub async fn subscribe_frames(
+    sc: &Arc<Shared>,
+    topic: &Topic,
+    since: &crate::model::Since,
+    tx: mpsc::Sender<Bytes>,
+) -> Result<(tokio::task::JoinHandle<()>, u64), (u16, String)> {
+    use crate::model::{Cursor, Since, format_rfc3339_millis};
+    let held = match hold(sc, topic).await {
+        Ok(h) => h,
+        Err(HoldError::Unavailable(_)) => return Err((503, "the hub cannot be reached".into())),
+        Err(HoldError::Refused(p)) => return Err((p.status, p.detail)),
+    };
+    let rx = held.feed.tx.subscribe();
+    let asked = match since {
+        Since::Now => None,
+        Since::Cursor(Cursor::Single(seq)) => Some(Ok(*seq)),
+        Since::Cursor(Cursor::Multi(pairs)) => match pairs.iter().find(|(t, _)| t == topic) {
+            Some((_, seq)) => Some(Ok(*seq)),
+            None => Some(Err("all".to_owned())),
+        },
+        Since::All => Some(Err("all".to_owned())),
+        Since::Time(ms) => Some(Err(format_rfc3339_millis(*ms))),
+        Since::Ago(d) => Some(Err(format!("{}ms", d.as_millis()))),
+    };
+    let start = match asked {
+        None => held.feed.position.load(Ordering::Acquire),
+        Some(Ok(seq)) => seq,
+        // A start by time or `all`: the hub resolves it, the first message it names is where
+        // this subscription starts.
+        Some(Err(since)) => {
+            let options = plexus_client::ReadOptions {
+                since: Some(since),
+                limit: Some(1),
+                wait: None,
+            };
+            match sc.client.read(topic.as_str(), &options).await {
+                Ok(page) => match page.messages.first() {
+                    Some(m) => m.seq.saturating_sub(1),
+                    None => page.next.parse().unwrap_or(0),
+                },
+                Err(plexus_client::Error::Problem(p)) => return Err((p.status, p.detail)),
+                Err(e) => return Err((503, format!("the hub cannot be reached: {e}"))),
+            }
+        }
+    };
+    let task = tokio::spawn(deliver(sc.clone(), held, rx, start, Format::Ws, tx));
+    Ok((task, start))
 }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -1089,4 +1090,107 @@ async fn the_sidecar_uses_its_hub_token_and_passes_the_hubs_refusals_on() {
     let mut s = LocalStream::open(&sidecar, "/v1/topics/orders.eu/sse?since=0", &[]).await;
     let (id, v) = s.next().await;
     assert_eq!((id.as_str(), v["data"].clone()), ("1", json!("allowed")));
+}
+
+/// 100 WebSocket clients over 10 topics through the sidecar: subscriptions from the shared
+/// feeds (one upstream subscription per topic, one connection to the hub), publishes through
+/// the spool answered with the hub's seq, every message to every subscriber in order.
+#[tokio::test]
+async fn websocket_clients_share_the_upstream_subscriptions_and_publish_through_the_spool() {
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    const TOPICS: usize = 10;
+    let (hub, base) = hub().await;
+    let sidecar = Sidecar::start(&base, &[]).await;
+    for t in 0..TOPICS {
+        hub.publish(&format!("w{t}"), format!("w{t}-1")).await;
+    }
+    let mut sockets = Vec::new();
+    for n in 0..100 {
+        let t = n % TOPICS;
+        let url = format!("ws://127.0.0.1:{}/v1/ws?topic=w{t}&since=0", sidecar.port);
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("a WebSocket");
+        let ok = ws.next().await.expect("a frame").expect("a text frame");
+        let ok: Value = serde_json::from_str(ok.to_text().expect("text")).expect("JSON");
+        assert_eq!(
+            ok,
+            json!({"op": "ok", "topic": format!("w{t}"), "next": "0"})
+        );
+        sockets.push((t, ws));
+    }
+    // Publishes over HTTP, then over the first socket of each topic.
+    for (t, (_, ws)) in sockets.iter_mut().enumerate().take(TOPICS) {
+        let (status, v) = sidecar.publish(&format!("w{t}"), format!("w{t}-2")).await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+        let frame =
+            json!({"op": "publish", "id": t, "topic": format!("w{t}"), "data": format!("w{t}-3")});
+        ws.send(Ws::text(frame.to_string()))
+            .await
+            .expect("send a publish");
+    }
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|(t, mut ws)| {
+            tokio::spawn(async move {
+                let mut want = 1;
+                while want <= 3 {
+                    let frame = timeout(Duration::from_secs(30), ws.next())
+                        .await
+                        .expect("a frame in time")
+                        .expect("the socket is open")
+                        .expect("a frame");
+                    let v: Value =
+                        serde_json::from_str(frame.to_text().expect("text")).expect("JSON");
+                    if v["op"] == "ok" {
+                        assert_eq!(v["seq"], 3, "the publish's ok carries the hub's seq: {v}");
+                        continue;
+                    }
+                    assert_eq!(v["op"], "message", "{v}");
+                    assert_eq!(v["seq"], want, "w{t}: {v}");
+                    assert_eq!(v["data"], format!("w{t}-{want}"));
+                    want += 1;
+                }
+                ws
+            })
+        })
+        .collect();
+    let mut open = Vec::new();
+    for r in readers {
+        open.push(r.await.expect("a reader"));
+    }
+    let text = hub.metrics().await;
+    assert_eq!(
+        labelled(&text, "plexus_connections_open{protocol=\"h2c\"}"),
+        1,
+        "{text}"
+    );
+    for t in 0..TOPICS {
+        assert_eq!(hub.topic_info(&format!("w{t}")).await["subscribers"], 1);
+    }
+    // A bad frame gets an error frame; the socket lives on.
+    let ws = &mut open[0];
+    ws.send(Ws::text(
+        "{\"op\":\"subscribe\",\"id\":7,\"topic\":\"a b\"}",
+    ))
+    .await
+    .expect("send");
+    let v: Value = serde_json::from_str(
+        ws.next()
+            .await
+            .expect("a frame")
+            .expect("ok")
+            .to_text()
+            .expect("text"),
+    )
+    .expect("JSON");
+    assert_eq!(
+        (v["op"].clone(), v["id"].clone(), v["status"].clone()),
+        (json!("error"), json!(7), json!(400))
+    );
+    drop(open);
+    eventually("the upstream subscriptions to close", || async {
+        (sidecar.status().await["upstream"]["subscriptions"] == 0).then_some(())
+    })
+    .await;
 }
