@@ -1194,3 +1194,72 @@ async fn websocket_clients_share_the_upstream_subscriptions_and_publish_through_
     })
     .await;
 }
+
+/// SIGTERM ends open streams (SSE with a `retry:` frame) and the sidecar exits 0; what it
+/// holds (its lock included) opens again at once. `--check-config` prints the configuration with the
+/// tokens redacted.
+#[tokio::test]
+async fn sigterm_ends_streams_and_exits_cleanly_and_the_spool_opens_again() {
+    let (hub, base) = hub().await;
+    let mut sidecar = Sidecar::start(&base, &["--token", "hub-s3cret-token"]).await;
+    let mut stream = LocalStream::open(&sidecar, "/v1/topics/t/sse", &[]).await;
+    let (status, _) = sidecar.publish("t", "one").await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (id, _) = stream.next().await;
+    assert_eq!(id, "1");
+    let mut child = sidecar.child.take().expect("running");
+    let pid = child.id().expect("a pid");
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+    let mut rest = Vec::new();
+    while let Ok(Some(chunk)) = timeout(Duration::from_secs(30), stream.resp.chunk())
+        .await
+        .expect("the stream ends in time")
+    {
+        rest.extend_from_slice(&chunk);
+    }
+    assert!(
+        String::from_utf8_lossy(&rest).starts_with("retry: "),
+        "{rest:?}"
+    );
+    let exit = timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the sidecar exits in time")
+        .expect("wait");
+    assert!(exit.success(), "{exit:?}");
+    sidecar.spawn().await;
+    assert_eq!(
+        sidecar.status().await["spool"]["messages"],
+        0,
+        "a fresh process on the same spool"
+    );
+    drop(hub);
+
+    let out = crate::kit::cli::run(
+        plexus().args([
+            "sidecar",
+            "--check-config",
+            "--token",
+            "hub-s3cret-token",
+            "--hub",
+            "https://hub:1",
+        ]),
+        "sidecar --check-config",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("https://hub:1") && text.contains("<redacted>"),
+        "{text}"
+    );
+    assert!(!text.contains("hub-s3cret-token"), "{text}");
+    let out = crate::kit::cli::run_to_failure(
+        plexus().args(["sidecar", "--forward-wait", "soon"]),
+        "a bad forward wait",
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sidecar.forward_wait"));
+}
