@@ -164,6 +164,11 @@ impl Sidecar {
         tokio::spawn(probe(sc.clone()));
         let shutdown = sc.shutdown.clone();
         let app = router(sc);
+        // Small frames (a publish's answer, one stream event) go out at once: without
+        // TCP_NODELAY, Nagle's algorithm holds each behind the client's delayed ACK.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
