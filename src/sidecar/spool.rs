@@ -276,22 +276,26 @@ impl Spool {
             .unwrap_or_else(|_| Err(SpoolError::Io("the spool writer stopped".into())))
     }
 
-    /// Removes forwarded entries and tells their waiting publishers `outcomes`.
+    /// Tells the waiting publishers of forwarded entries what the hub did, then removes the
+    /// entries. The answer goes first: the hub has the messages, and should the sidecar die
+    /// before the removal commits, the entries are forwarded again under the same keys and the
+    /// hub replays its first answers, so a publisher never waits on the spool's own commit.
     pub async fn remove(&self, done: Vec<(i64, Outcome)>) -> Result<(), SpoolError> {
         let seqs = done.iter().map(|(s, _)| *s).collect();
+        {
+            let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+            for (seq, outcome) in done {
+                if let Some(w) = waiters.remove(&seq) {
+                    let _ = w.send(outcome);
+                }
+            }
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Op::Remove { seqs, reply })
             .map_err(|_| SpoolError::Io("the spool writer stopped".into()))?;
         rx.await
-            .unwrap_or_else(|_| Err(SpoolError::Io("the spool writer stopped".into())))?;
-        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        for (seq, outcome) in done {
-            if let Some(w) = waiters.remove(&seq) {
-                let _ = w.send(outcome);
-            }
-        }
-        Ok(())
+            .unwrap_or_else(|_| Err(SpoolError::Io("the spool writer stopped".into())))
     }
 
     /// Tells the publishers waiting for `seqs` that their entries stay spooled for now.
