@@ -435,9 +435,17 @@ async fn catch_up(
             limit: Some(1000),
             wait: None,
         };
-        let page = match sc.client.read(topic.as_str(), &options).await {
-            Ok(page) => page,
-            Err(e) => {
+        let asked = tokio::time::timeout(
+            sc.config.forward_wait,
+            sc.client.read(topic.as_str(), &options),
+        );
+        let page = match asked.await {
+            Ok(Ok(page)) => page,
+            Err(_) => {
+                tracing::info!(%topic, "a local subscriber's catch-up got no answer in time; ending its stream");
+                return Err(());
+            }
+            Ok(Err(e)) => {
                 // The client resumes by the last id it got, elsewhere or here later.
                 tracing::info!(%topic, error = %e, "a local subscriber's catch-up failed; ending its stream");
                 return Err(());
