@@ -435,10 +435,9 @@ async fn catch_up(
             limit: Some(1000),
             wait: None,
         };
-        let asked = tokio::time::timeout(
-            sc.config.forward_wait,
-            sc.client.read(topic.as_str(), &options),
-        );
+        // A page of 1,000 messages may take longer than a publish is kept waiting.
+        let within = sc.config.forward_wait.max(Duration::from_secs(10));
+        let asked = tokio::time::timeout(within, sc.client.read(topic.as_str(), &options));
         let page = match asked.await {
             Ok(Ok(page)) => page,
             Err(_) => {
