@@ -290,12 +290,13 @@ impl Spool {
                 }
             }
         }
-        let (reply, rx) = oneshot::channel();
+        // Not awaited: the writer runs operations in order, so the forwarder's next read
+        // already sees the removal, and the forwarder sends the next batch meanwhile. A
+        // removal that fails leaves the entries to be forwarded again (and replayed).
+        let (reply, _) = oneshot::channel();
         self.tx
             .send(Op::Remove { seqs, reply })
-            .map_err(|_| SpoolError::Io("the spool writer stopped".into()))?;
-        rx.await
-            .unwrap_or_else(|_| Err(SpoolError::Io("the spool writer stopped".into())))
+            .map_err(|_| SpoolError::Io("the spool writer stopped".into()))
     }
 
     /// Tells the publishers waiting for `seqs` that their entries stay spooled for now.
@@ -451,10 +452,13 @@ impl Writer {
                 );
             }
             Op::Remove { seqs, reply } => {
-                let _ = reply.send(
-                    self.remove(&seqs)
-                        .map_err(|e| SpoolError::Io(e.to_string())),
-                );
+                let removed = self
+                    .remove(&seqs)
+                    .map_err(|e| SpoolError::Io(e.to_string()));
+                if let Err(e) = &removed {
+                    tracing::error!(error = %e, "the spool could not remove forwarded entries; they will be forwarded again");
+                }
+                let _ = reply.send(removed);
             }
         }
     }
