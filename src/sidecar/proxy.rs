@@ -170,3 +170,27 @@ impl Drop for StreamGuard {
         self.0.counters.streams.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_is_read_from_the_query_or_prefer() {
+        assert_eq!(
+            asked_wait("since=1&wait=2.5", None),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(
+            asked_wait("", Some("respond-async, wait=10")),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            asked_wait("wait=3", Some("wait=10")),
+            Duration::from_secs(3)
+        );
+        assert_eq!(asked_wait("wait=-1", None), Duration::ZERO);
+        assert_eq!(asked_wait("wait=1e9", None), MAX_WAIT);
+        assert_eq!(without_access_token("a=1&access_token=s&b=2"), "a=1&b=2");
+    }
+}

@@ -539,3 +539,50 @@ pub async fn subscribe_frames(
     let task = tokio::spawn(deliver(sc.clone(), held, rx, start, Format::Ws, tx));
     Ok((task, start))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_single_topic_streams_from_now_or_a_seq_share_a_feed() {
+        let sse = Format::Sse { raw: false };
+        let got = |path: &str, query: &str, id: Option<&str>| {
+            shareable(path, query, id).map(|(t, since, f)| (t.as_str().to_owned(), since, f))
+        };
+        assert!(got("/v1/topics/a/sse", "", None) == Some(("a".into(), None, sse)));
+        assert!(got("/v1/topics/a/sse", "since=now", None) == Some(("a".into(), None, sse)));
+        assert!(
+            got("/v1/topics/a/sse", "since=7&raw=1", None)
+                == Some(("a".into(), Some(7), Format::Sse { raw: true }))
+        );
+        assert!(
+            got("/v1/topics/a/stream", "since=1", Some("9"))
+                == Some(("a".into(), Some(9), Format::Ndjson))
+        );
+        // The hub answers these itself (several topics, other starts, policies, or mistakes).
+        assert!(got("/v1/topics/a,b/sse", "", None).is_none());
+        assert!(got("/v1/topics/a/sse", "since=all", None).is_none());
+        assert!(got("/v1/topics/a/sse", "slow=latest", None).is_none());
+        assert!(got("/v1/topics/a/sse", "raw=2", None).is_none());
+        assert!(got("/v1/topics/a/stream", "raw=1", None).is_none());
+        assert!(got("/v1/topics/a/sse", "", Some("a:3,b:4")).is_none());
+        assert!(got("/v1/topics/bad..name/sse", "", None).is_none());
+    }
+
+    #[test]
+    fn upstream_lines_become_messages_and_gaps() {
+        let m = line_item(
+            br#"{"topic":"a","seq":3,"time":"2026-12-04T00:00:00.000Z","event":"x","data":"hi"}"#,
+        );
+        assert!(
+            matches!(m, Some(Item::Message(ref e)) if e.msg.seq == 3 && &e.msg.data[..] == b"hi")
+        );
+        let g = line_item(br#"{"event":"gap","topic":"a","from":1,"to":2,"reason":"expired"}"#);
+        assert!(
+            matches!(g, Some(Item::Gap(ref g)) if g.range == Some((1, 2)) && g.reason == GapReason::Expired)
+        );
+        assert!(line_item(br#"{"event":"keepalive"}"#).is_none());
+        assert!(line_item(b"not json").is_none());
+    }
+}

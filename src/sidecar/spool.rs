@@ -519,3 +519,69 @@ impl Writer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(data: &'static str) -> NewEntry {
+        NewEntry {
+            topic: "t".into(),
+            event: None,
+            data: Bytes::from_static(data.as_bytes()),
+            key: None,
+        }
+    }
+
+    /// A made key never names two messages: seqs are not reused after a removal, nor after
+    /// the spool is opened again, and the id stays.
+    #[tokio::test]
+    async fn made_keys_are_never_reused_and_the_id_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), false, 1 << 20, 100).unwrap();
+        let id = spool.id.to_string();
+        let first = spool
+            .append(vec![entry("a"), entry("b")], false)
+            .await
+            .unwrap();
+        assert_eq!(first[1].key, format!("{id}-2"));
+        spool
+            .remove(vec![(1, Outcome::Deferred), (2, Outcome::Deferred)])
+            .await
+            .unwrap();
+        assert!(spool.pending(10, 1 << 20).await.unwrap().is_empty());
+        assert_eq!(spool.stats().messages, 0);
+        drop(spool);
+        // The writer thread ends once every handle is gone; the lock goes with the last one.
+        let mut reopened = Spool::open(dir.path(), false, 1 << 20, 100);
+        for _ in 0..500 {
+            if reopened.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            reopened = Spool::open(dir.path(), false, 1 << 20, 100);
+        }
+        let reopened = reopened.unwrap();
+        assert_eq!(&*reopened.id, id);
+        let next = reopened.append(vec![entry("c")], false).await.unwrap();
+        assert_eq!(next[0].key, format!("{id}-3"));
+        let pending = reopened.pending(10, 1 << 20).await.unwrap();
+        assert_eq!(
+            (pending.len(), pending[0].key.as_str()),
+            (1, next[0].key.as_str())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_spool_stores_nothing_of_an_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), false, 3, 100).unwrap();
+        spool.append(vec![entry("ab")], false).await.unwrap();
+        assert!(matches!(
+            spool.append(vec![entry("c"), entry("d")], false).await,
+            Err(SpoolError::Full)
+        ));
+        assert_eq!((spool.stats().messages, spool.stats().bytes), (1, 2));
+        assert_eq!(spool.pending(10, 1 << 20).await.unwrap().len(), 1);
+    }
+}
