@@ -17,6 +17,16 @@ pub fn run(args: SidecarArgs) -> Result<(), CliError> {
         return Ok(());
     }
     super::serve::init_logging(LogFormat::Text);
+    let token_on_command_line = std::env::args_os().any(|a| {
+        let a = a.to_string_lossy();
+        a == "--token" || a.starts_with("--token=")
+    });
+    if token_on_command_line {
+        tracing::warn!(
+            "--token on the command line shows in the process list (ps, /proc); \
+             set PLEXUS_SIDECAR_TOKEN, --token-file or sidecar.token in the config file instead"
+        );
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
