@@ -111,7 +111,13 @@ pub async fn run(sc: Arc<Shared>) {
         if sc.shutdown.is_cancelled() {
             return;
         }
-        let batch = match sc.spool.pending(MAX_ITEMS, MAX_BYTES).await {
+        // With nothing spooled the read waits for the next append, which hands it the new
+        // entries as it commits them.
+        let read = tokio::select! {
+            read = sc.spool.next(MAX_ITEMS, MAX_BYTES) => read,
+            _ = sc.shutdown.cancelled() => return,
+        };
+        let batch = match read {
             Ok(batch) => batch,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the spool");
@@ -122,10 +128,6 @@ pub async fn run(sc: Arc<Shared>) {
             }
         };
         if batch.is_empty() {
-            tokio::select! {
-                _ = sc.spool.appended.notified() => {}
-                _ = sc.shutdown.cancelled() => return,
-            }
             continue;
         }
         let now = crate::model::now_millis();

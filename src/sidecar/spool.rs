@@ -98,6 +98,9 @@ enum Op {
     Pending {
         max_items: usize,
         max_bytes: usize,
+        /// With nothing spooled, hold the reply until the next append and answer it with the
+        /// appended entries themselves (no read back, no second trip through the writer).
+        park: bool,
         reply: oneshot::Sender<Result<Vec<Entry>, SpoolError>>,
     },
     Remove {
@@ -127,8 +130,6 @@ pub struct Spool {
     waiters: Waiters,
     max_bytes: u64,
     max_messages: u64,
-    /// Woken after every append, so the forwarder starts at once.
-    pub appended: Arc<tokio::sync::Notify>,
     _lock: Arc<std::fs::File>,
 }
 
@@ -197,6 +198,7 @@ impl Spool {
             id: id.clone(),
             waiters: waiters.clone(),
             stats: stats.clone(),
+            parked: None,
         };
         std::thread::Builder::new()
             .name("sidecar-spool".into())
@@ -209,7 +211,6 @@ impl Spool {
             waiters,
             max_bytes,
             max_messages,
-            appended: Arc::default(),
             _lock: Arc::new(lock),
         })
     }
@@ -251,24 +252,39 @@ impl Spool {
             let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
             s.messages -= n;
             s.bytes -= bytes;
-        } else {
-            self.appended.notify_one();
         }
         result
     }
 
     /// The oldest entries, in acceptance order: at most `max_items`, and no more payload than
     /// `max_bytes` (at least one entry).
+    #[cfg(test)]
     pub async fn pending(
         &self,
         max_items: usize,
         max_bytes: usize,
+    ) -> Result<Vec<Entry>, SpoolError> {
+        self.read(max_items, max_bytes, false).await
+    }
+
+    /// As `pending`, but with nothing spooled it waits for the next append and returns its
+    /// entries: the forwarder's read, handed the entries by the commit that stored them.
+    pub async fn next(&self, max_items: usize, max_bytes: usize) -> Result<Vec<Entry>, SpoolError> {
+        self.read(max_items, max_bytes, true).await
+    }
+
+    async fn read(
+        &self,
+        max_items: usize,
+        max_bytes: usize,
+        park: bool,
     ) -> Result<Vec<Entry>, SpoolError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Op::Pending {
                 max_items,
                 max_bytes,
+                park,
                 reply,
             })
             .map_err(|_| SpoolError::Io("the spool writer stopped".into()))?;
@@ -342,11 +358,19 @@ fn sidecar_id(conn: &Connection) -> rusqlite::Result<String> {
     Ok(id)
 }
 
+/// A forwarder's read held until the next append: its limits and its reply.
+type Parked = (
+    usize,
+    usize,
+    oneshot::Sender<Result<Vec<Entry>, SpoolError>>,
+);
+
 struct Writer {
     conn: Connection,
     id: String,
     waiters: Waiters,
     stats: Arc<Mutex<Stats>>,
+    parked: Option<Parked>,
 }
 
 impl Writer {
@@ -413,6 +437,31 @@ impl Writer {
                     let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
                     s.oldest.get_or_insert(now);
                 }
+                // The parked read gets the entries just stored: the spool held nothing older
+                // when it parked, and appends are stored in the order they are queued.
+                let handed = self.parked.take().map(|(max_items, max_bytes, reply)| {
+                    let mut out = Vec::new();
+                    let mut bytes = 0usize;
+                    'group: for ((entries, _, _), seqs) in group.iter().zip(&all) {
+                        for (e, (seq, key)) in entries.iter().zip(seqs) {
+                            let full = out.len() >= max_items
+                                || (!out.is_empty() && bytes + e.data.len() > max_bytes);
+                            if full {
+                                break 'group;
+                            }
+                            bytes += e.data.len();
+                            out.push(Entry {
+                                seq: *seq,
+                                topic: e.topic.clone(),
+                                event: e.event.clone(),
+                                data: e.data.clone(),
+                                key: key.clone(),
+                                accepted: now,
+                            });
+                        }
+                    }
+                    (out, reply)
+                });
                 let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
                 for ((_, wait, reply), seqs) in group.into_iter().zip(all) {
                     let appended = seqs
@@ -427,6 +476,11 @@ impl Writer {
                         })
                         .collect();
                     let _ = reply.send(Ok(appended));
+                }
+                drop(waiters);
+                // After the waiters are registered: a forward's answer always finds its waiter.
+                if let Some((out, reply)) = handed {
+                    let _ = reply.send(Ok(out));
                 }
             }
             Err(e) => {
@@ -444,13 +498,16 @@ impl Writer {
             Op::Pending {
                 max_items,
                 max_bytes,
+                park,
                 reply,
-            } => {
-                let _ = reply.send(
-                    self.pending(max_items, max_bytes)
-                        .map_err(|e| SpoolError::Io(e.to_string())),
-                );
-            }
+            } => match self.pending(max_items, max_bytes) {
+                Ok(found) if found.is_empty() && park => {
+                    self.parked = Some((max_items, max_bytes, reply));
+                }
+                found => {
+                    let _ = reply.send(found.map_err(|e| SpoolError::Io(e.to_string())));
+                }
+            },
             Op::Remove { seqs, reply } => {
                 let removed = self
                     .remove(&seqs)
@@ -507,9 +564,8 @@ impl Writer {
             }
         }
         let oldest: Option<i64> = tx
-            .query_row("SELECT accepted FROM spool ORDER BY seq LIMIT 1", [], |r| {
-                r.get(0)
-            })
+            .prepare_cached("SELECT accepted FROM spool ORDER BY seq LIMIT 1")?
+            .query_row([], |r| r.get(0))
             .optional()?;
         tx.commit()?;
         let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
@@ -583,5 +639,54 @@ mod tests {
         ));
         assert_eq!((spool.stats().messages, spool.stats().bytes), (1, 2));
         assert_eq!(spool.pending(10, 1 << 20).await.unwrap().len(), 1);
+    }
+
+    /// The forwarder's read of an empty spool waits for the next append and gets exactly the
+    /// entries it stored, in order, within the read's limits; the rest is read from the
+    /// database; a read of a spool holding entries answers at once.
+    #[tokio::test]
+    async fn a_read_of_an_empty_spool_is_handed_the_next_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), false, 1 << 20, 100).unwrap();
+        let reader = spool.clone();
+        let read = tokio::spawn(async move { reader.next(2, 1 << 20).await });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!read.is_finished(), "a read of an empty spool waits");
+        let appended = spool
+            .append(vec![entry("a"), entry("b"), entry("c")], true)
+            .await
+            .unwrap();
+        let got = read.await.unwrap().unwrap();
+        let got: Vec<_> = got
+            .iter()
+            .map(|e| (e.seq, e.key.clone(), e.data.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    appended[0].seq,
+                    appended[0].key.clone(),
+                    Bytes::from_static(b"a")
+                ),
+                (
+                    appended[1].seq,
+                    appended[1].key.clone(),
+                    Bytes::from_static(b"b")
+                ),
+            ]
+        );
+        // The waiters were registered before the read was answered.
+        let done = vec![
+            (appended[0].seq, Outcome::Deferred),
+            (appended[1].seq, Outcome::Deferred),
+        ];
+        spool.remove(done).await.unwrap();
+        let mut appended = appended;
+        let first = appended.remove(0).outcome.unwrap();
+        assert!(matches!(first.await, Ok(Outcome::Deferred)));
+        let rest = spool.next(10, 1 << 20).await.unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].data, Bytes::from_static(b"c"));
     }
 }
