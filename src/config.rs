@@ -174,6 +174,7 @@ struct FileConfig {
     jobs: FileJobs,
     log: FileLog,
     redis: FileRedis,
+    sidecar: FileSidecar,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -764,6 +765,225 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
         .map_err(|e: toml::de::Error| ConfigError(format!("{}: {e}", path.display())))
 }
 
+/// The flags of `plexus sidecar`. Each has a `PLEXUS_SIDECAR_*` environment variable; the
+/// file's keys sit under `[sidecar]`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SidecarArgs {
+    /// A TOML configuration file; its [sidecar] section configures the sidecar
+    #[arg(long, env = "PLEXUS_SIDECAR_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The hub's base URL, http:// (h2c) or https:// (ALPN h2) [default: http://127.0.0.1:7539]
+    #[arg(long, env = "PLEXUS_SIDECAR_HUB", value_name = "URL")]
+    pub hub: Option<String>,
+    /// The credential the sidecar sends to the hub
+    #[arg(
+        long,
+        env = "PLEXUS_SIDECAR_TOKEN",
+        value_name = "T",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// A file holding the hub credential
+    #[arg(long, env = "PLEXUS_SIDECAR_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Local address to listen on [default: 127.0.0.1:7540]
+    #[arg(long, env = "PLEXUS_SIDECAR_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Directory of the spool database and the sidecar id [default: ./plexus-sidecar]
+    #[arg(long, env = "PLEXUS_SIDECAR_SPOOL_DIR", value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Trust this certificate (PEM) for an https:// hub
+    #[arg(long, env = "PLEXUS_SIDECAR_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// Payload bytes the spool may hold [default: 1073741824]
+    #[arg(long, env = "PLEXUS_SIDECAR_SPOOL_MAX_BYTES", value_name = "N")]
+    pub spool_max_bytes: Option<u64>,
+    /// Messages the spool may hold [default: 1000000]
+    #[arg(long, env = "PLEXUS_SIDECAR_SPOOL_MAX_MESSAGES", value_name = "N")]
+    pub spool_max_messages: Option<u64>,
+    /// How long a publish waits for the hub's own answer before 202 [default: 2s]
+    #[arg(long, env = "PLEXUS_SIDECAR_FORWARD_WAIT", value_name = "DUR")]
+    pub forward_wait: Option<String>,
+    /// A token local clients must send (Bearer or access_token) [default: none]
+    #[arg(
+        long,
+        env = "PLEXUS_SIDECAR_LOCAL_TOKEN",
+        value_name = "T",
+        hide_env_values = true
+    )]
+    pub local_token: Option<String>,
+    /// process or machine (fsync before a 202) [default: process]
+    #[arg(long, env = "PLEXUS_SIDECAR_DURABILITY", value_name = "LEVEL")]
+    pub durability: Option<String>,
+    /// Largest message payload accepted locally [default: 1048576]
+    #[arg(long, env = "PLEXUS_SIDECAR_MAX_MESSAGE_BYTES", value_name = "N")]
+    pub max_message_bytes: Option<u64>,
+    /// Validate the configuration, print it, and exit
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct FileSidecar {
+    hub: String,
+    token: String,
+    token_file: PathBuf,
+    listen: String,
+    spool_dir: PathBuf,
+    cacert: PathBuf,
+    spool_max_bytes: u64,
+    spool_max_messages: u64,
+    forward_wait: String,
+    local_token: String,
+    durability: String,
+    max_message_bytes: u64,
+}
+
+/// The validated configuration of `plexus sidecar`; secrets are redacted when printed.
+#[derive(Clone)]
+pub struct SidecarConfig {
+    pub hub: String,
+    pub token: Option<String>,
+    pub listen: SocketAddr,
+    pub spool_dir: PathBuf,
+    /// A PEM file of roots to trust for an `https://` hub.
+    pub cacert: Option<PathBuf>,
+    pub spool_max_bytes: u64,
+    pub spool_max_messages: u64,
+    pub forward_wait: Duration,
+    pub local_token: Option<String>,
+    /// `true` at `durability = machine`: the spool fsyncs before it acknowledges.
+    pub fsync: bool,
+    pub max_message_bytes: usize,
+}
+
+impl fmt::Debug for SidecarConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redact = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
+        f.debug_struct("SidecarConfig")
+            .field("hub", &self.hub)
+            .field("token", &redact(&self.token))
+            .field("listen", &self.listen)
+            .field("spool_dir", &self.spool_dir)
+            .field("cacert", &self.cacert)
+            .field("spool_max_bytes", &self.spool_max_bytes)
+            .field("spool_max_messages", &self.spool_max_messages)
+            .field("forward_wait", &self.forward_wait)
+            .field("local_token", &redact(&self.local_token))
+            .field("fsync", &self.fsync)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .finish()
+    }
+}
+
+impl SidecarConfig {
+    /// Loads the configuration of `plexus sidecar`: the embedded defaults < `--config` <
+    /// `PLEXUS_SIDECAR_*` < flags. The whole file is validated as `serve` validates it, so
+    /// one file can configure both.
+    pub fn load(args: &SidecarArgs) -> Result<SidecarConfig, ConfigError> {
+        let mut table: toml::Table = DEFAULT_TOML
+            .parse()
+            .map_err(|e| ConfigError(format!("the embedded default config is broken: {e}")))?;
+        let mut source = "the default configuration".to_owned();
+        if let Some(path) = &args.config {
+            merge(&mut table, read_file(path)?);
+            source = path.display().to_string();
+        }
+        let text = toml::to_string(&table).map_err(|e| ConfigError(format!("{source}: {e}")))?;
+        let file: FileConfig =
+            toml::from_str(&text).map_err(|e| ConfigError(format!("{source}: {e}")))?;
+        Self::validate(file.sidecar, args)
+    }
+
+    fn validate(f: FileSidecar, a: &SidecarArgs) -> Result<SidecarConfig, ConfigError> {
+        let hub = a.hub.clone().unwrap_or(f.hub);
+        if !(hub.starts_with("http://") || hub.starts_with("https://")) {
+            return Err(ConfigError(format!(
+                "sidecar.hub: {hub:?} is not an http:// or https:// URL"
+            )));
+        }
+        let listen_text = a.listen.clone().unwrap_or(f.listen);
+        let listen = listen_text.parse().map_err(|_| {
+            ConfigError(format!(
+                "sidecar.listen: {listen_text:?} is not an address such as 127.0.0.1:7540"
+            ))
+        })?;
+        let token_file = a.token_file.clone().unwrap_or(f.token_file);
+        let token = match (a.token.clone().unwrap_or(f.token), token_file) {
+            (t, file) if !file.as_os_str().is_empty() => {
+                if !t.is_empty() {
+                    return Err(ConfigError(
+                        "sidecar.token_file: give sidecar.token or sidecar.token_file, not both"
+                            .into(),
+                    ));
+                }
+                let text = std::fs::read_to_string(&file).map_err(|e| {
+                    ConfigError(format!(
+                        "sidecar.token_file: cannot read {}: {e}",
+                        file.display()
+                    ))
+                })?;
+                Some(text.trim().to_owned())
+            }
+            (t, _) => (!t.is_empty()).then_some(t),
+        };
+        if token
+            .as_deref()
+            .is_some_and(|t| t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(ConfigError(
+                "sidecar.token: must be visible ASCII characters".into(),
+            ));
+        }
+        let local_token = a.local_token.clone().unwrap_or(f.local_token);
+        if !local_token.is_empty() && local_token.len() < 8 {
+            return Err(ConfigError(
+                "sidecar.local_token: use at least 8 characters".into(),
+            ));
+        }
+        let fsync = match a.durability.as_deref().unwrap_or(&f.durability) {
+            "process" => false,
+            "machine" => true,
+            s => {
+                return Err(ConfigError(format!(
+                    "sidecar.durability: {s:?} is not one of process, machine"
+                )));
+            }
+        };
+        let spool_max_bytes = a.spool_max_bytes.unwrap_or(f.spool_max_bytes);
+        let spool_max_messages = a.spool_max_messages.unwrap_or(f.spool_max_messages);
+        if spool_max_bytes == 0 || spool_max_messages == 0 {
+            return Err(ConfigError(
+                "sidecar.spool_max_bytes: sidecar.spool_max_bytes and sidecar.spool_max_messages must be at least 1".into(),
+            ));
+        }
+        let max_message_bytes = a.max_message_bytes.unwrap_or(f.max_message_bytes);
+        if max_message_bytes == 0 || max_message_bytes > 64 << 20 {
+            return Err(ConfigError(
+                "sidecar.max_message_bytes: must be from 1 to 67108864".into(),
+            ));
+        }
+        let cacert = a.cacert.clone().unwrap_or(f.cacert);
+        Ok(SidecarConfig {
+            hub: hub.trim_end_matches('/').to_owned(),
+            token,
+            listen,
+            spool_dir: a.spool_dir.clone().unwrap_or(f.spool_dir),
+            cacert: (!cacert.as_os_str().is_empty()).then_some(cacert),
+            spool_max_bytes,
+            spool_max_messages,
+            forward_wait: duration(
+                "sidecar.forward_wait",
+                a.forward_wait.as_deref().unwrap_or(&f.forward_wait),
+            )?,
+            local_token: (!local_token.is_empty()).then_some(local_token),
+            fsync,
+            max_message_bytes: max_message_bytes as usize,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -859,5 +1079,50 @@ mod tests {
             "--jwt-public-key",
             "k.pem"
         ]));
+    }
+
+    #[test]
+    fn sidecar_settings() {
+        let c = SidecarConfig::load(&SidecarArgs::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7540");
+        assert_eq!(c.hub, "http://127.0.0.1:7539");
+        assert_eq!(c.forward_wait, Duration::from_secs(2));
+        assert_eq!(c.spool_max_bytes, 1 << 30);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(
+            &path,
+            "[sidecar]\nforward_wait = \"250ms\"\nhub = \"http://h:1/\"\n",
+        )
+        .unwrap();
+        let c = SidecarConfig::load(&SidecarArgs {
+            config: Some(path.clone()),
+            spool_max_bytes: Some(5),
+            ..SidecarArgs::default()
+        })
+        .unwrap();
+        assert_eq!(c.forward_wait, Duration::from_millis(250));
+        assert_eq!(c.hub, "http://h:1");
+        assert_eq!(c.spool_max_bytes, 5);
+        std::fs::write(&path, "[sidecar]\nhub = \"ftp://h\"\n").unwrap();
+        let e = SidecarConfig::load(&SidecarArgs {
+            config: Some(path.clone()),
+            ..SidecarArgs::default()
+        })
+        .unwrap_err();
+        assert!(e.0.starts_with("sidecar.hub"), "{e}");
+        std::fs::write(&path, "[sidecar]\nspool_max_byte = 1\n").unwrap();
+        let e = SidecarConfig::load(&SidecarArgs {
+            config: Some(path),
+            ..SidecarArgs::default()
+        })
+        .unwrap_err();
+        assert!(e.0.contains("spool_max_byte"), "{e}");
+        let c = SidecarConfig::load(&SidecarArgs {
+            token: Some("s3cret-token".into()),
+            ..SidecarArgs::default()
+        })
+        .unwrap();
+        assert!(!format!("{c:?}").contains("s3cret-token"));
     }
 }

@@ -25,6 +25,9 @@
 //!   on a bound listener; used by `serve`, the lab, the tests.
 //! - [`lab`]: load generators and baselines; they reach the hub through `plexus-client` (the
 //!   store benchmark and the bare-handler baseline are the named exceptions).
+//! - [`sidecar`]: `plexus sidecar`, the hub's API on loopback beside an application: a
+//!   durable spool of publishes forwarded in order with idempotency keys, everything else
+//!   proxied; it reaches the hub through `plexus-client` only, over one HTTP/2 connection.
 //! - [`cli`]: the `plexus` subcommands, thin over [`app`] and [`lab`].
 //!
 //! `docs/API.md` is the contract as built; `docs/ARCHITECTURE.md` follows one message through.
@@ -40,6 +43,7 @@ pub mod lab;
 pub mod model;
 pub mod observe;
 pub mod server;
+pub mod sidecar;
 pub mod store;
 pub mod tls;
 pub mod wire;

@@ -32,11 +32,13 @@
 //! ```
 
 mod follow;
+mod forward;
 mod jobs;
 mod raw;
 mod subscribe;
 
 pub use follow::Follow;
+pub use forward::Forwarded;
 pub use jobs::Job;
 pub use raw::{ByteStream, RawSocket};
 pub use subscribe::{Item, Subscription, Transport};
@@ -241,6 +243,9 @@ pub struct ClientBuilder {
     roots: Vec<reqwest::Certificate>,
     /// The same roots for the WebSocket's own TLS connection.
     ws_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Sent as `Authorization: Bearer …` on every request.
+    bearer: Option<String>,
+    connect_timeout: Option<Duration>,
 }
 
 impl ClientBuilder {
@@ -256,6 +261,18 @@ impl ClientBuilder {
     /// A load generator that gives each simulated client a `Client` of its own sets 1.
     pub fn pool_max_idle_per_host(mut self, n: usize) -> Self {
         self.pool_max_idle_per_host = Some(n);
+        self
+    }
+
+    /// Sends `Authorization: Bearer TOKEN` with every request (a hub in `auth.mode = required`).
+    pub fn bearer_token(mut self, token: &str) -> Self {
+        self.bearer = Some(token.to_owned());
+        self
+    }
+
+    /// Gives up connecting to the hub after `d` (reqwest's default: no limit).
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = Some(d);
         self
     }
 
@@ -287,6 +304,17 @@ impl ClientBuilder {
         for root in self.roots {
             http = http.add_root_certificate(root);
         }
+        if let Some(token) = &self.bearer {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| Error::Protocol("the token is not a valid header value".into()))?;
+            value.set_sensitive(true);
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            http = http.default_headers(headers);
+        }
+        if let Some(d) = self.connect_timeout {
+            http = http.connect_timeout(d);
+        }
         let ws_tls = if self.base.starts_with("https://") {
             Some(ws_tls_config(self.ws_roots)?)
         } else {
@@ -312,6 +340,8 @@ impl Client {
             pool_max_idle_per_host: None,
             roots: Vec::new(),
             ws_roots: Vec::new(),
+            bearer: None,
+            connect_timeout: None,
         }
     }
 

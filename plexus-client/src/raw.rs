@@ -18,7 +18,7 @@ use crate::{Client, Error, Transport};
 
 /// The body of an SSE or NDJSON subscription, chunk by chunk (see [`Client::subscribe_bytes`]).
 pub struct ByteStream {
-    body: BoxStream<'static, reqwest::Result<Bytes>>,
+    pub(crate) body: BoxStream<'static, reqwest::Result<Bytes>>,
 }
 
 impl ByteStream {

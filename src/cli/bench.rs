@@ -23,6 +23,8 @@ pub enum BenchCommand {
     Replication(ReplicationArgs),
     /// Server CPU while many job claims wait (`claim?wait=60`), next to the same hub idle
     IdleClaims(IdleClaimsArgs),
+    /// Latency the sidecar adds to publish and delivery, its CPU per 1,000 publishes/s and idle RSS
+    Sidecar(SidecarBenchArgs),
     /// The raw TCP loop server used as fanout's baseline (started by `bench fanout`)
     #[command(hide = true)]
     RawServer {
@@ -45,6 +47,19 @@ pub struct StoreArgs {
     /// process or machine
     #[arg(long, default_value = "process")]
     pub durability: String,
+}
+
+#[derive(Args, Debug)]
+pub struct SidecarBenchArgs {
+    /// Publishes per second (open loop)
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    /// Seconds each target is measured
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u64,
+    /// Payload size in bytes
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
 }
 
 #[derive(Args, Debug)]
@@ -237,6 +252,13 @@ pub fn run(cmd: BenchCommand) -> Result<(), CliError> {
                 duration,
                 queues: a.queues,
                 storage: a.storage,
+            }))
+        }
+        BenchCommand::Sidecar(a) => {
+            runtime.block_on(lab::sidecar::run(lab::sidecar::SidecarBench {
+                rate: a.rate,
+                seconds: a.seconds,
+                size: a.size,
             }))
         }
         BenchCommand::RawServer { listen } => runtime.block_on(lab::raw::serve(&listen)),

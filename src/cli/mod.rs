@@ -5,6 +5,7 @@ pub mod bench;
 pub mod jobs;
 pub mod publish;
 pub mod serve;
+pub mod sidecar;
 pub mod sub;
 
 use std::fmt;
@@ -34,6 +35,8 @@ pub enum Command {
     Sub(sub::SubArgs),
     /// Submit jobs, check them, or work a queue
     Jobs(jobs::JobsArgs),
+    /// Run a sidecar: the hub's API on loopback, a durable spool, one connection upstream
+    Sidecar(Box<crate::config::SidecarArgs>),
     /// Measure the hub (results go to docs/BENCHMARKS.md)
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -58,6 +61,8 @@ pub enum CliError {
     Write(std::io::Error),
     /// An answer could not be printed as JSON.
     Json(serde_json::Error),
+    /// The sidecar could not start or serve.
+    Sidecar(crate::sidecar::SidecarError),
     /// `jobs work` stopped: the hub refused the queue, or a job's command could not run.
     Worker(String),
 }
@@ -74,6 +79,7 @@ impl fmt::Display for CliError {
             CliError::Write(e) => write!(f, "{e}"),
             CliError::Json(e) => write!(f, "{e}"),
             CliError::Worker(m) => f.write_str(m),
+            CliError::Sidecar(e) => write!(f, "{e}"),
         }
     }
 }
@@ -117,6 +123,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Pub(args) => block_on(publish::run(args)),
         Command::Sub(args) => block_on(sub::run(args)),
         Command::Jobs(args) => block_on(jobs::run(args)),
+        Command::Sidecar(args) => sidecar::run(*args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }

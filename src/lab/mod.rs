@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod publish;
 pub mod raw;
 pub mod replication;
+pub mod sidecar;
 pub mod store;
 
 use std::fmt;

@@ -73,6 +73,8 @@ mod retention;
 mod shutdown;
 // Slow consumers: `catchup`, `latest` and `disconnect` policies, bounded memory.
 mod slow;
+// `plexus sidecar` between clients and a hub: spool, exactly-once forwarding, proxied reads.
+mod sidecar;
 // SSE specifics: framing, `raw=1`, keepalives, gaps, bad parameters, `Last-Event-ID`.
 mod sse;
 // TLS: a self-signed certificate clients can trust, ALPN h2, bad key files.
