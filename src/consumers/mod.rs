@@ -26,8 +26,7 @@ use tokio::time::Instant;
 
 use crate::hub::{Hub, HubError, ReadRequest};
 use crate::model::{
-    Cursor, Gap, Message, Millis, NewMessage, Seq, Since, StoreError, Topic, TopicList,
-    now_millis,
+    Cursor, Gap, Message, Millis, NewMessage, Seq, Since, StoreError, Topic, TopicList, now_millis,
 };
 use crate::store::ConsumerStore;
 use crate::wire::Envelope;
@@ -394,7 +393,8 @@ impl Consumers {
         let mut races = 0;
         loop {
             let Some((version, record)) = self.load(name).await? else {
-                let settings = Settings::implicit(&spec.topics, &spec.implicit_start, &self.options);
+                let settings =
+                    Settings::implicit(&spec.topics, &spec.implicit_start, &self.options);
                 match self.create(name, settings).await {
                     Ok(_) | Err(ConsumerError::Conflict(_)) => continue,
                     Err(e) => return Err(e),
@@ -417,17 +417,18 @@ impl Consumers {
             let settled = self.settled.notified();
             tokio::pin!(settled);
             settled.as_mut().enable();
-            let (delivered, next_due) = match self.attempt_read(name, version, record, spec.limit).await? {
-                Attempt::Done(d) => d,
-                Attempt::Raced => {
-                    races += 1;
-                    if races > MAX_RACES {
-                        return Err(raced_too_often());
+            let (delivered, next_due) =
+                match self.attempt_read(name, version, record, spec.limit).await? {
+                    Attempt::Done(d) => d,
+                    Attempt::Raced => {
+                        races += 1;
+                        if races > MAX_RACES {
+                            return Err(raced_too_often());
+                        }
+                        tokio::task::yield_now().await;
+                        continue;
                     }
-                    tokio::task::yield_now().await;
-                    continue;
-                }
-            };
+                };
             if !delivered.messages.is_empty() || !delivered.gaps.is_empty() || !waiting {
                 return Ok(delivered);
             }
@@ -488,7 +489,8 @@ impl Consumers {
                         continue;
                     }
                     let delivery = lease.delivery + 1;
-                    lane.leases.insert(seq, Lease::new(delivery, now, settings.ack_wait_ms));
+                    lane.leases
+                        .insert(seq, Lease::new(delivery, now, settings.ack_wait_ms));
                     out.push((msg, delivery));
                 }
             }
@@ -505,7 +507,12 @@ impl Consumers {
         let topics = settings.topic_list()?;
         let positions: Vec<(Topic, Seq)> = topics
             .iter()
-            .map(|t| (t.clone(), record.topics.get(t.as_str()).map_or(0, |l| l.delivered)))
+            .map(|t| {
+                (
+                    t.clone(),
+                    record.topics.get(t.as_str()).map_or(0, |l| l.delivered),
+                )
+            })
             .collect();
         let mut next = Cursor::for_positions(&positions);
         if room > 0 {
@@ -520,9 +527,7 @@ impl Consumers {
                 })
                 .await?;
             for msg in result.messages {
-                if explicit
-                    && let Some(lane) = record.topics.get_mut(msg.topic.as_str())
-                {
+                if explicit && let Some(lane) = record.topics.get_mut(msg.topic.as_str()) {
                     lane.leases
                         .insert(msg.seq, Lease::new(1, now, settings.ack_wait_ms));
                 }
@@ -608,16 +613,17 @@ impl Consumers {
                     .get(item.topic.as_str())
                     .and_then(|lane| lane.leases.get(&item.seq))
                     .copied();
-                let current = lease.filter(|l| {
-                    !l.released && item.delivery.is_none_or(|d| d == l.delivery)
-                });
+                let current =
+                    lease.filter(|l| !l.released && item.delivery.is_none_or(|d| d == l.delivery));
                 let Some(lease) = current else {
                     return Err(ConsumerError::StaleDelivery(format!(
                         "{}:{}{} is not leased to this reader by consumer {name}: never \
                          delivered, already settled, or delivered again since (nothing was changed)",
                         item.topic,
                         item.seq,
-                        item.delivery.map(|d| format!(" delivery {d}")).unwrap_or_default()
+                        item.delivery
+                            .map(|d| format!(" delivery {d}"))
+                            .unwrap_or_default()
                     )));
                 };
                 let Some(lane) = record.topics.get_mut(item.topic.as_str()) else {
@@ -663,7 +669,11 @@ impl Consumers {
     /// Moves a consumer's position on every topic to where a read from `since` starts; the
     /// messages it held leases on are released (they are before or after the new position,
     /// and are read again from there or not at all).
-    pub async fn seek(&self, name: &ConsumerName, since: &Since) -> Result<ConsumerInfo, ConsumerError> {
+    pub async fn seek(
+        &self,
+        name: &ConsumerName,
+        since: &Since,
+    ) -> Result<ConsumerInfo, ConsumerError> {
         for _ in 0..MAX_RACES {
             let (version, mut record) = self.load_known(name).await?;
             let topics = record.settings.topic_list()?;

@@ -37,7 +37,7 @@ mod duration_text {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(ms: &u64, s: S) -> Result<S::Ok, S::Error> {
-        if ms % 1000 == 0 {
+        if ms.is_multiple_of(1000) {
             s.serialize_str(&format!("{}s", ms / 1000))
         } else {
             s.serialize_str(&format!("{ms}ms"))
@@ -304,7 +304,10 @@ mod tests {
             deleted_through: 0,
         };
         let f = lane.figures(&b);
-        assert_eq!((f.ack_floor, f.pending, f.ack_pending, f.redelivered), (6, 5, 2, 1));
+        assert_eq!(
+            (f.ack_floor, f.pending, f.ack_pending, f.redelivered),
+            (6, 5, 2, 1)
+        );
     }
 
     #[test]
@@ -316,7 +319,11 @@ mod tests {
             topics: BTreeMap::new(),
         };
         r.topics.insert("a".into(), Lane::at(3));
-        r.topics.get_mut("a").unwrap().leases.insert(3, Lease::new(1, 1, 1));
+        r.topics
+            .get_mut("a")
+            .unwrap()
+            .leases
+            .insert(3, Lease::new(1, 1, 1));
         let back = Record::decode(&r.encode()).unwrap();
         assert_eq!(back.topics["a"].leases[&3].delivery, 1);
         assert_eq!(back.settings, r.settings);

@@ -258,8 +258,9 @@ async fn act(
         "term" => Settle::Term,
         _ => Settle::Nak(match body.delay.as_deref() {
             None => Duration::ZERO,
-            Some(d) => parse_duration(d)
-                .map_err(|e| ApiError::bad_consumer(format!("delay: {e}")))?,
+            Some(d) => {
+                parse_duration(d).map_err(|e| ApiError::bad_consumer(format!("delay: {e}")))?
+            }
         }),
     };
     let mut items = Vec::with_capacity(body.acks.len());

@@ -101,11 +101,17 @@ const BUSY: ProblemType = ProblemType {
 };
 
 /// A bad consumer name, setting or ack body (docs/API.md, "Durable consumers").
-const BAD_CONSUMER: ProblemType =
-    ProblemType::new(StatusCode::BAD_REQUEST, "bad-consumer", "Bad consumer request");
+const BAD_CONSUMER: ProblemType = ProblemType::new(
+    StatusCode::BAD_REQUEST,
+    "bad-consumer",
+    "Bad consumer request",
+);
 /// A consumer exists with other settings, or is read with other topics.
-const CONSUMER_CONFLICT: ProblemType =
-    ProblemType::new(StatusCode::CONFLICT, "consumer-conflict", "Consumer conflict");
+const CONSUMER_CONFLICT: ProblemType = ProblemType::new(
+    StatusCode::CONFLICT,
+    "consumer-conflict",
+    "Consumer conflict",
+);
 /// An ack, nak or term naming a delivery that is not the current lease.
 const STALE_DELIVERY: ProblemType =
     ProblemType::new(StatusCode::CONFLICT, "stale-delivery", "Stale delivery");

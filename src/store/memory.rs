@@ -477,11 +477,15 @@ fn info(topic: &Topic, log: &TopicLog) -> TopicInfo {
 
 impl ConsumerStore for MemoryLog {
     fn consumer(&self, name: &str) -> BoxFuture<'_, StoreResult<Option<StoredConsumer>>> {
-        let found = self.lock().consumers.get(name).map(|(version, body)| StoredConsumer {
-            name: name.to_string(),
-            version: *version,
-            body: body.clone(),
-        });
+        let found = self
+            .lock()
+            .consumers
+            .get(name)
+            .map(|(version, body)| StoredConsumer {
+                name: name.to_string(),
+                version: *version,
+                body: body.clone(),
+            });
         Box::pin(async move { Ok(found) })
     }
 

@@ -41,7 +41,12 @@ impl Core {
     pub(super) async fn load_consumer(&self, name: &str) -> StoreResult<Option<StoredConsumer>> {
         let (version, body): (Option<u64>, Option<Vec<u8>>) = self
             .conn
-            .query(redis::cmd("HMGET").arg(consumer_key(name)).arg("v").arg("b"))
+            .query(
+                redis::cmd("HMGET")
+                    .arg(consumer_key(name))
+                    .arg("v")
+                    .arg("b"),
+            )
             .await
             .map_err(unavailable)?;
         Ok(match (version, body) {

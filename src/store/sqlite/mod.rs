@@ -421,7 +421,13 @@ impl ConsumerStore for SqliteLog {
         // The record and its dead letters are one commit; a lost race commits neither.
         self.exec_announced(
             move |tx| consumers::put(tx, &name, expected, &body),
-            move |written| if written.is_some() { events } else { Vec::new() },
+            move |written| {
+                if written.is_some() {
+                    events
+                } else {
+                    Vec::new()
+                }
+            },
         )
     }
 
