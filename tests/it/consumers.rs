@@ -618,6 +618,89 @@ async fn two_nodes_on_one_redis_and_a_node_killed() {
     assert_eq!(seen.len(), 300, "B got each message once");
 }
 
+/// Rights: creating, reading through, showing, settling and deleting a consumer need
+/// `subscribe` on every one of its topics; listing needs `admin`.
+#[tokio::test]
+async fn rights() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("plexus.toml");
+    std::fs::write(
+        &file,
+        "[auth]\nmode = \"required\"\n\
+         [[auth.tokens]]\ntoken = \"root-token-1\"\npublish = [\">\"]\nsubscribe = [\">\"]\nadmin = true\n\
+         [[auth.tokens]]\ntoken = \"only-a-token\"\nsubscribe = [\"a\"]\n",
+    )
+    .expect("write config");
+    let server = Server::start(&["--config", file.to_str().expect("UTF-8")]).await;
+    let call = |method: reqwest::Method, path: &str, token: &str, body: Option<Value>| {
+        let mut req = server
+            .client()
+            .request(method, server.url(path))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        req.send()
+    };
+    use reqwest::Method;
+    let both = json!({"topics": ["a", "b"], "ack": "explicit"});
+    // Only `a`: may not create a consumer of a and b; the root token may.
+    let r = call(
+        Method::PUT,
+        "/v1/consumers/ab",
+        "only-a-token",
+        Some(both.clone()),
+    )
+    .await
+    .expect("PUT");
+    expect_problem(r, 403, "create without subscribe on b").await;
+    let r = call(Method::PUT, "/v1/consumers/ab", "root-token-1", Some(both))
+        .await
+        .expect("PUT");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    for (method, path, body) in [
+        (Method::GET, "/v1/consumers/ab", None),
+        (Method::GET, "/v1/topics/a,b/messages?consumer=ab", None),
+        (
+            Method::POST,
+            "/v1/consumers/ab/ack",
+            Some(json!({"acks": [{"topic": "a", "seq": 1}]})),
+        ),
+        (
+            Method::POST,
+            "/v1/consumers/ab/seek",
+            Some(json!({"since": "all"})),
+        ),
+        (Method::DELETE, "/v1/consumers/ab", None),
+        (Method::GET, "/v1/consumers", None),
+    ] {
+        let r = call(method.clone(), path, "only-a-token", body)
+            .await
+            .expect("request");
+        expect_problem(r, 403, &format!("{method} {path} with only a")).await;
+    }
+    let r = call(Method::GET, "/v1/consumers", "root-token-1", None)
+        .await
+        .expect("GET");
+    let (status, _, list) = into_json(r).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        list["consumers"][0]["name"],
+        json!("ab"),
+        "still there: {list}"
+    );
+    // Its own topic is fine for the narrow token.
+    let r = call(
+        Method::GET,
+        "/v1/topics/a/messages?consumer=mine",
+        "only-a-token",
+        None,
+    )
+    .await
+    .expect("GET");
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
 /// The tests of each scenario, one per engine: `consumers::<scenario>::<engine>`.
 macro_rules! on_engines {
     ($($scenario:ident),* $(,)?) => {
