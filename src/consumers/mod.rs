@@ -151,6 +151,15 @@ pub struct Delivered {
     pub next: Option<Cursor>,
 }
 
+/// A batch for a stream, with the positions it starts from (for each frame's cursor).
+#[derive(Debug)]
+pub struct StreamBatch {
+    pub delivered: Delivered,
+    pub before: Vec<(Topic, Seq)>,
+    /// An `auto` consumer: advance to `delivered.next` once the batch is written.
+    pub advance: bool,
+}
+
 /// One topic's lag figures (see docs/API.md).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Figures {
@@ -690,12 +699,100 @@ impl Consumers {
         Err(raced_too_often())
     }
 
+    /// The consumer a read names, created (`auto`, from `spec.implicit_start`) when missing;
+    /// `Conflict` when its topics are not the read's.
+    pub async fn ensure(&self, name: &ConsumerName, spec: &ReadSpec) -> Result<(), ConsumerError> {
+        loop {
+            let Some((_, record)) = self.load(name).await? else {
+                let settings =
+                    Settings::implicit(&spec.topics, &spec.implicit_start, &self.options);
+                match self.create(name, settings).await {
+                    Ok(_) | Err(ConsumerError::Conflict(_)) => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            if !record.settings.same_topics(&spec.topics) {
+                return Err(ConsumerError::Conflict(format!(
+                    "consumer {name} reads {}; read it with exactly those topics",
+                    record.settings.topics.join(",")
+                )));
+            }
+            return Ok(());
+        }
+    }
+
+    /// The next batch for a stream. An `explicit` consumer leases it as a poll does. An `auto`
+    /// consumer's position does not move yet: the stream calls [`Consumers::advance`] once the
+    /// batch is written, so what a client that went away never got comes again.
+    pub async fn stream_batch(
+        &self,
+        name: &ConsumerName,
+        spec: &ReadSpec,
+    ) -> Result<StreamBatch, ConsumerError> {
+        let (_, record) = self.load_known(name).await?;
+        let topics = record.settings.topic_list()?;
+        let before: Vec<(Topic, Seq)> = topics
+            .iter()
+            .map(|t| {
+                (
+                    t.clone(),
+                    record.topics.get(t.as_str()).map_or(0, |l| l.delivered),
+                )
+            })
+            .collect();
+        if record.settings.ack == AckMode::Explicit {
+            let delivered = self.read(name, spec).await?;
+            return Ok(StreamBatch {
+                delivered,
+                before,
+                advance: false,
+            });
+        }
+        let result = self
+            .hub
+            .read(ReadRequest {
+                topics,
+                since: Since::Cursor(Cursor::for_positions(&before)),
+                default_since: Since::All,
+                limit: spec.limit,
+                wait: spec.wait,
+            })
+            .await?;
+        Ok(StreamBatch {
+            delivered: Delivered {
+                messages: result.messages.into_iter().map(|m| (m, 1)).collect(),
+                gaps: result.gaps,
+                next: Some(result.next),
+            },
+            before,
+            advance: true,
+        })
+    }
+
+    /// Moves an `auto` consumer forward to `positions` (never back) once a stream wrote them.
+    pub async fn advance(
+        &self,
+        name: &ConsumerName,
+        positions: &[(Topic, Seq)],
+    ) -> Result<(), ConsumerError> {
+        self.move_to(name, positions, true).await
+    }
+
     /// Moves an `auto` consumer's position on `topic` back to `seq` when it is ahead (an SSE
     /// reconnect with a `Last-Event-ID` below it: frames lost in flight come again).
     pub async fn rewind(
         &self,
         name: &ConsumerName,
         positions: &[(Topic, Seq)],
+    ) -> Result<(), ConsumerError> {
+        self.move_to(name, positions, false).await
+    }
+
+    async fn move_to(
+        &self,
+        name: &ConsumerName,
+        positions: &[(Topic, Seq)],
+        forward: bool,
     ) -> Result<(), ConsumerError> {
         for _ in 0..MAX_RACES {
             let (version, mut record) = self.load_known(name).await?;
@@ -705,7 +802,11 @@ impl Consumers {
             let mut changed = false;
             for (topic, seq) in positions {
                 if let Some(lane) = record.topics.get_mut(topic.as_str())
-                    && *seq < lane.delivered
+                    && (if forward {
+                        *seq > lane.delivered
+                    } else {
+                        *seq < lane.delivered
+                    })
                 {
                     lane.delivered = *seq;
                     changed = true;

@@ -275,3 +275,202 @@ async fn act(
     state.consumers.settle(&name, &items, how).await?;
     Ok(Json(serde_json::json!({ "settled": items.len() })).into_response())
 }
+
+/// Messages one stream read takes at a time: what a client that goes away mid-batch may get
+/// again from an `auto` consumer.
+const STREAM_BATCH: usize = 100;
+
+/// How a consumer stream frames what it sends.
+#[derive(Clone, Copy)]
+pub(super) enum StreamKind {
+    Sse { raw: bool },
+    Ndjson,
+}
+
+/// The consumer a stream request names (`consumer=`), and the positions its `Last-Event-ID`
+/// gives (moving an `auto` consumer back). `since` is refused with a consumer.
+pub(super) fn stream_consumer(
+    params: &super::extract::Params,
+    headers: &axum::http::HeaderMap,
+    max_topics: usize,
+) -> Result<Option<(ConsumerName, Option<crate::model::Cursor>)>, ApiError> {
+    let Some(name) = params.get("consumer")? else {
+        return Ok(None);
+    };
+    let name: ConsumerName = name.parse()?;
+    if params.get("since")?.is_some() {
+        return Err(ApiError::bad_consumer(
+            "since: a read through a consumer starts where the consumer stands; seek it instead",
+        ));
+    }
+    let last = match headers.get("last-event-id") {
+        Some(v) => {
+            let text = v
+                .to_str()
+                .map_err(|_| ApiError::bad_request("Last-Event-ID is not visible ASCII"))?;
+            Some(crate::model::Cursor::parse_bounded(text, max_topics)?)
+        }
+        None => None,
+    };
+    Ok(Some((name, last)))
+}
+
+/// An SSE or NDJSON stream through a consumer: each read's batch, framed; an `auto` consumer
+/// advances once a batch has been handed to the connection (so what a client that left never
+/// got comes again), and a `Last-Event-ID` below its position moves it back first.
+pub(super) async fn stream(
+    state: &AppState,
+    topics: crate::model::TopicList,
+    name: ConsumerName,
+    last_event_id: Option<crate::model::Cursor>,
+    kind: StreamKind,
+) -> Result<Response, ApiError> {
+    use std::collections::VecDeque;
+
+    use futures_util::stream;
+
+    use super::streaming::{OpenStream, streaming_response};
+    use crate::consumers::ReadSpec;
+    use crate::wire::frames;
+
+    let spec = ReadSpec {
+        topics: topics.clone(),
+        limit: STREAM_BATCH,
+        wait: state.options.keepalive,
+        implicit_start: Since::Now,
+    };
+    // Created (or its topics checked) before the answer starts, so a refusal is a problem.
+    state.consumers.ensure(&name, &spec).await?;
+    if let Some(cursor) = last_event_id {
+        let back: Vec<(Topic, u64)> = topics
+            .iter()
+            .filter_map(|t| cursor.position(t).map(|seq| (t.clone(), seq)))
+            .collect();
+        state.consumers.rewind(&name, &back).await?;
+    }
+    let (transport, content_type, keepalive) = match kind {
+        StreamKind::Sse { .. } => ("sse", "text/event-stream", frames::SSE_KEEPALIVE),
+        StreamKind::Ndjson => ("ndjson", "application/x-ndjson", frames::NDJSON_KEEPALIVE),
+    };
+    struct St {
+        consumers: std::sync::Arc<crate::consumers::Consumers>,
+        name: ConsumerName,
+        spec: ReadSpec,
+        queue: VecDeque<Bytes>,
+        /// Where an `auto` consumer moves once the queue is written.
+        advance_to: Option<Vec<(Topic, u64)>>,
+        shutdown: tokio_util::sync::CancellationToken,
+        started: bool,
+        done: bool,
+        _open: OpenStream,
+    }
+    let st = St {
+        consumers: state.consumers.clone(),
+        name,
+        spec,
+        queue: VecDeque::new(),
+        advance_to: None,
+        shutdown: state.hub.shutdown_token().clone(),
+        started: false,
+        done: false,
+        _open: OpenStream::new(transport),
+    };
+    let deliveries = metrics::counter!("plexus_deliveries_total", "transport" => transport);
+    let body = stream::unfold(st, move |mut st| {
+        let deliveries = deliveries.clone();
+        async move {
+            if !st.started {
+                st.started = true;
+                if let StreamKind::Sse { .. } = kind {
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(Bytes::from_static(frames::SSE_RETRY)),
+                        st,
+                    ));
+                }
+            }
+            loop {
+                if let Some(frame) = st.queue.pop_front() {
+                    return Some((Ok(frame), st));
+                }
+                if st.done {
+                    return None;
+                }
+                // The whole batch has been handed to the connection: move the consumer on. In
+                // a task of its own, so a client that leaves now (which drops this stream)
+                // cannot cut the store write in half.
+                if let Some(to) = st.advance_to.take() {
+                    let (consumers, name) = (st.consumers.clone(), st.name.clone());
+                    let advanced =
+                        tokio::spawn(async move { consumers.advance(&name, &to).await }).await;
+                    if !matches!(advanced, Ok(Ok(()))) {
+                        tracing::warn!(consumer = %st.name, "a consumer stream could not advance");
+                        return None;
+                    }
+                }
+                let batch = tokio::select! {
+                    biased;
+                    _ = st.shutdown.cancelled() => {
+                        st.done = true;
+                        return match kind {
+                            StreamKind::Sse { .. } => Some((Ok(frames::sse_retry_at_shutdown()), st)),
+                            StreamKind::Ndjson => None,
+                        };
+                    }
+                    batch = st.consumers.stream_batch(&st.name, &st.spec) => batch,
+                };
+                let batch = match batch {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        // The consumer was deleted, or the store failed: the stream ends, and
+                        // the client's reconnect gets the reason as a problem.
+                        tracing::info!(consumer = %st.name, error = %e, "a consumer stream ends");
+                        return None;
+                    }
+                };
+                let d = &batch.delivered;
+                if d.messages.is_empty() && d.gaps.is_empty() {
+                    return Some((Ok(Bytes::from_static(keepalive)), st));
+                }
+                let mut at = batch.before.clone();
+                let id = |at: &[(Topic, u64)]| crate::model::Cursor::for_positions(at).to_string();
+                for gap in &d.gaps {
+                    if let (Some(slot), Some((_, to))) =
+                        (at.iter_mut().find(|(t, _)| *t == gap.topic), gap.range)
+                    {
+                        slot.1 = slot.1.max(to);
+                    }
+                    st.queue.push_back(match kind {
+                        StreamKind::Sse { .. } => frames::sse_gap(&id(&at), gap),
+                        StreamKind::Ndjson => frames::ndjson_gap(gap),
+                    });
+                }
+                for (msg, delivery) in &d.messages {
+                    if let Some(slot) = at.iter_mut().find(|(t, _)| *t == msg.topic) {
+                        slot.1 = slot.1.max(msg.seq);
+                    }
+                    deliveries.increment(1);
+                    st.queue.push_back(match kind {
+                        StreamKind::Sse { raw } => {
+                            frames::sse_delivered(&id(&at), msg, raw, *delivery)
+                        }
+                        StreamKind::Ndjson => frames::ndjson_delivered(msg, *delivery),
+                    });
+                }
+                if batch.advance
+                    && let Some(next) = &d.next
+                {
+                    let to = batch
+                        .before
+                        .iter()
+                        .map(|(t, seq)| (t.clone(), next.position(t).unwrap_or(*seq)))
+                        .collect();
+                    st.advance_to = Some(to);
+                }
+            }
+        }
+    });
+    Ok(streaming_response(
+        content_type,
+        axum::body::Body::from_stream(body),
+    ))
+}

@@ -118,6 +118,23 @@ fn json_bytes<T: Serialize>(value: &T) -> BytesMut {
 /// JSON envelope as `data:` (or, `raw`, the payload itself, one `data:` line per line; a
 /// payload that is not UTF-8 is sent as base64).
 pub fn sse_message(id: &str, msg: &Message, raw: bool) -> Bytes {
+    sse_frame(id, msg, raw, None)
+}
+
+/// [`sse_message`] of a message read through a durable consumer: the envelope carries its
+/// `delivery` (a raw frame has no envelope to carry it).
+pub fn sse_delivered(id: &str, msg: &Message, raw: bool, delivery: u32) -> Bytes {
+    sse_frame(id, msg, raw, Some(delivery))
+}
+
+/// The envelope of a message read through a durable consumer as one NDJSON line.
+pub fn ndjson_delivered(msg: &Message, delivery: u32) -> Bytes {
+    let mut buf = json_bytes(&Envelope::delivered(msg, delivery));
+    buf.put_u8(b'\n');
+    buf.freeze()
+}
+
+fn sse_frame(id: &str, msg: &Message, raw: bool, delivery: Option<u32>) -> Bytes {
     let mut buf = BytesMut::with_capacity(128 + msg.data.len());
     buf.put_slice(b"id: ");
     buf.put_slice(id.as_bytes());
@@ -142,7 +159,11 @@ pub fn sse_message(id: &str, msg: &Message, raw: bool) -> Bytes {
     } else {
         buf.put_slice(b"data: ");
         let mut w = buf.writer();
-        let _ = serde_json::to_writer(&mut w, &Envelope::of(msg));
+        let envelope = Envelope {
+            delivery,
+            ..Envelope::of(msg)
+        };
+        let _ = serde_json::to_writer(&mut w, &envelope);
         buf = w.into_inner();
         buf.put_u8(b'\n');
     }

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 
+use crate::kit::clients::{Ndjson, Sse};
 use crate::kit::redis::RedisServer;
 use crate::kit::{Engine, Server, expect_problem, gaps, into_json, messages, seqs};
 
@@ -570,6 +571,93 @@ async fn bad_input(engine: Engine) {
     assert_eq!(figures(&server, "e", "t").await["ack_pending"], json!(1));
 }
 
+/// Waits until the consumer's position on `topic` is `seq`.
+async fn until_delivered(server: &Server, name: &str, topic: &str, seq: u64) {
+    crate::kit::eventually(&format!("{name} at {topic}:{seq}"), || async {
+        let f = figures(server, name, topic).await;
+        (f["delivered"] == json!(seq)).then_some(())
+    })
+    .await;
+}
+
+/// A browser-like EventSource on `/sse?consumer=c`, closed and opened again without
+/// `Last-Event-ID`, resumes after the last message written; one with a `Last-Event-ID` below
+/// the position moves it back.
+async fn event_source(engine: Engine) {
+    let server = Server::start_on(engine, &["--keepalive", "1s"]).await;
+    create(&server, "es", json!({"topics": ["t"]})).await;
+    server.publish_n("t", 5, "m").await;
+    let path = "/v1/topics/t/sse?consumer=es";
+    let mut sse = Sse::open(&server, path, &[]).await;
+    let got = sse.events(5).await;
+    let ids: Vec<&str> = got.iter().map(|f| f.id()).collect();
+    assert_eq!(ids, ["1", "2", "3", "4", "5"]);
+    assert_eq!(got[0].json()["delivery"], json!(1), "{:?}", got[0]);
+    drop(sse);
+    until_delivered(&server, "es", "t", 5).await;
+    server.publish_n("t", 5, "n").await;
+    let mut sse = Sse::open(&server, path, &[]).await;
+    let ids: Vec<String> = sse
+        .events(5)
+        .await
+        .iter()
+        .map(|f| f.id().to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        ["6", "7", "8", "9", "10"],
+        "resumed after what was written"
+    );
+    drop(sse);
+    until_delivered(&server, "es", "t", 10).await;
+    let mut sse = Sse::open(&server, path, &[("last-event-id", "7")]).await;
+    let ids: Vec<String> = sse
+        .events(3)
+        .await
+        .iter()
+        .map(|f| f.id().to_string())
+        .collect();
+    assert_eq!(ids, ["8", "9", "10"], "moved back to the Last-Event-ID");
+    // `since` is refused with a consumer.
+    expect_problem(
+        server
+            .get("/v1/topics/t/sse?consumer=es&since=all", &[])
+            .await,
+        400,
+        "since on a consumer stream",
+    )
+    .await;
+}
+
+/// NDJSON through an explicit consumer: envelopes with `delivery`, settled by acks.
+async fn ndjson_explicit(engine: Engine) {
+    let server = Server::start_on(engine, &["--keepalive", "1s"]).await;
+    create(&server, "nd", json!({"topics": ["t"], "ack": "explicit"})).await;
+    server.publish_n("t", 3, "m").await;
+    let mut lines = Ndjson::open(&server, "/v1/topics/t/stream?consumer=nd").await;
+    let got = lines.events(3).await;
+    let acks: Vec<Value> = got
+        .iter()
+        .map(|m| {
+            assert_eq!(m["delivery"], json!(1), "{m}");
+            json!({"topic": "t", "seq": m["seq"], "delivery": m["delivery"]})
+        })
+        .collect();
+    assert_eq!(figures(&server, "nd", "t").await["ack_pending"], json!(3));
+    ack_ok(&server, "nd", json!(acks)).await;
+    let f = figures(&server, "nd", "t").await;
+    assert_eq!(
+        (f["ack_pending"].clone(), f["ack_floor"].clone()),
+        (json!(0), json!(3))
+    );
+    server.publish("t", "live").await;
+    let live = lines.next_event().await.expect("a live line");
+    assert_eq!(
+        (live["seq"].clone(), live["delivery"].clone()),
+        (json!(4), json!(1))
+    );
+}
+
 /// Two nodes on one Redis serve one explicit consumer; one is killed mid-stream. Every
 /// message is delivered, and the only repeats are leases that ran out (`delivery` > 1).
 #[tokio::test]
@@ -730,4 +818,6 @@ on_engines!(
     seek,
     disjoint_readers,
     bad_input,
+    event_source,
+    ndjson_explicit,
 );
