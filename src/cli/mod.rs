@@ -2,6 +2,7 @@
 //! of [`crate::app`]; `bench` hands its arguments to [`crate::lab`].
 
 pub mod bench;
+pub mod consumers;
 pub mod jobs;
 pub mod publish;
 pub mod serve;
@@ -34,6 +35,8 @@ pub enum Command {
     Sub(sub::SubArgs),
     /// Submit jobs, check them, or work a queue
     Jobs(jobs::JobsArgs),
+    /// List, show, seek or remove durable consumers
+    Consumers(consumers::ConsumersArgs),
     /// Measure the hub (results go to docs/BENCHMARKS.md)
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -117,6 +120,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Pub(args) => block_on(publish::run(args)),
         Command::Sub(args) => block_on(sub::run(args)),
         Command::Jobs(args) => block_on(jobs::run(args)),
+        Command::Consumers(args) => block_on(consumers::run(args)),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }

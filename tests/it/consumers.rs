@@ -658,6 +658,67 @@ async fn ndjson_explicit(engine: Engine) {
     );
 }
 
+/// `plexus sub --consumer NAME --ack explicit` and `plexus consumers ls|show|seek|rm`.
+async fn cli(engine: Engine) {
+    use crate::kit::cli::{json_lines, output, plexus, run, stdout_json};
+    let server = Server::start_on(engine, &[]).await;
+    server.publish_n("t", 5, "m").await;
+    let base = server.base().to_string();
+    let sub = |count: &'static str| {
+        let mut cmd = plexus();
+        cmd.args(["sub", "--server", &base, "t", "--consumer", "cc"]);
+        cmd.args(["--ack", "explicit", "--count", count]);
+        cmd
+    };
+    let lines = json_lines(&run(&mut sub("3"), "sub --consumer").await);
+    let got: Vec<(Value, Value)> = lines
+        .iter()
+        .map(|l| (l["seq"].clone(), l["delivery"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (json!(1), json!(1)),
+            (json!(2), json!(1)),
+            (json!(3), json!(1))
+        ]
+    );
+    let consumers = |args: &[&str]| {
+        let mut cmd = plexus();
+        cmd.args(["consumers", "--server", &base]).args(args);
+        cmd
+    };
+    let info = stdout_json(&run(&mut consumers(&["show", "cc"]), "show").await, "show");
+    let f = &info["topics_state"]["t"];
+    assert_eq!(
+        (
+            f["delivered"].clone(),
+            f["ack_floor"].clone(),
+            f["ack_pending"].clone()
+        ),
+        (json!(3), json!(3), json!(0)),
+        "acked after printing: {info}"
+    );
+    let lines = json_lines(&run(&mut sub("2"), "sub again").await);
+    assert_eq!(
+        lines.iter().map(|l| l["seq"].clone()).collect::<Vec<_>>(),
+        [json!(4), json!(5)]
+    );
+    let info = stdout_json(
+        &run(&mut consumers(&["seek", "cc", "1"]), "seek").await,
+        "seek",
+    );
+    assert_eq!(info["topics_state"]["t"]["delivered"], json!(1), "{info}");
+    let lines = json_lines(&run(&mut consumers(&["ls"]), "ls").await);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["name"], json!("cc"));
+    let lines = json_lines(&run(&mut sub("1"), "sub after seek").await);
+    assert_eq!(lines[0]["seq"], json!(2), "after the seek to 1: {lines:?}");
+    run(&mut consumers(&["rm", "cc"]), "rm").await;
+    let out = output(&mut consumers(&["show", "cc"]), "show after rm").await;
+    assert!(!out.status.success(), "gone after rm");
+}
+
 /// Two nodes on one Redis serve one explicit consumer; one is killed mid-stream. Every
 /// message is delivered, and the only repeats are leases that ran out (`delivery` > 1).
 #[tokio::test]
@@ -820,4 +881,5 @@ on_engines!(
     bad_input,
     event_source,
     ndjson_explicit,
+    cli,
 );
