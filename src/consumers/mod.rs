@@ -218,7 +218,15 @@ pub struct Consumers {
     /// Woken on every local ack, nak, term and seek, so a reader held back by
     /// `max_ack_pending` or waiting on a lease moves at once.
     settled: Notify,
+    /// Operations on one consumer from this node take turns (a consumer hashes to one
+    /// stripe): racing readers of one node would otherwise mostly lose their compare-and-set
+    /// and redo the work. The compare-and-set still decides between nodes. Async mutexes:
+    /// held across the store calls of one load-decide-write, never while a reader waits.
+    stripes: Vec<tokio::sync::Mutex<()>>,
 }
+
+/// How many stripes of consumer locks a node has.
+const STRIPES: usize = 64;
 
 /// The outcome of one attempt at a write.
 enum Attempt<T> {
@@ -237,7 +245,15 @@ impl Consumers {
             store,
             options,
             settled: Notify::new(),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         })
+    }
+
+    /// This node's turn on `name` (see `stripes`).
+    async fn turn(&self, name: &ConsumerName) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(name.as_str());
+        self.stripes[(hash as usize) % STRIPES].lock().await
     }
 
     pub fn options(&self) -> &ConsumerOptions {
@@ -401,7 +417,9 @@ impl Consumers {
         let deadline = Instant::now() + spec.wait;
         let mut races = 0;
         loop {
+            let turn = self.turn(name).await;
             let Some((version, record)) = self.load(name).await? else {
+                drop(turn);
                 let settings =
                     Settings::implicit(&spec.topics, &spec.implicit_start, &self.options);
                 match self.create(name, settings).await {
@@ -426,18 +444,19 @@ impl Consumers {
             let settled = self.settled.notified();
             tokio::pin!(settled);
             settled.as_mut().enable();
-            let (delivered, next_due) =
-                match self.attempt_read(name, version, record, spec.limit).await? {
-                    Attempt::Done(d) => d,
-                    Attempt::Raced => {
-                        races += 1;
-                        if races > MAX_RACES {
-                            return Err(raced_too_often());
-                        }
-                        tokio::task::yield_now().await;
-                        continue;
+            let attempt = self.attempt_read(name, version, record, spec.limit).await?;
+            drop(turn);
+            let (delivered, next_due) = match attempt {
+                Attempt::Done(d) => d,
+                Attempt::Raced => {
+                    races += 1;
+                    if races > MAX_RACES {
+                        return Err(raced_too_often());
                     }
-                };
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+            };
             if !delivered.messages.is_empty() || !delivered.gaps.is_empty() || !waiting {
                 return Ok(delivered);
             }
@@ -607,6 +626,7 @@ impl Consumers {
         how: Settle,
     ) -> Result<(), ConsumerError> {
         for _ in 0..MAX_RACES {
+            let _turn = self.turn(name).await;
             let (version, mut record) = self.load_known(name).await?;
             if record.settings.ack != AckMode::Explicit {
                 return Err(ConsumerError::BadSettings(format!(
@@ -684,6 +704,7 @@ impl Consumers {
         since: &Since,
     ) -> Result<ConsumerInfo, ConsumerError> {
         for _ in 0..MAX_RACES {
+            let _turn = self.turn(name).await;
             let (version, mut record) = self.load_known(name).await?;
             let topics = record.settings.topic_list()?;
             let positions = self.hub.start_positions(&topics, since).await?;
@@ -795,6 +816,7 @@ impl Consumers {
         forward: bool,
     ) -> Result<(), ConsumerError> {
         for _ in 0..MAX_RACES {
+            let _turn = self.turn(name).await;
             let (version, mut record) = self.load_known(name).await?;
             if record.settings.ack != AckMode::Auto {
                 return Ok(());
