@@ -850,36 +850,35 @@ async fn rights() {
     assert_eq!(r.status(), StatusCode::OK);
 }
 
-/// The tests of each scenario, one per engine: `consumers::<scenario>::<engine>`.
+/// The tests of each scenario, one per engine it names: `consumers::<scenario>::<engine>`.
 macro_rules! on_engines {
-    ($($scenario:ident),* $(,)?) => {
+    ($($scenario:ident on [$($engine:ident = $variant:ident),*]),* $(,)?) => {
         $(
             mod $scenario {
-                #[tokio::test]
-                async fn sqlite() {
-                    super::$scenario(crate::kit::Engine::Sqlite).await;
-                }
-                #[tokio::test]
-                async fn redis() {
-                    super::$scenario(crate::kit::Engine::Redis).await;
-                }
+                $(
+                    #[tokio::test]
+                    async fn $engine() {
+                        super::$scenario(crate::kit::Engine::$variant).await;
+                    }
+                )*
             }
         )*
     };
 }
 
 on_engines!(
-    restart,
-    lifecycle,
-    redelivery,
-    dead_letters,
-    lag_figures,
-    flow_control,
-    retention,
-    seek,
-    disjoint_readers,
-    bad_input,
-    event_source,
-    ndjson_explicit,
-    cli,
+    // The memory engine forgets everything with its process, by design.
+    restart on [sqlite = Sqlite, redis = Redis],
+    lifecycle on [sqlite = Sqlite, redis = Redis, memory = Memory],
+    redelivery on [sqlite = Sqlite, redis = Redis, memory = Memory],
+    dead_letters on [sqlite = Sqlite, redis = Redis, memory = Memory],
+    lag_figures on [sqlite = Sqlite, redis = Redis, memory = Memory],
+    flow_control on [sqlite = Sqlite, redis = Redis, memory = Memory],
+    retention on [sqlite = Sqlite, redis = Redis, memory = Memory],
+    seek on [sqlite = Sqlite, redis = Redis, memory = Memory],
+    disjoint_readers on [sqlite = Sqlite, redis = Redis, memory = Memory],
+    bad_input on [sqlite = Sqlite, redis = Redis, memory = Memory],
+    event_source on [sqlite = Sqlite, redis = Redis, memory = Memory],
+    ndjson_explicit on [sqlite = Sqlite, redis = Redis, memory = Memory],
+    cli on [sqlite = Sqlite, redis = Redis],
 );
