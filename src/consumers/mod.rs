@@ -223,6 +223,11 @@ pub struct Consumers {
     /// and redo the work. The compare-and-set still decides between nodes. Async mutexes:
     /// held across the store calls of one load-decide-write, never while a reader waits.
     stripes: Vec<tokio::sync::Mutex<()>>,
+    /// On a store only this node writes (sqlite, memory): each consumer's record as last
+    /// written, so a read or an ack does not load and decode it again. Written only
+    /// under the consumer's turn. A std mutex: held to look up or replace, never across an
+    /// await.
+    cache: std::sync::Mutex<std::collections::HashMap<String, (u64, Record)>>,
 }
 
 /// How many stripes of consumer locks a node has.
@@ -246,6 +251,7 @@ impl Consumers {
             options,
             settled: Notify::new(),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            cache: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -261,13 +267,38 @@ impl Consumers {
     }
 
     async fn load(&self, name: &ConsumerName) -> Result<Option<(u64, Record)>, ConsumerError> {
+        if let Some(cached) = self.cached(name) {
+            return Ok(Some(cached));
+        }
         let Some(stored) = self.store.consumer(name.as_str()).await? else {
             return Ok(None);
         };
         let record = Record::decode(&stored.body).map_err(|e| {
             StoreError::Unavailable(format!("consumer {name} is stored unreadable: {e}"))
         })?;
+        // Not cached here: only a write under the consumer's turn knows it has the latest.
         Ok(Some((stored.version, record)))
+    }
+
+    /// The record as this node last wrote it, on a store no other node writes.
+    fn cached(&self, name: &ConsumerName) -> Option<(u64, Record)> {
+        if self.hub.shared_store() {
+            return None;
+        }
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(name.as_str()).cloned()
+    }
+
+    /// Keeps (or, `None`, forgets) the record of `name` as the store has it now.
+    fn remember(&self, name: &ConsumerName, record: Option<(u64, Record)>) {
+        if self.hub.shared_store() {
+            return;
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        match record {
+            Some(r) => cache.insert(name.as_str().to_string(), r),
+            None => cache.remove(name.as_str()),
+        };
     }
 
     async fn load_known(&self, name: &ConsumerName) -> Result<(u64, Record), ConsumerError> {
@@ -284,11 +315,25 @@ impl Consumers {
         record: &Record,
         dead: Vec<NewMessage>,
     ) -> Result<bool, ConsumerError> {
-        Ok(self
+        let written = self
             .store
             .put_consumer(name.as_str(), version, record.encode(), dead)
-            .await?
-            .is_some())
+            .await;
+        match written {
+            Ok(Some(v)) => {
+                self.remember(name, Some((v, record.clone())));
+                Ok(true)
+            }
+            // Lost a race (or the store failed): what is cached is not what is stored.
+            Ok(None) => {
+                self.remember(name, None);
+                Ok(false)
+            }
+            Err(e) => {
+                self.remember(name, None);
+                Err(e.into())
+            }
+        }
     }
 
     /// The topics of a consumer (for the caller's rights), or `Unknown`.
@@ -314,10 +359,13 @@ impl Consumers {
                 .map(|(t, seq)| (t.as_str().to_string(), Lane::at(seq)))
                 .collect(),
         };
+        let turn = self.turn(name).await;
         if self.write(name, 0, &record, Vec::new()).await? {
+            drop(turn);
             return Ok((self.describe(name, &record).await?, true));
         }
         let (_, existing) = self.load_known(name).await?;
+        drop(turn);
         if existing.settings == settings {
             Ok((self.describe(name, &existing).await?, false))
         } else {
@@ -347,7 +395,10 @@ impl Consumers {
     }
 
     pub async fn delete(&self, name: &ConsumerName) -> Result<(), ConsumerError> {
-        if self.store.delete_consumer(name.as_str()).await? {
+        let _turn = self.turn(name).await;
+        let deleted = self.store.delete_consumer(name.as_str()).await;
+        self.remember(name, None);
+        if deleted? {
             self.settled.notify_waiters();
             Ok(())
         } else {
