@@ -474,3 +474,110 @@ pub(super) async fn stream(
         axum::body::Body::from_stream(body),
     ))
 }
+
+/// The events of a WebSocket subscription to one topic through a consumer, as the hub's
+/// subscriptions give them (messages carrying their `delivery`), and the consumer's position
+/// to show as its start. An `auto` consumer advances to what the socket reports written in
+/// `sent` (the highest seq sent): before each new read, and when the subscription ends.
+pub(super) async fn events(
+    state: &AppState,
+    topic: Topic,
+    name: ConsumerName,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> Result<
+    (
+        String,
+        futures_util::stream::BoxStream<'static, crate::hub::Event>,
+    ),
+    ApiError,
+> {
+    use std::collections::VecDeque;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use futures_util::StreamExt;
+
+    use crate::consumers::{Consumers, ReadSpec};
+    use crate::hub::Event;
+    use crate::wire::Encoded;
+
+    let spec = ReadSpec {
+        topics: crate::model::TopicList::one(topic.clone()),
+        limit: STREAM_BATCH,
+        wait: state.options.keepalive,
+        implicit_start: Since::Now,
+    };
+    state.consumers.ensure(&name, &spec).await?;
+    let start = state.consumers.info(&name).await?;
+    let next = start
+        .topics_state
+        .get(topic.as_str())
+        .map_or(0, |f| f.delivered);
+    let auto = start.settings.ack == crate::consumers::AckMode::Auto;
+    struct St {
+        consumers: Arc<Consumers>,
+        name: ConsumerName,
+        topic: Topic,
+        spec: ReadSpec,
+        queue: VecDeque<Event>,
+        auto: bool,
+        sent: Arc<AtomicU64>,
+        committed: u64,
+    }
+    impl St {
+        /// What the socket wrote beyond the last advance, if anything.
+        fn unwritten(&self) -> Option<Vec<(Topic, u64)>> {
+            let sent = self.sent.load(Ordering::Relaxed);
+            (self.auto && sent > self.committed).then(|| vec![(self.topic.clone(), sent)])
+        }
+    }
+    impl Drop for St {
+        // The socket is gone or the topic unsubscribed: what it wrote last still counts.
+        fn drop(&mut self) {
+            if let Some(to) = self.unwritten() {
+                let (consumers, name) = (self.consumers.clone(), self.name.clone());
+                tokio::spawn(async move { consumers.advance(&name, &to).await });
+            }
+        }
+    }
+    let st = St {
+        consumers: state.consumers.clone(),
+        name,
+        topic,
+        spec,
+        queue: VecDeque::new(),
+        auto,
+        committed: next,
+        sent,
+    };
+    let stream = futures_util::stream::unfold(st, |mut st| async move {
+        loop {
+            if let Some(event) = st.queue.pop_front() {
+                return Some((event, st));
+            }
+            if let Some(to) = st.unwritten() {
+                let (consumers, name) = (st.consumers.clone(), st.name.clone());
+                let seq = to[0].1;
+                // In a task of its own: a socket closing now cannot cut the write in half.
+                let advanced =
+                    tokio::spawn(async move { consumers.advance(&name, &to).await }).await;
+                if !matches!(advanced, Ok(Ok(()))) {
+                    return None;
+                }
+                st.committed = seq;
+            }
+            // An error ends the subscription: the socket tells the client (`ended`).
+            let batch = st.consumers.stream_batch(&st.name, &st.spec).await.ok()?;
+            let d = batch.delivered;
+            for gap in d.gaps {
+                let after = gap.range.map_or(0, |r| r.1);
+                st.queue.push_back(Event::Gap { gap, after });
+            }
+            for (msg, delivery) in d.messages {
+                st.queue
+                    .push_back(Event::Message(Arc::new(Encoded::delivered(msg, delivery))));
+            }
+        }
+    });
+    Ok((next.to_string(), stream.boxed()))
+}

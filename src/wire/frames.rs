@@ -52,6 +52,8 @@ pub fn ndjson_disconnect(next: &str) -> Bytes {
 /// A committed message and its encodings, each made once.
 pub struct Encoded {
     pub msg: Arc<Message>,
+    /// Read through a durable consumer: the delivery count its envelopes carry.
+    delivery: Option<u32>,
     sse: OnceLock<Bytes>,
     sse_raw: OnceLock<Bytes>,
     line: OnceLock<Bytes>,
@@ -62,6 +64,7 @@ impl Encoded {
     pub fn new(msg: Arc<Message>) -> Self {
         Encoded {
             msg,
+            delivery: None,
             sse: OnceLock::new(),
             sse_raw: OnceLock::new(),
             line: OnceLock::new(),
@@ -69,10 +72,26 @@ impl Encoded {
         }
     }
 
+    /// A message read through a durable consumer, for one reader: its envelopes carry
+    /// `delivery`.
+    pub fn delivered(msg: Arc<Message>, delivery: u32) -> Self {
+        Encoded {
+            delivery: Some(delivery),
+            ..Encoded::new(msg)
+        }
+    }
+
+    fn envelope(&self) -> Envelope<'_> {
+        Envelope {
+            delivery: self.delivery,
+            ..Envelope::of(&self.msg)
+        }
+    }
+
     /// The SSE frame of a single-topic subscription (`id:` is the seq, the whole cursor).
     pub fn sse(&self, raw: bool) -> Bytes {
         let cell = if raw { &self.sse_raw } else { &self.sse };
-        cell.get_or_init(|| sse_message(&self.msg.seq.to_string(), &self.msg, raw))
+        cell.get_or_init(|| sse_frame(&self.msg.seq.to_string(), &self.msg, raw, self.delivery))
             .clone()
     }
 
@@ -80,7 +99,7 @@ impl Encoded {
     pub fn line(&self) -> Bytes {
         self.line
             .get_or_init(|| {
-                let mut buf = json_bytes(&Envelope::of(&self.msg));
+                let mut buf = json_bytes(&self.envelope());
                 buf.put_u8(b'\n');
                 buf.freeze()
             })
@@ -99,7 +118,7 @@ impl Encoded {
                 }
                 json_bytes(&WsMessage {
                     op: "message",
-                    envelope: Envelope::of(&self.msg),
+                    envelope: self.envelope(),
                 })
                 .freeze()
             })

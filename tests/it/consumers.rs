@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::kit::clients::{Ndjson, Sse};
+use crate::kit::clients::{Ndjson, Sse, Ws};
 use crate::kit::redis::RedisServer;
 use crate::kit::{Engine, Server, expect_problem, gaps, into_json, messages, seqs};
 
@@ -658,6 +658,85 @@ async fn ndjson_explicit(engine: Engine) {
     );
 }
 
+/// A WebSocket `subscribe` with `consumer`: an explicit consumer's messages carry
+/// `delivery`, and acks settle them; an auto consumer resumes after what was sent on a new
+/// socket; `since` with a consumer is refused.
+async fn websocket(engine: Engine) {
+    let server = Server::start_on(engine, &["--keepalive", "1s"]).await;
+    create(&server, "wx", json!({"topics": ["t"], "ack": "explicit"})).await;
+    create(&server, "wa", json!({"topics": ["t"]})).await;
+    server.publish_n("t", 3, "m").await;
+    let mut ws = Ws::connect(&server, "").await;
+    let mut others = Vec::new();
+    ws.ok(
+        json!({"op": "subscribe", "id": 1, "topic": "t", "consumer": "wx"}),
+        &mut others,
+    )
+    .await;
+    let need = 3 - others.len();
+    others.extend(ws.events(need).await);
+    let got: Vec<(Value, Value)> = others
+        .iter()
+        .map(|m| (m["seq"].clone(), m["delivery"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (json!(1), json!(1)),
+            (json!(2), json!(1)),
+            (json!(3), json!(1))
+        ]
+    );
+    ack_ok(
+        &server,
+        "wx",
+        json!([{"topic": "t", "seq": 1}, {"topic": "t", "seq": 2}, {"topic": "t", "seq": 3}]),
+    )
+    .await;
+    assert_eq!(figures(&server, "wx", "t").await["ack_floor"], json!(3));
+
+    let mut others = Vec::new();
+    ws.ok(
+        json!({"op": "subscribe", "id": 2, "topic": "t", "consumer": "wa"}),
+        &mut others,
+    )
+    .await;
+    let need = 3 - others.iter().filter(|m| m["delivery"].is_u64()).count();
+    others.extend(ws.events(need).await);
+    drop(ws);
+    until_delivered(&server, "wa", "t", 3).await;
+    server.publish("t", "m4").await;
+    let mut ws = Ws::connect(&server, "").await;
+    let mut others = Vec::new();
+    ws.ok(
+        json!({"op": "subscribe", "id": 3, "topic": "t", "consumer": "wa"}),
+        &mut others,
+    )
+    .await;
+    if others.is_empty() {
+        others.extend(ws.events(1).await);
+    }
+    assert_eq!(
+        others[0]["seq"],
+        json!(4),
+        "resumed after what was sent: {others:?}"
+    );
+    let refused = ws
+        .call(
+            json!({"op": "subscribe", "id": 4, "topic": "t", "consumer": "wa", "since": "all"}),
+            &mut Vec::new(),
+        )
+        .await;
+    assert_eq!(refused["op"], json!("error"), "{refused}");
+    let refused = ws
+        .call(
+            json!({"op": "subscribe", "id": 5, "topic": "t", "consumer": "bad.name"}),
+            &mut Vec::new(),
+        )
+        .await;
+    assert_eq!(refused["status"], json!(400), "{refused}");
+}
+
 /// `plexus sub --consumer NAME --ack explicit` and `plexus consumers ls|show|seek|rm`.
 async fn cli(engine: Engine) {
     use crate::kit::cli::{json_lines, output, plexus, run, stdout_json};
@@ -880,5 +959,6 @@ on_engines!(
     bad_input on [sqlite = Sqlite, redis = Redis, memory = Memory],
     event_source on [sqlite = Sqlite, redis = Redis, memory = Memory],
     ndjson_explicit on [sqlite = Sqlite, redis = Redis, memory = Memory],
+    websocket on [sqlite = Sqlite, redis = Redis, memory = Memory],
     cli on [sqlite = Sqlite, redis = Redis],
 );
