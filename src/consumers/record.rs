@@ -170,15 +170,12 @@ impl Settings {
 }
 
 /// A delivered message not yet acknowledged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lease {
-    #[serde(rename = "d")]
     pub delivery: u32,
     /// When it runs out (ms since the epoch): after it, the message goes out again.
-    #[serde(rename = "u")]
     pub until: Millis,
     /// Given back by a nak: no reader holds it; it goes out again at `until`.
-    #[serde(rename = "r", default, skip_serializing_if = "std::ops::Not::not")]
     pub released: bool,
 }
 
@@ -197,8 +194,66 @@ impl Lease {
 pub struct Lane {
     /// The highest seq handed out (or passed over as a gap).
     pub delivered: Seq,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "lease_runs"
+    )]
     pub leases: BTreeMap<Seq, Lease>,
+}
+
+/// Leases stored as runs: `[first, last, delivery, until, released]` for consecutive seqs
+/// leased alike. A page read at once is leased alike, so a consumer holding a thousand
+/// leases stores a handful of runs: the record (written on every read and ack) stays small.
+mod lease_runs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Lease;
+    use crate::model::{Millis, Seq};
+
+    type Run = (Seq, Seq, u32, Millis, bool);
+
+    pub fn serialize<S: Serializer>(
+        leases: &BTreeMap<Seq, Lease>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut runs: Vec<Run> = Vec::new();
+        for (&seq, l) in leases {
+            match runs.last_mut() {
+                Some(run)
+                    if run.1 + 1 == seq
+                        && (run.2, run.3, run.4) == (l.delivery, l.until, l.released) =>
+                {
+                    run.1 = seq;
+                }
+                _ => runs.push((seq, seq, l.delivery, l.until, l.released)),
+            }
+        }
+        runs.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<Seq, Lease>, D::Error> {
+        let runs = Vec::<Run>::deserialize(d)?;
+        let mut leases = BTreeMap::new();
+        for (first, last, delivery, until, released) in runs {
+            if last < first || last - first > 1_000_000 {
+                return Err(serde::de::Error::custom("a lease run out of bounds"));
+            }
+            for seq in first..=last {
+                leases.insert(
+                    seq,
+                    Lease {
+                        delivery,
+                        until,
+                        released,
+                    },
+                );
+            }
+        }
+        Ok(leases)
+    }
 }
 
 impl Lane {
