@@ -282,7 +282,17 @@ async fn lag_figures(engine: Engine) {
     check(figures(&server, "lag", "t").await, 10, 0, 0);
     let page = server.read("t", "consumer=lag&limit=4").await;
     assert_eq!(seqs(&page), vec![1, 2, 3, 4]);
-    check(figures(&server, "lag", "t").await, 6, 4, 0);
+    let f = figures(&server, "lag", "t").await;
+    check(f.clone(), 6, 4, 0);
+    let text = server.metrics().await;
+    assert_eq!(
+        (
+            gauge(&text, "plexus_consumer_pending", "lag", "t"),
+            gauge(&text, "plexus_consumer_ack_pending", "lag", "t")
+        ),
+        (Some(6), Some(4)),
+        "before acks: {text}"
+    );
     ack_ok(
         &server,
         "lag",
