@@ -100,6 +100,36 @@ async fn restart(engine: Engine) {
     let info = show(&server, "c").await;
     assert_eq!(info["ack"], json!("auto"), "created implicitly: {info}");
     assert_eq!(info["topics_state"]["t"]["pending"], json!(0), "{info}");
+
+    // Explicit leases survive a restart: the first reader's acks still name its leases, and
+    // what it had not acked is not handed to anyone else before its lease runs out.
+    create(
+        &server,
+        "x",
+        json!({"topics": ["t"], "ack": "explicit", "ack_wait": "10m"}),
+    )
+    .await;
+    let leased = server.read("t", "consumer=x&limit=3").await;
+    assert_eq!(seqs(&leased), vec![1, 2, 3]);
+    server.restart().await;
+    let f = figures(&server, "x", "t").await;
+    assert_eq!(
+        (f["ack_pending"].clone(), f["delivered"].clone()),
+        (json!(3), json!(3)),
+        "{f}"
+    );
+    ack_ok(
+        &server,
+        "x",
+        json!([{"topic": "t", "seq": 1, "delivery": 1}, {"topic": "t", "seq": 2, "delivery": 1}]),
+    )
+    .await;
+    let next = server.read("t", "consumer=x&limit=100").await;
+    assert_eq!(
+        seqs(&next),
+        (4..=25).collect::<Vec<_>>(),
+        "seq 3 is still leased: {next}"
+    );
 }
 
 /// Create, the same again, other settings, show, list order, delete; and the reads that
