@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::AuthSetupError;
 use crate::config::{Config, StorageKind};
+use crate::consumers::Consumers;
 use crate::http::{AppState, HttpOptions};
 use crate::hub::{Hub, HubOptions};
 use crate::jobs::Jobs;
@@ -125,6 +126,11 @@ impl App {
             shutdown.clone(),
         );
         let jobs = Jobs::new(hub.clone(), store.jobs.clone(), config.jobs.clone());
+        let consumers = Consumers::new(
+            hub.clone(),
+            store.consumers.clone(),
+            config.consumers.clone(),
+        );
         let connections = Arc::new(ConnStats::default());
         let router = crate::http::router(AppState {
             limiter: Arc::new(crate::http::limits::RateLimiter::new(
@@ -133,6 +139,7 @@ impl App {
             )),
             hub: hub.clone(),
             jobs: jobs.clone(),
+            consumers,
             auth,
             connections: connections.clone(),
             options: Arc::new(http_options(config)),

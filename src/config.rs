@@ -94,6 +94,15 @@ pub struct ServeArgs {
     /// How long a finished job and its events are kept [default: 7d]
     #[arg(long, env = "PLEXUS_JOBS_RETENTION", value_name = "DUR")]
     pub jobs_retention: Option<String>,
+    /// Lease of a message read through an explicit consumer that names none [default: 30s]
+    #[arg(long, env = "PLEXUS_CONSUMERS_ACK_WAIT", value_name = "DUR")]
+    pub consumers_ack_wait: Option<String>,
+    /// Deliveries of a message before it is dead-lettered, for consumers that name none [default: 5]
+    #[arg(long, env = "PLEXUS_CONSUMERS_MAX_DELIVER", value_name = "N")]
+    pub consumers_max_deliver: Option<u32>,
+    /// Unacknowledged messages an explicit consumer holds before it delivers no more [default: 1000]
+    #[arg(long, env = "PLEXUS_CONSUMERS_MAX_ACK_PENDING", value_name = "N")]
+    pub consumers_max_ack_pending: Option<u32>,
     /// open (no credentials) or required (tokens or JWTs, see the config file) [default: open]
     #[arg(long, env = "PLEXUS_AUTH", value_name = "MODE")]
     pub auth: Option<String>,
@@ -175,6 +184,7 @@ struct FileConfig {
     log: FileLog,
     redis: FileRedis,
     sidecar: FileSidecar,
+    consumers: FileConsumers,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -182,6 +192,14 @@ struct FileConfig {
 struct FileRedis {
     min_replicas: u32,
     replica_timeout: String,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct FileConsumers {
+    ack_wait: String,
+    max_deliver: u32,
+    max_ack_pending: u32,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -304,6 +322,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub tls: Option<TlsSource>,
     pub jobs: crate::jobs::JobsOptions,
+    pub consumers: crate::consumers::ConsumerOptions,
     pub auth: AuthConfig,
     pub max_connections: usize,
     pub max_connections_per_client: usize,
@@ -361,6 +380,39 @@ impl AuthConfig {
 }
 
 /// Overlays `over` onto `base`, table by table.
+/// The `[consumers]` defaults: what a consumer gets for the settings its creator leaves out.
+fn consumer_options(
+    a: &ServeArgs,
+    f: &FileConsumers,
+) -> Result<crate::consumers::ConsumerOptions, ConfigError> {
+    let ack_wait = duration(
+        "consumers.ack_wait",
+        a.consumers_ack_wait.as_deref().unwrap_or(&f.ack_wait),
+    )?;
+    if ack_wait.is_zero() || ack_wait > Duration::from_secs(24 * 3600) {
+        return Err(ConfigError(
+            "consumers.ack_wait: must be from 1ms to 24h".into(),
+        ));
+    }
+    let max_deliver = a.consumers_max_deliver.unwrap_or(f.max_deliver);
+    if !(1..=1000).contains(&max_deliver) {
+        return Err(ConfigError(
+            "consumers.max_deliver: must be from 1 to 1000".into(),
+        ));
+    }
+    let max_ack_pending = a.consumers_max_ack_pending.unwrap_or(f.max_ack_pending);
+    if !(1..=100_000).contains(&max_ack_pending) {
+        return Err(ConfigError(
+            "consumers.max_ack_pending: must be from 1 to 100000".into(),
+        ));
+    }
+    Ok(crate::consumers::ConsumerOptions {
+        ack_wait,
+        max_deliver,
+        max_ack_pending,
+    })
+}
+
 fn merge(base: &mut toml::Table, over: toml::Table) {
     for (key, value) in over {
         match (base.get_mut(&key), value) {
@@ -547,6 +599,7 @@ impl Config {
                 a.jobs_retention.as_deref().unwrap_or(&f.jobs.retention),
             )?,
         };
+        let consumers = consumer_options(a, &f.consumers)?;
         let mode = match a.auth.as_deref().unwrap_or(&f.auth.mode) {
             "open" => crate::auth::AuthMode::Open,
             "required" => crate::auth::AuthMode::Required,
@@ -676,6 +729,7 @@ impl Config {
             burst,
             auth,
             jobs,
+            consumers,
             tls,
             listen,
             data_dir: a.data_dir.clone().unwrap_or(f.data_dir),

@@ -13,6 +13,8 @@
 //! - [`hub`]: per-topic heads, broadcasts and wake-ups, cursor resolution and gaps; knows no
 //!   HTTP, no SQL.
 //! - [`jobs`]: job states, leases, retries with backoff; events on `_jobs.{id}`.
+//! - [`consumers`]: durable consumers — positions, leases, acks, redelivery, dead letters on
+//!   `_dead.{name}` and lag figures, kept in the store by compare-and-set.
 //! - [`auth`]: credentials (static tokens, JWT) into principals with topic-pattern rules.
 //! - [`observe`]: the Prometheus recorder behind every `metrics::counter!` of the layers.
 //! - [`tls`]: certificates (files or self-signed) into a rustls config with ALPN h2/http1.1.
@@ -36,6 +38,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod consumers;
 pub mod http;
 pub mod hub;
 pub mod jobs;

@@ -38,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
 
     let topic = match &command {
         Command::Subscribe { topic, .. }
+        | Command::Consume { topic, .. }
         | Command::Unsubscribe { topic }
         | Command::Publish { topic, .. } => topic,
     };
@@ -59,6 +60,11 @@ fuzz_target!(|data: &[u8]| {
             }
             let expected_slow = field("slow").map_or(Ok(SlowPolicy::Catchup), str::parse);
             assert_eq!(expected_slow.as_ref(), Ok(slow), "{text:?}");
+        }
+        Command::Consume { consumer, .. } => {
+            assert_eq!(field("op"), Some("subscribe"));
+            assert_eq!(field("consumer"), Some(consumer.as_str()), "{text:?}");
+            assert!(json.get("since").is_none_or(Value::is_null), "{text:?}");
         }
         Command::Unsubscribe { .. } => assert_eq!(field("op"), Some("unsubscribe")),
         Command::Publish { event, data, .. } => {

@@ -31,6 +31,7 @@
 //! # }
 //! ```
 
+mod consumers;
 mod follow;
 mod forward;
 mod jobs;
@@ -131,6 +132,9 @@ pub struct Envelope {
     pub data: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_base64: Option<String>,
+    /// Read through a durable consumer: 1 on the first delivery, +1 on each redelivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<u32>,
 }
 
 /// Messages a reader will never get: announced, never skipped silently.

@@ -17,6 +17,8 @@ pub enum BenchCommand {
     Http2(Http2Args),
     /// Jobs/s for submit + claim + complete with 1 and 4 workers
     Jobs(JobsBenchArgs),
+    /// Explicit-ack consumption through a durable consumer next to plain polling, same run
+    Consumers(ConsumersBenchArgs),
     /// Fan-out to many subscribers (SSE, WebSocket, long polling) next to a raw TCP loop
     Fanout(FanoutArgs),
     /// Publish throughput and p50/p99 latency, durability replicated vs the default, on one Redis with replicas
@@ -148,6 +150,19 @@ pub struct IdleClaimsArgs {
     pub storage: String,
 }
 
+#[derive(Args, Debug)]
+pub struct ConsumersBenchArgs {
+    /// Messages on the topic
+    #[arg(long, default_value_t = 100_000)]
+    pub messages: usize,
+    /// Concurrent readers
+    #[arg(long, default_value_t = 4)]
+    pub readers: usize,
+    /// Messages per poll (and per ack call)
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Via {
     Sse,
@@ -220,6 +235,13 @@ pub fn run(cmd: BenchCommand) -> Result<(), CliError> {
             jobs: a.jobs,
             submitters: a.submitters,
         })),
+        BenchCommand::Consumers(a) => {
+            runtime.block_on(lab::consumers::run(lab::consumers::ConsumersBench {
+                messages: a.messages,
+                readers: a.readers,
+                batch: a.batch,
+            }))
+        }
         BenchCommand::Fanout(a) => runtime.block_on(lab::fanout::run(lab::fanout::FanoutBench {
             via: match a.via {
                 Via::Sse => lab::fanout::Via::Sse,

@@ -2,6 +2,7 @@
 //! of [`crate::app`]; `bench` hands its arguments to [`crate::lab`].
 
 pub mod bench;
+pub mod consumers;
 pub mod jobs;
 pub mod publish;
 pub mod serve;
@@ -37,6 +38,8 @@ pub enum Command {
     Jobs(jobs::JobsArgs),
     /// Run a sidecar: the hub's API on loopback, a durable spool, one connection upstream
     Sidecar(Box<crate::config::SidecarArgs>),
+    /// List, show, seek or remove durable consumers
+    Consumers(consumers::ConsumersArgs),
     /// Measure the hub (results go to docs/BENCHMARKS.md)
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -124,6 +127,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Sub(args) => block_on(sub::run(args)),
         Command::Jobs(args) => block_on(jobs::run(args)),
         Command::Sidecar(args) => sidecar::run(*args),
+        Command::Consumers(args) => block_on(consumers::run(args)),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }

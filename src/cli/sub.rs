@@ -22,6 +22,14 @@ pub enum Via {
     Stream,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AckArg {
+    /// The hub moves the consumer on as it answers
+    Auto,
+    /// Each message is acknowledged after it is printed
+    Explicit,
+}
+
 #[derive(Args, Debug)]
 pub struct SubArgs {
     /// The hub's URL
@@ -33,8 +41,17 @@ pub struct SubArgs {
     #[arg(long, value_enum, default_value = "long-poll")]
     pub via: Via,
     /// Where to start: a cursor, all, now, an RFC 3339 time or a duration such as 10m
-    #[arg(long, default_value = "now")]
-    pub since: String,
+    /// [default: now]
+    #[arg(long, conflicts_with = "consumer")]
+    pub since: Option<String>,
+    /// Read through this durable consumer: the hub keeps the place (long polls; created
+    /// `auto` from `all` when missing)
+    #[arg(long, value_name = "NAME")]
+    pub consumer: Option<String>,
+    /// With --consumer: `explicit` creates the consumer with explicit acks (if missing) and
+    /// acks each message after printing it
+    #[arg(long, value_enum, requires = "consumer", default_value = "auto")]
+    pub ack: AckArg,
     /// Exit after this many messages
     #[arg(long)]
     pub count: Option<u64>,
@@ -56,6 +73,9 @@ fn print_gap(out: &mut impl Write, gap: &Gap) -> Result<(), CliError> {
 }
 
 pub async fn run(args: SubArgs) -> Result<(), CliError> {
+    if let Some(name) = &args.consumer {
+        return consume(&args, name).await;
+    }
     let transport = match args.via {
         Via::Poll | Via::LongPoll => return poll(args).await,
         Via::Sse => Transport::Sse,
@@ -64,7 +84,8 @@ pub async fn run(args: SubArgs) -> Result<(), CliError> {
     };
     let client = args.connection.client(&args.server)?;
     // `follow` resumes by cursor after a dropped connection or a hub restart.
-    let mut follow = client.follow(&args.topics, Some(&args.since), transport);
+    let since = args.since.as_deref().unwrap_or("now");
+    let mut follow = client.follow(&args.topics, Some(since), transport);
     let mut count = 0u64;
     loop {
         let item = follow.next().await?;
@@ -86,7 +107,7 @@ pub async fn run(args: SubArgs) -> Result<(), CliError> {
 
 async fn poll(args: SubArgs) -> Result<(), CliError> {
     let client = args.connection.client(&args.server)?;
-    let mut since = args.since.clone();
+    let mut since = args.since.clone().unwrap_or_else(|| "now".into());
     let mut seen = 0u64;
     let stdout = std::io::stdout();
     loop {
@@ -113,6 +134,47 @@ async fn poll(args: SubArgs) -> Result<(), CliError> {
         since = page.next;
         if matches!(args.via, Via::Poll) && page.messages.is_empty() {
             tokio::time::sleep(args.interval).await;
+        }
+    }
+}
+
+/// `--consumer`: long polls through a durable consumer; with `--ack explicit`, each message is
+/// acknowledged once its line is printed (a crash before that gets it again).
+async fn consume(args: &SubArgs, name: &str) -> Result<(), CliError> {
+    let client = args.connection.client(&args.server)?;
+    if args.ack == AckArg::Explicit {
+        let topics: Vec<&str> = args.topics.split(',').collect();
+        let settings = serde_json::json!({"topics": topics, "ack": "explicit"});
+        client.put_consumer(name, &settings).await?;
+    }
+    let mut seen = 0u64;
+    loop {
+        // No more than --count still wants: what is read is taken from the consumer.
+        let limit = args
+            .count
+            .map(|n| n.saturating_sub(seen).clamp(1, 1000) as usize);
+        let page = client
+            .read_consumer(&args.topics, name, limit, Some(Duration::from_secs(30)))
+            .await?;
+        for gap in &page.gaps {
+            let mut out = std::io::stdout().lock();
+            print_gap(&mut out, gap)?;
+            out.flush().map_err(CliError::Write)?;
+        }
+        for msg in &page.messages {
+            {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{}", serde_json::to_string(msg)?).map_err(CliError::Write)?;
+                out.flush().map_err(CliError::Write)?;
+            }
+            if args.ack == AckArg::Explicit {
+                let item = (msg.topic.clone(), msg.seq, msg.delivery);
+                client.settle(name, "ack", &[item]).await?;
+            }
+            seen += 1;
+            if args.count.is_some_and(|n| seen >= n) {
+                return Ok(());
+            }
         }
     }
 }

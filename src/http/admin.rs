@@ -70,6 +70,12 @@ async fn metrics(State(state): State<AppState>) -> Response {
             conns.open_by(protocol)
         );
     }
+    // Consumer lag, read from the store at each scrape (equal to the API's figures); a store
+    // that cannot answer leaves them out rather than failing the scrape.
+    match state.consumers.metrics_text().await {
+        Ok(text) => out.push_str(&text),
+        Err(e) => tracing::warn!(error = %e, "consumer figures left out of /metrics"),
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -6,6 +6,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::consumers::ConsumerError;
 use crate::hub::HubError;
 use crate::jobs::JobError;
 use crate::model::StoreError;
@@ -115,8 +116,24 @@ const TOO_MANY_TOPICS: ProblemType = ProblemType::new(
     "Too many topics",
 );
 
+/// A bad consumer name, setting or ack body (docs/API.md, "Durable consumers").
+const BAD_CONSUMER: ProblemType = ProblemType::new(
+    StatusCode::BAD_REQUEST,
+    "bad-consumer",
+    "Bad consumer request",
+);
+/// A consumer exists with other settings, or is read with other topics.
+const CONSUMER_CONFLICT: ProblemType = ProblemType::new(
+    StatusCode::CONFLICT,
+    "consumer-conflict",
+    "Consumer conflict",
+);
+/// An ack, nak or term naming a delivery that is not the current lease.
+const STALE_DELIVERY: ProblemType =
+    ProblemType::new(StatusCode::CONFLICT, "stale-delivery", "Stale delivery");
+
 /// Every problem type the API answers with, each once.
-pub const PROBLEM_TYPES: [&ProblemType; 20] = [
+pub const PROBLEM_TYPES: [&ProblemType; 23] = [
     &BAD_REQUEST,
     &BAD_TOPIC,
     &BAD_SINCE,
@@ -137,6 +154,9 @@ pub const PROBLEM_TYPES: [&ProblemType; 20] = [
     &BUSY,
     &NOT_REPLICATED,
     &TOO_MANY_TOPICS,
+    &BAD_CONSUMER,
+    &CONSUMER_CONFLICT,
+    &STALE_DELIVERY,
 ];
 
 /// The kind of problem a store error is.
@@ -251,6 +271,10 @@ impl ApiError {
         Self::new(&METHOD_NOT_ALLOWED, "this path does not accept that method")
     }
 
+    pub fn bad_consumer(detail: impl Into<String>) -> Self {
+        Self::new(&BAD_CONSUMER, detail)
+    }
+
     pub fn status(&self) -> StatusCode {
         self.kind.status
     }
@@ -311,6 +335,20 @@ impl From<JobError> for ApiError {
             JobError::Hub(e) => e.into(),
             JobError::UnknownJob(_) => ApiError::not_found(e.to_string()),
             JobError::StaleLease(_) => ApiError::new(&STALE_LEASE, e.to_string()),
+        }
+    }
+}
+
+impl From<ConsumerError> for ApiError {
+    fn from(e: ConsumerError) -> Self {
+        match e {
+            ConsumerError::Hub(e) => e.into(),
+            ConsumerError::BadName(_) | ConsumerError::BadSettings(_) => {
+                ApiError::new(&BAD_CONSUMER, e.to_string())
+            }
+            ConsumerError::Unknown(_) => ApiError::not_found(e.to_string()),
+            ConsumerError::Conflict(_) => ApiError::new(&CONSUMER_CONFLICT, e.to_string()),
+            ConsumerError::StaleDelivery(_) => ApiError::new(&STALE_DELIVERY, e.to_string()),
         }
     }
 }

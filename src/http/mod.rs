@@ -13,7 +13,7 @@
 //!   on it, the WebSocket takes its gauge and keeps its own ping and close handshake, since
 //!   frames flow both ways on it;
 //! - above them the handlers, each registering its own routes: `publish`, `poll`, `sse`,
-//!   `ndjson`, `ws`, `admin`, `jobs`;
+//!   `ndjson`, `ws`, `admin`, `jobs`, `consumers`;
 //! - on top `openapi`, which names the handlers, and this file, which assembles the router.
 //!
 //! Every byte a stream or socket sends (messages, gaps and control frames alike) is encoded in
@@ -22,6 +22,7 @@
 mod admin;
 mod auth;
 mod client;
+mod consumers;
 pub mod error;
 mod extract;
 mod jobs;
@@ -62,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ndjson::routes())
         .merge(ws::routes())
         .merge(jobs::routes(&state.options))
+        .merge(consumers::routes())
         .merge(openapi::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -34,6 +34,7 @@ pub fn routes() -> Router<AppState> {
         ("since" = inline(Option<schema::Since>), Query, description = "Where to start: a cursor (`next` or an SSE id), `all`, `now`, or a duration back such as `5m`"),
         ("slow" = Option<schema::SlowPolicy>, Query, description = "Slow-consumer policy (default catchup)"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this cursor; wins over `since`"),
+        ("consumer" = Option<String>, Query, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "Read through this durable consumer (created `auto` from `now` if missing); not with `since`"),
     ),
     responses(
         (status = 200, description = "A stream of JSON lines that lasts until the client leaves or the hub shuts down", body = String, content_type = "application/x-ndjson"),
@@ -50,6 +51,12 @@ async fn ndjson(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let req = stream_request(&state, &caller, path, query, &headers).await?;
+    if let Some((name, last)) =
+        super::consumers::stream_consumer(&req.params, &headers, state.options.max_topics)?
+    {
+        let kind = super::consumers::StreamKind::Ndjson;
+        return super::consumers::stream(&state, req.topics, name, last, kind).await;
+    }
     let sub = state
         .hub
         .subscribe(&req.topics, &req.since, &Since::Now, req.slow)

@@ -99,6 +99,11 @@ async fn openapi_json(State(state): State<AppState>) -> Response {
         super::jobs::claim,
         super::jobs::status,
         super::jobs::act,
+        super::consumers::create,
+        super::consumers::show,
+        super::consumers::list,
+        super::consumers::remove,
+        super::consumers::act,
         openapi_json,
     ),
     components(schemas(
@@ -110,6 +115,7 @@ async fn openapi_json(State(state): State<AppState>) -> Response {
         (name = "publish", description = "Publish one message or a batch"),
         (name = "read", description = "Poll, long-poll, and stream topics"),
         (name = "jobs", description = "Long requests: submit, follow, and work on jobs"),
+        (name = "consumers", description = "Durable consumers: the hub keeps the reader's place"),
         (name = "manage", description = "Topics"),
         (name = "observe", description = "Health, readiness, metrics, this description"),
     )

@@ -13,6 +13,7 @@ use super::error::ApiError;
 use super::extract::{self, Params, QueryPairs, path_param};
 use super::schema;
 use super::state::AppState;
+use crate::consumers::{ConsumerName, ReadSpec};
 use crate::hub::ReadRequest;
 use crate::model::{Since, TopicList};
 use crate::wire::{Envelope, GapJson};
@@ -47,11 +48,13 @@ struct PollBody<'a> {
         ("limit" = inline(Option<schema::Limit>), Query, description = "Most messages, from 1 (default 100; above 1000 clamped to 1000)"),
         ("wait" = inline(Option<schema::Wait>), Query, description = "Seconds to wait for a message (long poll), clamped to max_wait"),
         ("Prefer" = Option<String>, Header, description = "`wait=N` (RFC 7240): the same as the `wait` query parameter"),
+        ("consumer" = Option<String>, Query, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "Read through this durable consumer (created `auto` from `all` if missing); not with `since`"),
     ),
     responses(
         (status = 200, description = "Messages, and the cursor to read on from", body = schema::PollBody),
         (status = 400, description = "A bad topic, cursor or parameter", body = schema::Problem, content_type = "application/problem+json"),
         (status = 403, description = "This credential may not do that", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The consumer reads other topics", body = schema::Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = schema::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -67,9 +70,18 @@ async fn poll(
         caller.subscribe(&state.jobs, topic).await?;
     }
     let params = Params::from(query)?;
-    let since = match params.get("since")? {
-        Some(s) => Since::parse_bounded(s, state.options.max_topics)?,
-        None => Since::All,
+    let consumer = params
+        .get("consumer")?
+        .map(str::parse::<ConsumerName>)
+        .transpose()?;
+    let since = match (params.get("since")?, &consumer) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_consumer(
+                "since: a read through a consumer starts where the consumer stands; seek it instead",
+            ));
+        }
+        (Some(s), None) => Since::parse_bounded(s, state.options.max_topics)?,
+        (None, _) => Since::All,
     };
     let limit = match params.get("limit")? {
         None => DEFAULT_LIMIT,
@@ -91,6 +103,27 @@ async fn poll(
         None => extract::prefer_wait(&headers)?.unwrap_or_default(),
     }
     .min(state.options.max_wait);
+    if let Some(name) = consumer {
+        let spec = ReadSpec {
+            topics,
+            limit,
+            wait,
+            implicit_start: Since::All,
+        };
+        let got = state.consumers.read(&name, &spec).await?;
+        metrics::counter!("plexus_deliveries_total", "transport" => "poll")
+            .increment(got.messages.len() as u64);
+        let body = PollBody {
+            messages: got
+                .messages
+                .iter()
+                .map(|(m, d)| Envelope::delivered(m, *d))
+                .collect(),
+            next: got.next.map(|c| c.to_string()).unwrap_or_default(),
+            gaps: got.gaps.iter().map(GapJson::of).collect(),
+        };
+        return Ok(Json(body).into_response());
+    }
     let result = state
         .hub
         .read(ReadRequest {

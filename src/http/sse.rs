@@ -43,6 +43,7 @@ pub fn routes() -> Router<AppState> {
         ("slow" = Option<schema::SlowPolicy>, Query, description = "Slow-consumer policy (default catchup)"),
         ("raw" = Option<String>, Query, description = "`1` or `true`: the payload itself as `data:` lines"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event; wins over `since`"),
+        ("consumer" = Option<String>, Query, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "Read through this durable consumer (created `auto` from `now` if missing); not with `since`"),
     ),
     responses(
         (status = 200, description = "An event stream that lasts until the client leaves or the hub shuts down", body = String, content_type = "text/event-stream"),
@@ -68,6 +69,12 @@ async fn sse(
             )));
         }
     };
+    if let Some((name, last)) =
+        super::consumers::stream_consumer(&req.params, &headers, state.options.max_topics)?
+    {
+        let kind = super::consumers::StreamKind::Sse { raw };
+        return super::consumers::stream(&state, req.topics, name, last, kind).await;
+    }
     let sub = state
         .hub
         .subscribe(&req.topics, &req.since, &Since::Now, req.slow)

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::limits::RateLimiter;
 use crate::auth::Authenticator;
+use crate::consumers::Consumers;
 use crate::hub::Hub;
 use crate::jobs::Jobs;
 use crate::server::ConnStats;
@@ -52,6 +53,7 @@ impl Default for HttpOptions {
 pub struct AppState {
     pub hub: Arc<Hub>,
     pub jobs: Arc<Jobs>,
+    pub consumers: Arc<Consumers>,
     pub auth: Arc<Authenticator>,
     pub limiter: Arc<RateLimiter>,
     /// The listener's connection counters (for `/metrics`).

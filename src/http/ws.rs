@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Extension;
@@ -123,6 +125,9 @@ struct Session {
     subs: SelectAll<BoxStream<'static, (Topic, Option<Event>)>>,
     /// Each subscribed topic's cancel switch (unsubscribe, resubscribe).
     active: HashMap<Topic, CancellationToken>,
+    /// Per topic subscribed through a consumer: the highest seq written to the socket, which
+    /// an `auto` consumer advances to.
+    written: HashMap<Topic, Arc<AtomicU64>>,
 }
 
 impl Session {
@@ -135,6 +140,7 @@ impl Session {
             socket: Some(socket),
             subs: SelectAll::new(),
             active: HashMap::new(),
+            written: HashMap::new(),
         }
     }
 
@@ -229,7 +235,13 @@ impl Session {
             }
         };
         match Utf8Bytes::try_from(bytes) {
-            Ok(text) => self.send(WsMessage::Text(text)).await,
+            Ok(text) => {
+                self.send(WsMessage::Text(text)).await?;
+                if let (Some(sent), Some(after)) = (self.written.get(&topic), event.after()) {
+                    sent.fetch_max(after, Ordering::Relaxed);
+                }
+                Ok(())
+            }
             Err(_) => Ok(()),
         }
     }
@@ -330,6 +342,20 @@ impl Session {
                     },
                 ))
             }
+            Command::Consume { topic, consumer } => {
+                self.caller.subscribe(&self.state.jobs, &topic).await?;
+                let name = consumer
+                    .parse::<crate::consumers::ConsumerName>()
+                    .map_err(ApiError::from)?;
+                let next = self.consume(topic.clone(), name).await?;
+                Ok(ok_frame(
+                    id,
+                    Reply::Subscribed {
+                        topic: &topic,
+                        next: &next,
+                    },
+                ))
+            }
             Command::Unsubscribe { topic } => {
                 if let Some(token) = self.active.remove(&topic) {
                     token.cancel();
@@ -364,6 +390,44 @@ impl Session {
         }
     }
 
+    /// Subscribes one topic through a consumer (replacing an earlier subscription to the
+    /// topic); returns the consumer's position.
+    async fn consume(
+        &mut self,
+        topic: Topic,
+        name: crate::consumers::ConsumerName,
+    ) -> Result<String, FrameRefusal> {
+        if !self.active.contains_key(&topic) && self.active.len() >= self.state.options.max_topics {
+            return Err(FrameRefusal::bad_request(format!(
+                "at most {} topics per socket",
+                self.state.options.max_topics
+            )));
+        }
+        let sent = Arc::new(AtomicU64::new(0));
+        let (next, events) =
+            super::consumers::events(&self.state, topic.clone(), name, sent.clone()).await?;
+        self.track(topic.clone(), events.map(Some).boxed());
+        self.written.insert(topic, sent);
+        Ok(next)
+    }
+
+    /// Adds a subscription's events, replacing an earlier subscription to the topic.
+    fn track(&mut self, topic: Topic, events: BoxStream<'static, Option<Event>>) {
+        self.written.remove(&topic);
+        let token = CancellationToken::new();
+        if let Some(old) = self.active.insert(topic.clone(), token.clone()) {
+            old.cancel();
+        }
+        // The end marker is inside `take_until`: an unsubscribe or a replacing subscribe
+        // cancels the stream before it, so only an end of the hub's own is reported.
+        let events = events
+            .chain(futures_util::stream::once(async { None }))
+            .take_until(token.cancelled_owned())
+            .map(move |event| (topic.clone(), event))
+            .boxed();
+        self.subs.push(events);
+    }
+
     /// Subscribes one topic (replacing an earlier subscription to it); returns its start cursor.
     async fn subscribe(
         &mut self,
@@ -383,20 +447,10 @@ impl Session {
             .subscribe(&TopicList::one(topic.clone()), since, &Since::Now, slow)
             .await?;
         let next = sub.start_cursor().to_string();
-        let token = CancellationToken::new();
-        if let Some(old) = self.active.insert(topic.clone(), token.clone()) {
-            old.cancel();
-        }
-        // The end marker is inside `take_until`: an unsubscribe or a replacing subscribe
-        // cancels the stream before it, so only an end of the hub's own is reported.
-        let events = sub
-            .into_stream()
-            .map(|(_, event)| Some(event))
-            .chain(futures_util::stream::once(async { None }))
-            .take_until(token.cancelled_owned())
-            .map(move |event| (topic.clone(), event))
-            .boxed();
-        self.subs.push(events);
+        self.track(
+            topic,
+            sub.into_stream().map(|(_, event)| Some(event)).boxed(),
+        );
         Ok(next)
     }
 }

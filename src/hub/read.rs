@@ -123,6 +123,42 @@ impl Hub {
         Ok(self.log.bounds(topic).await?.unwrap_or(LogBounds::EMPTY))
     }
 
+    /// The bounds of a topic's log (an unknown topic's are empty), for the consumer layer's
+    /// lag figures.
+    pub async fn topic_bounds(&self, topic: &Topic) -> Result<LogBounds, HubError> {
+        self.bounds(topic).await
+    }
+
+    /// One retained message by its seq (`None`: never published, deleted or expired), for a
+    /// redelivery or a dead letter.
+    pub async fn message(&self, topic: &Topic, seq: Seq) -> Result<Option<Arc<Message>>, HubError> {
+        let batch = self
+            .log
+            .read(topic, seq.saturating_sub(1), 1, self.options.max_read_bytes)
+            .await?;
+        Ok(batch.messages.into_iter().next().filter(|m| m.seq == seq))
+    }
+
+    /// Where a read from `since` starts on each topic, as positions to keep: `all` is just
+    /// below the oldest retained message, so a consumer created with it reports no gap for
+    /// what was gone before it existed.
+    pub async fn start_positions(
+        &self,
+        topics: &TopicList,
+        since: &Since,
+    ) -> Result<Vec<(Topic, Seq)>, HubError> {
+        let mut out = Vec::with_capacity(topics.len());
+        for pos in self.resolve(topics, since, &Since::All).await? {
+            let after = if pos.from_oldest {
+                self.bounds(&pos.topic).await?.first_seq.saturating_sub(1)
+            } else {
+                pos.after
+            };
+            out.push((pos.topic, after));
+        }
+        Ok(out)
+    }
+
     /// Reads every topic once from its position, then advances the positions past what is
     /// returned and past the gaps reported.
     ///

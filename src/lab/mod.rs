@@ -9,6 +9,7 @@
 //! - [`store`] measures the store itself, so it is the one file here that names an engine.
 
 pub mod claims;
+pub mod consumers;
 pub mod fanout;
 pub mod http2;
 pub mod jobs;

@@ -175,6 +175,13 @@ async fn handle(
             }
             subscribe(sc, subs, id, topic, &since, tx).await
         }
+        // Durable consumers keep their state in the hub; the sidecar's shared subscriptions
+        // serve cursors only.
+        Command::Consume { .. } => error_frame(
+            id,
+            400,
+            "the sidecar's WebSocket serves cursors; read a durable consumer from the hub",
+        ),
         Command::Unsubscribe { topic } => {
             if let Some(task) = subs.remove(&topic) {
                 task.abort();

@@ -2336,3 +2336,70 @@ async fn sqlite_rehashes_legacy_job_keys_at_open() {
         Err(StoreError::IdempotencyConflict { .. })
     ));
 }
+
+// Durable consumers: a record per name, every write a compare-and-set on its version, dead
+// letters committed only with a write that wins.
+#[tokio::test]
+async fn consumer_records_compare_and_set() {
+    for (name, store, _dir) in engines(Retention::default()).await {
+        let c = &store.consumers;
+        assert_eq!(c.consumer("c").await.unwrap(), None, "{name}");
+        assert_eq!(
+            c.put_consumer("c", 0, b"one".to_vec(), Vec::new())
+                .await
+                .unwrap(),
+            Some(1),
+            "{name}: created"
+        );
+        assert_eq!(
+            c.put_consumer("c", 0, b"other".to_vec(), vec![msg("_dead.c", "x", None)])
+                .await
+                .unwrap(),
+            None,
+            "{name}: a second creator loses"
+        );
+        assert_eq!(
+            store.log.topic(&t("_dead.c")).await.unwrap(),
+            None,
+            "{name}: the loser's dead letter is not kept"
+        );
+        assert_eq!(
+            c.put_consumer("c", 1, b"two".to_vec(), vec![msg("_dead.c", "x", None)])
+                .await
+                .unwrap(),
+            Some(2),
+            "{name}"
+        );
+        assert_eq!(read_all(&store.log, "_dead.c").await.len(), 1, "{name}");
+        assert_eq!(
+            c.put_consumer("c", 1, b"stale".to_vec(), Vec::new())
+                .await
+                .unwrap(),
+            None,
+            "{name}: a stale version loses"
+        );
+        let got = c.consumer("c").await.unwrap().expect("stored");
+        assert_eq!((got.version, got.body), (2, b"two".to_vec()), "{name}");
+        c.put_consumer("b", 0, b"b".to_vec(), Vec::new())
+            .await
+            .unwrap();
+        let names: Vec<String> = c
+            .consumers()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(names, ["b", "c"], "{name}: in name order");
+        assert!(c.delete_consumer("c").await.unwrap(), "{name}");
+        assert!(!c.delete_consumer("c").await.unwrap(), "{name}: gone");
+        assert_eq!(c.consumer("c").await.unwrap(), None, "{name}");
+        assert_eq!(
+            c.put_consumer("c", 0, b"again".to_vec(), Vec::new())
+                .await
+                .unwrap(),
+            Some(1),
+            "{name}: a name can be used again"
+        );
+    }
+}

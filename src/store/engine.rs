@@ -1,9 +1,10 @@
-//! An opened engine: one store seen through its three traits, so the wiring hands each part
+//! An opened engine: one store seen through its four traits, so the wiring hands each part
 //! of the application only what it uses (the hub the log and the feed, `Jobs` the job store).
 
 use std::path::Path;
 use std::sync::Arc;
 
+use super::consumers::ConsumerStore;
 use super::follow::Follow;
 use super::jobs::JobStore;
 use super::log::{Log, Retention};
@@ -12,21 +13,23 @@ use super::redis::{RedisLog, RedisTarget, Replication};
 use super::sqlite::{Durability, SqliteLog};
 use crate::model::StoreResult;
 
-/// The handles of one opened engine. Cheap to clone: three `Arc`s to the same engine.
+/// The handles of one opened engine. Cheap to clone: four `Arc`s to the same engine.
 #[derive(Clone)]
 pub struct Engine {
     pub log: Arc<dyn Log>,
     pub jobs: Arc<dyn JobStore>,
     pub follow: Arc<dyn Follow>,
+    pub consumers: Arc<dyn ConsumerStore>,
 }
 
 impl Engine {
-    /// The handles of an engine that offers all three.
-    pub fn new<E: Log + JobStore + Follow>(engine: Arc<E>) -> Engine {
+    /// The handles of an engine that offers all four.
+    pub fn new<E: Log + JobStore + Follow + ConsumerStore>(engine: Arc<E>) -> Engine {
         Engine {
             log: engine.clone(),
             jobs: engine.clone(),
-            follow: engine,
+            follow: engine.clone(),
+            consumers: engine,
         }
     }
 

@@ -5,6 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::consumers::{ConsumerStore, StoredConsumer};
 use super::follow::{CommitFeed, FeedSlot, Follow};
 use super::jobs::{JobEvents, JobStore};
 use super::log::{BoxFuture, IDEMPOTENCY_TTL, Log, MAX_TOPICS_TOTAL, ReadBatch, Retention};
@@ -58,6 +59,8 @@ struct State {
     jobs: HashMap<JobId, Job>,
     /// Job idempotency keys per queue: the payload's fingerprint and the job.
     job_keys: HashMap<(Topic, String), (Fingerprint, JobId)>,
+    /// Consumer records by name: version and body.
+    consumers: std::collections::BTreeMap<String, (u64, Vec<u8>)>,
 }
 
 /// The `memory` engine. A std mutex guards the state: every operation is short and never
@@ -510,5 +513,64 @@ fn info(topic: &Topic, log: &TopicLog) -> TopicInfo {
         messages: log.messages.len() as u64,
         bytes: log.bytes,
         last_publish: (log.head > 0).then_some(log.last_time),
+    }
+}
+
+impl ConsumerStore for MemoryLog {
+    fn consumer(&self, name: &str) -> BoxFuture<'_, StoreResult<Option<StoredConsumer>>> {
+        let found = self
+            .lock()
+            .consumers
+            .get(name)
+            .map(|(version, body)| StoredConsumer {
+                name: name.to_string(),
+                version: *version,
+                body: body.clone(),
+            });
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn put_consumer(
+        &self,
+        name: &str,
+        expected: u64,
+        body: Vec<u8>,
+        events: Vec<NewMessage>,
+    ) -> BoxFuture<'_, StoreResult<Option<u64>>> {
+        // The record and its dead letters under one lock: one commit.
+        let result = (|| {
+            let mut state = self.lock();
+            let stored = state.consumers.get(name).map_or(0, |(v, _)| *v);
+            if stored != expected {
+                return Ok(None);
+            }
+            if !events.is_empty() {
+                self.append_in(&mut state, events)?;
+            }
+            state
+                .consumers
+                .insert(name.to_string(), (expected + 1, body));
+            Ok(Some(expected + 1))
+        })();
+        Box::pin(async move { result })
+    }
+
+    fn delete_consumer(&self, name: &str) -> BoxFuture<'_, StoreResult<bool>> {
+        let found = self.lock().consumers.remove(name).is_some();
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn consumers(&self) -> BoxFuture<'_, StoreResult<Vec<StoredConsumer>>> {
+        let all = self
+            .lock()
+            .consumers
+            .iter()
+            .map(|(name, (version, body))| StoredConsumer {
+                name: name.clone(),
+                version: *version,
+                body: body.clone(),
+            })
+            .collect();
+        Box::pin(async move { Ok(all) })
     }
 }

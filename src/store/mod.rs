@@ -10,6 +10,7 @@
 //! Within this folder the files point one way: `log`, `jobs` and `follow` at the bottom, the
 //! engines over them, `engine` on top; this file only declares and re-exports.
 
+mod consumers;
 mod engine;
 mod follow;
 mod jobs;
@@ -21,6 +22,7 @@ mod sqlite;
 #[cfg(test)]
 mod conformance;
 
+pub use consumers::{ConsumerStore, StoredConsumer};
 pub use engine::Engine;
 pub use follow::{CommitFeed, Follow};
 pub use jobs::{JobEvents, JobStore};

@@ -16,6 +16,9 @@ pub struct Envelope<'a> {
     pub data: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_base64: Option<String>,
+    /// Only through a durable consumer: 1 on the first delivery, +1 on each redelivery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<u32>,
 }
 
 impl<'a> Envelope<'a> {
@@ -28,6 +31,15 @@ impl<'a> Envelope<'a> {
             event: msg.event.as_ref().map(|e| e.as_str()),
             data: text,
             data_base64: text.is_none().then(|| base64::encode(&msg.data)),
+            delivery: None,
+        }
+    }
+
+    /// The envelope of a message read through a durable consumer: with its delivery count.
+    pub fn delivered(msg: &'a Message, delivery: u32) -> Self {
+        Envelope {
+            delivery: Some(delivery),
+            ..Envelope::of(msg)
         }
     }
 }

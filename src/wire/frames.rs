@@ -52,6 +52,8 @@ pub fn ndjson_disconnect(next: &str) -> Bytes {
 /// A committed message and its encodings, each made once.
 pub struct Encoded {
     pub msg: Arc<Message>,
+    /// Read through a durable consumer: the delivery count its envelopes carry.
+    delivery: Option<u32>,
     sse: OnceLock<Bytes>,
     sse_raw: OnceLock<Bytes>,
     line: OnceLock<Bytes>,
@@ -62,6 +64,7 @@ impl Encoded {
     pub fn new(msg: Arc<Message>) -> Self {
         Encoded {
             msg,
+            delivery: None,
             sse: OnceLock::new(),
             sse_raw: OnceLock::new(),
             line: OnceLock::new(),
@@ -69,10 +72,26 @@ impl Encoded {
         }
     }
 
+    /// A message read through a durable consumer, for one reader: its envelopes carry
+    /// `delivery`.
+    pub fn delivered(msg: Arc<Message>, delivery: u32) -> Self {
+        Encoded {
+            delivery: Some(delivery),
+            ..Encoded::new(msg)
+        }
+    }
+
+    fn envelope(&self) -> Envelope<'_> {
+        Envelope {
+            delivery: self.delivery,
+            ..Envelope::of(&self.msg)
+        }
+    }
+
     /// The SSE frame of a single-topic subscription (`id:` is the seq, the whole cursor).
     pub fn sse(&self, raw: bool) -> Bytes {
         let cell = if raw { &self.sse_raw } else { &self.sse };
-        cell.get_or_init(|| sse_message(&self.msg.seq.to_string(), &self.msg, raw))
+        cell.get_or_init(|| sse_frame(&self.msg.seq.to_string(), &self.msg, raw, self.delivery))
             .clone()
     }
 
@@ -80,7 +99,7 @@ impl Encoded {
     pub fn line(&self) -> Bytes {
         self.line
             .get_or_init(|| {
-                let mut buf = json_bytes(&Envelope::of(&self.msg));
+                let mut buf = json_bytes(&self.envelope());
                 buf.put_u8(b'\n');
                 buf.freeze()
             })
@@ -99,7 +118,7 @@ impl Encoded {
                 }
                 json_bytes(&WsMessage {
                     op: "message",
-                    envelope: Envelope::of(&self.msg),
+                    envelope: self.envelope(),
                 })
                 .freeze()
             })
@@ -118,6 +137,23 @@ fn json_bytes<T: Serialize>(value: &T) -> BytesMut {
 /// JSON envelope as `data:` (or, `raw`, the payload itself, one `data:` line per line; a
 /// payload that is not UTF-8 is sent as base64).
 pub fn sse_message(id: &str, msg: &Message, raw: bool) -> Bytes {
+    sse_frame(id, msg, raw, None)
+}
+
+/// [`sse_message`] of a message read through a durable consumer: the envelope carries its
+/// `delivery` (a raw frame has no envelope to carry it).
+pub fn sse_delivered(id: &str, msg: &Message, raw: bool, delivery: u32) -> Bytes {
+    sse_frame(id, msg, raw, Some(delivery))
+}
+
+/// The envelope of a message read through a durable consumer as one NDJSON line.
+pub fn ndjson_delivered(msg: &Message, delivery: u32) -> Bytes {
+    let mut buf = json_bytes(&Envelope::delivered(msg, delivery));
+    buf.put_u8(b'\n');
+    buf.freeze()
+}
+
+fn sse_frame(id: &str, msg: &Message, raw: bool, delivery: Option<u32>) -> Bytes {
     let mut buf = BytesMut::with_capacity(128 + msg.data.len());
     buf.put_slice(b"id: ");
     buf.put_slice(id.as_bytes());
@@ -142,7 +178,11 @@ pub fn sse_message(id: &str, msg: &Message, raw: bool) -> Bytes {
     } else {
         buf.put_slice(b"data: ");
         let mut w = buf.writer();
-        let _ = serde_json::to_writer(&mut w, &Envelope::of(msg));
+        let envelope = Envelope {
+            delivery,
+            ..Envelope::of(msg)
+        };
+        let _ = serde_json::to_writer(&mut w, &envelope);
         buf = w.into_inner();
         buf.put_u8(b'\n');
     }

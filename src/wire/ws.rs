@@ -20,6 +20,12 @@ pub enum Command {
         since: Since,
         slow: SlowPolicy,
     },
+    /// A subscribe through a durable consumer (`"consumer"`): the name as given, checked by
+    /// the consumer layer.
+    Consume {
+        topic: Topic,
+        consumer: String,
+    },
     Unsubscribe {
         topic: Topic,
     },
@@ -58,6 +64,7 @@ struct ClientFrame {
     topic: Option<String>,
     since: Option<Value>,
     slow: Option<String>,
+    consumer: Option<String>,
     data: Option<String>,
     data_base64: Option<String>,
     event: Option<String>,
@@ -104,6 +111,12 @@ fn command(
         .parse()
         .map_err(|e| FrameError::bad(format!("{e}")))?;
     match frame.op.as_str() {
+        "subscribe" if frame.consumer.is_some() => match (frame.consumer, &frame.since) {
+            (Some(consumer), None | Some(Value::Null)) => Ok(Command::Consume { topic, consumer }),
+            _ => Err(FrameError::bad(
+                "since: a subscribe through a consumer starts where the consumer stands",
+            )),
+        },
         "subscribe" => {
             let since = match &frame.since {
                 None | Some(Value::Null) => Since::Now,

@@ -25,6 +25,8 @@ mod cli;
 mod cluster;
 // docs/API.md's tables of problem types and metrics match the code.
 mod contract;
+// Durable consumers on sqlite and redis: positions, leases, acks, dead letters, lag, two nodes.
+mod consumers;
 // CORS headers for configured origins, none otherwise.
 mod cors;
 // Every acknowledged message survives SIGKILL, on each durable engine.

@@ -608,7 +608,12 @@ async fn a_database_from_before_versions_keeps_every_message_job_and_key() {
     assert_eq!((status, &value["seq"]), (StatusCode::CREATED, &json!(3)));
 
     server.sigterm().await;
-    assert_eq!(user_version(server.data_dir()), 1, "adopted as version 1");
+    // Adopted as version 1, then migrated to the latest (2 adds the consumers table).
+    assert_eq!(
+        user_version(server.data_dir()),
+        2,
+        "adopted as version 1, migrated to 2"
+    );
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::kit::Server;
 
 /// Every route of the router, with its methods, as the description names them.
-const ROUTES: [(&str, &[&str]); 15] = [
+const ROUTES: [(&str, &[&str]); 18] = [
     ("/v1/topics/{topics}/messages", &["get", "post"]),
     ("/v1/publish", &["post"]),
     ("/v1/topics/{topics}/sse", &["get"]),
@@ -23,6 +23,9 @@ const ROUTES: [(&str, &[&str]); 15] = [
     ("/readyz", &["get"]),
     ("/metrics", &["get"]),
     ("/openapi.json", &["get"]),
+    ("/v1/consumers", &["get"]),
+    ("/v1/consumers/{name}", &["get", "put", "delete"]),
+    ("/v1/consumers/{name}/{action}", &["post"]),
 ];
 
 async fn description(server: &Server) -> Value {

@@ -101,6 +101,13 @@ pub(super) fn finished_key(q: &Topic) -> String {
     format!("plexus:jf:{{{q}}}")
 }
 
+/// The set of consumer names; it shares its hash tag with every consumer's hash.
+pub(super) const CONSUMERS: &str = "plexus:k:{consumers}";
+
+pub(super) fn consumer_key(name: &str) -> String {
+    format!("plexus:k:{{consumers}}:{name}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,9 @@
 //! - `plexus:j:{Q}:ID` a job (a hash), `plexus:jr:{Q}` / `plexus:jd:{Q}` / `plexus:jl:{Q}` its
 //!   queue's ready, delayed and running sorted sets, `plexus:jk:{Q}:KEY` a job idempotency key
 //!   (24 h), `plexus:jq:ID` the queue of a job id, `plexus:queues` the set of queues,
-//!   `plexus:jf:{Q}` the queue's finished jobs by finish time (for `jobs.retention`).
+//!   `plexus:jf:{Q}` the queue's finished jobs by finish time (for `jobs.retention`);
+//! - `plexus:k:{consumers}:NAME` a durable consumer (a hash: `v` version, `b` body) and
+//!   `plexus:k:{consumers}` the set of their names, on one shard.
 //!
 //! Every write of a topic is one Lua script (increment, append, trim, publish: atomic), and so
 //! is every job write with its events (`job_create.lua`, `job_save.lua`). On one
@@ -53,6 +55,7 @@
 //! the handle: `open`, and the store's traits, each method a call into one of them.
 
 mod append;
+mod consumers;
 mod core;
 mod feed;
 mod jobs;
@@ -65,6 +68,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManagerConfig;
 
+use super::consumers::{ConsumerStore, StoredConsumer};
 use super::follow::{CommitFeed, FeedSlot, Follow};
 use super::jobs::{JobEvents, JobStore};
 use super::log::{BoxFuture, Log, MAX_TOPICS_TOTAL, ReadBatch, Retention};
@@ -450,6 +454,42 @@ impl RedisLog {
             append::append(&self.core, &self.pending, events).await?;
         }
         Ok(())
+    }
+}
+
+// A consumer record and its dead letters are two commits here too (the letters' topic lives on
+// another shard): the record first, so a crash between them loses a dead letter, never
+// delivers a message again.
+impl ConsumerStore for RedisLog {
+    fn consumer(&self, name: &str) -> BoxFuture<'_, StoreResult<Option<StoredConsumer>>> {
+        let name = name.to_string();
+        Box::pin(async move { self.core.load_consumer(&name).await })
+    }
+
+    fn put_consumer(
+        &self,
+        name: &str,
+        expected: u64,
+        body: Vec<u8>,
+        events: Vec<NewMessage>,
+    ) -> BoxFuture<'_, StoreResult<Option<u64>>> {
+        let name = name.to_string();
+        Box::pin(async move {
+            let written = self.core.put_consumer(&name, expected, &body).await?;
+            if written.is_some() {
+                self.announce(events).await?;
+            }
+            Ok(written)
+        })
+    }
+
+    fn delete_consumer(&self, name: &str) -> BoxFuture<'_, StoreResult<bool>> {
+        let name = name.to_string();
+        Box::pin(async move { self.core.delete_consumer(&name).await })
+    }
+
+    fn consumers(&self) -> BoxFuture<'_, StoreResult<Vec<StoredConsumer>>> {
+        Box::pin(async move { self.core.all_consumers().await })
     }
 }
 

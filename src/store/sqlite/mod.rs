@@ -12,6 +12,7 @@
 //! implements the store's traits by sending work to the writer or the read pool.
 
 mod append;
+mod consumers;
 mod jobs;
 mod read;
 mod retention;
@@ -28,6 +29,7 @@ use tokio::sync::oneshot;
 
 use self::read::ReadPool;
 use self::writer::{Deferred, Op, Writer, WriterHealth};
+use super::consumers::{ConsumerStore, StoredConsumer};
 use super::follow::{CommitFeed, FeedSlot, Follow};
 use super::jobs::{JobEvents, JobStore};
 use super::log::{BoxFuture, Log, MAX_TOPICS_TOTAL, ReadBatch, Retention};
@@ -424,6 +426,43 @@ impl JobStore for SqliteLog {
     fn next_due(&self, queue: &Topic) -> BoxFuture<'_, StoreResult<Option<Millis>>> {
         let queue = queue.clone();
         self.with_reader(move |tx| jobs::next_due(tx, &queue))
+    }
+}
+
+impl ConsumerStore for SqliteLog {
+    fn consumer(&self, name: &str) -> BoxFuture<'_, StoreResult<Option<StoredConsumer>>> {
+        let name = name.to_string();
+        self.with_reader(move |tx| consumers::get(tx, &name))
+    }
+
+    fn put_consumer(
+        &self,
+        name: &str,
+        expected: u64,
+        body: Vec<u8>,
+        events: Vec<NewMessage>,
+    ) -> BoxFuture<'_, StoreResult<Option<u64>>> {
+        let name = name.to_string();
+        // The record and its dead letters are one commit; a lost race commits neither.
+        self.exec_announced(
+            move |tx| consumers::put(tx, &name, expected, &body),
+            move |written| {
+                if written.is_some() {
+                    events
+                } else {
+                    Vec::new()
+                }
+            },
+        )
+    }
+
+    fn delete_consumer(&self, name: &str) -> BoxFuture<'_, StoreResult<bool>> {
+        let name = name.to_string();
+        self.exec_announced(move |tx| consumers::delete(tx, &name), |_| Vec::new())
+    }
+
+    fn consumers(&self) -> BoxFuture<'_, StoreResult<Vec<StoredConsumer>>> {
+        self.with_reader(consumers::all)
     }
 }
 

@@ -64,8 +64,17 @@ CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (state, lease_until);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON jobs (queue, idem_key) WHERE idem_key IS NOT NULL;
 ";
 
+/// Version 2: durable consumers, one record per consumer (its body is the consumer layer's).
+const V2: &str = "
+CREATE TABLE consumers (
+    name TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+";
+
 /// Step `i` makes version `i + 1`.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this binary writes.
 pub(super) const VERSION: u32 = MIGRATIONS.len() as u32;

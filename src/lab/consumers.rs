@@ -1,0 +1,128 @@
+//! Explicit-ack consumption through a durable consumer next to plain polling of the same
+//! topic, same hub, same run (sqlite, in-process).
+//!
+//! Plain polling: `readers` clients each read the whole topic with their own cursor (`since`),
+//! `batch` messages a poll. Consumer: `readers` clients share one explicit consumer, each
+//! reading `batch` messages a poll and acking them in one call. Both figures are messages
+//! received per second over all readers; the consumer's costs a store write per read and per
+//! ack, the plain poll's none.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use super::LabError;
+use crate::config::ServeArgs;
+
+#[derive(Debug, Clone)]
+pub struct ConsumersBench {
+    pub messages: usize,
+    pub readers: usize,
+    pub batch: usize,
+}
+
+pub async fn run(args: ConsumersBench) -> Result<(), LabError> {
+    if args.readers == 0 || args.batch == 0 || args.batch > 1000 {
+        return Err(LabError::Usage(
+            "--readers at least 1, --batch from 1 to 1000".into(),
+        ));
+    }
+    println!(
+        "consumers: {} messages of 100 bytes on one topic, {} readers, {} a poll; hub in-process on sqlite",
+        args.messages, args.readers, args.batch
+    );
+    let dir = super::temp_dir("consumers")?;
+    let config = super::hub_config(ServeArgs {
+        data_dir: Some(dir.clone()),
+        ..ServeArgs::default()
+    })?;
+    let hub = super::spawn_hub(&config).await?;
+    let client = plexus_client::Client::new(hub.url())?;
+    let payload = "x".repeat(100);
+    let items: Vec<plexus_client::BatchItem> = (0..1000)
+        .map(|_| plexus_client::BatchItem::text("bench", &payload))
+        .collect();
+    let mut published = 0;
+    while published < args.messages {
+        let n = (args.messages - published).min(1000);
+        client.publish_batch(&items[..n]).await?;
+        published += n;
+    }
+
+    // Plain polling: every reader reads everything.
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.readers {
+        let (client, total, batch) = (client.clone(), args.messages, args.batch);
+        tasks.push(tokio::spawn(async move {
+            let mut since = "all".to_string();
+            let mut got = 0;
+            while got < total {
+                let options = plexus_client::ReadOptions {
+                    since: Some(since.clone()),
+                    limit: Some(batch as u32),
+                    wait: None,
+                };
+                let page = client.read("bench", &options).await?;
+                got += page.messages.len();
+                since = page.next;
+            }
+            Ok::<usize, plexus_client::Error>(got)
+        }));
+    }
+    let mut plain = 0;
+    for task in tasks {
+        plain += task.await.map_err(|e| LabError::Run(e.to_string()))??;
+    }
+    let plain_rate = plain as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "  plain polling:           {plain_rate:>9.0} msgs/s ({plain} messages to {} readers)",
+        args.readers
+    );
+
+    // One explicit consumer shared by the readers, each page acked in one call.
+    let settings = serde_json::json!({"topics": ["bench"], "ack": "explicit", "ack_wait": "5m"});
+    client.put_consumer("bench", &settings).await?;
+    let started = Instant::now();
+    let acked = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..args.readers {
+        let (client, acked, total, batch) =
+            (client.clone(), acked.clone(), args.messages, args.batch);
+        tasks.push(tokio::spawn(async move {
+            while acked.load(Ordering::Relaxed) < total {
+                let wait = Some(std::time::Duration::from_millis(200));
+                let page = client
+                    .read_consumer("bench", "bench", Some(batch), wait)
+                    .await?;
+                if page.messages.is_empty() {
+                    continue;
+                }
+                let items: Vec<(String, u64, Option<u32>)> = page
+                    .messages
+                    .iter()
+                    .map(|m| (m.topic.clone(), m.seq, m.delivery))
+                    .collect();
+                client.settle("bench", "ack", &items).await?;
+                acked.fetch_add(items.len(), Ordering::Relaxed);
+            }
+            Ok::<(), plexus_client::Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(|e| LabError::Run(e.to_string()))??;
+    }
+    let consumed = acked.load(Ordering::Relaxed);
+    let consumer_rate = consumed as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "  explicit-ack consumer:   {consumer_rate:>9.0} msgs/s ({consumed} messages read and acked, batches of {})",
+        args.batch
+    );
+    println!(
+        "  ratio consumer / plain:  {:.2}",
+        consumer_rate / plain_rate
+    );
+    hub.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
