@@ -823,7 +823,7 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
 /// file's keys sit under `[sidecar]`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct SidecarArgs {
-    /// A TOML configuration file; its [sidecar] section configures the sidecar
+    /// A TOML configuration file; its `[sidecar]` section configures the sidecar
     #[arg(long, env = "PLEXUS_SIDECAR_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// The hub's base URL, http:// (h2c) or https:// (ALPN h2) [default: http://127.0.0.1:7539]
