@@ -293,7 +293,10 @@ async fn publishes_reads_and_jobs_through_the_sidecar_answer_as_the_hub() {
         assert_eq!(a, b, "{path}");
     }
 
-    // A long poll through the sidecar wakes when a message is published on the hub.
+    // A long poll through the sidecar wakes when a message is published on the hub. It asks
+    // for 30 s and must answer within 10 (a generous bound on the 1 s the contract gives), so
+    // an answer at the wait's end, a timer rather than a wake, fails; the hub's gauge shows
+    // the poll is held by the hub, which the publish wakes.
     let poll = sidecar
         .client
         .get(sidecar.url("/v1/topics/late/messages?since=all&wait=30"))
