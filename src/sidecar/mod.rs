@@ -6,6 +6,7 @@
 //! follows a publish through it.
 
 mod forward;
+mod grip;
 mod problem;
 mod proxy;
 mod publish;
@@ -87,6 +88,8 @@ struct Shared {
     feeds: share::Feeds,
     /// Woken when the probe finds the hub back, so the forwarder leaves its backoff at once.
     hub_back: tokio::sync::Notify,
+    /// Hold mode: the application every non-sidecar path is proxied to.
+    app: Option<grip::App>,
 }
 
 impl Shared {
@@ -137,6 +140,12 @@ impl Sidecar {
             builder = builder.add_root_certificate_pem(&pem).map_err(upstream)?;
         }
         let client = builder.build().map_err(upstream)?;
+        let app = config
+            .app
+            .as_deref()
+            .map(|url| grip::App::new(url, config.grip_key.as_deref()))
+            .transpose()
+            .map_err(SidecarError::Upstream)?;
         Ok(Sidecar {
             shared: Arc::new(Shared {
                 config,
@@ -148,6 +157,7 @@ impl Sidecar {
                 shutdown,
                 hub_back: tokio::sync::Notify::new(),
                 feeds: share::Feeds::default(),
+                app,
             }),
         })
     }
