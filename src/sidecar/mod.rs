@@ -202,6 +202,11 @@ fn router(sc: Arc<Shared>) -> Router {
             post(publish::publish_batch).layer(DefaultBodyLimit::max(MAX_BATCH_BYTES)),
         )
         .route("/v1/sidecar", get(status))
+        // Hold mode's EPCP publish (docs/API.md §9), spooled like any publish.
+        .route(
+            "/publish/",
+            post(grip::epcp::publish).layer(DefaultBodyLimit::max(MAX_BATCH_BYTES)),
+        )
         .route("/v1/ws", axum::routing::any(ws::upgrade))
         .fallback(proxy::forward)
         .layer(middleware::from_fn_with_state(sc.clone(), local_auth));

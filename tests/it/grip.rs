@@ -418,3 +418,95 @@ async fn a_stream_hold_sends_the_initial_body_then_replays_from_prev_id_and_foll
     assert!(initial < old2 && old2 < old3 && old3 < new4, "{got}");
     assert!(!got.contains("old1"), "prev-id 1 was already seen: {got}");
 }
+
+#[tokio::test]
+async fn epcp_publishes_complete_response_holds_feed_streams_and_store_each_id_once() {
+    let hub = Server::start(&[]).await;
+    let (app, _) = backend().await;
+    let sidecar = Sidecar::start(hub.base(), &app).await;
+    let c = client();
+    let epcp = |body: serde_json::Value| {
+        let (c, url) = (c.clone(), sidecar.url("/publish/"));
+        async move {
+            c.post(url)
+                .json(&body)
+                .send()
+                .await
+                .expect("POST /publish/")
+        }
+    };
+    // Bad items: 400 problem+json, nothing stored.
+    for bad in [
+        serde_json::json!({"items": []}),
+        serde_json::json!({"items": [{"formats": {"http-stream": {"content": "x"}}}]}),
+        serde_json::json!({"items": [{"channel": "ep", "formats": {}}]}),
+        serde_json::json!({"items": [{"channel": "ep", "formats": {"http-stream": {"action": "hint"}}}]}),
+        serde_json::json!({"items": [{"channel": "a..b", "formats": {"http-stream": {"content": "x"}}}]}),
+    ] {
+        expect_problem(epcp(bad.clone()).await, 400, &bad.to_string()).await;
+    }
+    assert!(hub.read_all("ep").await.is_empty(), "nothing stored");
+    // Two response holds on one channel: one http-response item completes both.
+    let holds: Vec<_> = (0..2)
+        .map(|_| {
+            let (c, url) = (c.clone(), sidecar.url("/poll?topic=ep&prev=0"));
+            tokio::spawn(async move { c.get(url).send().await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let item = serde_json::json!({"items": [{"channel": "ep", "id": "item-1", "formats": {
+        "http-response": {"code": 202, "headers": {"x-item": "1"}, "body": "published body"}}}]});
+    let r = epcp(item.clone()).await;
+    assert_eq!(r.status(), 200);
+    // The same id again (another app replica): stored once.
+    assert_eq!(epcp(item).await.status(), 200);
+    for hold in holds {
+        let r = timeout(Duration::from_secs(20), hold)
+            .await
+            .expect("completed by the publish")
+            .expect("joined")
+            .expect("an answer");
+        assert_eq!(r.status(), 202);
+        no_grip_headers(r.headers());
+        assert_eq!(r.headers()["x-item"], "1");
+        assert_eq!(r.headers()["plexus-seq"], "1");
+        assert_eq!(r.text().await.expect("a body"), "published body");
+    }
+    crate::kit::eventually("the spool to drain", || async {
+        (hub.read_all("ep").await.len() == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hub.read_all("ep").await.len(), 1, "one id, one message");
+    // A stream hold gets http-stream content in order, and `close` ends it.
+    let r = c
+        .get(sidecar.url("/stream?topic=ep2"))
+        .send()
+        .await
+        .expect("GET");
+    let mut body = r.bytes_stream();
+    let mut got = String::new();
+    timeout(Duration::from_secs(5), async {
+        while !got.contains("initial") {
+            let chunk = body.next().await.expect("open").expect("a chunk");
+            got.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .expect("the initial body");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let items = serde_json::json!({"items": [
+        {"channel": "ep2", "formats": {"http-stream": {"content": "one\n"}}},
+        {"channel": "ep2", "formats": {"http-stream": {"content": "two\n"}}},
+        {"channel": "ep2", "formats": {"http-stream": {"action": "close"}}}]});
+    assert_eq!(epcp(items).await.status(), 200);
+    timeout(Duration::from_secs(20), async {
+        while let Some(chunk) = body.next().await {
+            got.push_str(&String::from_utf8_lossy(&chunk.expect("a chunk")));
+        }
+    })
+    .await
+    .expect("the stream ends at close");
+    let content: String = got.replace(":ka\n\n", "");
+    assert!(content.ends_with("one\ntwo\n"), "{got:?}");
+}

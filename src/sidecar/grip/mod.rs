@@ -5,6 +5,7 @@
 //! (a long poll) or a stream hold, fed by reads through `plexus-client` from the hold's
 //! cursor, so a `prev-id` that is a seq loses nothing.
 
+pub mod epcp;
 mod instruct;
 
 use std::sync::Arc;
