@@ -22,6 +22,7 @@
 mod admin;
 mod auth;
 mod client;
+mod epcp;
 pub mod error;
 mod extract;
 mod jobs;
@@ -63,6 +64,8 @@ pub fn router(state: AppState) -> Router {
         .merge(ws::routes())
         .merge(jobs::routes(&state.options))
         .merge(openapi::routes())
+        // Hold mode's EPCP publish (docs/API.md §9).
+        .merge(epcp::routes(&state.options))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // A body that stalls fails the request (408) instead of holding it forever.

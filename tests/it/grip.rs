@@ -510,3 +510,41 @@ async fn epcp_publishes_complete_response_holds_feed_streams_and_store_each_id_o
     let content: String = got.replace(":ka\n\n", "");
     assert!(content.ends_with("one\ntwo\n"), "{got:?}");
 }
+
+#[tokio::test]
+async fn the_hubs_own_publish_route_takes_epcp_items_and_held_clients_get_them() {
+    let hub = Server::start(&[]).await;
+    let (app, _) = backend().await;
+    let sidecar = Sidecar::start(hub.base(), &app).await;
+    let c = client();
+    let bad = c
+        .post(hub.url("/publish/"))
+        .body(r#"{"items":[{"channel":"hp"}]}"#)
+        .send()
+        .await
+        .expect("POST /publish/");
+    expect_problem(bad, 400, "an item without a format").await;
+    assert!(hub.read_all("hp").await.is_empty(), "nothing stored");
+    let held = tokio::spawn({
+        let (c, url) = (c.clone(), sidecar.url("/poll?topic=hp"));
+        async move { c.get(url).send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let r = c
+        .post(hub.url("/publish/"))
+        .body(r#"{"items":[{"channel":"hp","id":"h1","formats":{"http-response":{"code":200,"body":"from the hub"}}}]}"#)
+        .send()
+        .await
+        .expect("POST /publish/");
+    assert_eq!(r.status(), 200);
+    let stored = hub.read_all("hp").await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0]["event"], "grip");
+    let r = timeout(Duration::from_secs(20), held)
+        .await
+        .expect("completed by the publish")
+        .expect("joined")
+        .expect("an answer");
+    assert_eq!(r.headers()["plexus-seq"], "1");
+    assert_eq!(r.text().await.expect("a body"), "from the hub");
+}

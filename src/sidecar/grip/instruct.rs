@@ -84,23 +84,7 @@ fn bad(header: &'static str, detail: impl Into<String>) -> BadInstruct {
     }
 }
 
-/// A GRIP channel name as a topic. Channel names are free text; topics are dot-separated
-/// tokens of `[A-Za-z0-9_-]`. The one escape: every byte outside `[A-Za-z0-9-.]`, and `_`
-/// itself, becomes `_` and two upper-case hex digits (`a:b` → `a_3Ab`, `a_b` → `a_5Fb`), so
-/// a name of letters, digits, `-` and dots maps to itself. The same mapping is used by
-/// `POST /publish/` and by holds.
-pub fn channel_topic(name: &str) -> Result<Topic, String> {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'-' || b == b'.' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("_{b:02X}"));
-        }
-    }
-    out.parse::<Topic>()
-        .map_err(|e| format!("channel {name:?} maps to topic {out:?}, which is not a topic: {e}"))
-}
+pub use crate::model::channel_topic;
 
 /// Splits a header value on `sep` outside double quotes.
 fn split_quoted(value: &str, sep: char) -> Vec<&str> {
@@ -656,15 +640,7 @@ mod tests {
     }
 
     #[test]
-    fn channel_names_map_to_topics_by_one_escape() {
-        assert_eq!(
-            channel_topic("news.sports").unwrap().as_str(),
-            "news.sports"
-        );
-        assert_eq!(channel_topic("a:b").unwrap().as_str(), "a_3Ab");
-        assert_eq!(channel_topic("a_b").unwrap().as_str(), "a_5Fb");
-        assert_eq!(channel_topic("a b/c").unwrap().as_str(), "a_20b_2Fc");
-        assert!(channel_topic("a..b").is_err());
+    fn a_channel_that_is_no_topic_is_a_bad_grip_channel() {
         assert_eq!(
             err(&[("Grip-Hold", "stream"), ("Grip-Channel", "a..b")]).header,
             "Grip-Channel"

@@ -23,8 +23,7 @@ use super::Shared;
 use super::problem::Problem;
 use instruct::{BadInstruct, Hold, Instruct, Mode};
 
-/// The event name of a hub message made from an EPCP item; its payload is the item's JSON.
-pub const GRIP_EVENT: &str = "grip";
+use crate::model::GRIP_EVENT;
 /// A response hold's own body is read up to this (Pushpin's limit).
 const MAX_HELD_BODY: usize = 100_000;
 /// An `application/grip-instruct` body, or a stream hold's initial body, up to this.
