@@ -548,3 +548,101 @@ async fn the_hubs_own_publish_route_takes_epcp_items_and_held_clients_get_them()
     assert_eq!(r.headers()["plexus-seq"], "1");
     assert_eq!(r.text().await.expect("a body"), "from the hub");
 }
+
+/// The Python of the venv `scripts/test` makes with the pinned `gripcontrol`.
+fn grip_python() -> std::path::PathBuf {
+    let python =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/grip-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: scripts/test installs it (python3 -m venv target/grip-venv && \
+         target/grip-venv/bin/pip install gripcontrol==4.4.0)",
+        python.display()
+    );
+    python
+}
+
+#[tokio::test]
+async fn a_stock_gripcontrol_backend_works_behind_the_sidecar() {
+    let hub = Server::start(&[]).await;
+    let port = free_port();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/it/backends/gripcontrol_app.py");
+    let _backend = tokio::process::Command::new(grip_python())
+        .arg(&script)
+        .args([&port.to_string(), KEY])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the gripcontrol backend");
+    let app = format!("http://127.0.0.1:{port}");
+    let c = client();
+    timeout(Duration::from_secs(20), async {
+        while c.get(format!("{app}/ready")).send().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the backend listens");
+    let sidecar = Sidecar::start(hub.base(), &app).await;
+    let publish = |kind: &'static str, data: &'static str| {
+        let (c, app, control) = (c.clone(), app.clone(), sidecar.url(""));
+        async move {
+            let r = c
+                .post(format!("{app}/pub"))
+                .json(&serde_json::json!({"control": control, "kind": kind, "data": data}))
+                .send()
+                .await
+                .expect("ask the backend to publish");
+            assert_eq!(r.status(), 204, "the backend published through gripcontrol");
+        }
+    };
+    // A stream hold: the initial body, then each http-stream item in order.
+    let r = c
+        .get(sidecar.url("/stream"))
+        .send()
+        .await
+        .expect("GET /stream");
+    assert_eq!(
+        r.status(),
+        200,
+        "the backend accepted the sidecar's Grip-Sig"
+    );
+    no_grip_headers(r.headers());
+    let mut body = r.bytes_stream();
+    let mut got = String::new();
+    let mut until = async |got: &mut String, needle: &str| {
+        timeout(Duration::from_secs(20), async {
+            while !got.contains(needle) {
+                let chunk = body.next().await.expect("open").expect("a chunk");
+                got.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{needle:?} in time; got {got:?}"));
+    };
+    until(&mut got, "start\n").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    publish("stream", "one\n").await;
+    publish("stream", "two\n").await;
+    until(&mut got, "two\n").await;
+    assert_eq!(got, "start\none\ntwo\n");
+    // A response hold: an http-response publish completes it.
+    let held = tokio::spawn({
+        let (c, url) = (c.clone(), sidecar.url("/poll"));
+        async move { c.get(url).send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    publish("response", "published\n").await;
+    let r = timeout(Duration::from_secs(20), held)
+        .await
+        .expect("completed by the publish")
+        .expect("joined")
+        .expect("an answer");
+    no_grip_headers(r.headers());
+    assert_eq!(r.text().await.expect("a body"), "published\n");
+    // Grip-Timeout 5 and nothing published: the backend's own response.
+    let started = Instant::now();
+    let r = c.get(sidecar.url("/poll")).send().await.expect("GET /poll");
+    assert!(started.elapsed() >= Duration::from_millis(4500));
+    assert_eq!(r.text().await.expect("a body"), "timeout\n");
+}
