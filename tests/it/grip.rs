@@ -106,6 +106,31 @@ fn answer(path: &str, query: &str) -> Response {
             200,
             "event: hello\ndata: initial\n\n",
         ),
+        "/native-poll" => with(
+            &[
+                ("content-type", "text/plain"),
+                (
+                    "plexus-hold",
+                    &format!(
+                        "long-poll; topic={topic}; since={}; timeout=5",
+                        prev.unwrap_or("0")
+                    ),
+                ),
+            ],
+            200,
+            "nothing yet\n",
+        ),
+        "/native-stream" => with(
+            &[
+                ("content-type", "text/event-stream"),
+                (
+                    "plexus-hold",
+                    &format!("stream; topic={topic}; since={}", prev.unwrap_or("0")),
+                ),
+            ],
+            200,
+            "",
+        ),
         "/status" => with(
             &[("grip-status", "418 Teapot"), ("grip-x", "y")],
             200,
@@ -645,4 +670,49 @@ async fn a_stock_gripcontrol_backend_works_behind_the_sidecar() {
     let r = c.get(sidecar.url("/poll")).send().await.expect("GET /poll");
     assert!(started.elapsed() >= Duration::from_millis(4500));
     assert_eq!(r.text().await.expect("a body"), "timeout\n");
+}
+
+#[tokio::test]
+async fn plexus_hold_aliases_take_the_same_path() {
+    let hub = Server::start(&[]).await;
+    let (app, _) = backend().await;
+    let sidecar = Sidecar::start(hub.base(), &app).await;
+    let c = client();
+    hub.publish("na", "first").await;
+    hub.publish("na", "second").await;
+    // since=0: the topic's first message, at once.
+    let r = c
+        .get(sidecar.url("/native-poll?topic=na"))
+        .send()
+        .await
+        .expect("GET");
+    no_grip_headers(r.headers());
+    assert!(r.headers().get("plexus-hold").is_none());
+    assert_eq!(r.headers()["plexus-seq"], "1");
+    assert_eq!(r.text().await.expect("a body"), "first");
+    let r = c
+        .get(sidecar.url("/native-poll?topic=na&prev=1"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.headers()["plexus-seq"], "2");
+    assert_eq!(r.text().await.expect("a body"), "second");
+    // A stream from since=1: the hub's own SSE frames, from seq 2.
+    let r = c
+        .get(sidecar.url("/native-stream?topic=na&prev=1"))
+        .send()
+        .await
+        .expect("GET");
+    let mut body = r.bytes_stream();
+    let mut got = String::new();
+    timeout(Duration::from_secs(20), async {
+        while !got.contains("\"data\":\"second\"") {
+            let chunk = body.next().await.expect("open").expect("a chunk");
+            got.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the replay in time; got {got:?}"));
+    assert!(got.starts_with("id: 2\n"), "{got:?}");
+    assert!(!got.contains("first"), "{got:?}");
 }

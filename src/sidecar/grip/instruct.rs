@@ -29,15 +29,17 @@ pub struct Channel {
     pub name: String,
     pub topic: Topic,
     pub prev_id: Option<String>,
+    /// From `Plexus-Hold`: `since=0` is a cursor too (the topic's start).
+    pub native: bool,
 }
 
 impl Channel {
-    /// The `prev-id` as a cursor of the topic: a seq of 1 or more.
+    /// The `prev-id` as a cursor of the topic: a seq of 1 or more (or 0 given as `since`).
     pub fn cursor(&self) -> Option<u64> {
         self.prev_id
             .as_deref()
             .and_then(|p| p.parse::<u64>().ok())
-            .filter(|s| *s >= 1)
+            .filter(|s| *s >= 1 || self.native)
     }
 }
 
@@ -167,6 +169,7 @@ fn channel(name: &str, prev_id: Option<String>) -> Result<Channel, BadInstruct> 
         name: name.to_owned(),
         topic,
         prev_id,
+        native: false,
     })
 }
 
@@ -367,6 +370,7 @@ fn native_hold(value: &str) -> Result<Hold, BadInstruct> {
             name,
             topic,
             prev_id: since,
+            native: true,
         }],
         timeout,
         keep_alive: None,
