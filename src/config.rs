@@ -872,6 +872,17 @@ pub struct SidecarArgs {
     /// Largest message payload accepted locally [default: 1048576]
     #[arg(long, env = "PLEXUS_SIDECAR_MAX_MESSAGE_BYTES", value_name = "N")]
     pub max_message_bytes: Option<u64>,
+    /// Hold mode: proxy every path outside the sidecar's own to this app (http://) [default: none]
+    #[arg(long, env = "PLEXUS_SIDECAR_APP", value_name = "URL")]
+    pub app: Option<String>,
+    /// Hold mode: sign proxied requests with Grip-Sig (HS256) under this key [default: none]
+    #[arg(
+        long,
+        env = "PLEXUS_SIDECAR_GRIP_KEY",
+        value_name = "K",
+        hide_env_values = true
+    )]
+    pub grip_key: Option<String>,
     /// Validate the configuration, print it, and exit
     #[arg(long)]
     pub check_config: bool,
@@ -892,6 +903,8 @@ struct FileSidecar {
     local_token: String,
     durability: String,
     max_message_bytes: u64,
+    app: String,
+    grip_key: String,
 }
 
 /// The validated configuration of `plexus sidecar`; secrets are redacted when printed.
@@ -910,6 +923,10 @@ pub struct SidecarConfig {
     /// `true` at `durability = machine`: the spool fsyncs before it acknowledges.
     pub fsync: bool,
     pub max_message_bytes: usize,
+    /// Hold mode: the application's base URL.
+    pub app: Option<String>,
+    /// Hold mode: the `Grip-Sig` key.
+    pub grip_key: Option<String>,
 }
 
 impl fmt::Debug for SidecarConfig {
@@ -927,6 +944,8 @@ impl fmt::Debug for SidecarConfig {
             .field("local_token", &redact(&self.local_token))
             .field("fsync", &self.fsync)
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("app", &self.app)
+            .field("grip_key", &redact(&self.grip_key))
             .finish()
     }
 }
@@ -1019,6 +1038,13 @@ impl SidecarConfig {
             ));
         }
         let cacert = a.cacert.clone().unwrap_or(f.cacert);
+        let app = a.app.clone().unwrap_or(f.app);
+        if !app.is_empty() && !app.starts_with("http://") {
+            return Err(ConfigError(format!(
+                "sidecar.app: {app:?} is not an http:// URL"
+            )));
+        }
+        let grip_key = a.grip_key.clone().unwrap_or(f.grip_key);
         Ok(SidecarConfig {
             hub: hub.trim_end_matches('/').to_owned(),
             token,
@@ -1034,6 +1060,8 @@ impl SidecarConfig {
             local_token: (!local_token.is_empty()).then_some(local_token),
             fsync,
             max_message_bytes: max_message_bytes as usize,
+            app: (!app.is_empty()).then(|| app.trim_end_matches('/').to_owned()),
+            grip_key: (!grip_key.is_empty()).then_some(grip_key),
         })
     }
 }

@@ -23,6 +23,7 @@ mod admin;
 mod auth;
 mod client;
 mod consumers;
+mod epcp;
 pub mod error;
 mod extract;
 mod jobs;
@@ -65,6 +66,8 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::routes(&state.options))
         .merge(consumers::routes())
         .merge(openapi::routes())
+        // Hold mode's EPCP publish (docs/API.md §9).
+        .merge(epcp::routes(&state.options))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // A body that stalls fails the request (408) instead of holding it forever.

@@ -6,6 +6,7 @@ mod cidr;
 mod cursor;
 mod duration;
 mod gap;
+mod grip;
 mod job;
 mod message;
 mod pattern;
@@ -22,6 +23,7 @@ pub use cidr::{Cidr, client_key};
 pub use cursor::{Cursor, CursorError};
 pub use duration::{DurationError, parse_duration};
 pub use gap::{Gap, GapReason};
+pub use grip::{GRIP_EVENT, channel_topic, epcp_messages};
 pub use job::{Job, JobId, JobState};
 pub use message::{
     EventName, EventNameError, Fingerprint, Message, NewMessage, StoredFingerprint, fingerprint,

@@ -6,6 +6,7 @@
 //! follows a publish through it.
 
 mod forward;
+mod grip;
 mod problem;
 mod proxy;
 mod publish;
@@ -87,6 +88,8 @@ struct Shared {
     feeds: share::Feeds,
     /// Woken when the probe finds the hub back, so the forwarder leaves its backoff at once.
     hub_back: tokio::sync::Notify,
+    /// Hold mode: the application every non-sidecar path is proxied to.
+    app: Option<grip::App>,
 }
 
 impl Shared {
@@ -137,6 +140,12 @@ impl Sidecar {
             builder = builder.add_root_certificate_pem(&pem).map_err(upstream)?;
         }
         let client = builder.build().map_err(upstream)?;
+        let app = config
+            .app
+            .as_deref()
+            .map(|url| grip::App::new(url, config.grip_key.as_deref()))
+            .transpose()
+            .map_err(SidecarError::Upstream)?;
         Ok(Sidecar {
             shared: Arc::new(Shared {
                 config,
@@ -148,6 +157,7 @@ impl Sidecar {
                 shutdown,
                 hub_back: tokio::sync::Notify::new(),
                 feeds: share::Feeds::default(),
+                app,
             }),
         })
     }
@@ -192,6 +202,11 @@ fn router(sc: Arc<Shared>) -> Router {
             post(publish::publish_batch).layer(DefaultBodyLimit::max(MAX_BATCH_BYTES)),
         )
         .route("/v1/sidecar", get(status))
+        // Hold mode's EPCP publish (docs/API.md §9), spooled like any publish.
+        .route(
+            "/publish/",
+            post(grip::epcp::publish).layer(DefaultBodyLimit::max(MAX_BATCH_BYTES)),
+        )
         .route("/v1/ws", axum::routing::any(ws::upgrade))
         .fallback(proxy::forward)
         .layer(middleware::from_fn_with_state(sc.clone(), local_auth));

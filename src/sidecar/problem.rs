@@ -121,6 +121,17 @@ impl Problem {
         }
     }
 
+    /// The application (hold mode) answered with a malformed GRIP instruction, or could not
+    /// be reached.
+    pub fn bad_gateway(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            "urn:plexus:problem:bad-gateway",
+            "Bad gateway",
+            detail,
+        )
+    }
+
     /// The spool holds `sidecar.spool_max_bytes` or `spool_max_messages`: nothing was stored.
     pub fn spool_full() -> Self {
         Problem {

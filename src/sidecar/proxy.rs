@@ -63,6 +63,10 @@ pub async fn forward(State(sc): State<Arc<Shared>>, request: Request) -> Respons
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
     if !path.starts_with("/v1/") {
+        // Hold mode: everything outside the sidecar's own routes belongs to the app.
+        if let Some(app) = &sc.app {
+            return super::grip::proxy(sc.clone(), app, parts, body).await;
+        }
         return Problem::not_found(format!("no route {path}")).into_response();
     }
     let query = without_access_token(parts.uri.query().unwrap_or_default());

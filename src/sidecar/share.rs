@@ -147,7 +147,7 @@ async fn hold(sc: &Arc<Shared>, topic: &Topic) -> Result<Hold, HoldError> {
 }
 
 /// A message of the hub's JSON envelope, back into the model's type.
-fn message(e: &plexus_client::Envelope) -> Option<Message> {
+pub(super) fn message(e: &plexus_client::Envelope) -> Option<Message> {
     let data = match (&e.data, &e.data_base64) {
         (Some(text), None) => Bytes::from(text.clone()),
         (None, Some(b64)) => Bytes::from(base64::decode(b64)?),

@@ -75,6 +75,8 @@ mod retention;
 mod shutdown;
 // Slow consumers: `catchup`, `latest` and `disconnect` policies, bounded memory.
 mod slow;
+// Hold mode: `plexus sidecar --app` as a GRIP proxy in front of a backend.
+mod grip;
 // `plexus sidecar` between clients and a hub: spool, exactly-once forwarding, proxied reads.
 mod sidecar;
 // SSE specifics: framing, `raw=1`, keepalives, gaps, bad parameters, `Last-Event-ID`.
