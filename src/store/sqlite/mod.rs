@@ -419,16 +419,26 @@ impl ConsumerStore for SqliteLog {
     ) -> BoxFuture<'_, StoreResult<Option<u64>>> {
         let name = name.to_string();
         // The record and its dead letters are one commit; a lost race commits neither.
-        self.exec_announced(
-            move |tx| consumers::put(tx, &name, expected, &body),
-            move |written| {
-                if written.is_some() {
-                    events
-                } else {
-                    Vec::new()
-                }
-            },
-        )
+        // Queued now, not when first polled (see the trait): the consumer layer queues the
+        // next write of a consumer before this one's group commits.
+        let (reply, rx) = oneshot::channel();
+        let op = Op::ExecAppend(Box::new(move |tx, _now| {
+            let value = consumers::put(tx, &name, expected, &body)?;
+            let batch = match &value {
+                Ok(Some(_)) => events,
+                _ => Vec::new(),
+            };
+            let done = Box::new(move |committed: StoreResult<()>| {
+                let _ = reply.send(committed.and(value));
+            }) as Deferred;
+            Ok((batch, done))
+        }));
+        let sent = self.send(op);
+        Box::pin(async move {
+            sent?;
+            rx.await
+                .unwrap_or_else(|_| Err(StoreError::unavailable("the sqlite writer has stopped")))
+        })
     }
 
     fn delete_consumer(&self, name: &str) -> BoxFuture<'_, StoreResult<bool>> {
