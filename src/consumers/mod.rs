@@ -1031,3 +1031,50 @@ impl Consumers {
         Err(raced_too_often())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(topic: &str, seq: Seq) -> Arc<Message> {
+        Arc::new(Message {
+            topic: topic.parse().unwrap(),
+            seq,
+            time: 0,
+            event: None,
+            data: bytes::Bytes::from_static(b"x"),
+        })
+    }
+
+    fn topic(t: &str) -> Topic {
+        t.parse().unwrap()
+    }
+
+    /// What is read ahead is handed out in order, each topic standing after the last message
+    /// taken while it has more kept, else where the read ended; gaps go with the first take.
+    #[test]
+    fn read_ahead_is_taken_in_order() {
+        let mut ahead = Ahead {
+            from: vec![(topic("a"), 3), (topic("b"), 10), (topic("c"), 5)],
+            messages: vec![msg("a", 4), msg("b", 11), msg("a", 5), msg("b", 12)].into(),
+            gaps: vec![Gap {
+                topic: topic("a"),
+                range: Some((1, 3)),
+                reason: crate::model::GapReason::Expired,
+            }],
+            next: Cursor::Multi(vec![(topic("a"), 5), (topic("b"), 20), (topic("c"), 9)]),
+        };
+        let (taken, gaps, after) = ahead.take(2);
+        let seqs: Vec<(String, Seq)> = taken.iter().map(|m| (m.topic.to_string(), m.seq)).collect();
+        assert_eq!(seqs, [("a".to_string(), 4), ("b".to_string(), 11)]);
+        assert_eq!(gaps.len(), 1);
+        // a and b have more kept: after what was taken; c has none: where the read ended.
+        assert_eq!(after, [(topic("a"), 4), (topic("b"), 11), (topic("c"), 9)]);
+        assert_eq!(ahead.from, after);
+        let (taken, gaps, after) = ahead.take(5);
+        assert_eq!(taken.len(), 2);
+        assert!(gaps.is_empty(), "gaps are handed out once");
+        assert_eq!(after, [(topic("a"), 5), (topic("b"), 20), (topic("c"), 9)]);
+        assert!(ahead.messages.is_empty());
+    }
+}

@@ -465,6 +465,24 @@ mod tests {
         }
     }
 
+    /// A consumer write is queued by the call, before its future is polled: a second write
+    /// over the version the first will write, called after it, lands after it.
+    #[tokio::test]
+    async fn consumer_writes_apply_in_call_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SqliteLog::open(dir.path(), Retention::default(), Durability::Process).unwrap();
+        let first = log.put_consumer("c", 0, b"one".to_vec(), Vec::new());
+        let second = log.put_consumer("c", 1, b"two".to_vec(), vec![message("_dead.c")]);
+        // Polled in the other order: the order of the calls decides.
+        assert_eq!(second.await.unwrap(), Some(2));
+        assert_eq!(first.await.unwrap(), Some(1));
+        let stored = log.consumer("c").await.unwrap().unwrap();
+        assert_eq!((stored.version, stored.body), (2, b"two".to_vec()));
+        let third = log.put_consumer("c", 1, b"stale".to_vec(), Vec::new());
+        assert_eq!(third.await.unwrap(), None);
+        log.close().await;
+    }
+
     /// `ping` (and so `/readyz`) fails while the writer cannot commit, and recovers once a
     /// write goes through again. Before, it only ran `SELECT 1` on a reader, which a WAL
     /// database answers whatever the writer's state.
