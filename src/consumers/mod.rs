@@ -228,16 +228,67 @@ pub struct Consumers {
     /// under the consumer's turn. A std mutex: held to look up or replace, never across an
     /// await.
     cache: std::sync::Mutex<std::collections::HashMap<String, (u64, Record)>>,
+    /// On a store only this node writes: per consumer, new messages read past what the last
+    /// read handed out (see `new_messages`). Touched only under the consumer's turn.
+    ahead: std::sync::Mutex<std::collections::HashMap<String, Ahead>>,
+}
+
+/// Most messages one read of a consumer loads from the log: what the caller's `limit` leaves
+/// is kept for the next reads of the consumer, so readers sharing a consumer do not each
+/// wait for a log read while the consumer's turn is held.
+const READ_AHEAD: usize = 1000;
+/// Most payload bytes kept read ahead per consumer; a longer surplus is dropped (and read
+/// again when its turn comes).
+const READ_AHEAD_BYTES: usize = 1 << 20;
+
+/// Messages read from the log and not yet handed out: the continuation of a read from
+/// `from`, which covered each topic up to `next` (docs/ARCHITECTURE.md, durable consumers).
+struct Ahead {
+    from: Vec<(Topic, Seq)>,
+    messages: std::collections::VecDeque<Arc<Message>>,
+    gaps: Vec<Gap>,
+    next: Cursor,
+}
+
+/// Messages handed out, the gaps met, and where each topic then stands.
+type Taken = (Vec<Arc<Message>>, Vec<Gap>, Vec<(Topic, Seq)>);
+
+impl Ahead {
+    /// Hands out the first `n` messages (and the gaps, once), and where each topic then
+    /// stands: after the last one taken while the topic has more here, else where the read
+    /// ended.
+    fn take(&mut self, n: usize) -> Taken {
+        let taken: Vec<Arc<Message>> = self.messages.drain(..n.min(self.messages.len())).collect();
+        let positions: Vec<(Topic, Seq)> = self
+            .from
+            .iter()
+            .map(|(t, from)| {
+                let seq = if self.messages.iter().any(|m| m.topic == *t) {
+                    taken
+                        .iter()
+                        .rev()
+                        .find(|m| m.topic == *t)
+                        .map_or(*from, |m| m.seq)
+                } else {
+                    self.next.position(t).unwrap_or(*from)
+                };
+                (t.clone(), seq)
+            })
+            .collect();
+        self.from = positions.clone();
+        (taken, std::mem::take(&mut self.gaps), positions)
+    }
 }
 
 /// How many stripes of consumer locks a node has.
 const STRIPES: usize = 64;
 
-/// The outcome of one attempt at a write.
-enum Attempt<T> {
-    Done(T),
-    Raced,
-}
+/// The outcome of a queued write of a consumer's record (see `Consumers::queue_write`).
+type Written<'a> = futures_util::future::BoxFuture<'a, Result<bool, ConsumerError>>;
+
+/// What one read attempt decided: the batch, when the earliest lease runs out, and the write
+/// that must land before the batch is handed out.
+type ReadAttempt<'a> = (Delivered, Option<Millis>, Option<Written<'a>>);
 
 impl Consumers {
     pub fn new(
@@ -252,6 +303,7 @@ impl Consumers {
             settled: Notify::new(),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             cache: std::sync::Mutex::new(std::collections::HashMap::new()),
+            ahead: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -297,8 +349,62 @@ impl Consumers {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         match record {
             Some(r) => cache.insert(name.as_str().to_string(), r),
-            None => cache.remove(name.as_str()),
+            None => {
+                self.forget_ahead(name);
+                cache.remove(name.as_str())
+            }
         };
+    }
+
+    fn forget_ahead(&self, name: &ConsumerName) {
+        let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+        ahead.remove(name.as_str());
+    }
+
+    /// At most `room` new messages after `positions` (under the consumer's turn), as a log
+    /// read with that limit would give them: the gaps met, and where each topic then stands.
+    /// On a store only this node writes, from what an earlier read kept ahead when it starts
+    /// at `positions`, else from a read of up to `READ_AHEAD` messages whose surplus is kept.
+    async fn new_messages(
+        &self,
+        name: &ConsumerName,
+        topics: &TopicList,
+        positions: &[(Topic, Seq)],
+        room: usize,
+    ) -> Result<Taken, ConsumerError> {
+        let local = !self.hub.shared_store();
+        if local {
+            let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(kept) = ahead.get_mut(name.as_str()) {
+                if kept.from == positions && kept.messages.len() >= room {
+                    return Ok(kept.take(room));
+                }
+                ahead.remove(name.as_str());
+            }
+        }
+        let result = self
+            .hub
+            .read(ReadRequest {
+                topics: topics.clone(),
+                since: Since::Cursor(Cursor::for_positions(positions)),
+                default_since: Since::All,
+                limit: if local { room.max(READ_AHEAD) } else { room },
+                wait: Duration::ZERO,
+            })
+            .await?;
+        let mut read = Ahead {
+            from: positions.to_vec(),
+            messages: result.messages.into(),
+            gaps: result.gaps,
+            next: result.next,
+        };
+        let out = read.take(room);
+        let surplus: usize = read.messages.iter().map(|m| m.data.len()).sum();
+        if local && !read.messages.is_empty() && surplus <= READ_AHEAD_BYTES {
+            let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+            ahead.insert(name.as_str().to_string(), read);
+        }
+        Ok(out)
     }
 
     async fn load_known(&self, name: &ConsumerName) -> Result<(u64, Record), ConsumerError> {
@@ -315,25 +421,70 @@ impl Consumers {
         record: &Record,
         dead: Vec<NewMessage>,
     ) -> Result<bool, ConsumerError> {
+        self.queue_write(name, version, record, dead).await
+    }
+
+    /// Queues the write of `record` over `version` (under the consumer's turn) and answers
+    /// the future of its outcome; `false`: someone wrote first. On a store only this node
+    /// writes, the cache holds `record` at once, as the version it gets when it lands: the
+    /// next operation of the turn decides on it and queues its own write behind this one,
+    /// so one group commit serves several operations (see `landed`). Whoever acts on a
+    /// decision (answers a read, an ack) waits for its write first, and a write decided on
+    /// a queued one that failed fails its compare-and-set too, so nothing is handed out or
+    /// settled that the store does not hold.
+    fn queue_write(
+        &self,
+        name: &ConsumerName,
+        version: u64,
+        record: &Record,
+        dead: Vec<NewMessage>,
+    ) -> Written<'_> {
         let written = self
             .store
-            .put_consumer(name.as_str(), version, record.encode(), dead)
-            .await;
-        match written {
-            Ok(Some(v)) => {
-                self.remember(name, Some((v, record.clone())));
-                Ok(true)
+            .put_consumer(name.as_str(), version, record.encode(), dead);
+        self.remember(name, Some((version + 1, record.clone())));
+        let name = name.clone();
+        Box::pin(async move {
+            match written.await {
+                Ok(Some(v)) if v == version + 1 => Ok(true),
+                Ok(Some(_)) => {
+                    self.remember(&name, None);
+                    Ok(true)
+                }
+                // Lost a race (or the store failed): what is cached is not what is stored.
+                Ok(None) => {
+                    self.remember(&name, None);
+                    Ok(false)
+                }
+                Err(e) => {
+                    self.remember(&name, None);
+                    Err(e.into())
+                }
             }
-            // Lost a race (or the store failed): what is cached is not what is stored.
-            Ok(None) => {
-                self.remember(name, None);
-                Ok(false)
-            }
-            Err(e) => {
-                self.remember(name, None);
-                Err(e.into())
-            }
-        }
+        })
+    }
+
+    /// Waits for a queued write. On a store only this node writes, the turn is given up
+    /// first: the next operation decides on the cached record, and the writes of several
+    /// operations share a commit. On a shared store the turn is kept until the write lands,
+    /// so the next local operation loads what this one wrote instead of losing its race.
+    async fn landed(
+        &self,
+        turn: tokio::sync::MutexGuard<'_, ()>,
+        written: Option<Written<'_>>,
+    ) -> Result<bool, ConsumerError> {
+        let held = if self.hub.shared_store() {
+            Some(turn)
+        } else {
+            drop(turn);
+            None
+        };
+        let won = match written {
+            Some(w) => w.await,
+            None => Ok(true),
+        };
+        drop(held);
+        won
     }
 
     /// The topics of a consumer (for the caller's rights), or `Unknown`.
@@ -495,19 +646,16 @@ impl Consumers {
             let settled = self.settled.notified();
             tokio::pin!(settled);
             settled.as_mut().enable();
-            let attempt = self.attempt_read(name, version, record, spec.limit).await?;
-            drop(turn);
-            let (delivered, next_due) = match attempt {
-                Attempt::Done(d) => d,
-                Attempt::Raced => {
-                    races += 1;
-                    if races > MAX_RACES {
-                        return Err(raced_too_often());
-                    }
-                    tokio::task::yield_now().await;
-                    continue;
+            let (delivered, next_due, written) =
+                self.attempt_read(name, version, record, spec.limit).await?;
+            if !self.landed(turn, written).await? {
+                races += 1;
+                if races > MAX_RACES {
+                    return Err(raced_too_often());
                 }
-            };
+                tokio::task::yield_now().await;
+                continue;
+            }
             if !delivered.messages.is_empty() || !delivered.gaps.is_empty() || !waiting {
                 return Ok(delivered);
             }
@@ -526,15 +674,16 @@ impl Consumers {
         }
     }
 
-    /// One read against one version of the record: `Raced` when another writer got there
-    /// first. Also answers when the earliest lease runs out (to wait for it).
+    /// One read against one version of the record, its write queued (its outcome says
+    /// whether another writer got there first). Also answers when the earliest lease runs out
+    /// (to wait for it).
     async fn attempt_read(
         &self,
         name: &ConsumerName,
         version: u64,
         mut record: Record,
         limit: usize,
-    ) -> Result<Attempt<(Delivered, Option<Millis>)>, ConsumerError> {
+    ) -> Result<ReadAttempt<'_>, ConsumerError> {
         let now = now_millis();
         let settings = record.settings.clone();
         let explicit = settings.ack == AckMode::Explicit;
@@ -595,51 +744,39 @@ impl Consumers {
             .collect();
         let mut next = Cursor::for_positions(&positions);
         if room > 0 {
-            let result = self
-                .hub
-                .read(ReadRequest {
-                    topics: topics.clone(),
-                    since: Since::Cursor(next.clone()),
-                    default_since: Since::All,
-                    limit: room,
-                    wait: Duration::ZERO,
-                })
-                .await?;
-            for msg in result.messages {
+            let (messages, met, after) = self.new_messages(name, &topics, &positions, room).await?;
+            for msg in messages {
                 if explicit && let Some(lane) = record.topics.get_mut(msg.topic.as_str()) {
                     lane.leases
                         .insert(msg.seq, Lease::new(1, now, settings.ack_wait_ms));
                 }
                 out.push((msg, 1));
             }
-            for t in topics.iter() {
+            for (t, seq) in &after {
                 let lane = record.topics.entry(t.as_str().to_string()).or_default();
-                if let Some(seq) = result.next.position(t)
-                    && seq != lane.delivered
-                {
-                    lane.delivered = seq;
+                if *seq != lane.delivered {
+                    lane.delivered = *seq;
                     changed = true;
                 }
             }
-            gaps = result.gaps;
-            next = result.next;
+            gaps = met;
+            next = Cursor::for_positions(&after);
         }
-        if changed && !self.write(name, version, &record, dead).await? {
-            return Ok(Attempt::Raced);
-        }
+        let written = changed.then(|| self.queue_write(name, version, &record, dead));
         let next_due = record
             .topics
             .values()
             .flat_map(|l| l.leases.values().map(|l| l.until))
             .min();
-        Ok(Attempt::Done((
+        Ok((
             Delivered {
                 messages: out,
                 gaps,
                 next: Some(next),
             },
             next_due,
-        )))
+            written,
+        ))
     }
 
     /// The dead letter of a message: its envelope with its delivery count, on `_dead.{name}`.
@@ -677,7 +814,7 @@ impl Consumers {
         how: Settle,
     ) -> Result<(), ConsumerError> {
         for _ in 0..MAX_RACES {
-            let _turn = self.turn(name).await;
+            let turn = self.turn(name).await;
             let (version, mut record) = self.load_known(name).await?;
             if record.settings.ack != AckMode::Explicit {
                 return Err(ConsumerError::BadSettings(format!(
@@ -738,7 +875,8 @@ impl Consumers {
                 let msg = self.hub.message(&topic, seq).await?;
                 dead.extend(self.dead_letter(name, &topic, seq, delivery, msg.as_deref()));
             }
-            if self.write(name, version, &record, dead).await? {
+            let written = self.queue_write(name, version, &record, dead);
+            if self.landed(turn, Some(written)).await? {
                 self.settled.notify_waiters();
                 return Ok(());
             }
@@ -759,6 +897,7 @@ impl Consumers {
             let (version, mut record) = self.load_known(name).await?;
             let topics = record.settings.topic_list()?;
             let positions = self.hub.start_positions(&topics, since).await?;
+            self.forget_ahead(name);
             record.topics = positions
                 .into_iter()
                 .map(|(t, seq)| (t.as_str().to_string(), Lane::at(seq)))
@@ -890,5 +1029,52 @@ impl Consumers {
             }
         }
         Err(raced_too_often())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(topic: &str, seq: Seq) -> Arc<Message> {
+        Arc::new(Message {
+            topic: topic.parse().unwrap(),
+            seq,
+            time: 0,
+            event: None,
+            data: bytes::Bytes::from_static(b"x"),
+        })
+    }
+
+    fn topic(t: &str) -> Topic {
+        t.parse().unwrap()
+    }
+
+    /// What is read ahead is handed out in order, each topic standing after the last message
+    /// taken while it has more kept, else where the read ended; gaps go with the first take.
+    #[test]
+    fn read_ahead_is_taken_in_order() {
+        let mut ahead = Ahead {
+            from: vec![(topic("a"), 3), (topic("b"), 10), (topic("c"), 5)],
+            messages: vec![msg("a", 4), msg("b", 11), msg("a", 5), msg("b", 12)].into(),
+            gaps: vec![Gap {
+                topic: topic("a"),
+                range: Some((1, 3)),
+                reason: crate::model::GapReason::Expired,
+            }],
+            next: Cursor::Multi(vec![(topic("a"), 5), (topic("b"), 20), (topic("c"), 9)]),
+        };
+        let (taken, gaps, after) = ahead.take(2);
+        let seqs: Vec<(String, Seq)> = taken.iter().map(|m| (m.topic.to_string(), m.seq)).collect();
+        assert_eq!(seqs, [("a".to_string(), 4), ("b".to_string(), 11)]);
+        assert_eq!(gaps.len(), 1);
+        // a and b have more kept: after what was taken; c has none: where the read ended.
+        assert_eq!(after, [(topic("a"), 4), (topic("b"), 11), (topic("c"), 9)]);
+        assert_eq!(ahead.from, after);
+        let (taken, gaps, after) = ahead.take(5);
+        assert_eq!(taken.len(), 2);
+        assert!(gaps.is_empty(), "gaps are handed out once");
+        assert_eq!(after, [(topic("a"), 5), (topic("b"), 20), (topic("c"), 9)]);
+        assert!(ahead.messages.is_empty());
     }
 }

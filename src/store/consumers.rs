@@ -21,6 +21,9 @@ pub trait ConsumerStore: Send + Sync + 'static {
     /// Writes `body` under `name` if the stored version is `expected` (0: no record), and
     /// appends `events` (dead letters) with it — in the same commit where the engine can.
     /// `Some(version)`: written; `None`: another writer changed it first, nothing written.
+    /// On a store only one node writes (sqlite, memory) the write is queued by the call itself,
+    /// before the future is polled, and a written version is `expected + 1`: a caller may queue
+    /// the next write over `expected + 1` before this one commits (writes apply in call order).
     fn put_consumer(
         &self,
         name: &str,

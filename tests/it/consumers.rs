@@ -425,6 +425,38 @@ async fn seek(engine: Engine) {
     assert_eq!(seqs(&page), (6..=10).collect::<Vec<_>>(), "{page}");
 }
 
+/// Small reads of an explicit consumer after a larger backlog: each gets the next messages in
+/// order, then what was published since; a seek back hands them out again from there (a node
+/// may keep messages read ahead of its readers: they follow the consumer's position).
+async fn read_ahead(engine: Engine) {
+    let server = Server::start_on(engine, &[]).await;
+    create(
+        &server,
+        "ra",
+        json!({"topics": ["t"], "ack": "explicit", "ack_wait": "10m"}),
+    )
+    .await;
+    server.publish_n("t", 5, "m").await;
+    let page = server.read("t", "consumer=ra&limit=2").await;
+    assert_eq!(seqs(&page), [1, 2], "{page}");
+    let page = server.read("t", "consumer=ra&limit=2").await;
+    assert_eq!(seqs(&page), [3, 4], "{page}");
+    server.publish_n("t", 3, "m").await;
+    let page = server.read("t", "consumer=ra&limit=10").await;
+    assert_eq!(seqs(&page), [5, 6, 7, 8], "{page}");
+    let (status, _, info) =
+        into_json(post(&server, "/v1/consumers/ra/seek", json!({"since": "1"})).await).await;
+    assert_eq!(status, StatusCode::OK, "{info}");
+    let page = server.read("t", "consumer=ra&limit=3").await;
+    assert_eq!(seqs(&page), [2, 3, 4], "{page}");
+    assert_eq!(deliveries(&page), [1, 1, 1], "{page}");
+    server.publish_n("t", 1, "m").await;
+    let page = server.read("t", "consumer=ra&limit=100").await;
+    assert_eq!(seqs(&page), [5, 6, 7, 8, 9], "{page}");
+    let f = figures(&server, "ra", "t").await;
+    assert_eq!(f["ack_pending"], json!(8), "{f}");
+}
+
 /// Two readers of one explicit consumer share 1,000 messages: none goes to both (no lease
 /// runs out: `ack_wait` is long).
 async fn disjoint_readers(engine: Engine) {
@@ -996,6 +1028,7 @@ on_engines!(
     retention on [sqlite = Sqlite, redis = Redis, memory = Memory],
     seek on [sqlite = Sqlite, redis = Redis, memory = Memory],
     disjoint_readers on [sqlite = Sqlite, redis = Redis, memory = Memory],
+    read_ahead on [sqlite = Sqlite, redis = Redis, memory = Memory],
     bad_input on [sqlite = Sqlite, redis = Redis, memory = Memory],
     event_source on [sqlite = Sqlite, redis = Redis, memory = Memory],
     ndjson_explicit on [sqlite = Sqlite, redis = Redis, memory = Memory],

@@ -444,16 +444,26 @@ impl ConsumerStore for SqliteLog {
     ) -> BoxFuture<'_, StoreResult<Option<u64>>> {
         let name = name.to_string();
         // The record and its dead letters are one commit; a lost race commits neither.
-        self.exec_announced(
-            move |tx| consumers::put(tx, &name, expected, &body),
-            move |written| {
-                if written.is_some() {
-                    events
-                } else {
-                    Vec::new()
-                }
-            },
-        )
+        // Queued now, not when first polled (see the trait): the consumer layer queues the
+        // next write of a consumer before this one's group commits.
+        let (reply, rx) = oneshot::channel();
+        let op = Op::ExecAppend(Box::new(move |tx, _now| {
+            let value = consumers::put(tx, &name, expected, &body)?;
+            let batch = match &value {
+                Ok(Some(_)) => events,
+                _ => Vec::new(),
+            };
+            let done = Box::new(move |committed: StoreResult<()>| {
+                let _ = reply.send(committed.and(value));
+            }) as Deferred;
+            Ok((batch, done))
+        }));
+        let sent = self.send(op);
+        Box::pin(async move {
+            sent?;
+            rx.await
+                .unwrap_or_else(|_| Err(StoreError::unavailable("the sqlite writer has stopped")))
+        })
     }
 
     fn delete_consumer(&self, name: &str) -> BoxFuture<'_, StoreResult<bool>> {
@@ -478,6 +488,24 @@ mod tests {
             data: bytes::Bytes::from_static(b"x"),
             idempotency_key: None,
         }
+    }
+
+    /// A consumer write is queued by the call, before its future is polled: a second write
+    /// over the version the first will write, called after it, lands after it.
+    #[tokio::test]
+    async fn consumer_writes_apply_in_call_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SqliteLog::open(dir.path(), Retention::default(), Durability::Process).unwrap();
+        let first = log.put_consumer("c", 0, b"one".to_vec(), Vec::new());
+        let second = log.put_consumer("c", 1, b"two".to_vec(), vec![message("_dead.c")]);
+        // Polled in the other order: the order of the calls decides.
+        assert_eq!(second.await.unwrap(), Some(2));
+        assert_eq!(first.await.unwrap(), Some(1));
+        let stored = log.consumer("c").await.unwrap().unwrap();
+        assert_eq!((stored.version, stored.body), (2, b"two".to_vec()));
+        let third = log.put_consumer("c", 1, b"stale".to_vec(), Vec::new());
+        assert_eq!(third.await.unwrap(), None);
+        log.close().await;
     }
 
     /// `ping` (and so `/readyz`) fails while the writer cannot commit, and recovers once a
