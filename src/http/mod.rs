@@ -13,7 +13,7 @@
 //!   on it, the WebSocket takes its gauge and keeps its own ping and close handshake, since
 //!   frames flow both ways on it;
 //! - above them the handlers, each registering its own routes: `publish`, `poll`, `sse`,
-//!   `ndjson`, `ws`, `admin`, `jobs`, `consumers`;
+//!   `ndjson`, `ws`, `admin`, `jobs`, `consumers`, `webhooks`;
 //! - on top `openapi`, which names the handlers, and this file, which assembles the router.
 //!
 //! Every byte a stream or socket sends (messages, gaps and control frames alike) is encoded in
@@ -37,6 +37,7 @@ mod sse;
 mod state;
 mod streaming;
 mod trace;
+mod webhooks;
 mod ws;
 
 use axum::Router;
@@ -64,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ws::routes())
         .merge(jobs::routes(&state.options))
         .merge(consumers::routes())
+        .merge(webhooks::routes())
         .merge(openapi::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
