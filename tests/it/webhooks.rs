@@ -618,3 +618,95 @@ async fn a_hub_killed_mid_delivery_resends_and_order_holds() {
         .await;
     assert_eq!(dedup_seqs(&hits), (1..=30).collect::<Vec<u64>>());
 }
+
+/// The secret of the Standard Webhooks specification's example.
+const SPEC_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn case(hit: &Hit, secret: &str, valid: bool) -> Value {
+    let headers: serde_json::Map<String, Value> =
+        ["webhook-id", "webhook-timestamp", "webhook-signature"]
+            .iter()
+            .map(|k| {
+                (
+                    k.to_string(),
+                    json!(hit.headers.get(*k).cloned().unwrap_or_default()),
+                )
+            })
+            .collect();
+    json!({
+        "secret": secret,
+        "body": String::from_utf8_lossy(&hit.body),
+        "headers": headers,
+        "valid": valid,
+    })
+}
+
+#[tokio::test]
+async fn signatures_verify_with_the_reference_libraries_also_during_rotation() {
+    let rx = Receiver::start("127.0.0.1:0", ok()).await;
+    let server = Server::start(&["--webhooks-allow-networks", ALLOW_LOOPBACK]).await;
+    let hook = create_ok(
+        &server,
+        json!({"url": format!("http://127.0.0.1:{}/", rx.port), "topics": ["s"], "secret": SPEC_SECRET}),
+    )
+    .await;
+    let fresh = create_ok(
+        &server,
+        json!({"url": format!("http://127.0.0.1:{}/", rx.port), "topics": ["s2"]}),
+    )
+    .await;
+    let id = hook["id"].as_str().expect("id");
+    server.publish("s", json!({"n": 1}).to_string()).await;
+    server.publish("s2", "not json but the envelope is").await;
+    rx.wait_for("two deliveries", |h| h.len() >= 2).await;
+    let rotated = act(&server, id, "rotate-secret", None).await;
+    let new_secret = rotated["secret"].as_str().expect("new secret").to_string();
+    assert_ne!(new_secret, SPEC_SECRET);
+    server.publish("s", json!({"n": 2}).to_string()).await;
+    let hits = rx.wait_for("three deliveries", |h| h.len() >= 3).await;
+    let by_topic = |t: &str| -> Vec<&Hit> {
+        hits.iter()
+            .filter(|h| h.headers["plexus-topic"] == t)
+            .collect()
+    };
+    let (s, s2) = (by_topic("s"), by_topic("s2"));
+    let fresh_secret = fresh["secret"].as_str().expect("secret");
+    assert_eq!(
+        s[1].headers["webhook-signature"].split(' ').count(),
+        2,
+        "two signatures during rotation"
+    );
+    let cases = json!([
+        case(s[0], SPEC_SECRET, true),
+        case(s[0], &new_secret, false),
+        case(s2[0], fresh_secret, true),
+        case(s2[0], SPEC_SECRET, false),
+        case(s[1], SPEC_SECRET, true),
+        case(s[1], &new_secret, true),
+        case(s[1], fresh_secret, false),
+    ]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("cases.json");
+    std::fs::write(&file, cases.to_string()).expect("write cases");
+    let out = tokio::process::Command::new(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/webhook-verifiers"),
+    )
+    .arg(&file)
+    .output()
+    .await
+    .expect("run scripts/webhook-verifiers");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("python standardwebhooks: 7 cases, 0 wrong"),
+        "{text}"
+    );
+    assert!(
+        text.contains("npm standardwebhooks: 7 cases, 0 wrong"),
+        "{text}"
+    );
+}
