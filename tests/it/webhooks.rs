@@ -53,7 +53,14 @@ impl Receiver {
     /// A receiver on `bind` (`127.0.0.1:0`, `[::1]:0`) answering with `behaviour(hit, n)`,
     /// `n` counting requests from 0.
     async fn start(bind: &str, behaviour: Behaviour) -> Receiver {
+        Receiver::start_holding(bind, behaviour, None).await
+    }
+
+    /// [`Receiver::start`], but the first request for seq `hold` is never answered (the hub
+    /// is caught mid-delivery).
+    async fn start_holding(bind: &str, behaviour: Behaviour, hold: Option<u64>) -> Receiver {
         use axum::serve::ListenerExt;
+        let hold = Arc::new(Mutex::new(hold));
         let listener = tokio::net::TcpListener::bind(bind)
             .await
             .expect("bind receiver");
@@ -68,6 +75,7 @@ impl Receiver {
         let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: Bytes| {
             let state = state.clone();
             let behaviour = behaviour.clone();
+            let hold = hold.clone();
             async move {
                 let hit = Hit {
                     path: uri.path().to_string(),
@@ -84,6 +92,17 @@ impl Receiver {
                     hits.len() - 1
                 };
                 state.changed.notify_waiters();
+                let held = {
+                    let mut hold = hold.lock().expect("hold");
+                    let hit_it = *hold == Some(hit.seq());
+                    if hit_it {
+                        *hold = None;
+                    }
+                    hit_it
+                };
+                if held {
+                    std::future::pending::<()>().await;
+                }
                 let (status, extra) = behaviour(&hit, n);
                 let mut resp: Response = (
                     StatusCode::from_u16(status).expect("status"),
@@ -600,8 +619,8 @@ async fn pause_resume_delete() {
 
 #[tokio::test]
 async fn a_hub_killed_mid_delivery_resends_and_order_holds() {
-    // The receiver is slow on seq 10: the hub is killed while it waits for the answer.
-    let rx = Receiver::start("127.0.0.1:0", ok()).await;
+    // Seq 10's first request is never answered: the hub is killed while it waits.
+    let rx = Receiver::start_holding("127.0.0.1:0", ok(), Some(10)).await;
     let mut server = Server::start_durable(&["--webhooks-allow-networks", ALLOW_LOOPBACK]).await;
     create_ok(
         &server,
@@ -609,7 +628,8 @@ async fn a_hub_killed_mid_delivery_resends_and_order_holds() {
     )
     .await;
     server.publish_n("k", 20, "m").await;
-    rx.wait_for("some deliveries", |h| h.len() >= 5).await;
+    rx.wait_for("seq 10 in flight", |h| h.iter().any(|h| h.seq() == 10))
+        .await;
     server.sigkill().await;
     server.restart().await;
     server.publish_n("k", 10, "n").await;
@@ -617,6 +637,57 @@ async fn a_hub_killed_mid_delivery_resends_and_order_holds() {
         .wait_for("30 distinct deliveries", |h| dedup_seqs(h).len() >= 30)
         .await;
     assert_eq!(dedup_seqs(&hits), (1..=30).collect::<Vec<u64>>());
+    assert_eq!(
+        hits.iter().filter(|h| h.seq() == 10).count(),
+        2,
+        "seq 10 sent again"
+    );
+    // Nothing after seq 10 went out before the hub died.
+    let first_10 = hits.iter().position(|h| h.seq() == 10).unwrap_or(0);
+    assert_eq!(hits[first_10 + 1].seq(), 10);
+}
+
+/// Two nodes on one Redis: the node that delivers is killed mid-delivery; the other takes
+/// over once its hold runs out, and nothing is lost or reordered.
+#[tokio::test]
+async fn cluster_takeover_on_one_redis() {
+    let redis = crate::kit::redis::RedisServer::start().await;
+    let url = redis.url();
+    let rx = Receiver::start_holding("127.0.0.1:0", ok(), Some(10)).await;
+    let args = [
+        "--storage",
+        &url,
+        "--webhooks-allow-networks",
+        ALLOW_LOOPBACK,
+    ];
+    let mut a = Server::start(&args).await;
+    create_ok(
+        &a,
+        json!({"url": format!("http://127.0.0.1:{}/", rx.port), "topics": ["c"], "since": "all"}),
+    )
+    .await;
+    a.publish_n("c", 20, "m").await;
+    // A alone delivers (B does not run yet) up to the held seq 10.
+    rx.wait_for("seq 10 in flight", |h| h.iter().any(|h| h.seq() == 10))
+        .await;
+    let b = Server::start(&args).await;
+    a.sigkill().await;
+    b.publish_n("c", 10, "n").await;
+    let hits = rx
+        .wait_for("30 distinct deliveries", |h| dedup_seqs(h).len() >= 30)
+        .await;
+    assert_eq!(dedup_seqs(&hits), (1..=30).collect::<Vec<u64>>());
+    // Every seq went out once, but 10 (twice: A's, lost, and B's).
+    let mut counts = std::collections::BTreeMap::new();
+    for h in &hits {
+        *counts.entry(h.seq()).or_insert(0) += 1;
+    }
+    assert!(
+        counts
+            .iter()
+            .all(|(s, n)| *n == if *s == 10 { 2 } else { 1 }),
+        "{counts:?}"
+    );
 }
 
 /// The secret of the Standard Webhooks specification's example.
