@@ -781,3 +781,99 @@ async fn signatures_verify_with_the_reference_libraries_also_during_rotation() {
         "{text}"
     );
 }
+
+/// Creating, showing and managing a webhook need `subscribe` on its topics; listing shows
+/// every webhook to an admin and to others only those whose topics they may read.
+#[tokio::test]
+async fn rights() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("plexus.toml");
+    std::fs::write(
+        &file,
+        "[auth]\nmode = \"required\"\n\
+         [[auth.tokens]]\ntoken = \"root-token-1\"\npublish = [\">\"]\nsubscribe = [\">\"]\nadmin = true\n\
+         [[auth.tokens]]\ntoken = \"only-a-token\"\nsubscribe = [\"a\"]\n",
+    )
+    .expect("write config");
+    let server = Server::start(&["--config", file.to_str().expect("UTF-8")]).await;
+    let call = |method: Method, path: &str, token: &str, body: Option<Value>| {
+        let mut req = server
+            .client()
+            .request(method, server.url(path))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        req.send()
+    };
+    let ab = json!({"url": "http://example.invalid/x", "topics": ["a", "b"]});
+    let r = call(
+        Method::POST,
+        "/v1/webhooks",
+        "only-a-token",
+        Some(ab.clone()),
+    )
+    .await
+    .expect("POST");
+    expect_problem(r, 403, "create without subscribe on b").await;
+    let (status, _, made) = into_json(
+        call(Method::POST, "/v1/webhooks", "root-token-1", Some(ab))
+            .await
+            .expect("POST"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let id = made["id"].as_str().expect("id");
+    let (status, _, mine) = into_json(
+        call(
+            Method::POST,
+            "/v1/webhooks",
+            "only-a-token",
+            Some(json!({"url": "http://example.invalid/y", "topics": ["a"]})),
+        )
+        .await
+        .expect("POST"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{mine}");
+    for (method, path) in [
+        (Method::GET, format!("/v1/webhooks/{id}")),
+        (Method::POST, format!("/v1/webhooks/{id}/pause")),
+        (Method::POST, format!("/v1/webhooks/{id}/rotate-secret")),
+        (Method::DELETE, format!("/v1/webhooks/{id}")),
+    ] {
+        let r = call(method, &path, "only-a-token", None)
+            .await
+            .expect("call");
+        expect_problem(r, 403, &path).await;
+    }
+    let listed = |token: &'static str| {
+        let call = &call;
+        async move {
+            let r = call(Method::GET, "/v1/webhooks", token, None)
+                .await
+                .expect("GET");
+            let (_, _, v) = into_json(r).await;
+            v["webhooks"]
+                .as_array()
+                .map(|a| a.iter().map(|w| w["id"].clone()).collect::<Vec<_>>())
+                .unwrap_or_default()
+        }
+    };
+    assert_eq!(listed("root-token-1").await.len(), 2);
+    assert_eq!(listed("only-a-token").await, vec![mine["id"].clone()]);
+    // The secret was not rotated by the refused call: the webhook is as made.
+    let (_, _, shown) = into_json(
+        call(
+            Method::GET,
+            &format!("/v1/webhooks/{id}"),
+            "root-token-1",
+            None,
+        )
+        .await
+        .expect("GET"),
+    )
+    .await;
+    assert_eq!(shown["state"], "active");
+}
