@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod publish;
 pub mod raw;
 pub mod store;
+pub mod webhooks;
 
 use std::fmt;
 use std::path::PathBuf;
