@@ -343,8 +343,11 @@ impl Webhooks {
 
     async fn start_all(self: Arc<Self>) {
         let token = self.hub.shutdown_token().clone();
-        // The store may be briefly unreachable at start: try until it answers.
+        // The store may be briefly unreachable at start: try until it answers. On a store
+        // several nodes share, look again every LEASE: a webhook created through another
+        // node gets a sender here too, which takes over when that node dies.
         loop {
+            let mut again = Duration::from_secs(1);
             match self.store.consumers().await {
                 Ok(all) => {
                     for stored in all {
@@ -352,13 +355,16 @@ impl Webhooks {
                             self.ensure_sender(id);
                         }
                     }
-                    return;
+                    if !self.hub.shared_store() {
+                        return;
+                    }
+                    again = LEASE;
                 }
                 Err(e) => tracing::warn!("webhooks: listing failed: {e}"),
             }
             tokio::select! {
                 _ = token.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(again) => {}
             }
         }
     }

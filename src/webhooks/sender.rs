@@ -142,7 +142,8 @@ async fn pause(handle: &Handle, token: &tokio_util::sync::CancellationToken, d: 
 }
 
 /// On a store several nodes share, takes or renews this node's hold on the webhook, so one
-/// node delivers it at a time; another takes over once a hold runs out ([`LEASE`]).
+/// node delivers it at a time; another takes over once a hold runs out ([`LEASE`] plus
+/// `webhooks.timeout`).
 async fn hold_lease(hooks: &Webhooks, id: &str) -> bool {
     if !hooks.hub.shared_store() {
         return true;
@@ -165,7 +166,10 @@ async fn hold_lease(hooks: &Webhooks, id: &str) -> bool {
         }
         None => 0,
     };
-    let body = json!({"node": hooks.node, "until": now + LEASE.as_millis() as i64});
+    // Held past the longest request this node may still have in flight, so no other node
+    // sends while an answer could still come.
+    let hold = LEASE + hooks.options.timeout;
+    let body = json!({"node": hooks.node, "until": now + hold.as_millis() as i64});
     matches!(
         hooks
             .store

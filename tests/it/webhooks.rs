@@ -661,16 +661,17 @@ async fn cluster_takeover_on_one_redis() {
         ALLOW_LOOPBACK,
     ];
     let mut a = Server::start(&args).await;
+    // B runs before the webhook exists: it learns of it from the store.
+    let b = Server::start(&args).await;
     create_ok(
         &a,
         json!({"url": format!("http://127.0.0.1:{}/", rx.port), "topics": ["c"], "since": "all"}),
     )
     .await;
     a.publish_n("c", 20, "m").await;
-    // A alone delivers (B does not run yet) up to the held seq 10.
+    // Whichever node holds the webhook delivers up to the held seq 10; the other waits.
     rx.wait_for("seq 10 in flight", |h| h.iter().any(|h| h.seq() == 10))
         .await;
-    let b = Server::start(&args).await;
     a.sigkill().await;
     b.publish_n("c", 10, "n").await;
     let hits = rx
