@@ -422,3 +422,52 @@ async fn disable(hooks: &Webhooks, id: &str, reason: &str) {
             .await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        assert_eq!(retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after(" 120 "), Some(Duration::from_secs(120)));
+        let later = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(90));
+        let d = retry_after(&later).unwrap_or_default();
+        assert!(
+            d > Duration::from_secs(80) && d <= Duration::from_secs(90),
+            "{d:?}"
+        );
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after("soon"), None);
+    }
+
+    #[test]
+    fn jitter_stays_within_a_fifth() {
+        for _ in 0..200 {
+            let d = jitter(Duration::from_secs(10));
+            assert!(
+                d >= Duration::from_secs(8) && d <= Duration::from_secs(12),
+                "{d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn message_ids_have_no_dots_and_differ_per_topic() {
+        let msg = |topic: &str| Message {
+            topic: topic.parse().unwrap_or_else(|_| unreachable!()),
+            seq: 7,
+            time: 0,
+            event: None,
+            data: bytes::Bytes::new(),
+        };
+        let a = message_id("abc", &msg("orders.eu"));
+        let b = message_id("abc", &msg("orders.us"));
+        assert!(!a.contains('.') && !b.contains('.'), "{a} {b}");
+        assert_ne!(a, b);
+        assert_eq!(a, message_id("abc", &msg("orders.eu")));
+    }
+}
