@@ -1,6 +1,6 @@
 //! Webhooks: the hub POSTs each message of some topics to a URL, signed (Standard Webhooks),
 //! strictly in order, retried, never lost. A webhook is a durable consumer (`auto`, named
-//! `_webhook-{id}`) whose reader is the hub's own HTTP sender ([`sender`]): its position is
+//! `_webhook-{id}`) whose reader is the hub's own HTTP sender (`sender.rs`): its position is
 //! the consumer's, advanced only once a message was answered with a 2xx or dead-lettered,
 //! so a restart redelivers what was in flight and a replay is a seek. The webhook's own
 //! settings (URL, secrets, state) are one record in the consumer store under
