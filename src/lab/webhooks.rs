@@ -150,8 +150,10 @@ pub async fn run(args: WebhooksBench) -> Result<(), LabError> {
         let client = client.clone();
         let seen = seen.clone();
         async move {
-            for chunk_start in (0..n).step_by(100) {
-                let k = (n - chunk_start).min(100);
+            // A batch holds at most 1000 items: per topic as many as fit.
+            let per = (1000 / topics.len().max(1)).max(1);
+            for chunk_start in (0..n).step_by(per) {
+                let k = (n - chunk_start).min(per);
                 let mut items = Vec::new();
                 for _ in 0..k {
                     let now = seen.start.elapsed().as_micros().to_string();
