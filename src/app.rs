@@ -35,6 +35,8 @@ pub enum AppError {
     Auth(AuthSetupError),
     /// The listener could not be bound or read.
     Listen(String),
+    /// The webhook sender's HTTP client could not be built.
+    Webhooks(String),
 }
 
 impl fmt::Display for AppError {
@@ -42,7 +44,7 @@ impl fmt::Display for AppError {
         match self {
             AppError::Tls(e) => e.fmt(f),
             AppError::Auth(e) => e.fmt(f),
-            AppError::Store(m) | AppError::Listen(m) => f.write_str(m),
+            AppError::Store(m) | AppError::Listen(m) | AppError::Webhooks(m) => f.write_str(m),
         }
     }
 }
@@ -131,6 +133,14 @@ impl App {
             store.consumers.clone(),
             config.consumers.clone(),
         );
+        let webhooks = crate::webhooks::Webhooks::new(
+            hub.clone(),
+            consumers.clone(),
+            store.consumers.clone(),
+            config.webhooks.clone(),
+            config.max_topics,
+        )
+        .map_err(AppError::Webhooks)?;
         let connections = Arc::new(ConnStats::default());
         let router = crate::http::router(AppState {
             limiter: Arc::new(crate::http::limits::RateLimiter::new(
@@ -140,6 +150,7 @@ impl App {
             hub: hub.clone(),
             jobs: jobs.clone(),
             consumers,
+            webhooks,
             auth,
             connections: connections.clone(),
             options: Arc::new(http_options(config)),

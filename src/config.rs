@@ -103,6 +103,21 @@ pub struct ServeArgs {
     /// Unacknowledged messages an explicit consumer holds before it delivers no more [default: 1000]
     #[arg(long, env = "PLEXUS_CONSUMERS_MAX_ACK_PENDING", value_name = "N")]
     pub consumers_max_ack_pending: Option<u32>,
+    /// Delays before each webhook retry, comma-separated [default: 5s,30s,2m,10m,30m,1h,2h,4h,8h,8h]
+    #[arg(long, env = "PLEXUS_WEBHOOKS_RETRY", value_name = "DURS")]
+    pub webhooks_retry: Option<String>,
+    /// Timeout of one webhook request [default: 15s]
+    #[arg(long, env = "PLEXUS_WEBHOOKS_TIMEOUT", value_name = "DUR")]
+    pub webhooks_timeout: Option<String>,
+    /// Timeout of a webhook connection [default: 5s]
+    #[arg(long, env = "PLEXUS_WEBHOOKS_CONNECT_TIMEOUT", value_name = "DUR")]
+    pub webhooks_connect_timeout: Option<String>,
+    /// A webhook failing this long without a success is disabled [default: 3d]
+    #[arg(long, env = "PLEXUS_WEBHOOKS_DISABLE_AFTER", value_name = "DUR")]
+    pub webhooks_disable_after: Option<String>,
+    /// Refused networks webhooks may reach all the same, comma-separated CIDRs [default: none]
+    #[arg(long, env = "PLEXUS_WEBHOOKS_ALLOW_NETWORKS", value_name = "CIDRS")]
+    pub webhooks_allow_networks: Option<String>,
     /// open (no credentials) or required (tokens or JWTs, see the config file) [default: open]
     #[arg(long, env = "PLEXUS_AUTH", value_name = "MODE")]
     pub auth: Option<String>,
@@ -185,6 +200,17 @@ struct FileConfig {
     redis: FileRedis,
     sidecar: FileSidecar,
     consumers: FileConsumers,
+    webhooks: FileWebhooks,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct FileWebhooks {
+    retry: Vec<String>,
+    timeout: String,
+    connect_timeout: String,
+    disable_after: String,
+    allow_networks: Vec<String>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -323,6 +349,7 @@ pub struct Config {
     pub tls: Option<TlsSource>,
     pub jobs: crate::jobs::JobsOptions,
     pub consumers: crate::consumers::ConsumerOptions,
+    pub webhooks: crate::webhooks::WebhookOptions,
     pub auth: AuthConfig,
     pub max_connections: usize,
     pub max_connections_per_client: usize,
@@ -380,6 +407,62 @@ impl AuthConfig {
 }
 
 /// Overlays `over` onto `base`, table by table.
+/// `[webhooks]`: the sender's retry schedule, timeouts and the networks it may reach.
+fn webhook_options(
+    a: &ServeArgs,
+    f: &FileWebhooks,
+) -> Result<crate::webhooks::WebhookOptions, ConfigError> {
+    let list = |flag: &Option<String>, file: &[String]| -> Vec<String> {
+        match flag {
+            Some(text) => text
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            None => file.to_vec(),
+        }
+    };
+    let mut retry = Vec::new();
+    for (i, text) in list(&a.webhooks_retry, &f.retry).iter().enumerate() {
+        retry.push(duration(&format!("webhooks.retry[{i}]"), text)?);
+    }
+    if retry.len() > 100 {
+        return Err(ConfigError("webhooks.retry: at most 100 delays".into()));
+    }
+    let mut allow_networks = Vec::new();
+    for (i, text) in list(&a.webhooks_allow_networks, &f.allow_networks)
+        .iter()
+        .enumerate()
+    {
+        allow_networks.push(
+            text.parse()
+                .map_err(|e| ConfigError(format!("webhooks.allow_networks[{i}]: {e}")))?,
+        );
+    }
+    let positive = |key: &str, flag: &Option<String>, file: &str| {
+        let d = duration(key, flag.as_deref().unwrap_or(file))?;
+        if d.is_zero() {
+            return Err(ConfigError(format!("{key}: must be more than 0")));
+        }
+        Ok(d)
+    };
+    Ok(crate::webhooks::WebhookOptions {
+        retry,
+        timeout: positive("webhooks.timeout", &a.webhooks_timeout, &f.timeout)?,
+        connect_timeout: positive(
+            "webhooks.connect_timeout",
+            &a.webhooks_connect_timeout,
+            &f.connect_timeout,
+        )?,
+        disable_after: positive(
+            "webhooks.disable_after",
+            &a.webhooks_disable_after,
+            &f.disable_after,
+        )?,
+        allow_networks,
+    })
+}
+
 /// The `[consumers]` defaults: what a consumer gets for the settings its creator leaves out.
 fn consumer_options(
     a: &ServeArgs,
@@ -600,6 +683,7 @@ impl Config {
             )?,
         };
         let consumers = consumer_options(a, &f.consumers)?;
+        let webhooks = webhook_options(a, &f.webhooks)?;
         let mode = match a.auth.as_deref().unwrap_or(&f.auth.mode) {
             "open" => crate::auth::AuthMode::Open,
             "required" => crate::auth::AuthMode::Required,
@@ -730,6 +814,7 @@ impl Config {
             auth,
             jobs,
             consumers,
+            webhooks,
             tls,
             listen,
             data_dir: a.data_dir.clone().unwrap_or(f.data_dir),

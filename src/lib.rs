@@ -15,6 +15,8 @@
 //! - [`jobs`]: job states, leases, retries with backoff; events on `_jobs.{id}`.
 //! - [`consumers`]: durable consumers — positions, leases, acks, redelivery, dead letters on
 //!   `_dead.{name}` and lag figures, kept in the store by compare-and-set.
+//! - [`webhooks`]: durable consumers whose reader is the hub's HTTP sender: signed, ordered,
+//!   retried POSTs, dead letters on `_webhooks.{id}.dead`, the SSRF guard.
 //! - [`auth`]: credentials (static tokens, JWT) into principals with topic-pattern rules.
 //! - [`observe`]: the Prometheus recorder behind every `metrics::counter!` of the layers.
 //! - [`tls`]: certificates (files or self-signed) into a rustls config with ALPN h2/http1.1.
@@ -49,4 +51,5 @@ pub mod server;
 pub mod sidecar;
 pub mod store;
 pub mod tls;
+pub mod webhooks;
 pub mod wire;

@@ -19,6 +19,8 @@ pub enum BenchCommand {
     Jobs(JobsBenchArgs),
     /// Explicit-ack consumption through a durable consumer next to plain polling, same run
     Consumers(ConsumersBenchArgs),
+    /// Webhook deliveries per second (1 and many webhooks) and publish-to-webhook latency
+    Webhooks(WebhooksBenchArgs),
     /// Fan-out to many subscribers (SSE, WebSocket, long polling) next to a raw TCP loop
     Fanout(FanoutArgs),
     /// Publish throughput and p50/p99 latency, durability replicated vs the default, on one Redis with replicas
@@ -163,6 +165,19 @@ pub struct ConsumersBenchArgs {
     pub batch: usize,
 }
 
+#[derive(Args, Debug)]
+pub struct WebhooksBenchArgs {
+    /// Messages per webhook
+    #[arg(long, default_value_t = 2000)]
+    pub messages: usize,
+    /// Webhooks in the many-webhooks run
+    #[arg(long, default_value_t = 100)]
+    pub webhooks: usize,
+    /// Messages sent one at a time for the latency figures
+    #[arg(long, default_value_t = 500)]
+    pub latency_samples: usize,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Via {
     Sse,
@@ -240,6 +255,13 @@ pub fn run(cmd: BenchCommand) -> Result<(), CliError> {
                 messages: a.messages,
                 readers: a.readers,
                 batch: a.batch,
+            }))
+        }
+        BenchCommand::Webhooks(a) => {
+            runtime.block_on(lab::webhooks::run(lab::webhooks::WebhooksBench {
+                messages: a.messages,
+                webhooks: a.webhooks,
+                latency_samples: a.latency_samples,
             }))
         }
         BenchCommand::Fanout(a) => runtime.block_on(lab::fanout::run(lab::fanout::FanoutBench {

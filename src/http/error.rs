@@ -132,8 +132,21 @@ const CONSUMER_CONFLICT: ProblemType = ProblemType::new(
 const STALE_DELIVERY: ProblemType =
     ProblemType::new(StatusCode::CONFLICT, "stale-delivery", "Stale delivery");
 
+/// A bad webhook URL, scheme, secret, since or rate (docs/API.md, "Webhooks").
+const BAD_WEBHOOK: ProblemType = ProblemType::new(
+    StatusCode::BAD_REQUEST,
+    "bad-webhook",
+    "Bad webhook request",
+);
+/// A webhook URL whose host is an address webhooks may not reach.
+const ADDRESS_NOT_ALLOWED: ProblemType = ProblemType::new(
+    StatusCode::BAD_REQUEST,
+    "address-not-allowed",
+    "Address not allowed",
+);
+
 /// Every problem type the API answers with, each once.
-pub const PROBLEM_TYPES: [&ProblemType; 23] = [
+pub const PROBLEM_TYPES: [&ProblemType; 25] = [
     &BAD_REQUEST,
     &BAD_TOPIC,
     &BAD_SINCE,
@@ -157,6 +170,8 @@ pub const PROBLEM_TYPES: [&ProblemType; 23] = [
     &BAD_CONSUMER,
     &CONSUMER_CONFLICT,
     &STALE_DELIVERY,
+    &BAD_WEBHOOK,
+    &ADDRESS_NOT_ALLOWED,
 ];
 
 /// The kind of problem a store error is.
@@ -350,6 +365,26 @@ impl From<ConsumerError> for ApiError {
             ConsumerError::Conflict(_) => ApiError::new(&CONSUMER_CONFLICT, e.to_string()),
             ConsumerError::StaleDelivery(_) => ApiError::new(&STALE_DELIVERY, e.to_string()),
         }
+    }
+}
+
+impl From<crate::webhooks::WebhookError> for ApiError {
+    fn from(e: crate::webhooks::WebhookError) -> Self {
+        use crate::webhooks::WebhookError;
+        match e {
+            WebhookError::Consumer(e) => e.into(),
+            WebhookError::Bad(_) => ApiError::new(&BAD_WEBHOOK, e.to_string()),
+            WebhookError::AddressNotAllowed(_) => {
+                ApiError::new(&ADDRESS_NOT_ALLOWED, e.to_string())
+            }
+            WebhookError::Unknown(_) => ApiError::not_found(e.to_string()),
+        }
+    }
+}
+
+impl ApiError {
+    pub fn bad_webhook(detail: impl Into<String>) -> Self {
+        ApiError::new(&BAD_WEBHOOK, detail)
     }
 }
 

@@ -13,7 +13,7 @@
 //!   on it, the WebSocket takes its gauge and keeps its own ping and close handshake, since
 //!   frames flow both ways on it;
 //! - above them the handlers, each registering its own routes: `publish`, `poll`, `sse`,
-//!   `ndjson`, `ws`, `admin`, `jobs`, `consumers`;
+//!   `ndjson`, `ws`, `admin`, `jobs`, `consumers`, `webhooks`;
 //! - on top `openapi`, which names the handlers, and this file, which assembles the router.
 //!
 //! Every byte a stream or socket sends (messages, gaps and control frames alike) is encoded in
@@ -38,6 +38,7 @@ mod sse;
 mod state;
 mod streaming;
 mod trace;
+mod webhooks;
 mod ws;
 
 use axum::Router;
@@ -65,6 +66,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ws::routes())
         .merge(jobs::routes(&state.options))
         .merge(consumers::routes())
+        .merge(webhooks::routes())
         .merge(openapi::routes())
         // Hold mode's EPCP publish (docs/API.md §9).
         .merge(epcp::routes(&state.options))

@@ -104,6 +104,11 @@ async fn openapi_json(State(state): State<AppState>) -> Response {
         super::consumers::list,
         super::consumers::remove,
         super::consumers::act,
+        super::webhooks::create,
+        super::webhooks::list,
+        super::webhooks::show,
+        super::webhooks::remove,
+        super::webhooks::act,
         openapi_json,
     ),
     components(schemas(
@@ -116,6 +121,7 @@ async fn openapi_json(State(state): State<AppState>) -> Response {
         (name = "read", description = "Poll, long-poll, and stream topics"),
         (name = "jobs", description = "Long requests: submit, follow, and work on jobs"),
         (name = "consumers", description = "Durable consumers: the hub keeps the reader's place"),
+        (name = "webhooks", description = "Webhooks: the hub POSTs each message, signed and in order"),
         (name = "manage", description = "Topics"),
         (name = "observe", description = "Health, readiness, metrics, this description"),
     )

@@ -54,6 +54,7 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub jobs: Arc<Jobs>,
     pub consumers: Arc<Consumers>,
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
     pub auth: Arc<Authenticator>,
     pub limiter: Arc<RateLimiter>,
     /// The listener's connection counters (for `/metrics`).

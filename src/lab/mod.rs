@@ -18,6 +18,7 @@ pub mod raw;
 pub mod replication;
 pub mod sidecar;
 pub mod store;
+pub mod webhooks;
 
 use std::fmt;
 use std::path::PathBuf;

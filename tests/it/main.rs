@@ -83,5 +83,7 @@ mod sidecar;
 mod sse;
 // TLS: a self-signed certificate clients can trust, ALPN h2, bad key files.
 mod tls;
+// Webhooks: ordered signed deliveries, retries, dead letters, the SSRF guard, replay.
+mod webhooks;
 // WebSocket specifics: subscribe/unsubscribe/publish frames, error frames, `since` forms.
 mod ws;

@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::kit::Server;
 
 /// Every route of the router, with its methods, as the description names them.
-const ROUTES: [(&str, &[&str]); 18] = [
+const ROUTES: [(&str, &[&str]); 21] = [
     ("/v1/topics/{topics}/messages", &["get", "post"]),
     ("/v1/publish", &["post"]),
     ("/v1/topics/{topics}/sse", &["get"]),
@@ -26,6 +26,9 @@ const ROUTES: [(&str, &[&str]); 18] = [
     ("/v1/consumers", &["get"]),
     ("/v1/consumers/{name}", &["get", "put", "delete"]),
     ("/v1/consumers/{name}/{action}", &["post"]),
+    ("/v1/webhooks", &["get", "post"]),
+    ("/v1/webhooks/{id}", &["get", "delete"]),
+    ("/v1/webhooks/{id}/{action}", &["post"]),
 ];
 
 async fn description(server: &Server) -> Value {
