@@ -138,3 +138,110 @@ async fn the_topic_cap_holds_on_sqlite() {
 async fn the_topic_cap_holds_on_redis() {
     the_topic_cap_holds_on(Engine::Redis).await;
 }
+
+// A full disk: `/readyz` answers `503` once the data directory's file system has less free
+// space than the hub's reserve, before any commit fails on it, and `200` again when space
+// comes back. Run for real on a 20 MiB tmpfs (needs root to mount; skipped with a reason
+// otherwise).
+
+/// Unmounts the test's tmpfs when dropped, even when the test fails (lazily: the server's
+/// files may still be open).
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn free_bytes(dir: &std::path::Path) -> u64 {
+    let stat = rustix::fs::statvfs(dir).expect("statvfs of the data directory");
+    stat.f_bavail * stat.f_frsize
+}
+
+#[tokio::test]
+async fn readyz_sees_a_full_disk_before_a_commit_fails() {
+    use std::io::Write;
+    let mut server = Server::start_on(Engine::Sqlite, &[]).await;
+    assert!(server.sigterm().await.success());
+    let dir = server.data_dir().to_path_buf();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=20m", "tmpfs"])
+        .arg(&dir)
+        .output();
+    match &mounted {
+        Ok(out) if out.status.success() => {}
+        _ => {
+            eprintln!(
+                "skipped: cannot mount a 20 MiB tmpfs on {} ({mounted:?}); needs root",
+                dir.display()
+            );
+            return;
+        }
+    }
+    let _unmount = Unmount(dir.clone());
+    server.start_again().await;
+    let ready = server.get("/readyz", &[]).await;
+    assert_eq!(ready.status(), StatusCode::OK, "an empty tmpfs is ready");
+    // Fill the file system up to 1 MiB: below the reserve, yet room for small commits.
+    let filler = dir.join("filler");
+    let mut file = std::fs::File::create(&filler).expect("create the filler");
+    let chunk = vec![0u8; 64 << 10];
+    while free_bytes(&dir) > (1 << 20) + chunk.len() as u64 {
+        file.write_all(&chunk).expect("write the filler");
+        file.sync_all().expect("sync the filler");
+    }
+    drop(file);
+    let published = server.publish("small", "x").await;
+    assert_eq!(published["seq"], 1, "commits still succeed: {published}");
+    let problem = expect_problem(
+        server.get("/readyz", &[]).await,
+        503,
+        "readyz with less free space than the reserve",
+    )
+    .await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("full")
+            || problem["type"] == "urn:plexus:problem:unavailable",
+        "{problem}"
+    );
+    // The review's probe: 500 KB publishes until the disk is really full fail with 503, the
+    // process survives, and `/readyz` stays 503.
+    let big = "x".repeat(500_000);
+    let mut refused = false;
+    for _ in 0..8 {
+        let resp = server
+            .client()
+            .post(server.url("/v1/topics/fill/messages"))
+            .body(big.clone())
+            .send()
+            .await
+            .expect("publish");
+        if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+            refused = true;
+            break;
+        }
+        assert_eq!(resp.status(), StatusCode::CREATED);
+    }
+    assert!(refused, "a full disk refuses a 500 KB publish with 503");
+    assert_eq!(
+        server.get("/readyz", &[]).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // Space comes back: ready again, and writes resume.
+    std::fs::remove_file(&filler).expect("remove the filler");
+    let ready = crate::kit::eventually("readyz recovers once space is back", || async {
+        (server.get("/readyz", &[]).await.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+    let () = ready;
+    let published = server.publish("after", "x").await;
+    assert_eq!(published["seq"], 1, "{published}");
+    assert!(server.sigterm().await.success());
+}
