@@ -26,7 +26,7 @@ use super::extract::{Params, QueryPairs};
 use super::schema;
 use super::state::AppState;
 use super::streaming::OpenStream;
-use crate::hub::{Event, SlowPolicy};
+use crate::hub::{Event, PageTurn, SlowPolicy};
 use crate::model::{NewMessage, Since, Topic, TopicList};
 use crate::server::ClientAddr;
 use crate::wire::frames::ws_gap;
@@ -123,6 +123,9 @@ struct Session {
     subs: SelectAll<BoxStream<'static, (Topic, Option<Event>)>>,
     /// Each subscribed topic's cancel switch (unsubscribe, resubscribe).
     active: HashMap<Topic, CancellationToken>,
+    /// The socket's one catch-up turn: its subscriptions load one page at a time between
+    /// them, however many subscribe frames it sends (docs/API.md, WebSocket).
+    turn: PageTurn,
 }
 
 impl Session {
@@ -135,6 +138,7 @@ impl Session {
             socket: Some(socket),
             subs: SelectAll::new(),
             active: HashMap::new(),
+            turn: PageTurn::new(),
         }
     }
 
@@ -380,7 +384,13 @@ impl Session {
         let sub = self
             .state
             .hub
-            .subscribe(&TopicList::one(topic.clone()), since, &Since::Now, slow)
+            .subscribe_sharing(
+                &TopicList::one(topic.clone()),
+                since,
+                &Since::Now,
+                slow,
+                self.turn.clone(),
+            )
             .await?;
         let next = sub.start_cursor().to_string();
         let token = CancellationToken::new();

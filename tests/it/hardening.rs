@@ -245,3 +245,60 @@ async fn readyz_sees_a_full_disk_before_a_commit_fails() {
     assert_eq!(published["seq"], 1, "{published}");
     assert!(server.sigterm().await.success());
 }
+
+// A WebSocket's subscriptions share one catch-up turn: many subscribe frames on one socket
+// whose client does not read hold one page from the hub's budget, not one page each.
+
+/// `plexus_read_budget_bytes` of the server's `/metrics`.
+async fn budget_used(server: &Server) -> u64 {
+    let text = server
+        .get("/metrics", &[])
+        .await
+        .text()
+        .await
+        .expect("the metrics text");
+    crate::kit::metric(&text, "plexus_read_budget_bytes").unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_websocket_holds_one_catch_up_page_however_many_topics_it_subscribes() {
+    const TOPICS: usize = 16;
+    const PER_TOPIC: usize = 8;
+    const SIZE: usize = 256 << 10;
+    let server = Server::start_durable(&[]).await;
+    for t in 0..TOPICS {
+        let items: Vec<Value> = (0..PER_TOPIC)
+            .map(|i| json!({"topic": format!("page{t}"), "data": format!("{i:06}{}", "x".repeat(SIZE))}))
+            .collect();
+        server.batch(&items).await;
+    }
+    let stall = crate::kit::clients::Dial {
+        recv_buffer: Some(4096),
+    };
+    let mut ws = crate::kit::clients::Ws::connect_with(&server, "", stall).await;
+    for t in 0..TOPICS {
+        ws.send(json!({"op": "subscribe", "id": t, "topic": format!("page{t}"), "since": "all"}))
+            .await;
+    }
+    crate::kit::eventually("the socket's catch-up holds a page", || async {
+        (budget_used(&server).await > 0).then_some(())
+    })
+    .await;
+    // One topic's page is at most its 2 MiB; one page per subscription would be 32 MiB.
+    let one_page = (PER_TOPIC * (SIZE + 64)) as u64;
+    let mut most = 0;
+    for _ in 0..20 {
+        most = most.max(budget_used(&server).await);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    eprintln!("a stalled socket over {TOPICS} topics held at most {most} budget bytes");
+    assert!(
+        most <= one_page * 2,
+        "a stalled socket over {TOPICS} topics held {most} bytes; one page is {one_page}"
+    );
+    drop(ws);
+    crate::kit::eventually("the page is given back when the socket goes", || async {
+        (budget_used(&server).await == 0).then_some(())
+    })
+    .await;
+}
