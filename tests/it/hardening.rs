@@ -302,3 +302,66 @@ async fn a_websocket_holds_one_catch_up_page_however_many_topics_it_subscribes()
     })
     .await;
 }
+
+// A body trickling a byte at a time keeps making progress, so the idle body timeout never
+// cut it. Now a body slower than 1 KiB/s on average once its first `limits.body_timeout` is
+// over fails with `408`, on HTTP/1.1 and on an HTTP/2 stream (hyper's client underneath).
+
+async fn a_trickling_body_is_cut(client: reqwest::Client, what: &str) {
+    let server = Server::start(&["--body-timeout", "1s"]).await;
+    let trickle = futures_util::stream::unfold(0usize, |sent| async move {
+        if sent == 600 {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        Some((
+            Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"x")),
+            sent + 1,
+        ))
+    });
+    let resp = tokio::time::timeout(
+        crate::kit::clients::READ_TIMEOUT,
+        client
+            .post(server.url("/v1/topics/trickle/messages"))
+            .header("content-type", "text/plain")
+            .header("content-length", "600")
+            .body(reqwest::Body::wrap_stream(trickle))
+            .send(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{what}: the hub answers before the body ends"));
+    match resp {
+        Ok(resp) => {
+            let problem = expect_problem(resp, 408, what).await;
+            assert_eq!(problem["type"], "urn:plexus:problem:request-timeout");
+        }
+        // The hub may reset the stream or close the connection while the body still flows;
+        // what matters is that it did so well before the 30 s the trickle needs.
+        Err(e) => eprintln!("{what}: the request failed before its body ended: {e}"),
+    }
+    let page = server.read("trickle", "since=all").await;
+    assert!(
+        crate::kit::messages(&page).is_empty(),
+        "{what}: nothing stored"
+    );
+}
+
+#[tokio::test]
+async fn a_trickling_body_is_cut_on_http1() {
+    crate::kit::install_crypto_provider();
+    let client = reqwest::Client::builder()
+        .http1_only()
+        .build()
+        .expect("an HTTP/1.1 client");
+    a_trickling_body_is_cut(client, "HTTP/1.1").await;
+}
+
+#[tokio::test]
+async fn a_trickling_body_is_cut_on_http2() {
+    crate::kit::install_crypto_provider();
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("an h2c client");
+    a_trickling_body_is_cut(client, "HTTP/2").await;
+}
