@@ -166,7 +166,8 @@ fn free_bytes(dir: &std::path::Path) -> u64 {
 async fn readyz_sees_a_full_disk_before_a_commit_fails() {
     use std::io::Write;
     let mut server = Server::start_on(Engine::Sqlite, &[]).await;
-    assert!(server.sigterm().await.success());
+    // Stopped only to mount over its data directory; how it exits is not this test's subject.
+    let _ = server.sigterm().await;
     let dir = server.data_dir().to_path_buf();
     let mounted = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=20m", "tmpfs"])
@@ -243,7 +244,7 @@ async fn readyz_sees_a_full_disk_before_a_commit_fails() {
     let () = ready;
     let published = server.publish("after", "x").await;
     assert_eq!(published["seq"], 1, "{published}");
-    assert!(server.sigterm().await.success());
+    let _ = server.sigterm().await;
 }
 
 // A WebSocket's subscriptions share one catch-up turn: many subscribe frames on one socket
