@@ -118,6 +118,8 @@ pub async fn body_deadline(
             timeout,
             timer: None,
             expired: seen,
+            started: tokio::time::Instant::now(),
+            received: 0,
         })
     });
     let response = next.run(req).await;
@@ -125,7 +127,10 @@ pub async fn body_deadline(
         return response;
     }
     let mut response = ApiError::request_timeout(format!(
-        "the request body made no progress for {} s",
+        "the request body made no progress for {} s, or arrived slower than {} bytes/s after \
+         its first {} s",
+        timeout.as_secs_f64(),
+        MIN_BODY_RATE,
         timeout.as_secs_f64()
     ))
     .into_response();
@@ -136,13 +141,33 @@ pub async fn body_deadline(
     response
 }
 
-/// A request body that fails once nothing has arrived for `timeout`; any frame restarts it.
-/// The timer exists only while the body waits.
+/// The slowest a request body may arrive on average once its first `limits.body_timeout` is
+/// over, in bytes per second: a body trickling a byte at a time makes progress and would
+/// never trip the idle timer, on HTTP/1.1 or on an HTTP/2 stream (docs/API.md, limits).
+pub const MIN_BODY_RATE: u64 = 1024;
+
+/// A request body that fails once nothing has arrived for `timeout` (any frame restarts
+/// that), or once it is slower than [`MIN_BODY_RATE`]: at any moment it may have taken
+/// `timeout` plus one second per `MIN_BODY_RATE` bytes received. The timer exists only while
+/// the body waits.
 struct Deadline {
     inner: axum::body::Body,
     timeout: std::time::Duration,
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     expired: Arc<std::sync::atomic::AtomicBool>,
+    started: tokio::time::Instant,
+    received: u64,
+}
+
+impl Deadline {
+    fn fail(&self, why: &'static str) -> Result<http_body::Frame<bytes::Bytes>, axum::Error> {
+        self.expired
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Err(axum::Error::new(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            why,
+        )))
+    }
 }
 
 impl http_body::Body for Deadline {
@@ -164,15 +189,26 @@ impl http_body::Body for Deadline {
                 if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                this.expired
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                Poll::Ready(Some(Err(axum::Error::new(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the request body made no progress within the body timeout",
-                )))))
+                Poll::Ready(Some(
+                    this.fail("the request body made no progress within the body timeout"),
+                ))
             }
             ready => {
                 this.timer = None;
+                if let Poll::Ready(Some(Ok(frame))) = &ready
+                    && let Some(data) = frame.data_ref()
+                {
+                    this.received = this.received.saturating_add(data.len() as u64);
+                    let allowed = this.timeout
+                        + std::time::Duration::from_secs_f64(
+                            this.received as f64 / MIN_BODY_RATE as f64,
+                        );
+                    if this.started.elapsed() > allowed {
+                        return Poll::Ready(Some(
+                            this.fail("the request body arrived slower than the minimum rate"),
+                        ));
+                    }
+                }
                 ready
             }
         }

@@ -1,7 +1,7 @@
 //! Publish: one message (`POST /v1/topics/{topic}/messages`) or a batch (`POST /v1/publish`).
 
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -239,7 +239,7 @@ fn to_message(i: usize, item: BatchItem, max_bytes: usize) -> Result<NewMessage,
         (status = 403, description = "This credential may not do that", body = schema::Problem, content_type = "application/problem+json"),
         (status = 409, description = "An idempotency key was used with another body", body = schema::Problem, content_type = "application/problem+json"),
         (status = 413, description = "The batch is larger than the batch limit, or an item than max_message_bytes", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable, the hub is draining, or its read budget is spent (see Retry-After)", body = schema::Problem, content_type = "application/problem+json"),
         (status = 507, description = "It would create a topic beyond limits.max_topics_total; nothing is stored", body = schema::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -247,9 +247,19 @@ async fn publish_batch(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let body = extract::body(body, state.options.max_batch_bytes)?;
+    // The body and its decoded items are held from the hub's read budget until the batch is
+    // stored, charged before the body is read: its declared length (or the batch limit when
+    // none is declared), twice, for the raw bytes and the items decoded from them.
+    let limit = state.options.max_batch_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(limit, |n| n.min(limit));
+    let _held = state.hub.hold_for_decode(declared.saturating_mul(2))?;
+    let body = extract::body(Bytes::from_request(request, &state).await, limit)?;
     let items = parse_items(&body, BatchFormat::of(&headers))?;
     if items.is_empty() || items.len() > MAX_BATCH_ITEMS {
         return Err(ApiError::bad_request(format!(

@@ -28,7 +28,7 @@ use super::extract::{Params, QueryPairs};
 use super::schema;
 use super::state::AppState;
 use super::streaming::OpenStream;
-use crate::hub::{Event, SlowPolicy};
+use crate::hub::{Event, PageTurn, SlowPolicy};
 use crate::model::{NewMessage, Since, Topic, TopicList};
 use crate::server::ClientAddr;
 use crate::wire::frames::ws_gap;
@@ -128,6 +128,9 @@ struct Session {
     /// Per topic subscribed through a consumer: the highest seq written to the socket, which
     /// an `auto` consumer advances to.
     written: HashMap<Topic, Arc<AtomicU64>>,
+    /// The socket's one catch-up turn: its subscriptions load one page at a time between
+    /// them, however many subscribe frames it sends (docs/API.md, WebSocket).
+    turn: PageTurn,
 }
 
 impl Session {
@@ -141,6 +144,7 @@ impl Session {
             subs: SelectAll::new(),
             active: HashMap::new(),
             written: HashMap::new(),
+            turn: PageTurn::new(),
         }
     }
 
@@ -444,7 +448,13 @@ impl Session {
         let sub = self
             .state
             .hub
-            .subscribe(&TopicList::one(topic.clone()), since, &Since::Now, slow)
+            .subscribe_sharing(
+                &TopicList::one(topic.clone()),
+                since,
+                &Since::Now,
+                slow,
+                self.turn.clone(),
+            )
             .await?;
         let next = sub.start_cursor().to_string();
         self.track(

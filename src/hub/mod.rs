@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use crate::model::SlowPolicy;
+pub use budget::Reservation;
 pub use read::{ReadRequest, ReadResult};
 pub use subscribe::{Event, PageTurn, Subscription, TopicEvents};
 
@@ -149,6 +150,16 @@ impl Hub {
             None => tracing::error!("the store's commit feed was already taken: no live delivery"),
         }
         hub
+    }
+
+    /// Takes `bytes` from the hub's global read budget for decoding a request body whose
+    /// decode grows with its size (a batch publish): refused with [`HubError::Busy`] when the
+    /// budget has no room, so batches and catch-up pages share one bound (docs/API.md).
+    pub fn hold_for_decode(&self, bytes: usize) -> Result<Reservation, HubError> {
+        if !self.budget.has_room(bytes) {
+            return Err(HubError::Busy);
+        }
+        Ok(self.budget.take(bytes))
     }
 
     pub fn shutdown_token(&self) -> &CancellationToken {

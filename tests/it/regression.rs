@@ -2258,3 +2258,70 @@ async fn a_poll_over_many_topics_loads_one_budget() {
     }
     assert_eq!(total, TOPICS * PER_TOPIC);
 }
+
+// ---- Hardening: batch decoding shares the read budget ----
+
+/// A batch publish's body and its decode were not charged to `limits.read_budget_bytes`: any
+/// number of batches could be decoded at once. Now a batch holds twice its declared length
+/// from the budget while it is read and stored; with the budget held by a stalled batch, a
+/// new batch gets 503 `busy` with Retry-After and nothing is stored, and once the stalled one
+/// goes away batches work again.
+#[tokio::test]
+async fn a_batch_publish_is_charged_to_the_read_budget() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("budget.toml");
+    std::fs::write(
+        &file,
+        "[limits]\nmax_read_bytes = 65536\nread_budget_bytes = 1048576\n",
+    )
+    .expect("write the config");
+    let server = Server::start(&["--config", file.to_str().expect("UTF-8 path")]).await;
+    let mut stalled = tokio::net::TcpStream::connect(server.addr())
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/publish HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: 600000\r\n\r\n[{{\"topic\":\"held\",\"data\":\"",
+        server.addr()
+    );
+    stalled.write_all(head.as_bytes()).await.expect("write");
+    let probe = json!([{"topic": "probe", "data": "x"}]).to_string();
+    eventually("a batch is refused while the budget is held", || async {
+        let resp = server.batch_raw(probe.clone(), "application/json").await;
+        (resp.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(())
+    })
+    .await;
+    let item = json!([{"topic": "refused", "data": "x"}]).to_string();
+    let resp = server.batch_raw(item.clone(), "application/json").await;
+    assert_eq!(
+        resp.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let problem = expect_problem(resp, 503, "a batch over the budget").await;
+    assert_eq!(problem["type"], "urn:plexus:problem:busy");
+    drop(stalled);
+    let page = eventually("reads work once the budget is back", || async {
+        let resp = server
+            .get("/v1/topics/refused/messages?since=all", &[])
+            .await;
+        if resp.status() != StatusCode::OK {
+            return None;
+        }
+        Some(resp.json::<Value>().await.expect("a page"))
+    })
+    .await;
+    assert!(messages(&page).is_empty(), "nothing was stored: {page}");
+    let resp = eventually("a batch is stored once the budget is back", || async {
+        let resp = server.batch_raw(item.clone(), "application/json").await;
+        (resp.status() == StatusCode::CREATED).then_some(resp)
+    })
+    .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(
+        messages(&server.read("refused", "since=all").await).len(),
+        1
+    );
+}

@@ -65,8 +65,9 @@ pub struct SqliteLog {
     feed: FeedSlot,
     /// The error of the writer's last commit, `None` once one succeeds: `/readyz` reports it.
     health: WriterHealth,
-    /// The data directory's lock, released when the handle is dropped or the process ends.
-    _lock: std::fs::File,
+    /// The data directory's lock, released when the handle is dropped or the process ends;
+    /// also the handle `/readyz` asks for the directory's free space.
+    lock: std::fs::File,
     /// `limits.max_topics_total`, shared with the writer, which counts the topics.
     max_topics: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -138,7 +139,7 @@ impl SqliteLog {
             }),
             feed,
             health,
-            _lock: lock,
+            lock,
         })
     }
 
@@ -200,6 +201,25 @@ impl SqliteLog {
 
 /// Refuses a malformed database (`PRAGMA quick_check`): a hub started on one would answer
 /// reads with errors while `/readyz` said it was fine, and keep writing into the broken file.
+/// Free space the data directory's file system must keep for the hub to be ready: a commit,
+/// its WAL growth and a checkpoint fit in it with room to spare, so `/readyz` turns `503`
+/// (and a balancer sends new clients elsewhere) before commits start failing on a full disk.
+pub const DISK_RESERVE_BYTES: u64 = 4 << 20;
+
+/// Whether the file system holding `file` has [`DISK_RESERVE_BYTES`] free for this process
+/// (blocks available to unprivileged users, as SQLite's writes are).
+fn disk_room(file: &std::fs::File) -> StoreResult<()> {
+    let stat = rustix::fs::fstatvfs(file)
+        .map_err(|e| StoreError::unavailable(format!("cannot read the disk's free space: {e}")))?;
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    if free < DISK_RESERVE_BYTES {
+        return Err(StoreError::unavailable(format!(
+            "the data directory's disk is full: {free} bytes free, {DISK_RESERVE_BYTES} needed"
+        )));
+    }
+    Ok(())
+}
+
 fn check_integrity(conn: &Connection, path: &Path) -> StoreResult<()> {
     let problems: rusqlite::Result<Vec<String>> = conn
         .prepare("PRAGMA quick_check(5)")
@@ -324,6 +344,8 @@ impl Log for SqliteLog {
     }
 
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
+        // A full disk is seen before the next commit fails on it (docs/API.md, `/readyz`).
+        let room = disk_room(&self.lock);
         let alive = self.send_probe();
         let failing = self.health.last_error().is_some();
         // Only while failing: a healthy hub's `/readyz` never writes. The probe rewrites the
@@ -339,6 +361,7 @@ impl Log for SqliteLog {
         });
         let read = self.with_reader(read::check);
         Box::pin(async move {
+            room?;
             alive?;
             if let Some(probe) = probe {
                 probe.await?;
