@@ -313,6 +313,9 @@ impl Webhooks {
         let policy = guard::Policy {
             allow: options.allow_networks.clone().into(),
         };
+        // reqwest is built without a crypto provider of its own: the process's, ring, which
+        // `main` installs; an app built in-process (tests, the lab) may not have run it.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(options.timeout)
