@@ -118,6 +118,10 @@ pub struct Published {
     pub topic: String,
     pub seq: u64,
     pub time: String,
+    /// In a batch's results: the item was answered from its idempotency key (it replays the
+    /// first result and stored nothing). A single publish says it in a header instead.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
 }
 
 /// A message as the hub shows it (the JSON envelope).

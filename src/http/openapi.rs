@@ -30,8 +30,9 @@ use utoipa::{Modify, OpenApi};
 
 use super::auth::OPEN_PATHS;
 use super::schema::{
-    Base64Item, Batch, BatchItem, BatchResults, Envelope, Gap, GapReason, Health, Job, JobAction,
-    JobState, Payload, PollBody, Problem, Published, SlowPolicy, TextItem, TopicInfo, TopicList,
+    Base64Item, Batch, BatchItem, BatchPublished, BatchResults, Envelope, Gap, GapReason, Health,
+    Job, JobAction, JobState, Payload, PollBody, Problem, Published, SlowPolicy, TextItem,
+    TopicInfo, TopicList,
 };
 use super::state::AppState;
 use crate::auth::AuthMode;
@@ -112,7 +113,7 @@ async fn openapi_json(State(state): State<AppState>) -> Response {
         openapi_json,
     ),
     components(schemas(
-        Payload, Problem, Published, Batch, BatchItem, TextItem, Base64Item, BatchResults, Envelope, Gap, GapReason, PollBody, Job,
+        Payload, Problem, Published, Batch, BatchItem, TextItem, Base64Item, BatchPublished, BatchResults, Envelope, Gap, GapReason, PollBody, Job,
         JobState, JobAction, SlowPolicy, TopicInfo, TopicList, Health
     )),
     modifiers(&Conventions),

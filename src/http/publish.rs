@@ -39,6 +39,10 @@ struct Published<'a> {
     topic: &'a str,
     seq: u64,
     time: String,
+    /// Only in a batch answer, and only when `true`: a single publish says it in the
+    /// `Idempotent-Replayed` header, and an answer that replays nothing stays as it was.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    replayed: bool,
 }
 
 impl<'a> Published<'a> {
@@ -47,6 +51,15 @@ impl<'a> Published<'a> {
             topic: topic.as_str(),
             seq: a.seq,
             time: format_rfc3339_millis(a.time),
+            replayed: false,
+        }
+    }
+
+    /// A batch item's result: marked when it was answered from its idempotency key.
+    fn of_item(topic: &'a Topic, a: &Appended) -> Self {
+        Published {
+            replayed: a.replayed,
+            ..Published::of(topic, a)
         }
     }
 }
@@ -283,7 +296,7 @@ async fn publish_batch(
         results: topics
             .iter()
             .zip(&results)
-            .map(|(t, a)| Published::of(t, a))
+            .map(|(t, a)| Published::of_item(t, a))
             .collect(),
     };
     Ok((StatusCode::CREATED, Json(body)).into_response())

@@ -92,10 +92,23 @@ pub struct Base64Item {
     idempotency_key: Option<String>,
 }
 
+/// Where a batch item was stored.
+#[derive(ToSchema)]
+pub struct BatchPublished {
+    topic: String,
+    seq: u64,
+    /// RFC 3339 with milliseconds, UTC.
+    #[schema(format = DateTime)]
+    time: String,
+    /// Present, and `true`, only when the item was answered from its idempotency key (it
+    /// replays the first result and stored nothing).
+    replayed: Option<bool>,
+}
+
 /// A batch's results, in the order of its items.
 #[derive(ToSchema)]
 pub struct BatchResults {
-    results: Vec<Published>,
+    results: Vec<BatchPublished>,
 }
 
 /// A message as JSON: `data` when the payload is UTF-8, `data_base64` when it is not.

@@ -81,7 +81,16 @@ async fn send(sc: &Shared, entries: &[Entry]) -> Sent {
             Sent::Stored(
                 results
                     .into_iter()
-                    .map(|p| json!({"topic": p.topic, "seq": p.seq, "time": p.time}))
+                    .map(|p| {
+                        let mut v = json!({"topic": p.topic, "seq": p.seq, "time": p.time});
+                        // Kept for the publisher waiting on this entry (see `publish.rs`). A
+                        // batch sent again after a lost answer is replayed too, but its
+                        // publishers were answered `202` when that forward failed.
+                        if p.replayed {
+                            v["replayed"] = json!(true);
+                        }
+                        v
+                    })
                     .collect(),
             )
         }

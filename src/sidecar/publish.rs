@@ -148,7 +148,22 @@ pub async fn publish_one(
         return Err(Problem::bad_request("nothing was published"));
     };
     Ok(match outcome {
-        Some(Outcome::Stored(v)) => (StatusCode::CREATED, Json(v)).into_response(),
+        Some(Outcome::Stored(mut v)) => {
+            // The hub marks a replayed item in its batch answer; a single publish says it in
+            // the `Idempotent-Replayed` header, as the hub's own single publish does.
+            let replayed = v
+                .as_object_mut()
+                .and_then(|o| o.remove("replayed"))
+                .is_some_and(|r| r == json!(true));
+            let mut response = (StatusCode::CREATED, Json(v)).into_response();
+            if replayed {
+                response.headers_mut().insert(
+                    "idempotent-replayed",
+                    header::HeaderValue::from_static("true"),
+                );
+            }
+            response
+        }
         Some(Outcome::Refused { status, body }) => refused(status, body),
         Some(Outcome::Deferred) | None => {
             (StatusCode::ACCEPTED, Json(spooled(topic.as_str(), &a))).into_response()

@@ -282,3 +282,61 @@ async fn batch_shares_the_idempotency_key_space_with_the_header() {
     expect_problem(resp, 409, "batch item reusing a key with another body").await;
     assert_eq!(server.snapshot(&["orders"]).await, before);
 }
+
+#[tokio::test]
+async fn batch_marks_only_the_items_answered_from_their_idempotency_key() {
+    let server = Server::start(&[]).await;
+    let first = server
+        .batch(&[json!({"topic": "orders", "data": "p", "idempotency_key": "k-1"})])
+        .await;
+    assert_eq!(
+        first[0].as_object().map(|o| o.len()),
+        Some(3),
+        "a first store is not marked: {first:?}"
+    );
+
+    let body = json!([
+        {"topic": "orders", "data": "p", "idempotency_key": "k-1"},
+        {"topic": "orders", "data": "q", "idempotency_key": "k-2"},
+        {"topic": "orders", "data": "r"},
+    ])
+    .to_string();
+    let resp = server.batch_raw(body, "application/json").await;
+    let (status, _, v) = into_json(resp).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let results = v["results"].as_array().cloned().unwrap_or_default();
+    assert_eq!(results.len(), 3, "{v}");
+    assert_eq!(results[0]["replayed"], json!(true), "{v}");
+    assert_eq!(
+        results[0]["seq"], first[0]["seq"],
+        "the replay answers the first seq"
+    );
+    assert_eq!(results[0]["time"], first[0]["time"], "and the first time");
+    for r in &results[1..] {
+        assert!(
+            r.get("replayed").is_none(),
+            "a stored item has no mark: {v}"
+        );
+    }
+    let msgs = messages(&server.read("orders", "since=all").await);
+    assert_eq!(msgs.len(), 3, "the replayed item stored nothing: {msgs:?}");
+
+    // The header's key space is shared: a batch item replaying a single publish is marked too.
+    let resp = server
+        .publish_with("audit", "x", &[("Idempotency-Key", "k-3")])
+        .await;
+    let (status, headers, single) = into_json(resp).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(headers.get("idempotent-replayed").is_none());
+    assert!(
+        single.get("replayed").is_none(),
+        "a single publish's body is unchanged"
+    );
+    let results = server
+        .batch(&[json!({"topic": "audit", "data": "x", "idempotency_key": "k-3"})])
+        .await;
+    assert_eq!(
+        (results[0]["seq"].clone(), results[0]["replayed"].clone()),
+        (single["seq"].clone(), json!(true))
+    );
+}

@@ -1266,3 +1266,59 @@ async fn sigterm_ends_streams_and_exits_cleanly_and_the_spool_opens_again() {
     .await;
     assert!(String::from_utf8_lossy(&out.stderr).contains("sidecar.forward_wait"));
 }
+
+#[tokio::test]
+async fn a_repeated_key_through_the_sidecar_is_answered_as_a_replay() {
+    let (hub, base) = hub().await;
+    let sidecar = Sidecar::start(&base, &[]).await;
+    let keyed = |key: &'static str, body: &'static str| {
+        sidecar
+            .client
+            .post(sidecar.url("/v1/topics/orders/messages"))
+            .header("idempotency-key", key)
+            .body(body)
+            .send()
+    };
+
+    let (status, headers, first) = into_json(keyed("order-1", "one").await.expect("publish")).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert!(
+        headers.get("idempotent-replayed").is_none(),
+        "a first publish is not a replay"
+    );
+    let (status, headers, again) = into_json(keyed("order-1", "one").await.expect("publish")).await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_eq!(
+        headers
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true"),
+        "the hub replayed the forward"
+    );
+    assert_eq!(
+        again, first,
+        "the first answer, with nothing added to the body"
+    );
+
+    // A batch through the sidecar marks the replayed item only.
+    let resp = sidecar
+        .client
+        .post(sidecar.url("/v1/publish"))
+        .header("content-type", "application/json")
+        .body(
+            json!([
+                {"topic": "orders", "data": "one", "idempotency_key": "order-1"},
+                {"topic": "orders", "data": "two", "idempotency_key": "order-2"},
+            ])
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("batch");
+    let (status, _, v) = into_json(resp).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(v["results"][0]["replayed"], json!(true), "{v}");
+    assert_eq!(v["results"][0]["seq"], first["seq"], "{v}");
+    assert!(v["results"][1].get("replayed").is_none(), "{v}");
+    assert_eq!(stored(&hub, "orders").await, ["one", "two"]);
+}
