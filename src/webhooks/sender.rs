@@ -372,12 +372,23 @@ async fn send(
     }
 }
 
-/// An error as the attempt log shows it; a refused address as `"address not allowed"`.
+/// An error as the attempt log shows it; a refused address as `"address not allowed"`, a
+/// failed TLS handshake as `"tls: …"`.
 fn describe(e: &reqwest::Error) -> String {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if s.downcast_ref::<guard::NotAllowed>().is_some() {
             return "address not allowed".into();
+        }
+        // A failed handshake is wrapped in an io::Error, whose `source()` skips what it wraps:
+        // look inside, so the log names TLS and why (e.g. an unknown issuer).
+        let tls = s.downcast_ref::<rustls::Error>().or_else(|| {
+            s.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(t) = tls {
+            return format!("tls: {t}");
         }
         source = s.source();
     }
