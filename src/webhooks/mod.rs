@@ -650,3 +650,38 @@ impl Webhooks {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_file_errors_name_the_key_and_the_file() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let missing = dir.path().join("missing.pem");
+        let e = tls_config(Some(&missing)).err().unwrap_or_default();
+        assert!(
+            e.starts_with("webhooks.ca_file: cannot read") && e.contains("missing.pem"),
+            "{e}"
+        );
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no PEM here\n").unwrap_or_else(|e| panic!("write: {e}"));
+        let e = tls_config(Some(&empty)).err().unwrap_or_default();
+        assert!(e.starts_with("webhooks.ca_file: no certificate"), "{e}");
+    }
+
+    #[test]
+    fn ca_file_certificates_are_trusted_and_alpn_offers_h2() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .unwrap_or_else(|e| panic!("rcgen: {e}"));
+        let file = dir.path().join("ca.pem");
+        std::fs::write(&file, made.cert.pem()).unwrap_or_else(|e| panic!("write: {e}"));
+        let config = tls_config(Some(&file)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        assert!(tls_config(None).is_ok());
+    }
+}
