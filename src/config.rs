@@ -118,6 +118,9 @@ pub struct ServeArgs {
     /// Refused networks webhooks may reach all the same, comma-separated CIDRs [default: none]
     #[arg(long, env = "PLEXUS_WEBHOOKS_ALLOW_NETWORKS", value_name = "CIDRS")]
     pub webhooks_allow_networks: Option<String>,
+    /// PEM certificates trusted for https webhooks beside the system's roots [default: none]
+    #[arg(long, env = "PLEXUS_WEBHOOKS_CA_FILE", value_name = "PATH")]
+    pub webhooks_ca_file: Option<PathBuf>,
     /// open (no credentials) or required (tokens or JWTs, see the config file) [default: open]
     #[arg(long, env = "PLEXUS_AUTH", value_name = "MODE")]
     pub auth: Option<String>,
@@ -211,6 +214,7 @@ struct FileWebhooks {
     connect_timeout: String,
     disable_after: String,
     allow_networks: Vec<String>,
+    ca_file: String,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -460,6 +464,11 @@ fn webhook_options(
             &f.disable_after,
         )?,
         allow_networks,
+        ca_file: match &a.webhooks_ca_file {
+            Some(p) => Some(p.clone()),
+            None if f.ca_file.is_empty() => None,
+            None => Some(PathBuf::from(&f.ca_file)),
+        },
     })
 }
 

@@ -46,6 +46,8 @@ pub struct WebhookOptions {
     pub disable_after: Duration,
     /// Refused networks a webhook may reach all the same.
     pub allow_networks: Vec<Cidr>,
+    /// A PEM file of certificates trusted for `https` receivers beside the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for WebhookOptions {
@@ -68,6 +70,7 @@ impl Default for WebhookOptions {
             connect_timeout: s(5),
             disable_after: s(3 * 24 * 3600),
             allow_networks: Vec::new(),
+            ca_file: None,
         }
     }
 }
@@ -263,6 +266,45 @@ fn check_url(url: &str, policy: &guard::Policy) -> Result<reqwest::Url, WebhookE
 }
 
 /// The address of a URL host that is an IP literal (`[::1]` as the URL writes it).
+/// TLS for `https` receivers: rustls with the ring provider (the listener's; no second crypto
+/// library), the system's roots plus those of `webhooks.ca_file`, ALPN `h2` then `http/1.1`.
+/// The name checked against the certificate, and sent as SNI, is the URL's host; the address
+/// connected to is still the one the guard vetted.
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        // A system root rustls cannot parse is skipped, as browsers do.
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = ca_file {
+        let key = "webhooks.ca_file";
+        let shown = path.display();
+        let pem = std::fs::read(path).map_err(|e| format!("{key}: cannot read {shown}: {e}"))?;
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| format!("{key}: bad PEM in {shown}: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{key}: unusable certificate in {shown}: {e}"))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!("{key}: no certificate in {shown}"));
+        }
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("the webhook client's TLS: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 fn literal_ip(host: &str) -> Option<std::net::IpAddr> {
     host.trim_start_matches('[')
         .trim_end_matches(']')
@@ -324,6 +366,7 @@ impl Webhooks {
                 policy: policy.clone(),
             }))
             .no_proxy()
+            .tls_backend_preconfigured(tls_config(options.ca_file.as_deref())?)
             .build()
             .map_err(|e| format!("the webhook client: {e}"))?;
         let hooks = Arc::new(Webhooks {
@@ -608,5 +651,40 @@ impl Webhooks {
         if let Err(e) = self.hub.publish_internal(vec![msg]).await {
             tracing::warn!("webhook {id}: publishing on _webhooks.{id}.{kind}: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_file_errors_name_the_key_and_the_file() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let missing = dir.path().join("missing.pem");
+        let e = tls_config(Some(&missing)).err().unwrap_or_default();
+        assert!(
+            e.starts_with("webhooks.ca_file: cannot read") && e.contains("missing.pem"),
+            "{e}"
+        );
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no PEM here\n").unwrap_or_else(|e| panic!("write: {e}"));
+        let e = tls_config(Some(&empty)).err().unwrap_or_default();
+        assert!(e.starts_with("webhooks.ca_file: no certificate"), "{e}");
+    }
+
+    #[test]
+    fn ca_file_certificates_are_trusted_and_alpn_offers_h2() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .unwrap_or_else(|e| panic!("rcgen: {e}"));
+        let file = dir.path().join("ca.pem");
+        std::fs::write(&file, made.cert.pem()).unwrap_or_else(|e| panic!("write: {e}"));
+        let config = tls_config(Some(&file)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        assert!(tls_config(None).is_ok());
     }
 }

@@ -372,12 +372,16 @@ async fn send(
     }
 }
 
-/// An error as the attempt log shows it; a refused address as `"address not allowed"`.
+/// An error as the attempt log shows it; a refused address as `"address not allowed"`, a
+/// failed TLS handshake as `"tls: …"`.
 fn describe(e: &reqwest::Error) -> String {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if s.downcast_ref::<guard::NotAllowed>().is_some() {
             return "address not allowed".into();
+        }
+        if let Some(t) = tls_cause(s) {
+            return format!("tls: {t}");
         }
         source = s.source();
     }
@@ -388,6 +392,17 @@ fn describe(e: &reqwest::Error) -> String {
         return format!("connect: {e}");
     }
     e.to_string()
+}
+
+/// The rustls error inside `e`. A failed handshake arrives wrapped in io::Errors (two, from
+/// reqwest's connector), whose `source()` skips what they wrap: look inside each, so the log
+/// names TLS and why (e.g. an unknown issuer).
+fn tls_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(t) = e.downcast_ref::<rustls::Error>() {
+        return Some(t);
+    }
+    let inner = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+    tls_cause(inner)
 }
 
 async fn dead_letter(hooks: &Webhooks, id: &str, msg: &Message, wid: &str, attempts: u32) {
