@@ -592,6 +592,74 @@ async fn gone_disables_with_an_event() {
     assert_eq!(rx.hits().len(), 1);
 }
 
+/// A receiver that keeps failing for `webhooks.disable_after` disables its webhook, with an
+/// event naming the key, before the retry schedule runs out.
+#[tokio::test]
+async fn failing_for_disable_after_disables_with_an_event() {
+    let rx = Receiver::start("127.0.0.1:0", Arc::new(|_, _| (500, vec![]))).await;
+    let server = Server::start(&[
+        "--webhooks-allow-networks",
+        ALLOW_LOOPBACK,
+        "--webhooks-retry",
+        "200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms",
+        "--webhooks-disable-after",
+        "1s",
+    ])
+    .await;
+    let hook = create_ok(
+        &server,
+        json!({"url": format!("http://127.0.0.1:{}/", rx.port), "topics": ["fa"], "since": "all"}),
+    )
+    .await;
+    let id = hook["id"].as_str().expect("id");
+    server.publish("fa", "x").await;
+    let page = server
+        .read(&format!("_webhooks.{id}.events"), "since=all&wait=30")
+        .await;
+    let events = crate::kit::messages(&page);
+    assert_eq!(events.len(), 1, "{page}");
+    let event = payload(&events[0]);
+    assert_eq!(event["event"], "disabled", "{event}");
+    assert!(event.to_string().contains("disable_after"), "{event}");
+    let (_, _, shown) = server.get_json(&format!("/v1/webhooks/{id}")).await;
+    assert_eq!(shown["state"], "disabled", "{shown}");
+    let attempts = rx.hits().len();
+    assert!(attempts >= 2, "it retried before giving up: {attempts}");
+    assert!(
+        attempts < 21,
+        "it stopped before the schedule ran out: {attempts}"
+    );
+    assert!(
+        own(&server, &format!("_webhooks.{id}.dead"))
+            .await
+            .is_empty(),
+        "a disabled webhook dead-letters nothing"
+    );
+}
+
+/// `rate` caps one webhook's deliveries per second: 6 messages at 2/s cannot all arrive in
+/// under 2 s (a lower bound only; a slow machine only makes it later), and all arrive in order.
+#[tokio::test]
+async fn rate_caps_deliveries_per_second() {
+    let rx = Receiver::start("127.0.0.1:0", Arc::new(|_, _| (204, vec![]))).await;
+    let server = Server::start(&["--webhooks-allow-networks", ALLOW_LOOPBACK]).await;
+    server.publish_n("rt", 6, "m").await;
+    let started = Instant::now();
+    create_ok(
+        &server,
+        json!({"url": format!("http://127.0.0.1:{}/", rx.port), "topics": ["rt"], "since": "all", "rate": 2}),
+    )
+    .await;
+    let hits = rx.wait_for("6 deliveries", |h| h.len() >= 6).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(2000),
+        "6 deliveries at 2/s took {:?}",
+        started.elapsed()
+    );
+    let seqs: Vec<u64> = hits.iter().map(|h| h.seq()).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+}
+
 #[tokio::test]
 async fn retry_after_holds_the_next_attempt_back() {
     let rx = Receiver::start(
