@@ -401,11 +401,19 @@ async fn failover(replicated: bool) -> Failover {
     let mut since = cursor;
     loop {
         let page = b.read(topic, &format!("since={since}&limit=1000")).await;
-        assert!(
-            page["gaps"].as_array().is_none_or(Vec::is_empty),
-            "no gap on a resume: {}",
-            page["gaps"]
-        );
+        let gaps = page["gaps"].as_array().cloned().unwrap_or_default();
+        if replicated {
+            assert!(gaps.is_empty(), "no gap on a resume: {gaps:?}");
+        } else {
+            // Under the default durability the replica may lag behind even the first 50
+            // messages, so the promoted log can end before the reader's cursor: the reader is
+            // told with a `reset` gap (the documented loss), never handed a different message
+            // silently under a seq it already read.
+            assert!(
+                gaps.iter().all(|g| g["reason"] == "reset"),
+                "only a reset gap on a resume: {gaps:?}"
+            );
+        }
         let got = messages(&page);
         if got.is_empty() {
             break;
