@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::auth::Caller;
 use super::error::ApiError;
@@ -16,7 +16,9 @@ use super::schema;
 use super::state::{AppState, HttpOptions};
 use crate::model::Appended;
 use crate::model::{EventName, NewMessage, Topic, format_rfc3339_millis};
-use crate::wire::base64;
+use crate::wire::batch::{
+    BatchError, BatchFormat, BatchItem, CheckedItem, check_item, parse_items,
+};
 
 /// Most items in one batch.
 const MAX_BATCH_ITEMS: usize = 1000;
@@ -121,108 +123,22 @@ async fn publish_one(
     Ok(response)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchItem {
-    topic: String,
-    data: Option<String>,
-    data_base64: Option<String>,
-    event: Option<String>,
-    idempotency_key: Option<String>,
-}
-
 #[derive(Serialize)]
 struct BatchResults<'a> {
     results: Vec<Published<'a>>,
 }
 
-/// How a batch body is written, by its `Content-Type`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum BatchFormat {
-    /// `application/json` (any parameters, any case, or a `+json` type): a JSON array only.
-    Array,
-    /// `application/x-ndjson`: one item a line.
-    Ndjson,
-    /// No content type, or another one (e.g. curl's default for `-d`): an array when the body
-    /// starts with `[`, NDJSON otherwise.
-    Sniff,
-}
-
-impl BatchFormat {
-    fn of(headers: &HeaderMap) -> Self {
-        let Some(value) = headers.get(header::CONTENT_TYPE) else {
-            return BatchFormat::Sniff;
-        };
-        let essence = value
-            .to_str()
-            .unwrap_or_default()
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
-        if essence == "application/json" || essence.ends_with("+json") {
-            BatchFormat::Array
-        } else if essence == "application/x-ndjson" {
-            BatchFormat::Ndjson
-        } else {
-            BatchFormat::Sniff
-        }
-    }
-}
-
-fn parse_items(body: &[u8], format: BatchFormat) -> Result<Vec<BatchItem>, ApiError> {
-    let bad = |e: serde_json::Error| ApiError::bad_request(format!("bad batch: {e}"));
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    let array = match format {
-        BatchFormat::Array if first != Some(&b'[') => {
-            return Err(ApiError::bad_request(
-                "with Content-Type: application/json the batch is a JSON array; \
-                 send one item a line as application/x-ndjson",
-            ));
-        }
-        BatchFormat::Array => true,
-        BatchFormat::Ndjson => false,
-        BatchFormat::Sniff => first == Some(&b'['),
-    };
-    if array {
-        return serde_json::from_slice(body).map_err(bad);
-    }
-    // NDJSON: one item a line, blank lines ignored.
-    body.split(|&b| b == b'\n')
-        .filter(|line| line.iter().any(|b| !b.is_ascii_whitespace()))
-        .map(|line| serde_json::from_slice(line).map_err(bad))
-        .collect()
-}
-
 fn to_message(i: usize, item: BatchItem, max_bytes: usize) -> Result<NewMessage, ApiError> {
-    let topic: Topic = item
-        .topic
-        .parse()
-        .map_err(|e| ApiError::bad_request(format!("item {i}: {e}")))?;
-    let data = match (item.data, item.data_base64) {
-        (Some(text), None) => Bytes::from(text),
-        (None, Some(b64)) => Bytes::from(base64::decode(&b64).ok_or_else(|| {
-            ApiError::bad_request(format!("item {i}: data_base64 is not valid base64"))
-        })?),
-        _ => {
-            return Err(ApiError::bad_request(format!(
-                "item {i}: give exactly one of data and data_base64"
-            )));
-        }
-    };
-    if data.len() > max_bytes {
-        return Err(ApiError::too_large(format!(
-            "item {i}: the payload is {} bytes, at most {max_bytes} allowed",
-            data.len()
-        )));
-    }
-    let event = item
-        .event
-        .map(|e| e.parse::<EventName>())
-        .transpose()
-        .map_err(|e| ApiError::bad_request(format!("item {i}: {e}")))?;
-    let key = idempotency_key(item.idempotency_key.as_deref())?;
+    let CheckedItem {
+        topic,
+        event,
+        data,
+        idempotency_key: key,
+    } = check_item(i, item, max_bytes).map_err(|e| match e {
+        BatchError::Bad(detail) => ApiError::bad_request(detail),
+        BatchError::TooLarge(detail) => ApiError::too_large(detail),
+    })?;
+    let key = idempotency_key(key.as_deref())?;
     Ok(NewMessage {
         topic,
         event,
@@ -273,7 +189,12 @@ async fn publish_batch(
         .map_or(limit, |n| n.min(limit));
     let _held = state.hub.hold_for_decode(declared.saturating_mul(2))?;
     let body = extract::body(Bytes::from_request(request, &state).await, limit)?;
-    let items = parse_items(&body, BatchFormat::of(&headers))?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let items = parse_items(&body, BatchFormat::of(content_type)).map_err(|e| match e {
+        BatchError::Bad(detail) | BatchError::TooLarge(detail) => ApiError::bad_request(detail),
+    })?;
     if items.is_empty() || items.len() > MAX_BATCH_ITEMS {
         return Err(ApiError::bad_request(format!(
             "a batch holds 1 to {MAX_BATCH_ITEMS} items, this one {}",

@@ -11,14 +11,13 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Shared;
 use super::problem::Problem;
 use super::spool::{Appended, NewEntry, Outcome, SpoolError};
 use crate::model::{EventName, Topic, valid_idempotency_key};
-use crate::wire::base64;
+use crate::wire::batch::{BatchError, BatchFormat, BatchItem, check_item, parse_items};
 
 /// Items in one batch, as on the hub.
 const MAX_BATCH_ITEMS: usize = 1000;
@@ -171,86 +170,30 @@ pub async fn publish_one(
     })
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchItem {
-    topic: String,
-    data: Option<String>,
-    data_base64: Option<String>,
-    event: Option<String>,
-    idempotency_key: Option<String>,
-}
-
-/// The batch's items: a JSON array for a `json` content type, NDJSON for
-/// `application/x-ndjson`, and by the first byte otherwise (docs/API.md §2.1).
-fn items(headers: &HeaderMap, body: &[u8]) -> Result<Vec<BatchItem>, Problem> {
-    let essence = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase());
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    let array = match essence.as_deref() {
-        Some(e) if e == "application/json" || e.ends_with("+json") => {
-            if first != Some(&b'[') {
-                return Err(Problem::bad_request(
-                    "with Content-Type: application/json the batch is a JSON array; \
-                     send one item a line as application/x-ndjson",
-                ));
-            }
-            true
-        }
-        Some("application/x-ndjson") => false,
-        _ => first == Some(&b'['),
-    };
-    let bad = |e: serde_json::Error| Problem::bad_request(format!("bad batch: {e}"));
-    if array {
-        return serde_json::from_slice(body).map_err(bad);
-    }
-    body.split(|&b| b == b'\n')
-        .filter(|line| line.iter().any(|b| !b.is_ascii_whitespace()))
-        .map(|line| serde_json::from_slice(line).map_err(bad))
-        .collect()
-}
-
+/// A batch item checked with the hub's rules (`wire::batch`), plus the hub's reserved-topic
+/// and idempotency-key checks.
 fn entry(i: usize, item: BatchItem, max: usize) -> Result<NewEntry, Problem> {
-    let topic: Topic = item
-        .topic
-        .parse()
-        .map_err(|e| Problem::bad_request(format!("item {i}: {e}")))?;
+    let checked = check_item(i, item, max).map_err(batch_problem)?;
+    let topic = checked.topic;
     if topic.is_reserved() {
         return Err(Problem::reserved_topic(format!(
             "topic {topic} is reserved for the hub (names starting with _ can be read, not published to)"
         )));
     }
-    let data = match (item.data, item.data_base64) {
-        (Some(text), None) => Bytes::from(text),
-        (None, Some(b64)) => Bytes::from(base64::decode(&b64).ok_or_else(|| {
-            Problem::bad_request(format!("item {i}: data_base64 is not valid base64"))
-        })?),
-        _ => {
-            return Err(Problem::bad_request(format!(
-                "item {i}: give exactly one of data and data_base64"
-            )));
-        }
-    };
-    if data.len() > max {
-        return Err(Problem::too_large(format!(
-            "item {i}: the payload is {} bytes, at most {max} allowed",
-            data.len()
-        )));
-    }
-    let event = item
-        .event
-        .map(|e| e.parse::<EventName>())
-        .transpose()
-        .map_err(|e| Problem::bad_request(format!("item {i}: {e}")))?;
+    let (event, data) = (checked.event, checked.data);
     Ok(NewEntry {
         topic: topic.as_str().to_owned(),
         event: event.map(|e| e.as_str().to_owned()),
         data,
-        key: key(item.idempotency_key.as_deref())?,
+        key: key(checked.idempotency_key.as_deref())?,
     })
+}
+
+fn batch_problem(e: BatchError) -> Problem {
+    match e {
+        BatchError::Bad(detail) => Problem::bad_request(detail),
+        BatchError::TooLarge(detail) => Problem::too_large(detail),
+    }
 }
 
 pub async fn publish_batch(
@@ -259,7 +202,10 @@ pub async fn publish_batch(
     data: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     let data = body(data, super::MAX_BATCH_BYTES)?;
-    let items = items(&headers, &data)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let items = parse_items(&data, BatchFormat::of(content_type)).map_err(batch_problem)?;
     if items.is_empty() || items.len() > MAX_BATCH_ITEMS {
         return Err(Problem::bad_request(format!(
             "a batch holds 1 to {MAX_BATCH_ITEMS} items, this one {}",

@@ -3,6 +3,7 @@
 //! frames). Each format lives here once, so every transport shows a message the same way.
 
 pub mod base64;
+pub mod batch;
 mod envelope;
 pub mod frames;
 pub mod job;
