@@ -17,6 +17,8 @@ mod regression;
 mod admin;
 // `auth.mode = "required"`: 401/403/allowed for every operation on every transport.
 mod auth;
+// The browser harness: Debian's Chromium, driven by playwright-core, opens a page of the hub.
+mod browser;
 // `POST /v1/publish`: JSON array and NDJSON batches, all or nothing.
 mod batch;
 // `plexus pub` and `plexus sub` against a running hub.

@@ -7,9 +7,12 @@
 //!   Redis Cluster (with replicas when asked); nodes can be paused, resumed and killed.
 //! - [`clients`]: raw-socket SSE and NDJSON clients, an SSE client over HTTP/2, a
 //!   WebSocket client for `/v1/ws`, and helpers for `plexus-client` subscriptions.
+//! - [`browser`]: a Node script under tests/browser/ driving Debian's Chromium
+//!   (playwright-core), with its JSON result.
 //! - [`cli`]: runs the `plexus` binary itself (`pub`, `sub`, `jobs`, a failing `serve`)
 //!   and `curl`.
 
+pub mod browser;
 pub mod cli;
 pub mod clients;
 pub mod redis;
