@@ -67,15 +67,34 @@ pub async fn authenticate(
     if OPEN_PATHS.contains(&req.uri().path()) {
         return next.run(req).await;
     }
+    // The dashboard's files hold no data; the page must load to ask for a token.
+    if super::dashboard::is_page(req.uri().path()) {
+        return next.run(req).await;
+    }
     let credential = bearer(req.headers()).or_else(|| query_token(req.uri()));
     match auth.authenticate(credential.as_deref()) {
         Ok(principal) => {
             req.extensions_mut().insert(principal);
             next.run(req).await
         }
+        // A browser WebSocket cannot send headers: with no credential at all, the socket
+        // opens and its first frame must be `{"op":"auth"}` (docs/API.md §2.4), so no token
+        // travels in a URL. The handler refuses subscriptions at connect without one.
+        Err(crate::auth::AuthError::Missing) if req.uri().path() == WS_PATH => {
+            req.extensions_mut().insert(AuthPending);
+            next.run(req).await
+        }
         Err(e) => ApiError::unauthorized(e.to_string()).into_response(),
     }
 }
+
+/// The WebSocket's path, which may open without a credential and authenticate by its first
+/// frame.
+pub(super) const WS_PATH: &str = "/v1/ws";
+
+/// Marks a WebSocket upgrade that came without a credential: its first frame must carry one.
+#[derive(Clone, Copy, Debug)]
+pub struct AuthPending;
 
 /// The authenticated caller of a request.
 #[derive(Clone, Debug)]

@@ -13,7 +13,8 @@
 //!   on it, the WebSocket takes its gauge and keeps its own ping and close handshake, since
 //!   frames flow both ways on it;
 //! - above them the handlers, each registering its own routes: `publish`, `poll`, `sse`,
-//!   `ndjson`, `ws`, `admin`, `jobs`, `consumers`, `webhooks`;
+//!   `ndjson`, `ws`, `admin`, `jobs`, `consumers`, `webhooks`, `dashboard` (the embedded
+//!   single-page app at `/`);
 //! - on top `openapi`, which names the handlers, and this file, which assembles the router.
 //!
 //! Every byte a stream or socket sends (messages, gaps and control frames alike) is encoded in
@@ -23,6 +24,7 @@ mod admin;
 mod auth;
 mod client;
 mod consumers;
+mod dashboard;
 mod epcp;
 pub mod error;
 mod extract;
@@ -70,6 +72,8 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::routes())
         // Hold mode's EPCP publish (docs/API.md §9).
         .merge(epcp::routes(&state.options))
+        // The embedded dashboard at `/` and what a credential may do (docs/API.md §12).
+        .merge(dashboard::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // A body that stalls fails the request (408) instead of holding it forever.

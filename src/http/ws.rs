@@ -22,7 +22,7 @@ use serde_json::Value;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::auth::Caller;
+use super::auth::{AuthPending, Caller};
 use super::error::{ApiError, FrameRefusal};
 use super::extract::{Params, QueryPairs};
 use super::schema;
@@ -33,8 +33,9 @@ use crate::model::{NewMessage, Since, Topic, TopicList};
 use crate::server::ClientAddr;
 use crate::wire::frames::ws_gap;
 use crate::wire::ws::{
-    CLOSE_RESTARTING, CLOSE_SILENT_PEER, Close, Command, Reply, decode_client_frame,
-    disconnect_frame, error_frame, ok_frame, subscription_error_frame,
+    CLOSE_RESTARTING, CLOSE_SILENT_PEER, CLOSE_UNAUTHORIZED, Close, Command, Reply,
+    auth_ok_frame, decode_client_frame, disconnect_frame, error_frame, ok_frame,
+    subscription_error_frame,
 };
 
 const PING_EVERY: Duration = Duration::from_secs(30);
@@ -44,6 +45,9 @@ const PING_EVERY: Duration = Duration::from_secs(30);
 const CLOSE_WITHIN: Duration = Duration::from_secs(5);
 /// A peer silent this long is closed with `CLOSE_SILENT_PEER` (whose reason states it).
 const SILENT_LIMIT: Duration = Duration::from_secs(90);
+/// A socket opened without a credential has this long to send its `auth` frame; an idle
+/// unauthenticated socket is closed rather than held.
+const AUTH_WITHIN: Duration = Duration::from_secs(10);
 
 pub fn routes() -> Router<AppState> {
     // `any`: over HTTP/2 (RFC 8441) the upgrade arrives as CONNECT.
@@ -72,18 +76,34 @@ pub fn routes() -> Router<AppState> {
 )]
 async fn upgrade(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: Result<Caller, ApiError>,
+    pending: Option<Extension<AuthPending>>,
     client: Option<Extension<ClientAddr>>,
     query: QueryPairs,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    // No credential at all: the socket opens, and its first frame must be `auth`.
+    let caller = match (caller, pending) {
+        (Ok(caller), _) => Some(caller),
+        (Err(_), Some(_)) => None,
+        (Err(e), None) => return Err(e),
+    };
     let client = client.map(|Extension(ClientAddr(addr))| addr.ip());
     let ws = ws.map_err(|e| {
         ApiError::bad_request(format!("not a WebSocket upgrade: {}", e.body_text()))
     })?;
     let params = Params::from(query)?;
     let initial = match params.get("topic")? {
+        Some(_) if caller.is_none() => {
+            return Err(ApiError::unauthorized(
+                "subscribing at connect needs a credential in the Authorization header; \
+                 or connect without topic= and send {\"op\":\"auth\"} first",
+            ));
+        }
         Some(topics) => {
+            let Some(caller) = caller.as_ref() else {
+                return Err(ApiError::unauthorized("no credentials were checked"));
+            };
             let topics = TopicList::parse(topics, state.options.max_topics)?;
             for topic in topics.iter() {
                 caller.subscribe(&state.jobs, topic).await?;
@@ -116,7 +136,10 @@ type Outbox = SplitSink<WebSocket, WsMessage>;
 
 struct Session {
     state: AppState,
-    caller: Caller,
+    /// `None` until the first frame authenticates a socket that came without a credential.
+    caller: Option<Caller>,
+    /// Whether a frame has been handled yet: `auth` is accepted only as the first.
+    heard: bool,
     /// The address whose request-rate bucket every frame is charged to, as the upgrade was.
     client: Option<IpAddr>,
     sink: Option<Outbox>,
@@ -134,10 +157,16 @@ struct Session {
 }
 
 impl Session {
-    fn new(state: AppState, caller: Caller, client: Option<IpAddr>, socket: WebSocket) -> Self {
+    fn new(
+        state: AppState,
+        caller: Option<Caller>,
+        client: Option<IpAddr>,
+        socket: WebSocket,
+    ) -> Self {
         Session {
             state,
             caller,
+            heard: false,
             client,
             sink: None,
             socket: Some(socket),
@@ -173,17 +202,33 @@ impl Session {
         let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
+        let auth_deadline = tokio::time::sleep(AUTH_WITHIN);
+        tokio::pin!(auth_deadline);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     self.close(CLOSE_RESTARTING).await;
                     return;
                 }
+                () = &mut auth_deadline, if self.caller.is_none() => {
+                    let detail = "no auth frame within 10 s";
+                    let _ = self.send_text(error_frame(None, 401, detail)).await;
+                    self.close(CLOSE_UNAUTHORIZED).await;
+                    return;
+                }
                 frame = incoming.next() => {
                     let Some(Ok(frame)) = frame else { return };
                     last_heard = Instant::now();
                     let answer = match frame {
-                        WsMessage::Text(text) => Some(self.handle(text.as_str()).await),
+                        WsMessage::Text(text) => {
+                            let (answer, authorized) = self.handle(text.as_str()).await;
+                            if !authorized {
+                                let _ = self.send_text(answer).await;
+                                self.close(CLOSE_UNAUTHORIZED).await;
+                                return;
+                            }
+                            Some(answer)
+                        }
                         WsMessage::Binary(_) => {
                             let e = FrameRefusal::bad_request("send JSON in text frames");
                             Some(refuse(None, &e))
@@ -301,8 +346,9 @@ impl Session {
         }
     }
 
-    /// Answers one text frame.
-    async fn handle(&mut self, text: &str) -> String {
+    /// Answers one text frame; `false` when the socket must close for want of a credential.
+    async fn handle(&mut self, text: &str) -> (String, bool) {
+        let first = !std::mem::replace(&mut self.heard, true);
         let options = &self.state.options;
         let (id, command) = decode_client_frame(
             text,
@@ -316,16 +362,54 @@ impl Session {
         if let Some(client) = self.client
             && let Err(retry_after) = self.state.limiter.check(client, std::time::Instant::now())
         {
-            return refuse(
+            let refusal = refuse(
                 id.as_ref(),
                 &ApiError::too_many_requests(retry_after).into(),
             );
+            return (refusal, self.caller.is_some());
         }
         let answer = match command {
+            Ok(Command::Auth { token }) => return self.authenticate(first, &token, id.as_ref()),
+            Ok(_) if self.caller.is_none() => {
+                let e = ApiError::unauthorized(
+                    "this socket has no credential: send {\"op\":\"auth\",\"token\":…} first",
+                );
+                return (refuse(id.as_ref(), &e.into()), false);
+            }
             Ok(command) => self.apply(command, id.as_ref()).await,
             Err(e) => Err(e.into()),
         };
-        answer.unwrap_or_else(|e| refuse(id.as_ref(), &e))
+        // A socket without a credential gets one chance: a bad first frame closes it.
+        let authorized = self.caller.is_some();
+        (answer.unwrap_or_else(|e| refuse(id.as_ref(), &e)), authorized)
+    }
+
+    /// The `auth` frame: accepted only as the socket's first frame, by every client (a
+    /// credential from the upgrade's header is replaced by this one). A refused credential is
+    /// an `error` 401 and the socket closes.
+    fn authenticate(&mut self, first: bool, token: &str, id: Option<&Value>) -> (String, bool) {
+        if !first {
+            let e = FrameRefusal::bad_request("auth is accepted only as the socket's first frame");
+            return (refuse(id, &e), self.caller.is_some());
+        }
+        match self.state.auth.authenticate(Some(token)) {
+            Ok(principal) => {
+                self.caller = Some(Caller(principal));
+                (auth_ok_frame(id), true)
+            }
+            Err(e) => {
+                self.caller = None;
+                let e = ApiError::unauthorized(e.to_string());
+                (refuse(id, &e.into()), false)
+            }
+        }
+    }
+
+    /// The socket's caller; every command but `auth` runs after one was set.
+    fn caller(&self) -> Result<&Caller, FrameRefusal> {
+        self.caller
+            .as_ref()
+            .ok_or_else(|| ApiError::unauthorized("no credential").into())
     }
 
     /// Carries out one command; its `ok` frame, answering `id`.
@@ -335,8 +419,11 @@ impl Session {
         id: Option<&Value>,
     ) -> Result<String, FrameRefusal> {
         match command {
+            Command::Auth { .. } => {
+                Err(FrameRefusal::bad_request("auth is accepted only as the socket's first frame"))
+            }
             Command::Subscribe { topic, since, slow } => {
-                self.caller.subscribe(&self.state.jobs, &topic).await?;
+                self.caller()?.subscribe(&self.state.jobs, &topic).await?;
                 let next = self.subscribe(topic.clone(), &since, slow).await?;
                 Ok(ok_frame(
                     id,
@@ -347,7 +434,7 @@ impl Session {
                 ))
             }
             Command::Consume { topic, consumer } => {
-                self.caller.subscribe(&self.state.jobs, &topic).await?;
+                self.caller()?.subscribe(&self.state.jobs, &topic).await?;
                 let name = consumer
                     .parse::<crate::consumers::ConsumerName>()
                     .map_err(ApiError::from)?;
@@ -367,7 +454,7 @@ impl Session {
                 Ok(ok_frame(id, Reply::Unsubscribed { topic: &topic }))
             }
             Command::Publish { topic, event, data } => {
-                self.caller.publish(&topic)?;
+                self.caller()?.publish(&topic)?;
                 let results = self
                     .state
                     .hub

@@ -175,6 +175,13 @@ async fn handle(
             }
             subscribe(sc, subs, id, topic, &since, tx).await
         }
+        // The sidecar checks its local token at the upgrade and holds the hub credential
+        // itself: an `auth` frame is the hub's (docs/API.md §2.4), not the sidecar's.
+        Command::Auth { .. } => error_frame(
+            id,
+            400,
+            "the sidecar takes its local token at connect; auth frames are the hub's",
+        ),
         // Durable consumers keep their state in the hub; the sidecar's shared subscriptions
         // serve cursors only.
         Command::Consume { .. } => error_frame(

@@ -34,6 +34,10 @@ pub enum Command {
         event: Option<EventName>,
         data: Bytes,
     },
+    /// The credential, as the socket's first frame (browsers cannot send headers).
+    Auth {
+        token: String,
+    },
 }
 
 /// Why the decoder refused a client's frame: its kind, and a detail for the client.
@@ -68,6 +72,7 @@ struct ClientFrame {
     data: Option<String>,
     data_base64: Option<String>,
     event: Option<String>,
+    token: Option<String>,
 }
 
 /// Decodes one text frame. The `id` (any JSON value) is returned whenever the frame is a JSON
@@ -104,6 +109,12 @@ fn command(
     max_message_bytes: usize,
     max_topics: usize,
 ) -> Result<Command, FrameError> {
+    if frame.op == "auth" {
+        return match frame.token {
+            Some(token) if !token.is_empty() => Ok(Command::Auth { token }),
+            _ => Err(FrameError::bad("an auth frame needs a token")),
+        };
+    }
     let topic: Topic = frame
         .topic
         .as_deref()
@@ -156,7 +167,7 @@ fn command(
             Ok(Command::Publish { topic, event, data })
         }
         other => Err(FrameError::bad(format!(
-            "unknown op {other:?}; use subscribe, unsubscribe or publish"
+            "unknown op {other:?}; use auth, subscribe, unsubscribe or publish"
         ))),
     }
 }
@@ -250,6 +261,17 @@ pub fn error_frame(id: Option<&Value>, status: u16, detail: &str) -> String {
     })
 }
 
+/// The `ok` answering an accepted `auth` frame: only its `id`.
+pub fn auth_ok_frame(id: Option<&Value>) -> String {
+    #[derive(Serialize)]
+    struct AuthOk<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Value>,
+        op: &'static str,
+    }
+    json_text(&AuthOk { id, op: "ok" })
+}
+
 /// The frame ending one topic's subscription that failed (its store read did): no `id`, since
 /// no client frame asked, but the `topic`. The socket and its other subscriptions live on; the
 /// client subscribes again with its cursor.
@@ -284,6 +306,12 @@ pub struct Close {
 pub const CLOSE_RESTARTING: Close = Close {
     code: 1012,
     reason: "server restarting",
+};
+
+/// The socket's first frame was no valid credential (1008, policy violation).
+pub const CLOSE_UNAUTHORIZED: Close = Close {
+    code: 1008,
+    reason: "unauthorized",
 };
 
 /// The peer sent nothing, not even a pong, for 90 s.

@@ -89,3 +89,5 @@ mod tls;
 mod webhooks;
 // WebSocket specifics: subscribe/unsubscribe/publish frames, error frames, `since` forms.
 mod ws;
+// The dashboard at `/`: CSP, ETag, `/v1/me`, the WebSocket's `auth` frame, and Chromium checks.
+mod dashboard;

@@ -1,0 +1,298 @@
+//! The dashboard (docs/API.md §12): the embedded page at `/` with its CSP and ETag, `GET
+//! /v1/me`, the WebSocket's first-frame `auth`, and the page itself in Chromium
+//! (tests/browser/dashboard*.js through kit::browser).
+
+use std::path::{Path, PathBuf};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+use crate::kit::clients::Ws;
+use crate::kit::{Server, browser, expect_problem, into_json};
+
+const ADMIN: &str = "dash-admin-token";
+const READER: &str = "dash-reader-token";
+const PUBLISHER: &str = "dash-publisher-token";
+
+/// A hub with `auth.mode = required` and three static tokens: an admin, a reader (subscribe
+/// only) and a publisher (publish and subscribe, no admin).
+async fn required_server() -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("create a config directory");
+    let config = format!(
+        "[auth]\nmode = \"required\"\n\
+         \n[[auth.tokens]]\ntoken = \"{ADMIN}\"\npublish = [\">\"]\nsubscribe = [\">\"]\njobs = [\">\"]\nadmin = true\n\
+         \n[[auth.tokens]]\ntoken = \"{READER}\"\npublish = []\nsubscribe = [\">\"]\njobs = []\nadmin = false\n\
+         \n[[auth.tokens]]\ntoken = \"{PUBLISHER}\"\npublish = [\">\"]\nsubscribe = [\">\"]\njobs = []\nadmin = false\n"
+    );
+    let path: PathBuf = dir.path().join("plexus.toml");
+    std::fs::write(&path, config).expect("write the config");
+    let server = Server::start(&["--config", path.to_str().expect("UTF-8 path")]).await;
+    (server, dir)
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// The page's own files, as index.html names them.
+fn page_files() -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
+    let index = std::fs::read_to_string(root.join("index.html")).expect("read web/index.html");
+    let mut files: Vec<String> = index
+        .split('"')
+        .filter(|s| s.starts_with("/ui/"))
+        .map(str::to_owned)
+        .collect();
+    // Modules the entry point imports.
+    files.push("/ui/live.js".into());
+    files
+}
+
+#[tokio::test]
+async fn the_page_is_served_with_a_strict_csp_an_etag_and_under_300_kb() {
+    let server = Server::start(&[]).await;
+    let resp = server.get("/", &[]).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let headers = resp.headers().clone();
+    let ty = headers["content-type"].to_str().unwrap_or_default();
+    assert!(ty.starts_with("text/html"), "{ty}");
+    let csp = headers["content-security-policy"]
+        .to_str()
+        .unwrap_or_default();
+    assert!(csp.contains("default-src 'self'"), "{csp}");
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
+    assert!(!csp.contains("http:") && !csp.contains("https:") && !csp.contains('*'), "{csp}");
+    let etag = headers["etag"].to_str().unwrap_or_default().to_owned();
+    assert!(etag.starts_with('"'), "a strong ETag: {etag}");
+    let page = resp.text().await.expect("read the page");
+    assert!(!page.contains("<script>") && !page.contains("style="), "no inline code");
+    let mut total = page.len();
+
+    // Revalidation: the same ETag is a 304 with no body.
+    let again = server.get("/", &[("if-none-match", &etag)]).await;
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(again.headers()["etag"].to_str().unwrap_or_default(), etag);
+
+    for file in page_files() {
+        let resp = server.get(&file, &[]).await;
+        assert_eq!(resp.status(), StatusCode::OK, "{file}");
+        assert!(resp.headers().contains_key("content-security-policy"), "{file}");
+        assert!(resp.headers().contains_key("etag"), "{file}");
+        total += resp.bytes().await.expect("read a file").len();
+    }
+    assert!(total < 300 * 1024, "the page weighs {total} bytes");
+
+    // An unknown file is a problem like every error.
+    expect_problem(server.get("/ui/nope.js", &[]).await, 404, "unknown file").await;
+}
+
+#[tokio::test]
+async fn with_auth_required_the_page_loads_but_no_data_without_a_token() {
+    let (server, _dir) = required_server().await;
+    assert_eq!(server.get("/", &[]).await.status(), StatusCode::OK);
+    assert_eq!(server.get("/ui/app.js", &[]).await.status(), StatusCode::OK);
+    expect_problem(server.get("/v1/me", &[]).await, 401, "me without a token").await;
+    expect_problem(server.get("/v1/topics", &[]).await, 401, "topics").await;
+    // A path that looks like a page file but is none still needs a credential.
+    expect_problem(server.get("/ui/nope.js", &[]).await, 401, "not a page file").await;
+}
+
+#[tokio::test]
+async fn me_tells_what_a_token_may_do() {
+    let (server, _dir) = required_server().await;
+    let me = |token: &'static str| {
+        let server = &server;
+        async move {
+            let auth = bearer(token);
+            let resp = server
+                .get("/v1/me?topic=orders", &[("authorization", &auth)])
+                .await;
+            let (status, _, body) = into_json(resp).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body
+        }
+    };
+    let admin = me(ADMIN).await;
+    assert_eq!(admin["auth"], "required");
+    assert_eq!(admin["admin"], true);
+    assert_eq!(
+        admin["topic"],
+        json!({"topic":"orders","publish":true,"subscribe":true,"delete":true})
+    );
+    let reader = me(READER).await;
+    assert_eq!(
+        (reader["admin"].clone(), reader["topic"].clone()),
+        (
+            json!(false),
+            json!({"topic":"orders","publish":false,"subscribe":true,"delete":false})
+        )
+    );
+    let publisher = me(PUBLISHER).await;
+    assert_eq!(publisher["topic"]["publish"], true);
+    assert_eq!(publisher["topic"]["delete"], false);
+
+    let auth = bearer(ADMIN);
+    let bad = server
+        .get("/v1/me?topic=no..topic", &[("authorization", &auth)])
+        .await;
+    expect_problem(bad, 400, "a bad topic").await;
+    let twice = server
+        .get("/v1/me?topic=a&topic=b", &[("authorization", &auth)])
+        .await;
+    expect_problem(twice, 400, "a parameter given twice").await;
+
+    // Open mode: everything.
+    let open = Server::start(&[]).await;
+    let (status, _, body) = open.get_json("/v1/me?topic=_jobs.x").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["auth"], "open");
+    assert_eq!(
+        body["topic"]["publish"], false,
+        "a reserved topic is never publishable: {body}"
+    );
+}
+
+/// A WebSocket on `/v1/ws{query}` with no header at all.
+async fn bare_ws(server: &Server, query: &str) -> Result<Ws, (u16, String)> {
+    let url = format!("ws://{}/v1/ws{query}", server.addr());
+    let request = url.into_client_request().expect("a WebSocket request");
+    Ws::handshake(request).await
+}
+
+#[tokio::test]
+async fn a_websocket_authenticates_by_its_first_frame() {
+    let (server, _dir) = required_server().await;
+    let mut ws = bare_ws(&server, "").await.expect("the upgrade needs no header");
+    let mut early = Vec::new();
+    let ok = ws
+        .call(json!({"op":"auth","id":"a","token":READER}), &mut early)
+        .await;
+    assert_eq!(ok, json!({"op":"ok","id":"a"}));
+    ws.ok(json!({"op":"subscribe","id":1,"topic":"t","since":"0"}), &mut early)
+        .await;
+    let auth = bearer(ADMIN);
+    let resp = server
+        .client()
+        .post(server.url("/v1/topics/t/messages"))
+        .header("authorization", &auth)
+        .body("hello")
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let got = ws.events(1).await;
+    assert_eq!((got[0]["seq"].clone(), got[0]["data"].clone()), (json!(1), json!("hello")));
+
+    // Its rights are the token's: a reader may not publish (403), and the socket lives on.
+    let denied = ws
+        .call(json!({"op":"publish","id":2,"topic":"t","data":"x"}), &mut early)
+        .await;
+    assert_eq!((denied["op"].clone(), denied["status"].clone()), (json!("error"), json!(403)));
+    // `auth` is accepted only as the first frame.
+    let late = ws
+        .call(json!({"op":"auth","id":3,"token":ADMIN}), &mut early)
+        .await;
+    assert_eq!((late["op"].clone(), late["status"].clone()), (json!("error"), json!(400)));
+    ws.ok(json!({"op":"unsubscribe","id":4,"topic":"t"}), &mut early).await;
+}
+
+#[tokio::test]
+async fn a_websocket_without_a_valid_first_auth_frame_gets_401_and_is_closed() {
+    let (server, _dir) = required_server().await;
+    // A bad token.
+    let mut ws = bare_ws(&server, "").await.expect("upgrade");
+    ws.send(json!({"op":"auth","id":1,"token":"not-a-token"})).await;
+    let refused = ws.recv().await;
+    assert_eq!(
+        (refused["op"].clone(), refused["id"].clone(), refused["status"].clone()),
+        (json!("error"), json!(1), json!(401)),
+        "{refused}"
+    );
+    assert!(ws.try_recv().await.is_none(), "the socket closes after a bad token");
+
+    // Another frame first.
+    let mut ws = bare_ws(&server, "").await.expect("upgrade");
+    ws.send(json!({"op":"subscribe","id":1,"topic":"t"})).await;
+    let refused = ws.recv().await;
+    assert_eq!(refused["status"], 401, "{refused}");
+    assert!(ws.try_recv().await.is_none(), "the socket closes");
+
+    // An auth frame without a token is a bad frame, and without a credential the socket closes.
+    let mut ws = bare_ws(&server, "").await.expect("upgrade");
+    ws.send(json!({"op":"auth","id":1})).await;
+    let refused = ws.recv().await;
+    assert_eq!(refused["status"], 400, "{refused}");
+    assert!(ws.try_recv().await.is_none(), "the socket closes");
+
+    // Subscribing at connect still needs a header credential; a bad header is still 401.
+    match bare_ws(&server, "?topic=t").await {
+        Ok(_) => panic!("?topic= without a credential was upgraded"),
+        Err((status, _)) => assert_eq!(status, 401),
+    }
+    let url = format!("ws://{}/v1/ws", server.addr());
+    let mut request = url.into_client_request().expect("a WebSocket request");
+    request.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_static("Bearer not-a-token"),
+    );
+    match Ws::handshake(request).await {
+        Ok(_) => panic!("a bad header credential was upgraded"),
+        Err((status, _)) => assert_eq!(status, 401),
+    }
+}
+
+#[tokio::test]
+async fn a_header_authenticated_or_open_socket_accepts_an_auth_frame_too() {
+    let (server, _dir) = required_server().await;
+    let url = format!("ws://{}/v1/ws", server.addr());
+    let mut request = url.into_client_request().expect("a WebSocket request");
+    let auth = bearer(READER);
+    request.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&auth).expect("a header value"),
+    );
+    let mut ws = Ws::handshake(request).await.expect("upgrade");
+    let mut early = Vec::new();
+    // The frame's token replaces the header's: the publisher may publish.
+    ws.ok(json!({"op":"auth","id":1,"token":PUBLISHER}), &mut early)
+        .await;
+    ws.ok(json!({"op":"publish","id":2,"topic":"t","data":"x"}), &mut early)
+        .await;
+
+    let open = Server::start(&[]).await;
+    let mut ws = Ws::connect(&open, "").await;
+    ws.ok(json!({"op":"auth","id":1,"token":"anything"}), &mut early)
+        .await;
+    ws.ok(json!({"op":"subscribe","id":2,"topic":"t"}), &mut early)
+        .await;
+}
+
+// ---- the page in Chromium ----
+
+fn result_list(v: &Value, key: &str) -> Vec<Value> {
+    v[key].as_array().cloned().unwrap_or_default()
+}
+
+/// Loads clean (CSP header, no console error, nothing off loopback, < 300 KB) and the topics
+/// view is right: 50 messages at 10/s show last seq 50 and a rate of 8 to 12 msg/s.
+#[tokio::test]
+async fn browser_the_page_loads_clean_and_topics_are_right() {
+    let server = Server::start(&[]).await;
+    let r = browser::run("dashboard_topics.js", server.base(), &[]).await;
+    assert!(
+        r["csp"].as_str().unwrap_or_default().contains("default-src 'self'"),
+        "{r}"
+    );
+    assert_eq!(result_list(&r, "consoleErrors"), Vec::<Value>::new(), "{r}");
+    assert_eq!(result_list(&r, "offLoopback"), Vec::<Value>::new(), "{r}");
+    let bytes = r["transferred"].as_u64().unwrap_or(u64::MAX);
+    assert!(bytes < 300 * 1024, "transferred {bytes} bytes: {r}");
+    assert_eq!(r["lastSeq"], "50", "{r}");
+    let rate = r["maxRate"].as_f64().unwrap_or_default();
+    assert!((8.0..=12.0).contains(&rate), "rate {rate}: {r}");
+    let api = server.topic_info("dash.rate").await;
+    assert_eq!(api["last_seq"], 50);
+}
