@@ -55,10 +55,12 @@ export class Live {
     this.mode = "sse";
     this.subs = new Map(); // topic -> {cursor, handler}
     this.sse = null; // AbortController of the streaming fetch
+    this.sseEnded = Promise.resolve(); // settles once the last streaming fetch is torn down
     this.ws = null;
     this.wsReady = false;
     this.retry = null;
     this.pending = false;
+    this.linger = null;
     this.state = "closed";
     this.onState = () => {};
   }
@@ -71,6 +73,8 @@ export class Live {
   }
 
   subscribe(topic, cursor, handler) {
+    clearTimeout(this.linger);
+    this.linger = null;
     this.subs.set(topic, { cursor, handler });
     if (this.mode === "ws" && this.ws && this.wsReady) this.wsSubscribe(topic);
     else if (this.mode === "sse") { this.closeSse(); this.schedule(); }
@@ -82,7 +86,13 @@ export class Live {
     if (this.mode === "ws" && this.ws && this.wsReady) {
       this.ws.send(JSON.stringify({ op: "unsubscribe", topic }));
     } else if (this.mode === "sse") { this.closeSse(); }
-    if (this.subs.size === 0) this.close(); else this.schedule();
+    // A WebSocket left with no subscription lingers a moment: a resume or a replay that
+    // subscribes again right away reuses it instead of holding a second one while the first
+    // closes.
+    if (this.subs.size === 0) {
+      clearTimeout(this.linger);
+      this.linger = setTimeout(() => { this.linger = null; if (this.subs.size === 0) this.close(); }, 2000);
+    } else this.schedule();
   }
 
   cursor(topic) { const s = this.subs.get(topic); return s ? s.cursor : null; }
@@ -103,6 +113,8 @@ export class Live {
   }
 
   close() {
+    clearTimeout(this.linger);
+    this.linger = null;
     clearTimeout(this.retry);
     this.retry = null;
     this.closeSse();
@@ -131,9 +143,16 @@ export class Live {
     sub.handler(event);
   }
 
-  async openSse() {
+  openSse() {
     const ctrl = new AbortController();
     this.sse = ctrl;
+    // A new stream starts only once the one it replaces is gone: the tab never holds two.
+    this.sseEnded = this.sseEnded
+      .then(() => new Promise((r) => setTimeout(r, 25)))
+      .then(() => (this.sse === ctrl ? this.streamSse(ctrl) : undefined));
+  }
+
+  async streamSse(ctrl) {
     const topics = [...this.subs.keys()].map(encodeURIComponent).join(",");
     const since = encodeURIComponent(cursorOf(this.subs));
     this.setState("connecting");

@@ -296,3 +296,20 @@ async fn browser_the_page_loads_clean_and_topics_are_right() {
     let api = server.topic_info("dash.rate").await;
     assert_eq!(api["last_seq"], 50);
 }
+
+/// The tail over SSE, WebSocket, long poll and short poll: 1..20 in order, nothing shown while
+/// paused, 21..25 after resume (none lost), replay from seq 10; and the tab never holds more
+/// than one streaming connection (Chromium's own network events).
+#[tokio::test]
+async fn browser_the_tail_loses_nothing_over_every_transport() {
+    let server = Server::start(&[]).await;
+    let r = browser::run("dashboard_tail.js", server.base(), &[]).await;
+    for transport in ["sse", "ws", "long-poll", "short-poll"] {
+        let t = &r["results"][transport];
+        for check in ["first", "pausedHeld", "resumed", "replayed"] {
+            assert_eq!(t[check], true, "{transport}: {check}: {}", t["shown"]);
+        }
+    }
+    assert_eq!(r["maxOpen"], 1, "streaming connections at once: {r}");
+    assert_eq!(result_list(&r, "consoleErrors"), Vec::<Value>::new(), "{r}");
+}
