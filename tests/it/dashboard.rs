@@ -313,3 +313,58 @@ async fn browser_the_tail_loses_nothing_over_every_transport() {
     assert_eq!(r["maxOpen"], 1, "streaming connections at once: {r}");
     assert_eq!(result_list(&r, "consoleErrors"), Vec::<Value>::new(), "{r}");
 }
+
+/// `auth.mode = required` in the browser: no data before login, no `access_token` in any URL,
+/// the publish form only for a token that may publish (and its message read back through the
+/// API), a forged publish `403`, delete only for an admin.
+#[tokio::test]
+async fn browser_auth_required_hides_what_a_token_may_not_do() {
+    let (server, _dir) = required_server().await;
+    let auth = bearer(ADMIN);
+    let first = server
+        .client()
+        .post(server.url("/v1/topics/dash.auth/messages"))
+        .header("authorization", &auth)
+        .body("first")
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let env = [
+        ("TOKEN_ADMIN", ADMIN),
+        ("TOKEN_READER", READER),
+        ("TOKEN_PUBLISHER", PUBLISHER),
+    ];
+    let r = browser::run("dashboard_auth.js", server.base(), &env).await;
+    assert_eq!(r["dataBeforeLogin"], false, "{r}");
+    assert!(
+        result_list(&r, "apiBeforeLogin").iter().all(|s| s == 401),
+        "every API answer before login is 401: {r}"
+    );
+    assert_eq!(result_list(&r, "tokenInUrl"), Vec::<Value>::new(), "{r}");
+    assert!(r["urls"].as_u64().unwrap_or_default() > 0, "{r}");
+    assert_eq!(r["pubRights"], json!({"form": true, "del": false}), "{r}");
+    assert_eq!(r["readerRights"], json!({"form": false, "del": false}), "{r}");
+    assert_eq!(r["adminRights"], json!({"form": true, "del": true}), "{r}");
+    assert_eq!(r["forged"], 403, "{r}");
+    assert_eq!(result_list(&r, "consoleErrors"), Vec::<Value>::new(), "{r}");
+
+    // The form's message, read back through the API.
+    let seq = r["publishedSeq"].as_u64().expect("a published seq");
+    let resp = server
+        .get(
+            &format!("/v1/topics/dash.auth/messages?since={}", seq - 1),
+            &[("authorization", &auth)],
+        )
+        .await;
+    let (status, _, page) = into_json(resp).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let m = &page["messages"][0];
+    assert_eq!(
+        (m["seq"].as_u64(), m["data"].clone(), m["event"].clone()),
+        (Some(seq), json!("from the form"), json!("created")),
+        "{page}"
+    );
+    // The forged publish stored nothing.
+    assert_eq!(page["messages"].as_array().map(Vec::len), Some(1), "{page}");
+}
