@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Uri, header};
+use axum::http::{HeaderMap, Method, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -68,7 +68,9 @@ pub async fn authenticate(
         return next.run(req).await;
     }
     // The dashboard's files hold no data; the page must load to ask for a token.
-    if super::dashboard::is_page(req.uri().path()) {
+    if matches!(*req.method(), Method::GET | Method::HEAD)
+        && super::dashboard::is_page(req.uri().path())
+    {
         return next.run(req).await;
     }
     let credential = bearer(req.headers()).or_else(|| query_token(req.uri()));

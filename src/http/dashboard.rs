@@ -41,7 +41,11 @@ const ASSETS: [(&str, &str, &[u8]); 4] = [
         "text/css; charset=utf-8",
         include_bytes!("../../web/app.css"),
     ),
-    ("icon.svg", "image/svg+xml", include_bytes!("../../web/icon.svg")),
+    (
+        "icon.svg",
+        "image/svg+xml",
+        include_bytes!("../../web/icon.svg"),
+    ),
 ];
 
 const INDEX: &[u8] = include_bytes!("../../web/index.html");
@@ -49,7 +53,10 @@ const INDEX: &[u8] = include_bytes!("../../web/index.html");
 /// Whether `path` is one of the page's files, served to anyone: they hold no data, and the
 /// page must load to ask for a token.
 pub(super) fn is_page(path: &str) -> bool {
-    path == "/" || path.strip_prefix("/ui/").is_some_and(|f| asset(f).is_some())
+    path == "/"
+        || path
+            .strip_prefix("/ui/")
+            .is_some_and(|f| asset(f).is_some())
 }
 
 fn asset(name: &str) -> Option<(&'static str, &'static [u8])> {
@@ -96,10 +103,17 @@ fn serve(headers: &HeaderMap, ty: &'static str, bytes: &'static [u8]) -> Respons
     let mut response = if matches {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        ([(header::CONTENT_TYPE, HeaderValue::from_static(ty))], bytes).into_response()
+        (
+            [(header::CONTENT_TYPE, HeaderValue::from_static(ty))],
+            bytes,
+        )
+            .into_response()
     };
     let h = response.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
     // Revalidate each load (a 304 costs a few bytes): a new binary's page is seen at once.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(
@@ -116,9 +130,21 @@ fn serve(headers: &HeaderMap, ty: &'static str, bytes: &'static [u8]) -> Respons
     response
 }
 
-/// `GET /v1/me[?topic=T]`: the auth mode, whether the caller is an admin, and with `topic`
-/// what it may do there. A hint for the page only: every route checks its right itself.
-async fn me(
+/// What this credential may do
+///
+/// The auth mode, whether the caller is an admin, and with `topic` what it may do there
+/// (`publish`, `subscribe`, `delete`). A hint for pages: every route checks its right itself.
+#[utoipa::path(
+    get,
+    path = "/v1/me",
+    tag = "manage",
+    params(("topic" = Option<String>, Query, description = "A topic to report the caller's rights on")),
+    responses(
+        (status = 200, description = "`{\"auth\":\"open|required\",\"admin\",\"topic\"?:{\"topic\",\"publish\",\"subscribe\",\"delete\"}}`", content_type = "application/json"),
+        (status = 400, description = "A bad topic or parameter", body = super::schema::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn me(
     State(state): State<AppState>,
     caller: Caller,
     query: QueryPairs,

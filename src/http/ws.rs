@@ -33,9 +33,8 @@ use crate::model::{NewMessage, Since, Topic, TopicList};
 use crate::server::ClientAddr;
 use crate::wire::frames::ws_gap;
 use crate::wire::ws::{
-    CLOSE_RESTARTING, CLOSE_SILENT_PEER, CLOSE_UNAUTHORIZED, Close, Command, Reply,
-    auth_ok_frame, decode_client_frame, disconnect_frame, error_frame, ok_frame,
-    subscription_error_frame,
+    CLOSE_RESTARTING, CLOSE_SILENT_PEER, CLOSE_UNAUTHORIZED, Close, Command, Reply, auth_ok_frame,
+    decode_client_frame, disconnect_frame, error_frame, ok_frame, subscription_error_frame,
 };
 
 const PING_EVERY: Duration = Duration::from_secs(30);
@@ -89,6 +88,12 @@ async fn upgrade(
         (Err(e), None) => return Err(e),
     };
     let client = client.map(|Extension(ClientAddr(addr))| addr.ip());
+    // Only an upgrade may come without a credential; any other request is refused as before.
+    if caller.is_none() && ws.is_err() {
+        return Err(ApiError::unauthorized(
+            "no credential: send Authorization: Bearer, or upgrade and send an auth frame",
+        ));
+    }
     let ws = ws.map_err(|e| {
         ApiError::bad_request(format!("not a WebSocket upgrade: {}", e.body_text()))
     })?;
@@ -381,7 +386,10 @@ impl Session {
         };
         // A socket without a credential gets one chance: a bad first frame closes it.
         let authorized = self.caller.is_some();
-        (answer.unwrap_or_else(|e| refuse(id.as_ref(), &e)), authorized)
+        (
+            answer.unwrap_or_else(|e| refuse(id.as_ref(), &e)),
+            authorized,
+        )
     }
 
     /// The `auth` frame: accepted only as the socket's first frame, by every client (a
@@ -419,9 +427,9 @@ impl Session {
         id: Option<&Value>,
     ) -> Result<String, FrameRefusal> {
         match command {
-            Command::Auth { .. } => {
-                Err(FrameRefusal::bad_request("auth is accepted only as the socket's first frame"))
-            }
+            Command::Auth { .. } => Err(FrameRefusal::bad_request(
+                "auth is accepted only as the socket's first frame",
+            )),
             Command::Subscribe { topic, since, slow } => {
                 self.caller()?.subscribe(&self.state.jobs, &topic).await?;
                 let next = self.subscribe(topic.clone(), &since, slow).await?;

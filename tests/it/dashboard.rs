@@ -63,12 +63,21 @@ async fn the_page_is_served_with_a_strict_csp_an_etag_and_under_300_kb() {
         .unwrap_or_default();
     assert!(csp.contains("default-src 'self'"), "{csp}");
     assert!(csp.contains("script-src 'self'"), "{csp}");
-    assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
-    assert!(!csp.contains("http:") && !csp.contains("https:") && !csp.contains('*'), "{csp}");
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+        "{csp}"
+    );
+    assert!(
+        !csp.contains("http:") && !csp.contains("https:") && !csp.contains('*'),
+        "{csp}"
+    );
     let etag = headers["etag"].to_str().unwrap_or_default().to_owned();
     assert!(etag.starts_with('"'), "a strong ETag: {etag}");
     let page = resp.text().await.expect("read the page");
-    assert!(!page.contains("<script>") && !page.contains("style="), "no inline code");
+    assert!(
+        !page.contains("<script>") && !page.contains("style="),
+        "no inline code"
+    );
     let mut total = page.len();
 
     // Revalidation: the same ETag is a 304 with no body.
@@ -79,7 +88,10 @@ async fn the_page_is_served_with_a_strict_csp_an_etag_and_under_300_kb() {
     for file in page_files() {
         let resp = server.get(&file, &[]).await;
         assert_eq!(resp.status(), StatusCode::OK, "{file}");
-        assert!(resp.headers().contains_key("content-security-policy"), "{file}");
+        assert!(
+            resp.headers().contains_key("content-security-policy"),
+            "{file}"
+        );
         assert!(resp.headers().contains_key("etag"), "{file}");
         total += resp.bytes().await.expect("read a file").len();
     }
@@ -165,14 +177,19 @@ async fn bare_ws(server: &Server, query: &str) -> Result<Ws, (u16, String)> {
 #[tokio::test]
 async fn a_websocket_authenticates_by_its_first_frame() {
     let (server, _dir) = required_server().await;
-    let mut ws = bare_ws(&server, "").await.expect("the upgrade needs no header");
+    let mut ws = bare_ws(&server, "")
+        .await
+        .expect("the upgrade needs no header");
     let mut early = Vec::new();
     let ok = ws
         .call(json!({"op":"auth","id":"a","token":READER}), &mut early)
         .await;
     assert_eq!(ok, json!({"op":"ok","id":"a"}));
-    ws.ok(json!({"op":"subscribe","id":1,"topic":"t","since":"0"}), &mut early)
-        .await;
+    ws.ok(
+        json!({"op":"subscribe","id":1,"topic":"t","since":"0"}),
+        &mut early,
+    )
+    .await;
     let auth = bearer(ADMIN);
     let resp = server
         .client()
@@ -184,19 +201,32 @@ async fn a_websocket_authenticates_by_its_first_frame() {
         .expect("publish");
     assert_eq!(resp.status(), StatusCode::CREATED);
     let got = ws.events(1).await;
-    assert_eq!((got[0]["seq"].clone(), got[0]["data"].clone()), (json!(1), json!("hello")));
+    assert_eq!(
+        (got[0]["seq"].clone(), got[0]["data"].clone()),
+        (json!(1), json!("hello"))
+    );
 
     // Its rights are the token's: a reader may not publish (403), and the socket lives on.
     let denied = ws
-        .call(json!({"op":"publish","id":2,"topic":"t","data":"x"}), &mut early)
+        .call(
+            json!({"op":"publish","id":2,"topic":"t","data":"x"}),
+            &mut early,
+        )
         .await;
-    assert_eq!((denied["op"].clone(), denied["status"].clone()), (json!("error"), json!(403)));
+    assert_eq!(
+        (denied["op"].clone(), denied["status"].clone()),
+        (json!("error"), json!(403))
+    );
     // `auth` is accepted only as the first frame.
     let late = ws
         .call(json!({"op":"auth","id":3,"token":ADMIN}), &mut early)
         .await;
-    assert_eq!((late["op"].clone(), late["status"].clone()), (json!("error"), json!(400)));
-    ws.ok(json!({"op":"unsubscribe","id":4,"topic":"t"}), &mut early).await;
+    assert_eq!(
+        (late["op"].clone(), late["status"].clone()),
+        (json!("error"), json!(400))
+    );
+    ws.ok(json!({"op":"unsubscribe","id":4,"topic":"t"}), &mut early)
+        .await;
 }
 
 #[tokio::test]
@@ -204,14 +234,22 @@ async fn a_websocket_without_a_valid_first_auth_frame_gets_401_and_is_closed() {
     let (server, _dir) = required_server().await;
     // A bad token.
     let mut ws = bare_ws(&server, "").await.expect("upgrade");
-    ws.send(json!({"op":"auth","id":1,"token":"not-a-token"})).await;
+    ws.send(json!({"op":"auth","id":1,"token":"not-a-token"}))
+        .await;
     let refused = ws.recv().await;
     assert_eq!(
-        (refused["op"].clone(), refused["id"].clone(), refused["status"].clone()),
+        (
+            refused["op"].clone(),
+            refused["id"].clone(),
+            refused["status"].clone()
+        ),
         (json!("error"), json!(1), json!(401)),
         "{refused}"
     );
-    assert!(ws.try_recv().await.is_none(), "the socket closes after a bad token");
+    assert!(
+        ws.try_recv().await.is_none(),
+        "the socket closes after a bad token"
+    );
 
     // Another frame first.
     let mut ws = bare_ws(&server, "").await.expect("upgrade");
@@ -259,8 +297,11 @@ async fn a_header_authenticated_or_open_socket_accepts_an_auth_frame_too() {
     // The frame's token replaces the header's: the publisher may publish.
     ws.ok(json!({"op":"auth","id":1,"token":PUBLISHER}), &mut early)
         .await;
-    ws.ok(json!({"op":"publish","id":2,"topic":"t","data":"x"}), &mut early)
-        .await;
+    ws.ok(
+        json!({"op":"publish","id":2,"topic":"t","data":"x"}),
+        &mut early,
+    )
+    .await;
 
     let open = Server::start(&[]).await;
     let mut ws = Ws::connect(&open, "").await;
@@ -283,7 +324,10 @@ async fn browser_the_page_loads_clean_and_topics_are_right() {
     let server = Server::start(&[]).await;
     let r = browser::run("dashboard_topics.js", server.base(), &[]).await;
     assert!(
-        r["csp"].as_str().unwrap_or_default().contains("default-src 'self'"),
+        r["csp"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("default-src 'self'"),
         "{r}"
     );
     assert_eq!(result_list(&r, "consoleErrors"), Vec::<Value>::new(), "{r}");
@@ -344,7 +388,11 @@ async fn browser_auth_required_hides_what_a_token_may_not_do() {
     assert_eq!(result_list(&r, "tokenInUrl"), Vec::<Value>::new(), "{r}");
     assert!(r["urls"].as_u64().unwrap_or_default() > 0, "{r}");
     assert_eq!(r["pubRights"], json!({"form": true, "del": false}), "{r}");
-    assert_eq!(r["readerRights"], json!({"form": false, "del": false}), "{r}");
+    assert_eq!(
+        r["readerRights"],
+        json!({"form": false, "del": false}),
+        "{r}"
+    );
     assert_eq!(r["adminRights"], json!({"form": true, "del": true}), "{r}");
     assert_eq!(r["forged"], 403, "{r}");
     assert_eq!(result_list(&r, "consoleErrors"), Vec::<Value>::new(), "{r}");
