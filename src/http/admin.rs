@@ -13,6 +13,7 @@ use super::error::ApiError;
 use super::extract::{Params, QueryPairs, path_param};
 use super::schema;
 use super::state::AppState;
+use crate::auth::AuthMode;
 use crate::model::TopicInfo;
 use crate::model::{Topic, format_rfc3339_millis};
 
@@ -23,6 +24,7 @@ pub fn routes() -> Router<AppState> {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/v1/me", get(me))
 }
 
 /// Prometheus text: every family recorded through the `metrics` facade, then the listener's
@@ -279,4 +281,41 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     state.hub.ready().await?;
     Ok(Json(serde_json::json!({"status": "ready"})))
+}
+
+/// What this credential may do
+///
+/// The auth mode, whether the caller is an admin, and with `topic` what it may do there
+/// (`publish`, `subscribe`, `delete`). A hint for pages: every route checks its right itself.
+#[utoipa::path(
+    get,
+    path = "/v1/me",
+    tag = "manage",
+    params(("topic" = Option<String>, Query, description = "A topic to report the caller's rights on")),
+    responses(
+        (status = 200, description = "`{\"auth\":\"open|required\",\"admin\",\"topic\"?:{\"topic\",\"publish\",\"subscribe\",\"delete\"}}`", content_type = "application/json"),
+        (status = 400, description = "A bad topic or parameter", body = schema::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn me(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: QueryPairs,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let params = Params::from(query)?;
+    let mode = match state.auth.mode() {
+        AuthMode::Open => "open",
+        AuthMode::Required => "required",
+    };
+    let mut body = serde_json::json!({"auth": mode, "admin": caller.0.is_admin()});
+    if let Some(topic) = params.get("topic")? {
+        let topic: Topic = topic.parse()?;
+        body["topic"] = serde_json::json!({
+            "topic": topic.as_str(),
+            "publish": caller.0.can_publish(&topic) && !topic.is_reserved(),
+            "subscribe": caller.may_read(&state.jobs, &topic).await?,
+            "delete": caller.0.is_admin() && !topic.is_reserved(),
+        });
+    }
+    Ok(Json(body))
 }

@@ -1,22 +1,16 @@
 //! The dashboard: a single-page app under `web/`, embedded in the binary at build time (no
 //! Node, no download, nothing fetched at run time), served at `/` and `/ui/…` with a strict
 //! Content-Security-Policy and an ETag. It is one more client of the public API
-//! (docs/API.md, "The dashboard"); the only route it adds is `GET /v1/me`, what the caller's
-//! credential may do, so the page can hide what the server would refuse anyway.
+//! (docs/API.md §12); the one route added for it, `GET /v1/me` (what the caller's credential
+//! may do, so the page can hide what the server would refuse anyway), is in `admin.rs`.
 
-use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::auth::Caller;
 use super::error::ApiError;
-use super::extract::{Params, QueryPairs};
-use super::state::AppState;
-use crate::auth::AuthMode;
-use crate::model::Topic;
 
 /// No inline script or style, nothing from another origin, no framing; `connect-src 'self'`
 /// also covers the same origin's `ws:`/`wss:` (CSP Level 3).
@@ -66,11 +60,12 @@ fn asset(name: &str) -> Option<(&'static str, &'static [u8])> {
         .map(|(_, ty, bytes)| (*ty, *bytes))
 }
 
-pub fn routes() -> Router<AppState> {
+/// The page's routes; they need no state, so this file sits at the bottom of `http/` beside
+/// `error` (the credential middleware asks it which paths are the page's).
+pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(index))
         .route("/ui/{file}", get(file))
-        .route("/v1/me", get(me))
 }
 
 async fn index(headers: HeaderMap) -> Response {
@@ -128,43 +123,6 @@ fn serve(headers: &HeaderMap, ty: &'static str, bytes: &'static [u8]) -> Respons
         h.insert(header::ETAG, tag);
     }
     response
-}
-
-/// What this credential may do
-///
-/// The auth mode, whether the caller is an admin, and with `topic` what it may do there
-/// (`publish`, `subscribe`, `delete`). A hint for pages: every route checks its right itself.
-#[utoipa::path(
-    get,
-    path = "/v1/me",
-    tag = "manage",
-    params(("topic" = Option<String>, Query, description = "A topic to report the caller's rights on")),
-    responses(
-        (status = 200, description = "`{\"auth\":\"open|required\",\"admin\",\"topic\"?:{\"topic\",\"publish\",\"subscribe\",\"delete\"}}`", content_type = "application/json"),
-        (status = 400, description = "A bad topic or parameter", body = super::schema::Problem, content_type = "application/problem+json"),
-    )
-)]
-pub(super) async fn me(
-    State(state): State<AppState>,
-    caller: Caller,
-    query: QueryPairs,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let params = Params::from(query)?;
-    let mode = match state.auth.mode() {
-        AuthMode::Open => "open",
-        AuthMode::Required => "required",
-    };
-    let mut body = serde_json::json!({"auth": mode, "admin": caller.0.is_admin()});
-    if let Some(topic) = params.get("topic")? {
-        let topic: Topic = topic.parse()?;
-        body["topic"] = serde_json::json!({
-            "topic": topic.as_str(),
-            "publish": caller.0.can_publish(&topic) && !topic.is_reserved(),
-            "subscribe": caller.may_read(&state.jobs, &topic).await?,
-            "delete": caller.0.is_admin() && !topic.is_reserved(),
-        });
-    }
-    Ok(Json(body))
 }
 
 #[cfg(test)]

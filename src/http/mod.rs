@@ -6,15 +6,15 @@
 //!   (the one mapping of errors to problems and to WebSocket error statuses), `extract` (our
 //!   parsing of paths, queries, headers and bodies), `auth` (the `Caller` and its middleware),
 //!   `limits` (rate, body timeout), `client` (the client behind a trusted proxy), `origin`
-//!   (Host and Origin checks of an open hub) and `trace` (middleware), and `schema` (the
-//!   OpenAPI schema types);
+//!   (Host and Origin checks of an open hub) and `trace` (middleware), `schema` (the
+//!   OpenAPI schema types), and `dashboard` (the embedded single-page app at `/`, which needs
+//!   no state; the credential middleware asks it which paths are the page's);
 //! - over those, `streaming`: what every stream shares (its parameters, the cursor after each
 //!   event, the open-stream gauge, keepalives, ending on shutdown); SSE and NDJSON are built
 //!   on it, the WebSocket takes its gauge and keeps its own ping and close handshake, since
 //!   frames flow both ways on it;
 //! - above them the handlers, each registering its own routes: `publish`, `poll`, `sse`,
-//!   `ndjson`, `ws`, `admin`, `jobs`, `consumers`, `webhooks`, `dashboard` (the embedded
-//!   single-page app at `/`);
+//!   `ndjson`, `ws`, `admin`, `jobs`, `consumers`, `webhooks`;
 //! - on top `openapi`, which names the handlers, and this file, which assembles the router.
 //!
 //! Every byte a stream or socket sends (messages, gaps and control frames alike) is encoded in

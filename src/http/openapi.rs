@@ -110,7 +110,7 @@ async fn openapi_json(State(state): State<AppState>) -> Response {
         super::webhooks::show,
         super::webhooks::remove,
         super::webhooks::act,
-        super::dashboard::me,
+        super::admin::me,
         openapi_json,
     ),
     components(schemas(
