@@ -416,3 +416,66 @@ async fn browser_auth_required_hides_what_a_token_may_not_do() {
     // The forged publish stored nothing.
     assert_eq!(page["messages"].as_array().map(Vec::len), Some(1), "{page}");
 }
+
+/// Light and dark at 1280 and 375 px: the main text's contrast is at least 4.5:1 (computed in
+/// the browser), dark really is dark, nothing scrolls sideways at 375 px, the toggle survives a
+/// reload; the screenshots are written under target/ (docs/dashboard-*.png are copies).
+#[tokio::test]
+async fn browser_light_and_dark_are_readable_at_1280_and_375() {
+    let server = Server::start(&[]).await;
+    let topic = "orders.eu";
+    for i in 1..=12 {
+        let event = if i % 3 == 0 { "refunded" } else { "created" };
+        let resp = server
+            .client()
+            .post(server.url(&format!("/v1/topics/{topic}/messages")))
+            .header("plexus-event", event)
+            .body(format!("{{\"order\":{i},\"total\":{}}}", i * 7))
+            .send()
+            .await
+            .expect("publish");
+        assert_eq!(resp.status(), StatusCode::CREATED);
+    }
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard-screenshots");
+    std::fs::create_dir_all(&shots).expect("create the screenshot directory");
+    let shots_env = shots.to_str().expect("UTF-8 path");
+    let r = browser::run(
+        "dashboard_looks.js",
+        server.base(),
+        &[("SHOTS", shots_env), ("TOPIC", topic)],
+    )
+    .await;
+    for (key, ratios) in r["contrast"].as_object().expect("contrast figures") {
+        for (what, ratio) in ratios.as_object().expect("ratios") {
+            if what == "backgroundLuminance" {
+                continue;
+            }
+            let ratio = ratio.as_f64().unwrap_or_default();
+            assert!(ratio >= 4.5, "{key}: {what} has contrast {ratio}: {r}");
+        }
+    }
+    for width in [1280, 375] {
+        let dark = r["contrast"][format!("dark-{width}")]["backgroundLuminance"]
+            .as_f64()
+            .unwrap_or(1.0);
+        assert!(dark < 0.2, "dark at {width}: luminance {dark}");
+    }
+    for (key, overflow) in r["overflow"].as_object().expect("overflow figures") {
+        assert!(
+            overflow.as_i64().unwrap_or(1) <= 0,
+            "{key} scrolls sideways: {r}"
+        );
+    }
+    assert_eq!(
+        r["toggle"]["before"], "light",
+        "the system's theme first: {r}"
+    );
+    assert_eq!(r["toggle"]["after"], "dark", "the toggle survives a reload: {r}");
+    for shot in result_list(&r, "shots") {
+        let len = std::fs::metadata(shot.as_str().unwrap_or_default())
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(len > 1000, "{shot} is empty");
+    }
+    assert_eq!(result_list(&r, "consoleErrors"), Vec::<Value>::new(), "{r}");
+}
