@@ -470,12 +470,55 @@ async fn browser_light_and_dark_are_readable_at_1280_and_375() {
         r["toggle"]["before"], "light",
         "the system's theme first: {r}"
     );
-    assert_eq!(r["toggle"]["after"], "dark", "the toggle survives a reload: {r}");
+    assert_eq!(
+        r["toggle"]["after"], "dark",
+        "the toggle survives a reload: {r}"
+    );
     for shot in result_list(&r, "shots") {
         let len = std::fs::metadata(shot.as_str().unwrap_or_default())
             .map(|m| m.len())
             .unwrap_or(0);
         assert!(len > 1000, "{shot} is empty");
     }
+    assert_eq!(result_list(&r, "consoleErrors"), Vec::<Value>::new(), "{r}");
+}
+
+/// The Connections view equals `/metrics` (by protocol: HTTP/1.1 and h2c; by transport: SSE,
+/// NDJSON) with streams held by other clients; four tabs each tailing a topic over SSE stay
+/// live, and an API call from one answers within a second (generous: the browser's
+/// 6-connection pool is what would stall it).
+#[tokio::test]
+async fn browser_connections_match_metrics_and_four_tabs_stay_live() {
+    let server = Server::start(&[]).await;
+    server.publish("dash.conn", "x").await;
+    let r = browser::run("dashboard_live.js", server.base(), &[]).await;
+    assert_eq!(r["agreed"], true, "{r}");
+    assert_eq!(r["shown"]["transport:sse"], 4, "{r}");
+    assert_eq!(r["shown"]["transport:ndjson"], 1, "{r}");
+    assert!(r["shown"]["protocol:h2c"].as_u64() >= Some(1), "{r}");
+    assert_eq!(r["live"], json!([true, true, true, true]), "{r}");
+    let ms = r["apiMs"].as_f64().unwrap_or(f64::MAX);
+    assert!(
+        ms < 1000.0,
+        "an API call took {ms} ms with four tabs open: {r}"
+    );
+    assert_eq!(result_list(&r, "consoleErrors"), Vec::<Value>::new(), "{r}");
+}
+
+/// An idle dashboard for 60 s costs the hub under 1 % of a core and at most 1 request/s.
+#[tokio::test]
+async fn browser_an_idle_dashboard_costs_the_hub_almost_nothing() {
+    let server = Server::start(&[]).await;
+    server.publish("dash.idle", "x").await;
+    let pid = server.pid().to_string();
+    let r = browser::run("dashboard_idle.js", server.base(), &[("HUB_PID", &pid)]).await;
+    let rps = r["requestsPerSecond"].as_f64().unwrap_or(f64::MAX);
+    assert!(rps <= 1.0, "{rps} requests/s: {r}");
+    assert!(
+        r["requests"].as_u64() > Some(0),
+        "the page keeps refreshing: {r}"
+    );
+    let share = r["cpuShare"].as_f64().unwrap_or(f64::MAX);
+    assert!(share < 0.01, "the hub spent {share} of a core: {r}");
     assert_eq!(result_list(&r, "consoleErrors"), Vec::<Value>::new(), "{r}");
 }
