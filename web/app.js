@@ -379,6 +379,69 @@ function labView(main) {
   return () => { clearTimeout(timer); if (run) live.unsubscribe(`_lab.${run}`); };
 }
 
+// The jobs: each job's state is the last event of its topic `_jobs.{id}` (docs/API.md §2.5),
+// read 64 topics per poll; a job whose last event is a progress report is asked for directly.
+const STATES = ["queued", "running", "succeeded", "dead"];
+
+async function loadJobs() {
+  const list = await json("/v1/topics?after=_jobs&limit=1000");
+  const topics = list.topics.filter((t) => t.topic.startsWith("_jobs.") && t.last_seq >= t.first_seq);
+  const jobs = [];
+  for (let i = 0; i < topics.length; i += 64) {
+    const chunk = topics.slice(i, i + 64);
+    const names = chunk.map((t) => t.topic).join(",");
+    const since = chunk.map((t) => `${t.topic}:${t.last_seq - 1}`).join(",");
+    const page = await json(`/v1/topics/${names}/messages?since=${encodeURIComponent(since)}&limit=1000`);
+    const last = new Map();
+    for (const m of page.messages) last.set(m.topic, m);
+    for (const t of chunk) {
+      const m = last.get(t.topic);
+      if (m && STATES.includes(m.event)) {
+        try { jobs.push(JSON.parse(m.data)); continue; } catch (_) { /* asked below */ }
+      }
+      try { jobs.push(await json(`/v1/jobs/${t.topic.slice(6)}`)); } catch (_) { /* finished and purged */ }
+    }
+  }
+  return jobs;
+}
+
+function jobsView(main) {
+  const counts = el("tbody");
+  const dead = el("tbody");
+  const status = el("p", { id: "jobs-status", class: "status", role: "status" });
+  main.append(el("h2", { text: "Jobs" }),
+    el("table", { id: "job-counts" }, el("thead", {}, el("tr", {}, el("th", { text: "Queue" }),
+      ...STATES.map((st) => el("th", { class: "num", text: st })))), counts),
+    el("h3", { text: "Dead jobs" }),
+    el("table", { id: "dead-jobs" }, el("thead", {}, el("tr", {}, el("th", { text: "Job" }), el("th", { text: "Queue" }),
+      el("th", { class: "num", text: "Attempts" }), el("th", { text: "Error" }), el("th", { text: "" }))), dead), status);
+  let refresh = async () => {};
+  const retry = async (id) => {
+    try { await json(`/v1/jobs/${id}/retry`, { method: "POST" }); status.textContent = `job ${id} queued again`; }
+    catch (e) { status.textContent = problemText(e); }
+    await refresh();
+  };
+  refresh = async () => {
+    try {
+      const jobs = await loadJobs();
+      const byQueue = new Map();
+      for (const j of jobs) {
+        const c = byQueue.get(j.queue) || Object.fromEntries(STATES.map((st) => [st, 0]));
+        c[j.state] = (c[j.state] || 0) + 1;
+        byQueue.set(j.queue, c);
+      }
+      counts.replaceChildren(...[...byQueue.entries()].sort().map(([q, c]) => el("tr", { "data-queue": q },
+        el("th", { text: q }), ...STATES.map((st) => el("td", { class: `num ${st}`, text: String(c[st]) })))));
+      dead.replaceChildren(...jobs.filter((j) => j.state === "dead").map((j) => el("tr", { "data-job": j.id },
+        el("td", {}, el("code", { text: j.id })), el("td", { text: j.queue }),
+        el("td", { class: "num", text: String(j.attempts) }), el("td", { class: "error-text", text: j.error || "" }),
+        el("td", {}, el("button", { type: "button", class: "retry", onclick: () => retry(j.id), text: "Retry" })))));
+      if (!status.textContent.startsWith("job ")) status.textContent = jobs.length ? "" : "No jobs.";
+    } catch (e) { status.textContent = problemText(e); }
+  };
+  return visibleTimer(refresh, 5000);
+}
+
 // ---- shell: login, navigation ----
 let stopView = () => {};
 
@@ -391,6 +454,7 @@ function route() {
   const m = /^#\/topic\/(.+)$/.exec(hash);
   if (m) stopView = topicView(main, decodeURIComponent(m[1]));
   else if (hash === "#/connections") stopView = connectionsView(main);
+  else if (hash === "#/jobs") stopView = jobsView(main);
   else if (hash === "#/consumers") stopView = consumersView(main);
   else if (hash === "#/lab") stopView = labView(main);
   else stopView = topicsView(main);

@@ -66,6 +66,8 @@ const IDEMPOTENCY_CONFLICT: ProblemType = ProblemType::new(
 );
 const STALE_LEASE: ProblemType =
     ProblemType::new(StatusCode::CONFLICT, "stale-lease", "Stale lease");
+const JOB_NOT_DEAD: ProblemType =
+    ProblemType::new(StatusCode::CONFLICT, "job-not-dead", "Job not dead");
 const TOO_LARGE: ProblemType = ProblemType::new(
     StatusCode::PAYLOAD_TOO_LARGE,
     "too-large",
@@ -146,7 +148,7 @@ const ADDRESS_NOT_ALLOWED: ProblemType = ProblemType::new(
 );
 
 /// Every problem type the API answers with, each once.
-pub const PROBLEM_TYPES: [&ProblemType; 25] = [
+pub const PROBLEM_TYPES: [&ProblemType; 26] = [
     &BAD_REQUEST,
     &BAD_TOPIC,
     &BAD_SINCE,
@@ -159,6 +161,7 @@ pub const PROBLEM_TYPES: [&ProblemType; 25] = [
     &METHOD_NOT_ALLOWED,
     &IDEMPOTENCY_CONFLICT,
     &STALE_LEASE,
+    &JOB_NOT_DEAD,
     &TOO_LARGE,
     &RATE_LIMITED,
     &UNAVAILABLE,
@@ -350,6 +353,7 @@ impl From<JobError> for ApiError {
             JobError::Hub(e) => e.into(),
             JobError::UnknownJob(_) => ApiError::not_found(e.to_string()),
             JobError::StaleLease(_) => ApiError::new(&STALE_LEASE, e.to_string()),
+            JobError::NotDead(..) => ApiError::new(&JOB_NOT_DEAD, e.to_string()),
         }
     }
 }

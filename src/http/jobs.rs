@@ -30,6 +30,7 @@ pub fn routes(options: &HttpOptions) -> Router<AppState> {
         )
         .route("/v1/queues/{queue}/claim", post(claim))
         .route("/v1/jobs/{id}", get(status))
+        .route("/v1/jobs/{id}/retry", post(retry))
         .route(
             "/v1/jobs/{id}/{action}",
             super::extract::body_limit(post(act), options.max_message_bytes),
@@ -226,6 +227,34 @@ async fn claim(
         Some(job) => Ok(json(StatusCode::OK, job_json(&job, true))),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
+}
+
+/// Retry a dead job
+///
+/// Puts a `dead` job back on its queue at once, its attempts counted afresh. Needs `jobs` on
+/// the job's queue; a job in any other state is `409` `job-not-dead`.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/retry",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job id")),
+    responses(
+        (status = 200, description = "The job, queued again", body = schema::Job),
+        (status = 403, description = "This credential may not do that", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job is not dead", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable or the hub is draining (see Retry-After)", body = schema::Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn retry(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = job_id(&path_param(path)?)?;
+    caller.queue(&state.jobs.get(&id).await?.queue)?;
+    let job = state.jobs.retry(&id).await?;
+    Ok(json(StatusCode::OK, job_json(&job, false)))
 }
 
 /// Heartbeat, report progress, complete or fail a claimed job (workers)

@@ -100,6 +100,7 @@ async fn openapi_json(State(state): State<AppState>) -> Response {
         super::jobs::claim,
         super::jobs::status,
         super::jobs::act,
+        super::jobs::retry,
         super::consumers::create,
         super::consumers::show,
         super::consumers::list,

@@ -60,6 +60,8 @@ pub enum JobError {
     UnknownJob(JobId),
     /// The lease ran out or was replaced by a newer claim.
     StaleLease(JobId),
+    /// A retry of a job that is not `dead` (its state).
+    NotDead(JobId, JobState),
 }
 
 impl fmt::Display for JobError {
@@ -70,6 +72,11 @@ impl fmt::Display for JobError {
             JobError::StaleLease(id) => write!(
                 f,
                 "this lease of job {id} ran out or was replaced by a newer claim"
+            ),
+            JobError::NotDead(id, state) => write!(
+                f,
+                "job {id} is {}: only a dead job can be retried",
+                state.as_str()
             ),
         }
     }
@@ -379,6 +386,27 @@ impl Jobs {
             .save_announced(job, Some(token.to_owned()), Box::new(state_events))
             .await?;
         Self::count_transition(&job);
+        Ok(job)
+    }
+
+    /// A dead job back to its queue (an operator's retry): `queued` at once, its attempts
+    /// counted afresh, its last error kept until it runs again. The save expects no lease, as a
+    /// dead job has none, so two retries at once queue it once.
+    pub async fn retry(&self, id: &JobId) -> Result<Job, JobError> {
+        let mut job = self.get(id).await?;
+        if job.state != JobState::Dead {
+            return Err(JobError::NotDead(job.id, job.state));
+        }
+        job.state = JobState::Queued;
+        job.attempts = 0;
+        job.run_at = None;
+        job.updated = now_millis();
+        let job = self
+            .store
+            .save_announced(job, None, Box::new(state_events))
+            .await?;
+        Self::count_transition(&job);
+        self.wake_one(&job.queue);
         Ok(job)
     }
 

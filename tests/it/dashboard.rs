@@ -522,3 +522,145 @@ async fn browser_an_idle_dashboard_costs_the_hub_almost_nothing() {
     assert!(share < 0.01, "the hub spent {share} of a core: {r}");
     assert_eq!(result_list(&r, "consoleErrors"), Vec::<Value>::new(), "{r}");
 }
+
+/// `POST /v1/jobs/{id}/retry`: a dead job goes back to its queue; any other state is `409`
+/// `job-not-dead`, an unknown job `404`. Returns the ids (succeeded, dead, queued) of a queue
+/// set up for the Jobs view.
+async fn jobs_in_every_state(server: &Server, queue: &str) -> (String, String, String) {
+    let client = server.client();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let resp = client
+            .post(server.url(&format!("/v1/queues/{queue}/jobs?max_attempts=1")))
+            .body(format!("job {i}"))
+            .send()
+            .await
+            .expect("submit");
+        let (status, _, job) = into_json(resp).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+        ids.push(job["id"].as_str().unwrap_or_default().to_owned());
+    }
+    for (action, body) in [("complete", "done"), ("fail", "the disk is full")] {
+        let resp = client
+            .post(server.url(&format!("/v1/queues/{queue}/claim?lease=30")))
+            .send()
+            .await
+            .expect("claim");
+        let (status, _, job) = into_json(resp).await;
+        assert_eq!(status, StatusCode::OK, "{job}");
+        let lease = job["lease"].as_str().unwrap_or_default();
+        let id = job["id"].as_str().unwrap_or_default();
+        let resp = client
+            .post(server.url(&format!("/v1/jobs/{id}/{action}?lease={lease}")))
+            .body(body)
+            .send()
+            .await
+            .expect("act");
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    (ids[0].clone(), ids[1].clone(), ids[2].clone())
+}
+
+#[tokio::test]
+async fn retry_puts_a_dead_job_back_and_refuses_any_other() {
+    let server = Server::start(&[]).await;
+    let (done, dead, queued) = jobs_in_every_state(&server, "retry.q").await;
+    let retry = |id: String| {
+        let server = &server;
+        async move {
+            server
+                .client()
+                .post(server.url(&format!("/v1/jobs/{id}/retry")))
+                .send()
+                .await
+                .expect("retry")
+        }
+    };
+    expect_problem(retry(done.clone()).await, 409, "a succeeded job").await;
+    expect_problem(retry(queued.clone()).await, 409, "a queued job").await;
+    expect_problem(retry("0".repeat(32)).await, 404, "an unknown job").await;
+    expect_problem(retry("nope".into()).await, 404, "a bad id").await;
+    let (status, _, job) = into_json(retry(dead.clone()).await).await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    assert_eq!(
+        (job["state"].clone(), job["attempts"].clone()),
+        (json!("queued"), json!(0))
+    );
+    // A second retry finds it queued: nothing changes.
+    expect_problem(retry(dead.clone()).await, 409, "a retried job").await;
+    // It can be claimed again, and its queued state is on its topic.
+    let resp = server
+        .client()
+        .post(server.url("/v1/queues/retry.q/claim?lease=30"))
+        .send()
+        .await
+        .expect("claim");
+    let (_, _, claimed) = into_json(resp).await;
+    assert!(
+        claimed["id"] == json!(queued) || claimed["id"] == json!(dead),
+        "{claimed}"
+    );
+    let events = server.read_all(&format!("_jobs.{dead}")).await;
+    let states: Vec<&str> = events.iter().filter_map(|m| m["event"].as_str()).collect();
+    let at = states.iter().position(|s| *s == "dead");
+    assert_eq!(
+        at.and_then(|i| states.get(i + 1)),
+        Some(&"queued"),
+        "the retry is a queued event after the dead one: {states:?}"
+    );
+    let metrics = server.metrics().await;
+    assert!(metrics.contains("plexus_job_transitions_total"), "counted");
+}
+
+#[tokio::test]
+async fn retry_needs_the_jobs_right_on_the_queue() {
+    let (server, _dir) = required_server().await;
+    let admin = bearer(ADMIN);
+    let resp = server
+        .client()
+        .post(server.url("/v1/queues/q/jobs"))
+        .header("authorization", &admin)
+        .body("x")
+        .send()
+        .await
+        .expect("submit");
+    let (_, _, job) = into_json(resp).await;
+    let id = job["id"].as_str().unwrap_or_default();
+    let reader = bearer(READER);
+    let resp = server
+        .client()
+        .post(server.url(&format!("/v1/jobs/{id}/retry")))
+        .header("authorization", &reader)
+        .send()
+        .await
+        .expect("retry");
+    expect_problem(resp, 403, "no jobs right").await;
+}
+
+/// The Jobs view equals the API: counts by state, the dead job's error, and its retry; the Lab
+/// view says "lab disabled" on a hub without the lab.
+#[tokio::test]
+async fn browser_jobs_match_the_api_and_a_dead_job_is_retried() {
+    let server = Server::start(&[]).await;
+    let (_, dead, _) = jobs_in_every_state(&server, "dash.q").await;
+    let r = browser::run(
+        "dashboard_jobs.js",
+        server.base(),
+        &[("QUEUE", "dash.q"), ("DEAD_JOB", &dead)],
+    )
+    .await;
+    assert_eq!(
+        r["before"],
+        json!({"queued":1,"running":0,"succeeded":1,"dead":1}),
+        "{r}"
+    );
+    assert_eq!(r["deadError"], "the disk is full", "{r}");
+    assert_eq!(
+        r["after"],
+        json!({"queued":2,"running":0,"succeeded":1,"dead":0}),
+        "{r}"
+    );
+    assert_eq!(r["apiStateAfter"], "queued", "{r}");
+    assert_eq!(r["lab"], "lab disabled", "{r}");
+    assert_eq!(result_list(&r, "consoleErrors"), Vec::<Value>::new(), "{r}");
+}

@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::kit::Server;
 
 /// Every route of the router, with its methods, as the description names them.
-const ROUTES: [(&str, &[&str]); 22] = [
+const ROUTES: [(&str, &[&str]); 23] = [
     ("/v1/topics/{topics}/messages", &["get", "post"]),
     ("/v1/publish", &["post"]),
     ("/v1/topics/{topics}/sse", &["get"]),
@@ -30,6 +30,7 @@ const ROUTES: [(&str, &[&str]); 22] = [
     ("/v1/webhooks/{id}", &["get", "delete"]),
     ("/v1/webhooks/{id}/{action}", &["post"]),
     ("/v1/me", &["get"]),
+    ("/v1/jobs/{id}/retry", &["post"]),
 ];
 
 async fn description(server: &Server) -> Value {
