@@ -41,6 +41,13 @@ fuzz_target!(|data: &[u8]| {
         | Command::Consume { topic, .. }
         | Command::Unsubscribe { topic }
         | Command::Publish { topic, .. } => topic,
+        // The credential frame names no topic: its token is the field as sent, never empty.
+        Command::Auth { token } => {
+            assert_eq!(field("op"), Some("auth"));
+            assert_eq!(field("token"), Some(token.as_str()), "{text:?}");
+            assert!(!token.is_empty());
+            return;
+        }
     };
     assert_eq!(topic.as_str().parse::<Topic>().as_ref(), Ok(topic));
     assert_eq!(Some(topic.as_str()), field("topic"), "{text:?}");
@@ -67,6 +74,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(json.get("since").is_none_or(Value::is_null), "{text:?}");
         }
         Command::Unsubscribe { .. } => assert_eq!(field("op"), Some("unsubscribe")),
+        Command::Auth { .. } => unreachable!("returned above"),
         Command::Publish { event, data, .. } => {
             assert_eq!(field("op"), Some("publish"));
             assert!(data.len() <= MAX_MESSAGE);

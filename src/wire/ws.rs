@@ -329,6 +329,33 @@ mod tests {
         decode_client_frame(text, 1000, 10, 4)
     }
 
+    #[test]
+    fn auth_frames() {
+        let (id, cmd) = decode(r#"{"op":"auth","id":7,"token":"t0k"}"#);
+        assert_eq!(id, Some(serde_json::json!(7)));
+        assert_eq!(
+            cmd,
+            Ok(Command::Auth {
+                token: "t0k".into()
+            })
+        );
+        for bad in [
+            r#"{"op":"auth"}"#,
+            r#"{"op":"auth","token":""}"#,
+            r#"{"op":"auth","token":5}"#,
+        ] {
+            assert!(
+                matches!(decode(bad).1, Err(FrameError::BadFrame(_))),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            auth_ok_frame(Some(&serde_json::json!("a"))),
+            r#"{"id":"a","op":"ok"}"#
+        );
+        assert_eq!(auth_ok_frame(None), r#"{"op":"ok"}"#);
+    }
+
     /// A `since` cursor is bounded by the topic limit, counted before duplicates are
     /// dropped: 138,000 pairs once took 20 s of a runtime worker.
     #[test]
