@@ -80,7 +80,7 @@ pub async fn authenticate(
             next.run(req).await
         }
         // A browser WebSocket cannot send headers: with no credential at all, the socket
-        // opens and its first frame must be `{"op":"auth"}` (docs/API.md §2.4), so no token
+        // opens and its first frame must be `{"op":"auth"}` (docs/API.md §13), so no token
         // travels in a URL. The handler refuses subscriptions at connect without one.
         Err(crate::auth::AuthError::Missing) if req.uri().path() == WS_PATH => {
             req.extensions_mut().insert(AuthPending);

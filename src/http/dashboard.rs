@@ -1,7 +1,7 @@
 //! The dashboard: a single-page app under `web/`, embedded in the binary at build time (no
 //! Node, no download, nothing fetched at run time), served at `/` and `/ui/…` with a strict
 //! Content-Security-Policy and an ETag. It is one more client of the public API
-//! (docs/API.md §12); the one route added for it, `GET /v1/me` (what the caller's credential
+//! (docs/API.md §13); the one route added for it, `GET /v1/me` (what the caller's credential
 //! may do, so the page can hide what the server would refuse anyway), is in `admin.rs`.
 
 use axum::Router;

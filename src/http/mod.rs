@@ -72,7 +72,7 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::routes())
         // Hold mode's EPCP publish (docs/API.md §9).
         .merge(epcp::routes(&state.options))
-        // The embedded dashboard at `/` and what a credential may do (docs/API.md §12).
+        // The embedded dashboard at `/` and what a credential may do (docs/API.md §13).
         .merge(dashboard::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -176,7 +176,7 @@ async fn handle(
             subscribe(sc, subs, id, topic, &since, tx).await
         }
         // The sidecar checks its local token at the upgrade and holds the hub credential
-        // itself: an `auth` frame is the hub's (docs/API.md §2.4), not the sidecar's.
+        // itself: an `auth` frame is the hub's (docs/API.md §13), not the sidecar's.
         Command::Auth { .. } => error_frame(
             id,
             400,

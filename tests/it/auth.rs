@@ -556,7 +556,7 @@ async fn matrix(server: &Server, creds: &Creds) {
         "WS ?topic= with an unknown credential",
     );
     // With no credential at all the socket opens, and its first frame must be `auth`
-    // (docs/API.md §2.4): anything else is an `error` 401 and the socket closes.
+    // (docs/API.md §13): anything else is an `error` 401 and the socket closes.
     let mut bare = ws_ok(
         ws_handshake(server, "", None).await,
         "WS with no credential",

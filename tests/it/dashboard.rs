@@ -1,4 +1,4 @@
-//! The dashboard (docs/API.md §12): the embedded page at `/` with its CSP and ETag, `GET
+//! The dashboard (docs/API.md §13): the embedded page at `/` with its CSP and ETag, `GET
 //! /v1/me`, the WebSocket's first-frame `auth`, and the page itself in Chromium
 //! (tests/browser/dashboard*.js through kit::browser).
 
