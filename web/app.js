@@ -332,51 +332,86 @@ function consumersView(main) {
   }, 5000);
 }
 
+// A small line chart, one polyline per series, with a legend: {name: [numbers…]}.
+function lineChart(series) {
+  const NS = "http://www.w3.org/2000/svg";
+  const w = 480, h = 160, pad = 4;
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+  svg.setAttribute("class", "chart");
+  svg.setAttribute("role", "img");
+  const names = Object.keys(series);
+  const max = Math.max(1, ...names.flatMap((n) => series[n]));
+  const len = Math.max(2, ...names.map((n) => series[n].length));
+  names.forEach((name, k) => {
+    const line = document.createElementNS(NS, "polyline");
+    line.setAttribute("class", `series s${k % 6}`);
+    line.setAttribute("points", series[name].map((v, i) =>
+      `${(pad + (i / (len - 1)) * (w - 2 * pad)).toFixed(1)},${(h - pad - (v / max) * (h - 2 * pad)).toFixed(1)}`).join(" "));
+    const title = document.createElementNS(NS, "title");
+    title.textContent = name;
+    line.append(title);
+    svg.append(line);
+  });
+  const legend = el("ul", { class: "legend" }, ...names.map((n, k) => el("li", { class: `s${k % 6}`, text: n })));
+  return el("figure", { class: "chart-box" }, svg, legend);
+}
+
+// The pattern lab (a run on the hub, docs/API.md §12 of the lab): the form starts a run, its
+// progress on `_lab.{run}` feeds a live chart of deliveries per pattern over the tail's one
+// connection, and each pattern's figures fill the table as they are final.
 function labView(main) {
   const status = el("p", { id: "lab-status", class: "status", role: "status" });
   const patterns = el("input", { id: "lab-patterns", value: "short-poll,long-poll,sse,ws", "aria-label": "Patterns" });
   const clients = el("input", { id: "lab-clients", type: "number", value: "10", min: "1", "aria-label": "Clients" });
   const rate = el("input", { id: "lab-rate", type: "number", value: "1", min: "0.1", step: "0.1", "aria-label": "Rate" });
   const duration = el("input", { id: "lab-duration", value: "10s", "aria-label": "Duration" });
-  const progress = el("ol", { id: "lab-progress", class: "tail", reversed: true });
+  const chart = el("div", { id: "lab-chart" });
   const results = el("tbody");
   const form = el("form", { id: "lab-form" }, el("div", { class: "controls" }, patterns, clients, rate, duration,
     el("button", { type: "submit", text: "Run" })));
-  main.append(el("h2", { text: "Pattern lab" }), form, status,
+  main.append(el("h2", { text: "Pattern lab" }), form, status, chart,
     el("table", { id: "lab-results" }, el("thead", {}, el("tr", {}, ...["Pattern", "Deliveries", "Lost", "p50 ms", "p99 ms",
-      "Requests/msg", "Bytes/msg", "CPU s", "Connections"].map((h) => el("th", { text: h })))), results), progress);
+      "Requests/msg", "Bytes/msg", "CPU s", "Connections"].map((h) => el("th", { text: h })))), results));
   let run = null;
-  let timer = null;
+  const series = {};
+  const figures = {};
   const disabled = () => { status.textContent = "lab disabled"; form.hidden = true; };
-  const table = (r) => results.replaceChildren(...Object.entries(r.patterns || {}).map(([p, x]) => el("tr", {},
+  const fmt = (v) => (v === undefined || v === null ? "" : typeof v === "number" && !Number.isInteger(v) ? v.toFixed(3) : String(v));
+  const table = () => results.replaceChildren(...Object.entries(figures).map(([p, x]) => el("tr", { "data-pattern": p },
     el("th", { text: p }), ...[x.deliveries, x.lost, x.latency_ms && x.latency_ms.p50, x.latency_ms && x.latency_ms.p99,
-      x.requests_per_message, x.bytes_per_message, x.cpu_s, x.connections].map((v) => el("td", { class: "num", text: v === undefined ? "" : String(v) })))));
-  const follow = async () => {
-    try {
-      const r = await json(`/v1/lab/runs/${encodeURIComponent(run)}`);
-      table(r);
-      status.textContent = `run ${run}: ${r.state}`;
-      if (r.state === "running") timer = setTimeout(follow, POLL_MS);
-      else live.unsubscribe(`_lab.${run}`);
-    } catch (e) { status.textContent = problemText(e); }
+      x.requests_per_message, x.bytes_per_message, x.cpu_s, x.connections].map((v) => el("td", { class: "num", text: fmt(v) })))));
+  const onProgress = (ev) => {
+    if (ev.kind !== "message") return;
+    let p;
+    try { p = JSON.parse(ev.msg.data); } catch (_) { return; }
+    if (p.event === "started") { series[p.pattern] = []; status.textContent = `run ${run}: ${p.pattern} (${p.clients} clients)`; }
+    else if (p.event === "tick") { (series[p.pattern] ||= []).push(p.deliveries); chart.replaceChildren(lineChart(series)); }
+    else if (p.event === "done") { figures[p.pattern] = p.result; table(); }
+    else if (p.event === "finished" && p.run) {
+      Object.assign(figures, p.run.patterns || {});
+      table();
+      status.textContent = `run ${run}: ${p.run.state}`;
+      live.unsubscribe(`_lab.${run}`);
+    }
   };
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
-    const body = { patterns: patterns.value.split(",").map((s) => s.trim()).filter(Boolean), clients: Number(clients.value),
+    const body = { patterns: patterns.value.split(",").map((x) => x.trim()).filter(Boolean), clients: Number(clients.value),
       rate: Number(rate.value), duration: duration.value };
     try {
       const r = await json("/v1/lab/runs", { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" } });
+      if (run) live.unsubscribe(`_lab.${run}`);
       run = r.id;
+      for (const k of Object.keys(series)) delete series[k];
+      for (const k of Object.keys(figures)) delete figures[k];
       status.textContent = `run ${run}: ${r.state}`;
-      live.subscribe(`_lab.${run}`, 0, (ev) => {
-        if (ev.kind === "message") progress.prepend(el("li", { text: ev.msg.data || "" }));
-      });
-      follow();
+      live.subscribe(`_lab.${run}`, 0, onProgress);
     } catch (err) {
       if (err.status === 404 || err.status === 403) disabled(); else status.textContent = problemText(err);
     }
   });
-  return () => { clearTimeout(timer); if (run) live.unsubscribe(`_lab.${run}`); };
+  return () => { if (run) live.unsubscribe(`_lab.${run}`); };
 }
 
 // The jobs: each job's state is the last event of its topic `_jobs.{id}` (docs/API.md §2.5),
