@@ -302,31 +302,46 @@ function connectionsView(main) {
   }, POLL_MS);
 }
 
+// Lag of a consumer (or a webhook's): its topics' `pending` and `ack_pending`, summed.
+function lag(state) {
+  const st = Object.values(state || {});
+  const sum = (k) => st.reduce((a, x) => a + (x[k] || 0), 0);
+  return { pending: sum("pending"), ackPending: sum("ack_pending") };
+}
+
 function consumersView(main) {
   const cons = el("tbody");
   const hooks = el("tbody");
   const status = el("p", { class: "status", role: "status" });
+  const head = (...names) => el("thead", {}, el("tr", {}, ...names.map(([n, c]) => el("th", { class: c, text: n }))));
   main.append(el("h2", { text: "Consumers" }),
-    el("table", { id: "consumers" }, el("thead", {}, el("tr", {}, el("th", { text: "Name" }), el("th", { text: "Ack" }),
-      el("th", { class: "num", text: "Pending" }), el("th", { class: "num", text: "Ack pending" }))), cons),
+    el("table", { id: "consumers" }, head(["Name"], ["Ack"], ["Topics"], ["Pending", "num"], ["Ack pending", "num"]), cons),
     el("h2", { text: "Webhooks" }),
-    el("table", { id: "webhooks" }, el("thead", {}, el("tr", {}, el("th", { text: "Id" }), el("th", { text: "URL" }),
-      el("th", { text: "State" }), el("th", { text: "Topics" }))), hooks), status);
+    el("table", { id: "webhooks" }, head(["Id"], ["URL"], ["State"], ["Pending", "num"], ["Last attempt"]), hooks), status);
   return visibleTimer(async () => {
     const notes = [];
     try {
       const c = await json("/v1/consumers");
-      cons.replaceChildren(...c.consumers.map((x) => {
-        const st = Object.values(x.topics_state || {});
-        const sum = (k) => st.reduce((a, s) => a + (s[k] || 0), 0);
-        return el("tr", {}, el("td", { text: x.name }), el("td", { text: x.ack }),
-          el("td", { class: "num", text: String(sum("pending")) }), el("td", { class: "num", text: String(sum("ack_pending")) }));
+      cons.replaceChildren(...c.consumers.filter((x) => !x.name.startsWith("_webhook-")).map((x) => {
+        const l = lag(x.topics_state);
+        return el("tr", { "data-consumer": x.name }, el("td", { text: x.name }), el("td", { text: x.ack }),
+          el("td", { text: (x.topics || []).join(", ") }),
+          el("td", { class: "num pending", text: String(l.pending) }), el("td", { class: "num ack-pending", text: String(l.ackPending) }));
       }));
     } catch (e) { notes.push(`consumers: ${problemText(e)}`); }
     try {
       const w = await json("/v1/webhooks");
-      hooks.replaceChildren(...(w.webhooks || []).map((x) => el("tr", {}, el("td", { text: x.id }),
-        el("td", { text: x.url }), el("td", { text: x.state }), el("td", { text: (x.topics || []).join(", ") }))));
+      // The list has no lag or attempts: each webhook's own answer has them (a handful at most).
+      const shown = await Promise.all((w.webhooks || []).slice(0, 50).map((x) =>
+        json(`/v1/webhooks/${encodeURIComponent(x.id)}`).catch(() => x)));
+      hooks.replaceChildren(...shown.map((x) => {
+        const a = x.last_attempt;
+        const attempt = a ? `#${a.seq} try ${a.attempt}: ${a.status !== undefined ? a.status : a.error}` : "none yet";
+        return el("tr", { "data-webhook": x.id }, el("td", {}, el("code", { text: x.id })), el("td", { text: x.url }),
+          el("td", { class: "state", text: x.state + (x.disabled_reason ? ` (${x.disabled_reason})` : "") }),
+          el("td", { class: "num pending", text: String(lag(x.lag).pending) }),
+          el("td", { class: "attempt", text: attempt }));
+      }));
     } catch (e) { notes.push(`webhooks: ${problemText(e)}`); }
     status.textContent = notes.join(" · ");
   }, 5000);

@@ -664,3 +664,48 @@ async fn browser_jobs_match_the_api_and_a_dead_job_is_retried() {
     assert_eq!(r["lab"], "lab disabled", "{r}");
     assert_eq!(result_list(&r, "consoleErrors"), Vec::<Value>::new(), "{r}");
 }
+
+/// The Consumers view: a consumer's pending count equals the API's; a webhook shows its state,
+/// its lag and its last (failed) attempt.
+#[tokio::test]
+async fn browser_consumers_and_webhooks_show_lag_and_attempts() {
+    let server = Server::start(&[]).await;
+    for i in 0..3 {
+        server.publish("dash.c", format!("m{i}")).await;
+    }
+    let resp = server
+        .client()
+        .put(server.url("/v1/consumers/dash-c"))
+        .json(&json!({"topics":["dash.c"]}))
+        .send()
+        .await
+        .expect("create a consumer");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let resp = server
+        .client()
+        .post(server.url("/v1/webhooks"))
+        .json(&json!({"url":"http://receiver.invalid/hook","topics":["dash.c"],"since":"all"}))
+        .send()
+        .await
+        .expect("create a webhook");
+    let (status, _, hook) = into_json(resp).await;
+    assert_eq!(status, StatusCode::CREATED, "{hook}");
+    let id = hook["id"].as_str().unwrap_or_default().to_owned();
+    let r = browser::run("dashboard_consumers.js", server.base(), &[("WEBHOOK", &id)]).await;
+    let (_, _, api) = server.get_json("/v1/consumers/dash-c").await;
+    assert_eq!(
+        r["pending"], api["topics_state"]["dash.c"]["pending"],
+        "{r} {api}"
+    );
+    assert_eq!(r["pending"], 3, "{r}");
+    assert_eq!(r["hook"]["state"], "active", "{r}");
+    assert!(r["hook"]["pending"].as_u64() >= Some(1), "{r}");
+    assert!(
+        r["hook"]["attempt"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("#1 try 1"),
+        "{r}"
+    );
+    assert_eq!(result_list(&r, "consoleErrors"), Vec::<Value>::new(), "{r}");
+}
