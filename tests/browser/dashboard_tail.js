@@ -83,7 +83,16 @@ run(async () => {
     await page.fill("#replay-from", "10");
     await page.click("#replay");
     const replayed = await until(page, `${transport}: replay from 10`, (s) => s[0] === 10 && s.length >= 16);
+    // Replay from a time: ten minutes back shows the whole topic again.
+    let sinceTime = true;
+    if (transport === "sse") {
+      await page.fill("#replay-from", "10m");
+      await page.click("#replay");
+      const all = await until(page, "replay from 10m", (s) => s[0] === 1 && s.length >= 25);
+      sinceTime = same(all, range(1, 25));
+    }
     results[transport] = {
+      sinceTime,
       first: same(first, range(1, 20)),
       pausedHeld: same(whilePaused, range(1, 20)),
       resumed: same(resumed, range(1, 25)),

@@ -342,15 +342,15 @@ async fn browser_the_page_loads_clean_and_topics_are_right() {
 }
 
 /// The tail over SSE, WebSocket, long poll and short poll: 1..20 in order, nothing shown while
-/// paused, 21..25 after resume (none lost), replay from seq 10; and the tab never holds more
-/// than one streaming connection (Chromium's own network events).
+/// paused, 21..25 after resume (none lost), replay from seq 10 (and from `10m` over SSE); and
+/// the tab never holds more than one streaming connection (Chromium's own network events).
 #[tokio::test]
 async fn browser_the_tail_loses_nothing_over_every_transport() {
     let server = Server::start(&[]).await;
     let r = browser::run("dashboard_tail.js", server.base(), &[]).await;
     for transport in ["sse", "ws", "long-poll", "short-poll"] {
         let t = &r["results"][transport];
-        for check in ["first", "pausedHeld", "resumed", "replayed"] {
+        for check in ["first", "pausedHeld", "resumed", "replayed", "sinceTime"] {
             assert_eq!(t[check], true, "{transport}: {check}: {}", t["shown"]);
         }
     }
@@ -512,6 +512,7 @@ async fn browser_an_idle_dashboard_costs_the_hub_almost_nothing() {
     server.publish("dash.idle", "x").await;
     let pid = server.pid().to_string();
     let r = browser::run("dashboard_idle.js", server.base(), &[("HUB_PID", &pid)]).await;
+    eprintln!("idle dashboard: {r}");
     let rps = r["requestsPerSecond"].as_f64().unwrap_or(f64::MAX);
     assert!(rps <= 1.0, "{rps} requests/s: {r}");
     assert!(
