@@ -160,6 +160,11 @@ export class Live {
       const r = await api(`/v1/topics/${topics}/sse?since=${since}`, {
         signal: ctrl.signal, headers: { Accept: "text/event-stream" },
       });
+      if (r.status >= 400 && r.status < 500 && r.status !== 429) {
+        // Refused (a topic this token may not read, a bad cursor): retrying cannot help.
+        if (this.sse === ctrl) { this.sse = null; this.setState(`refused (${r.status})`); }
+        return;
+      }
       if (!r.ok || !r.body) throw new ApiError(r.status, null);
       this.setState("live");
       const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -212,6 +217,11 @@ export class Live {
       if (f.op === "message") this.dispatch(f.topic, { kind: "message", msg: f });
       else if (f.op === "gap") this.dispatch(f.topic, { kind: "gap", gap: f });
       else if (f.op === "error" && f.status === 401) session.onUnauthorized();
+      // A subscription the hub ended (its store read failed, or a slow-consumer disconnect):
+      // subscribe again from the cursor, so nothing is lost.
+      else if ((f.op === "disconnect" || (f.op === "error" && f.id === undefined)) && f.topic) {
+        setTimeout(() => { if (this.ws === ws && this.wsReady && this.subs.has(f.topic)) this.wsSubscribe(f.topic); }, 1000);
+      }
     };
     ws.onclose = () => {
       if (this.ws !== ws) return;
