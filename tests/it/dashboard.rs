@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::kit::clients::Ws;
-use crate::kit::{Server, browser, expect_problem, into_json};
+use crate::kit::{Server, browser, eventually, expect_problem, into_json};
 
 const ADMIN: &str = "dash-admin-token";
 const READER: &str = "dash-reader-token";
@@ -709,4 +709,29 @@ async fn browser_consumers_and_webhooks_show_lag_and_attempts() {
         "{r}"
     );
     assert_eq!(result_list(&r, "consoleErrors"), Vec::<Value>::new(), "{r}");
+}
+
+/// A socket opened without a credential that never sends `auth` is not held: it gets an
+/// `error` 401 and is closed (after 10 s; the test waits for the frame, not the clock).
+#[tokio::test]
+async fn a_websocket_that_never_authenticates_is_closed() {
+    let (server, _dir) = required_server().await;
+    let mut ws = bare_ws(&server, "").await.expect("upgrade");
+    let refused = ws.recv().await;
+    assert_eq!(
+        (refused["op"].clone(), refused["status"].clone()),
+        (json!("error"), json!(401)),
+        "{refused}"
+    );
+    assert!(ws.try_recv().await.is_none(), "the socket closes");
+    eventually(
+        "the socket to be gone from the open-stream gauge",
+        || async {
+            let metrics = server.metrics().await;
+            metrics
+                .contains("plexus_streams_open{transport=\"ws\"} 0")
+                .then_some(())
+        },
+    )
+    .await;
 }
