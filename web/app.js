@@ -381,9 +381,10 @@ function labView(main) {
   const clients = el("input", { id: "lab-clients", type: "number", value: "10", min: "1", "aria-label": "Clients" });
   const rate = el("input", { id: "lab-rate", type: "number", value: "1", min: "0.1", step: "0.1", "aria-label": "Rate" });
   const duration = el("input", { id: "lab-duration", value: "10s", "aria-label": "Duration" });
+  const pollEvery = el("input", { id: "lab-poll-interval", value: "1s", "aria-label": "Poll interval" });
   const chart = el("div", { id: "lab-chart" });
   const results = el("tbody");
-  const form = el("form", { id: "lab-form" }, el("div", { class: "controls" }, patterns, clients, rate, duration,
+  const form = el("form", { id: "lab-form" }, el("div", { class: "controls" }, patterns, clients, rate, duration, pollEvery,
     el("button", { type: "submit", text: "Run" })));
   main.append(el("h2", { text: "Pattern lab" }), form, status, chart,
     el("table", { id: "lab-results" }, el("thead", {}, el("tr", {}, ...["Pattern", "Deliveries", "Lost", "p50 ms", "p99 ms",
@@ -413,7 +414,7 @@ function labView(main) {
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     const body = { patterns: patterns.value.split(",").map((x) => x.trim()).filter(Boolean), clients: Number(clients.value),
-      rate: Number(rate.value), duration: duration.value };
+      rate: Number(rate.value), duration: duration.value, poll_interval: pollEvery.value };
     try {
       const r = await json("/v1/lab/runs", { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" } });
       if (run) live.unsubscribe(`_lab.${run}`);
