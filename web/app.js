@@ -84,8 +84,13 @@ function sample(topic, seq, t) {
 function topicsView(main) {
   const status = el("p", { class: "status", role: "status" });
   const body = el("tbody");
+  // The hub's own topics (`_jobs.…`, `_queues.…`) are many and read in the Jobs view.
+  const hubTopics = el("input", { id: "hub-topics", type: "checkbox" });
+  hubTopics.checked = sessionStorage.getItem("plexus.hubTopics") === "1";
+  hubTopics.addEventListener("change", () => sessionStorage.setItem("plexus.hubTopics", hubTopics.checked ? "1" : ""));
   main.append(
     el("h2", { text: "Topics" }),
+    el("label", { class: "controls" }, hubTopics, "show the hub's own topics (_…)"),
     el("table", { id: "topics" },
       el("thead", {}, el("tr", {},
         el("th", { text: "Topic" }), el("th", { class: "num", text: "Last seq" }),
@@ -100,7 +105,8 @@ function topicsView(main) {
       const t0 = performance.now();
       const list = await json("/v1/topics?limit=1000");
       const t = (t0 + performance.now()) / 2;
-      body.replaceChildren(...list.topics.map((x) => {
+      const shown = list.topics.filter((x) => hubTopics.checked || !x.topic.startsWith("_"));
+      body.replaceChildren(...shown.map((x) => {
         const rates = sample(x.topic, x.last_seq, t);
         const rate = rates.length ? rates[rates.length - 1] : 0;
         return el("tr", { "data-topic": x.topic },
@@ -112,7 +118,7 @@ function topicsView(main) {
           el("td", { class: "num rate", text: rate.toFixed(1) }),
           el("td", {}, sparkline(rates)));
       }));
-      status.textContent = list.topics.length ? "" : "No topics yet: publish a message to create one.";
+      status.textContent = shown.length ? "" : "No topics yet: publish a message to create one.";
     } catch (e) { status.textContent = problemText(e); }
   }, POLL_MS);
 }
@@ -254,7 +260,12 @@ function renderPublish(section, topic) {
 
 function renderDelete(section, topic, info) {
   const btn = el("button", { id: "delete", type: "button", class: "danger", text: "Delete messages" });
+  let armed = false;
   btn.addEventListener("click", async () => {
+    // Two clicks: the first arms the button, so a stray click deletes nothing.
+    if (!armed) { armed = true; btn.textContent = "Click again to delete every message"; return; }
+    armed = false;
+    btn.textContent = "Delete messages";
     try {
       await json(`/v1/topics/${encodeURIComponent(topic)}`, { method: "DELETE" });
       info.textContent = "messages deleted (the counter is kept)";

@@ -70,16 +70,26 @@ run(async () => {
   }, TOPIC);
   consoleErrors.push(...reader.seen.consoleErrors.filter((e) => !e.includes("403")), ...reader.seen.pageErrors);
 
+  // The form's message, read back through the API (and nothing forged after it).
+  const readBack = await (await fetch(`${BASE}/v1/topics/${TOPIC}/messages?since=${publishedSeq - 1}`, {
+    headers: { Authorization: "Bearer " + process.env.TOKEN_ADMIN },
+  })).json();
+
   // The admin: delete is offered.
   const admin = await signIn(process.env.TOKEN_ADMIN);
   const adminRights = await topicPage(admin.page);
+  // Delete takes two clicks: the first only arms it.
+  await admin.page.click("#delete");
+  const armed = await admin.page.$eval("#delete", (e) => e.textContent);
+  await admin.page.click("#delete");
+  await admin.page.waitForFunction(() => document.querySelector("#topic-info").textContent.includes("deleted"));
   consoleErrors.push(...admin.seen.consoleErrors, ...admin.seen.pageErrors);
 
   await browser.close();
   return {
     dataBeforeLogin: pub.dataBeforeLogin || reader.dataBeforeLogin || admin.dataBeforeLogin,
     apiBeforeLogin,
-    pubRights, readerRights, adminRights, publishedSeq, forged,
+    pubRights, readerRights, adminRights, publishedSeq, forged, armed, readBack,
     tokenInUrl: urls.filter((u) => u.includes("access_token")),
     urls: urls.length,
     consoleErrors: consoleErrors.filter((e) => !e.includes("401")),
