@@ -13,6 +13,7 @@ pub mod consumers;
 pub mod fanout;
 pub mod http2;
 pub mod jobs;
+pub mod patterns;
 pub mod publish;
 pub mod raw;
 pub mod replication;
