@@ -30,6 +30,8 @@ pub struct HttpOptions {
     pub body_timeout: Duration,
     /// Peers whose `Forwarded` / `X-Forwarded-For` name the client (`limits.trusted_proxies`).
     pub trusted_proxies: Vec<crate::model::Cidr>,
+    /// `lab.enabled`: the pattern lab's routes answer (otherwise `404`).
+    pub lab_enabled: bool,
 }
 
 impl Default for HttpOptions {
@@ -44,6 +46,7 @@ impl Default for HttpOptions {
             cors_origins: Vec::new(),
             body_timeout: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
+            lab_enabled: false,
         }
     }
 }
@@ -60,4 +63,6 @@ pub struct AppState {
     /// The listener's connection counters (for `/metrics`).
     pub connections: Arc<ConnStats>,
     pub options: Arc<HttpOptions>,
+    /// The pattern lab's runner, installed by the application once it listens.
+    pub lab: super::lab::LabSlot,
 }

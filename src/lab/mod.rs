@@ -17,6 +17,7 @@ pub mod patterns;
 pub mod publish;
 pub mod raw;
 pub mod replication;
+pub mod runs;
 pub mod sidecar;
 pub mod store;
 pub mod webhooks;

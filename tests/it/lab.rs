@@ -1,0 +1,177 @@
+//! The pattern lab (docs/API.md, "The pattern lab"): `POST /v1/lab/runs` and
+//! `GET /v1/lab/runs/{id}` on a real hub, their errors, progress on `_lab.{id}`, the figures
+//! the lab measures for each pattern, and `plexus lab` from outside.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::kit::{Server, eventually, expect_problem, into_json};
+
+async fn post_run(server: &Server, body: &Value) -> reqwest::Response {
+    server
+        .client()
+        .post(server.url("/v1/lab/runs"))
+        .json(body)
+        .send()
+        .await
+        .expect("POST /v1/lab/runs")
+}
+
+/// Starts a run and waits until it is no longer running (at most `within`); its final view.
+async fn run_to_end(server: &Server, body: &Value, within: Duration) -> Value {
+    let (status, headers, started) = into_json(post_run(server, body).await).await;
+    assert_eq!(status, 202, "{started}");
+    assert_eq!(started["state"], "running", "{started}");
+    let id = started["id"].as_str().expect("an id").to_owned();
+    assert_eq!(
+        headers.get("location").and_then(|v| v.to_str().ok()),
+        Some(format!("/v1/lab/runs/{id}").as_str())
+    );
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (_, _, view) = server.get_json(&format!("/v1/lab/runs/{id}")).await;
+        if view["state"] != "running" {
+            assert_eq!(view["state"], "done", "{view}");
+            return view;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run did not end within {within:?}: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_lab_is_off_by_default_and_its_routes_are_404() {
+    let server = Server::start(&[]).await;
+    let body = json!({"patterns": ["sse"], "clients": 1});
+    let problem = expect_problem(post_run(&server, &body).await, 404, "lab off").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("lab.enabled"),
+        "{problem}"
+    );
+    expect_problem(
+        server.get("/v1/lab/runs/abc", &[]).await,
+        404,
+        "lab off, GET",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn bad_run_bodies_are_400_problems_and_start_nothing() {
+    let server = Server::start(&["--lab-enabled"]).await;
+    let bad = [
+        json!({"patterns": ["carrier-pigeon"], "clients": 1}),
+        json!({"patterns": [], "clients": 1}),
+        json!({"patterns": ["sse"], "clients": 0}),
+        json!({"patterns": ["sse"], "clients": 501}),
+        json!({"patterns": ["sse"], "clients": 1, "duration": "10 s"}),
+        json!({"patterns": ["sse"], "clients": 1, "duration": "5m"}),
+        json!({"patterns": ["sse"], "clients": 1, "rate": 0}),
+        json!({"patterns": ["sse"], "clients": 1, "size": 5}),
+        json!({"patterns": ["short-poll"], "clients": 500, "poll_interval": "10ms"}),
+        json!({"patterns": ["sse"], "clients": 1, "colour": "blue"}),
+        json!({"clients": 1}),
+        json!("sse"),
+    ];
+    for body in &bad {
+        let problem = expect_problem(post_run(&server, body).await, 400, &body.to_string()).await;
+        assert_eq!(
+            problem["type"], "urn:plexus:problem:bad-request",
+            "{problem}"
+        );
+    }
+    let resp = server
+        .client()
+        .post(server.url("/v1/lab/runs"))
+        .body("{not json")
+        .send()
+        .await
+        .expect("POST");
+    expect_problem(resp, 400, "broken JSON").await;
+    expect_problem(
+        server.get("/v1/lab/runs/nope", &[]).await,
+        404,
+        "unknown run",
+    )
+    .await;
+    // Nothing was started: no lab topic exists, and the hub still answers.
+    let topics = server.topics().await;
+    assert!(
+        topics
+            .iter()
+            .all(|t| !t["topic"].as_str().unwrap_or("").starts_with("lab.")),
+        "{topics:?}"
+    );
+    let (status, _, _) = server.get_json("/healthz").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_run_measures_each_pattern_reports_progress_and_refuses_a_second_run_meanwhile() {
+    let server = Server::start(&["--lab-enabled"]).await;
+    let body = json!({
+        "patterns": ["short-poll", "long-poll", "sse", "ws", "sse-h2"],
+        "clients": 3, "rate": 10, "duration": "1s", "poll_interval": "100ms", "size": 64
+    });
+    let (status, _, started) = into_json(post_run(&server, &body).await).await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().expect("an id").to_owned();
+    let busy = expect_problem(post_run(&server, &body).await, 409, "a second run").await;
+    assert_eq!(busy["type"], "urn:plexus:problem:lab-busy");
+    let view = eventually("the run to end", || async {
+        let (_, _, v) = server.get_json(&format!("/v1/lab/runs/{id}")).await;
+        (v["state"] != "running").then_some(v)
+    })
+    .await;
+    assert_eq!(view["state"], "done", "{view}");
+    for pattern in ["short-poll", "long-poll", "sse", "ws", "sse-h2"] {
+        let p = &view["patterns"][pattern];
+        assert_eq!(p["clients"], 3, "{pattern}: {p}");
+        assert_eq!(p["deliveries"], 30, "{pattern}: {p}");
+        assert_eq!(p["lost"], 0, "{pattern}: {p}");
+        assert_eq!(p["connections"], 3, "{pattern}: {p}");
+        for field in ["requests_per_message", "bytes_per_message", "cpu_s"] {
+            assert!(p[field].as_f64().is_some(), "{pattern}.{field}: {p}");
+        }
+        assert!(
+            p["bytes_per_message"].as_f64() > Some(64.0),
+            "{pattern}: {p}"
+        );
+        let (p50, p99) = (&p["latency_ms"]["p50"], &p["latency_ms"]["p99"]);
+        assert!(
+            p50.as_f64() > Some(0.0) && p99.as_f64() >= p50.as_f64(),
+            "{p}"
+        );
+    }
+    // Progress and results went out on _lab.{id}: a start and a result per pattern, then the end.
+    let notes = server.read_all(&format!("_lab.{id}")).await;
+    let events: Vec<Value> = notes
+        .iter()
+        .map(|m| serde_json::from_str(m["data"].as_str().unwrap_or("null")).unwrap_or(Value::Null))
+        .collect();
+    let count = |e: &str| events.iter().filter(|v| v["event"] == e).count();
+    assert_eq!(
+        (count("started"), count("done"), count("finished")),
+        (5, 5, 1),
+        "{events:?}"
+    );
+    let last = events.last().expect("notes");
+    assert_eq!(last["run"]["patterns"], view["patterns"]);
+    // Once done, another run may start.
+    let (status, _, _) = into_json(
+        post_run(
+            &server,
+            &json!({"patterns": ["sse"], "clients": 1, "duration": "1s"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 202);
+}
