@@ -175,3 +175,83 @@ async fn a_run_measures_each_pattern_reports_progress_and_refuses_a_second_run_m
     .await;
     assert_eq!(status, 202);
 }
+
+fn figure(view: &Value, pattern: &str, field: &str) -> f64 {
+    view["patterns"][pattern][field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{pattern}.{field} in {view}"))
+}
+
+/// The slow rate: at R = 1 msg/s and a 250 ms poll, short polling is chatty (about 4 requests
+/// per message, half an interval of latency), long polling makes about one, streams none;
+/// bytes order as streams < long poll < short poll; nothing is lost.
+#[tokio::test]
+async fn slow_rate_figures_short_poll_is_chatty_long_poll_one_request_streams_none() {
+    let server = Server::start(&["--lab-enabled"]).await;
+    let view = run_to_end(
+        &server,
+        &json!({
+            "patterns": ["short-poll", "long-poll", "sse", "ws"],
+            "clients": 50, "rate": 1, "duration": "10s", "poll_interval": "250ms", "size": 100
+        }),
+        Duration::from_secs(150),
+    )
+    .await;
+    for pattern in ["short-poll", "long-poll", "sse", "ws"] {
+        assert_eq!(figure(&view, pattern, "lost"), 0.0, "{pattern}: {view}");
+        assert_eq!(
+            figure(&view, pattern, "deliveries"),
+            500.0,
+            "{pattern}: {view}"
+        );
+    }
+    let short = figure(&view, "short-poll", "requests_per_message");
+    assert!(
+        (3.2..=4.8).contains(&short),
+        "short poll: {short} requests/message"
+    );
+    let p50 = view["patterns"]["short-poll"]["latency_ms"]["p50"]
+        .as_f64()
+        .unwrap_or_default();
+    assert!((75.0..=175.0).contains(&p50), "short poll p50 {p50} ms");
+    let long = figure(&view, "long-poll", "requests_per_message");
+    assert!(
+        (0.9..=1.1).contains(&long),
+        "long poll: {long} requests/message"
+    );
+    for stream in ["sse", "ws"] {
+        let r = figure(&view, stream, "requests_per_message");
+        assert!(r < 0.01, "{stream}: {r} requests/message");
+    }
+    let bytes = |p| figure(&view, p, "bytes_per_message");
+    assert!(
+        bytes("sse") < bytes("long-poll")
+            && bytes("ws") < bytes("long-poll")
+            && bytes("long-poll") < bytes("short-poll"),
+        "bytes/message: {view}"
+    );
+}
+
+/// The fast rate: at R = 20 msg/s a 250 ms short poll carries about five messages, so it makes
+/// fewer requests per message than a long poll, which answers about one message at a time.
+#[tokio::test]
+async fn fast_rate_short_polling_makes_fewer_requests_per_message_than_long_polling() {
+    let server = Server::start(&["--lab-enabled"]).await;
+    let view = run_to_end(
+        &server,
+        &json!({
+            "patterns": ["short-poll", "long-poll"],
+            "clients": 50, "rate": 20, "duration": "5s", "poll_interval": "250ms", "size": 100
+        }),
+        Duration::from_secs(90),
+    )
+    .await;
+    let short = figure(&view, "short-poll", "requests_per_message");
+    let long = figure(&view, "long-poll", "requests_per_message");
+    assert!(
+        short < long,
+        "short {short} vs long {long} requests/message"
+    );
+    assert_eq!(figure(&view, "short-poll", "lost"), 0.0, "{view}");
+    assert_eq!(figure(&view, "long-poll", "lost"), 0.0, "{view}");
+}
