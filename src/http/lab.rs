@@ -1,10 +1,10 @@
 //! The pattern lab over HTTP: `POST /v1/lab/runs` and `GET /v1/lab/runs/{id}` (docs/API.md,
 //! "The pattern lab"). The runs themselves are made by the load generators of `src/lab/`,
-//! which this layer may not name: they reach it through [`LabRunner`], a trait object the
-//! application installs in [`LabSlot`] once its listener is bound (the lab measures the
+//! which this layer may not name: they reach it through `LabRunner` (in `state.rs`), a trait
+//! object the application installs in the state's `LabSlot` once its listener is bound (the lab measures the
 //! hub through that listener, like any client).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
@@ -18,32 +18,11 @@ use serde::Deserialize;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::{self, path_param};
-use super::state::AppState;
+use super::state::{AppState, LabRunner, LabStartError};
 use crate::model::LabSpec;
 
 /// Largest body of `POST /v1/lab/runs`.
 const MAX_BODY: usize = 16 << 10;
-
-/// Why a run could not start.
-#[derive(Debug)]
-pub enum LabStartError {
-    /// Another run is going on (one at a time, so their CPU figures stay apart).
-    Busy(String),
-    /// The lab cannot measure this hub (e.g. its listener speaks only TLS).
-    Unavailable(String),
-}
-
-/// Starts and shows pattern-lab runs (implemented by `src/lab/`).
-pub trait LabRunner: Send + Sync {
-    /// Starts a run in the background with the caller's bearer token (its clients send it);
-    /// the run's id.
-    fn start(&self, spec: LabSpec, token: Option<String>) -> Result<String, LabStartError>;
-    /// A run as `GET /v1/lab/runs/{id}` shows it; `None` when unknown.
-    fn show(&self, id: &str) -> Option<serde_json::Value>;
-}
-
-/// Where the application puts its [`LabRunner`]; empty while none is installed.
-pub type LabSlot = Arc<OnceLock<Arc<dyn LabRunner>>>;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
