@@ -255,3 +255,79 @@ async fn fast_rate_short_polling_makes_fewer_requests_per_message_than_long_poll
     assert_eq!(figure(&view, "short-poll", "lost"), 0.0, "{view}");
     assert_eq!(figure(&view, "long-poll", "lost"), 0.0, "{view}");
 }
+
+/// `plexus lab` against a real hub: a row per pattern on stdout, JSON that matches it, and an
+/// SVG chart that Chromium renders alone (a legend label per pattern, a screenshot with ink).
+#[tokio::test]
+async fn the_cli_prints_a_table_and_writes_json_and_an_svg_that_chromium_renders() {
+    use crate::kit::{browser, cli};
+    let server = Server::start(&[]).await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (json_path, svg_path) = (dir.path().join("lab.json"), dir.path().join("lab.svg"));
+    let out = cli::run(
+        cli::plexus().args([
+            "lab",
+            "--server",
+            server.base(),
+            "--patterns",
+            "short-poll,long-poll,sse,ws,sse-h2",
+            "--clients",
+            "5",
+            "--rate",
+            "5",
+            "--duration",
+            "2s",
+            "--poll-interval",
+            "100ms",
+            "--json",
+            json_path.to_str().expect("a UTF-8 path"),
+            "--svg",
+            svg_path.to_str().expect("a UTF-8 path"),
+        ]),
+        "plexus lab",
+    )
+    .await;
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(&json_path).expect("the JSON file")).expect("JSON");
+    let patterns = ["short-poll", "long-poll", "sse", "ws", "sse-h2"];
+    for pattern in patterns {
+        let row = table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(pattern))
+            .unwrap_or_else(|| panic!("no {pattern} row in\n{table}"));
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        let p = &doc["patterns"][pattern];
+        assert_eq!(p["deliveries"], 50, "{pattern}: {p}");
+        assert_eq!(p["lost"], 0, "{pattern}: {p}");
+        // The table shows what the JSON holds: clients, deliveries, lost, requests/message.
+        assert_eq!(cells[1], p["clients"].to_string(), "{row}");
+        assert_eq!(cells[2], p["deliveries"].to_string(), "{row}");
+        assert_eq!(cells[3], p["lost"].to_string(), "{row}");
+        let req: f64 = cells[6].parse().expect("requests/message");
+        assert!(
+            (req - p["requests_per_message"].as_f64().unwrap_or(-1.0)).abs() < 0.001,
+            "{row}"
+        );
+        // From outside the hub's CPU time is not known.
+        assert!(p["cpu_s"].is_null(), "{p}");
+    }
+    let shot = dir.path().join("lab.png");
+    let result = browser::run(
+        "lab-svg.js",
+        server.base(),
+        &[
+            ("LAB_SVG", svg_path.to_str().expect("a UTF-8 path")),
+            ("LAB_SHOT", shot.to_str().expect("a UTF-8 path")),
+        ],
+    )
+    .await;
+    assert_eq!(result["legend"], json!(patterns), "{result}");
+    assert_eq!(result["bars"], 4 * patterns.len(), "{result}");
+    assert_eq!(result["failed"], json!([]), "{result}");
+    let (ink, total) = (
+        result["ink"].as_u64().unwrap_or(0),
+        result["total"].as_u64().unwrap_or(0),
+    );
+    assert!(ink > 2000 && ink < total, "{result}");
+}
