@@ -331,3 +331,58 @@ async fn the_cli_prints_a_table_and_writes_json_and_an_svg_that_chromium_renders
     );
     assert!(ink > 2000 && ink < total, "{result}");
 }
+
+/// With `auth.mode = required` a run needs an admin credential (`401` without one, `403`
+/// without `admin`), and an admin's run works: its clients send the caller's token.
+#[tokio::test]
+async fn with_auth_required_a_run_needs_admin_and_its_clients_use_the_callers_token() {
+    let dir = tempfile::tempdir().expect("a config directory");
+    let config = dir.path().join("plexus.toml");
+    std::fs::write(
+        &config,
+        "[lab]\nenabled = true\n[auth]\nmode = \"required\"\n\
+         [[auth.tokens]]\ntoken = \"lab-admin-token\"\npublish = [\">\"]\nsubscribe = [\">\", \"_lab.>\"]\nadmin = true\n\
+         [[auth.tokens]]\ntoken = \"lab-reader-token\"\npublish = [\">\"]\nsubscribe = [\">\"]\nadmin = false\n",
+    )
+    .expect("write the config");
+    let server = Server::start(&["--config", config.to_str().expect("UTF-8")]).await;
+    let body = json!({"patterns": ["long-poll", "sse"], "clients": 2, "rate": 5, "duration": "1s"});
+    let post = |token: Option<&'static str>| {
+        let mut req = server.client().post(server.url("/v1/lab/runs")).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    expect_problem(post(None).await.expect("POST"), 401, "no credential").await;
+    expect_problem(
+        post(Some("lab-reader-token")).await.expect("POST"),
+        403,
+        "no admin",
+    )
+    .await;
+    let (status, _, started) = into_json(post(Some("lab-admin-token")).await.expect("POST")).await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().expect("an id").to_owned();
+    let get = |token: &'static str| {
+        server
+            .client()
+            .get(server.url(&format!("/v1/lab/runs/{id}")))
+            .bearer_auth(token)
+            .send()
+    };
+    expect_problem(
+        get("lab-reader-token").await.expect("GET"),
+        403,
+        "GET, no admin",
+    )
+    .await;
+    let view = eventually("the run to end", || async {
+        let (_, _, v) = into_json(get("lab-admin-token").await.expect("GET")).await;
+        (v["state"] != "running").then_some(v)
+    })
+    .await;
+    assert_eq!(view["state"], "done", "{view}");
+    assert_eq!(view["patterns"]["sse"]["deliveries"], 10, "{view}");
+    assert_eq!(view["patterns"]["long-poll"]["lost"], 0, "{view}");
+}
