@@ -42,6 +42,8 @@ pub struct PatternResult {
     pub latency_ms: Latency,
     pub requests_per_message: f64,
     pub bytes_per_message: f64,
+    /// The hub-to-client part of `bytes_per_message` (response heads, bodies, frames).
+    pub bytes_received_per_message: f64,
     /// `None` when the hub's CPU time cannot be read (the CLI against a remote hub).
     pub cpu_s: Option<f64>,
     pub connections: u64,
@@ -487,6 +489,7 @@ async fn measure(
         },
         requests_per_message: per(requests),
         bytes_per_message: per(sent + received),
+        bytes_received_per_message: per(received),
         cpu_s: match (sink.cpu, cpu0, cpu1) {
             (Cpu::ThisProcess, Some(a), Some(b)) => Some(b - a),
             _ => None,

@@ -175,6 +175,7 @@ mod tests {
             latency_ms: Latency { p50: 1.0, p99: 2.0 },
             requests_per_message: req,
             bytes_per_message: 300.0,
+            bytes_received_per_message: 200.0,
             cpu_s: None,
             connections: 2,
         };

@@ -386,3 +386,58 @@ async fn with_auth_required_a_run_needs_admin_and_its_clients_use_the_callers_to
     assert_eq!(view["patterns"]["sse"]["deliveries"], 10, "{view}");
     assert_eq!(view["patterns"]["long-poll"]["lost"], 0, "{view}");
 }
+
+/// "Lab bytes are real": for SSE and short polling, the bytes per message the lab counts on
+/// its sockets from the hub agree within 15 % with what Chromium's own network events count
+/// for the same traffic made by a page (fetch) on the hub's origin. The comparison is of the
+/// hub-to-client bytes: a browser's request heads (~480 B a fetch) are its own, not the hub's.
+#[tokio::test]
+async fn the_labs_byte_counts_agree_with_chromiums_network_events() {
+    use crate::kit::browser;
+    let server = Server::start(&["--lab-enabled"]).await;
+    let (rate, duration_s, poll_ms, size) = (2, 5, 250, 100);
+    let view = run_to_end(
+        &server,
+        &json!({
+            "patterns": ["short-poll", "sse"], "clients": 1, "rate": rate,
+            "duration": format!("{duration_s}s"), "poll_interval": format!("{poll_ms}ms"), "size": size
+        }),
+        Duration::from_secs(60),
+    )
+    .await;
+    // The page's topics have names as long as the lab's, so the envelopes weigh the same.
+    let id = view["id"].as_str().expect("an id");
+    let sse_topic = format!("lab.{}-sse", "b".repeat(id.len()));
+    let poll_topic = format!("lab.{}-short-poll", "b".repeat(id.len()));
+    let result = browser::run(
+        "lab-bytes.js",
+        server.base(),
+        &[
+            ("SSE_TOPIC", &sse_topic),
+            ("POLL_TOPIC", &poll_topic),
+            ("RATE", &rate.to_string()),
+            ("DURATION_MS", &(duration_s * 1000).to_string()),
+            ("POLL_MS", &poll_ms.to_string()),
+            ("SIZE", &size.to_string()),
+        ],
+    )
+    .await;
+    let messages = (rate * duration_s) as u64;
+    assert_eq!(result["counts"]["sse"], messages, "{result}");
+    assert_eq!(result["counts"]["poll"], messages, "{result}");
+    for (pattern, key) in [
+        ("sse", "sse_bytes_received_per_message"),
+        ("short-poll", "poll_bytes_received_per_message"),
+    ] {
+        let lab = figure(&view, pattern, "bytes_received_per_message");
+        let chromium = result[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key}: {result}"));
+        let off = (lab - chromium).abs() / chromium;
+        assert!(
+            off <= 0.15,
+            "{pattern}: the lab counts {lab:.1} B/message, Chromium {chromium:.1} ({:.0} % apart)\nlab: {view}\nchromium: {result}",
+            off * 100.0
+        );
+    }
+}
