@@ -42,6 +42,13 @@ pub struct Counted<S> {
     counter: Arc<Counter>,
 }
 
+impl<S> Counted<S> {
+    /// Counts what `inner` carries into `counter` (e.g. a connection a test server accepted).
+    pub fn new(inner: S, counter: Arc<Counter>) -> Self {
+        Counted { inner, counter }
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -38,6 +38,7 @@ mod forward;
 mod jobs;
 mod raw;
 mod subscribe;
+mod webhooks;
 
 pub use counted::{Answer, Counted, Counter, H2, H2Body, Http1};
 pub use follow::Follow;

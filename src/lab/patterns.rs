@@ -292,6 +292,8 @@ async fn client_task(
             }
             shared.open.fetch_sub(1, Ordering::Relaxed);
         }
+        // The hub is the client of this pattern: see `receiver`.
+        LabPattern::Webhook => {}
         LabPattern::SseH2 => {
             let mut conn = client.connect_counted_h2(shared.counter.clone()).await?;
             shared.open.fetch_add(1, Ordering::Relaxed);
@@ -316,6 +318,128 @@ async fn client_task(
         }
     }
     Ok(tally.latency)
+}
+
+/// The webhook pattern's receiver: answers every POST the hub sends `204` on connections
+/// counted like the clients' (the hub's requests are what it receives), and counts the
+/// deliveries in the bodies (the JSON envelope).
+async fn receiver(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) -> Result<Histogram, LabError> {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                conns.spawn(receive(stream, shared.clone(), stop.clone()));
+            }
+            _ = stop.cancelled() => break,
+        }
+    }
+    let mut latency = Histogram::new();
+    while let Some(joined) = conns.join_next().await {
+        if let Ok(h) = joined {
+            latency.merge(&h);
+        }
+    }
+    Ok(latency)
+}
+
+/// One connection of the hub's webhook sender: HTTP/1.1 requests with a `Content-Length` body.
+async fn receive(
+    stream: tokio::net::TcpStream,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) -> Histogram {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tally = Tally {
+        latency: Histogram::new(),
+    };
+    let mut stream = plexus_client::Counted::new(stream, shared.counter.clone());
+    shared.open.fetch_add(1, Ordering::Relaxed);
+    let mut buf = BytesMut::with_capacity(4096);
+    'requests: loop {
+        let head_end = loop {
+            if let Some(i) = find(&buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = tokio::select! {
+                n = stream.read_buf(&mut buf) => n,
+                _ = stop.cancelled() => break 'requests,
+            };
+            if !matches!(n, Ok(n) if n > 0) {
+                break 'requests;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + length {
+            if !matches!(stream.read_buf(&mut buf).await, Ok(n) if n > 0) {
+                break 'requests;
+            }
+        }
+        shared.requests.fetch_add(1, Ordering::Relaxed);
+        tally.deliveries_in(&buf[head_end..head_end + length], &shared);
+        buf.advance(head_end + length);
+        if stream
+            .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    shared.open.fetch_sub(1, Ordering::Relaxed);
+    tally.latency
+}
+
+/// Starts the receiver and one webhook per client on `topic`; the webhooks' ids go to `hooks`
+/// as they are made, so the caller deletes them whatever happens.
+async fn start_webhooks(
+    client: &Client,
+    topic: &str,
+    spec: &LabSpec,
+    shared: &Arc<Shared>,
+    stop: &CancellationToken,
+    tasks: &mut JoinSet<Result<Histogram, LabError>>,
+    hooks: &mut Vec<String>,
+) -> Result<(), LabError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| LabError::Io(format!("cannot bind the webhook receiver: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| LabError::Io(e.to_string()))?;
+    tasks.spawn(receiver(listener, shared.clone(), stop.clone()));
+    for i in 0..spec.clients {
+        let settings = serde_json::json!({
+            "url": format!("http://{addr}/{i}"),
+            "topics": [topic],
+            "since": "1",
+        });
+        match client.create_webhook(&settings).await {
+            Ok(created) => {
+                if let Some(id) = created["id"].as_str() {
+                    hooks.push(id.to_owned());
+                }
+            }
+            Err(plexus_client::Error::Problem(p)) if p.kind.ends_with("address-not-allowed") => {
+                return Err(LabError::Run(
+                    "webhook: the hub refuses webhooks to loopback, where the lab's receiver listens; add \"127.0.0.1/32\" to webhooks.allow_networks to measure this pattern".into(),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        shared.ready.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 /// Where a run's figures and progress go, and how it ends early.
@@ -350,12 +474,32 @@ pub async fn run(
     Ok(results)
 }
 
+/// [`measure_inner`], then the webhooks it made are deleted, whatever happened (the hub
+/// would otherwise retry a gone receiver for days).
 async fn measure(
     client: &Client,
     pattern: LabPattern,
     topic: &str,
     spec: &LabSpec,
     sink: &Sink<'_>,
+) -> Result<PatternResult, LabError> {
+    let mut hooks = Vec::new();
+    let result = measure_inner(client, pattern, topic, spec, sink, &mut hooks).await;
+    for id in hooks {
+        if let Err(e) = client.delete_webhook(&id).await {
+            tracing::warn!(webhook = %id, error = %e, "the lab cannot delete its webhook");
+        }
+    }
+    result
+}
+
+async fn measure_inner(
+    client: &Client,
+    pattern: LabPattern,
+    topic: &str,
+    spec: &LabSpec,
+    sink: &Sink<'_>,
+    hooks: &mut Vec<String>,
 ) -> Result<PatternResult, LabError> {
     (sink.progress)(Progress::Started {
         pattern: pattern.name().to_owned(),
@@ -375,7 +519,13 @@ async fn measure(
     let stop = CancellationToken::new();
     // Dropped on any early return: every client task is aborted with it.
     let mut tasks = JoinSet::new();
+    if pattern == LabPattern::Webhook {
+        start_webhooks(client, topic, spec, &shared, &stop, &mut tasks, hooks).await?;
+    }
     for i in 0..spec.clients {
+        if pattern == LabPattern::Webhook {
+            break;
+        }
         tasks.spawn(client_task(
             client.clone(),
             pattern,
@@ -400,7 +550,7 @@ async fn measure(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    if pattern != LabPattern::ShortPoll {
+    if !matches!(pattern, LabPattern::ShortPoll | LabPattern::Webhook) {
         // A stream or a held poll is listening once the hub counts it as a subscriber.
         let deadline = Instant::now() + Duration::from_secs(30);
         while client.topic(topic).await?.subscribers < spec.clients as u64 {

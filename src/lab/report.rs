@@ -61,6 +61,7 @@ fn colour(name: &str) -> &'static str {
         "long-poll" => "#ff7f0e",
         "sse" => "#1f77b4",
         "ws" => "#2ca02c",
+        "webhook" => "#8c564b",
         _ => "#9467bd",
     }
 }

@@ -20,15 +20,18 @@ pub enum LabPattern {
     Ws,
     /// Server-sent events over HTTP/2 (h2c), one connection per client.
     SseH2,
+    /// The hub POSTs each message to a receiver: one webhook per client.
+    Webhook,
 }
 
 impl LabPattern {
-    pub const ALL: [LabPattern; 5] = [
+    pub const ALL: [LabPattern; 6] = [
         LabPattern::ShortPoll,
         LabPattern::LongPoll,
         LabPattern::Sse,
         LabPattern::Ws,
         LabPattern::SseH2,
+        LabPattern::Webhook,
     ];
 
     pub fn name(self) -> &'static str {
@@ -38,6 +41,7 @@ impl LabPattern {
             LabPattern::Sse => "sse",
             LabPattern::Ws => "ws",
             LabPattern::SseH2 => "sse-h2",
+            LabPattern::Webhook => "webhook",
         }
     }
 }
@@ -52,14 +56,13 @@ impl FromStr for LabPattern {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        if s == "webhook" {
-            return Err("the webhook pattern is not measured by this hub yet".into());
-        }
         LabPattern::ALL
             .into_iter()
             .find(|p| p.name() == s)
             .ok_or_else(|| {
-                format!("unknown pattern {s:?}; expected short-poll, long-poll, sse, ws or sse-h2")
+                format!(
+                    "unknown pattern {s:?}; expected short-poll, long-poll, sse, ws, sse-h2 or webhook"
+                )
             })
     }
 }

@@ -68,6 +68,7 @@ async fn bad_run_bodies_are_400_problems_and_start_nothing() {
     let server = Server::start(&["--lab-enabled"]).await;
     let bad = [
         json!({"patterns": ["carrier-pigeon"], "clients": 1}),
+        json!({"patterns": ["sse", "webhook", "sse"], "clients": 1}),
         json!({"patterns": [], "clients": 1}),
         json!({"patterns": ["sse"], "clients": 0}),
         json!({"patterns": ["sse"], "clients": 501}),
@@ -440,4 +441,52 @@ async fn the_labs_byte_counts_agree_with_chromiums_network_events() {
             off * 100.0
         );
     }
+}
+
+/// The webhook pattern: the hub POSTs each message to the lab's receiver, one request per
+/// delivery; the lab deletes its webhooks after the run. A hub that refuses loopback webhooks
+/// (the default) fails the run with a message naming the setting, and keeps no webhook.
+#[tokio::test]
+async fn the_webhook_pattern_is_one_request_per_message_and_leaves_no_webhook_behind() {
+    let server =
+        Server::start(&["--lab-enabled", "--webhooks-allow-networks", "127.0.0.1/32"]).await;
+    let view = run_to_end(
+        &server,
+        &json!({"patterns": ["webhook"], "clients": 3, "rate": 5, "duration": "2s"}),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(figure(&view, "webhook", "deliveries"), 30.0, "{view}");
+    assert_eq!(figure(&view, "webhook", "lost"), 0.0, "{view}");
+    let requests = figure(&view, "webhook", "requests_per_message");
+    assert!((0.9..=1.1).contains(&requests), "{requests}: {view}");
+    let (_, _, hooks) = server.get_json("/v1/webhooks").await;
+    assert_eq!(hooks["webhooks"], json!([]), "{hooks}");
+
+    let refusing = Server::start(&["--lab-enabled"]).await;
+    let (status, _, started) = into_json(
+        post_run(
+            &refusing,
+            &json!({"patterns": ["webhook"], "clients": 2, "duration": "1s"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().expect("an id").to_owned();
+    let failed = eventually("the run to fail", || async {
+        let (_, _, v) = refusing.get_json(&format!("/v1/lab/runs/{id}")).await;
+        (v["state"] != "running").then_some(v)
+    })
+    .await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("webhooks.allow_networks"),
+        "{failed}"
+    );
+    let (_, _, hooks) = refusing.get_json("/v1/webhooks").await;
+    assert_eq!(hooks["webhooks"], json!([]), "{hooks}");
 }
