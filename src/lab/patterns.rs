@@ -461,10 +461,7 @@ pub async fn run(
     let mut results = BTreeMap::new();
     for &pattern in &spec.patterns {
         let topic = format!("{topic_prefix}-{pattern}");
-        let result = tokio::select! {
-            r = measure(client, pattern, &topic, spec, sink) => r?,
-            _ = sink.cancel.cancelled() => return Err(LabError::Run("the run was cancelled".into())),
-        };
+        let result = measure(client, pattern, &topic, spec, sink).await?;
         (sink.progress)(Progress::Done {
             pattern: pattern.name().to_owned(),
             result: result.clone(),
@@ -474,8 +471,8 @@ pub async fn run(
     Ok(results)
 }
 
-/// [`measure_inner`], then the webhooks it made are deleted, whatever happened (the hub
-/// would otherwise retry a gone receiver for days).
+/// [`measure_inner`] until it ends or the run is cancelled, then the webhooks it made are
+/// deleted, whatever happened (the hub would otherwise retry a gone receiver for days).
 async fn measure(
     client: &Client,
     pattern: LabPattern,
@@ -484,7 +481,10 @@ async fn measure(
     sink: &Sink<'_>,
 ) -> Result<PatternResult, LabError> {
     let mut hooks = Vec::new();
-    let result = measure_inner(client, pattern, topic, spec, sink, &mut hooks).await;
+    let result = tokio::select! {
+        r = measure_inner(client, pattern, topic, spec, sink, &mut hooks) => r,
+        _ = sink.cancel.cancelled() => Err(LabError::Run("the run was cancelled".into())),
+    };
     for id in hooks {
         if let Err(e) = client.delete_webhook(&id).await {
             tracing::warn!(webhook = %id, error = %e, "the lab cannot delete its webhook");
@@ -641,7 +641,8 @@ async fn measure_inner(
         bytes_per_message: per(sent + received),
         bytes_received_per_message: per(received),
         cpu_s: match (sink.cpu, cpu0, cpu1) {
-            (Cpu::ThisProcess, Some(a), Some(b)) => Some(b - a),
+            // Clock ticks are hundredths of a second: no more digits than that.
+            (Cpu::ThisProcess, Some(a), Some(b)) => Some(((b - a) * 100.0).round() / 100.0),
             _ => None,
         },
         connections,
