@@ -34,6 +34,12 @@ fn write(path: &PathBuf, text: &str) -> Result<(), LabError> {
 }
 
 pub async fn run(args: OutsideRun) -> Result<(), LabError> {
+    if !args.server.starts_with("http://") {
+        return Err(LabError::Usage(format!(
+            "--server {}: the lab counts the bytes of cleartext connections; give an http:// URL",
+            args.server
+        )));
+    }
     let mut builder = Client::builder(&args.server);
     if let Some(token) = &args.token {
         builder = builder.bearer_token(token);

@@ -490,3 +490,64 @@ async fn the_webhook_pattern_is_one_request_per_message_and_leaves_no_webhook_be
     let (_, _, hooks) = refusing.get_json("/v1/webhooks").await;
     assert_eq!(hooks["webhooks"], json!([]), "{hooks}");
 }
+
+/// A hub listening with TLS only cannot be measured (the lab counts cleartext bytes): `503`
+/// `lab-unavailable`, and nothing starts.
+#[tokio::test]
+async fn a_tls_only_hub_answers_lab_unavailable() {
+    crate::kit::install_crypto_provider();
+    let server = Server::start(&["--tls-self-signed", "--lab-enabled"]).await;
+    let pem = std::fs::read(server.data_dir().join("tls").join("self-signed.pem"))
+        .expect("the self-signed PEM");
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("a certificate"))
+        .build()
+        .expect("a TLS client");
+    let url = format!("https://localhost:{}/v1/lab/runs", server.port());
+    let resp = client
+        .post(&url)
+        .json(&json!({"patterns": ["sse"], "clients": 1}))
+        .send()
+        .await
+        .expect("POST over TLS");
+    let problem = expect_problem(resp, 503, "TLS only").await;
+    assert_eq!(
+        problem["type"], "urn:plexus:problem:lab-unavailable",
+        "{problem}"
+    );
+    // Nothing was started: a second request is refused the same way, not as busy.
+    let again = client
+        .post(&url)
+        .json(&json!({"patterns": ["sse"], "clients": 1}))
+        .send()
+        .await
+        .expect("POST over TLS");
+    expect_problem(again, 503, "TLS only, again").await;
+}
+
+/// `plexus lab` refuses bad settings before it connects, naming the setting, and reports a
+/// hub it cannot reach; each as one line on stderr and a failing exit code.
+#[tokio::test]
+async fn the_cli_refuses_bad_settings_and_an_unreachable_hub() {
+    use crate::kit::cli;
+    for (args, expect) in [
+        (vec!["--clients", "0"], "clients"),
+        (vec!["--patterns", "sse,carrier-pigeon"], "carrier-pigeon"),
+        (vec!["--duration", "10 s"], "duration"),
+        (vec!["--poll-interval", "1ms"], "poll_interval"),
+        (vec!["--server", "https://127.0.0.1:9"], "http://"),
+        (
+            vec!["--server", "http://127.0.0.1:9", "--duration", "1s"],
+            "cannot reach the hub",
+        ),
+    ] {
+        let out = cli::run_to_failure(
+            cli::plexus().arg("lab").args(&args),
+            &format!("plexus lab {args:?}"),
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: no table on a failure");
+    }
+}
