@@ -98,6 +98,27 @@ fn new_id() -> String {
     format!("{millis:x}{:x}", NEXT.fetch_add(1, Ordering::Relaxed) % 16)
 }
 
+/// Clears the lab's running run when dropped, marking it failed if it was still running.
+struct Unbusy {
+    runs: Arc<Mutex<Runs>>,
+    id: String,
+}
+
+impl Drop for Unbusy {
+    fn drop(&mut self) {
+        let mut runs = lock(&self.runs);
+        if runs.running.as_deref() == Some(self.id.as_str()) {
+            runs.running = None;
+        }
+        if let Some(r) = runs.records.iter_mut().find(|r| r.id == self.id)
+            && r.state == "running"
+        {
+            r.state = "failed";
+            r.error = Some("the run's task ended early".into());
+        }
+    }
+}
+
 impl LabRunner for LabRuns {
     fn start(&self, spec: LabSpec, token: Option<String>) -> Result<String, LabStartError> {
         if !self.base.starts_with("http://") {
@@ -136,6 +157,12 @@ impl LabRunner for LabRuns {
         let (runs, notes, cancel) = (self.runs.clone(), self.notes.clone(), self.shutdown.clone());
         let run_id = id.clone();
         tokio::spawn(async move {
+            // Should the run's task end without reaching its end (a panic), the lab is not left
+            // busy forever and the run shows as failed.
+            let _guard = Unbusy {
+                runs: runs.clone(),
+                id: run_id.clone(),
+            };
             let topic = format!("_lab.{run_id}");
             let progress = {
                 let (runs, notes, topic, run_id) =
