@@ -18,6 +18,8 @@ use crate::auth::AuthSetupError;
 use crate::config::{Config, StorageKind};
 use crate::consumers::Consumers;
 use crate::http::{AppState, HttpOptions};
+/// The pattern lab's seam: `src/lab/` implements the runner that `src/http/` calls.
+pub use crate::http::{LabRunner, LabStartError};
 use crate::hub::{Hub, HubOptions};
 use crate::jobs::Jobs;
 use crate::server::{self, ConnStats, ServerOptions};
@@ -93,6 +95,8 @@ pub struct App {
     pub draining: CancellationToken,
     /// Cancelled to stop: no new connections, streams and polls end, the server drains.
     pub shutdown: CancellationToken,
+    /// Where the pattern lab's runner goes once the listener is bound (see [`App::hub_notes`]).
+    pub lab: crate::http::LabSlot,
 }
 
 impl App {
@@ -142,6 +146,7 @@ impl App {
         )
         .map_err(AppError::Webhooks)?;
         let connections = Arc::new(ConnStats::default());
+        let lab = crate::http::LabSlot::default();
         let router = crate::http::router(AppState {
             limiter: Arc::new(crate::http::limits::RateLimiter::new(
                 config.rate,
@@ -154,6 +159,7 @@ impl App {
             auth,
             connections: connections.clone(),
             options: Arc::new(http_options(config)),
+            lab: lab.clone(),
         });
         Ok(App {
             config: config.clone(),
@@ -165,6 +171,7 @@ impl App {
             connections,
             draining,
             shutdown,
+            lab,
         })
     }
 
@@ -219,6 +226,46 @@ fn http_options(config: &Config) -> HttpOptions {
         cors_origins: config.cors_origins.clone(),
         body_timeout: config.body_timeout,
         trusted_proxies: config.trusted_proxies.clone(),
+        lab_enabled: config.lab.enabled,
+    }
+}
+
+/// Messages the hub publishes on its own reserved topics (the pattern lab's `_lab.{run}`),
+/// for a part that is a client of the hub and so may not name it. A task publishes them one
+/// after another, in the order given, so the sender never waits on the store.
+#[derive(Clone)]
+pub struct HubNotes {
+    queue: tokio::sync::mpsc::UnboundedSender<(crate::model::Topic, String)>,
+}
+
+impl HubNotes {
+    /// Queues `data` (JSON) for `topic`; a bad topic name is ignored.
+    pub fn publish(&self, topic: &str, data: String) {
+        if let Ok(topic) = topic.parse() {
+            let _ = self.queue.send((topic, data));
+        }
+    }
+}
+
+impl App {
+    /// A [`HubNotes`] of this hub; its task ends once every clone is dropped.
+    pub fn hub_notes(&self) -> HubNotes {
+        let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let hub = self.hub.clone();
+        tokio::spawn(async move {
+            while let Some((topic, data)) = rx.recv().await {
+                let note = crate::model::NewMessage {
+                    topic,
+                    event: None,
+                    data: bytes::Bytes::from(data),
+                    idempotency_key: None,
+                };
+                if let Err(e) = hub.publish_internal(vec![note]).await {
+                    tracing::warn!(error = %e, "cannot publish a lab note");
+                }
+            }
+        });
+        HubNotes { queue }
     }
 }
 

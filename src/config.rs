@@ -121,6 +121,9 @@ pub struct ServeArgs {
     /// PEM certificates trusted for https webhooks beside the system's roots [default: none]
     #[arg(long, env = "PLEXUS_WEBHOOKS_CA_FILE", value_name = "PATH")]
     pub webhooks_ca_file: Option<PathBuf>,
+    /// Enable the pattern lab's runs (POST /v1/lab/runs) [default: off]
+    #[arg(long, env = "PLEXUS_LAB_ENABLED")]
+    pub lab_enabled: bool,
     /// open (no credentials) or required (tokens or JWTs, see the config file) [default: open]
     #[arg(long, env = "PLEXUS_AUTH", value_name = "MODE")]
     pub auth: Option<String>,
@@ -204,6 +207,14 @@ struct FileConfig {
     sidecar: FileSidecar,
     consumers: FileConsumers,
     webhooks: FileWebhooks,
+    lab: FileLab,
+}
+
+/// `[lab]`: the pattern lab (docs/API.md, "The pattern lab").
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct FileLab {
+    enabled: bool,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -375,6 +386,14 @@ pub struct Config {
     pub replication: crate::store::Replication,
     /// Most topics the store holds; a write that would create one more is refused (`507`).
     pub max_topics_total: u64,
+    /// `[lab]`: whether `POST /v1/lab/runs` may start pattern-lab runs.
+    pub lab: LabConfig,
+}
+
+/// `[lab]` settings.
+#[derive(Clone, Debug, Default)]
+pub struct LabConfig {
+    pub enabled: bool,
 }
 
 /// Authentication settings; secrets are redacted when printed.
@@ -824,6 +843,9 @@ impl Config {
             jobs,
             consumers,
             webhooks,
+            lab: LabConfig {
+                enabled: a.lab_enabled || f.lab.enabled,
+            },
             tls,
             listen,
             data_dir: a.data_dir.clone().unwrap_or(f.data_dir),

@@ -27,8 +27,9 @@
 //! - [`config`]: file < environment < flags, validated into a [`config::Config`].
 //! - [`app`]: builds the application once (config → store → hub → jobs → router) and runs it
 //!   on a bound listener; used by `serve`, the lab, the tests.
-//! - [`lab`]: load generators and baselines; they reach the hub through `plexus-client` (the
-//!   store benchmark and the bare-handler baseline are the named exceptions).
+//! - [`lab`]: load generators and baselines, and the pattern lab (`POST /v1/lab/runs`,
+//!   `plexus lab`); they reach the hub through `plexus-client` (the store benchmark and the
+//!   bare-handler baseline are the named exceptions).
 //! - [`sidecar`]: `plexus sidecar`, the hub's API on loopback beside an application: a
 //!   durable spool of publishes forwarded in order with idempotency keys, everything else
 //!   proxied; it reaches the hub through `plexus-client` only, over one HTTP/2 connection.

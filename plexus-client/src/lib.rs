@@ -32,12 +32,15 @@
 //! ```
 
 mod consumers;
+mod counted;
 mod follow;
 mod forward;
 mod jobs;
 mod raw;
 mod subscribe;
+mod webhooks;
 
+pub use counted::{Answer, Counted, Counter, H2, H2Body, Http1};
 pub use follow::Follow;
 pub use forward::Forwarded;
 pub use jobs::Job;
@@ -217,6 +220,8 @@ pub struct Client {
     base: String,
     /// TLS for `wss://` (HTTP/1.1 only: WebSockets over HTTP/2 need RFC 8441 on the client).
     ws_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// The bearer token, for the connections this client opens itself.
+    bearer: Option<String>,
 }
 
 /// The system's roots plus the ones the application added.
@@ -332,6 +337,7 @@ impl ClientBuilder {
             http: http.build()?,
             base: self.base.trim_end_matches('/').to_owned(),
             ws_tls,
+            bearer: self.bearer,
         })
     }
 }

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod consumers;
 pub mod jobs;
+pub mod lab;
 pub mod publish;
 pub mod serve;
 pub mod sidecar;
@@ -43,6 +44,8 @@ pub enum Command {
     /// Measure the hub (results go to docs/BENCHMARKS.md)
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Measure each delivery pattern against a running hub: a table, JSON and an SVG chart
+    Lab(lab::LabArgs),
 }
 
 /// Why a command failed. `main` prints it as one line and exits with code 1.
@@ -129,11 +132,23 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Sidecar(args) => sidecar::run(*args),
         Command::Consumers(args) => block_on(consumers::run(args)),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Lab(args) => block_on_threads(lab::run(args)),
     }
 }
 
 fn block_on<F: std::future::Future<Output = Result<(), CliError>>>(f: F) -> Result<(), CliError> {
     tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?
+        .block_on(f)
+}
+
+/// [`block_on`] on every core: `plexus lab` drives hundreds of clients at once.
+fn block_on_threads<F: std::future::Future<Output = Result<(), CliError>>>(
+    f: F,
+) -> Result<(), CliError> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(CliError::Runtime)?

@@ -76,6 +76,23 @@ async fn serve(config: Config) -> Result<(), CliError> {
              address may publish, read and delete. Use --auth required (see the config file)."
         );
     }
+    if config.lab.enabled {
+        // The lab measures the hub through this listener, as a client would: the loopback
+        // address of an unspecified bind.
+        let mut reach = addr;
+        if reach.ip().is_unspecified() {
+            reach.set_ip(match reach {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let runner = crate::lab::runs::LabRuns::new(
+            format!("{scheme}://{reach}"),
+            app.hub_notes(),
+            app.shutdown.clone(),
+        );
+        let _ = app.lab.set(runner);
+    }
     tokio::spawn(watch_signals(
         app.draining.clone(),
         app.shutdown.clone(),

@@ -146,9 +146,17 @@ const ADDRESS_NOT_ALLOWED: ProblemType = ProblemType::new(
     "address-not-allowed",
     "Address not allowed",
 );
+/// A pattern-lab run is already going on (docs/API.md, "The pattern lab").
+const LAB_BUSY: ProblemType = ProblemType::new(StatusCode::CONFLICT, "lab-busy", "Lab busy");
+/// The pattern lab cannot measure this hub now (no runner installed, a TLS-only listener).
+const LAB_UNAVAILABLE: ProblemType = ProblemType::new(
+    StatusCode::SERVICE_UNAVAILABLE,
+    "lab-unavailable",
+    "Lab unavailable",
+);
 
 /// Every problem type the API answers with, each once.
-pub const PROBLEM_TYPES: [&ProblemType; 26] = [
+pub const PROBLEM_TYPES: [&ProblemType; 28] = [
     &BAD_REQUEST,
     &BAD_TOPIC,
     &BAD_SINCE,
@@ -175,6 +183,8 @@ pub const PROBLEM_TYPES: [&ProblemType; 26] = [
     &STALE_DELIVERY,
     &BAD_WEBHOOK,
     &ADDRESS_NOT_ALLOWED,
+    &LAB_BUSY,
+    &LAB_UNAVAILABLE,
 ];
 
 /// The kind of problem a store error is.
@@ -389,6 +399,14 @@ impl From<crate::webhooks::WebhookError> for ApiError {
 impl ApiError {
     pub fn bad_webhook(detail: impl Into<String>) -> Self {
         ApiError::new(&BAD_WEBHOOK, detail)
+    }
+
+    pub fn lab_busy(detail: impl Into<String>) -> Self {
+        ApiError::new(&LAB_BUSY, detail)
+    }
+
+    pub fn lab_unavailable(detail: impl Into<String>) -> Self {
+        ApiError::new(&LAB_UNAVAILABLE, detail)
     }
 }
 

@@ -29,6 +29,7 @@ mod epcp;
 pub mod error;
 mod extract;
 mod jobs;
+mod lab;
 pub mod limits;
 mod ndjson;
 mod openapi;
@@ -47,7 +48,7 @@ use axum::Router;
 use axum::http::Uri;
 
 use error::ApiError;
-pub use state::{AppState, HttpOptions};
+pub use state::{AppState, HttpOptions, LabRunner, LabSlot, LabStartError};
 
 /// The whole API as one router.
 pub fn router(state: AppState) -> Router {
@@ -69,6 +70,8 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::routes(&state.options))
         .merge(consumers::routes())
         .merge(webhooks::routes())
+        // The pattern lab (docs/API.md, "The pattern lab").
+        .merge(lab::routes())
         .merge(openapi::routes())
         // Hold mode's EPCP publish (docs/API.md §9).
         .merge(epcp::routes(&state.options))

@@ -112,6 +112,8 @@ async fn openapi_json(State(state): State<AppState>) -> Response {
         super::webhooks::remove,
         super::webhooks::act,
         super::admin::me,
+        super::lab::create,
+        super::lab::show,
         openapi_json,
     ),
     components(schemas(
@@ -125,6 +127,7 @@ async fn openapi_json(State(state): State<AppState>) -> Response {
         (name = "jobs", description = "Long requests: submit, follow, and work on jobs"),
         (name = "consumers", description = "Durable consumers: the hub keeps the reader's place"),
         (name = "webhooks", description = "Webhooks: the hub POSTs each message, signed and in order"),
+        (name = "lab", description = "The pattern lab: measure each delivery pattern on this hub"),
         (name = "manage", description = "Topics"),
         (name = "observe", description = "Health, readiness, metrics, this description"),
     )

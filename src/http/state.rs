@@ -1,7 +1,7 @@
 //! What every handler shares: the options the HTTP layer takes from the configuration, and
 //! the application state each request gets as `State<AppState>`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::limits::RateLimiter;
@@ -30,6 +30,8 @@ pub struct HttpOptions {
     pub body_timeout: Duration,
     /// Peers whose `Forwarded` / `X-Forwarded-For` name the client (`limits.trusted_proxies`).
     pub trusted_proxies: Vec<crate::model::Cidr>,
+    /// `lab.enabled`: the pattern lab's routes answer (otherwise `404`).
+    pub lab_enabled: bool,
 }
 
 impl Default for HttpOptions {
@@ -44,6 +46,7 @@ impl Default for HttpOptions {
             cors_origins: Vec::new(),
             body_timeout: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
+            lab_enabled: false,
         }
     }
 }
@@ -60,4 +63,31 @@ pub struct AppState {
     /// The listener's connection counters (for `/metrics`).
     pub connections: Arc<ConnStats>,
     pub options: Arc<HttpOptions>,
+    /// The pattern lab's runner, installed by the application once it listens.
+    pub lab: LabSlot,
 }
+
+/// Why a run could not start.
+#[derive(Debug)]
+pub enum LabStartError {
+    /// Another run is going on (one at a time, so their CPU figures stay apart).
+    Busy(String),
+    /// The lab cannot measure this hub (e.g. its listener speaks only TLS).
+    Unavailable(String),
+}
+
+/// Starts and shows pattern-lab runs (implemented by `src/lab/`).
+pub trait LabRunner: Send + Sync {
+    /// Starts a run in the background with the caller's bearer token (its clients send it);
+    /// the run's id.
+    fn start(
+        &self,
+        spec: crate::model::LabSpec,
+        token: Option<String>,
+    ) -> Result<String, LabStartError>;
+    /// A run as `GET /v1/lab/runs/{id}` shows it; `None` when unknown.
+    fn show(&self, id: &str) -> Option<serde_json::Value>;
+}
+
+/// Where the application puts its [`LabRunner`]; empty while none is installed.
+pub type LabSlot = Arc<OnceLock<Arc<dyn LabRunner>>>;

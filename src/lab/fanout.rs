@@ -53,7 +53,7 @@ pub struct FanoutBench {
 
 /// Latencies in log buckets of about 5 %.
 #[derive(Clone)]
-struct Histogram {
+pub(super) struct Histogram {
     buckets: Vec<u64>,
     max_us: u64,
 }
@@ -61,28 +61,29 @@ struct Histogram {
 impl Histogram {
     const PER_E: f64 = 20.0;
 
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Histogram {
             buckets: vec![0; 400],
             max_us: 0,
         }
     }
 
-    fn record(&mut self, us: u64) {
+    pub(super) fn record(&mut self, us: u64) {
         let i = ((us.max(1) as f64).ln() * Self::PER_E) as usize;
         let last = self.buckets.len() - 1;
         self.buckets[i.min(last)] += 1;
         self.max_us = self.max_us.max(us);
     }
 
-    fn merge(&mut self, other: &Histogram) {
+    pub(super) fn merge(&mut self, other: &Histogram) {
         for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
             *a += b;
         }
         self.max_us = self.max_us.max(other.max_us);
     }
 
-    fn quantile(&self, q: f64) -> f64 {
+    /// The `q` quantile in milliseconds.
+    pub(super) fn quantile(&self, q: f64) -> f64 {
         let total: u64 = self.buckets.iter().sum();
         let target = (total as f64 * q).ceil() as u64;
         let mut seen = 0;

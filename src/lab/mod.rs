@@ -1,5 +1,7 @@
 //! The lab: measurements of the hub, each next to a baseline measured in the same run
-//! (docs/BENCHMARKS.md records them). The pattern lab will grow here too.
+//! (docs/BENCHMARKS.md records them), and the pattern lab (docs/API.md, "The pattern lab"):
+//! [`patterns`] is its engine, [`runs`] serves it inside the hub (`POST /v1/lab/runs`),
+//! [`outside`] runs it as `plexus lab`, [`report`] draws its table and chart.
 //!
 //! A load generator speaks to the hub only through `plexus-client`, as any application
 //! would; it starts a hub in this process with [`crate::app`] or as a child `plexus serve`.
@@ -13,9 +15,13 @@ pub mod consumers;
 pub mod fanout;
 pub mod http2;
 pub mod jobs;
+pub mod outside;
+pub mod patterns;
 pub mod publish;
 pub mod raw;
 pub mod replication;
+pub mod report;
+pub mod runs;
 pub mod sidecar;
 pub mod store;
 pub mod webhooks;

@@ -8,6 +8,7 @@ mod duration;
 mod gap;
 mod grip;
 mod job;
+mod lab;
 mod message;
 mod pattern;
 mod policy;
@@ -25,6 +26,7 @@ pub use duration::{DurationError, parse_duration};
 pub use gap::{Gap, GapReason};
 pub use grip::{GRIP_EVENT, channel_topic, epcp_messages};
 pub use job::{Job, JobId, JobState};
+pub use lab::{LabPattern, LabSpec};
 pub use message::{
     EventName, EventNameError, Fingerprint, Message, NewMessage, StoredFingerprint, fingerprint,
     valid_idempotency_key,

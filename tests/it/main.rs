@@ -53,6 +53,8 @@ mod jobs;
 mod jobs_cli;
 // Jobs from the workers' side: lost workers, retries, competing workers, SIGKILL.
 mod jobs_workers;
+// The pattern lab: its runs over HTTP, the figures it measures, `plexus lab`.
+mod lab;
 // Rate, request-head timeout, connection and size limits.
 mod limits;
 // Long-poll specifics: `wait=`, `Prefer: wait=`, timeouts, subscriber counts.
