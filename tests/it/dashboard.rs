@@ -739,3 +739,23 @@ async fn a_websocket_that_never_authenticates_is_closed() {
     )
     .await;
 }
+
+/// The Lab view on a hub with the lab on: a run started from the form charts live and ends with
+/// a table equal to the API's figures.
+#[tokio::test]
+async fn browser_the_lab_view_runs_and_shows_the_apis_figures() {
+    let server = Server::start(&["--lab-enabled"]).await;
+    let r = browser::run("dashboard_lab.js", server.base(), &[]).await;
+    assert!(
+        r["status"].as_str().unwrap_or_default().ends_with(": done"),
+        "{r}"
+    );
+    assert_eq!(r["api"]["state"], "done", "{r}");
+    for pattern in ["sse", "short-poll"] {
+        let deliveries = &r["api"]["patterns"][pattern]["deliveries"];
+        assert!(deliveries.as_u64().unwrap_or(0) > 0, "{pattern}: {r}");
+        assert_eq!(&r["rows"][pattern], deliveries, "{pattern}: {r}");
+    }
+    assert!(r["chartLines"].as_u64().unwrap_or(0) > 0, "{r}");
+    assert_eq!(result_list(&r, "consoleErrors"), Vec::<Value>::new(), "{r}");
+}
