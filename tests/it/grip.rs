@@ -716,3 +716,119 @@ async fn plexus_hold_aliases_take_the_same_path() {
     assert!(got.starts_with("id: 2\n"), "{got:?}");
     assert!(!got.contains("first"), "{got:?}");
 }
+
+/// Where `scripts/test` installs the pinned npm `@fanoutio/serve-grip` (its `node_modules`).
+fn serve_grip_dir() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/serve-grip");
+    assert!(
+        dir.join("node_modules/@fanoutio/serve-grip").exists(),
+        "{} is missing: scripts/test installs it (npm install @fanoutio/serve-grip@2.0.0 there)",
+        dir.display()
+    );
+    dir
+}
+
+/// Starts `tests/it/backends/serve_grip_app.mjs` on `port`, publishing through `control`.
+/// The script is an ES module fed on stdin from the install directory, so its imports resolve
+/// against the pinned `node_modules` there.
+fn serve_grip_backend(port: u16, control: &str) -> Child {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/it/backends/serve_grip_app.mjs");
+    let source = std::fs::File::open(&script).expect("the serve-grip backend's script");
+    tokio::process::Command::new("node")
+        .args(["--input-type=module", "-", &port.to_string(), KEY, control])
+        .current_dir(serve_grip_dir())
+        .stdin(source)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the serve-grip backend (node)")
+}
+
+#[tokio::test]
+async fn a_stock_serve_grip_backend_works_behind_the_sidecar() {
+    let hub = Server::start(&[]).await;
+    let port = free_port();
+    let app = format!("http://127.0.0.1:{port}");
+    let c = client();
+    // The sidecar's port is known before the backend starts: the backend publishes there.
+    let sidecar = Sidecar::start(hub.base(), &app).await;
+    let _backend = serve_grip_backend(port, &sidecar.url("/"));
+    let direct = timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(r) = c.get(format!("{app}/stream")).send().await {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the backend listens");
+    // Without a proxy's signature serve-grip refuses: the 200s below are the sidecar's Grip-Sig.
+    assert_eq!(direct.status(), 501, "serve-grip requires a GRIP proxy");
+    let publish = |kind: &'static str, data: &'static str| {
+        let (c, app) = (c.clone(), app.clone());
+        async move {
+            let r = c
+                .post(format!("{app}/pub"))
+                .json(&serde_json::json!({"kind": kind, "data": data}))
+                .send()
+                .await
+                .expect("ask the backend to publish");
+            assert_eq!(r.status(), 204, "the backend published through serve-grip");
+        }
+    };
+    // A stream hold: the initial body, each http-stream item in order, keep-alives when idle.
+    let r = c
+        .get(sidecar.url("/stream"))
+        .send()
+        .await
+        .expect("GET /stream");
+    assert_eq!(r.status(), 200, "serve-grip accepted the sidecar's Grip-Sig");
+    no_grip_headers(r.headers());
+    assert_eq!(r.headers()["content-type"], "text/plain");
+    let mut body = r.bytes_stream();
+    let mut got = String::new();
+    let mut until = async |got: &mut String, needle: &str| {
+        timeout(Duration::from_secs(20), async {
+            while !got.contains(needle) {
+                let chunk = body.next().await.expect("open").expect("a chunk");
+                got.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{needle:?} in time; got {got:?}"));
+    };
+    until(&mut got, "start\n").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    publish("stream", "one\n").await;
+    publish("stream", "two\n").await;
+    until(&mut got, "two\n").await;
+    until(&mut got, "two\nka\n").await;
+    assert_eq!(got.replace("ka\n", ""), "start\none\ntwo\n", "{got:?}");
+    // A response hold: an http-response publish completes every held request.
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let (c, url) = (c.clone(), sidecar.url("/poll"));
+            tokio::spawn(async move { c.get(url).send().await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    publish("response", "published\n").await;
+    for hold in held {
+        let r = timeout(Duration::from_secs(20), hold)
+            .await
+            .expect("completed by the publish")
+            .expect("joined")
+            .expect("an answer");
+        assert_eq!(r.status(), 200);
+        no_grip_headers(r.headers());
+        assert_eq!(r.text().await.expect("a body"), "published\n");
+    }
+    // Grip-Timeout 5 and nothing published: the backend's own response.
+    let started = Instant::now();
+    let r = c.get(sidecar.url("/poll")).send().await.expect("GET /poll");
+    assert!(started.elapsed() >= Duration::from_millis(4500));
+    assert_eq!(r.status(), 200);
+    no_grip_headers(r.headers());
+    assert_eq!(r.text().await.expect("a body"), "timeout\n");
+}
