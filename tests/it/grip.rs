@@ -783,7 +783,11 @@ async fn a_stock_serve_grip_backend_works_behind_the_sidecar() {
         .send()
         .await
         .expect("GET /stream");
-    assert_eq!(r.status(), 200, "serve-grip accepted the sidecar's Grip-Sig");
+    assert_eq!(
+        r.status(),
+        200,
+        "serve-grip accepted the sidecar's Grip-Sig"
+    );
     no_grip_headers(r.headers());
     assert_eq!(r.headers()["content-type"], "text/plain");
     let mut body = r.bytes_stream();
@@ -831,4 +835,125 @@ async fn a_stock_serve_grip_backend_works_behind_the_sidecar() {
     assert_eq!(r.status(), 200);
     no_grip_headers(r.headers());
     assert_eq!(r.text().await.expect("a body"), "timeout\n");
+}
+
+/// A backend that keeps its own list of items (`m1`, `m2`, …) and serves a stream of them
+/// with a next link: `/chain` holds from its last item, `/chain/next` answers what came after
+/// the `Grip-Last` id it is given. Every `Grip-Last` it receives is recorded.
+async fn chain_backend(items: Arc<Mutex<Vec<String>>>) -> (String, Arc<Mutex<Vec<String>>>) {
+    let asked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = asked.clone();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let (items, seen) = (items.clone(), seen.clone());
+        async move {
+            let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+            validation.set_issuer(&["plexus"]);
+            let sig = req
+                .headers()
+                .get("grip-sig")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let key = jsonwebtoken::DecodingKey::from_secret(KEY.as_bytes());
+            if jsonwebtoken::decode::<serde_json::Value>(sig, &key, &validation).is_err() {
+                return with(&[], 403, "not signed by the proxy\n");
+            }
+            let items = items.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let from = match req.headers().get("grip-last").and_then(|v| v.to_str().ok()) {
+                Some(last) => {
+                    seen.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(last.to_owned());
+                    let id = last.split("last-id=").nth(1).unwrap_or_default();
+                    items.iter().position(|i| i == id).map_or(0, |p| p + 1)
+                }
+                None => 0,
+            };
+            let body: String = items[from..].iter().map(|i| format!("{i}\n")).collect();
+            let channel = match items.last() {
+                Some(last) => format!("chain; prev-id={last}"),
+                None => "chain".to_owned(),
+            };
+            let mut map = HeaderMap::new();
+            for (k, v) in [
+                ("content-type", "text/plain".to_owned()),
+                ("grip-hold", "stream".to_owned()),
+                ("grip-channel", channel),
+                ("grip-link", "</chain/next>; rel=next".to_owned()),
+            ] {
+                map.append(k, HeaderValue::from_str(&v).expect("a header value"));
+            }
+            (map, body).into_response()
+        }
+    });
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the backend");
+    let addr = listener.local_addr().expect("the backend's address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), asked)
+}
+
+#[tokio::test]
+async fn a_gap_in_a_publish_chain_is_filled_from_the_next_link_with_grip_last() {
+    let hub = Server::start(&[]).await;
+    let items: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (app, asked) = chain_backend(items.clone()).await;
+    let sidecar = Sidecar::start(hub.base(), &app).await;
+    let c = client();
+    // The app stores an item, then publishes it with its predecessor's id as prev-id; `false`
+    // stores it only (its publish is lost).
+    let add = |id: &str, publish: bool| {
+        let (c, url, items) = (c.clone(), sidecar.url("/publish/"), items.clone());
+        let id = id.to_owned();
+        async move {
+            let prev = {
+                let mut items = items.lock().unwrap_or_else(|e| e.into_inner());
+                let prev = items.last().cloned();
+                items.push(id.clone());
+                prev
+            };
+            if publish {
+                let item = serde_json::json!({"items": [{"channel": "chain", "id": id,
+                    "prev-id": prev, "formats": {"http-stream": {"content": format!("{id}\n")}}}]});
+                let r = c
+                    .post(url)
+                    .json(&item)
+                    .send()
+                    .await
+                    .expect("POST /publish/");
+                assert_eq!(r.status(), 200);
+            }
+        }
+    };
+    add("m1", true).await;
+    add("m2", true).await;
+    let r = c.get(sidecar.url("/chain")).send().await.expect("GET");
+    assert_eq!(r.status(), 200);
+    no_grip_headers(r.headers());
+    let mut body = r.bytes_stream();
+    let mut got = String::new();
+    let mut until = async |got: &mut String, needle: &str| {
+        timeout(Duration::from_secs(20), async {
+            while !got.ends_with(needle) {
+                let chunk = body.next().await.expect("open").expect("a chunk");
+                got.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{needle:?} in time; got {got:?}"));
+    };
+    until(&mut got, "m2\n").await;
+    add("m3", true).await;
+    // m4's publish is lost: m5 names it as prev-id, which the stream has not seen.
+    add("m4", false).await;
+    add("m5", true).await;
+    add("m6", true).await;
+    until(&mut got, "m6\n").await;
+    assert_eq!(got, "m1\nm2\nm3\nm4\nm5\nm6\n", "no gap, nothing twice");
+    let asked = asked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert!(!asked.is_empty(), "the next link was fetched");
+    assert!(
+        asked.iter().all(|l| l.starts_with("chain; last-id=m")),
+        "{asked:?}"
+    );
 }
