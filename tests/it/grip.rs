@@ -2,7 +2,10 @@
 //! checks `Grip-Sig`) behind a real sidecar and a real hub. Pass-through, malformed
 //! instructions (502 problem+json, the header named in the log, no hang), response holds
 //! (timeout → the app's response; a publish answers; `prev-id` as a cursor answers at once)
-//! and stream holds (initial body, then published messages as SSE frames, keep-alives).
+//! and stream holds (initial body, then published messages as SSE frames, keep-alives);
+//! stock backends written with PyPI `gripcontrol` and npm `@fanoutio/serve-grip`; next-link
+//! recovery of a gap in a publish chain; the same client script through Debian's Pushpin
+//! and through the sidecar, byte for byte.
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -956,4 +959,269 @@ async fn a_gap_in_a_publish_chain_is_filled_from_the_next_link_with_grip_last() 
         asked.iter().all(|l| l.starts_with("chain; last-id=m")),
         "{asked:?}"
     );
+}
+
+/// Debian's Pushpin (`scripts/test` installs it), run by a test with its own config in a
+/// temporary directory: its runner starts condure, zurl, the proxy and the handler, all on
+/// loopback ports or sockets of its own, routing every request to `app_port`. It signs
+/// requests as the sidecar does (`iss` plexus, [`KEY`]), so one backend verifies both.
+struct Pushpin {
+    _dir: tempfile::TempDir,
+    pid: u32,
+    _child: Child,
+    http: u16,
+    control: u16,
+}
+
+impl Pushpin {
+    async fn start(app_port: u16) -> Pushpin {
+        let dir = tempfile::tempdir().expect("a directory for pushpin");
+        let run = dir.path().join("run");
+        let logs = dir.path().join("log");
+        for d in [&run, &logs] {
+            std::fs::create_dir_all(d).expect("pushpin's directories");
+        }
+        let [http, control, push, sub, command] = [(); 5].map(|_| free_port());
+        let config = format!(
+            "[global]\ninclude={{libdir}}/internal.conf\nrundir={run}\nipc_prefix=pp-\n\
+             [runner]\nservices=condure,zurl,pushpin-proxy,pushpin-handler\n\
+             http_port=127.0.0.1:{http}\nlogdir={logs}\nlog_level=2\n\
+             condure_bin=condure\nzurl_bin=zurl\n\
+             [proxy]\nroutesfile=routes\nsig_iss=plexus\nsig_key={KEY}\nupdates_check=off\n\
+             zurl_out_specs=ipc://{{rundir}}/{{ipc_prefix}}zurl-in\n\
+             zurl_out_stream_specs=ipc://{{rundir}}/{{ipc_prefix}}zurl-in-stream\n\
+             zurl_in_specs=ipc://{{rundir}}/{{ipc_prefix}}zurl-out\n\
+             [handler]\npush_in_spec=tcp://127.0.0.1:{push}\n\
+             push_in_sub_specs=tcp://127.0.0.1:{sub}\npush_in_http_addr=127.0.0.1\n\
+             push_in_http_port={control}\ncommand_spec=tcp://127.0.0.1:{command}\n\
+             stats_spec=ipc://{{rundir}}/{{ipc_prefix}}stats\n",
+            run = run.display(),
+            logs = logs.display(),
+        );
+        let file = dir.path().join("pushpin.conf");
+        std::fs::write(&file, config).expect("write pushpin.conf");
+        std::fs::write(
+            dir.path().join("routes"),
+            format!("* 127.0.0.1:{app_port}\n"),
+        )
+        .expect("write pushpin's routes");
+        assert!(
+            std::process::Command::new("pushpin")
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "pushpin is missing: scripts/test installs it (apt-get install pushpin)"
+        );
+        // Its own process group: the runner's helpers are ended with it.
+        let child = tokio::process::Command::new("pushpin")
+            .arg("--config")
+            .arg(&file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start pushpin");
+        let pid = child.id().expect("pushpin's pid");
+        Pushpin {
+            _dir: dir,
+            pid,
+            _child: child,
+            http,
+            control,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http)
+    }
+}
+
+impl Drop for Pushpin {
+    fn drop(&mut self) {
+        // SIGTERM to the group: the runner stops its helpers; none is left behind.
+        let group = format!("-{}", self.pid);
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", "--", &group])
+            .status();
+        for _ in 0..100 {
+            let alive = std::process::Command::new("kill")
+                .args(["-0", "--", &group])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !alive {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .status();
+    }
+}
+
+/// One client script against a GRIP proxy at `base` in front of the serve-grip backend at
+/// `app`: what the client saw, a line per request (status, content type, the app's header,
+/// body bytes), for comparing two proxies. The backend counts the holds it answered; a
+/// publish waits until the proxy holds the request, then 1.5 s more: Pushpin may ask the
+/// backend again within a second of a channel's first subscription and drop publishes then.
+async fn grip_script(c: &Client, base: &str, app: &str) -> Vec<String> {
+    let holds = || async {
+        let r = c
+            .get(format!("{app}/holds"))
+            .send()
+            .await
+            .expect("GET /holds");
+        r.text()
+            .await
+            .expect("a count")
+            .parse::<u64>()
+            .expect("a number")
+    };
+    let held = |before: u64| async move {
+        timeout(Duration::from_secs(20), async {
+            while holds().await <= before {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the proxy asked the backend");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    };
+    let publish = |kind: &'static str, data: &'static str| async move {
+        let r = c
+            .post(format!("{app}/pub"))
+            .json(&serde_json::json!({"kind": kind, "data": data}))
+            .send()
+            .await
+            .expect("ask the backend to publish");
+        assert_eq!(r.status(), 204, "the backend published");
+    };
+    let head = |r: &reqwest::Response| {
+        no_grip_headers(r.headers());
+        let header = |n: &str| {
+            r.headers()
+                .get(n)
+                .map(|v| v.to_str().unwrap_or("?").to_owned())
+        };
+        format!(
+            "{} {:?} {:?}",
+            r.status().as_u16(),
+            header("content-type"),
+            header("x-app")
+        )
+    };
+    let whole = |r: reqwest::Response| async move {
+        let head = head(&r);
+        let body = r.bytes().await.expect("a body");
+        format!("{head} {:?}", String::from_utf8_lossy(&body))
+    };
+    let mut seen = Vec::new();
+    // No instruction: passed through.
+    let r = c
+        .get(format!("{base}/hello"))
+        .send()
+        .await
+        .expect("GET /hello");
+    seen.push(format!("pass-through: {}", whole(r).await));
+    // A stream hold: initial body, two items in order, then `close` ends it.
+    let before = holds().await;
+    let r = c
+        .get(format!("{base}/feed"))
+        .send()
+        .await
+        .expect("GET /feed");
+    seen.push(format!("stream head: {}", head(&r)));
+    let mut stream = r.bytes_stream();
+    let mut body = Vec::new();
+    while !body.ends_with(b"start\n") {
+        let chunk = timeout(Duration::from_secs(20), stream.next())
+            .await
+            .expect("the initial body")
+            .expect("open")
+            .expect("a chunk");
+        body.extend_from_slice(&chunk);
+    }
+    held(before).await;
+    publish("stream", "one\n").await;
+    publish("stream", "two\n").await;
+    publish("close", "").await;
+    timeout(Duration::from_secs(20), async {
+        while let Some(chunk) = stream.next().await {
+            body.extend_from_slice(&chunk.expect("a chunk"));
+        }
+    })
+    .await
+    .expect("the stream ends at close");
+    seen.push(format!("stream body: {:?}", String::from_utf8_lossy(&body)));
+    // A response hold completed by a publish.
+    let before = holds().await;
+    let waiting = tokio::spawn({
+        let (c, url) = (c.clone(), format!("{base}/poll"));
+        async move { c.get(url).send().await }
+    });
+    held(before).await;
+    publish("response", "published\n").await;
+    let r = timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("completed by the publish")
+        .expect("joined")
+        .expect("an answer");
+    seen.push(format!("published response: {}", whole(r).await));
+    // A response hold that times out: the backend's own response.
+    let r = c
+        .get(format!("{base}/poll"))
+        .send()
+        .await
+        .expect("GET /poll");
+    seen.push(format!("timed-out response: {}", whole(r).await));
+    seen
+}
+
+#[tokio::test]
+async fn the_same_backend_and_client_script_give_the_same_bytes_through_pushpin_and_the_sidecar() {
+    let hub = Server::start(&[]).await;
+    let c = client();
+    let (sidecar_app, pushpin_app) = (free_port(), free_port());
+    let pushpin = Pushpin::start(pushpin_app).await;
+    let sidecar = Sidecar::start(hub.base(), &format!("http://127.0.0.1:{sidecar_app}")).await;
+    let _backends = [
+        serve_grip_backend(sidecar_app, &sidecar.url("/")),
+        serve_grip_backend(
+            pushpin_app,
+            &format!("http://127.0.0.1:{}/", pushpin.control),
+        ),
+    ];
+    // Both proxies answer once the backend behind them does.
+    timeout(Duration::from_secs(30), async {
+        for url in [sidecar.url("/hello"), pushpin.url("/hello")] {
+            while !c.get(&url).send().await.is_ok_and(|r| r.status() == 200) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    })
+    .await
+    .expect("pushpin, the sidecar and their backends start");
+    let (pushpin_base, sidecar_base) = (pushpin.url(""), sidecar.url(""));
+    let pushpin_backend = format!("http://127.0.0.1:{pushpin_app}");
+    let sidecar_backend = format!("http://127.0.0.1:{sidecar_app}");
+    let (through_pushpin, through_sidecar) = tokio::join!(
+        grip_script(&c, &pushpin_base, &pushpin_backend),
+        grip_script(&c, &sidecar_base, &sidecar_backend),
+    );
+    // What Pushpin does is the reference; the sidecar must match it line for line.
+    assert_eq!(
+        through_pushpin,
+        [
+            "pass-through: 200 None Some(\"1\") \"hello\\n\"",
+            "stream head: 200 Some(\"text/plain\") None",
+            "stream body: \"start\\none\\ntwo\\n\"",
+            "published response: 200 Some(\"text/plain\") None \"published\\n\"",
+            "timed-out response: 200 Some(\"text/plain\") None \"timeout\\n\"",
+        ],
+        "pushpin's transcript"
+    );
+    assert_eq!(through_sidecar, through_pushpin);
 }
