@@ -1225,3 +1225,53 @@ async fn the_same_backend_and_client_script_give_the_same_bytes_through_pushpin_
     );
     assert_eq!(through_sidecar, through_pushpin);
 }
+
+/// Every response hold on a channel answers at once when a message comes; the reads behind
+/// them must not then be opened and cancelled in a burst, which the hub's HTTP/2 guard
+/// against rapid resets answers by closing the sidecar's one upstream connection (seen as
+/// every other hold's read failing, and a second's delay, in `plexus bench hold`).
+#[tokio::test]
+async fn many_response_holds_answered_together_keep_the_upstream_connection() {
+    let hub = Server::start(&[]).await;
+    let (app, _) = backend().await;
+    let sidecar = Sidecar::start(hub.base(), &app).await;
+    let c = client();
+    hub.publish("burst", "m1").await;
+    let clients: Vec<_> = (0..60)
+        .map(|_| {
+            let (c, sidecar) = (c.clone(), sidecar.url("/poll?topic=burst&prev="));
+            tokio::spawn(async move {
+                let mut last = 1u64;
+                let mut got = Vec::new();
+                while last < 4 {
+                    let r = c
+                        .get(format!("{sidecar}{last}"))
+                        .send()
+                        .await
+                        .expect("a held request");
+                    if let Some(seq) = r.headers().get("plexus-seq") {
+                        last = seq.to_str().expect("ascii").parse().expect("a seq");
+                        got.push(r.text().await.expect("a body"));
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    for i in 2..=4 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        hub.publish("burst", format!("m{i}")).await;
+    }
+    for client in clients {
+        let got = timeout(Duration::from_secs(30), client)
+            .await
+            .expect("every message in time")
+            .expect("joined");
+        assert_eq!(got, ["m2", "m3", "m4"]);
+    }
+    let log = sidecar.stderr();
+    assert!(
+        !log.contains("a hold's read failed"),
+        "the upstream connection failed under the holds:\n{log}"
+    );
+}

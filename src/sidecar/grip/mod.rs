@@ -364,11 +364,15 @@ fn delivery(env: &plexus_client::Envelope, mode: Mode, content_type: Option<&str
 }
 
 /// Reads a channel's topic from its cursor (or from now), sending each message with its seq
-/// until the receiver is gone or the hub fails.
+/// until the receiver is gone or the hub fails. For a response hold (`mode` Response) it stops
+/// after a page that answers the hold: a read started after it would only be cancelled when
+/// the hold returns, and a burst of cancelled HTTP/2 streams (every hold of a channel answers
+/// at once) is what a server's rapid-reset guard closes the whole upstream connection for.
 async fn follow(
     sc: Arc<Shared>,
     channel: instruct::Channel,
     tx: mpsc::Sender<plexus_client::Envelope>,
+    mode: Mode,
 ) {
     let mut since = channel
         .cursor()
@@ -395,10 +399,20 @@ async fn follow(
                 }
             }
         };
+        let answered = mode == Mode::Response
+            && page.messages.iter().any(|env| {
+                matches!(
+                    delivery(env, Mode::Response, None),
+                    Delivery::Response(_) | Delivery::Content(_)
+                )
+            });
         for env in page.messages {
             if tx.send(env).await.is_err() {
                 return;
             }
+        }
+        if answered {
+            return;
         }
         since = page.next;
     }
@@ -407,7 +421,7 @@ async fn follow(
 fn follow_all(sc: &Arc<Shared>, hold: &Hold) -> mpsc::Receiver<plexus_client::Envelope> {
     let (tx, rx) = mpsc::channel(64);
     for channel in &hold.channels {
-        tokio::spawn(follow(sc.clone(), channel.clone(), tx.clone()));
+        tokio::spawn(follow(sc.clone(), channel.clone(), tx.clone(), hold.mode));
     }
     rx
 }
