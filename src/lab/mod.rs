@@ -11,6 +11,7 @@
 pub mod claims;
 pub mod consumers;
 pub mod fanout;
+pub mod hold;
 pub mod http2;
 pub mod jobs;
 pub mod publish;
