@@ -1275,3 +1275,25 @@ async fn many_response_holds_answered_together_keep_the_upstream_connection() {
         "the upstream connection failed under the holds:\n{log}"
     );
 }
+
+/// `plexus bench hold` runs end to end on a small load and finds nothing lost or doubled,
+/// through hold mode and through the hub's own long poll.
+#[tokio::test]
+async fn the_hold_bench_loses_nothing_on_a_small_load() {
+    let out = plexus()
+        .args(["bench", "hold", "--clients", "20", "--seconds", "2"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = timeout(Duration::from_secs(120), out)
+        .await
+        .expect("the bench ends")
+        .expect("run plexus bench hold");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let rows: Vec<&str> = text.lines().filter(|l| l.contains("delivered")).collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    for row in rows {
+        assert!(row.contains("delivered     40  lost 0  twice 0"), "{text}");
+    }
+}
