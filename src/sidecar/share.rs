@@ -118,7 +118,8 @@ async fn hold(sc: &Arc<Shared>, topic: &Topic) -> Result<Hold, HoldError> {
         });
     }
     // The feed starts at the topic's head: older messages are each subscriber's catch-up.
-    let asked = tokio::time::timeout(sc.config.forward_wait, sc.client.topic(topic.as_str()));
+    let lease = sc.upstream.lease();
+    let asked = tokio::time::timeout(sc.config.forward_wait, lease.topic(topic.as_str()));
     let unavailable = |why: String| Err(HoldError::Unavailable(Problem::hub_unavailable(why)));
     let head = match asked.await {
         Ok(Ok(info)) => info.last_seq,
@@ -206,8 +207,10 @@ async fn run_feed(sc: Arc<Shared>, feed: Arc<Feed>) {
     while !feed.stop.is_cancelled() {
         let after = feed.position.load(Ordering::Acquire);
         let path = format!("/v1/topics/{}/stream?since={after}", feed.topic);
+        // Held while the feed's stream lives (to the end of this turn of the loop).
+        let lease = sc.upstream.lease();
         let opened = tokio::select! {
-            r = tokio::time::timeout(sc.config.forward_wait, sc.client.forward("GET", &path, &[], Bytes::new(), None)) => r,
+            r = tokio::time::timeout(sc.config.forward_wait, lease.forward("GET", &path, &[], Bytes::new(), None)) => r,
             _ = feed.stop.cancelled() => break,
         };
         let mut body = match opened {
@@ -476,7 +479,8 @@ async fn catch_up(
         };
         // A page of 1,000 messages may take longer than a publish is kept waiting.
         let within = sc.config.forward_wait.max(Duration::from_secs(10));
-        let asked = tokio::time::timeout(within, sc.client.read(topic.as_str(), &options));
+        let lease = sc.upstream.lease();
+        let asked = tokio::time::timeout(within, lease.read(topic.as_str(), &options));
         let page = match asked.await {
             Ok(Ok(page)) => page,
             Err(_) => {
@@ -566,7 +570,7 @@ pub async fn subscribe_frames(
                 limit: Some(1),
                 wait: None,
             };
-            match sc.client.read(topic.as_str(), &options).await {
+            match sc.upstream.lease().read(topic.as_str(), &options).await {
                 Ok(page) => match page.messages.first() {
                     Some(m) => m.seq.saturating_sub(1),
                     None => page.next.parse().unwrap_or(0),

@@ -1405,3 +1405,55 @@ async fn websocket_slow_policies_latest_and_disconnect_work_through_the_sidecar(
         }
     }
 }
+
+/// When one upstream connection carries `sidecar.upstream_max_streams` streams (the hub's
+/// concurrent-stream limit; 3 here), the next one opens a second connection instead of
+/// waiting for a free stream: 5 forwarded streams make 2 connections on the hub, every stream
+/// gets its messages, and the status counts the connections in use.
+#[tokio::test]
+async fn a_second_upstream_connection_opens_when_the_first_is_full() {
+    let (hub, base) = hub().await;
+    let sidecar = Sidecar::start(&base, &["--upstream-max-streams", "3"]).await;
+    // Two topics each: forwarded as they are (not shared), one upstream stream each.
+    let mut streams = Vec::new();
+    for i in 0..5 {
+        streams
+            .push(LocalStream::open(&sidecar, &format!("/v1/topics/up{i},other/sse"), &[]).await);
+    }
+    for i in 0..5 {
+        hub.publish(&format!("up{i}"), format!("m{i}")).await;
+    }
+    for (i, stream) in streams.iter_mut().enumerate() {
+        let (_, v) = stream.next().await;
+        assert_eq!(v["topic"], format!("up{i}"), "{v}");
+        assert_eq!(v["data"], format!("m{i}"), "{v}");
+    }
+    let text = hub.metrics().await;
+    assert_eq!(
+        labelled(&text, "plexus_connections_open{protocol=\"h2c\"}"),
+        2,
+        "5 streams at 3 a connection: two connections from the sidecar"
+    );
+    assert_eq!(sidecar.status().await["upstream"]["connections"], 2);
+    let metrics = sidecar
+        .client
+        .get(sidecar.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("a body");
+    assert!(
+        metrics.contains("\nplexus_sidecar_upstream_connections 2\n"),
+        "{metrics}"
+    );
+    drop(streams);
+    timeout(Duration::from_secs(20), async {
+        while sidecar.status().await["upstream"]["connections"] != 1 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("back to one connection in use once the streams end");
+}

@@ -384,8 +384,9 @@ async fn follow(
             limit: Some(100),
             wait: Some(READ_WAIT),
         };
+        let lease = sc.upstream.lease();
         let read = tokio::select! {
-            r = sc.client.read(channel.topic.as_str(), &options) => r,
+            r = lease.read(channel.topic.as_str(), &options) => r,
             _ = tx.closed() => return,
             _ = sc.shutdown.cancelled() => return,
         };
