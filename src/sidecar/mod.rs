@@ -2,8 +2,9 @@
 //! loopback listener. Publishes go through a durable local spool (`spool`) and are forwarded
 //! in acceptance order with idempotency keys (`forward`); every other v1 request is sent to
 //! the hub as it came (`proxy`). The hub is reached only through `plexus-client`, over one
-//! HTTP/2 connection (h2c by prior knowledge, or TLS with ALPN `h2`). docs/ARCHITECTURE.md
-//! follows a publish through it.
+//! HTTP/2 connection (h2c by prior knowledge, or TLS with ALPN `h2`), and a second only when
+//! the first carries the hub's limit of streams (`upstream`). docs/ARCHITECTURE.md follows a
+//! publish through it.
 
 mod forward;
 mod grip;
