@@ -999,6 +999,9 @@ pub struct SidecarArgs {
         hide_env_values = true
     )]
     pub grip_key: Option<String>,
+    /// Streams on one upstream connection before another opens (the hub's limit) [default: 1000]
+    #[arg(long, env = "PLEXUS_SIDECAR_UPSTREAM_MAX_STREAMS", value_name = "N")]
+    pub upstream_max_streams: Option<u64>,
     /// Validate the configuration, print it, and exit
     #[arg(long)]
     pub check_config: bool,
@@ -1021,6 +1024,7 @@ struct FileSidecar {
     max_message_bytes: u64,
     app: String,
     grip_key: String,
+    upstream_max_streams: u64,
 }
 
 /// The validated configuration of `plexus sidecar`; secrets are redacted when printed.
@@ -1043,6 +1047,8 @@ pub struct SidecarConfig {
     pub app: Option<String>,
     /// Hold mode: the `Grip-Sig` key.
     pub grip_key: Option<String>,
+    /// Streams one upstream connection carries before the next one opens.
+    pub upstream_max_streams: usize,
 }
 
 impl fmt::Debug for SidecarConfig {
@@ -1062,6 +1068,7 @@ impl fmt::Debug for SidecarConfig {
             .field("max_message_bytes", &self.max_message_bytes)
             .field("app", &self.app)
             .field("grip_key", &redact(&self.grip_key))
+            .field("upstream_max_streams", &self.upstream_max_streams)
             .finish()
     }
 }
@@ -1161,6 +1168,12 @@ impl SidecarConfig {
             )));
         }
         let grip_key = a.grip_key.clone().unwrap_or(f.grip_key);
+        let upstream_max_streams = a.upstream_max_streams.unwrap_or(f.upstream_max_streams);
+        if upstream_max_streams == 0 || upstream_max_streams > 1 << 31 {
+            return Err(ConfigError(
+                "sidecar.upstream_max_streams: must be from 1 to 2147483648".into(),
+            ));
+        }
         Ok(SidecarConfig {
             hub: hub.trim_end_matches('/').to_owned(),
             token,
@@ -1178,6 +1191,7 @@ impl SidecarConfig {
             max_message_bytes: max_message_bytes as usize,
             app: (!app.is_empty()).then(|| app.trim_end_matches('/').to_owned()),
             grip_key: (!grip_key.is_empty()).then_some(grip_key),
+            upstream_max_streams: upstream_max_streams as usize,
         })
     }
 }

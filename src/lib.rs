@@ -32,7 +32,8 @@
 //!   bare-handler baseline are the named exceptions).
 //! - [`sidecar`]: `plexus sidecar`, the hub's API on loopback beside an application: a
 //!   durable spool of publishes forwarded in order with idempotency keys, everything else
-//!   proxied; it reaches the hub through `plexus-client` only, over one HTTP/2 connection.
+//!   proxied; it reaches the hub through `plexus-client` only, over one HTTP/2 connection
+//!   (another only when one carries the hub's limit of streams).
 //! - [`cli`]: the `plexus` subcommands, thin over [`app`] and [`lab`].
 //!
 //! `docs/API.md` is the contract as built; `docs/ARCHITECTURE.md` follows one message through.

@@ -29,6 +29,8 @@ pub enum BenchCommand {
     IdleClaims(IdleClaimsArgs),
     /// Latency the sidecar adds to publish and delivery, its CPU per 1,000 publishes/s and idle RSS
     Sidecar(SidecarBenchArgs),
+    /// Zero-loss long polling through hold mode (GRIP) next to the hub's own long poll
+    Hold(HoldBenchArgs),
     /// The raw TCP loop server used as fanout's baseline (started by `bench fanout`)
     #[command(hide = true)]
     RawServer {
@@ -51,6 +53,16 @@ pub struct StoreArgs {
     /// process or machine
     #[arg(long, default_value = "process")]
     pub durability: String,
+}
+
+#[derive(Args, Debug)]
+pub struct HoldBenchArgs {
+    /// Concurrent long-poll clients
+    #[arg(long, default_value_t = 1000)]
+    pub clients: usize,
+    /// Seconds of publishing, one message a second
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
 }
 
 #[derive(Args, Debug)]
@@ -305,6 +317,10 @@ pub fn run(cmd: BenchCommand) -> Result<(), CliError> {
                 size: a.size,
             }))
         }
+        BenchCommand::Hold(a) => runtime.block_on(lab::hold::run(lab::hold::HoldBench {
+            clients: a.clients,
+            seconds: a.seconds,
+        })),
         BenchCommand::RawServer { listen } => runtime.block_on(lab::raw::serve(&listen)),
     };
     Ok(measured?)

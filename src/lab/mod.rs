@@ -13,6 +13,7 @@
 pub mod claims;
 pub mod consumers;
 pub mod fanout;
+pub mod hold;
 pub mod http2;
 pub mod jobs;
 pub mod outside;

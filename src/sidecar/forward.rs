@@ -75,7 +75,8 @@ fn item(e: &Entry) -> plexus_client::BatchItem {
 
 async fn send(sc: &Shared, entries: &[Entry]) -> Sent {
     let items: Vec<_> = entries.iter().map(item).collect();
-    match tokio::time::timeout(FORWARD_TIMEOUT, sc.client.publish_batch(&items)).await {
+    let lease = sc.upstream.lease();
+    match tokio::time::timeout(FORWARD_TIMEOUT, lease.publish_batch(&items)).await {
         Ok(Ok(results)) => {
             sc.hub_up.store(true, Ordering::Relaxed);
             Sent::Stored(

@@ -2,8 +2,9 @@
 //! loopback listener. Publishes go through a durable local spool (`spool`) and are forwarded
 //! in acceptance order with idempotency keys (`forward`); every other v1 request is sent to
 //! the hub as it came (`proxy`). The hub is reached only through `plexus-client`, over one
-//! HTTP/2 connection (h2c by prior knowledge, or TLS with ALPN `h2`). docs/ARCHITECTURE.md
-//! follows a publish through it.
+//! HTTP/2 connection (h2c by prior knowledge, or TLS with ALPN `h2`), and a second only when
+//! the first carries the hub's limit of streams (`upstream`). docs/ARCHITECTURE.md follows a
+//! publish through it.
 
 mod forward;
 mod grip;
@@ -12,6 +13,7 @@ mod proxy;
 mod publish;
 mod share;
 mod spool;
+mod upstream;
 mod ws;
 
 use std::fmt;
@@ -79,7 +81,8 @@ struct Counters {
 struct Shared {
     config: SidecarConfig,
     spool: Spool,
-    client: plexus_client::Client,
+    /// The hub's connections: lease one for each request or stream.
+    upstream: upstream::Upstream,
     /// Whether the last exchange with the hub succeeded (forward, probe or proxied request).
     hub_up: AtomicBool,
     counters: Counters,
@@ -124,22 +127,34 @@ impl Sidecar {
         .map_err(SidecarError::Spool)?;
         let upstream =
             |e: plexus_client::Error| SidecarError::Upstream(format!("hub {}: {e}", config.hub));
-        let mut builder =
-            plexus_client::Client::builder(&config.hub).connect_timeout(config.forward_wait);
-        // One connection for everything: h2c by prior knowledge; over TLS, ALPN picks h2.
-        if config.hub.starts_with("http://") {
-            builder = builder.http2_prior_knowledge();
-        }
-        if let Some(token) = &config.token {
-            builder = builder.bearer_token(token);
-        }
-        if let Some(path) = &config.cacert {
-            let pem = std::fs::read(path).map_err(|e| {
+        let pem = match &config.cacert {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
                 SidecarError::Upstream(format!("cannot read {}: {e}", path.display()))
-            })?;
-            builder = builder.add_root_certificate_pem(&pem).map_err(upstream)?;
-        }
-        let client = builder.build().map_err(upstream)?;
+            })?),
+            None => None,
+        };
+        let (hub, token, wait) = (
+            config.hub.clone(),
+            config.token.clone(),
+            config.forward_wait,
+        );
+        // Each client built here has its own pool, so its own connection: h2c by prior
+        // knowledge; over TLS, ALPN picks h2.
+        let make = move || {
+            let mut builder = plexus_client::Client::builder(&hub).connect_timeout(wait);
+            if hub.starts_with("http://") {
+                builder = builder.http2_prior_knowledge();
+            }
+            if let Some(token) = &token {
+                builder = builder.bearer_token(token);
+            }
+            if let Some(pem) = &pem {
+                builder = builder.add_root_certificate_pem(pem)?;
+            }
+            builder.build()
+        };
+        let client = upstream::Upstream::new(Box::new(make), config.upstream_max_streams)
+            .map_err(upstream)?;
         let app = config
             .app
             .as_deref()
@@ -150,7 +165,7 @@ impl Sidecar {
             shared: Arc::new(Shared {
                 config,
                 spool,
-                client,
+                upstream: client,
                 // Optimistic: the first forward finds out, and fails fast when nothing listens.
                 hub_up: AtomicBool::new(true),
                 counters: Counters::default(),
@@ -271,7 +286,7 @@ async fn status(State(sc): State<Arc<Shared>>) -> Response {
         "hub": hub,
         "spool": {"messages": s.messages, "bytes": s.bytes, "oldest": oldest},
         "upstream": {
-            "connections": u64::from(sc.hub_up.load(Ordering::Relaxed)),
+            "connections": if sc.hub_up.load(Ordering::Relaxed) { sc.upstream.connections() as u64 } else { 0 },
             "streams": sc.counters.streams.load(Ordering::Relaxed) + sc.feeds.open() as u64,
             "subscriptions": sc.feeds.open(),
         },
@@ -302,7 +317,8 @@ async fn metrics(State(sc): State<Arc<Shared>>) -> Response {
          # TYPE plexus_sidecar_stale_keys_total counter\nplexus_sidecar_stale_keys_total {}\n\
          # TYPE plexus_sidecar_upstream_streams gauge\nplexus_sidecar_upstream_streams {}\n\
          # TYPE plexus_sidecar_upstream_subscriptions gauge\nplexus_sidecar_upstream_subscriptions {}\n\
-         # TYPE plexus_sidecar_local_streams gauge\nplexus_sidecar_local_streams {}\n",
+         # TYPE plexus_sidecar_local_streams gauge\nplexus_sidecar_local_streams {}\n\
+         # TYPE plexus_sidecar_upstream_connections gauge\nplexus_sidecar_upstream_connections {}\n",
         u8::from(sc.hub_up.load(Ordering::Relaxed)),
         s.messages,
         s.bytes,
@@ -314,6 +330,7 @@ async fn metrics(State(sc): State<Arc<Shared>>) -> Response {
         load(&c.streams) + sc.feeds.open() as u64,
         sc.feeds.open(),
         load(&c.local_streams),
+        sc.upstream.connections(),
     );
     let mut response = (StatusCode::OK, text).into_response();
     response.headers_mut().insert(
@@ -327,7 +344,8 @@ async fn metrics(State(sc): State<Arc<Shared>>) -> Response {
 /// hub or is answered `202` at once) follows the hub while nothing is forwarded.
 async fn probe(sc: Arc<Shared>) {
     loop {
-        let asked = sc.client.forward(
+        let lease = sc.upstream.lease();
+        let asked = lease.forward(
             "GET",
             "/healthz",
             &[],

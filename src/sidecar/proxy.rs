@@ -106,9 +106,9 @@ pub async fn forward(State(sc): State<Arc<Shared>>, request: Request) -> Respons
     let prefer = parts.headers.get("prefer").and_then(|v| v.to_str().ok());
     // The head of the answer comes at once, or after the wait the request asked for.
     let head_within = sc.config.forward_wait + asked_wait(&query, prefer);
-    let sent = sc
-        .client
-        .forward(parts.method.as_str(), &target, &headers, body, None);
+    // The lease lives as long as the answer's body: a stream holds its place on the connection.
+    let lease = sc.upstream.lease();
+    let sent = lease.forward(parts.method.as_str(), &target, &headers, body, None);
     let answered = tokio::select! {
         a = tokio::time::timeout(head_within, sent) => a,
         _ = sc.shutdown.cancelled() => {
@@ -134,10 +134,10 @@ pub async fn forward(State(sc): State<Arc<Shared>>, request: Request) -> Respons
     let shutdown = sc.shutdown.clone();
     let open = stream.then(|| StreamGuard::new(sc.clone()));
     let chunks = futures_util::stream::unfold(
-        (answer.body, shutdown, open),
-        |(mut upstream, shutdown, open)| async move {
+        (answer.body, shutdown, open, lease),
+        |(mut upstream, shutdown, open, lease)| async move {
             tokio::select! {
-                chunk = upstream.next() => chunk.map(|c| (c, (upstream, shutdown, open))),
+                chunk = upstream.next() => chunk.map(|c| (c, (upstream, shutdown, open, lease))),
                 // A stream ends at shutdown: its client resumes by its cursor.
                 _ = shutdown.cancelled() => None,
             }

@@ -21,12 +21,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::problem::Problem;
-use crate::model::{EventName, Gap, GapReason, Message, Topic, parse_rfc3339};
+use crate::model::{EventName, Gap, GapReason, Message, SlowPolicy, Topic, parse_rfc3339};
 use crate::wire::Encoded;
 use crate::wire::base64;
 use crate::wire::frames::{
-    NDJSON_KEEPALIVE, SSE_KEEPALIVE, SSE_RETRY, ndjson_gap, sse_gap, sse_retry_at_shutdown, ws_gap,
+    NDJSON_KEEPALIVE, SSE_DISCONNECT, SSE_KEEPALIVE, SSE_RETRY, ndjson_disconnect, ndjson_gap,
+    sse_gap, sse_retry_at_shutdown, ws_gap,
 };
+use crate::wire::ws::disconnect_frame;
 
 /// Live items a feed keeps for subscribers that fall behind; past it they poll.
 const FEED_BUFFER: usize = 1024;
@@ -116,7 +118,8 @@ async fn hold(sc: &Arc<Shared>, topic: &Topic) -> Result<Hold, HoldError> {
         });
     }
     // The feed starts at the topic's head: older messages are each subscriber's catch-up.
-    let asked = tokio::time::timeout(sc.config.forward_wait, sc.client.topic(topic.as_str()));
+    let lease = sc.upstream.lease();
+    let asked = tokio::time::timeout(sc.config.forward_wait, lease.topic(topic.as_str()));
     let unavailable = |why: String| Err(HoldError::Unavailable(Problem::hub_unavailable(why)));
     let head = match asked.await {
         Ok(Ok(info)) => info.last_seq,
@@ -204,8 +207,10 @@ async fn run_feed(sc: Arc<Shared>, feed: Arc<Feed>) {
     while !feed.stop.is_cancelled() {
         let after = feed.position.load(Ordering::Acquire);
         let path = format!("/v1/topics/{}/stream?since={after}", feed.topic);
+        // Held while the feed's stream lives (to the end of this turn of the loop).
+        let lease = sc.upstream.lease();
         let opened = tokio::select! {
-            r = tokio::time::timeout(sc.config.forward_wait, sc.client.forward("GET", &path, &[], Bytes::new(), None)) => r,
+            r = tokio::time::timeout(sc.config.forward_wait, lease.forward("GET", &path, &[], Bytes::new(), None)) => r,
             _ = feed.stop.cancelled() => break,
         };
         let mut body = match opened {
@@ -309,7 +314,15 @@ pub async fn subscribe(
     let rx = held.feed.tx.subscribe();
     let start = since.unwrap_or_else(|| held.feed.position.load(Ordering::Acquire));
     let (tx, out) = mpsc::channel::<Bytes>(64);
-    tokio::spawn(deliver(sc.clone(), held, rx, start, format, tx));
+    tokio::spawn(deliver(
+        sc.clone(),
+        held,
+        rx,
+        start,
+        format,
+        SlowPolicy::Catchup,
+        tx,
+    ));
     let body = futures_util::stream::unfold(out, |mut out| async move {
         out.recv()
             .await
@@ -351,6 +364,7 @@ async fn deliver(
     mut rx: broadcast::Receiver<Arc<Item>>,
     mut cursor: u64,
     format: Format,
+    slow: SlowPolicy,
     tx: mpsc::Sender<Bytes>,
 ) {
     let _open = LocalStream::new(sc.clone());
@@ -396,7 +410,35 @@ async fn deliver(
                         _ => behind = true,
                     },
                 },
-                Err(broadcast::error::RecvError::Lagged(_)) => behind = true,
+                // Fallen out of the feed's live buffer: the subscriber's policy, as on the
+                // hub (docs/API.md §2.3), with the feed's buffer in place of the hub's.
+                Err(broadcast::error::RecvError::Lagged(_)) => match slow {
+                    SlowPolicy::Catchup => behind = true,
+                    SlowPolicy::Latest => {
+                        let head = held.feed.position.load(Ordering::Acquire);
+                        if head > cursor + 1 {
+                            let gap = Gap {
+                                topic: topic.clone(),
+                                range: Some((cursor + 1, head - 1)),
+                                reason: GapReason::Skipped,
+                            };
+                            if tx.send(frame_gap(&gap, head - 1, format)).await.is_err() {
+                                return;
+                            }
+                            cursor = head - 1;
+                        }
+                        behind = true;
+                    }
+                    SlowPolicy::Disconnect => {
+                        let last = match format {
+                            Format::Sse { .. } => Bytes::from_static(SSE_DISCONNECT),
+                            Format::Ndjson => ndjson_disconnect(&cursor.to_string()),
+                            Format::Ws => Bytes::from(disconnect_frame(&topic)),
+                        };
+                        let _ = tx.send(last).await;
+                        return;
+                    }
+                },
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             _ = keepalive => {
@@ -437,7 +479,8 @@ async fn catch_up(
         };
         // A page of 1,000 messages may take longer than a publish is kept waiting.
         let within = sc.config.forward_wait.max(Duration::from_secs(10));
-        let asked = tokio::time::timeout(within, sc.client.read(topic.as_str(), &options));
+        let lease = sc.upstream.lease();
+        let asked = tokio::time::timeout(within, lease.read(topic.as_str(), &options));
         let page = match asked.await {
             Ok(Ok(page)) => page,
             Err(_) => {
@@ -495,6 +538,7 @@ pub async fn subscribe_frames(
     sc: &Arc<Shared>,
     topic: &Topic,
     since: &crate::model::Since,
+    slow: SlowPolicy,
     tx: mpsc::Sender<Bytes>,
 ) -> Result<(tokio::task::JoinHandle<()>, u64), (u16, String)> {
     use crate::model::{Cursor, Since, format_rfc3339_millis};
@@ -526,7 +570,7 @@ pub async fn subscribe_frames(
                 limit: Some(1),
                 wait: None,
             };
-            match sc.client.read(topic.as_str(), &options).await {
+            match sc.upstream.lease().read(topic.as_str(), &options).await {
                 Ok(page) => match page.messages.first() {
                     Some(m) => m.seq.saturating_sub(1),
                     None => page.next.parse().unwrap_or(0),
@@ -536,7 +580,7 @@ pub async fn subscribe_frames(
             }
         }
     };
-    let task = tokio::spawn(deliver(sc.clone(), held, rx, start, Format::Ws, tx));
+    let task = tokio::spawn(deliver(sc.clone(), held, rx, start, Format::Ws, slow, tx));
     Ok((task, start))
 }
 

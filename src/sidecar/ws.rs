@@ -69,7 +69,16 @@ async fn session(sc: Arc<Shared>, socket: WebSocket, initial: Vec<Topic>, since:
     let (tx, mut rx) = mpsc::channel::<Bytes>(256);
     let mut subs: HashMap<Topic, JoinHandle<()>> = HashMap::new();
     for topic in initial {
-        let reply = subscribe(&sc, &mut subs, None, topic, &since, &tx).await;
+        let reply = subscribe(
+            &sc,
+            &mut subs,
+            None,
+            topic,
+            &since,
+            SlowPolicy::Catchup,
+            &tx,
+        )
+        .await;
         if sink.send(text(reply)).await.is_err() {
             return end(subs);
         }
@@ -125,6 +134,7 @@ async fn subscribe(
     id: Option<&Value>,
     topic: Topic,
     since: &Since,
+    slow: SlowPolicy,
     tx: &mpsc::Sender<Bytes>,
 ) -> String {
     if !subs.contains_key(&topic) && subs.len() >= MAX_TOPICS {
@@ -138,7 +148,7 @@ async fn subscribe(
     if let Some(old) = subs.remove(&topic) {
         old.abort();
     }
-    match super::share::subscribe_frames(sc, &topic, since, tx.clone()).await {
+    match super::share::subscribe_frames(sc, &topic, since, slow, tx.clone()).await {
         Ok((task, start)) => {
             subs.insert(topic.clone(), task);
             ok_frame(
@@ -170,10 +180,7 @@ async fn handle(
     };
     match command {
         Command::Subscribe { topic, since, slow } => {
-            if slow != SlowPolicy::Catchup {
-                return error_frame(id, 400, "the sidecar serves slow=catchup only");
-            }
-            subscribe(sc, subs, id, topic, &since, tx).await
+            subscribe(sc, subs, id, topic, &since, slow, tx).await
         }
         // The sidecar checks its local token at the upgrade and holds the hub credential
         // itself: an `auth` frame is the hub's (docs/API.md §13), not the sidecar's.

@@ -2,7 +2,10 @@
 //! checks `Grip-Sig`) behind a real sidecar and a real hub. Pass-through, malformed
 //! instructions (502 problem+json, the header named in the log, no hang), response holds
 //! (timeout → the app's response; a publish answers; `prev-id` as a cursor answers at once)
-//! and stream holds (initial body, then published messages as SSE frames, keep-alives).
+//! and stream holds (initial body, then published messages as SSE frames, keep-alives);
+//! stock backends written with PyPI `gripcontrol` and npm `@fanoutio/serve-grip`; next-link
+//! recovery of a gap in a publish chain; the same client script through Debian's Pushpin
+//! and through the sidecar, byte for byte.
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -715,4 +718,582 @@ async fn plexus_hold_aliases_take_the_same_path() {
     .unwrap_or_else(|_| panic!("the replay in time; got {got:?}"));
     assert!(got.starts_with("id: 2\n"), "{got:?}");
     assert!(!got.contains("first"), "{got:?}");
+}
+
+/// Where `scripts/test` installs the pinned npm `@fanoutio/serve-grip` (its `node_modules`).
+fn serve_grip_dir() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/serve-grip");
+    assert!(
+        dir.join("node_modules/@fanoutio/serve-grip").exists(),
+        "{} is missing: scripts/test installs it (npm install @fanoutio/serve-grip@2.0.0 there)",
+        dir.display()
+    );
+    dir
+}
+
+/// Starts `tests/it/backends/serve_grip_app.mjs` on `port`, publishing through `control`.
+/// The script is an ES module fed on stdin from the install directory, so its imports resolve
+/// against the pinned `node_modules` there.
+fn serve_grip_backend(port: u16, control: &str) -> Child {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/it/backends/serve_grip_app.mjs");
+    let source = std::fs::File::open(&script).expect("the serve-grip backend's script");
+    tokio::process::Command::new("node")
+        .args(["--input-type=module", "-", &port.to_string(), KEY, control])
+        .current_dir(serve_grip_dir())
+        .stdin(source)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the serve-grip backend (node)")
+}
+
+#[tokio::test]
+async fn a_stock_serve_grip_backend_works_behind_the_sidecar() {
+    let hub = Server::start(&[]).await;
+    let port = free_port();
+    let app = format!("http://127.0.0.1:{port}");
+    let c = client();
+    // The sidecar's port is known before the backend starts: the backend publishes there.
+    let sidecar = Sidecar::start(hub.base(), &app).await;
+    let _backend = serve_grip_backend(port, &sidecar.url("/"));
+    let direct = timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(r) = c.get(format!("{app}/stream")).send().await {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the backend listens");
+    // Without a proxy's signature serve-grip refuses: the 200s below are the sidecar's Grip-Sig.
+    assert_eq!(direct.status(), 501, "serve-grip requires a GRIP proxy");
+    let publish = |kind: &'static str, data: &'static str| {
+        let (c, app) = (c.clone(), app.clone());
+        async move {
+            let r = c
+                .post(format!("{app}/pub"))
+                .json(&serde_json::json!({"kind": kind, "data": data}))
+                .send()
+                .await
+                .expect("ask the backend to publish");
+            assert_eq!(r.status(), 204, "the backend published through serve-grip");
+        }
+    };
+    // A stream hold: the initial body, each http-stream item in order, keep-alives when idle.
+    let r = c
+        .get(sidecar.url("/stream"))
+        .send()
+        .await
+        .expect("GET /stream");
+    assert_eq!(
+        r.status(),
+        200,
+        "serve-grip accepted the sidecar's Grip-Sig"
+    );
+    no_grip_headers(r.headers());
+    assert_eq!(r.headers()["content-type"], "text/plain");
+    let mut body = r.bytes_stream();
+    let mut got = String::new();
+    let mut until = async |got: &mut String, needle: &str| {
+        timeout(Duration::from_secs(20), async {
+            while !got.contains(needle) {
+                let chunk = body.next().await.expect("open").expect("a chunk");
+                got.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{needle:?} in time; got {got:?}"));
+    };
+    until(&mut got, "start\n").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    publish("stream", "one\n").await;
+    publish("stream", "two\n").await;
+    until(&mut got, "two\n").await;
+    until(&mut got, "two\nka\n").await;
+    assert_eq!(got.replace("ka\n", ""), "start\none\ntwo\n", "{got:?}");
+    // A response hold: an http-response publish completes every held request.
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let (c, url) = (c.clone(), sidecar.url("/poll"));
+            tokio::spawn(async move { c.get(url).send().await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    publish("response", "published\n").await;
+    for hold in held {
+        let r = timeout(Duration::from_secs(20), hold)
+            .await
+            .expect("completed by the publish")
+            .expect("joined")
+            .expect("an answer");
+        assert_eq!(r.status(), 200);
+        no_grip_headers(r.headers());
+        assert_eq!(r.text().await.expect("a body"), "published\n");
+    }
+    // Grip-Timeout 5 and nothing published: the backend's own response.
+    let started = Instant::now();
+    let r = c.get(sidecar.url("/poll")).send().await.expect("GET /poll");
+    assert!(started.elapsed() >= Duration::from_millis(4500));
+    assert_eq!(r.status(), 200);
+    no_grip_headers(r.headers());
+    assert_eq!(r.text().await.expect("a body"), "timeout\n");
+}
+
+/// A backend that keeps its own list of items (`m1`, `m2`, …) and serves a stream of them
+/// with a next link: `/chain` holds from its last item, `/chain/next` answers what came after
+/// the `Grip-Last` id it is given. Every `Grip-Last` it receives is recorded.
+async fn chain_backend(items: Arc<Mutex<Vec<String>>>) -> (String, Arc<Mutex<Vec<String>>>) {
+    let asked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = asked.clone();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let (items, seen) = (items.clone(), seen.clone());
+        async move {
+            let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+            validation.set_issuer(&["plexus"]);
+            let sig = req
+                .headers()
+                .get("grip-sig")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let key = jsonwebtoken::DecodingKey::from_secret(KEY.as_bytes());
+            if jsonwebtoken::decode::<serde_json::Value>(sig, &key, &validation).is_err() {
+                return with(&[], 403, "not signed by the proxy\n");
+            }
+            let items = items.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let from = match req.headers().get("grip-last").and_then(|v| v.to_str().ok()) {
+                Some(last) => {
+                    seen.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(last.to_owned());
+                    let id = last.split("last-id=").nth(1).unwrap_or_default();
+                    items.iter().position(|i| i == id).map_or(0, |p| p + 1)
+                }
+                None => 0,
+            };
+            let body: String = items[from..].iter().map(|i| format!("{i}\n")).collect();
+            let channel = match items.last() {
+                Some(last) => format!("chain; prev-id={last}"),
+                None => "chain".to_owned(),
+            };
+            let mut map = HeaderMap::new();
+            for (k, v) in [
+                ("content-type", "text/plain".to_owned()),
+                ("grip-hold", "stream".to_owned()),
+                ("grip-channel", channel),
+                ("grip-link", "</chain/next>; rel=next".to_owned()),
+            ] {
+                map.append(k, HeaderValue::from_str(&v).expect("a header value"));
+            }
+            (map, body).into_response()
+        }
+    });
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the backend");
+    let addr = listener.local_addr().expect("the backend's address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), asked)
+}
+
+#[tokio::test]
+async fn a_gap_in_a_publish_chain_is_filled_from_the_next_link_with_grip_last() {
+    let hub = Server::start(&[]).await;
+    let items: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (app, asked) = chain_backend(items.clone()).await;
+    let sidecar = Sidecar::start(hub.base(), &app).await;
+    let c = client();
+    // The app stores an item, then publishes it with its predecessor's id as prev-id; `false`
+    // stores it only (its publish is lost).
+    let add = |id: &str, publish: bool| {
+        let (c, url, items) = (c.clone(), sidecar.url("/publish/"), items.clone());
+        let id = id.to_owned();
+        async move {
+            let prev = {
+                let mut items = items.lock().unwrap_or_else(|e| e.into_inner());
+                let prev = items.last().cloned();
+                items.push(id.clone());
+                prev
+            };
+            if publish {
+                let item = serde_json::json!({"items": [{"channel": "chain", "id": id,
+                    "prev-id": prev, "formats": {"http-stream": {"content": format!("{id}\n")}}}]});
+                let r = c
+                    .post(url)
+                    .json(&item)
+                    .send()
+                    .await
+                    .expect("POST /publish/");
+                assert_eq!(r.status(), 200);
+            }
+        }
+    };
+    add("m1", true).await;
+    add("m2", true).await;
+    let r = c.get(sidecar.url("/chain")).send().await.expect("GET");
+    assert_eq!(r.status(), 200);
+    no_grip_headers(r.headers());
+    let mut body = r.bytes_stream();
+    let mut got = String::new();
+    let mut until = async |got: &mut String, needle: &str| {
+        timeout(Duration::from_secs(20), async {
+            while !got.ends_with(needle) {
+                let chunk = body.next().await.expect("open").expect("a chunk");
+                got.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{needle:?} in time; got {got:?}"));
+    };
+    until(&mut got, "m2\n").await;
+    add("m3", true).await;
+    // m4's publish is lost: m5 names it as prev-id, which the stream has not seen.
+    add("m4", false).await;
+    add("m5", true).await;
+    add("m6", true).await;
+    until(&mut got, "m6\n").await;
+    assert_eq!(got, "m1\nm2\nm3\nm4\nm5\nm6\n", "no gap, nothing twice");
+    let asked = asked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert!(!asked.is_empty(), "the next link was fetched");
+    assert!(
+        asked.iter().all(|l| l.starts_with("chain; last-id=m")),
+        "{asked:?}"
+    );
+}
+
+/// Debian's Pushpin (`scripts/test` installs it), run by a test with its own config in a
+/// temporary directory: its runner starts condure, zurl, the proxy and the handler, all on
+/// loopback ports or sockets of its own, routing every request to `app_port`. It signs
+/// requests as the sidecar does (`iss` plexus, [`KEY`]), so one backend verifies both.
+struct Pushpin {
+    _dir: tempfile::TempDir,
+    pid: u32,
+    _child: Child,
+    http: u16,
+    control: u16,
+}
+
+impl Pushpin {
+    async fn start(app_port: u16) -> Pushpin {
+        let dir = tempfile::tempdir().expect("a directory for pushpin");
+        let run = dir.path().join("run");
+        let logs = dir.path().join("log");
+        for d in [&run, &logs] {
+            std::fs::create_dir_all(d).expect("pushpin's directories");
+        }
+        let [http, control, push, sub, command] = [(); 5].map(|_| free_port());
+        let config = format!(
+            "[global]\ninclude={{libdir}}/internal.conf\nrundir={run}\nipc_prefix=pp-\n\
+             [runner]\nservices=condure,zurl,pushpin-proxy,pushpin-handler\n\
+             http_port=127.0.0.1:{http}\nlogdir={logs}\nlog_level=2\n\
+             condure_bin=condure\nzurl_bin=zurl\n\
+             [proxy]\nroutesfile=routes\nsig_iss=plexus\nsig_key={KEY}\nupdates_check=off\n\
+             zurl_out_specs=ipc://{{rundir}}/{{ipc_prefix}}zurl-in\n\
+             zurl_out_stream_specs=ipc://{{rundir}}/{{ipc_prefix}}zurl-in-stream\n\
+             zurl_in_specs=ipc://{{rundir}}/{{ipc_prefix}}zurl-out\n\
+             [handler]\npush_in_spec=tcp://127.0.0.1:{push}\n\
+             push_in_sub_specs=tcp://127.0.0.1:{sub}\npush_in_http_addr=127.0.0.1\n\
+             push_in_http_port={control}\ncommand_spec=tcp://127.0.0.1:{command}\n\
+             stats_spec=ipc://{{rundir}}/{{ipc_prefix}}stats\n",
+            run = run.display(),
+            logs = logs.display(),
+        );
+        let file = dir.path().join("pushpin.conf");
+        std::fs::write(&file, config).expect("write pushpin.conf");
+        std::fs::write(
+            dir.path().join("routes"),
+            format!("* 127.0.0.1:{app_port}\n"),
+        )
+        .expect("write pushpin's routes");
+        assert!(
+            std::process::Command::new("pushpin")
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "pushpin is missing: scripts/test installs it (apt-get install pushpin)"
+        );
+        // Its own process group: the runner's helpers are ended with it.
+        let child = tokio::process::Command::new("pushpin")
+            .arg("--config")
+            .arg(&file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start pushpin");
+        let pid = child.id().expect("pushpin's pid");
+        Pushpin {
+            _dir: dir,
+            pid,
+            _child: child,
+            http,
+            control,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http)
+    }
+}
+
+impl Drop for Pushpin {
+    fn drop(&mut self) {
+        // SIGTERM to the group: the runner stops its helpers; none is left behind.
+        let group = format!("-{}", self.pid);
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", "--", &group])
+            .status();
+        for _ in 0..100 {
+            let alive = std::process::Command::new("kill")
+                .args(["-0", "--", &group])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !alive {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .status();
+    }
+}
+
+/// One client script against a GRIP proxy at `base` in front of the serve-grip backend at
+/// `app`: what the client saw, a line per request (status, content type, the app's header,
+/// body bytes), for comparing two proxies. The backend counts the holds it answered; a
+/// publish waits until the proxy holds the request, then 1.5 s more: Pushpin may ask the
+/// backend again within a second of a channel's first subscription and drop publishes then.
+async fn grip_script(c: &Client, base: &str, app: &str) -> Vec<String> {
+    let holds = || async {
+        let r = c
+            .get(format!("{app}/holds"))
+            .send()
+            .await
+            .expect("GET /holds");
+        r.text()
+            .await
+            .expect("a count")
+            .parse::<u64>()
+            .expect("a number")
+    };
+    let held = |before: u64| async move {
+        timeout(Duration::from_secs(20), async {
+            while holds().await <= before {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the proxy asked the backend");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    };
+    let publish = |kind: &'static str, data: &'static str| async move {
+        let r = c
+            .post(format!("{app}/pub"))
+            .json(&serde_json::json!({"kind": kind, "data": data}))
+            .send()
+            .await
+            .expect("ask the backend to publish");
+        assert_eq!(r.status(), 204, "the backend published");
+    };
+    let head = |r: &reqwest::Response| {
+        no_grip_headers(r.headers());
+        let header = |n: &str| {
+            r.headers()
+                .get(n)
+                .map(|v| v.to_str().unwrap_or("?").to_owned())
+        };
+        format!(
+            "{} {:?} {:?}",
+            r.status().as_u16(),
+            header("content-type"),
+            header("x-app")
+        )
+    };
+    let whole = |r: reqwest::Response| async move {
+        let head = head(&r);
+        let body = r.bytes().await.expect("a body");
+        format!("{head} {:?}", String::from_utf8_lossy(&body))
+    };
+    let mut seen = Vec::new();
+    // No instruction: passed through.
+    let r = c
+        .get(format!("{base}/hello"))
+        .send()
+        .await
+        .expect("GET /hello");
+    seen.push(format!("pass-through: {}", whole(r).await));
+    // A stream hold: initial body, two items in order, then `close` ends it.
+    let before = holds().await;
+    let r = c
+        .get(format!("{base}/feed"))
+        .send()
+        .await
+        .expect("GET /feed");
+    seen.push(format!("stream head: {}", head(&r)));
+    let mut stream = r.bytes_stream();
+    let mut body = Vec::new();
+    while !body.ends_with(b"start\n") {
+        let chunk = timeout(Duration::from_secs(20), stream.next())
+            .await
+            .expect("the initial body")
+            .expect("open")
+            .expect("a chunk");
+        body.extend_from_slice(&chunk);
+    }
+    held(before).await;
+    publish("stream", "one\n").await;
+    publish("stream", "two\n").await;
+    publish("close", "").await;
+    timeout(Duration::from_secs(20), async {
+        while let Some(chunk) = stream.next().await {
+            body.extend_from_slice(&chunk.expect("a chunk"));
+        }
+    })
+    .await
+    .expect("the stream ends at close");
+    seen.push(format!("stream body: {:?}", String::from_utf8_lossy(&body)));
+    // A response hold completed by a publish.
+    let before = holds().await;
+    let waiting = tokio::spawn({
+        let (c, url) = (c.clone(), format!("{base}/poll"));
+        async move { c.get(url).send().await }
+    });
+    held(before).await;
+    publish("response", "published\n").await;
+    let r = timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("completed by the publish")
+        .expect("joined")
+        .expect("an answer");
+    seen.push(format!("published response: {}", whole(r).await));
+    // A response hold that times out: the backend's own response.
+    let r = c
+        .get(format!("{base}/poll"))
+        .send()
+        .await
+        .expect("GET /poll");
+    seen.push(format!("timed-out response: {}", whole(r).await));
+    seen
+}
+
+#[tokio::test]
+async fn the_same_backend_and_client_script_give_the_same_bytes_through_pushpin_and_the_sidecar() {
+    let hub = Server::start(&[]).await;
+    let c = client();
+    let (sidecar_app, pushpin_app) = (free_port(), free_port());
+    let pushpin = Pushpin::start(pushpin_app).await;
+    let sidecar = Sidecar::start(hub.base(), &format!("http://127.0.0.1:{sidecar_app}")).await;
+    let _backends = [
+        serve_grip_backend(sidecar_app, &sidecar.url("/")),
+        serve_grip_backend(
+            pushpin_app,
+            &format!("http://127.0.0.1:{}/", pushpin.control),
+        ),
+    ];
+    // Both proxies answer once the backend behind them does.
+    timeout(Duration::from_secs(30), async {
+        for url in [sidecar.url("/hello"), pushpin.url("/hello")] {
+            while !c.get(&url).send().await.is_ok_and(|r| r.status() == 200) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    })
+    .await
+    .expect("pushpin, the sidecar and their backends start");
+    let (pushpin_base, sidecar_base) = (pushpin.url(""), sidecar.url(""));
+    let pushpin_backend = format!("http://127.0.0.1:{pushpin_app}");
+    let sidecar_backend = format!("http://127.0.0.1:{sidecar_app}");
+    let (through_pushpin, through_sidecar) = tokio::join!(
+        grip_script(&c, &pushpin_base, &pushpin_backend),
+        grip_script(&c, &sidecar_base, &sidecar_backend),
+    );
+    // What Pushpin does is the reference; the sidecar must match it line for line.
+    assert_eq!(
+        through_pushpin,
+        [
+            "pass-through: 200 None Some(\"1\") \"hello\\n\"",
+            "stream head: 200 Some(\"text/plain\") None",
+            "stream body: \"start\\none\\ntwo\\n\"",
+            "published response: 200 Some(\"text/plain\") None \"published\\n\"",
+            "timed-out response: 200 Some(\"text/plain\") None \"timeout\\n\"",
+        ],
+        "pushpin's transcript"
+    );
+    assert_eq!(through_sidecar, through_pushpin);
+}
+
+/// Every response hold on a channel answers at once when a message comes; the reads behind
+/// them must not then be opened and cancelled in a burst, which the hub's HTTP/2 guard
+/// against rapid resets answers by closing the sidecar's one upstream connection (seen as
+/// every other hold's read failing, and a second's delay, in `plexus bench hold`).
+#[tokio::test]
+async fn many_response_holds_answered_together_keep_the_upstream_connection() {
+    let hub = Server::start(&[]).await;
+    let (app, _) = backend().await;
+    let sidecar = Sidecar::start(hub.base(), &app).await;
+    let c = client();
+    hub.publish("burst", "m1").await;
+    let clients: Vec<_> = (0..60)
+        .map(|_| {
+            let (c, sidecar) = (c.clone(), sidecar.url("/poll?topic=burst&prev="));
+            tokio::spawn(async move {
+                let mut last = 1u64;
+                let mut got = Vec::new();
+                while last < 4 {
+                    let r = c
+                        .get(format!("{sidecar}{last}"))
+                        .send()
+                        .await
+                        .expect("a held request");
+                    if let Some(seq) = r.headers().get("plexus-seq") {
+                        last = seq.to_str().expect("ascii").parse().expect("a seq");
+                        got.push(r.text().await.expect("a body"));
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    for i in 2..=4 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        hub.publish("burst", format!("m{i}")).await;
+    }
+    for client in clients {
+        let got = timeout(Duration::from_secs(30), client)
+            .await
+            .expect("every message in time")
+            .expect("joined");
+        assert_eq!(got, ["m2", "m3", "m4"]);
+    }
+    let log = sidecar.stderr();
+    assert!(
+        !log.contains("a hold's read failed"),
+        "the upstream connection failed under the holds:\n{log}"
+    );
+}
+
+/// `plexus bench hold` runs end to end on a small load and finds nothing lost or doubled,
+/// through hold mode and through the hub's own long poll.
+#[tokio::test]
+async fn the_hold_bench_loses_nothing_on_a_small_load() {
+    let out = plexus()
+        .args(["bench", "hold", "--clients", "20", "--seconds", "2"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = timeout(Duration::from_secs(120), out)
+        .await
+        .expect("the bench ends")
+        .expect("run plexus bench hold");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let rows: Vec<&str> = text.lines().filter(|l| l.contains("delivered")).collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    for row in rows {
+        assert!(row.contains("delivered     40  lost 0  twice 0"), "{text}");
+    }
 }

@@ -1322,3 +1322,138 @@ async fn a_repeated_key_through_the_sidecar_is_answered_as_a_replay() {
     assert!(v["results"][1].get("replayed").is_none(), "{v}");
     assert_eq!(stored(&hub, "orders").await, ["one", "two"]);
 }
+
+/// A WebSocket subscriber that stops reading, through the sidecar, with `slow=latest` or
+/// `slow=disconnect`: the hub's policies (docs/API.md §2.3) applied when it falls out of the
+/// shared feed's live buffer. `latest` skips ahead with a `skipped` gap and nothing else
+/// missing; `disconnect` sends every message in order up to a `disconnect` frame.
+#[tokio::test]
+async fn websocket_slow_policies_latest_and_disconnect_work_through_the_sidecar() {
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    const N: u64 = 8000;
+    let (hub, base) = hub().await;
+    let sidecar = Sidecar::start(&base, &[]).await;
+    for policy in ["latest", "disconnect"] {
+        let topic = format!("slow-{policy}");
+        hub.publish(&topic, "first").await;
+        // A small receive buffer, so a client that stops reading is behind within a few MB.
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket.set_recv_buffer_size(4096).expect("a small buffer");
+        let stream = socket
+            .connect(
+                format!("127.0.0.1:{}", sidecar.port)
+                    .parse()
+                    .expect("an address"),
+            )
+            .await
+            .expect("connect to the sidecar");
+        let url = format!("ws://127.0.0.1:{}/v1/ws", sidecar.port);
+        let (mut ws, _) = tokio_tungstenite::client_async(url, stream)
+            .await
+            .expect("a WebSocket");
+        let frame = json!({"op": "subscribe", "id": 1, "topic": topic, "slow": policy});
+        ws.send(Ws::text(frame.to_string()))
+            .await
+            .expect("subscribe");
+        let ok = ws.next().await.expect("a frame").expect("a text frame");
+        let ok: Value = serde_json::from_str(ok.to_text().expect("text")).expect("JSON");
+        assert_eq!(
+            ok,
+            json!({"op": "ok", "id": 1, "topic": topic, "next": "1"})
+        );
+        // Not read while 8,000 messages of 2 KiB go out (16 MB: more than the socket buffers).
+        let pad = "x".repeat(2048);
+        hub.batch_n(&topic, N as usize, &format!("{pad}-")).await;
+        let mut expected = 2u64;
+        let (mut skipped, mut disconnected) = (0, false);
+        timeout(Duration::from_secs(60), async {
+            while expected <= N + 1 && !disconnected {
+                let frame = ws.next().await.expect("open").expect("a frame");
+                let v: Value = serde_json::from_str(frame.to_text().expect("text")).expect("JSON");
+                match v["op"].as_str() {
+                    Some("message") => {
+                        assert_eq!(v["seq"], expected, "{policy}: in order, nothing missing");
+                        expected += 1;
+                    }
+                    Some("gap") => {
+                        assert_eq!(policy, "latest", "{v}");
+                        assert_eq!(v["reason"], "skipped", "{v}");
+                        assert_eq!(v["from"], expected, "{v}");
+                        expected = v["to"].as_u64().expect("to") + 1;
+                        skipped += 1;
+                    }
+                    Some("disconnect") => {
+                        assert_eq!(policy, "disconnect", "{v}");
+                        assert_eq!(
+                            v,
+                            json!({"op": "disconnect", "topic": topic, "reason": "slow consumer"})
+                        );
+                        disconnected = true;
+                    }
+                    _ => panic!("{policy}: unexpected frame {v}"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{policy}: the frames in time; at seq {expected}"));
+        match policy {
+            "latest" => {
+                assert!(skipped >= 1, "the slow subscriber skipped ahead");
+                assert_eq!(expected, N + 2, "and reached the newest message");
+            }
+            _ => assert!(disconnected && expected <= N, "disconnected before the end"),
+        }
+    }
+}
+
+/// When one upstream connection carries `sidecar.upstream_max_streams` streams (the hub's
+/// concurrent-stream limit; 3 here), the next one opens a second connection instead of
+/// waiting for a free stream: 5 forwarded streams make 2 connections on the hub, every stream
+/// gets its messages, and the status counts the connections in use.
+#[tokio::test]
+async fn a_second_upstream_connection_opens_when_the_first_is_full() {
+    let (hub, base) = hub().await;
+    let sidecar = Sidecar::start(&base, &["--upstream-max-streams", "3"]).await;
+    // Two topics each: forwarded as they are (not shared), one upstream stream each.
+    let mut streams = Vec::new();
+    for i in 0..5 {
+        streams
+            .push(LocalStream::open(&sidecar, &format!("/v1/topics/up{i},other/sse"), &[]).await);
+    }
+    for i in 0..5 {
+        hub.publish(&format!("up{i}"), format!("m{i}")).await;
+    }
+    for (i, stream) in streams.iter_mut().enumerate() {
+        let (_, v) = stream.next().await;
+        assert_eq!(v["topic"], format!("up{i}"), "{v}");
+        assert_eq!(v["data"], format!("m{i}"), "{v}");
+    }
+    let text = hub.metrics().await;
+    assert_eq!(
+        labelled(&text, "plexus_connections_open{protocol=\"h2c\"}"),
+        2,
+        "5 streams at 3 a connection: two connections from the sidecar"
+    );
+    assert_eq!(sidecar.status().await["upstream"]["connections"], 2);
+    let metrics = sidecar
+        .client
+        .get(sidecar.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("a body");
+    assert!(
+        metrics.contains("\nplexus_sidecar_upstream_connections 2\n"),
+        "{metrics}"
+    );
+    drop(streams);
+    timeout(Duration::from_secs(20), async {
+        while sidecar.status().await["upstream"]["connections"] != 1 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("back to one connection in use once the streams end");
+}

@@ -279,7 +279,7 @@ impl Held {
 async fn serve(sc: Arc<Shared>, instruct: Instruct, held: Held) -> Response {
     match instruct.hold {
         Some(hold) if hold.mode == Mode::Response => response_hold(sc, hold, held).await,
-        Some(hold) => stream_hold(sc, hold, held),
+        Some(hold) => stream_hold(sc, hold, instruct.next, held),
         None => head(held.status, &held.headers, Body::from(held.body)),
     }
 }
@@ -364,11 +364,15 @@ fn delivery(env: &plexus_client::Envelope, mode: Mode, content_type: Option<&str
 }
 
 /// Reads a channel's topic from its cursor (or from now), sending each message with its seq
-/// until the receiver is gone or the hub fails.
+/// until the receiver is gone or the hub fails. For a response hold (`mode` Response) it stops
+/// after a page that answers the hold: a read started after it would only be cancelled when
+/// the hold returns, and a burst of cancelled HTTP/2 streams (every hold of a channel answers
+/// at once) is what a server's rapid-reset guard closes the whole upstream connection for.
 async fn follow(
     sc: Arc<Shared>,
     channel: instruct::Channel,
     tx: mpsc::Sender<plexus_client::Envelope>,
+    mode: Mode,
 ) {
     let mut since = channel
         .cursor()
@@ -380,8 +384,9 @@ async fn follow(
             limit: Some(100),
             wait: Some(READ_WAIT),
         };
+        let lease = sc.upstream.lease();
         let read = tokio::select! {
-            r = sc.client.read(channel.topic.as_str(), &options) => r,
+            r = lease.read(channel.topic.as_str(), &options) => r,
             _ = tx.closed() => return,
             _ = sc.shutdown.cancelled() => return,
         };
@@ -395,10 +400,20 @@ async fn follow(
                 }
             }
         };
+        let answered = mode == Mode::Response
+            && page.messages.iter().any(|env| {
+                matches!(
+                    delivery(env, Mode::Response, None),
+                    Delivery::Response(_) | Delivery::Content(_)
+                )
+            });
         for env in page.messages {
             if tx.send(env).await.is_err() {
                 return;
             }
+        }
+        if answered {
+            return;
         }
         since = page.next;
     }
@@ -407,7 +422,7 @@ async fn follow(
 fn follow_all(sc: &Arc<Shared>, hold: &Hold) -> mpsc::Receiver<plexus_client::Envelope> {
     let (tx, rx) = mpsc::channel(64);
     for channel in &hold.channels {
-        tokio::spawn(follow(sc.clone(), channel.clone(), tx.clone()));
+        tokio::spawn(follow(sc.clone(), channel.clone(), tx.clone(), hold.mode));
     }
     rx
 }
@@ -456,13 +471,129 @@ async fn response_hold(sc: Arc<Shared>, hold: Hold, held: Held) -> Response {
     }
 }
 
-/// A stream: the app's body, then each message for the hold in order, with keep-alives.
-fn stream_hold(sc: Arc<Shared>, hold: Hold, held: Held) -> Response {
+/// The `id` and `prev-id` of a published GRIP item (`None` for a plain Plexus message).
+fn chain_ids(env: &plexus_client::Envelope) -> Option<(Option<String>, Option<String>)> {
+    if env.event.as_deref() != Some(GRIP_EVENT) {
+        return None;
+    }
+    let item: serde_json::Value = serde_json::from_str(env.data.as_deref()?).ok()?;
+    let text = |k: &str| item.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    Some((text("id"), text("prev-id")))
+}
+
+/// A stream hold's position in each channel's publish chain (GRIP's `id`/`prev-id`), and the
+/// next link that recovers from a gap in it, as Pushpin does: an item whose `prev-id` is not
+/// the last id the stream delivered on its channel means the stream missed what the app
+/// published in between (it was never published, or published before the hold began), so
+/// the item is not sent; the next link is fetched with `Grip-Last` instead, and its body —
+/// what came after the last id, by the app's own account — goes into the stream.
+struct Chain {
+    next: Option<String>,
+    /// Per topic: the channel's name and the last id delivered on it.
+    last: Vec<(String, String, Option<String>)>,
+}
+
+impl Chain {
+    fn new(hold: &Hold, next: Option<String>) -> Chain {
+        let last = hold
+            .channels
+            .iter()
+            .map(|c| {
+                // A prev-id that is a cursor says where the log read starts, not an app id.
+                let id = c.prev_id.clone().filter(|_| c.cursor().is_none());
+                (c.topic.as_str().to_owned(), c.name.clone(), id)
+            })
+            .collect();
+        Chain { next, last }
+    }
+
+    /// Whether `env` follows what was delivered on its channel; records its id when it does.
+    fn follows(&mut self, env: &plexus_client::Envelope) -> bool {
+        let Some((id, prev)) = chain_ids(env) else {
+            return true;
+        };
+        let Some(entry) = self.last.iter_mut().find(|(t, _, _)| *t == env.topic) else {
+            return true;
+        };
+        if self.next.is_some()
+            && let (Some(prev), Some(last)) = (&prev, &entry.2)
+            && prev != last
+        {
+            return false;
+        }
+        if id.is_some() {
+            entry.2 = id;
+        }
+        true
+    }
+
+    /// `Grip-Last: <channel>; last-id=<id>`, one per channel with a known last id.
+    fn grip_last(&self) -> Vec<String> {
+        self.last
+            .iter()
+            .filter_map(|(_, name, id)| Some(format!("{name}; last-id={}", id.as_ref()?)))
+            .collect()
+    }
+
+    /// Takes what a next link's answer instructs: the channels' ids to follow from, and the
+    /// next link (none: no more recovery). Its channels must be the hold's own; a hold cannot
+    /// move to other channels mid-stream here.
+    fn update(&mut self, instruct: &Instruct) {
+        self.next = instruct.next.clone();
+        if let Some(hold) = &instruct.hold {
+            for c in &hold.channels {
+                if let Some(entry) = self.last.iter_mut().find(|(_, n, _)| *n == c.name)
+                    && c.prev_id.is_some()
+                {
+                    entry.2 = c.prev_id.clone();
+                }
+            }
+        }
+    }
+}
+
+/// GETs a stream hold's next link with `Grip-Last` (and `Grip-Sig`): its body, and the
+/// instructions it answers with (`None` when it holds no more: the stream ends after it).
+async fn fetch_next(app: &App, uri: &str, chain: &Chain) -> Result<(Bytes, Instruct), String> {
+    let mut request = app.http.get(app.url(uri));
+    for last in chain.grip_last() {
+        request = request.header("grip-last", last);
+    }
+    if let Some(sig) = app.sig() {
+        request = request.header("grip-sig", sig);
+    }
+    let answer = request
+        .send()
+        .await
+        .map_err(|e| format!("the next link cannot be fetched: {e}"))?;
+    if !answer.status().is_success() {
+        return Err(format!("the next link answered {}", answer.status()));
+    }
+    let headers: Vec<(String, String)> = answer
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let instruct = instruct::from_headers(&headers)
+        .map_err(|e| format!("the next link's {}: {}", e.header, e.detail))?;
+    let body = read_capped(answer, MAX_INSTRUCT_BODY).await?;
+    Ok((body, instruct))
+}
+
+/// A stream: the app's body, then each message for the hold in order, with keep-alives; a
+/// gap in a channel's publish chain is filled from the next link (see [`Chain`]).
+fn stream_hold(sc: Arc<Shared>, hold: Hold, next: Option<String>, held: Held) -> Response {
     let content_type = held.header("content-type").map(str::to_owned);
     let (out_tx, out_rx) = mpsc::channel::<Bytes>(64);
     let mut rx = follow_all(&sc, &hold);
     let keep_alive = hold.keep_alive.clone();
     let first = held.body.clone();
+    let mut chain = Chain::new(&hold, next);
     tokio::spawn(async move {
         if !first.is_empty() && out_tx.send(first).await.is_err() {
             return;
@@ -476,17 +607,40 @@ fn stream_hold(sc: Arc<Shared>, hold: Hold, held: Held) -> Response {
             tokio::select! {
                 env = rx.recv() => {
                     let Some(env) = env else { return };
-                    match delivery(&env, Mode::Stream, content_type.as_deref()) {
-                        Delivery::Content(bytes) => {
-                            if out_tx.send(bytes).await.is_err() {
+                    let bytes = if chain.follows(&env) {
+                        match delivery(&env, Mode::Stream, content_type.as_deref()) {
+                            Delivery::Content(bytes) => bytes,
+                            Delivery::Close => return,
+                            Delivery::Response(_) | Delivery::Skip => continue,
+                        }
+                    } else {
+                        let (Some(app), Some(uri)) = (sc.app.as_ref(), chain.next.clone()) else {
+                            return;
+                        };
+                        match fetch_next(app, &uri, &chain).await {
+                            Ok((body, instruct)) => {
+                                chain.update(&instruct);
+                                if instruct.hold.is_none() {
+                                    // No hold in the answer: its body ends the stream.
+                                    let _ = out_tx.send(body).await;
+                                    return;
+                                }
+                                body
+                            }
+                            Err(e) => {
+                                tracing::warn!(uri, error = %e, "a stream hold's next link failed; the stream ends");
                                 return;
                             }
-                            if keep_alive.as_ref().is_some_and(|k| !k.interval) {
-                                next_keep_alive = tokio::time::Instant::now() + idle;
-                            }
                         }
-                        Delivery::Close => return,
-                        Delivery::Response(_) | Delivery::Skip => {}
+                    };
+                    if bytes.is_empty() {
+                        continue;
+                    }
+                    if out_tx.send(bytes).await.is_err() {
+                        return;
+                    }
+                    if keep_alive.as_ref().is_some_and(|k| !k.interval) {
+                        next_keep_alive = tokio::time::Instant::now() + idle;
                     }
                 }
                 _ = tokio::time::sleep_until(next_keep_alive) => {
