@@ -229,7 +229,7 @@ async fn http2(stream: tokio::net::TcpStream, hub: Arc<Hub>) {
             type Body = StreamBody<
                 futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, Infallible>>,
             >;
-            let response = if req.method() == hyper::Method::POST {
+            if req.method() == hyper::Method::POST {
                 use http_body_util::BodyExt;
                 let body = req
                     .into_body()
@@ -258,8 +258,7 @@ async fn http2(stream: tokio::net::TcpStream, hub: Arc<Hub>) {
                     .header("content-type", "text/event-stream")
                     .header("cache-control", "no-cache")
                     .body(Body::new(Box::pin(body)))
-            };
-            response
+            }
         }
     });
     let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
