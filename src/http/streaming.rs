@@ -82,10 +82,16 @@ impl Positions {
 
     /// Records an event of topic `i` and returns the cursor after it.
     pub fn advance(&mut self, i: usize, event: &Event) -> String {
+        self.record(i, event);
+        self.cursor()
+    }
+
+    /// Records an event of topic `i`, for a frame that does not carry the cursor (rendering
+    /// it is an allocation per delivery).
+    pub fn record(&mut self, i: usize, event: &Event) {
         if let (Some(after), Some(slot)) = (event.after(), self.after.get_mut(i)) {
             *slot = after;
         }
-        self.cursor()
     }
 
     pub fn cursor(&self) -> String {
@@ -145,11 +151,14 @@ where
 {
     let mut interval = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The shutdown is awaited through one pinned future for the body's life: a `cancelled()`
+    // made per event would join and leave the token's waiter list — a lock every stream
+    // shares — once per delivered message (docs/BENCHMARKS.md, the profile).
     let state = (
         events,
         encode,
         interval,
-        shutdown,
+        Box::pin(shutdown.cancelled_owned()),
         bookends.prelude,
         false,
         OpenStream::new(transport),
@@ -165,7 +174,7 @@ where
             }
             tokio::select! {
                 biased;
-                _ = st.3.cancelled() => {
+                _ = &mut st.3 => {
                     st.5 = true;
                     return at_shutdown.map(|frame| (Ok(frame()), st));
                 }

@@ -133,6 +133,8 @@ struct Session {
     /// The socket's one catch-up turn: its subscriptions load one page at a time between
     /// them, however many subscribe frames it sends (docs/API.md, WebSocket).
     turn: PageTurn,
+    /// Looked up once: a `counter!` per message costs a registry lookup per delivery.
+    deliveries: metrics::Counter,
 }
 
 impl Session {
@@ -147,6 +149,7 @@ impl Session {
             active: HashMap::new(),
             written: HashMap::new(),
             turn: PageTurn::new(),
+            deliveries: metrics::counter!("plexus_deliveries_total", "transport" => "ws"),
         }
     }
 
@@ -171,13 +174,17 @@ impl Session {
                 }
             }
         }
-        let shutdown = self.state.hub.shutdown_token().clone();
+        // One wait for the shutdown for the socket's life: a `cancelled()` made anew in each
+        // turn of the loop joins and leaves the token's waiter list — a lock that every
+        // socket shares — once per delivered message (docs/BENCHMARKS.md, the profile).
+        let shutdown = self.state.hub.shutdown_token().clone().cancelled_owned();
+        tokio::pin!(shutdown);
         let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => {
+                _ = &mut shutdown => {
                     self.close(CLOSE_RESTARTING).await;
                     return;
                 }
@@ -259,7 +266,7 @@ impl Session {
         };
         let bytes = match &event {
             Event::Message(enc) => {
-                metrics::counter!("plexus_deliveries_total", "transport" => "ws").increment(1);
+                self.deliveries.increment(1);
                 enc.ws()
             }
             Event::Gap { gap, .. } => ws_gap(gap),

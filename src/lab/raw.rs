@@ -8,7 +8,8 @@
 //!   `{"op":"message",…}` envelope) and sends them on one broadcast channel.
 //! - Each subscriber has one writer task fed by that channel. It takes every frame already
 //!   pending for it and writes them in one `write` call, so a subscriber that fell behind
-//!   catches up in one syscall, as hyper's body writes do.
+//!   catches up in one syscall, as hyper's body writes do; it yields once after waking, so
+//!   that frames published by the other tasks meanwhile join the write.
 //! - HTTP/1.1 and WebSocket are spoken by hand over plain TCP. A connection that opens with
 //!   the HTTP/2 preface is served by hyper's HTTP/2 server alone (the part of the hub's stack
 //!   that an HTTP/2 stream cannot do without), each `GET` a stream whose body is fed the same
@@ -186,6 +187,11 @@ async fn pending(
             Err(broadcast::error::RecvError::Closed) => return None,
         }
     };
+    // Let the other tasks run once before writing: frames published meanwhile then share
+    // this write. Without it a saturated baseline writes one frame per wake-up while the hub,
+    // whose group commit hands its subscribers several messages per wake-up, writes fewer and
+    // larger ones: the hub beat the baseline that way (docs/BENCHMARKS.md).
+    tokio::task::yield_now().await;
     let mut out: Option<BytesMut> = None;
     loop {
         match frames.try_recv() {
