@@ -162,6 +162,10 @@ where
         bookends.prelude,
         false,
         OpenStream::new(transport),
+        // When the last event went out. An event records it rather than resetting the
+        // keepalive timer: reading the clock costs less than moving a timer, once per
+        // delivered message; the timer is moved only when it fires too early.
+        Instant::now(),
     );
     let at_shutdown = bookends.at_shutdown;
     let body = stream::unfold(state, move |mut st| async move {
@@ -180,7 +184,7 @@ where
                 }
                 event = st.0.next() => {
                     let (i, event) = event?;
-                    st.2.reset();
+                    st.7 = Instant::now();
                     if matches!(event, Event::Disconnected) {
                         st.5 = true;
                     }
@@ -188,7 +192,14 @@ where
                         return Some((Ok(bytes), st));
                     }
                 }
-                _ = st.2.tick() => return Some((Ok(Bytes::from_static(keepalive_frame)), st)),
+                _ = st.2.tick() => {
+                    let due = st.7 + keepalive;
+                    if Instant::now() < due {
+                        st.2.reset_at(due);
+                        continue;
+                    }
+                    return Some((Ok(Bytes::from_static(keepalive_frame)), st));
+                }
             }
         }
     });
