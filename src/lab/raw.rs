@@ -3,6 +3,10 @@
 //! ever beats it, the baseline is wrong (docs/BENCHMARKS.md, "Fan-out against an honest
 //! baseline").
 //!
+//! - Publishes go through one fan-out task, as the hub's commits do: it takes every publish
+//!   waiting for it and sends their frames back to back, so that a subscriber woken once finds
+//!   them all (without it the hub, whose group commit hands its fan-out several messages at a
+//!   time, beat the baseline).
 //! - A publish encodes its frames once (SSE in HTTP/1.1 chunked coding, as hyper sends it;
 //!   SSE without it, for HTTP/2; an unmasked WebSocket text frame carrying the hub's
 //!   `{"op":"message",…}` envelope) and sends them on one broadcast channel.
@@ -29,7 +33,7 @@ use hyper::body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::LabError;
 use crate::model::{format_rfc3339_millis, now_millis};
@@ -70,6 +74,33 @@ struct Hub {
     /// order; held only to encode and send, never across an await.
     seq: Mutex<u64>,
     frames: broadcast::Sender<Arc<Frames>>,
+    /// To the fan-out task: a publish's body, and where its receipt goes.
+    publishes: mpsc::UnboundedSender<(Bytes, oneshot::Sender<String>)>,
+}
+
+impl Hub {
+    /// Publishes `body` through the fan-out task; its receipt.
+    async fn publish(&self, body: Bytes) -> String {
+        let (tx, rx) = oneshot::channel();
+        if self.publishes.send((body, tx)).is_err() {
+            return String::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+/// Sends every publish waiting for it, back to back, then waits for more.
+async fn fan_out(
+    hub: std::sync::Weak<Hub>,
+    mut publishes: mpsc::UnboundedReceiver<(Bytes, oneshot::Sender<String>)>,
+) {
+    let mut waiting = Vec::new();
+    while publishes.recv_many(&mut waiting, 1024).await > 0 {
+        let Some(hub) = hub.upgrade() else { return };
+        for (body, reply) in waiting.drain(..) {
+            let _ = reply.send(publish(&hub, &body));
+        }
+    }
 }
 
 /// Serves the baseline on `listen` until the process ends; prints `listening on` first.
@@ -87,10 +118,13 @@ pub async fn serve(listen: &str) -> Result<(), LabError> {
 /// Serves the baseline on a bound listener until the process ends.
 pub async fn serve_on(listener: TcpListener) -> Result<(), LabError> {
     let (frames, _) = broadcast::channel(BACKLOG);
+    let (publishes, waiting) = mpsc::unbounded_channel();
     let hub = Arc::new(Hub {
         seq: Mutex::new(0),
         frames,
+        publishes,
     });
+    tokio::spawn(fan_out(Arc::downgrade(&hub), waiting));
     loop {
         let (stream, _) = listener
             .accept()
@@ -160,7 +194,7 @@ async fn connection(stream: tokio::net::TcpStream, hub: Arc<Hub>) -> std::io::Re
             }
         }
         let body = buf.split_to(head_end + length).split_off(head_end).freeze();
-        let receipt = publish(&hub, &body);
+        let receipt = hub.publish(body).await;
         write
             .write_all(
                 format!(
@@ -243,7 +277,7 @@ async fn http2(stream: tokio::net::TcpStream, hub: Arc<Hub>) {
                     .await
                     .map(|b| b.to_bytes())
                     .unwrap_or_default();
-                let receipt = Bytes::from(publish(&hub, &body));
+                let receipt = Bytes::from(hub.publish(body).await);
                 let once = futures_util::stream::once(async move { Ok(Frame::data(receipt)) });
                 hyper::Response::builder()
                     .status(201)
