@@ -3,10 +3,10 @@
 //! ever beats it, the baseline is wrong (docs/BENCHMARKS.md, "Fan-out against an honest
 //! baseline").
 //!
-//! - Publishes go through one fan-out task, as the hub's commits do: it takes every publish
-//!   waiting for it and sends their frames back to back, so that a subscriber woken once finds
-//!   them all (without it the hub, whose group commit hands its fan-out several messages at a
-//!   time, beat the baseline).
+//! - A publish is answered as soon as its frames are made and queued; one fan-out task, as the
+//!   hub's commits have, takes every message queued for it and sends their frames back to
+//!   back, so that a subscriber woken once finds them all (without it the hub, whose group
+//!   commit hands its fan-out several messages at a time, beat the baseline).
 //! - A publish encodes its frames once (SSE in HTTP/1.1 chunked coding, as hyper sends it;
 //!   SSE without it, for HTTP/2; an unmasked WebSocket text frame carrying the hub's
 //!   `{"op":"message",…}` envelope) and sends them on one broadcast channel.
@@ -33,7 +33,7 @@ use hyper::body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc};
 
 use super::LabError;
 use crate::model::{format_rfc3339_millis, now_millis};
@@ -70,35 +70,29 @@ impl Kind {
 }
 
 struct Hub {
-    /// The publish sequence and the sender, under one lock so that frames go out in seq
-    /// order; held only to encode and send, never across an await.
+    /// The publish sequence, locked while a message is encoded and queued so that frames go
+    /// out in seq order; never held across an await.
     seq: Mutex<u64>,
     frames: broadcast::Sender<Arc<Frames>>,
-    /// To the fan-out task: a publish's body, and where its receipt goes.
-    publishes: mpsc::UnboundedSender<(Bytes, oneshot::Sender<String>)>,
+    /// To the fan-out task, in seq order.
+    queued: mpsc::UnboundedSender<Arc<Frames>>,
 }
 
-impl Hub {
-    /// Publishes `body` through the fan-out task; its receipt.
-    async fn publish(&self, body: Bytes) -> String {
-        let (tx, rx) = oneshot::channel();
-        if self.publishes.send((body, tx)).is_err() {
-            return String::new();
-        }
-        rx.await.unwrap_or_default()
-    }
-}
-
-/// Sends every publish waiting for it, back to back, then waits for more.
+/// Sends every message queued for it, back to back, then waits for more. It yields once after
+/// waking, as the writers do, so that the publishes answered meanwhile join the group.
 async fn fan_out(
-    hub: std::sync::Weak<Hub>,
-    mut publishes: mpsc::UnboundedReceiver<(Bytes, oneshot::Sender<String>)>,
+    frames: broadcast::Sender<Arc<Frames>>,
+    mut queued: mpsc::UnboundedReceiver<Arc<Frames>>,
 ) {
-    let mut waiting = Vec::new();
-    while publishes.recv_many(&mut waiting, 1024).await > 0 {
-        let Some(hub) = hub.upgrade() else { return };
-        for (body, reply) in waiting.drain(..) {
-            let _ = reply.send(publish(&hub, &body));
+    let mut group = Vec::new();
+    while queued.recv_many(&mut group, 1024).await > 0 {
+        tokio::task::yield_now().await;
+        while let Ok(more) = queued.try_recv() {
+            group.push(more);
+        }
+        for message in group.drain(..) {
+            // No receiver (nobody subscribed yet) is not an error.
+            let _ = frames.send(message);
         }
     }
 }
@@ -118,13 +112,13 @@ pub async fn serve(listen: &str) -> Result<(), LabError> {
 /// Serves the baseline on a bound listener until the process ends.
 pub async fn serve_on(listener: TcpListener) -> Result<(), LabError> {
     let (frames, _) = broadcast::channel(BACKLOG);
-    let (publishes, waiting) = mpsc::unbounded_channel();
+    let (queued, waiting) = mpsc::unbounded_channel();
+    tokio::spawn(fan_out(frames.clone(), waiting));
     let hub = Arc::new(Hub {
         seq: Mutex::new(0),
         frames,
-        publishes,
+        queued,
     });
-    tokio::spawn(fan_out(Arc::downgrade(&hub), waiting));
     loop {
         let (stream, _) = listener
             .accept()
@@ -194,7 +188,7 @@ async fn connection(stream: tokio::net::TcpStream, hub: Arc<Hub>) -> std::io::Re
             }
         }
         let body = buf.split_to(head_end + length).split_off(head_end).freeze();
-        let receipt = hub.publish(body).await;
+        let receipt = publish(&hub, &body);
         write
             .write_all(
                 format!(
@@ -277,7 +271,7 @@ async fn http2(stream: tokio::net::TcpStream, hub: Arc<Hub>) {
                     .await
                     .map(|b| b.to_bytes())
                     .unwrap_or_default();
-                let receipt = Bytes::from(hub.publish(body).await);
+                let receipt = Bytes::from(publish(&hub, &body));
                 let once = futures_util::stream::once(async move { Ok(Frame::data(receipt)) });
                 hyper::Response::builder()
                     .status(201)
@@ -317,8 +311,8 @@ fn chunked(data: &[u8]) -> Bytes {
     b.freeze()
 }
 
-/// Encodes the message once per kind of subscriber and sends it to all of them. Returns the
-/// publish's receipt.
+/// Encodes the message once per kind of subscriber and queues it for the fan-out task.
+/// Returns the publish's receipt.
 fn publish(hub: &Hub, body: &[u8]) -> String {
     let time = format_rfc3339_millis(now_millis());
     let Ok(mut seq) = hub.seq.lock() else {
@@ -346,8 +340,8 @@ fn publish(hub: &Hub, body: &[u8]) -> String {
         }
     }
     ws.put_slice(ws_payload.as_bytes());
-    // No receiver (nobody subscribed yet) is not an error.
-    let _ = hub.frames.send(Arc::new(Frames {
+    // Queued under the seq's lock, so the fan-out task sends in seq order.
+    let _ = hub.queued.send(Arc::new(Frames {
         sse_chunked: chunked(sse.as_bytes()),
         sse: Bytes::from(sse),
         ws: ws.freeze(),
