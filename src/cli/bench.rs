@@ -98,6 +98,11 @@ pub struct PublishArgs {
     /// Load generator: wrk (a separate, lean process; used when installed) or builtin
     #[arg(long, default_value = "auto")]
     pub load: String,
+    /// Bare and durable runs, alternating; the ratio reported is their median
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    #[command(flatten)]
+    pub check: CheckArgs,
 }
 
 #[derive(Args, Debug)]
@@ -193,6 +198,8 @@ pub struct WebhooksBenchArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Via {
     Sse,
+    /// SSE over HTTP/2 (h2c), 100 subscriptions per connection
+    SseH2,
     Ws,
     LongPoll,
 }
@@ -208,14 +215,14 @@ pub struct FanoutArgs {
     /// Messages published
     #[arg(long, default_value_t = 200)]
     pub messages: usize,
-    /// Payload size in bytes (at least 21: a timestamp leads it)
+    /// Payload size in bytes (at least 32: a timestamp and an index lead it)
     #[arg(long, default_value_t = 100)]
     pub size: usize,
     /// Messages per second; 0 publishes as fast as the publishers can (saturated)
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
     /// Storage engine of the hub under test (`redis://…` to run several nodes on one Redis)
-    #[arg(long, default_value = "memory")]
+    #[arg(long, default_value = "sqlite")]
     pub storage: String,
     /// Hub nodes sharing the storage (more than one needs a redis storage); subscribers and
     /// publishers are spread over them in turn
@@ -227,6 +234,32 @@ pub struct FanoutArgs {
     /// Skip the raw TCP loop baseline
     #[arg(long)]
     pub no_baseline: bool,
+    /// Hub and baseline runs, alternating; the ratios reported are their medians
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    #[command(flatten)]
+    pub check: CheckArgs,
+}
+
+/// `--check`: compare the run's ratios with the targets (docs/BENCHMARKS.md), exit non-zero
+/// when one falls short. Run by hand: CI tests behaviour, not timing.
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Fail (exit non-zero) when a ratio falls short of its target, or anything is lost
+    #[arg(long)]
+    pub check: bool,
+    /// Replace a target for this run: NAME=VALUE (fanout-saturated, fanout-p99, publish)
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub threshold: Vec<String>,
+}
+
+impl CheckArgs {
+    fn into_check(self) -> Result<Option<lab::check::Check>, CliError> {
+        if !self.check {
+            return Ok(None);
+        }
+        Ok(Some(lab::check::Check::new(&self.threshold)?))
+    }
 }
 
 pub fn run(cmd: BenchCommand) -> Result<(), CliError> {
@@ -249,6 +282,8 @@ pub fn run(cmd: BenchCommand) -> Result<(), CliError> {
                 topics: a.topics,
                 durability: a.durability,
                 load: a.load,
+                repeat: a.repeat,
+                check: a.check.into_check()?,
             }))
         }
         BenchCommand::Http2(a) => runtime.block_on(lab::http2::run(lab::http2::Http2Bench {
@@ -279,6 +314,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), CliError> {
         BenchCommand::Fanout(a) => runtime.block_on(lab::fanout::run(lab::fanout::FanoutBench {
             via: match a.via {
                 Via::Sse => lab::fanout::Via::Sse,
+                Via::SseH2 => lab::fanout::Via::SseH2,
                 Via::Ws => lab::fanout::Via::Ws,
                 Via::LongPoll => lab::fanout::Via::LongPoll,
             },
@@ -290,6 +326,8 @@ pub fn run(cmd: BenchCommand) -> Result<(), CliError> {
             nodes: a.nodes,
             publishers: a.publishers,
             no_baseline: a.no_baseline,
+            repeat: a.repeat,
+            check: a.check.into_check()?,
         })),
         BenchCommand::Replication(a) => {
             runtime.block_on(lab::replication::run(lab::replication::ReplicationBench {

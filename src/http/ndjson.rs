@@ -64,7 +64,7 @@ async fn ndjson(
     let mut positions = Positions::of(&sub);
     let deliveries = metrics::counter!("plexus_deliveries_total", "transport" => "ndjson");
     let encode = move |i: usize, event: &Event| -> Option<Bytes> {
-        positions.advance(i, event);
+        positions.record(i, event);
         if matches!(event, Event::Message(_)) {
             deliveries.increment(1);
         }

@@ -83,12 +83,19 @@ async fn sse(
     let deliveries = metrics::counter!("plexus_deliveries_total", "transport" => "sse");
     let mut positions = Positions::of(&sub);
     let encode = move |i: usize, event: &Event| -> Option<Bytes> {
+        if let Event::Message(enc) = event
+            && single
+        {
+            // The shared frame carries the seq as its id: no cursor to render.
+            positions.record(i, event);
+            deliveries.increment(1);
+            return Some(enc.sse(raw));
+        }
         let id = positions.advance(i, event);
         if matches!(event, Event::Message(_)) {
             deliveries.increment(1);
         }
         Some(match event {
-            Event::Message(enc) if single => enc.sse(raw),
             Event::Message(enc) => sse_message(&id, &enc.msg, raw),
             Event::Gap { gap, .. } => sse_gap(&id, gap),
             Event::Disconnected => Bytes::from_static(SSE_DISCONNECT),

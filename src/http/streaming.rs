@@ -82,10 +82,16 @@ impl Positions {
 
     /// Records an event of topic `i` and returns the cursor after it.
     pub fn advance(&mut self, i: usize, event: &Event) -> String {
+        self.record(i, event);
+        self.cursor()
+    }
+
+    /// Records an event of topic `i`, for a frame that does not carry the cursor (rendering
+    /// it is an allocation per delivery).
+    pub fn record(&mut self, i: usize, event: &Event) {
         if let (Some(after), Some(slot)) = (event.after(), self.after.get_mut(i)) {
             *slot = after;
         }
-        self.cursor()
     }
 
     pub fn cursor(&self) -> String {
@@ -145,14 +151,21 @@ where
 {
     let mut interval = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The shutdown is awaited through one pinned future for the body's life: a `cancelled()`
+    // made per event would join and leave the token's waiter list — a lock every stream
+    // shares — once per delivered message (docs/BENCHMARKS.md, the profile).
     let state = (
         events,
         encode,
         interval,
-        shutdown,
+        Box::pin(shutdown.cancelled_owned()),
         bookends.prelude,
         false,
         OpenStream::new(transport),
+        // When the last event went out. An event records it rather than resetting the
+        // keepalive timer: reading the clock costs less than moving a timer, once per
+        // delivered message; the timer is moved only when it fires too early.
+        Instant::now(),
     );
     let at_shutdown = bookends.at_shutdown;
     let body = stream::unfold(state, move |mut st| async move {
@@ -165,13 +178,13 @@ where
             }
             tokio::select! {
                 biased;
-                _ = st.3.cancelled() => {
+                _ = &mut st.3 => {
                     st.5 = true;
                     return at_shutdown.map(|frame| (Ok(frame()), st));
                 }
                 event = st.0.next() => {
                     let (i, event) = event?;
-                    st.2.reset();
+                    st.7 = Instant::now();
                     if matches!(event, Event::Disconnected) {
                         st.5 = true;
                     }
@@ -179,7 +192,14 @@ where
                         return Some((Ok(bytes), st));
                     }
                 }
-                _ = st.2.tick() => return Some((Ok(Bytes::from_static(keepalive_frame)), st)),
+                _ = st.2.tick() => {
+                    let due = st.7 + keepalive;
+                    if Instant::now() < due {
+                        st.2.reset_at(due);
+                        continue;
+                    }
+                    return Some((Ok(Bytes::from_static(keepalive_frame)), st));
+                }
             }
         }
     });

@@ -16,8 +16,8 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, 
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use bytes::Bytes;
-use futures_util::SinkExt;
 use futures_util::stream::{BoxStream, SelectAll, SplitSink, StreamExt};
+use futures_util::{FutureExt, SinkExt};
 use serde_json::Value;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -38,6 +38,8 @@ use crate::wire::ws::{
 };
 
 const PING_EVERY: Duration = Duration::from_secs(30);
+/// At most this many waiting events are queued on the socket before one flush.
+const WRITE_BATCH: usize = 64;
 /// How long a Close frame of ours may take to reach the socket. A peer that reads nothing
 /// more (it sent its own Close, or went silent) with the socket's send buffer full would
 /// otherwise keep the flush — and this task, its subscriptions and the socket — forever.
@@ -159,6 +161,8 @@ struct Session {
     /// The socket's one catch-up turn: its subscriptions load one page at a time between
     /// them, however many subscribe frames it sends (docs/API.md, WebSocket).
     turn: PageTurn,
+    /// Looked up once: a `counter!` per message costs a registry lookup per delivery.
+    deliveries: metrics::Counter,
 }
 
 impl Session {
@@ -179,6 +183,7 @@ impl Session {
             active: HashMap::new(),
             written: HashMap::new(),
             turn: PageTurn::new(),
+            deliveries: metrics::counter!("plexus_deliveries_total", "transport" => "ws"),
         }
     }
 
@@ -203,7 +208,11 @@ impl Session {
                 }
             }
         }
-        let shutdown = self.state.hub.shutdown_token().clone();
+        // One wait for the shutdown for the socket's life: a `cancelled()` made anew in each
+        // turn of the loop joins and leaves the token's waiter list — a lock that every
+        // socket shares — once per delivered message (docs/BENCHMARKS.md, the profile).
+        let shutdown = self.state.hub.shutdown_token().clone().cancelled_owned();
+        tokio::pin!(shutdown);
         let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
@@ -211,7 +220,7 @@ impl Session {
         tokio::pin!(auth_deadline);
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => {
+                _ = &mut shutdown => {
                     self.close(CLOSE_RESTARTING).await;
                     return;
                 }
@@ -252,7 +261,7 @@ impl Session {
                     }
                 }
                 Some((topic, event)) = self.subs.next(), if !self.subs.is_empty() => {
-                    if self.deliver(topic, event).await.is_err() {
+                    if self.deliver_ready(topic, event).await.is_err() {
                         return;
                     }
                 }
@@ -269,13 +278,45 @@ impl Session {
         }
     }
 
-    async fn deliver(&mut self, topic: Topic, event: Option<Event>) -> Result<(), ()> {
+    /// Delivers `event` and every event already waiting behind it (up to [`WRITE_BATCH`]),
+    /// then flushes once: a socket that fell behind gets its pending frames in one write, not
+    /// one write each (docs/BENCHMARKS.md, the fan-out profile). A consumer's position moves
+    /// only once the frames are flushed.
+    async fn deliver_ready(&mut self, topic: Topic, event: Option<Event>) -> Result<(), ()> {
+        let mut written = Vec::new();
+        self.deliver(topic, event, &mut written).await?;
+        for _ in 1..WRITE_BATCH {
+            // Polling with a no-op waker is sound here: a subscription woken meanwhile stays
+            // queued in `SelectAll`, which the loop's next `select!` polls with its own waker.
+            match self.subs.next().now_or_never() {
+                Some(Some((topic, event))) => self.deliver(topic, event, &mut written).await?,
+                _ => break,
+            }
+        }
+        match self.sink.as_mut() {
+            Some(sink) => sink.flush().await.map_err(|_| ())?,
+            None => return Err(()),
+        }
+        for (sent, after) in written {
+            sent.fetch_max(after, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Queues one event's frame without flushing (see [`Self::deliver_ready`]); `written`
+    /// collects the consumer positions it moves once flushed.
+    async fn deliver(
+        &mut self,
+        topic: Topic,
+        event: Option<Event>,
+        written: &mut Vec<(Arc<AtomicU64>, u64)>,
+    ) -> Result<(), ()> {
         let Some(event) = event else {
             return self.ended(topic).await;
         };
         let bytes = match &event {
             Event::Message(enc) => {
-                metrics::counter!("plexus_deliveries_total", "transport" => "ws").increment(1);
+                self.deliveries.increment(1);
                 enc.ws()
             }
             Event::Gap { gap, .. } => ws_gap(gap),
@@ -290,9 +331,12 @@ impl Session {
         };
         match Utf8Bytes::try_from(bytes) {
             Ok(text) => {
-                self.send(WsMessage::Text(text)).await?;
+                match self.sink.as_mut() {
+                    Some(sink) => sink.feed(WsMessage::Text(text)).await.map_err(|_| ())?,
+                    None => return Err(()),
+                }
                 if let (Some(sent), Some(after)) = (self.written.get(&topic), event.after()) {
-                    sent.fetch_max(after, Ordering::Relaxed);
+                    written.push((sent.clone(), after));
                 }
                 Ok(())
             }

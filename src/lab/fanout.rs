@@ -25,9 +25,14 @@ use super::LabError;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Via {
     Sse,
+    /// SSE over HTTP/2 (h2c), [`H2_STREAMS`] subscriptions per connection.
+    SseH2,
     Ws,
     LongPoll,
 }
+
+/// SSE subscriptions per HTTP/2 connection with `Via::SseH2`.
+pub const H2_STREAMS: usize = 100;
 
 /// What `plexus bench fanout` measures.
 #[derive(Debug, Clone)]
@@ -49,7 +54,14 @@ pub struct FanoutBench {
     pub publishers: usize,
     /// Skip the raw TCP loop baseline.
     pub no_baseline: bool,
+    /// Hub and baseline runs, alternating; the ratios reported are the medians.
+    pub repeat: usize,
+    /// Compare the median ratios with the targets and fail when one falls short.
+    pub check: Option<super::check::Check>,
 }
+
+/// Bytes a payload's stamp takes: the send time, a space, the message index, a space.
+const STAMP: usize = 32;
 
 /// Latencies in log buckets of about 5 %.
 #[derive(Clone)]
@@ -107,28 +119,49 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// The send time a payload starts with (20 digits of nanoseconds).
-fn sent_at(payload: &[u8]) -> Option<u128> {
-    let digits = payload.get(..20)?;
-    std::str::from_utf8(digits).ok()?.parse().ok()
+/// The send time a payload starts with (20 digits of nanoseconds), and the message's index
+/// (10 digits after a space).
+fn stamp(payload: &[u8]) -> (Option<u128>, Option<usize>) {
+    let digits = |from: usize, to: usize| {
+        payload
+            .get(from..to)
+            .and_then(|d| std::str::from_utf8(d).ok())
+    };
+    (
+        digits(0, 20).and_then(|d| d.parse().ok()),
+        digits(21, 31).and_then(|d| d.parse().ok()),
+    )
 }
 
-/// Counts one delivery of a message sent at `sent`.
-fn count_delivery(sent: Option<u128>, stats: &mut SubStats, shared: &Shared) {
+/// Counts one delivery of the message stamped at the start of `payload`; a message index seen
+/// before on this subscription counts as a duplicate.
+fn count_delivery(payload: &[u8], stats: &mut SubStats, shared: &Shared) {
+    let (sent, index) = stamp(payload);
     if let Some(sent) = sent {
         let us = now_nanos().saturating_sub(sent) / 1000;
         stats.latency.record(us as u64);
+    }
+    if let Some(i) = index {
+        let (word, bit) = (i / 64, 1u64 << (i % 64));
+        if stats.seen.len() <= word {
+            stats.seen.resize(word + 1, 0);
+        }
+        if stats.seen[word] & bit != 0 {
+            stats.duplicates += 1;
+            return;
+        }
+        stats.seen[word] |= bit;
     }
     stats.received += 1;
     shared.received.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Counts the deliveries in `record` (each carries `"data":"<20-digit send time>`).
+/// Counts the deliveries in `record` (each carries `"data":"<stamp>`).
 fn count_deliveries(record: &[u8], stats: &mut SubStats, shared: &Shared) {
     let mut rest = record;
     while let Some(i) = find(rest, b"\"data\":\"") {
         let start = i + 8;
-        count_delivery(sent_at(&rest[start..]), stats, shared);
+        count_delivery(&rest[start..], stats, shared);
         rest = &rest[start..];
     }
     shared
@@ -140,7 +173,7 @@ fn count_deliveries(record: &[u8], stats: &mut SubStats, shared: &Shared) {
 fn count_page(messages: &[Envelope], stats: &mut SubStats, shared: &Shared) {
     for message in messages {
         let data = message.data.as_deref().unwrap_or_default();
-        count_delivery(sent_at(data.as_bytes()), stats, shared);
+        count_delivery(data.as_bytes(), stats, shared);
     }
     shared
         .last_delivery
@@ -148,7 +181,12 @@ fn count_page(messages: &[Envelope], stats: &mut SubStats, shared: &Shared) {
 }
 
 struct SubStats {
+    /// Distinct messages received.
     received: u64,
+    /// Messages received again.
+    duplicates: u64,
+    /// A bit per message index received.
+    seen: Vec<u64>,
     requests: u64,
     latency: Histogram,
 }
@@ -169,6 +207,8 @@ async fn subscriber(
 ) -> Result<SubStats, plexus_client::Error> {
     let mut stats = SubStats {
         received: 0,
+        duplicates: 0,
+        seen: Vec::new(),
         requests: 0,
         latency: Histogram::new(),
     };
@@ -192,6 +232,34 @@ async fn subscriber(
                 tokio::select! {
                     n = stream.read(&mut buf) => if n? == 0 { break },
                     _ = stop.cancelled() => break,
+                }
+                while let Some(i) = find(&buf, b"\n\n") {
+                    count_deliveries(&buf[..i], &mut stats, &shared);
+                    buf.advance(i + 2);
+                }
+            }
+        }
+        Via::SseH2 => {
+            let mut stream = client
+                .subscribe_bytes("bench", None, Transport::Sse)
+                .await?;
+            let mut ready = Some(permit);
+            loop {
+                let chunk = tokio::select! {
+                    c = stream.next() => match c {
+                        Some(c) => c?,
+                        None => break,
+                    },
+                    _ = stop.cancelled() => break,
+                };
+                buf.extend_from_slice(&chunk);
+                if ready.is_some() {
+                    if let Some(i) = find(&buf, b"retry: 2000\n\n") {
+                        buf.advance(i + 13);
+                        shared.ready.fetch_add(1, Ordering::Relaxed);
+                        ready = None;
+                    }
+                    continue;
                 }
                 while let Some(i) = find(&buf, b"\n\n") {
                     count_deliveries(&buf[..i], &mut stats, &shared);
@@ -311,6 +379,7 @@ struct Report {
     publishes_per_s: f64,
     latency: Histogram,
     lost: u64,
+    duplicates: u64,
     requests: u64,
     rss_idle_kib: u64,
     rss_base_kib: u64,
@@ -320,7 +389,7 @@ struct Report {
 async fn publish_all(clients: &[Client], args: &FanoutBench) -> Result<(), LabError> {
     let started = Instant::now();
     let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
-    let pad = "x".repeat(args.size.saturating_sub(21));
+    let pad = "x".repeat(args.size.saturating_sub(STAMP));
     let publishers = if interval.is_some() {
         1
     } else {
@@ -345,7 +414,7 @@ async fn publish_all(clients: &[Client], args: &FanoutBench) -> Result<(), LabEr
                     let due = started + every * i as u32;
                     tokio::time::sleep_until(due.into()).await;
                 }
-                let body = format!("{:020} {pad}", now_nanos());
+                let body = format!("{:020} {i:010} {pad}", now_nanos());
                 client
                     .publish("bench", body, &PublishOptions::default())
                     .await?;
@@ -370,6 +439,19 @@ async fn measure(args: &FanoutBench, raw: bool) -> Result<Report, LabError> {
         .iter()
         .map(|(_, url)| Client::new(url))
         .collect::<Result<Vec<_>, _>>()?;
+    // SSE over HTTP/2: one prior-knowledge client per `H2_STREAMS` subscriptions, each
+    // client one connection, on the nodes in turn.
+    let h2_clients = if args.via == Via::SseH2 {
+        (0..args.subscribers.div_ceil(H2_STREAMS))
+            .map(|k| {
+                Client::builder(&nodes[k % nodes.len()].1)
+                    .http2_prior_knowledge()
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        Vec::new()
+    };
     let rss = || pids.iter().map(|&p| rss_kib(p)).sum::<u64>();
     if !raw {
         // The topic exists before anyone subscribes, so the hub's counters can be read.
@@ -393,8 +475,12 @@ async fn measure(args: &FanoutBench, raw: bool) -> Result<Report, LabError> {
     };
     let subs: Vec<_> = (0..args.subscribers)
         .map(|i| {
+            let client = match h2_clients.get(i / H2_STREAMS) {
+                Some(c) if via == Via::SseH2 => c.clone(),
+                _ => clients[i % clients.len()].clone(),
+            };
             tokio::spawn(subscriber(
-                clients[i % clients.len()].clone(),
+                client,
                 via,
                 raw,
                 shared.clone(),
@@ -473,11 +559,13 @@ async fn measure(args: &FanoutBench, raw: bool) -> Result<Report, LabError> {
     stop.cancel();
     let mut latency = Histogram::new();
     let mut received = 0;
+    let mut duplicates = 0;
     let mut requests = 0;
     for task in subs {
         if let Ok(Ok(stats)) = task.await {
             latency.merge(&stats.latency);
             received += stats.received;
+            duplicates += stats.duplicates;
             requests += stats.requests;
         }
     }
@@ -492,6 +580,7 @@ async fn measure(args: &FanoutBench, raw: bool) -> Result<Report, LabError> {
         publishes_per_s,
         latency,
         lost: expected.saturating_sub(received),
+        duplicates,
         requests,
         rss_idle_kib,
         rss_base_kib,
@@ -532,13 +621,14 @@ fn print(name: &str, r: &Report, args: &FanoutBench) {
     let per_conn =
         (r.rss_idle_kib.saturating_sub(r.rss_base_kib)) as f64 / args.subscribers.max(1) as f64;
     println!(
-        "  {name:<10} {:>8.0} publishes/s {:>11.0} deliveries/s  p50 {:>8.2} ms  p99 {:>8.2} ms  max {:>8.2} ms  lost {:>6}  RSS {} KiB idle (+{:.1} KiB/conn), {} KiB at end{}",
+        "  {name:<10} {:>8.0} publishes/s {:>11.0} deliveries/s  p50 {:>8.2} ms  p99 {:>8.2} ms  max {:>8.2} ms  lost {:>6}  dupes {:>4}  RSS {} KiB idle (+{:.1} KiB/conn), {} KiB at end{}",
         r.publishes_per_s,
         r.deliveries_per_s,
         r.latency.quantile(0.5),
         r.latency.quantile(0.99),
         r.latency.max_us as f64 / 1000.0,
         r.lost,
+        r.duplicates,
         r.rss_idle_kib,
         per_conn,
         r.rss_end_kib,
@@ -551,18 +641,23 @@ fn print(name: &str, r: &Report, args: &FanoutBench) {
 }
 
 pub async fn run(args: FanoutBench) -> Result<(), LabError> {
-    if args.size < 21 {
-        return Err(LabError::Usage(
-            "--size must be at least 21 (the payload starts with a timestamp)".into(),
-        ));
+    if args.size < STAMP {
+        return Err(LabError::Usage(format!(
+            "--size must be at least {STAMP} (the payload starts with a timestamp and an index)"
+        )));
     }
     if args.nodes > 1 && !args.storage.starts_with("redis") {
         return Err(LabError::Usage(
             "--nodes above 1 needs a shared store: --storage redis://HOST:PORT".into(),
         ));
     }
+    if args.check.is_some() && args.no_baseline {
+        return Err(LabError::Usage(
+            "--check compares with the baseline: leave out --no-baseline".into(),
+        ));
+    }
     println!(
-        "fanout: {} node(s) on {}, via {:?}, {} subscribers, {} messages of {} bytes, {}",
+        "fanout: {} node(s) on {}, via {:?}, {} subscribers, {} messages of {} bytes, {}, {} run(s)",
         args.nodes,
         args.storage,
         args.via,
@@ -577,18 +672,52 @@ pub async fn run(args: FanoutBench) -> Result<(), LabError> {
             )
         } else {
             "saturated".to_owned()
-        }
+        },
+        args.repeat.max(1)
     );
-    let hub = measure(&args, false).await?;
-    print("hub", &hub, &args);
-    if !args.no_baseline {
-        let raw = measure(&args, true).await?;
-        print("raw loop", &raw, &args);
-        println!(
-            "  ratio hub/raw: deliveries/s {:.2}, p99 {:.2}",
-            hub.deliveries_per_s / raw.deliveries_per_s,
-            hub.latency.quantile(0.99) / raw.latency.quantile(0.99).max(1e-9)
-        );
+    let mut throughput = Vec::new();
+    let mut p99 = Vec::new();
+    let mut faults = 0;
+    for _ in 0..args.repeat.max(1) {
+        let hub = measure(&args, false).await?;
+        print("hub", &hub, &args);
+        faults += hub.lost + hub.duplicates;
+        if !args.no_baseline {
+            let raw = measure(&args, true).await?;
+            print("baseline", &raw, &args);
+            faults += raw.lost + raw.duplicates;
+            throughput.push(hub.deliveries_per_s / raw.deliveries_per_s.max(1e-9));
+            p99.push(hub.latency.quantile(0.99) / raw.latency.quantile(0.99).max(1e-9));
+            println!(
+                "  ratio hub/baseline: deliveries/s {:.2}, p99 {:.2}",
+                throughput[throughput.len() - 1],
+                p99[p99.len() - 1]
+            );
+        }
     }
-    Ok(())
+    if args.no_baseline {
+        return Ok(());
+    }
+    let (throughput, p99) = (
+        super::check::median(&throughput),
+        super::check::median(&p99),
+    );
+    println!("  median ratio hub/baseline: deliveries/s {throughput:.2}, p99 {p99:.2}");
+    let Some(check) = &args.check else {
+        return Ok(());
+    };
+    // Saturated runs are judged on throughput, paced runs on latency; both lose nothing.
+    let ratio = if args.rate > 0.0 {
+        check.verdict("fanout-p99", p99)
+    } else {
+        check.verdict("fanout-saturated", throughput)
+    };
+    let intact = (
+        faults == 0,
+        format!(
+            "  check {} nothing lost or duplicated: {faults} lost or duplicated deliveries",
+            if faults == 0 { "ok  " } else { "FAIL" }
+        ),
+    );
+    super::check::conclude(vec![ratio, intact])
 }

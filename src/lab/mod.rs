@@ -10,6 +10,7 @@
 //!   `publish.rs` serves a bare axum handler on the same accept loop as the hub;
 //! - [`store`] measures the store itself, so it is the one file here that names an engine.
 
+pub mod check;
 pub mod claims;
 pub mod consumers;
 pub mod fanout;

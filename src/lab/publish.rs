@@ -34,6 +34,10 @@ pub struct PublishBench {
     pub durability: String,
     /// Load generator: `wrk`, `builtin`, or anything else for wrk when installed.
     pub load: String,
+    /// Bare and durable runs, alternating; the ratio reported is their median.
+    pub repeat: usize,
+    /// Compare the median ratio with the target and fail when it falls short.
+    pub check: Option<super::check::Check>,
 }
 
 /// Serves a bare handler answering `201` and a publish-shaped receipt, storing nothing,
@@ -189,19 +193,39 @@ pub async fn run(args: PublishBench) -> Result<(), LabError> {
             }
         }
     };
-    let (bare_rps, bare_failed) = measure(bare_url).await?;
-    println!("  bare axum handler:           {bare_rps:>10.0} req/s ({bare_failed} failed)");
-    let (hub_rps, hub_failed) = measure(hub.url().to_owned()).await?;
-    println!(
-        "  durable publish (sqlite, {}): {hub_rps:>10.0} req/s ({hub_failed} failed)",
-        args.durability
-    );
-    println!(
-        "  ratio durable / bare:        {:>10.2}",
-        hub_rps / bare_rps
-    );
+    let mut ratios = Vec::new();
+    let mut failed = 0;
+    for _ in 0..args.repeat.max(1) {
+        let (bare_rps, bare_failed) = measure(bare_url.clone()).await?;
+        println!("  bare axum handler:           {bare_rps:>10.0} req/s ({bare_failed} failed)");
+        let (hub_rps, hub_failed) = measure(hub.url().to_owned()).await?;
+        println!(
+            "  durable publish (sqlite, {}): {hub_rps:>10.0} req/s ({hub_failed} failed)",
+            args.durability
+        );
+        ratios.push(hub_rps / bare_rps.max(1e-9));
+        failed += hub_failed;
+        println!(
+            "  ratio durable / bare:        {:>10.2}",
+            ratios[ratios.len() - 1]
+        );
+    }
+    let ratio = super::check::median(&ratios);
+    println!("  median ratio durable / bare: {ratio:>10.2}");
     stop.cancel();
     hub.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    match &args.check {
+        None => Ok(()),
+        Some(check) => super::check::conclude(vec![
+            check.verdict("publish", ratio),
+            (
+                failed == 0,
+                format!(
+                    "  check {} every durable publish answered: {failed} failed",
+                    if failed == 0 { "ok  " } else { "FAIL" }
+                ),
+            ),
+        ]),
+    }
 }

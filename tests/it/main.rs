@@ -67,6 +67,8 @@ mod migration;
 mod ndjson;
 // `GET /openapi.json` covers every route.
 mod openapi;
+// `plexus bench … --check`: the verdict against the targets, on tiny runs.
+mod perf;
 // `POST /v1/topics/{topic}/messages`: seqs, envelopes, encodings, idempotency.
 mod publish;
 // Short-poll specifics: every form of `since`, paging with `limit` and `next`.
