@@ -385,11 +385,7 @@ async fn measure(args: &FanoutBench, raw: bool) -> Result<Report, LabError> {
     });
     let stop = CancellationToken::new();
     let gate = Arc::new(Semaphore::new(256));
-    let via = if raw && args.via == Via::LongPoll {
-        Via::Sse
-    } else {
-        args.via
-    };
+    let via = args.via;
     let subs: Vec<_> = (0..args.subscribers)
         .map(|i| {
             tokio::spawn(subscriber(
@@ -425,8 +421,8 @@ async fn measure(args: &FanoutBench, raw: bool) -> Result<Report, LabError> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if !raw && args.via == Via::LongPoll {
-        // Pollers are ready once the hubs hold all their requests.
+    if args.via == Via::LongPoll {
+        // Pollers are ready once the servers (the hubs, or the raw long poll) hold them all.
         loop {
             let mut held = 0;
             for client in &clients {
@@ -504,6 +500,9 @@ async fn spawn_node(
     raw: bool,
     index: usize,
 ) -> Result<(Child, String), LabError> {
+    if raw && args.via == Via::LongPoll {
+        return spawn_server(&["bench", "raw-poll-server", "--listen", "127.0.0.1:0"]).await;
+    }
     if raw {
         return spawn_server(&["bench", "raw-server", "--listen", "127.0.0.1:0"]).await;
     }

@@ -4,7 +4,8 @@
 //! A load generator speaks to the hub only through `plexus-client`, as any application
 //! would; it starts a hub in this process with [`crate::app`] or as a child `plexus serve`.
 //! Two kinds of file are exceptions, on purpose:
-//! - the baselines are not hub clients: [`raw`] is the raw TCP loop (tokio only) and
+//! - the baselines are not hub clients: [`raw`] is the raw TCP loop and [`raw_poll`] the raw
+//!   long poll (tokio only), and
 //!   `publish.rs` serves a bare axum handler on the same accept loop as the hub;
 //! - [`store`] measures the store itself, so it is the one file here that names an engine.
 
@@ -15,6 +16,7 @@ pub mod http2;
 pub mod jobs;
 pub mod publish;
 pub mod raw;
+pub mod raw_poll;
 pub mod replication;
 pub mod sidecar;
 pub mod store;
