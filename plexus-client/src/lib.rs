@@ -41,7 +41,7 @@ mod subscribe;
 pub use follow::Follow;
 pub use forward::Forwarded;
 pub use jobs::Job;
-pub use raw::{ByteStream, RawSocket};
+pub use raw::{ByteStream, RawPoller, RawSocket};
 pub use subscribe::{Item, Subscription, Transport};
 
 use std::fmt;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BytesMut};
 use indicatif::{ProgressBar, ProgressStyle};
-use plexus_client::{Client, Envelope, PublishOptions, ReadOptions, Transport};
+use plexus_client::{Client, PublishOptions, Transport};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Semaphore;
@@ -135,15 +135,12 @@ fn count_deliveries(record: &[u8], stats: &mut SubStats, shared: &Shared) {
         .fetch_max(now_nanos() as u64, Ordering::Relaxed);
 }
 
-/// Counts the messages of a long poll's answer.
-fn count_page(messages: &[Envelope], stats: &mut SubStats, shared: &Shared) {
-    for message in messages {
-        let data = message.data.as_deref().unwrap_or_default();
-        count_delivery(sent_at(data.as_bytes()), stats, shared);
-    }
-    shared
-        .last_delivery
-        .fetch_max(now_nanos() as u64, Ordering::Relaxed);
+/// The `next` cursor of a poll answer (`{"messages":[…],"next":"…"}`), undecoded.
+fn page_next(body: &[u8]) -> Option<String> {
+    const KEY: &[u8] = b"\"next\":\"";
+    let start = body.windows(KEY.len()).rposition(|w| w == KEY)? + KEY.len();
+    let len = body[start..].iter().position(|&b| b == b'"')?;
+    Some(String::from_utf8_lossy(&body[start..start + len]).into_owned())
 }
 
 struct SubStats {
@@ -241,26 +238,23 @@ async fn subscriber(
             }
         }
         Via::LongPoll => {
-            let mut permit = Some(permit);
+            // A connection of its own, polled again with each answer's `next` at once.
+            let mut poller = client.poll_socket("bench").await?;
+            shared.ready.fetch_add(1, Ordering::Relaxed);
+            drop(permit);
             let mut cursor = "now".to_owned();
             loop {
-                let options = ReadOptions {
-                    since: Some(cursor.clone()),
-                    limit: None,
-                    wait: Some(Duration::from_secs(30)),
-                };
-                let poll = client.read("bench", &options);
-                if permit.take().is_some() {
-                    shared.ready.fetch_add(1, Ordering::Relaxed);
-                }
-                let page = tokio::select! {
-                    page = poll => page?,
+                let body = tokio::select! {
+                    body = poller.poll(&cursor, Duration::from_secs(30)) => body?,
                     _ = stop.cancelled() => break,
                 };
                 // Counted when answered: the poll still waiting at the end is not a request served.
                 stats.requests += 1;
-                count_page(&page.messages, &mut stats, &shared);
-                cursor = page.next;
+                count_deliveries(&body, &mut stats, &shared);
+                match page_next(&body) {
+                    Some(next) => cursor = next,
+                    None => break,
+                }
             }
         }
     }
