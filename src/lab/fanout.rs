@@ -428,7 +428,9 @@ async fn measure(args: &FanoutBench, raw: bool) -> Result<Report, LabError> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Idle memory is read 5 s after the last connection, as docs/BENCHMARKS.md defines it:
+    // what the connection storm left behind has had time to settle.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let rss_idle_kib = rss();
     let expected = (args.subscribers * args.messages) as u64;
     bar.set_length(expected);
