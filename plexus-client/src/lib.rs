@@ -44,7 +44,7 @@ pub use counted::{Answer, Counted, Counter, H2, H2Body, Http1};
 pub use follow::Follow;
 pub use forward::Forwarded;
 pub use jobs::Job;
-pub use raw::{ByteStream, RawSocket};
+pub use raw::{ByteStream, RawPoller, RawSocket};
 pub use subscribe::{Item, Subscription, Transport};
 
 use std::fmt;

@@ -7,6 +7,8 @@
 //!   speaks just enough HTTP/1.1 to start it, then hands out the bytes as they arrive. It is
 //!   the leanest way to hold thousands of subscriptions from one process, so that the load
 //!   generator takes as little CPU as possible from the hub it measures (`http://` only).
+//! - [`Client::poll_socket`] is the same for long polls: one plain TCP connection that sends
+//!   poll after poll and hands out each answer's body undecoded.
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -51,6 +53,72 @@ impl RawSocket {
             .read_buf(buf)
             .await
             .map_err(|e| Error::Protocol(format!("reading the subscription: {e}")))
+    }
+}
+
+/// Long polls of one topic set on a TCP connection of their own (see [`Client::poll_socket`]).
+pub struct RawPoller {
+    stream: TcpStream,
+    host: String,
+    topics: String,
+    /// Bytes read past the last answer (none with a well-behaved hub).
+    pending: BytesMut,
+}
+
+impl RawPoller {
+    /// One poll, `GET …/messages?since=SINCE&wait=WAIT`, on this connection: the body of its
+    /// `200` answer, undecoded (`{"messages":[…],"next":…}`). Any other status is an error
+    /// carrying the answer's status line.
+    pub async fn poll(&mut self, since: &str, wait: std::time::Duration) -> Result<Bytes, Error> {
+        let host = &self.host;
+        let io = |e: std::io::Error| Error::Protocol(format!("{host}: {e}"));
+        let since = since.replace(':', "%3A").replace(',', "%2C");
+        let request = format!(
+            "GET /v1/topics/{}/messages?since={since}&wait={:.3} HTTP/1.1\r\nHost: {host}\r\n\r\n",
+            self.topics,
+            wait.as_secs_f64()
+        );
+        self.stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(io)?;
+        let head = loop {
+            if let Some(i) = find(&self.pending, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.pending[..i]).to_ascii_lowercase();
+                self.pending.advance(i + 4);
+                break head;
+            }
+            if self.stream.read_buf(&mut self.pending).await.map_err(io)? == 0 {
+                return Err(Error::Protocol(format!(
+                    "{host} closed the connection before answering"
+                )));
+            }
+        };
+        let status_line = head.lines().next().unwrap_or_default().to_owned();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .ok_or_else(|| {
+                Error::Protocol(format!(
+                    "the poll answer {status_line:?} has no Content-Length"
+                ))
+            })?;
+        while self.pending.len() < length {
+            if self.stream.read_buf(&mut self.pending).await.map_err(io)? == 0 {
+                return Err(Error::Protocol(format!(
+                    "{host} closed the connection in the middle of an answer"
+                )));
+            }
+        }
+        let body = self.pending.split_to(length).freeze();
+        if !status_line.contains(" 200 ") {
+            return Err(Error::Protocol(format!(
+                "the poll was answered {status_line:?}: {}",
+                String::from_utf8_lossy(&body)
+            )));
+        }
+        Ok(body)
     }
 }
 
@@ -147,5 +215,23 @@ impl Client {
             )));
         }
         Ok(RawSocket { stream, pending })
+    }
+
+    /// Opens a TCP connection of its own (HTTP/1.1, cleartext) for long polls of `topics`;
+    /// each [`RawPoller::poll`] is one request on it.
+    pub async fn poll_socket(&self, topics: &str) -> Result<RawPoller, Error> {
+        let host = self.base.strip_prefix("http://").ok_or_else(|| {
+            Error::Protocol("poll_socket speaks cleartext HTTP/1.1 (http:// only)".into())
+        })?;
+        let stream = TcpStream::connect(host)
+            .await
+            .map_err(|e| Error::Protocol(format!("{host}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        Ok(RawPoller {
+            stream,
+            host: host.to_owned(),
+            topics: topics.to_owned(),
+            pending: BytesMut::with_capacity(1024),
+        })
     }
 }

@@ -37,6 +37,12 @@ pub enum BenchCommand {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: String,
     },
+    /// The raw long-poll server used as fanout's long-poll baseline (started by `bench fanout`)
+    #[command(hide = true)]
+    RawPollServer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -360,6 +366,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), CliError> {
             seconds: a.seconds,
         })),
         BenchCommand::RawServer { listen } => runtime.block_on(lab::raw::serve(&listen)),
+        BenchCommand::RawPollServer { listen } => runtime.block_on(lab::raw_poll::serve(&listen)),
     };
     Ok(measured?)
 }

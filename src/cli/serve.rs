@@ -29,6 +29,10 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Blocking threads serve the sqlite reads (at most 8 at once) and little else; tokio's
+        // default of 512 let a storm of subscribers leave dozens of idle threads behind,
+        // each with its stack and allocator cache resident (docs/BENCHMARKS.md, idle memory).
+        .max_blocking_threads(16)
         .build()
         .map_err(CliError::Runtime)?
         .block_on(serve(config))

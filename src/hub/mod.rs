@@ -217,7 +217,7 @@ impl Hub {
         self.subscribe_head(topic)
     }
 
-    /// The topic's state and a receiver of its live broadcast, for streams.
+    /// The topic's state and a receiver of its live broadcast, for streams and long polls.
     fn subscribe_live(
         &self,
         topic: &Topic,

@@ -47,6 +47,11 @@ impl Hub {
             .resolve(&req.topics, &req.since, &req.default_since)
             .await?;
         let deadline = Instant::now() + req.wait;
+        if !req.wait.is_zero()
+            && let [pos] = positions.as_mut_slice()
+        {
+            return self.wait_one(pos, req.limit, deadline).await;
+        }
         loop {
             // Subscribe before reading: a publish committed after the read still wakes us.
             let mut watchers: Vec<_> = if req.wait.is_zero() {
@@ -63,6 +68,10 @@ impl Hub {
                 || watchers.is_empty()
                 || Instant::now() >= deadline;
             if done {
+                if !req.wait.is_zero() {
+                    metrics::counter!("plexus_long_poll_answers_total", "source" => "store")
+                        .increment(1);
+                }
                 return Ok(result);
             }
             let woken = select_all(watchers.iter_mut().map(|rx| rx.changed().boxed()));
@@ -75,8 +84,92 @@ impl Hub {
             }
             waiting.decrement(1.0);
             if self.shutdown.is_cancelled() {
+                metrics::counter!("plexus_long_poll_answers_total", "source" => "store")
+                    .increment(1);
                 return self.read_once(&mut positions, req.limit).await;
             }
+        }
+    }
+
+    /// A long poll of one topic. It waits on the topic's live broadcast rather than its head,
+    /// so that the common wake-up — the next message, seq `after + 1` — is answered from the
+    /// message the hub just broadcast, without a store read: ten thousand pollers of a topic
+    /// cost one encoding of the message and no reads (docs/ARCHITECTURE.md, long polls). A
+    /// hole, a lag past the broadcast's buffer or anything unexpected falls back to the store,
+    /// which stays the truth.
+    async fn wait_one(
+        &self,
+        pos: &mut Position,
+        limit: usize,
+        deadline: Instant,
+    ) -> Result<ReadResult, HubError> {
+        // Subscribe before reading: a publish committed after the read still reaches us.
+        let (_state, mut live) = self.subscribe_live(&pos.topic);
+        loop {
+            let result = self.read_once(std::slice::from_mut(pos), limit).await?;
+            if !result.messages.is_empty() || !result.gaps.is_empty() || Instant::now() >= deadline
+            {
+                metrics::counter!("plexus_long_poll_answers_total", "source" => "store")
+                    .increment(1);
+                return Ok(result);
+            }
+            let waiting = metrics::gauge!("plexus_long_polls_waiting");
+            waiting.increment(1.0);
+            let woken = loop {
+                let received = tokio::select! {
+                    r = live.recv() => r,
+                    _ = tokio::time::sleep_until(deadline) => break None,
+                    _ = self.shutdown.cancelled() => break None,
+                };
+                match received {
+                    // Already returned by the read: keep waiting.
+                    Ok(enc) if enc.msg.seq <= pos.after => {}
+                    Ok(enc) => break Some(enc),
+                    // Lagged or closed: the store tells what happened.
+                    Err(_) => break None,
+                }
+            };
+            waiting.decrement(1.0);
+            if self.shutdown.is_cancelled() {
+                metrics::counter!("plexus_long_poll_answers_total", "source" => "store")
+                    .increment(1);
+                return self.read_once(std::slice::from_mut(pos), limit).await;
+            }
+            let Some(first) = woken else {
+                continue;
+            };
+            if first.msg.seq != pos.after + 1 {
+                // A hole (retention, a missed commit): the store read reports it.
+                continue;
+            }
+            let mut bytes = first.msg.data.len();
+            let mut messages = vec![first.msg.clone()];
+            // What else is already broadcast joins the answer while it follows on.
+            while messages.len() < limit {
+                let Ok(next) = live.try_recv() else {
+                    break;
+                };
+                let last = messages.last().map_or(pos.after, |m| m.seq);
+                if next.msg.seq <= last {
+                    continue;
+                }
+                if next.msg.seq != last + 1
+                    || bytes + next.msg.data.len() > self.options.max_read_bytes
+                {
+                    // Left for the next poll, which starts after the last one returned.
+                    break;
+                }
+                bytes += next.msg.data.len();
+                messages.push(next.msg.clone());
+            }
+            pos.after = messages.last().map_or(pos.after, |m| m.seq);
+            pos.from_oldest = false;
+            metrics::counter!("plexus_long_poll_answers_total", "source" => "live").increment(1);
+            return Ok(ReadResult {
+                next: Cursor::Single(pos.after),
+                messages,
+                gaps: Vec::new(),
+            });
         }
     }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BytesMut};
 use indicatif::{ProgressBar, ProgressStyle};
-use plexus_client::{Client, Envelope, PublishOptions, ReadOptions, Transport};
+use plexus_client::{Client, PublishOptions, Transport};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Semaphore;
@@ -169,15 +169,12 @@ fn count_deliveries(record: &[u8], stats: &mut SubStats, shared: &Shared) {
         .fetch_max(now_nanos() as u64, Ordering::Relaxed);
 }
 
-/// Counts the messages of a long poll's answer.
-fn count_page(messages: &[Envelope], stats: &mut SubStats, shared: &Shared) {
-    for message in messages {
-        let data = message.data.as_deref().unwrap_or_default();
-        count_delivery(data.as_bytes(), stats, shared);
-    }
-    shared
-        .last_delivery
-        .fetch_max(now_nanos() as u64, Ordering::Relaxed);
+/// The `next` cursor of a poll answer (`{"messages":[…],"next":"…"}`), undecoded.
+fn page_next(body: &[u8]) -> Option<String> {
+    const KEY: &[u8] = b"\"next\":\"";
+    let start = body.windows(KEY.len()).rposition(|w| w == KEY)? + KEY.len();
+    let len = body[start..].iter().position(|&b| b == b'"')?;
+    Some(String::from_utf8_lossy(&body[start..start + len]).into_owned())
 }
 
 struct SubStats {
@@ -310,26 +307,23 @@ async fn subscriber(
             }
         }
         Via::LongPoll => {
-            let mut permit = Some(permit);
+            // A connection of its own, polled again with each answer's `next` at once.
+            let mut poller = client.poll_socket("bench").await?;
+            shared.ready.fetch_add(1, Ordering::Relaxed);
+            drop(permit);
             let mut cursor = "now".to_owned();
             loop {
-                let options = ReadOptions {
-                    since: Some(cursor.clone()),
-                    limit: None,
-                    wait: Some(Duration::from_secs(30)),
-                };
-                let poll = client.read("bench", &options);
-                if permit.take().is_some() {
-                    shared.ready.fetch_add(1, Ordering::Relaxed);
-                }
-                let page = tokio::select! {
-                    page = poll => page?,
+                let body = tokio::select! {
+                    body = poller.poll(&cursor, Duration::from_secs(30)) => body?,
                     _ = stop.cancelled() => break,
                 };
                 // Counted when answered: the poll still waiting at the end is not a request served.
                 stats.requests += 1;
-                count_page(&page.messages, &mut stats, &shared);
-                cursor = page.next;
+                count_deliveries(&body, &mut stats, &shared);
+                match page_next(&body) {
+                    Some(next) => cursor = next,
+                    None => break,
+                }
             }
         }
     }
@@ -468,11 +462,7 @@ async fn measure(args: &FanoutBench, raw: bool) -> Result<Report, LabError> {
     });
     let stop = CancellationToken::new();
     let gate = Arc::new(Semaphore::new(256));
-    let via = if raw && args.via == Via::LongPoll {
-        Via::Sse
-    } else {
-        args.via
-    };
+    let via = args.via;
     let subs: Vec<_> = (0..args.subscribers)
         .map(|i| {
             let client = match h2_clients.get(i / H2_STREAMS) {
@@ -512,8 +502,8 @@ async fn measure(args: &FanoutBench, raw: bool) -> Result<Report, LabError> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if !raw && args.via == Via::LongPoll {
-        // Pollers are ready once the hubs hold all their requests.
+    if args.via == Via::LongPoll {
+        // Pollers are ready once the servers (the hubs, or the raw long poll) hold them all.
         loop {
             let mut held = 0;
             for client in &clients {
@@ -525,7 +515,9 @@ async fn measure(args: &FanoutBench, raw: bool) -> Result<Report, LabError> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Idle memory is read 5 s after the last connection, as docs/BENCHMARKS.md defines it:
+    // what the connection storm left behind has had time to settle.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let rss_idle_kib = rss();
     let expected = (args.subscribers * args.messages) as u64;
     bar.set_length(expected);
@@ -594,6 +586,9 @@ async fn spawn_node(
     raw: bool,
     index: usize,
 ) -> Result<(Child, String), LabError> {
+    if raw && args.via == Via::LongPoll {
+        return spawn_server(&["bench", "raw-poll-server", "--listen", "127.0.0.1:0"]).await;
+    }
     if raw {
         return spawn_server(&["bench", "raw-server", "--listen", "127.0.0.1:0"]).await;
     }

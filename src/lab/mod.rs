@@ -6,7 +6,8 @@
 //! A load generator speaks to the hub only through `plexus-client`, as any application
 //! would; it starts a hub in this process with [`crate::app`] or as a child `plexus serve`.
 //! Two kinds of file are exceptions, on purpose:
-//! - the baselines are not hub clients: [`raw`] is the raw TCP loop (tokio only) and
+//! - the baselines are not hub clients: [`raw`] is the raw TCP loop and [`raw_poll`] the raw
+//!   long poll (tokio only), and
 //!   `publish.rs` serves a bare axum handler on the same accept loop as the hub;
 //! - [`store`] measures the store itself, so it is the one file here that names an engine.
 
@@ -21,6 +22,7 @@ pub mod outside;
 pub mod patterns;
 pub mod publish;
 pub mod raw;
+pub mod raw_poll;
 pub mod replication;
 pub mod report;
 pub mod runs;
@@ -195,6 +197,79 @@ mod tests {
         }
         hub.stop().await;
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Polls `server` through a raw poller: the first answer from `since=now` waits for a
+    /// publish, the next from its cursor comes at once with the second message.
+    async fn poll_twice(base: &str) {
+        let client = ok("client", Client::new(base));
+        let mut poller = ok("poller", client.poll_socket("bench").await);
+        let wait = std::time::Duration::from_secs(30);
+        let (first, _) = tokio::join!(poller.poll("now", wait), async {
+            // Published once the poll is held, or before it: either way it is after `now`
+            // only when the poll came first, so wait for the server to hold it.
+            loop {
+                let info = ok("info", client.topic("bench").await);
+                if info.subscribers >= 1 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            ok(
+                "publish",
+                client
+                    .publish("bench", "one", &PublishOptions::default())
+                    .await,
+            );
+            ok(
+                "publish",
+                client
+                    .publish("bench", "two", &PublishOptions::default())
+                    .await,
+            );
+        });
+        let first = ok("first poll", first);
+        let text = String::from_utf8_lossy(&first).into_owned();
+        assert!(text.contains("\"data\":\"one\""), "{text}");
+        let next: serde_json::Value = ok("json", serde_json::from_slice(&first));
+        let cursor = next["next"].as_str().unwrap_or_default().to_owned();
+        if !text.contains("\"data\":\"two\"") {
+            let second = ok("second poll", poller.poll(&cursor, wait).await);
+            let second = String::from_utf8_lossy(&second).into_owned();
+            assert!(second.contains("\"data\":\"two\""), "{second}");
+            assert!(!second.contains("\"data\":\"one\""), "{second}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_raw_poller_reads_the_hub_and_the_raw_long_poll_alike() {
+        let dir = ok("dir", temp_dir("lab-poll-test"));
+        let config = ok(
+            "config",
+            hub_config(ServeArgs {
+                data_dir: Some(dir.clone()),
+                storage: Some("memory".into()),
+                ..ServeArgs::default()
+            }),
+        );
+        let hub = ok("hub", spawn_hub(&config).await);
+        // The topic exists, so its subscriber count can be read.
+        let client = ok("client", Client::new(hub.url()));
+        ok(
+            "warm-up",
+            client
+                .publish("bench", "0", &PublishOptions::default())
+                .await,
+        );
+        poll_twice(hub.url()).await;
+        hub.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let listener = ok("bind", loopback().await);
+        let addr = ok("addr", listener.local_addr());
+        let server = tokio::spawn(raw_poll::serve_on(listener));
+        poll_twice(&format!("http://{addr}")).await;
+        server.abort();
     }
 
     #[tokio::test]

@@ -59,6 +59,8 @@ mod lab;
 mod limits;
 // Long-poll specifics: `wait=`, `Prefer: wait=`, timeouts, subscriber counts.
 mod longpoll;
+// Long polls at scale: answered from the broadcast, nothing lost or reordered.
+mod longpoll_scale;
 // `/metrics`: each family moves when its event happens.
 mod metrics;
 // A SQLite database of the first, unversioned schema opens, migrates and reads back whole.

@@ -133,10 +133,7 @@ impl SqliteLog {
         Ok(SqliteLog {
             max_topics,
             writer: Mutex::new(Some(tx)),
-            readers: Arc::new(ReadPool {
-                path,
-                idle: Mutex::new(Vec::new()),
-            }),
+            readers: Arc::new(ReadPool::new(path)),
             feed,
             health,
             lock,
@@ -165,9 +162,18 @@ impl SqliteLog {
     ) -> BoxFuture<'_, StoreResult<T>> {
         let pool = self.readers.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || pool.run(f))
+            let turn = pool
+                .gate
+                .clone()
+                .acquire_owned()
                 .await
-                .map_err(StoreError::unavailable)?
+                .map_err(StoreError::unavailable)?;
+            tokio::task::spawn_blocking(move || {
+                let _turn = turn;
+                pool.run(f)
+            })
+            .await
+            .map_err(StoreError::unavailable)?
         })
     }
 

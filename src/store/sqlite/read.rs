@@ -18,6 +18,21 @@ pub(super) struct ReadPool {
     pub(super) path: PathBuf,
     // A std mutex: held only to push or pop a connection, never across an await.
     pub(super) idle: Mutex<Vec<Connection>>,
+    /// At most `READ_POOL` reads run at once; the others wait here, as tasks. Without it a
+    /// storm of requests (ten thousand subscribers connecting) put a blocking thread and a
+    /// fresh connection under each read: a hundred threads, each with its stack and its
+    /// allocator cache, still resident seconds after the storm.
+    pub(super) gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl ReadPool {
+    pub(super) fn new(path: PathBuf) -> Self {
+        ReadPool {
+            path,
+            idle: Mutex::new(Vec::new()),
+            gate: Arc::new(tokio::sync::Semaphore::new(READ_POOL)),
+        }
+    }
 }
 
 /// A read for `/readyz`: the schema and the last page of each table's b-tree, so a malformed
