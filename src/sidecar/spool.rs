@@ -4,6 +4,12 @@
 //! load one commit (one fsync at `durability = machine`) acknowledges many publishes. The
 //! forwarder reads and removes through the same thread, so it never sees a row before the
 //! publisher waiting for its answer is registered.
+//!
+//! At `durability = process` there is no fsync to share, and the thread was the cost: every
+//! publish woke it and was woken back (a profile of the sidecar under load spent about a
+//! third of its time switching threads; docs/BENCHMARKS.md). There the same writer runs on the
+//! caller's task under a mutex instead: a commit without fsync is a write to the WAL, tens of
+//! microseconds, and the operations still run one at a time in the order they take the lock.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -117,10 +123,37 @@ pub struct Appended {
     pub outcome: Option<oneshot::Receiver<Outcome>>,
 }
 
+/// Where the spool's operations run: on the writer thread (group commit, for fsync), or on
+/// the caller's task under a std mutex, held for one SQLite operation and never across an
+/// await.
+#[derive(Clone)]
+enum Route {
+    Thread(mpsc::Sender<Op>),
+    Inline(Arc<Mutex<Writer>>),
+}
+
+/// The writer is gone (its thread ended): the spool cannot store anything.
+struct Stopped;
+
+impl Route {
+    fn run(&self, op: Op) -> Result<(), Stopped> {
+        match self {
+            Route::Thread(tx) => tx.send(op).map_err(|_| Stopped),
+            Route::Inline(writer) => {
+                writer
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .handle(vec![op]);
+                Ok(())
+            }
+        }
+    }
+}
+
 /// A handle to the spool; cheap to clone.
 #[derive(Clone)]
 pub struct Spool {
-    tx: mpsc::Sender<Op>,
+    route: Route,
     /// The sidecar's id, made once and kept in the spool: its keys stay the same across restarts.
     pub id: Arc<str>,
     /// Sizes, kept beside the database so a full spool is refused without touching it. A std
@@ -190,7 +223,6 @@ impl Spool {
                 },
             )
             .map_err(|e| format!("cannot read the spool {}: {e}", path.display()))?;
-        let (tx, rx) = mpsc::channel();
         let waiters: Waiters = Arc::default();
         let stats = Arc::new(Mutex::new(stats));
         let writer = Writer {
@@ -200,12 +232,18 @@ impl Spool {
             stats: stats.clone(),
             parked: None,
         };
-        std::thread::Builder::new()
-            .name("sidecar-spool".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| format!("cannot start the spool writer: {e}"))?;
+        let route = if fsync {
+            let (tx, rx) = mpsc::channel();
+            std::thread::Builder::new()
+                .name("sidecar-spool".into())
+                .spawn(move || writer.run(rx))
+                .map_err(|e| format!("cannot start the spool writer: {e}"))?;
+            Route::Thread(tx)
+        } else {
+            Route::Inline(Arc::new(Mutex::new(writer)))
+        };
         Ok(Spool {
-            tx,
+            route,
             id: id.into(),
             stats,
             waiters,
@@ -237,7 +275,7 @@ impl Spool {
             s.bytes += bytes;
         }
         let (reply, rx) = oneshot::channel();
-        let sent = self.tx.send(Op::Append {
+        let sent = self.route.run(Op::Append {
             entries,
             wait,
             reply,
@@ -280,8 +318,8 @@ impl Spool {
         park: bool,
     ) -> Result<Vec<Entry>, SpoolError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Op::Pending {
+        self.route
+            .run(Op::Pending {
                 max_items,
                 max_bytes,
                 park,
@@ -310,8 +348,8 @@ impl Spool {
         // already sees the removal, and the forwarder sends the next batch meanwhile. A
         // removal that fails leaves the entries to be forwarded again (and replayed).
         let (reply, _) = oneshot::channel();
-        self.tx
-            .send(Op::Remove { seqs, reply })
+        self.route
+            .run(Op::Remove { seqs, reply })
             .map_err(|_| SpoolError::Io("the spool writer stopped".into()))
     }
 
@@ -358,6 +396,24 @@ fn sidecar_id(conn: &Connection) -> rusqlite::Result<String> {
     Ok(id)
 }
 
+/// Runs `f` in one transaction. `BEGIN` and `COMMIT` are cached statements: rusqlite's
+/// `Transaction` sends them as text, and SQLite parsing them on every commit showed up in the
+/// sidecar's profile.
+fn in_transaction<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached("BEGIN")?.execute([])?;
+    let done = f(conn).and_then(|v| conn.prepare_cached("COMMIT")?.execute([]).map(|_| v));
+    if done.is_err() && !conn.is_autocommit() {
+        // Nothing of a failed transaction stays; a failed rollback leaves SQLite to roll back.
+        let _ = conn
+            .prepare_cached("ROLLBACK")
+            .and_then(|mut s| s.execute([]));
+    }
+    done
+}
+
 /// A forwarder's read held until the next append: its limits and its reply.
 type Parked = (
     usize,
@@ -383,23 +439,27 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            // Consecutive appends share one transaction; reads and removes keep their place.
-            let mut appends = Vec::new();
-            for op in ops {
-                match op {
-                    Op::Append {
-                        entries,
-                        wait,
-                        reply,
-                    } => appends.push((entries, wait, reply)),
-                    other => {
-                        self.append(std::mem::take(&mut appends));
-                        self.other(other);
-                    }
+            self.handle(ops);
+        }
+    }
+
+    /// Runs `ops` in order; consecutive appends share one transaction.
+    fn handle(&mut self, ops: Vec<Op>) {
+        let mut appends = Vec::new();
+        for op in ops {
+            match op {
+                Op::Append {
+                    entries,
+                    wait,
+                    reply,
+                } => appends.push((entries, wait, reply)),
+                other => {
+                    self.append(std::mem::take(&mut appends));
+                    self.other(other);
                 }
             }
-            self.append(appends);
         }
+        self.append(appends);
     }
 
     fn append(&mut self, group: Vec<QueuedAppend>) {
@@ -407,8 +467,8 @@ impl Writer {
             return;
         }
         let now = crate::model::now_millis() as i64;
-        let result = (|| -> rusqlite::Result<Vec<Vec<(i64, String)>>> {
-            let tx = self.conn.transaction()?;
+        let id = &self.id;
+        let result = in_transaction(&self.conn, |tx| {
             let mut all = Vec::with_capacity(group.len());
             {
                 let mut insert = tx.prepare_cached(
@@ -419,18 +479,14 @@ impl Writer {
                     for e in entries {
                         insert.execute(params![e.topic, e.event, &e.data[..], e.key, now])?;
                         let seq = tx.last_insert_rowid();
-                        let key = e
-                            .key
-                            .clone()
-                            .unwrap_or_else(|| format!("{}-{seq}", self.id));
+                        let key = e.key.clone().unwrap_or_else(|| format!("{id}-{seq}"));
                         seqs.push((seq, key));
                     }
                     all.push(seqs);
                 }
             }
-            tx.commit()?;
             Ok(all)
-        })();
+        });
         match result {
             Ok(all) => {
                 {
@@ -548,10 +604,9 @@ impl Writer {
     }
 
     fn remove(&mut self, seqs: &[i64]) -> rusqlite::Result<()> {
-        let tx = self.conn.transaction()?;
         let mut removed = 0u64;
         let mut bytes = 0u64;
-        {
+        let oldest = in_transaction(&self.conn, |tx| {
             let mut size = tx.prepare_cached("SELECT LENGTH(data) FROM spool WHERE seq = ?1")?;
             let mut delete = tx.prepare_cached("DELETE FROM spool WHERE seq = ?1")?;
             for seq in seqs {
@@ -562,12 +617,10 @@ impl Writer {
                     bytes += len as u64;
                 }
             }
-        }
-        let oldest: Option<i64> = tx
-            .prepare_cached("SELECT accepted FROM spool ORDER BY seq LIMIT 1")?
-            .query_row([], |r| r.get(0))
-            .optional()?;
-        tx.commit()?;
+            tx.prepare_cached("SELECT accepted FROM spool ORDER BY seq LIMIT 1")?
+                .query_row([], |r| r.get::<_, i64>(0))
+                .optional()
+        })?;
         let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         s.messages = s.messages.saturating_sub(removed);
         s.bytes = s.bytes.saturating_sub(bytes);
@@ -579,6 +632,8 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Each test runs on both routes: the writer thread (`fsync`) and the inline writer.
 
     fn entry(data: &'static str) -> NewEntry {
         NewEntry {
@@ -593,8 +648,14 @@ mod tests {
     /// the spool is opened again, and the id stays.
     #[tokio::test]
     async fn made_keys_are_never_reused_and_the_id_is_kept() {
+        for fsync in [false, true] {
+            made_keys_are_never_reused_and_the_id_is_kept_on(fsync).await;
+        }
+    }
+
+    async fn made_keys_are_never_reused_and_the_id_is_kept_on(fsync: bool) {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), false, 1 << 20, 100).unwrap();
+        let spool = Spool::open(dir.path(), fsync, 1 << 20, 100).unwrap();
         let id = spool.id.to_string();
         let first = spool
             .append(vec![entry("a"), entry("b")], false)
@@ -609,13 +670,13 @@ mod tests {
         assert_eq!(spool.stats().messages, 0);
         drop(spool);
         // The writer thread ends once every handle is gone; the lock goes with the last one.
-        let mut reopened = Spool::open(dir.path(), false, 1 << 20, 100);
+        let mut reopened = Spool::open(dir.path(), fsync, 1 << 20, 100);
         for _ in 0..500 {
             if reopened.is_ok() {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            reopened = Spool::open(dir.path(), false, 1 << 20, 100);
+            reopened = Spool::open(dir.path(), fsync, 1 << 20, 100);
         }
         let reopened = reopened.unwrap();
         assert_eq!(&*reopened.id, id);
@@ -630,8 +691,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_spool_stores_nothing_of_an_append() {
+        for fsync in [false, true] {
+            a_full_spool_stores_nothing_of_an_append_on(fsync).await;
+        }
+    }
+
+    async fn a_full_spool_stores_nothing_of_an_append_on(fsync: bool) {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), false, 3, 100).unwrap();
+        let spool = Spool::open(dir.path(), fsync, 3, 100).unwrap();
         spool.append(vec![entry("ab")], false).await.unwrap();
         assert!(matches!(
             spool.append(vec![entry("c"), entry("d")], false).await,
@@ -646,8 +713,14 @@ mod tests {
     /// database; a read of a spool holding entries answers at once.
     #[tokio::test]
     async fn a_read_of_an_empty_spool_is_handed_the_next_append() {
+        for fsync in [false, true] {
+            a_read_of_an_empty_spool_is_handed_the_next_append_on(fsync).await;
+        }
+    }
+
+    async fn a_read_of_an_empty_spool_is_handed_the_next_append_on(fsync: bool) {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), false, 1 << 20, 100).unwrap();
+        let spool = Spool::open(dir.path(), fsync, 1 << 20, 100).unwrap();
         let reader = spool.clone();
         let read = tokio::spawn(async move { reader.next(2, 1 << 20).await });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
