@@ -254,7 +254,7 @@ pub struct CheckArgs {
     /// Fail (exit non-zero) when a ratio falls short of its target, or anything is lost
     #[arg(long)]
     pub check: bool,
-    /// Replace a target for this run: NAME=VALUE (fanout-saturated, fanout-p99, publish)
+    /// Replace a target for this run: NAME=VALUE (fanout-saturated, fanout-p99, publish, idle-kib, long-poll-p99-ms, long-poll-requests)
     #[arg(long, value_name = "NAME=VALUE")]
     pub threshold: Vec<String>,
 }

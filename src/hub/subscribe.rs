@@ -297,6 +297,11 @@ impl Hub {
             .map(|topic| self.subscribe_live(topic))
             .collect();
         let positions = self.resolve(topics, since, default_since).await?;
+        // From `now` there is nothing to catch up on: the positions are the store's heads, read
+        // after the receivers were made, so every later commit reaches them live (a hole, as
+        // after a missed feed, still sends the subscription to the store). Skipping that first
+        // read keeps a storm of new subscribers off the store.
+        let level = matches!(since, Since::Now);
         Ok(Subscription {
             topics: receivers
                 .into_iter()
@@ -307,7 +312,7 @@ impl Hub {
                     rx,
                     pos,
                     policy,
-                    catching_up: true,
+                    catching_up: !level,
                     pending: VecDeque::new(),
                     ended: false,
                     turn: turn.clone(),

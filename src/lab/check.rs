@@ -11,7 +11,8 @@ pub enum Bound {
     AtMost,
 }
 
-/// The targets, in one place. Each is a ratio to a baseline measured in the same run.
+/// The targets, in one place: ratios to a baseline measured in the same run, and the hub's
+/// own figures where the target is absolute (idle memory, long polls).
 pub const THRESHOLDS: &[(&str, Bound, f64, &str)] = &[
     (
         "fanout-saturated",
@@ -30,6 +31,24 @@ pub const THRESHOLDS: &[(&str, Bound, f64, &str)] = &[
         Bound::AtLeast,
         0.5,
         "durable publish / bare axum handler requests/s",
+    ),
+    (
+        "idle-kib",
+        Bound::AtMost,
+        8.0,
+        "idle SSE subscribers at 10,000 or more, the hub's RSS growth in KiB per connection",
+    ),
+    (
+        "long-poll-p99-ms",
+        Bound::AtMost,
+        1000.0,
+        "paced long polls, the hub's p99 from publish to answer in ms",
+    ),
+    (
+        "long-poll-requests",
+        Bound::AtMost,
+        1.0,
+        "paced long polls, HTTP requests answered per delivered message",
     ),
 ];
 

@@ -673,10 +673,20 @@ pub async fn run(args: FanoutBench) -> Result<(), LabError> {
     let mut throughput = Vec::new();
     let mut p99 = Vec::new();
     let mut faults = 0;
+    // The hub's own figures, judged against absolute targets: idle KiB per connection, and a
+    // long poll's p99 in ms and HTTP requests per delivered message.
+    let (mut idle, mut poll_p99, mut poll_requests) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.repeat.max(1) {
         let hub = measure(&args, false).await?;
         print("hub", &hub, &args);
         faults += hub.lost + hub.duplicates;
+        idle.push(
+            hub.rss_idle_kib.saturating_sub(hub.rss_base_kib) as f64
+                / args.subscribers.max(1) as f64,
+        );
+        poll_p99.push(hub.latency.quantile(0.99));
+        let delivered = (args.messages * args.subscribers) as u64 - hub.lost;
+        poll_requests.push(hub.requests as f64 / delivered.max(1) as f64);
         if !args.no_baseline {
             let raw = measure(&args, true).await?;
             print("baseline", &raw, &args);
@@ -701,12 +711,22 @@ pub async fn run(args: FanoutBench) -> Result<(), LabError> {
     let Some(check) = &args.check else {
         return Ok(());
     };
-    // Saturated runs are judged on throughput, paced runs on latency; both lose nothing.
-    let ratio = if args.rate > 0.0 {
-        check.verdict("fanout-p99", p99)
+    // Saturated runs are judged on throughput, paced runs on latency; both lose nothing. Paced
+    // long polls are judged on their own p99 and requests per delivery instead (their ratio to
+    // the raw long-poll server is reported); SSE runs of 10,000 subscribers or more also on the
+    // idle memory per connection (WebSocket's is reported, with no target).
+    let mut verdicts = Vec::new();
+    if args.via == Via::LongPoll && args.rate > 0.0 {
+        verdicts.push(check.verdict("long-poll-p99-ms", super::check::median(&poll_p99)));
+        verdicts.push(check.verdict("long-poll-requests", super::check::median(&poll_requests)));
+    } else if args.rate > 0.0 {
+        verdicts.push(check.verdict("fanout-p99", p99));
     } else {
-        check.verdict("fanout-saturated", throughput)
-    };
+        verdicts.push(check.verdict("fanout-saturated", throughput));
+    }
+    if matches!(args.via, Via::Sse | Via::SseH2) && args.subscribers >= 10_000 {
+        verdicts.push(check.verdict("idle-kib", super::check::median(&idle)));
+    }
     let intact = (
         faults == 0,
         format!(
@@ -714,5 +734,6 @@ pub async fn run(args: FanoutBench) -> Result<(), LabError> {
             if faults == 0 { "ok  " } else { "FAIL" }
         ),
     );
-    super::check::conclude(vec![ratio, intact])
+    verdicts.push(intact);
+    super::check::conclude(verdicts)
 }

@@ -85,3 +85,35 @@ async fn a_bad_threshold_is_a_usage_error() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_paced_long_poll_run_is_judged_on_its_p99_and_requests_per_delivery() {
+    // Every answered poll carries a message, so a run needs at least one request per
+    // delivery: a target of half a request cannot be met, while a p99 of an hour always is.
+    let out = run_to_failure(
+        &mut fanout(
+            "long-poll",
+            &[
+                "--rate",
+                "20",
+                "--threshold",
+                "long-poll-p99-ms=3600000",
+                "--threshold",
+                "long-poll-requests=0.5",
+            ],
+        ),
+        "bench fanout --via long-poll --check (impossible requests per delivery)",
+    )
+    .await;
+    let text = stdout(&out);
+    assert!(text.contains("check ok   long-poll-p99-ms"), "{text}");
+    assert!(text.contains("check FAIL long-poll-requests"), "{text}");
+    assert!(
+        text.contains("check ok   nothing lost or duplicated"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("fanout-p99"),
+        "long polls have their own latency target: {text}"
+    );
+}
