@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::AuthSetupError;
 use crate::config::{Config, StorageKind};
 use crate::consumers::Consumers;
-use crate::http::{AppState, HttpOptions};
+use crate::http::{AppParts, AppState, HttpOptions};
 /// The pattern lab's seam: `src/lab/` implements the runner that `src/http/` calls.
 pub use crate::http::{LabRunner, LabStartError};
 use crate::hub::{Hub, HubOptions};
@@ -147,7 +147,7 @@ impl App {
         .map_err(AppError::Webhooks)?;
         let connections = Arc::new(ConnStats::default());
         let lab = crate::http::LabSlot::default();
-        let router = crate::http::router(AppState {
+        let router = crate::http::router(AppState::new(AppParts {
             limiter: Arc::new(crate::http::limits::RateLimiter::new(
                 config.rate,
                 config.burst,
@@ -160,7 +160,7 @@ impl App {
             connections: connections.clone(),
             options: Arc::new(http_options(config)),
             lab: lab.clone(),
-        });
+        }));
         Ok(App {
             config: config.clone(),
             store,

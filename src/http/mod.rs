@@ -48,7 +48,7 @@ use axum::Router;
 use axum::http::Uri;
 
 use error::ApiError;
-pub use state::{AppState, HttpOptions, LabRunner, LabSlot, LabStartError};
+pub use state::{AppParts, AppState, HttpOptions, LabRunner, LabSlot, LabStartError};
 
 /// The whole API as one router.
 pub fn router(state: AppState) -> Router {

@@ -51,9 +51,29 @@ impl Default for HttpOptions {
     }
 }
 
-/// Shared by every handler: a cheap handle.
+/// Shared by every handler: a cheap handle, one reference count per clone. Each middleware
+/// layer and each `State` extractor clones it per request; with its nine `Arc`s side by side
+/// that was nine atomic increments and decrements each time (docs/BENCHMARKS.md, durable
+/// publish).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppParts>);
+
+impl AppState {
+    pub fn new(parts: AppParts) -> Self {
+        AppState(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct AppParts {
     pub hub: Arc<Hub>,
     pub jobs: Arc<Jobs>,
     pub consumers: Arc<Consumers>,
