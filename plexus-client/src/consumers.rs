@@ -96,17 +96,10 @@ impl Client {
         action: &str,
         items: &[(String, u64, Option<u32>)],
     ) -> Result<(), Error> {
-        let acks: Vec<Value> = items
-            .iter()
-            .map(|(topic, seq, delivery)| match delivery {
-                Some(d) => json!({"topic": topic, "seq": seq, "delivery": d}),
-                None => json!({"topic": topic, "seq": seq}),
-            })
-            .collect();
         let response = self
             .http
             .post(format!("{}/v1/consumers/{name}/{action}", self.base))
-            .json(&json!({ "acks": acks }))
+            .json(&json!({ "acks": ack_items(items) }))
             .send()
             .await?;
         if response.status().is_success() {
@@ -114,4 +107,32 @@ impl Client {
         }
         Err(problem(response).await)
     }
+
+    /// Settles `items` as [`Client::settle`] does, then reads up to `read` messages through
+    /// the consumer in the same call (`"read": N`): one request per batch.
+    pub async fn settle_and_read(
+        &self,
+        name: &str,
+        action: &str,
+        items: &[(String, u64, Option<u32>)],
+        read: usize,
+    ) -> Result<Page, Error> {
+        let response = self
+            .http
+            .post(format!("{}/v1/consumers/{name}/{action}", self.base))
+            .json(&json!({ "acks": ack_items(items), "read": read }))
+            .send()
+            .await?;
+        decode(response).await
+    }
+}
+
+fn ack_items(items: &[(String, u64, Option<u32>)]) -> Vec<Value> {
+    items
+        .iter()
+        .map(|(topic, seq, delivery)| match delivery {
+            Some(d) => json!({"topic": topic, "seq": seq, "delivery": d}),
+            None => json!({"topic": topic, "seq": seq}),
+        })
+        .collect()
 }

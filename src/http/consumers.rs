@@ -17,7 +17,9 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::{self, path_param};
 use super::state::AppState;
-use crate::consumers::{AckItem, ConsumerName, MAX_ACKS, Settings, SettingsRequest, Settle};
+use crate::consumers::{
+    AckItem, ConsumerName, MAX_ACKS, ReadSpec, Settings, SettingsRequest, Settle,
+};
 use crate::model::{Since, Topic, parse_duration};
 
 /// Largest body of a consumer call (1,000 acks fit easily).
@@ -185,6 +187,17 @@ async fn remove(
 struct AckBody {
     acks: Vec<AckJson>,
     delay: Option<String>,
+    /// After the settlement lands, read up to this many messages through the consumer and
+    /// answer them (NATS's "ack next"): one call per batch instead of two.
+    read: Option<u64>,
+}
+
+/// An ack with `read`: the settlement's count and the page read after it.
+#[derive(serde::Serialize)]
+struct AckAndRead<'a> {
+    settled: usize,
+    #[serde(flatten)]
+    page: super::poll::PollBody<'a>,
 }
 
 #[derive(Deserialize)]
@@ -204,7 +217,9 @@ struct SeekBody {
 /// Ack, nak or term messages of an explicit consumer; or seek
 ///
 /// `ack`, `nak` (with an optional `delay`) and `term` take `{"acks":[{"topic","seq","delivery"?}]}`
-/// (up to 1000), all or none; `seek` takes `{"since":…}`.
+/// (up to 1000), all or none, and answer `{"settled":N}`; with `"read":N` (1 to 1000) they then
+/// read up to N messages through the consumer and answer them too, as a poll would
+/// (`{"settled","messages","next","gaps"?}`). `seek` takes `{"since":…}`.
 #[utoipa::path(
     post,
     path = "/v1/consumers/{name}/{action}",
@@ -215,7 +230,7 @@ struct SeekBody {
     ),
     request_body(content = Object, content_type = "application/json"),
     responses(
-        (status = 200, description = "Done (`seek` answers the consumer)", body = Object),
+        (status = 200, description = "Done: `{\"settled\":N}`, with the page read after it when the body has `read`; `seek` answers the consumer", body = Object),
         (status = 400, description = "A bad body", body = super::schema::Problem, content_type = "application/problem+json"),
         (status = 403, description = "This credential may not read every topic", body = super::schema::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such consumer or action", body = super::schema::Problem, content_type = "application/problem+json"),
@@ -272,8 +287,33 @@ async fn act(
             delivery: a.delivery,
         });
     }
+    let read = match body.read {
+        None => None,
+        Some(n @ 1..=1000) => Some(n as usize),
+        Some(n) => {
+            return Err(ApiError::bad_consumer(format!(
+                "read: from 1 to 1000 messages ({n} given)"
+            )));
+        }
+    };
     state.consumers.settle(&name, &items, how).await?;
-    Ok(Json(serde_json::json!({ "settled": items.len() })).into_response())
+    let Some(limit) = read else {
+        return Ok(Json(serde_json::json!({ "settled": items.len() })).into_response());
+    };
+    // The settlement stands whatever the read does; a read that fails answers its error,
+    // and the client reads again (nothing was handed out).
+    let spec = ReadSpec {
+        topics: state.consumers.topics(&name).await?,
+        limit,
+        wait: Duration::ZERO,
+        implicit_start: Since::All,
+    };
+    let got = state.consumers.read(&name, &spec).await?;
+    Ok(Json(AckAndRead {
+        settled: items.len(),
+        page: super::poll::consumer_page(&got),
+    })
+    .into_response())
 }
 
 /// Messages one stream read takes at a time: what a client that goes away mid-batch may get

@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::extract::{self, Params, QueryPairs, path_param};
 use super::schema;
 use super::state::AppState;
-use crate::consumers::{ConsumerName, ReadSpec};
+use crate::consumers::{ConsumerName, Delivered, ReadSpec};
 use crate::hub::ReadRequest;
 use crate::model::{Since, TopicList};
 use crate::wire::{Envelope, GapJson};
@@ -27,11 +27,27 @@ pub fn routes() -> Router<AppState> {
 }
 
 #[derive(Serialize)]
-struct PollBody<'a> {
+pub(super) struct PollBody<'a> {
     messages: Vec<Envelope<'a>>,
     next: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     gaps: Vec<GapJson<'a>>,
+}
+
+/// A read through a consumer as a poll answers it (each envelope with its `delivery`),
+/// counted as delivered; also the page an ack with `read` answers.
+pub(super) fn consumer_page(got: &Delivered) -> PollBody<'_> {
+    metrics::counter!("plexus_deliveries_total", "transport" => "poll")
+        .increment(got.messages.len() as u64);
+    PollBody {
+        messages: got
+            .messages
+            .iter()
+            .map(|(m, d)| Envelope::delivered(m, *d))
+            .collect(),
+        next: got.next.as_ref().map(|c| c.to_string()).unwrap_or_default(),
+        gaps: got.gaps.iter().map(GapJson::of).collect(),
+    }
 }
 
 /// Read messages: short or long poll
@@ -111,18 +127,7 @@ async fn poll(
             implicit_start: Since::All,
         };
         let got = state.consumers.read(&name, &spec).await?;
-        metrics::counter!("plexus_deliveries_total", "transport" => "poll")
-            .increment(got.messages.len() as u64);
-        let body = PollBody {
-            messages: got
-                .messages
-                .iter()
-                .map(|(m, d)| Envelope::delivered(m, *d))
-                .collect(),
-            next: got.next.map(|c| c.to_string()).unwrap_or_default(),
-            gaps: got.gaps.iter().map(GapJson::of).collect(),
-        };
-        return Ok(Json(body).into_response());
+        return Ok(Json(consumer_page(&got)).into_response());
     }
     let result = state
         .hub

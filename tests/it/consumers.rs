@@ -457,6 +457,106 @@ async fn read_ahead(engine: Engine) {
     assert_eq!(f["ack_pending"], json!(8), "{f}");
 }
 
+/// An ack with `"read": N` settles, then answers the next page as a read would: one call per
+/// batch. A bad `read` is refused and settles nothing; a stale ack reads nothing.
+async fn ack_next(engine: Engine) {
+    let server = Server::start_on(engine, &[]).await;
+    create(
+        &server,
+        "an",
+        json!({"topics": ["t"], "ack": "explicit", "ack_wait": "10m"}),
+    )
+    .await;
+    server.publish_n("t", 7, "m").await;
+    let page = server.read("t", "consumer=an&limit=3").await;
+    assert_eq!(seqs(&page), [1, 2, 3], "{page}");
+    let acks = |page: &Value| -> Value {
+        messages(page)
+            .iter()
+            .map(|m| json!({"topic": "t", "seq": m["seq"], "delivery": m["delivery"]}))
+            .collect()
+    };
+
+    for bad in [json!(0), json!(1001), json!("3"), json!(-1)] {
+        let r = post(
+            &server,
+            "/v1/consumers/an/ack",
+            json!({"acks": acks(&page), "read": bad}),
+        )
+        .await;
+        let p = expect_problem(r, StatusCode::BAD_REQUEST).await;
+        assert_eq!(
+            p["type"],
+            json!("urn:plexus:problem:bad-consumer"),
+            "read {bad}: {p}"
+        );
+        let f = figures(&server, "an", "t").await;
+        assert_eq!(
+            f["ack_pending"],
+            json!(3),
+            "read {bad} changed nothing: {f}"
+        );
+    }
+
+    let (status, _, next) = into_json(
+        post(
+            &server,
+            "/v1/consumers/an/ack",
+            json!({"acks": acks(&page), "read": 3}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{next}");
+    assert_eq!(next["settled"], json!(3), "{next}");
+    assert_eq!(seqs(&next), [4, 5, 6], "{next}");
+    assert_eq!(deliveries(&next), [1, 1, 1], "{next}");
+    assert_eq!(next["next"], json!("6"), "{next}");
+    let f = figures(&server, "an", "t").await;
+    assert_eq!(f["ack_floor"], json!(3), "{f}");
+    assert_eq!(f["ack_pending"], json!(3), "{f}");
+
+    // The same acks again are stale: refused, and nothing is read (seq 7 stays unread).
+    let r = post(
+        &server,
+        "/v1/consumers/an/ack",
+        json!({"acks": acks(&page), "read": 3}),
+    )
+    .await;
+    let p = expect_problem(r, StatusCode::CONFLICT).await;
+    assert_eq!(p["type"], json!("urn:plexus:problem:stale-delivery"), "{p}");
+    let f = figures(&server, "an", "t").await;
+    assert_eq!(f["pending"], json!(1), "{f}");
+
+    // The last page: seq 7, then an ack with a read that finds nothing.
+    let (status, _, last) = into_json(
+        post(
+            &server,
+            "/v1/consumers/an/ack",
+            json!({"acks": acks(&next), "read": 10}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{last}");
+    assert_eq!(seqs(&last), [7], "{last}");
+    let (status, _, empty) = into_json(
+        post(
+            &server,
+            "/v1/consumers/an/ack",
+            json!({"acks": acks(&last), "read": 10}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{empty}");
+    assert_eq!(empty["settled"], json!(1), "{empty}");
+    assert!(seqs(&empty).is_empty(), "{empty}");
+    let f = figures(&server, "an", "t").await;
+    assert_eq!(f["ack_floor"], json!(7), "{f}");
+    assert_eq!(f["ack_pending"], json!(0), "{f}");
+}
+
 /// Two readers of one explicit consumer share 1,000 messages: none goes to both (no lease
 /// runs out: `ack_wait` is long).
 async fn disjoint_readers(engine: Engine) {
@@ -1027,6 +1127,7 @@ on_engines!(
     flow_control on [sqlite = Sqlite, redis = Redis, memory = Memory],
     retention on [sqlite = Sqlite, redis = Redis, memory = Memory],
     seek on [sqlite = Sqlite, redis = Redis, memory = Memory],
+    ack_next on [sqlite = Sqlite, redis = Redis, memory = Memory],
     disjoint_readers on [sqlite = Sqlite, redis = Redis, memory = Memory],
     read_ahead on [sqlite = Sqlite, redis = Redis, memory = Memory],
     bad_input on [sqlite = Sqlite, redis = Redis, memory = Memory],
