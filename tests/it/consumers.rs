@@ -484,7 +484,7 @@ async fn ack_next(engine: Engine) {
             json!({"acks": acks(&page), "read": bad}),
         )
         .await;
-        let p = expect_problem(r, StatusCode::BAD_REQUEST).await;
+        let p = expect_problem(r, 400, "an ack with a bad read").await;
         assert_eq!(
             p["type"],
             json!("urn:plexus:problem:bad-consumer"),
@@ -523,7 +523,7 @@ async fn ack_next(engine: Engine) {
         json!({"acks": acks(&page), "read": 3}),
     )
     .await;
-    let p = expect_problem(r, StatusCode::CONFLICT).await;
+    let p = expect_problem(r, 409, "a stale ack with a read").await;
     assert_eq!(p["type"], json!("urn:plexus:problem:stale-delivery"), "{p}");
     let f = figures(&server, "an", "t").await;
     assert_eq!(f["pending"], json!(1), "{f}");
