@@ -27,7 +27,11 @@ pub fn run(args: SidecarArgs) -> Result<(), CliError> {
              set PLEXUS_SIDECAR_TOKEN, --token-file or sidecar.token in the config file instead"
         );
     }
-    tokio::runtime::Builder::new_multi_thread()
+    // One thread: a sidecar's work per request is a few microseconds of parsing and a spool
+    // row, and on a multi-thread runtime most of its CPU went to workers waking and parking
+    // each other for every request (docs/BENCHMARKS.md, the sidecar's profile). The spool's
+    // writer thread at `durability = machine` is its own.
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(CliError::Runtime)?

@@ -194,7 +194,8 @@ impl Spool {
             .map_err(|e| format!("cannot open the spool {}: {e}", path.display()))?;
         let sync = if fsync { "FULL" } else { "NORMAL" };
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode = WAL;
+            "PRAGMA locking_mode = EXCLUSIVE;
+             PRAGMA journal_mode = WAL;
              PRAGMA synchronous = {sync};
              CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
              -- AUTOINCREMENT: a seq is never reused after its row is forwarded and removed,
