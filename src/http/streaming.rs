@@ -153,12 +153,13 @@ where
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // The shutdown is awaited through one pinned future for the body's life: a `cancelled()`
     // made per event would join and leave the token's waiter list — a lock every stream
-    // shares — once per delivered message (docs/BENCHMARKS.md, the profile).
+    // shares — once per delivered message (docs/BENCHMARKS.md, the profile). It is polled
+    // after the events, so only when the stream is about to wait: each poll takes that lock.
     let state = (
         events,
         encode,
         interval,
-        Box::pin(shutdown.cancelled_owned()),
+        Box::pin(shutdown.clone().cancelled_owned()),
         bookends.prelude,
         false,
         OpenStream::new(transport),
@@ -166,6 +167,8 @@ where
         // keepalive timer: reading the clock costs less than moving a timer, once per
         // delivered message; the timer is moved only when it fires too early.
         Instant::now(),
+        // Whether the subscription ended with the hub's shutdown.
+        shutdown,
     );
     let at_shutdown = bookends.at_shutdown;
     let body = stream::unfold(state, move |mut st| async move {
@@ -178,12 +181,17 @@ where
             }
             tokio::select! {
                 biased;
-                _ = &mut st.3 => {
-                    st.5 = true;
-                    return at_shutdown.map(|frame| (Ok(frame()), st));
-                }
                 event = st.0.next() => {
-                    let (i, event) = event?;
+                    let Some((i, event)) = event else {
+                        // The subscription ended. At a shutdown (which ends subscriptions
+                        // too) the last frame still says when to come back.
+                        st.5 = true;
+                        return if st.8.is_cancelled() {
+                            at_shutdown.map(|frame| (Ok(frame()), st))
+                        } else {
+                            None
+                        };
+                    };
                     st.7 = Instant::now();
                     if matches!(event, Event::Disconnected) {
                         st.5 = true;
@@ -191,6 +199,10 @@ where
                     if let Some(bytes) = (st.1)(i, &event) {
                         return Some((Ok(bytes), st));
                     }
+                }
+                _ = &mut st.3 => {
+                    st.5 = true;
+                    return at_shutdown.map(|frame| (Ok(frame()), st));
                 }
                 _ = st.2.tick() => {
                     let due = st.7 + keepalive;
