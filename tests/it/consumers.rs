@@ -981,16 +981,43 @@ async fn two_nodes_on_one_redis_and_a_node_killed() {
     create(
         &a,
         "shared",
-        json!({"topics": ["q"], "ack": "explicit", "ack_wait": "500ms"}),
+        json!({"topics": ["q"], "ack": "explicit", "ack_wait": "2s"}),
     )
     .await;
     a.batch_n("q", 300, "m").await;
-    // A takes a page and dies without acking it; B takes everything else, acking as it goes.
-    let taken = a.read("q", "consumer=shared&limit=20").await;
-    assert_eq!(seqs(&taken).len(), 20);
-    a.sigkill().await;
+    // A serves an SSE stream through the consumer; the reader acks the first 10 frames it
+    // gets and is in the middle of the stream (more frames leased and sent, none acked) when
+    // A is killed. B takes everything else, acking as it goes.
     let mut seen: Vec<(u64, u64)> = Vec::new();
-    let mut done = BTreeSet::new();
+    let mut acked_by_a = BTreeSet::new();
+    let mut unacked_from_a = BTreeSet::new();
+    {
+        let mut sse = Sse::open(&a, "/v1/topics/q/sse?consumer=shared", &[]).await;
+        let frames = sse.events(20).await;
+        assert_eq!(frames.len(), 20, "A streams");
+        let mut acks = Vec::new();
+        for (i, f) in frames.iter().enumerate() {
+            let m = f.json();
+            let (seq, delivery) = (
+                m["seq"].as_u64().unwrap_or(0),
+                m["delivery"].as_u64().unwrap_or(0),
+            );
+            assert_eq!(delivery, 1, "{m}");
+            seen.push((seq, delivery));
+            if i < 10 {
+                acks.push(json!({"topic": "q", "seq": seq, "delivery": delivery}));
+                acked_by_a.insert(seq);
+            } else {
+                unacked_from_a.insert(seq);
+            }
+        }
+        ack_ok(&a, "shared", json!(acks)).await;
+        a.sigkill().await;
+        // Frames A wrote that the reader never took are leases that run out, like the rest.
+        drop(sse);
+    }
+    let mut done: BTreeSet<u64> = acked_by_a.clone();
+    let mut from_b: Vec<(u64, u64)> = Vec::new();
     while done.len() < 300 {
         let page = b.read("q", "consumer=shared&limit=50&wait=20").await;
         assert!(!messages(&page).is_empty(), "B gets the rest: {page}");
@@ -1000,22 +1027,33 @@ async fn two_nodes_on_one_redis_and_a_node_killed() {
                 m["seq"].as_u64().unwrap_or(0),
                 m["delivery"].as_u64().unwrap_or(0),
             );
-            seen.push((seq, delivery));
+            from_b.push((seq, delivery));
             done.insert(seq);
             acks.push(json!({"topic": "q", "seq": seq, "delivery": delivery}));
         }
         ack_ok(&b, "shared", json!(acks)).await;
     }
-    assert_eq!(done, (1..=300).collect::<BTreeSet<_>>());
-    let a_seqs: BTreeSet<u64> = seqs(&taken).into_iter().collect();
-    for (seq, delivery) in &seen {
-        if a_seqs.contains(seq) {
+    assert_eq!(done, (1..=300).collect::<BTreeSet<_>>(), "every message");
+    // What A's stream leased comes again only as a redelivery (`delivery` > 1): the frames the
+    // reader got and did not ack are the only messages it sees twice; what it acked on A
+    // never comes again.
+    let from_a: BTreeSet<u64> = seen.iter().map(|(s, _)| *s).collect();
+    let mut repeats = 0;
+    for (seq, delivery) in &from_b {
+        assert!(!acked_by_a.contains(seq), "{seq} was acked on A");
+        if from_a.contains(seq) {
             assert!(*delivery > 1, "{seq} was A's: B gets it as a redelivery");
-        } else {
-            assert_eq!(*delivery, 1, "{seq} went out once");
+            repeats += 1;
         }
     }
-    assert_eq!(seen.len(), 300, "B got each message once");
+    assert_eq!(
+        repeats,
+        unacked_from_a.len(),
+        "every frame A sent and nobody acked comes back, once"
+    );
+    let b_seqs: BTreeSet<u64> = from_b.iter().map(|(s, _)| *s).collect();
+    assert_eq!(b_seqs.len(), from_b.len(), "B got each message once");
+    assert_eq!(from_a.len() + from_b.len() - repeats, 300);
 }
 
 /// Rights: creating, reading through, showing, settling and deleting a consumer need
