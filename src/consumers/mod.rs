@@ -814,6 +814,53 @@ impl Consumers {
         how: Settle,
     ) -> Result<(), ConsumerError> {
         for _ in 0..MAX_RACES {
+            let (turn, written) = self.settle_queued(name, items, how).await?;
+            if self.landed(turn, Some(written)).await? {
+                self.settled.notify_waiters();
+                return Ok(());
+            }
+        }
+        Err(raced_too_often())
+    }
+
+    /// Settles `items`, then reads through the consumer as [`Consumers::read`] does, in one
+    /// call. On a store only this node writes, the read decides on the settlement's queued
+    /// write instead of waiting for its commit, so both writes share a group commit; the
+    /// answer waits for both. Should the settlement's write fail, the read's (decided on it)
+    /// fails too, and the error is answered; a read retried meanwhile leases messages that
+    /// come back after `ack_wait`. On a shared store the two run one after the other.
+    pub async fn settle_and_read(
+        &self,
+        name: &ConsumerName,
+        items: &[AckItem],
+        how: Settle,
+        spec: &ReadSpec,
+    ) -> Result<Delivered, ConsumerError> {
+        if self.hub.shared_store() {
+            self.settle(name, items, how).await?;
+            return self.read(name, spec).await;
+        }
+        let (turn, written) = self.settle_queued(name, items, how).await?;
+        drop(turn);
+        let (settled, read) = tokio::join!(written, self.read(name, spec));
+        match settled {
+            Ok(true) => {}
+            Ok(false) => return Err(raced_too_often()),
+            Err(e) => return Err(e),
+        }
+        self.settled.notify_waiters();
+        read
+    }
+
+    /// One settlement decided on the consumer's record under its turn, its write queued:
+    /// the turn (to give up or hold, see `landed`) and the write's outcome to come.
+    async fn settle_queued(
+        &self,
+        name: &ConsumerName,
+        items: &[AckItem],
+        how: Settle,
+    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, Written<'_>), ConsumerError> {
+        {
             let turn = self.turn(name).await;
             let (version, mut record) = self.load_known(name).await?;
             if record.settings.ack != AckMode::Explicit {
@@ -876,12 +923,8 @@ impl Consumers {
                 dead.extend(self.dead_letter(name, &topic, seq, delivery, msg.as_deref()));
             }
             let written = self.queue_write(name, version, &record, dead);
-            if self.landed(turn, Some(written)).await? {
-                self.settled.notify_waiters();
-                return Ok(());
-            }
+            Ok((turn, written))
         }
-        Err(raced_too_often())
     }
 
     /// Moves a consumer's position on every topic to where a read from `since` starts; the

@@ -187,8 +187,8 @@ async fn remove(
 struct AckBody {
     acks: Vec<AckJson>,
     delay: Option<String>,
-    /// After the settlement lands, read up to this many messages through the consumer and
-    /// answer them (NATS's "ack next"): one call per batch instead of two.
+    /// Then read up to this many messages through the consumer and answer them too (NATS's
+    /// "ack next"): one call per batch instead of two.
     read: Option<u64>,
 }
 
@@ -296,19 +296,20 @@ async fn act(
             )));
         }
     };
-    state.consumers.settle(&name, &items, how).await?;
     let Some(limit) = read else {
+        state.consumers.settle(&name, &items, how).await?;
         return Ok(Json(serde_json::json!({ "settled": items.len() })).into_response());
     };
-    // The settlement stands whatever the read does; a read that fails answers its error,
-    // and the client reads again (nothing was handed out).
     let spec = ReadSpec {
         topics: state.consumers.topics(&name).await?,
         limit,
         wait: Duration::ZERO,
         implicit_start: Since::All,
     };
-    let got = state.consumers.read(&name, &spec).await?;
+    let got = state
+        .consumers
+        .settle_and_read(&name, &items, how, &spec)
+        .await?;
     Ok(Json(AckAndRead {
         settled: items.len(),
         page: super::poll::consumer_page(&got),
