@@ -2277,21 +2277,41 @@ async fn a_batch_publish_is_charged_to_the_read_budget() {
     )
     .expect("write the config");
     let server = Server::start(&["--config", file.to_str().expect("UTF-8 path")]).await;
-    let mut stalled = tokio::net::TcpStream::connect(server.addr())
-        .await
-        .expect("connect");
     let head = format!(
         "POST /v1/publish HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
          Content-Length: 600000\r\n\r\n[{{\"topic\":\"held\",\"data\":\"",
         server.addr()
     );
-    stalled.write_all(head.as_bytes()).await.expect("write");
+    let stall = || async {
+        let mut stalled = tokio::net::TcpStream::connect(server.addr())
+            .await
+            .expect("connect");
+        stalled.write_all(head.as_bytes()).await.expect("write");
+        stalled
+    };
+    let mut stalled = stall().await;
     let probe = json!([{"topic": "probe", "data": "x"}]).to_string();
-    eventually("a batch is refused while the budget is held", || async {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
         let resp = server.batch_raw(probe.clone(), "application/json").await;
-        (resp.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(())
-    })
-    .await;
+        if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a batch is never refused while the budget is held"
+        );
+        // The stalled batch takes the whole budget, so it is itself refused (`503`, an
+        // answer on its socket) when anything else held a byte of it at that moment (a
+        // read in flight): stall again.
+        let mut buf = [0u8; 512];
+        match stalled.try_read(&mut buf) {
+            Ok(_) => stalled = stall().await,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => stalled = stall().await,
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let item = json!([{"topic": "refused", "data": "x"}]).to_string();
     let resp = server.batch_raw(item.clone(), "application/json").await;
     assert_eq!(
