@@ -81,47 +81,32 @@ pub async fn run(args: ConsumersBench) -> Result<(), LabError> {
         args.readers
     );
 
-    // One explicit consumer shared by the readers, each page acked in one call.
+    // One explicit consumer shared by the readers, each page acked in one call; then another
+    // whose every ack carries the reader's next read (`"read": batch`): one call per batch.
     let settings = serde_json::json!({"topics": ["bench"], "ack": "explicit", "ack_wait": "5m"});
-    client.put_consumer("bench", &settings).await?;
-    let started = Instant::now();
-    let acked = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..args.readers {
-        let (client, acked, total, batch) =
-            (client.clone(), acked.clone(), args.messages, args.batch);
-        tasks.push(tokio::spawn(async move {
-            while acked.load(Ordering::Relaxed) < total {
-                let wait = Some(std::time::Duration::from_millis(200));
-                let page = client
-                    .read_consumer("bench", "bench", Some(batch), wait)
-                    .await?;
-                if page.messages.is_empty() {
-                    continue;
-                }
-                let items: Vec<(String, u64, Option<u32>)> = page
-                    .messages
-                    .iter()
-                    .map(|m| (m.topic.clone(), m.seq, m.delivery))
-                    .collect();
-                client.settle("bench", "ack", &items).await?;
-                acked.fetch_add(items.len(), Ordering::Relaxed);
-            }
-            Ok::<(), plexus_client::Error>(())
-        }));
-    }
-    for task in tasks {
-        task.await.map_err(|e| LabError::Run(e.to_string()))??;
-    }
-    let consumed = acked.load(Ordering::Relaxed);
-    let consumer_rate = consumed as f64 / started.elapsed().as_secs_f64();
+    let consumer_rate = consume(&client, "bench", &settings, &args, false).await?;
+    let next_rate = consume(&client, "bench-next", &settings, &args, true).await?;
     println!(
-        "  explicit-ack consumer:   {consumer_rate:>9.0} msgs/s ({consumed} messages read and acked, batches of {}; a read, then an ack)",
-        args.batch
+        "  ratio consumer / plain:  {:.2} (a read, then an ack), {:.2} (ack with the next read)",
+        consumer_rate / plain_rate,
+        next_rate / plain_rate
     );
+    hub.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
 
-    // The same with each ack carrying the next read (`"read": batch`): one call per batch.
-    client.put_consumer("bench-next", &settings).await?;
+/// Reads and acks the whole topic through a new explicit consumer `name` with `readers`
+/// readers, each acking every page in one call (carrying its next read with `ack_next`);
+/// prints and answers the messages consumed per second.
+async fn consume(
+    client: &plexus_client::Client,
+    name: &'static str,
+    settings: &serde_json::Value,
+    args: &ConsumersBench,
+    ack_next: bool,
+) -> Result<f64, LabError> {
+    client.put_consumer(name, settings).await?;
     let started = Instant::now();
     let acked = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -131,12 +116,12 @@ pub async fn run(args: ConsumersBench) -> Result<(), LabError> {
         tasks.push(tokio::spawn(async move {
             let wait = Some(std::time::Duration::from_millis(200));
             let mut page = client
-                .read_consumer("bench", "bench-next", Some(batch), wait)
+                .read_consumer("bench", name, Some(batch), wait)
                 .await?;
             while acked.load(Ordering::Relaxed) < total {
                 if page.messages.is_empty() {
                     page = client
-                        .read_consumer("bench", "bench-next", Some(batch), wait)
+                        .read_consumer("bench", name, Some(batch), wait)
                         .await?;
                     continue;
                 }
@@ -145,9 +130,14 @@ pub async fn run(args: ConsumersBench) -> Result<(), LabError> {
                     .iter()
                     .map(|m| (m.topic.clone(), m.seq, m.delivery))
                     .collect();
-                page = client
-                    .settle_and_read("bench-next", "ack", &items, batch)
-                    .await?;
+                page = if ack_next {
+                    client.settle_and_read(name, "ack", &items, batch).await?
+                } else {
+                    client.settle(name, "ack", &items).await?;
+                    client
+                        .read_consumer("bench", name, Some(batch), wait)
+                        .await?
+                };
                 acked.fetch_add(items.len(), Ordering::Relaxed);
             }
             Ok::<(), plexus_client::Error>(())
@@ -156,18 +146,16 @@ pub async fn run(args: ConsumersBench) -> Result<(), LabError> {
     for task in tasks {
         task.await.map_err(|e| LabError::Run(e.to_string()))??;
     }
-    let consumed_next = acked.load(Ordering::Relaxed);
-    let next_rate = consumed_next as f64 / started.elapsed().as_secs_f64();
+    let consumed = acked.load(Ordering::Relaxed);
+    let rate = consumed as f64 / started.elapsed().as_secs_f64();
     println!(
-        "  explicit-ack consumer:   {next_rate:>9.0} msgs/s ({consumed_next} messages read and acked, batches of {}; each ack carries the next read)",
-        args.batch
+        "  explicit-ack consumer:   {rate:>9.0} msgs/s ({consumed} messages read and acked, batches of {}; {})",
+        args.batch,
+        if ack_next {
+            "each ack carries the next read"
+        } else {
+            "a read, then an ack"
+        }
     );
-    println!(
-        "  ratio consumer / plain:  {:.2} (a read, then an ack), {:.2} (ack with the next read)",
-        consumer_rate / plain_rate,
-        next_rate / plain_rate
-    );
-    hub.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    Ok(rate)
 }

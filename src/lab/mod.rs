@@ -122,6 +122,28 @@ async fn spawn_hub(config: &Config) -> Result<Running, LabError> {
     Ok(app.spawn(loopback().await?)?)
 }
 
+/// Binds `listen` and prints `listening on http://ADDR` (what `fanout`'s `spawn_server` waits
+/// for), for the baselines run as child processes.
+async fn announce(listen: &str) -> Result<TcpListener, LabError> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| LabError::Io(format!("cannot listen on {listen}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| LabError::Io(e.to_string()))?;
+    println!("listening on http://{addr}");
+    Ok(listener)
+}
+
+/// The `Content-Length` of a request head already lowercased by the hand-written servers and
+/// clients here; 0 when absent.
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::BytesMut;
@@ -146,9 +168,9 @@ mod tests {
         buf
     }
 
-    #[tokio::test]
-    async fn the_load_generators_subscriptions_see_every_message_of_an_in_process_hub() {
-        let dir = ok("dir", temp_dir("lab-test"));
+    /// A hub on the memory store in this process, with one message on `topic` already.
+    async fn memory_hub(name: &str, topic: &str) -> (PathBuf, Running, Client) {
+        let dir = ok("dir", temp_dir(name));
         let config = ok(
             "config",
             hub_config(ServeArgs {
@@ -161,8 +183,14 @@ mod tests {
         let client = ok("client", Client::new(hub.url()));
         ok(
             "warm-up",
-            client.publish("t", "0", &PublishOptions::default()).await,
+            client.publish(topic, "0", &PublishOptions::default()).await,
         );
+        (dir, hub, client)
+    }
+
+    #[tokio::test]
+    async fn the_load_generators_subscriptions_see_every_message_of_an_in_process_hub() {
+        let (dir, hub, client) = memory_hub("lab-test", "t").await;
         let mut sse = ok(
             "sse",
             client.subscribe_socket("t", None, Transport::Sse).await,
@@ -243,24 +271,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_raw_poller_reads_the_hub_and_the_raw_long_poll_alike() {
-        let dir = ok("dir", temp_dir("lab-poll-test"));
-        let config = ok(
-            "config",
-            hub_config(ServeArgs {
-                data_dir: Some(dir.clone()),
-                storage: Some("memory".into()),
-                ..ServeArgs::default()
-            }),
-        );
-        let hub = ok("hub", spawn_hub(&config).await);
         // The topic exists, so its subscriber count can be read.
-        let client = ok("client", Client::new(hub.url()));
-        ok(
-            "warm-up",
-            client
-                .publish("bench", "0", &PublishOptions::default())
-                .await,
-        );
+        let (dir, hub, _client) = memory_hub("lab-poll-test", "bench").await;
         poll_twice(hub.url()).await;
         hub.stop().await;
         let _ = std::fs::remove_dir_all(&dir);

@@ -375,11 +375,7 @@ async fn receive(
             }
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-        let length = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or(0);
+        let length = super::content_length(&head);
         while buf.len() < head_end + length {
             if !matches!(stream.read_buf(&mut buf).await, Ok(n) if n > 0) {
                 break 'requests;

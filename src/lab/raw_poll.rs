@@ -34,14 +34,7 @@ struct State {
 
 /// Serves the raw long poll on `listen` until the process ends; prints `listening on` first.
 pub async fn serve(listen: &str) -> Result<(), LabError> {
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| LabError::Io(format!("cannot listen on {listen}: {e}")))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| LabError::Io(e.to_string()))?;
-    println!("listening on http://{addr}");
-    serve_on(listener).await
+    serve_on(super::announce(listen).await?).await
 }
 
 /// Serves the raw long poll on a bound listener until the process ends.
@@ -102,11 +95,7 @@ async fn connection(mut stream: TcpStream, state: Arc<State>) -> std::io::Result
             );
             ("200 OK", Bytes::from(info))
         } else {
-            let length = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
+            let length = super::content_length(&head);
             while buf.len() < head_end + length {
                 if stream.read_buf(&mut buf).await? == 0 {
                     return Ok(());
