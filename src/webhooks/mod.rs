@@ -598,6 +598,13 @@ impl Webhooks {
     /// Delivers again from `since`, with the same `webhook-id`s.
     pub async fn replay(self: &Arc<Self>, id: &str, since: &Since) -> Result<View, WebhookError> {
         let (_, record) = self.load_known(id).await?;
+        // The generation moves before the seek too: a read the sender began before it would
+        // otherwise come back with a message from the new position under the old generation,
+        // be sent, and not be advanced past once the poke below moved the generation (the
+        // message then went out twice).
+        if let Some(h) = self.handle(id) {
+            h.generation.fetch_add(1, Ordering::SeqCst);
+        }
         self.consumers.seek(&consumer_name(id)?, since).await?;
         self.poke(id);
         Ok(record.view())
