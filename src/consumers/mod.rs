@@ -230,7 +230,7 @@ pub struct Consumers {
     cache: std::sync::Mutex<std::collections::HashMap<String, (u64, Record)>>,
     /// On a store only this node writes: per consumer, new messages read past what the last
     /// read handed out (see `new_messages`). Touched only under the consumer's turn.
-    ahead: std::sync::Mutex<std::collections::HashMap<String, Ahead>>,
+    ahead: Arc<std::sync::Mutex<std::collections::HashMap<String, Ahead>>>,
 }
 
 /// Most messages one read of a consumer loads from the log: what the caller's `limit` leaves
@@ -241,6 +241,10 @@ const READ_AHEAD: usize = 1000;
 /// again when its turn comes).
 const READ_AHEAD_BYTES: usize = 1 << 20;
 
+/// When fewer than this many messages are left read ahead (and the log had more), the next
+/// `READ_AHEAD` are read in the background, outside the consumer's turn, and appended.
+const PREFETCH_BELOW: usize = READ_AHEAD / 2;
+
 /// Messages read from the log and not yet handed out: the continuation of a read from
 /// `from`, which covered each topic up to `next` (docs/ARCHITECTURE.md, durable consumers).
 struct Ahead {
@@ -248,6 +252,10 @@ struct Ahead {
     messages: std::collections::VecDeque<Arc<Message>>,
     gaps: Vec<Gap>,
     next: Cursor,
+    /// The last read filled its limit: the log may hold more after `next`.
+    more: bool,
+    /// A background read from `next` is under way.
+    fetching: bool,
 }
 
 /// Messages handed out, the gaps met, and where each topic then stands.
@@ -303,7 +311,7 @@ impl Consumers {
             settled: Notify::new(),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             cache: std::sync::Mutex::new(std::collections::HashMap::new()),
-            ahead: std::sync::Mutex::new(std::collections::HashMap::new()),
+            ahead: Arc::new(std::sync::Mutex::new(std::collections::HashMap::new())),
         })
     }
 
@@ -377,34 +385,92 @@ impl Consumers {
             let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(kept) = ahead.get_mut(name.as_str()) {
                 if kept.from == positions && kept.messages.len() >= room {
-                    return Ok(kept.take(room));
+                    let out = kept.take(room);
+                    self.prefetch(name, topics, kept);
+                    return Ok(out);
                 }
                 ahead.remove(name.as_str());
             }
         }
+        let limit = if local { room.max(READ_AHEAD) } else { room };
         let result = self
             .hub
             .read(ReadRequest {
                 topics: topics.clone(),
                 since: Since::Cursor(Cursor::for_positions(positions)),
                 default_since: Since::All,
-                limit: if local { room.max(READ_AHEAD) } else { room },
+                limit,
                 wait: Duration::ZERO,
             })
             .await?;
         let mut read = Ahead {
             from: positions.to_vec(),
+            more: result.messages.len() >= limit,
             messages: result.messages.into(),
             gaps: result.gaps,
             next: result.next,
+            fetching: false,
         };
         let out = read.take(room);
         let surplus: usize = read.messages.iter().map(|m| m.data.len()).sum();
         if local && !read.messages.is_empty() && surplus <= READ_AHEAD_BYTES {
+            self.prefetch(name, topics, &mut read);
             let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
             ahead.insert(name.as_str().to_string(), read);
         }
         Ok(out)
+    }
+
+    /// Starts a background read of the next `READ_AHEAD` messages after what `kept` holds
+    /// when it runs low, so the consumer's turn seldom waits for the log. The result is
+    /// appended only to a read ahead that still ends where the background read began (an
+    /// append-only log gives the same messages to any read from there), and only when it
+    /// met no gap; otherwise it is dropped, and a read under the turn does the work.
+    fn prefetch(&self, name: &ConsumerName, topics: &TopicList, kept: &mut Ahead) {
+        let held: usize = kept.messages.iter().map(|m| m.data.len()).sum();
+        if kept.fetching
+            || !kept.more
+            || kept.messages.len() >= PREFETCH_BELOW
+            || held > READ_AHEAD_BYTES / 2
+        {
+            return;
+        }
+        kept.fetching = true;
+        let from = kept.next.clone();
+        let (hub, ahead, name, topics) = (
+            self.hub.clone(),
+            self.ahead.clone(),
+            name.as_str().to_string(),
+            topics.clone(),
+        );
+        tokio::spawn(async move {
+            let read = hub
+                .read(ReadRequest {
+                    topics,
+                    since: Since::Cursor(from.clone()),
+                    default_since: Since::All,
+                    limit: READ_AHEAD,
+                    wait: Duration::ZERO,
+                })
+                .await;
+            let mut ahead = ahead.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(kept) = ahead.get_mut(&name) else {
+                return;
+            };
+            if kept.next != from {
+                return;
+            }
+            kept.fetching = false;
+            let Ok(result) = read else {
+                return;
+            };
+            if !result.gaps.is_empty() {
+                return;
+            }
+            kept.more = result.messages.len() >= READ_AHEAD;
+            kept.messages.extend(result.messages);
+            kept.next = result.next;
+        });
     }
 
     async fn load_known(&self, name: &ConsumerName) -> Result<(u64, Record), ConsumerError> {
@@ -646,8 +712,9 @@ impl Consumers {
             let settled = self.settled.notified();
             tokio::pin!(settled);
             settled.as_mut().enable();
-            let (delivered, next_due, written) =
-                self.attempt_read(name, version, record, spec.limit).await?;
+            let (delivered, next_due, written) = self
+                .attempt_read(name, version, record, spec.limit, None)
+                .await?;
             if !self.landed(turn, written).await? {
                 races += 1;
                 if races > MAX_RACES {
@@ -676,20 +743,22 @@ impl Consumers {
 
     /// One read against one version of the record, its write queued (its outcome says
     /// whether another writer got there first). Also answers when the earliest lease runs out
-    /// (to wait for it).
+    /// (to wait for it). `settled`: the record carries a settlement made in the same turn
+    /// (with these dead letters), so it is written even when the read changes nothing.
     async fn attempt_read(
         &self,
         name: &ConsumerName,
         version: u64,
         mut record: Record,
         limit: usize,
+        settled: Option<Vec<NewMessage>>,
     ) -> Result<ReadAttempt<'_>, ConsumerError> {
         let now = now_millis();
         let settings = record.settings.clone();
         let explicit = settings.ack == AckMode::Explicit;
         let mut out: Vec<(Arc<Message>, u32)> = Vec::new();
-        let mut dead = Vec::new();
-        let mut changed = false;
+        let mut changed = settled.is_some();
+        let mut dead = settled.unwrap_or_default();
         if explicit {
             for (topic, lane) in record.topics.iter_mut() {
                 let Ok(t) = topic.parse::<Topic>() else {
@@ -824,11 +893,10 @@ impl Consumers {
     }
 
     /// Settles `items`, then reads through the consumer as [`Consumers::read`] does, in one
-    /// call. On a store only this node writes, the read decides on the settlement's queued
-    /// write instead of waiting for its commit, so both writes share a group commit; the
-    /// answer waits for both. Should the settlement's write fail, the read's (decided on it)
-    /// fails too, and the error is answered; a read retried meanwhile leases messages that
-    /// come back after `ack_wait`. On a shared store the two run one after the other.
+    /// call. On a store only this node writes, the settlement and the read are decided on the
+    /// record in one turn and stored by one write (one compare-and-set per batch): the read's
+    /// leases and the settlement land together or not at all. On a shared store the two run
+    /// one after the other.
     pub async fn settle_and_read(
         &self,
         name: &ConsumerName,
@@ -840,16 +908,26 @@ impl Consumers {
             self.settle(name, items, how).await?;
             return self.read(name, spec).await;
         }
-        let (turn, written) = self.settle_queued(name, items, how).await?;
-        drop(turn);
-        let (settled, read) = tokio::join!(written, self.read(name, spec));
-        match settled {
-            Ok(true) => {}
-            Ok(false) => return Err(raced_too_often()),
-            Err(e) => return Err(e),
+        let turn = self.turn(name).await;
+        let (version, mut record) = self.load_known(name).await?;
+        if !record.settings.same_topics(&spec.topics) {
+            drop(turn);
+            self.settle(name, items, how).await?;
+            return self.read(name, spec).await;
+        }
+        let dead = self.apply_settlement(name, &mut record, items, how).await?;
+        let (delivered, _, written) = self
+            .attempt_read(name, version, record, spec.limit, Some(dead))
+            .await?;
+        if !self.landed(turn, written).await? {
+            return Err(raced_too_often());
         }
         self.settled.notify_waiters();
-        read
+        let empty = delivered.messages.is_empty() && delivered.gaps.is_empty();
+        if empty && !spec.wait.is_zero() {
+            return self.read(name, spec).await;
+        }
+        Ok(delivered)
     }
 
     /// One settlement decided on the consumer's record under its turn, its write queued:
@@ -860,71 +938,82 @@ impl Consumers {
         items: &[AckItem],
         how: Settle,
     ) -> Result<(tokio::sync::MutexGuard<'_, ()>, Written<'_>), ConsumerError> {
-        {
-            let turn = self.turn(name).await;
-            let (version, mut record) = self.load_known(name).await?;
-            if record.settings.ack != AckMode::Explicit {
-                return Err(ConsumerError::BadSettings(format!(
-                    "consumer {name} acknowledges automatically (ack: auto): it takes no acks"
-                )));
-            }
-            let now = now_millis();
-            let max_deliver = record.settings.max_deliver;
-            let mut dead_seqs = Vec::new();
-            for item in items {
-                let lease = record
-                    .topics
-                    .get(item.topic.as_str())
-                    .and_then(|lane| lane.leases.get(&item.seq))
-                    .copied();
-                let current =
-                    lease.filter(|l| !l.released && item.delivery.is_none_or(|d| d == l.delivery));
-                let Some(lease) = current else {
-                    return Err(ConsumerError::StaleDelivery(format!(
-                        "{}:{}{} is not leased to this reader by consumer {name}: never \
-                         delivered, already settled, or delivered again since (nothing was changed)",
-                        item.topic,
-                        item.seq,
-                        item.delivery
-                            .map(|d| format!(" delivery {d}"))
-                            .unwrap_or_default()
-                    )));
-                };
-                let Some(lane) = record.topics.get_mut(item.topic.as_str()) else {
-                    continue;
-                };
-                let dead_now = match how {
-                    Settle::Ack => {
-                        lane.leases.remove(&item.seq);
-                        false
-                    }
-                    Settle::Term => true,
-                    Settle::Nak(_) if lease.delivery >= max_deliver => true,
-                    Settle::Nak(delay) => {
-                        lane.leases.insert(
-                            item.seq,
-                            Lease {
-                                delivery: lease.delivery,
-                                until: now + delay.as_millis() as Millis,
-                                released: true,
-                            },
-                        );
-                        false
-                    }
-                };
-                if dead_now {
-                    lane.leases.remove(&item.seq);
-                    dead_seqs.push((item.topic.clone(), item.seq, lease.delivery));
-                }
-            }
-            let mut dead = Vec::new();
-            for (topic, seq, delivery) in dead_seqs {
-                let msg = self.hub.message(&topic, seq).await?;
-                dead.extend(self.dead_letter(name, &topic, seq, delivery, msg.as_deref()));
-            }
-            let written = self.queue_write(name, version, &record, dead);
-            Ok((turn, written))
+        let turn = self.turn(name).await;
+        let (version, mut record) = self.load_known(name).await?;
+        let dead = self.apply_settlement(name, &mut record, items, how).await?;
+        let written = self.queue_write(name, version, &record, dead);
+        Ok((turn, written))
+    }
+
+    /// Settles `items` on `record` (under the consumer's turn), all or none, and answers the
+    /// dead letters the settlement makes.
+    async fn apply_settlement(
+        &self,
+        name: &ConsumerName,
+        record: &mut Record,
+        items: &[AckItem],
+        how: Settle,
+    ) -> Result<Vec<NewMessage>, ConsumerError> {
+        if record.settings.ack != AckMode::Explicit {
+            return Err(ConsumerError::BadSettings(format!(
+                "consumer {name} acknowledges automatically (ack: auto): it takes no acks"
+            )));
         }
+        let now = now_millis();
+        let max_deliver = record.settings.max_deliver;
+        let mut dead_seqs = Vec::new();
+        for item in items {
+            let lease = record
+                .topics
+                .get(item.topic.as_str())
+                .and_then(|lane| lane.leases.get(&item.seq))
+                .copied();
+            let current =
+                lease.filter(|l| !l.released && item.delivery.is_none_or(|d| d == l.delivery));
+            let Some(lease) = current else {
+                return Err(ConsumerError::StaleDelivery(format!(
+                    "{}:{}{} is not leased to this reader by consumer {name}: never \
+                     delivered, already settled, or delivered again since (nothing was changed)",
+                    item.topic,
+                    item.seq,
+                    item.delivery
+                        .map(|d| format!(" delivery {d}"))
+                        .unwrap_or_default()
+                )));
+            };
+            let Some(lane) = record.topics.get_mut(item.topic.as_str()) else {
+                continue;
+            };
+            let dead_now = match how {
+                Settle::Ack => {
+                    lane.leases.remove(&item.seq);
+                    false
+                }
+                Settle::Term => true,
+                Settle::Nak(_) if lease.delivery >= max_deliver => true,
+                Settle::Nak(delay) => {
+                    lane.leases.insert(
+                        item.seq,
+                        Lease {
+                            delivery: lease.delivery,
+                            until: now + delay.as_millis() as Millis,
+                            released: true,
+                        },
+                    );
+                    false
+                }
+            };
+            if dead_now {
+                lane.leases.remove(&item.seq);
+                dead_seqs.push((item.topic.clone(), item.seq, lease.delivery));
+            }
+        }
+        let mut dead = Vec::new();
+        for (topic, seq, delivery) in dead_seqs {
+            let msg = self.hub.message(&topic, seq).await?;
+            dead.extend(self.dead_letter(name, &topic, seq, delivery, msg.as_deref()));
+        }
+        Ok(dead)
     }
 
     /// Moves a consumer's position on every topic to where a read from `since` starts; the
@@ -1106,6 +1195,8 @@ mod tests {
                 reason: crate::model::GapReason::Expired,
             }],
             next: Cursor::Multi(vec![(topic("a"), 5), (topic("b"), 20), (topic("c"), 9)]),
+            more: false,
+            fetching: false,
         };
         let (taken, gaps, after) = ahead.take(2);
         let seqs: Vec<(String, Seq)> = taken.iter().map(|m| (m.topic.to_string(), m.seq)).collect();

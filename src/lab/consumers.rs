@@ -35,6 +35,8 @@ pub async fn run(args: ConsumersBench) -> Result<(), LabError> {
     let dir = super::temp_dir("consumers")?;
     let config = super::hub_config(ServeArgs {
         data_dir: Some(dir.clone()),
+        // Every message stays: a reader of the whole topic must find them all.
+        retention_messages: Some(args.messages.max(1) as u64),
         ..ServeArgs::default()
     })?;
     let hub = super::spawn_hub(&config).await?;
@@ -98,7 +100,7 @@ pub async fn run(args: ConsumersBench) -> Result<(), LabError> {
 
 /// Reads and acks the whole topic through a new explicit consumer `name` with `readers`
 /// readers, each acking every page in one call (carrying its next read with `ack_next`);
-/// prints and answers the messages consumed per second.
+/// prints and answers the messages consumed per second, until the last one was acked.
 async fn consume(
     client: &plexus_client::Client,
     name: &'static str,
@@ -109,10 +111,18 @@ async fn consume(
     client.put_consumer(name, settings).await?;
     let started = Instant::now();
     let acked = Arc::new(AtomicUsize::new(0));
+    // When the last message was acked: readers still waiting in a long poll then (for
+    // messages that will never come) are not consuming.
+    let finished = Arc::new(std::sync::Mutex::new(None));
     let mut tasks = Vec::new();
     for _ in 0..args.readers {
-        let (client, acked, total, batch) =
-            (client.clone(), acked.clone(), args.messages, args.batch);
+        let (client, acked, finished, total, batch) = (
+            client.clone(),
+            acked.clone(),
+            finished.clone(),
+            args.messages,
+            args.batch,
+        );
         tasks.push(tokio::spawn(async move {
             let wait = Some(std::time::Duration::from_millis(200));
             let mut page = client
@@ -138,7 +148,11 @@ async fn consume(
                         .read_consumer("bench", name, Some(batch), wait)
                         .await?
                 };
-                acked.fetch_add(items.len(), Ordering::Relaxed);
+                let before = acked.fetch_add(items.len(), Ordering::Relaxed);
+                if before < total && before + items.len() >= total {
+                    let mut at = finished.lock().unwrap_or_else(|p| p.into_inner());
+                    *at = Some(started.elapsed());
+                }
             }
             Ok::<(), plexus_client::Error>(())
         }));
@@ -147,7 +161,11 @@ async fn consume(
         task.await.map_err(|e| LabError::Run(e.to_string()))??;
     }
     let consumed = acked.load(Ordering::Relaxed);
-    let rate = consumed as f64 / started.elapsed().as_secs_f64();
+    let took = finished
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .unwrap_or_else(|| started.elapsed());
+    let rate = consumed as f64 / took.as_secs_f64();
     println!(
         "  explicit-ack consumer:   {rate:>9.0} msgs/s ({consumed} messages read and acked, batches of {}; {})",
         args.batch,

@@ -557,6 +557,98 @@ async fn ack_next(engine: Engine) {
     assert_eq!(f["ack_pending"], json!(0), "{f}");
 }
 
+/// Three readers of an explicit consumer of two topics, each acking every page with its next
+/// read, take a backlog longer than what a node reads ahead at once (it reads further in the
+/// background), and what is published while they read: every message goes to exactly one
+/// reader, and each reader gets each topic's messages in order.
+async fn long_backlog(engine: Engine) {
+    let server = Server::start_on(engine, &[]).await;
+    create(
+        &server,
+        "long",
+        json!({"topics": ["la", "lb"], "ack": "explicit", "ack_wait": "10m"}),
+    )
+    .await;
+    server.batch_n("la", 1500, "a").await;
+    server.batch_n("lb", 1200, "b").await;
+    const TOTAL: usize = 1900 + 1500;
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reader = |client: reqwest::Client,
+                  base: String,
+                  taken: std::sync::Arc<std::sync::atomic::AtomicUsize>| async move {
+        let mut got: Vec<(String, u64)> = Vec::new();
+        let mut page: Value = client
+            .get(format!(
+                "{base}/v1/topics/la,lb/messages?consumer=long&limit=70"
+            ))
+            .send()
+            .await
+            .expect("read")
+            .json()
+            .await
+            .expect("JSON");
+        while taken.load(std::sync::atomic::Ordering::SeqCst) < TOTAL {
+            let batch: Vec<(String, u64)> = messages(&page)
+                .iter()
+                .map(|m| {
+                    let topic = m["topic"].as_str().expect("topic").to_string();
+                    (topic, m["seq"].as_u64().expect("seq"))
+                })
+                .collect();
+            if batch.is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            taken.fetch_add(batch.len(), std::sync::atomic::Ordering::SeqCst);
+            let acks: Vec<Value> = messages(&page)
+                .iter()
+                .map(|m| json!({"topic": m["topic"], "seq": m["seq"], "delivery": m["delivery"]}))
+                .collect();
+            let resp = client
+                .post(format!("{base}/v1/consumers/long/ack"))
+                .json(&json!({ "acks": acks, "read": 70 }))
+                .send()
+                .await
+                .expect("ack");
+            assert_eq!(resp.status(), StatusCode::OK);
+            page = resp.json().await.expect("JSON");
+            got.extend(batch);
+        }
+        got
+    };
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (client, base) = (server.client().clone(), server.base().to_string());
+            tokio::spawn(reader(client, base, taken.clone()))
+        })
+        .collect();
+    server.batch_n("la", 400, "a").await;
+    server.batch_n("lb", 300, "b").await;
+    let mut all = BTreeSet::new();
+    let mut total = 0;
+    for r in readers {
+        let got = r.await.expect("reader");
+        for topic in ["la", "lb"] {
+            let own: Vec<u64> = got
+                .iter()
+                .filter(|(t, _)| t == topic)
+                .map(|(_, s)| *s)
+                .collect();
+            assert!(
+                own.windows(2).all(|w| w[0] < w[1]),
+                "{topic} in order: {own:?}"
+            );
+        }
+        total += got.len();
+        all.extend(got);
+    }
+    assert_eq!(total, all.len(), "no message went to two readers");
+    let want: BTreeSet<(String, u64)> = (1..=1900)
+        .map(|s| ("la".to_string(), s))
+        .chain((1..=1500).map(|s| ("lb".to_string(), s)))
+        .collect();
+    assert_eq!(all, want);
+}
+
 /// Two readers of one explicit consumer share 1,000 messages: none goes to both (no lease
 /// runs out: `ack_wait` is long).
 async fn disjoint_readers(engine: Engine) {
@@ -1168,6 +1260,7 @@ on_engines!(
     ack_next on [sqlite = Sqlite, redis = Redis, memory = Memory],
     disjoint_readers on [sqlite = Sqlite, redis = Redis, memory = Memory],
     read_ahead on [sqlite = Sqlite, redis = Redis, memory = Memory],
+    long_backlog on [sqlite = Sqlite, redis = Redis, memory = Memory],
     bad_input on [sqlite = Sqlite, redis = Redis, memory = Memory],
     event_source on [sqlite = Sqlite, redis = Redis, memory = Memory],
     ndjson_explicit on [sqlite = Sqlite, redis = Redis, memory = Memory],

@@ -37,7 +37,11 @@ pub(super) fn put(
     expected: u64,
     body: &[u8],
 ) -> rusqlite::Result<StoreResult<Option<u64>>> {
-    let stored = get(tx, name)?.map_or(0, |c| c.version);
+    let stored = tx
+        .prepare_cached("SELECT version FROM consumers WHERE name = ?1")?
+        .query_row([name], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map_or(0, |v| v as u64);
     if stored != expected {
         return Ok(Ok(None));
     }
