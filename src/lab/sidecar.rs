@@ -1,7 +1,9 @@
 //! `plexus bench sidecar`: what `plexus sidecar` adds to a publish and to a delivery, next to
 //! the hub alone in the same run, and what the sidecar process costs (CPU per 1,000
-//! publishes/s, RSS idle). The hub runs in this process; the sidecar is a child
-//! `plexus sidecar` of this binary, so its CPU and memory are its own.
+//! publishes/s, RSS idle). The hub (`plexus serve`) and the sidecar (`plexus sidecar`) are
+//! child processes of this binary, and the load comes from this process: an app, a hub and
+//! a sidecar are three processes where they are deployed, and the sidecar's CPU and memory
+//! are its own.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +13,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 use super::LabError;
-use crate::config::ServeArgs;
 
 /// What `plexus bench sidecar` measures.
 #[derive(Debug, Clone)]
@@ -146,12 +147,20 @@ pub async fn run(args: SidecarBench) -> Result<(), LabError> {
         ));
     }
     let dir = super::temp_dir("sidecar")?;
-    let hub = super::spawn_hub(&super::hub_config(ServeArgs {
-        data_dir: Some(dir.join("hub")),
-        ..ServeArgs::default()
-    })?)
+    // The hub runs in its own process, as the app's would: a hub in this process would
+    // answer the direct publishes without a wake-up across processes that the sidecar's
+    // forwards (and every real app) pay.
+    let hub_dir = dir.join("hub").to_string_lossy().into_owned();
+    let (mut hub, hub_base) = super::fanout::spawn_server(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &hub_dir,
+        "--rate",
+        "0",
+    ])
     .await?;
-    let hub_base = format!("http://{}", hub.addr());
     let exe = std::env::current_exe().map_err(|e| LabError::Io(e.to_string()))?;
     let mut child = Command::new(exe)
         .args([
@@ -189,7 +198,7 @@ pub async fn run(args: SidecarBench) -> Result<(), LabError> {
     let idle_rss = rss_kib(pid).unwrap_or(0);
 
     println!(
-        "sidecar bench: {} publishes/s of {} bytes for {} s to 4 topics, hub in-process, sidecar pid {pid}",
+        "sidecar bench: {} publishes/s of {} bytes for {} s to 4 topics; hub, sidecar and this client each a process; sidecar pid {pid}",
         args.rate, args.size, args.seconds
     );
     // Warm both paths (connections, caches) before measuring.
@@ -274,7 +283,7 @@ pub async fn run(args: SidecarBench) -> Result<(), LabError> {
         v99 - d99
     );
     let _ = child.kill().await;
-    hub.stop().await;
+    let _ = hub.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -185,7 +185,15 @@ impl Sidecar {
     /// Serves on `listener` until the shutdown token fires, forwarding the spool meanwhile.
     pub async fn run(self, listener: TcpListener) -> Result<(), SidecarError> {
         let sc = self.shared;
-        let forwarder = tokio::spawn(forward::run(sc.clone()));
+        let forwarders: Vec<_> = (0..forward::LANES)
+            .map(|index| {
+                let lane = spool::Lane {
+                    index,
+                    count: forward::LANES,
+                };
+                tokio::spawn(forward::run(sc.clone(), lane))
+            })
+            .collect();
         tokio::spawn(probe(sc.clone()));
         let shutdown = sc.shutdown.clone();
         let app = router(sc);
@@ -198,7 +206,9 @@ impl Sidecar {
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
             .map_err(|e| SidecarError::Listen(e.to_string()));
-        let _ = forwarder.await;
+        for forwarder in forwarders {
+            let _ = forwarder.await;
+        }
         served
     }
 }

@@ -102,6 +102,7 @@ enum Op {
         reply: oneshot::Sender<Result<Vec<Appended>, SpoolError>>,
     },
     Pending {
+        lane: Lane,
         max_items: usize,
         max_bytes: usize,
         /// With nothing spooled, hold the reply until the next append and answer it with the
@@ -121,6 +122,32 @@ pub struct Appended {
     pub seq: i64,
     pub key: String,
     pub outcome: Option<oneshot::Receiver<Outcome>>,
+}
+
+/// A forwarder's share of the spool: the entries whose topic hashes to `index` of `count`.
+/// A topic always falls in the same lane, so one forwarder per lane, one batch in flight
+/// each, keeps every topic's order while the lanes forward side by side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lane {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Lane {
+    /// The whole spool, as one lane.
+    #[cfg(test)]
+    pub const ALL: Lane = Lane { index: 0, count: 1 };
+
+    /// Whether `topic`'s entries are this lane's (FNV-1a of the name: the same in every run).
+    pub fn holds(&self, topic: &str) -> bool {
+        if self.count <= 1 {
+            return true;
+        }
+        let hash = topic.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        (hash % self.count as u64) as usize == self.index
+    }
 }
 
 /// Where the spool's operations run: on the writer thread (group commit, for fsync), or on
@@ -231,7 +258,7 @@ impl Spool {
             id: id.clone(),
             waiters: waiters.clone(),
             stats: stats.clone(),
-            parked: None,
+            parked: Vec::new(),
         };
         let route = if fsync {
             let (tx, rx) = mpsc::channel();
@@ -303,17 +330,24 @@ impl Spool {
         max_items: usize,
         max_bytes: usize,
     ) -> Result<Vec<Entry>, SpoolError> {
-        self.read(max_items, max_bytes, false).await
+        self.read(Lane::ALL, max_items, max_bytes, false).await
     }
 
-    /// As `pending`, but with nothing spooled it waits for the next append and returns its
-    /// entries: the forwarder's read, handed the entries by the commit that stored them.
-    pub async fn next(&self, max_items: usize, max_bytes: usize) -> Result<Vec<Entry>, SpoolError> {
-        self.read(max_items, max_bytes, true).await
+    /// As `pending`, for `lane`'s entries only, and with none spooled it waits for the next
+    /// append of one and returns the appended entries: a forwarder's read, handed the entries
+    /// by the commit that stored them.
+    pub async fn next(
+        &self,
+        lane: Lane,
+        max_items: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, SpoolError> {
+        self.read(lane, max_items, max_bytes, true).await
     }
 
     async fn read(
         &self,
+        lane: Lane,
         max_items: usize,
         max_bytes: usize,
         park: bool,
@@ -321,6 +355,7 @@ impl Spool {
         let (reply, rx) = oneshot::channel();
         self.route
             .run(Op::Pending {
+                lane,
                 max_items,
                 max_bytes,
                 park,
@@ -345,6 +380,9 @@ impl Spool {
                 }
             }
         }
+        // The publishers just told answer before the removal runs: inline, it would hold
+        // this thread for its commit first (the sidecar serves on one thread).
+        tokio::task::yield_now().await;
         // Not awaited: the writer runs operations in order, so the forwarder's next read
         // already sees the removal, and the forwarder sends the next batch meanwhile. A
         // removal that fails leaves the entries to be forwarded again (and replayed).
@@ -415,8 +453,9 @@ fn in_transaction<T>(
     done
 }
 
-/// A forwarder's read held until the next append: its limits and its reply.
+/// A forwarder's read held until the next append of its lane: its lane, limits and reply.
 type Parked = (
+    Lane,
     usize,
     usize,
     oneshot::Sender<Result<Vec<Entry>, SpoolError>>,
@@ -427,7 +466,8 @@ struct Writer {
     id: String,
     waiters: Waiters,
     stats: Arc<Mutex<Stats>>,
-    parked: Option<Parked>,
+    /// At most one per lane.
+    parked: Vec<Parked>,
 }
 
 impl Writer {
@@ -494,13 +534,18 @@ impl Writer {
                     let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
                     s.oldest.get_or_insert(now);
                 }
-                // The parked read gets the entries just stored: the spool held nothing older
-                // when it parked, and appends are stored in the order they are queued.
-                let handed = self.parked.take().map(|(max_items, max_bytes, reply)| {
+                // A parked read gets the entries of its lane just stored: the spool held
+                // nothing older of the lane when it parked, and appends are stored in the
+                // order they are queued. A read none of them is for stays parked.
+                let mut handed = Vec::new();
+                for (lane, max_items, max_bytes, reply) in std::mem::take(&mut self.parked) {
                     let mut out = Vec::new();
                     let mut bytes = 0usize;
                     'group: for ((entries, _, _), seqs) in group.iter().zip(&all) {
                         for (e, (seq, key)) in entries.iter().zip(seqs) {
+                            if !lane.holds(&e.topic) {
+                                continue;
+                            }
                             let full = out.len() >= max_items
                                 || (!out.is_empty() && bytes + e.data.len() > max_bytes);
                             if full {
@@ -517,8 +562,12 @@ impl Writer {
                             });
                         }
                     }
-                    (out, reply)
-                });
+                    if out.is_empty() {
+                        self.parked.push((lane, max_items, max_bytes, reply));
+                    } else {
+                        handed.push((out, reply));
+                    }
+                }
                 let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
                 for ((_, wait, reply), seqs) in group.into_iter().zip(all) {
                     let appended = seqs
@@ -536,7 +585,7 @@ impl Writer {
                 }
                 drop(waiters);
                 // After the waiters are registered: a forward's answer always finds its waiter.
-                if let Some((out, reply)) = handed {
+                for (out, reply) in handed {
                     let _ = reply.send(Ok(out));
                 }
             }
@@ -553,13 +602,16 @@ impl Writer {
         match op {
             Op::Append { .. } => {}
             Op::Pending {
+                lane,
                 max_items,
                 max_bytes,
                 park,
                 reply,
-            } => match self.pending(max_items, max_bytes) {
+            } => match self.pending(lane, max_items, max_bytes) {
                 Ok(found) if found.is_empty() && park => {
-                    self.parked = Some((max_items, max_bytes, reply));
+                    // A lane's new read replaces one it left parked (that reader is gone).
+                    self.parked.retain(|(l, ..)| *l != lane);
+                    self.parked.push((lane, max_items, max_bytes, reply));
                 }
                 found => {
                     let _ = reply.send(found.map_err(|e| SpoolError::Io(e.to_string())));
@@ -577,14 +629,26 @@ impl Writer {
         }
     }
 
-    fn pending(&mut self, max_items: usize, max_bytes: usize) -> rusqlite::Result<Vec<Entry>> {
+    fn pending(
+        &mut self,
+        lane: Lane,
+        max_items: usize,
+        max_bytes: usize,
+    ) -> rusqlite::Result<Vec<Entry>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, topic, event, data, key, accepted FROM spool ORDER BY seq LIMIT ?1",
+            "SELECT seq, topic, event, data, key, accepted FROM spool ORDER BY seq",
         )?;
-        let mut rows = stmt.query(params![max_items as i64])?;
+        let mut rows = stmt.query([])?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
         while let Some(r) = rows.next()? {
+            if out.len() >= max_items {
+                break;
+            }
+            let topic: String = r.get(1)?;
+            if !lane.holds(&topic) {
+                continue;
+            }
             let seq: i64 = r.get(0)?;
             let data: Vec<u8> = r.get(3)?;
             if !out.is_empty() && bytes + data.len() > max_bytes {
@@ -594,7 +658,7 @@ impl Writer {
             let key: Option<String> = r.get(4)?;
             out.push(Entry {
                 seq,
-                topic: r.get(1)?,
+                topic,
                 event: r.get(2)?,
                 data: Bytes::from(data),
                 key: key.unwrap_or_else(|| format!("{}-{seq}", self.id)),
@@ -723,7 +787,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), fsync, 1 << 20, 100).unwrap();
         let reader = spool.clone();
-        let read = tokio::spawn(async move { reader.next(2, 1 << 20).await });
+        let read = tokio::spawn(async move { reader.next(Lane::ALL, 2, 1 << 20).await });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!read.is_finished(), "a read of an empty spool waits");
         let appended = spool
@@ -759,8 +823,94 @@ mod tests {
         let mut appended = appended;
         let first = appended.remove(0).outcome.unwrap();
         assert!(matches!(first.await, Ok(Outcome::Deferred)));
-        let rest = spool.next(10, 1 << 20).await.unwrap();
+        let rest = spool.next(Lane::ALL, 10, 1 << 20).await.unwrap();
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].data, Bytes::from_static(b"c"));
+    }
+
+    /// Each lane reads only the entries of its topics, in acceptance order; a lane's parked
+    /// read is not woken by another lane's append, and is handed its own lane's entries.
+    #[tokio::test]
+    async fn lanes_read_their_own_topics_in_order() {
+        for fsync in [false, true] {
+            lanes_read_their_own_topics_in_order_on(fsync).await;
+        }
+    }
+
+    async fn lanes_read_their_own_topics_in_order_on(fsync: bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), fsync, 1 << 20, 100).unwrap();
+        let lanes = 4;
+        let lane_of = |t: &str| {
+            (0..lanes)
+                .find(|&index| {
+                    Lane {
+                        index,
+                        count: lanes,
+                    }
+                    .holds(t)
+                })
+                .unwrap()
+        };
+        // Two topics in different lanes.
+        let a = "a".to_string();
+        let b = (0..100)
+            .map(|i| format!("b{i}"))
+            .find(|t| lane_of(t) != lane_of(&a))
+            .unwrap();
+        let (la, lb) = (
+            Lane {
+                index: lane_of(&a),
+                count: lanes,
+            },
+            Lane {
+                index: lane_of(&b),
+                count: lanes,
+            },
+        );
+        let on = |topic: &str, data: &'static str| NewEntry {
+            topic: topic.into(),
+            ..entry(data)
+        };
+        let reader = spool.clone();
+        let read_b = tokio::spawn(async move { reader.next(lb, 10, 1 << 20).await });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        spool
+            .append(vec![on(&a, "a1"), on(&a, "a2")], false)
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !read_b.is_finished(),
+            "another lane's append leaves b's read parked"
+        );
+        spool
+            .append(vec![on(&b, "b1"), on(&a, "a3"), on(&b, "b2")], false)
+            .await
+            .unwrap();
+        let got: Vec<Bytes> = read_b
+            .await
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.data)
+            .collect();
+        assert_eq!(got, [Bytes::from_static(b"b1"), Bytes::from_static(b"b2")]);
+        let got: Vec<Bytes> = spool
+            .next(la, 10, 1 << 20)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.data)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                Bytes::from_static(b"a1"),
+                Bytes::from_static(b"a2"),
+                Bytes::from_static(b"a3")
+            ]
+        );
+        assert_eq!(spool.pending(10, 1 << 20).await.unwrap().len(), 5);
     }
 }
