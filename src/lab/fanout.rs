@@ -63,49 +63,43 @@ pub struct FanoutBench {
 /// Bytes a payload's stamp takes: the send time, a space, the message index, a space.
 const STAMP: usize = 32;
 
-/// Latencies in log buckets of about 5 %.
+/// Latencies, every sample kept (microseconds), so quantiles are exact: log buckets of 5 %
+/// made a ratio of two p99s move in steps of 5 % (1.16, then 1.22 around a 1.2 target).
 #[derive(Clone)]
 pub(super) struct Histogram {
-    buckets: Vec<u64>,
+    samples: Vec<u32>,
     max_us: u64,
 }
 
 impl Histogram {
-    const PER_E: f64 = 20.0;
-
     pub(super) fn new() -> Self {
         Histogram {
-            buckets: vec![0; 400],
+            samples: Vec::new(),
             max_us: 0,
         }
     }
 
     pub(super) fn record(&mut self, us: u64) {
-        let i = ((us.max(1) as f64).ln() * Self::PER_E) as usize;
-        let last = self.buckets.len() - 1;
-        self.buckets[i.min(last)] += 1;
+        self.samples.push(us.min(u32::MAX as u64) as u32);
         self.max_us = self.max_us.max(us);
     }
 
     pub(super) fn merge(&mut self, other: &Histogram) {
-        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
-            *a += b;
-        }
+        self.samples.extend_from_slice(&other.samples);
         self.max_us = self.max_us.max(other.max_us);
     }
 
-    /// The `q` quantile in milliseconds.
+    /// The `q` quantile in milliseconds: the smallest sample with at least `q` of all
+    /// samples at or below it.
     pub(super) fn quantile(&self, q: f64) -> f64 {
-        let total: u64 = self.buckets.iter().sum();
-        let target = (total as f64 * q).ceil() as u64;
-        let mut seen = 0;
-        for (i, n) in self.buckets.iter().enumerate() {
-            seen += n;
-            if seen >= target && *n > 0 {
-                return ((i as f64 + 0.5) / Self::PER_E).exp() / 1000.0;
-            }
+        if self.samples.is_empty() {
+            return 0.0;
         }
-        0.0
+        let n = self.samples.len();
+        let k = ((n as f64 * q).ceil() as usize).clamp(1, n) - 1;
+        let mut sorted = self.samples.clone();
+        let (_, kth, _) = sorted.select_nth_unstable(k);
+        *kth as f64 / 1000.0
     }
 }
 
@@ -736,4 +730,29 @@ pub async fn run(args: FanoutBench) -> Result<(), LabError> {
     );
     verdicts.push(intact);
     super::check::conclude(verdicts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Histogram;
+
+    /// Quantiles are exact samples: the smallest with at least that share at or below it.
+    #[test]
+    fn quantiles_are_exact() {
+        let mut a = Histogram::new();
+        let mut b = Histogram::new();
+        for us in (1..=100u64).rev() {
+            if us % 2 == 0 {
+                a.record(us * 1000)
+            } else {
+                b.record(us * 1000)
+            }
+        }
+        a.merge(&b);
+        assert_eq!(a.quantile(0.5), 50.0);
+        assert_eq!(a.quantile(0.99), 99.0);
+        assert_eq!(a.quantile(1.0), 100.0);
+        assert_eq!(a.quantile(0.0), 1.0);
+        assert_eq!(Histogram::new().quantile(0.99), 0.0);
+    }
 }
