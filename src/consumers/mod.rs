@@ -229,7 +229,8 @@ pub struct Consumers {
     /// await.
     cache: std::sync::Mutex<std::collections::HashMap<String, (u64, Record)>>,
     /// On a store only this node writes: per consumer, new messages read past what the last
-    /// read handed out (see `new_messages`). Touched only under the consumer's turn.
+    /// read handed out (see `new_messages`). Taken from under the consumer's turn; a
+    /// background read (`prefetch`) only appends to it.
     ahead: Arc<std::sync::Mutex<std::collections::HashMap<String, Ahead>>>,
 }
 
@@ -414,9 +415,11 @@ impl Consumers {
         let out = read.take(room);
         let surplus: usize = read.messages.iter().map(|m| m.data.len()).sum();
         if local && !read.messages.is_empty() && surplus <= READ_AHEAD_BYTES {
-            self.prefetch(name, topics, &mut read);
+            // Kept first, then the background read started under the same lock: it cannot
+            // finish before there is a read-ahead to append to (and clear `fetching` on).
             let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
-            ahead.insert(name.as_str().to_string(), read);
+            let kept = ahead.entry(name.as_str().to_string()).insert_entry(read);
+            self.prefetch(name, topics, kept.into_mut());
         }
         Ok(out)
     }
@@ -464,7 +467,12 @@ impl Consumers {
             let Ok(result) = read else {
                 return;
             };
-            if !result.gaps.is_empty() {
+            let held: usize = kept.messages.iter().map(|m| m.data.len()).sum();
+            let read: usize = result.messages.iter().map(|m| m.data.len()).sum();
+            if !result.gaps.is_empty() || held + read > READ_AHEAD_BYTES {
+                // Left to the read under the turn, which meets the gap or drops the surplus;
+                // no more background reads for this read-ahead.
+                kept.more = false;
                 return;
             }
             kept.more = result.messages.len() >= READ_AHEAD;
@@ -916,11 +924,24 @@ impl Consumers {
             return self.read(name, spec).await;
         }
         let dead = self.apply_settlement(name, &mut record, items, how).await?;
-        let (delivered, _, written) = self
+        let (delivered, _, written) = match self
             .attempt_read(name, version, record, spec.limit, Some(dead))
-            .await?;
+            .await
+        {
+            Ok(attempt) => attempt,
+            Err(e) => {
+                // The read failed (a full read budget, a store error): the settlement is
+                // still stored, on its own, and the read's error answered.
+                drop(turn);
+                self.settle(name, items, how).await?;
+                return Err(e);
+            }
+        };
         if !self.landed(turn, written).await? {
-            return Err(raced_too_often());
+            // Decided on a queued write that failed: nothing of it is stored. Settle and
+            // read again, one after the other, each with its own retries.
+            self.settle(name, items, how).await?;
+            return self.read(name, spec).await;
         }
         self.settled.notify_waiters();
         let empty = delivered.messages.is_empty() && delivered.gaps.is_empty();

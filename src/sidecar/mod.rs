@@ -367,7 +367,9 @@ async fn probe(sc: Arc<Shared>) {
         if was != up {
             tracing::info!(hub = %sc.config.hub, up, "the hub's state changed");
             if up {
-                // Wake the forwarder out of its backoff: the spool can drain now.
+                // Wake the forwarders out of their backoff: the spool can drain now. Every
+                // lane paused wakes; the stored permit wakes one that was about to pause.
+                sc.hub_back.notify_waiters();
                 sc.hub_back.notify_one();
             }
         }
