@@ -175,6 +175,8 @@ function topicView(main, topic) {
   };
   const startFeed = () => {
     if (stopped || paused) return;
+    // One feed at a time: a feed started over a running one would be left polling unseen.
+    if (feed) stopFeed();
     const t = transport.value;
     if (t === "sse" || t === "ws") {
       live.setMode(t);
@@ -225,14 +227,17 @@ function topicView(main, topic) {
         json(`/v1/me?topic=${enc}`),
       ]);
       if (stopped) return;
+      // A feed already running (the transport was changed before this answer came) keeps
+      // its position; only the first feed starts from the topic's tail.
+      const first = feed === null;
       if (t) {
         info.textContent = `last seq ${t.last_seq} · ${t.messages} messages · ${fmtBytes(t.bytes)} · ${t.subscribers} subscribers`;
-        cursor = Math.max(t.first_seq - 1, t.last_seq - TAIL_START, 0);
+        if (first) cursor = Math.max(t.first_seq - 1, t.last_seq - TAIL_START, 0);
       }
-      highest = cursor;
+      if (first) highest = cursor;
       if (rights.topic.publish) renderPublish(pubSection, topic);
       if (rights.topic.delete) renderDelete(adminSection, topic, info);
-      startFeed();
+      if (first) startFeed();
     } catch (e) { info.textContent = problemText(e); }
   })();
 
