@@ -1267,3 +1267,72 @@ on_engines!(
     websocket on [sqlite = Sqlite, redis = Redis, memory = Memory],
     cli on [sqlite = Sqlite, redis = Redis],
 );
+
+/// An ack that carries a read whose read is refused (the hub's read budget is held by a
+/// stalled batch upload: `503` busy) still stores its settlement: the acked messages are no
+/// longer pending an ack.
+#[tokio::test]
+async fn an_ack_whose_read_is_refused_still_settles() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("budget.toml");
+    std::fs::write(
+        &file,
+        "[limits]\nmax_read_bytes = 65536\nread_budget_bytes = 1048576\n",
+    )
+    .expect("write the config");
+    let server = Server::start(&["--config", file.to_str().expect("UTF-8 path")]).await;
+    create(
+        &server,
+        "busy",
+        json!({"topics": ["t"], "ack": "explicit", "ack_wait": "10m"}),
+    )
+    .await;
+    // A batch upload that declares 600,000 bytes and stalls holds the whole budget.
+    let head = format!(
+        "POST /v1/publish HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: 600000\r\n\r\n[{{\"topic\":\"held\",\"data\":\"",
+        server.addr()
+    );
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let refused = loop {
+        // Three messages leased, all of what the log holds: nothing is kept read ahead,
+        // so the ack's read goes to the log.
+        server.publish_n("t", 3, "m").await;
+        let page = server.read("t", "consumer=busy&limit=3").await;
+        assert_eq!(messages(&page).len(), 3, "{page}");
+        let acks: Vec<Value> = messages(&page)
+            .iter()
+            .map(|m| json!({"topic": "t", "seq": m["seq"], "delivery": m["delivery"]}))
+            .collect();
+        let mut stalled = tokio::net::TcpStream::connect(server.addr())
+            .await
+            .expect("connect");
+        stalled.write_all(head.as_bytes()).await.expect("write");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let r = post(
+            &server,
+            "/v1/consumers/busy/ack",
+            json!({"acks": acks, "read": 3}),
+        )
+        .await;
+        if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+            break r;
+        }
+        // The stalled upload had not taken the budget yet: the ack went through; again.
+        assert_eq!(
+            r.status(),
+            StatusCode::OK,
+            "an ack with a read is 200 or 503"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the read budget was never held"
+        );
+        drop(stalled);
+    };
+    let p = expect_problem(refused, 503, "an ack whose read is refused").await;
+    assert_eq!(p["type"], json!("urn:plexus:problem:busy"), "{p}");
+    let f = figures(&server, "busy", "t").await;
+    assert_eq!(f["ack_pending"], json!(0), "the settlement was stored: {f}");
+}
