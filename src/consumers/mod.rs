@@ -263,6 +263,11 @@ struct Ahead {
 type Taken = (Vec<Arc<Message>>, Vec<Gap>, Vec<(Topic, Seq)>);
 
 impl Ahead {
+    /// Payload bytes held.
+    fn bytes(&self) -> usize {
+        self.messages.iter().map(|m| m.data.len()).sum()
+    }
+
     /// Hands out the first `n` messages (and the gaps, once), and where each topic then
     /// stands: after the last one taken while the topic has more here, else where the read
     /// ended.
@@ -413,8 +418,7 @@ impl Consumers {
             fetching: false,
         };
         let out = read.take(room);
-        let surplus: usize = read.messages.iter().map(|m| m.data.len()).sum();
-        if local && !read.messages.is_empty() && surplus <= READ_AHEAD_BYTES {
+        if local && !read.messages.is_empty() && read.bytes() <= READ_AHEAD_BYTES {
             // Kept first, then the background read started under the same lock: it cannot
             // finish before there is a read-ahead to append to (and clear `fetching` on).
             let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
@@ -430,11 +434,10 @@ impl Consumers {
     /// append-only log gives the same messages to any read from there), and only when it
     /// met no gap; otherwise it is dropped, and a read under the turn does the work.
     fn prefetch(&self, name: &ConsumerName, topics: &TopicList, kept: &mut Ahead) {
-        let held: usize = kept.messages.iter().map(|m| m.data.len()).sum();
         if kept.fetching
             || !kept.more
             || kept.messages.len() >= PREFETCH_BELOW
-            || held > READ_AHEAD_BYTES / 2
+            || kept.bytes() > READ_AHEAD_BYTES / 2
         {
             return;
         }
@@ -467,9 +470,8 @@ impl Consumers {
             let Ok(result) = read else {
                 return;
             };
-            let held: usize = kept.messages.iter().map(|m| m.data.len()).sum();
             let read: usize = result.messages.iter().map(|m| m.data.len()).sum();
-            if !result.gaps.is_empty() || held + read > READ_AHEAD_BYTES {
+            if !result.gaps.is_empty() || kept.bytes() + read > READ_AHEAD_BYTES {
                 // Left to the read under the turn, which meets the gap or drops the surplus;
                 // no more background reads for this read-ahead.
                 kept.more = false;
@@ -891,7 +893,10 @@ impl Consumers {
         how: Settle,
     ) -> Result<(), ConsumerError> {
         for _ in 0..MAX_RACES {
-            let (turn, written) = self.settle_queued(name, items, how).await?;
+            let turn = self.turn(name).await;
+            let (version, mut record) = self.load_known(name).await?;
+            let dead = self.apply_settlement(name, &mut record, items, how).await?;
+            let written = self.queue_write(name, version, &record, dead);
             if self.landed(turn, Some(written)).await? {
                 self.settled.notify_waiters();
                 return Ok(());
@@ -912,16 +917,42 @@ impl Consumers {
         how: Settle,
         spec: &ReadSpec,
     ) -> Result<Delivered, ConsumerError> {
-        if self.hub.shared_store() {
-            self.settle(name, items, how).await?;
+        let together = if self.hub.shared_store() {
+            None
+        } else {
+            self.settle_and_read_together(name, items, how, spec)
+                .await?
+        };
+        let delivered = match together {
+            Some(delivered) => delivered,
+            // One after the other, each with its own retries.
+            None => {
+                self.settle(name, items, how).await?;
+                return self.read(name, spec).await;
+            }
+        };
+        self.settled.notify_waiters();
+        let empty = delivered.messages.is_empty() && delivered.gaps.is_empty();
+        if empty && !spec.wait.is_zero() {
             return self.read(name, spec).await;
         }
+        Ok(delivered)
+    }
+
+    /// [`Consumers::settle_and_read`] in one turn and one write, on a store only this node
+    /// writes. `None`: not done, nothing stored (the topics differ from the consumer's, or
+    /// the write was decided on a queued one that failed); the caller settles, then reads.
+    async fn settle_and_read_together(
+        &self,
+        name: &ConsumerName,
+        items: &[AckItem],
+        how: Settle,
+        spec: &ReadSpec,
+    ) -> Result<Option<Delivered>, ConsumerError> {
         let turn = self.turn(name).await;
         let (version, mut record) = self.load_known(name).await?;
         if !record.settings.same_topics(&spec.topics) {
-            drop(turn);
-            self.settle(name, items, how).await?;
-            return self.read(name, spec).await;
+            return Ok(None);
         }
         let dead = self.apply_settlement(name, &mut record, items, how).await?;
         let (delivered, _, written) = match self
@@ -937,33 +968,7 @@ impl Consumers {
                 return Err(e);
             }
         };
-        if !self.landed(turn, written).await? {
-            // Decided on a queued write that failed: nothing of it is stored. Settle and
-            // read again, one after the other, each with its own retries.
-            self.settle(name, items, how).await?;
-            return self.read(name, spec).await;
-        }
-        self.settled.notify_waiters();
-        let empty = delivered.messages.is_empty() && delivered.gaps.is_empty();
-        if empty && !spec.wait.is_zero() {
-            return self.read(name, spec).await;
-        }
-        Ok(delivered)
-    }
-
-    /// One settlement decided on the consumer's record under its turn, its write queued:
-    /// the turn (to give up or hold, see `landed`) and the write's outcome to come.
-    async fn settle_queued(
-        &self,
-        name: &ConsumerName,
-        items: &[AckItem],
-        how: Settle,
-    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, Written<'_>), ConsumerError> {
-        let turn = self.turn(name).await;
-        let (version, mut record) = self.load_known(name).await?;
-        let dead = self.apply_settlement(name, &mut record, items, how).await?;
-        let written = self.queue_write(name, version, &record, dead);
-        Ok((turn, written))
+        Ok(self.landed(turn, written).await?.then_some(delivered))
     }
 
     /// Settles `items` on `record` (under the consumer's turn), all or none, and answers the

@@ -9,8 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 use super::LabError;
 
@@ -161,39 +159,20 @@ pub async fn run(args: SidecarBench) -> Result<(), LabError> {
         "0",
     ])
     .await?;
-    let exe = std::env::current_exe().map_err(|e| LabError::Io(e.to_string()))?;
-    let mut child = Command::new(exe)
-        .args([
-            "sidecar",
-            "--hub",
-            &hub_base,
-            "--listen",
-            "127.0.0.1:0",
-            "--spool-dir",
-        ])
-        .arg(dir.join("spool"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| LabError::Io(format!("cannot start plexus sidecar: {e}")))?;
+    let spool_dir = dir.join("spool").to_string_lossy().into_owned();
+    let (mut child, sidecar_base) = super::fanout::spawn_server(&[
+        "sidecar",
+        "--hub",
+        &hub_base,
+        "--listen",
+        "127.0.0.1:0",
+        "--spool-dir",
+        &spool_dir,
+    ])
+    .await?;
     let pid = child
         .id()
         .ok_or_else(|| LabError::Io("the sidecar exited".into()))?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| LabError::Io("no sidecar stdout".into()))?;
-    let line = BufReader::new(stdout)
-        .lines()
-        .next_line()
-        .await
-        .map_err(|e| LabError::Io(e.to_string()))?
-        .unwrap_or_default();
-    let sidecar_base = line
-        .strip_prefix("listening on ")
-        .ok_or_else(|| LabError::Run(format!("the sidecar printed {line:?}")))?
-        .to_owned();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss = rss_kib(pid).unwrap_or(0);
 

@@ -1273,27 +1273,16 @@ on_engines!(
 /// longer pending an ack.
 #[tokio::test]
 async fn an_ack_whose_read_is_refused_still_settles() {
-    use tokio::io::AsyncWriteExt;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("budget.toml");
-    std::fs::write(
-        &file,
-        "[limits]\nmax_read_bytes = 65536\nread_budget_bytes = 1048576\n",
-    )
-    .expect("write the config");
-    let server = Server::start(&["--config", file.to_str().expect("UTF-8 path")]).await;
+    let config =
+        crate::kit::config_file("[limits]\nmax_read_bytes = 65536\nread_budget_bytes = 1048576\n");
+    let server = Server::start(&["--config", crate::kit::path_arg(&config)]).await;
     create(
         &server,
         "busy",
         json!({"topics": ["t"], "ack": "explicit", "ack_wait": "10m"}),
     )
     .await;
-    // A batch upload that declares 600,000 bytes and stalls holds the whole budget.
-    let head = format!(
-        "POST /v1/publish HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-         Content-Length: 600000\r\n\r\n[{{\"topic\":\"held\",\"data\":\"",
-        server.addr()
-    );
+    // A stalled batch upload of 600,000 bytes holds the whole budget.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     let refused = loop {
         // Three messages leased, all of what the log holds: nothing is kept read ahead,
@@ -1305,10 +1294,7 @@ async fn an_ack_whose_read_is_refused_still_settles() {
             .iter()
             .map(|m| json!({"topic": "t", "seq": m["seq"], "delivery": m["delivery"]}))
             .collect();
-        let mut stalled = tokio::net::TcpStream::connect(server.addr())
-            .await
-            .expect("connect");
-        stalled.write_all(head.as_bytes()).await.expect("write");
+        let stalled = server.stalled_batch(600_000).await;
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let r = post(
             &server,

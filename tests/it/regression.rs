@@ -2073,14 +2073,10 @@ async fn stalled_streams_over_many_topics_hold_one_page_each() {
 #[tokio::test]
 async fn a_spent_read_budget_answers_503_busy() {
     const SIZE: usize = 512 << 10;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("budget.toml");
-    std::fs::write(
-        &file,
+    let config = crate::kit::config_file(
         "[limits]\nmax_read_bytes = 8388608\nread_budget_bytes = 8388608\n",
-    )
-    .expect("write the config");
-    let server = Server::start(&["--config", file.to_str().expect("UTF-8 path")]).await;
+    );
+    let server = Server::start(&["--config", crate::kit::path_arg(&config)]).await;
     publish_sized(&server, "big", 16, SIZE).await;
     let stall = crate::kit::clients::Dial {
         recv_buffer: Some(4096),
@@ -2268,27 +2264,10 @@ async fn a_poll_over_many_topics_loads_one_budget() {
 /// goes away batches work again.
 #[tokio::test]
 async fn a_batch_publish_is_charged_to_the_read_budget() {
-    use tokio::io::AsyncWriteExt;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("budget.toml");
-    std::fs::write(
-        &file,
-        "[limits]\nmax_read_bytes = 65536\nread_budget_bytes = 1048576\n",
-    )
-    .expect("write the config");
-    let server = Server::start(&["--config", file.to_str().expect("UTF-8 path")]).await;
-    let head = format!(
-        "POST /v1/publish HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-         Content-Length: 600000\r\n\r\n[{{\"topic\":\"held\",\"data\":\"",
-        server.addr()
-    );
-    let stall = || async {
-        let mut stalled = tokio::net::TcpStream::connect(server.addr())
-            .await
-            .expect("connect");
-        stalled.write_all(head.as_bytes()).await.expect("write");
-        stalled
-    };
+    let config =
+        crate::kit::config_file("[limits]\nmax_read_bytes = 65536\nread_budget_bytes = 1048576\n");
+    let server = Server::start(&["--config", crate::kit::path_arg(&config)]).await;
+    let stall = || server.stalled_batch(600_000);
     let mut stalled = stall().await;
     let probe = json!([{"topic": "probe", "data": "x"}]).to_string();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -71,7 +71,39 @@ impl Engine {
     }
 }
 
+/// A config file holding `toml`, removed when the answer is dropped: pass it to
+/// `Server::start(&["--config", …])`.
+pub fn config_file(toml: &str) -> tempfile::TempPath {
+    let file = tempfile::Builder::new()
+        .suffix(".toml")
+        .tempfile()
+        .expect("create a config file");
+    std::fs::write(file.path(), toml).expect("write the config");
+    file.into_temp_path()
+}
+
+/// The text of `path`, to pass as an argument.
+pub fn path_arg(path: &Path) -> &str {
+    path.to_str().expect("a UTF-8 path")
+}
+
 impl Server {
+    /// A batch upload that declares `declared` bytes, sends its head and stalls: while it
+    /// is open, the hub holds twice the declared length of its read budget.
+    pub async fn stalled_batch(&self, declared: usize) -> tokio::net::TcpStream {
+        use tokio::io::AsyncWriteExt;
+        let head = format!(
+            "POST /v1/publish HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: {declared}\r\n\r\n[{{\"topic\":\"held\",\"data\":\"",
+            self.addr()
+        );
+        let mut stalled = tokio::net::TcpStream::connect(self.addr())
+            .await
+            .expect("connect");
+        stalled.write_all(head.as_bytes()).await.expect("write");
+        stalled
+    }
+
     /// The text of `GET /metrics`.
     pub async fn metrics(&self) -> String {
         self.client()
