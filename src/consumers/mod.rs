@@ -1144,7 +1144,19 @@ impl Consumers {
         name: &ConsumerName,
         positions: &[(Topic, Seq)],
     ) -> Result<(), ConsumerError> {
-        self.move_to(name, positions, true).await
+        self.move_to(name, positions, true, None).await.map(|_| ())
+    }
+
+    /// [`Consumers::advance`] only while the consumer still stands at `from` on those topics
+    /// (where the read of what was written began): a seek made meanwhile wins, and what the
+    /// read found at the new position is not skipped or sent twice. `false`: it had moved.
+    pub async fn advance_from(
+        &self,
+        name: &ConsumerName,
+        from: &[(Topic, Seq)],
+        positions: &[(Topic, Seq)],
+    ) -> Result<bool, ConsumerError> {
+        self.move_to(name, positions, true, Some(from)).await
     }
 
     /// Moves an `auto` consumer's position on `topic` back to `seq` when it is ahead (an SSE
@@ -1154,20 +1166,31 @@ impl Consumers {
         name: &ConsumerName,
         positions: &[(Topic, Seq)],
     ) -> Result<(), ConsumerError> {
-        self.move_to(name, positions, false).await
+        self.move_to(name, positions, false, None).await.map(|_| ())
     }
 
+    /// Moves the positions (forward or back), only from `expect` when given; `false` when
+    /// the consumer did not stand there.
     async fn move_to(
         &self,
         name: &ConsumerName,
         positions: &[(Topic, Seq)],
         forward: bool,
-    ) -> Result<(), ConsumerError> {
+        expect: Option<&[(Topic, Seq)]>,
+    ) -> Result<bool, ConsumerError> {
         for _ in 0..MAX_RACES {
             let _turn = self.turn(name).await;
             let (version, mut record) = self.load_known(name).await?;
             if record.settings.ack != AckMode::Auto {
-                return Ok(());
+                return Ok(true);
+            }
+            let moved = expect.is_some_and(|from| {
+                from.iter().any(|(t, seq)| {
+                    record.topics.get(t.as_str()).map_or(0, |l| l.delivered) != *seq
+                })
+            });
+            if moved {
+                return Ok(false);
             }
             let mut changed = false;
             for (topic, seq) in positions {
@@ -1183,7 +1206,7 @@ impl Consumers {
                 }
             }
             if !changed || self.write(name, version, &record, Vec::new()).await? {
-                return Ok(());
+                return Ok(true);
             }
         }
         Err(raced_too_often())

@@ -120,11 +120,13 @@ pub(super) async fn run(hooks: Arc<Webhooks>, id: String, handle: Arc<Handle>) {
             &mut failing_since,
         )
         .await;
+        // Advanced only from where the read began: a replay's seek made since wins (the
+        // generation alone left a window between the seek and its poke, in which a message
+        // read at the new position was sent and then not advanced past: it went out twice).
         if matches!(outcome, Outcome::Done)
-            && handle.generation.load(Ordering::SeqCst) == generation
             && let Err(e) = hooks
                 .consumers
-                .advance(&name, &[(msg.topic.clone(), msg.seq)])
+                .advance_from(&name, &batch.before, &[(msg.topic.clone(), msg.seq)])
                 .await
         {
             tracing::warn!("webhook {id}: advancing: {e}");
