@@ -573,20 +573,17 @@ async fn long_backlog(engine: Engine) {
     server.batch_n("lb", 1200, "b").await;
     const TOTAL: usize = 1900 + 1500;
     let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    async fn read_page(client: &reqwest::Client, base: &str) -> Value {
+        let url = format!("{base}/v1/topics/la,lb/messages?consumer=long&limit=70");
+        let resp = client.get(url).send().await.expect("read");
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.json().await.expect("JSON")
+    }
     let reader = |client: reqwest::Client,
                   base: String,
                   taken: std::sync::Arc<std::sync::atomic::AtomicUsize>| async move {
         let mut got: Vec<(String, u64)> = Vec::new();
-        let mut page: Value = client
-            .get(format!(
-                "{base}/v1/topics/la,lb/messages?consumer=long&limit=70"
-            ))
-            .send()
-            .await
-            .expect("read")
-            .json()
-            .await
-            .expect("JSON");
+        let mut page = read_page(&client, &base).await;
         while taken.load(std::sync::atomic::Ordering::SeqCst) < TOTAL {
             let batch: Vec<(String, u64)> = messages(&page)
                 .iter()
@@ -596,7 +593,10 @@ async fn long_backlog(engine: Engine) {
                 })
                 .collect();
             if batch.is_empty() {
+                // An ack names 1 to 1000 messages: with none to ack, the next page is a read.
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                page = read_page(&client, &base).await;
+                continue;
             }
             taken.fetch_add(batch.len(), std::sync::atomic::Ordering::SeqCst);
             let acks: Vec<Value> = messages(&page)
