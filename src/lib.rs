@@ -51,6 +51,7 @@ pub mod model;
 pub mod observe;
 pub mod server;
 pub mod sidecar;
+pub mod stop;
 pub mod store;
 pub mod tls;
 pub mod webhooks;

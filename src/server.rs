@@ -23,6 +23,8 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::stop::Stop;
+
 /// The peer of a connection, in every request's extensions (behind a trusted proxy, the
 /// client it forwarded for).
 #[derive(Clone, Copy, Debug)]
@@ -404,15 +406,15 @@ where
     }
 }
 
-/// Serves one HTTP/1.1 connection until it ends. The drain starts when `shutdown` is
-/// cancelled (as the accept loop's); `watcher` is held until the connection ends, so the
+/// Serves one HTTP/1.1 connection until it ends. The drain starts when `shutdown` stops
+/// (it follows the accept loop's token); `watcher` is held until the connection ends, so the
 /// drain waits for it like for the others.
 async fn serve_http1<I>(
     builder: Arc<http1::Builder>,
     io: I,
     app: Router,
     watcher: Watcher,
-    shutdown: CancellationToken,
+    shutdown: Stop,
     peer: std::net::SocketAddr,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -428,6 +430,9 @@ async fn serve_http1<I>(
     drop(builder);
     tokio::pin!(conn);
     let mut draining = false;
+    // This select! runs at every wake-up of the connection (each delivery of a stream): the
+    // drain is looked at through a [`Stop`], which answers from a flag when polled again.
+    let mut shutdown = shutdown.wait();
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -436,7 +441,7 @@ async fn serve_http1<I>(
                 }
                 break;
             }
-            _ = shutdown.cancelled(), if !draining => {
+            _ = &mut shutdown, if !draining => {
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
@@ -517,6 +522,7 @@ pub async fn run(
     let http1 = Arc::new(http1_builder(&options));
     let acceptor = options.tls.clone().map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
+    let stop = Stop::follow(&shutdown);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -542,7 +548,7 @@ pub async fn run(
         match &acceptor {
             None => {
                 let timeout = options.header_timeout;
-                let (http1, shutdown) = (http1.clone(), shutdown.clone());
+                let (http1, stop) = (http1.clone(), stop.clone());
                 tokio::spawn(async move {
                     // hyper's header timeout starts once it reads a request head; before that,
                     // the protocol sniffing waits for a first byte with no limit of its own.
@@ -554,7 +560,7 @@ pub async fn run(
                         Ok(Ok(n)) if n > 0 && first[0] != b'P' => {
                             open.speaks(Protocol::Http1);
                             let stream = Counted::new(stream, open, write_timeout);
-                            tokio::spawn(serve_http1(http1, stream, app, watcher, shutdown, peer));
+                            tokio::spawn(serve_http1(http1, stream, app, watcher, stop, peer));
                         }
                         Ok(Ok(n)) if n > 0 => {
                             let admitted = Admitted {

@@ -80,7 +80,7 @@ async fn ndjson(
         Bookends::default(),
         NDJSON_KEEPALIVE,
         state.options.keepalive,
-        state.hub.shutdown_token().clone(),
+        state.hub.stop(),
         encode,
     );
     Ok(streaming_response("application/x-ndjson", body))

@@ -110,7 +110,7 @@ async fn sse(
         },
         SSE_KEEPALIVE,
         state.options.keepalive,
-        state.hub.shutdown_token().clone(),
+        state.hub.stop(),
         encode,
     );
     Ok(streaming_response("text/event-stream", body))

@@ -2,6 +2,9 @@
 //! cursor after each event, the open-stream gauge, keepalives, and ending on shutdown.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -11,8 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
-use tokio::time::{Instant, MissedTickBehavior};
-use tokio_util::sync::CancellationToken;
+use tokio::time::{Instant, Sleep};
 
 use super::auth::Caller;
 use super::error::ApiError;
@@ -20,6 +22,7 @@ use super::extract::{Params, QueryPairs, path_param};
 use super::state::AppState;
 use crate::hub::{Event, SlowPolicy, Subscription};
 use crate::model::{Cursor, Seq, Since, Topic, TopicList};
+use crate::stop::Stop;
 
 /// What a streaming request asked for.
 pub(super) struct StreamRequest {
@@ -143,23 +146,21 @@ pub(super) fn event_body<E>(
     bookends: Bookends,
     keepalive_frame: &'static [u8],
     keepalive: Duration,
-    shutdown: CancellationToken,
+    shutdown: &Stop,
     encode: E,
 ) -> Body
 where
     E: FnMut(usize, &Event) -> Option<Bytes> + Send + 'static,
 {
-    let mut interval = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
-    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    // The shutdown is awaited through one pinned future for the body's life: a `cancelled()`
-    // made per event would join and leave the token's waiter list — a lock every stream
-    // shares — once per delivered message (docs/BENCHMARKS.md, the profile). It is polled
-    // after the events, so only when the stream is about to wait: each poll takes that lock.
+    // The keepalive timer and the shutdown are each one future for the body's life, polled
+    // after the events, so only when the stream is about to wait: with one delivery per
+    // wake-up that is once per delivered message, so both answer from what they hold
+    // ([`Keepalive`], [`crate::stop::StopWait`]; docs/BENCHMARKS.md, the profile).
     let state = (
         events,
         encode,
-        interval,
-        Box::pin(shutdown.clone().cancelled_owned()),
+        Keepalive::new(keepalive),
+        shutdown.wait(),
         bookends.prelude,
         false,
         OpenStream::new(transport),
@@ -168,7 +169,7 @@ where
         // delivered message; the timer is moved only when it fires too early.
         Instant::now(),
         // Whether the subscription ended with the hub's shutdown.
-        shutdown,
+        shutdown.clone(),
     );
     let at_shutdown = bookends.at_shutdown;
     let body = stream::unfold(state, move |mut st| async move {
@@ -186,7 +187,7 @@ where
                         // The subscription ended. At a shutdown (which ends subscriptions
                         // too) the last frame still says when to come back.
                         st.5 = true;
-                        return if st.8.is_cancelled() {
+                        return if st.8.is_stopped() {
                             at_shutdown.map(|frame| (Ok(frame()), st))
                         } else {
                             None
@@ -204,18 +205,65 @@ where
                     st.5 = true;
                     return at_shutdown.map(|frame| (Ok(frame()), st));
                 }
-                _ = st.2.tick() => {
+                now = &mut st.2 => {
                     let due = st.7 + keepalive;
-                    if Instant::now() < due {
-                        st.2.reset_at(due);
+                    if now < due {
+                        st.2.reset(due);
                         continue;
                     }
+                    st.2.reset(now + keepalive);
                     return Some((Ok(Bytes::from_static(keepalive_frame)), st));
                 }
             }
         }
     });
     Body::from_stream(body)
+}
+
+/// A timer for keepalives and pings, looked at once per wake-up of its stream: until it is
+/// due, a poll by the task it last registered answers from the clock instead of registering
+/// again with the timer. Ready with the time it fired; [`Keepalive::reset`] arms it again.
+pub(super) struct Keepalive {
+    sleep: Pin<Box<Sleep>>,
+    due: Instant,
+    registered: Option<Waker>,
+}
+
+impl Keepalive {
+    pub fn new(after: Duration) -> Self {
+        let due = Instant::now() + after;
+        Keepalive {
+            sleep: Box::pin(tokio::time::sleep_until(due)),
+            due,
+            registered: None,
+        }
+    }
+
+    pub fn reset(&mut self, due: Instant) {
+        self.due = due;
+        self.sleep.as_mut().reset(due);
+        self.registered = None;
+    }
+}
+
+impl Future for Keepalive {
+    type Output = Instant;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Instant> {
+        let now = Instant::now();
+        if now < self.due
+            && let Some(waker) = &self.registered
+            && waker.will_wake(cx.waker())
+        {
+            // The timer wakes this task when it is due.
+            return Poll::Pending;
+        }
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(now.max(self.due));
+        }
+        self.registered = Some(cx.waker().clone());
+        Poll::Pending
+    }
 }
 
 pub(super) fn streaming_response(content_type: &'static str, body: Body) -> Response {

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures_util::stream::{BoxStream, SelectAll, SplitSink, StreamExt};
 use futures_util::{FutureExt, SinkExt};
 use serde_json::Value;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{AuthPending, Caller};
@@ -27,7 +27,7 @@ use super::error::{ApiError, FrameRefusal};
 use super::extract::{Params, QueryPairs};
 use super::schema;
 use super::state::AppState;
-use super::streaming::OpenStream;
+use super::streaming::{Keepalive, OpenStream};
 use crate::hub::{Event, PageTurn, SlowPolicy};
 use crate::model::{NewMessage, Since, Topic, TopicList};
 use crate::server::ClientAddr;
@@ -208,13 +208,11 @@ impl Session {
                 }
             }
         }
-        // One wait for the shutdown for the socket's life: a `cancelled()` made anew in each
-        // turn of the loop joins and leaves the token's waiter list — a lock that every
-        // socket shares — once per delivered message (docs/BENCHMARKS.md, the profile).
-        let shutdown = self.state.hub.shutdown_token().clone().cancelled_owned();
-        tokio::pin!(shutdown);
-        let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // One wait for the shutdown and one ping timer for the socket's life, both answering
+        // from what they hold when polled again by this task: with one delivery per wake-up,
+        // `select!` polls them once per delivered message (docs/BENCHMARKS.md, the profile).
+        let mut shutdown = self.state.hub.stop().wait();
+        let mut ping = Keepalive::new(PING_EVERY);
         let mut last_heard = Instant::now();
         let auth_deadline = tokio::time::sleep(AUTH_WITHIN);
         tokio::pin!(auth_deadline);
@@ -265,7 +263,8 @@ impl Session {
                         return;
                     }
                 }
-                _ = ping.tick() => {
+                now = &mut ping => {
+                    ping.reset(now + PING_EVERY);
                     if last_heard.elapsed() > SILENT_LIMIT {
                         self.close(CLOSE_SILENT_PEER).await;
                         return;

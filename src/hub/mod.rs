@@ -20,6 +20,7 @@ pub use subscribe::{Event, PageTurn, Subscription, TopicEvents};
 
 use crate::model::{Appended, StoreError, TopicInfo};
 use crate::model::{Message, NewMessage, Seq, Topic};
+use crate::stop::Stop;
 use crate::store::{CommitFeed, Follow, Log};
 use crate::wire::Encoded;
 
@@ -117,6 +118,8 @@ pub struct Hub {
     // A std mutex: held only to look up or insert a topic's state, never across an await.
     topics: Mutex<HashMap<Topic, Arc<TopicState>>>,
     shutdown: CancellationToken,
+    /// The same shutdown, as subscriptions look at it once per wake-up.
+    stop: Stop,
     /// The map size above which the next new state first sweeps unused ones.
     sweep_above: std::sync::atomic::AtomicUsize,
     /// 0: no resync running; 1: one running; 2: one running and another asked for.
@@ -139,6 +142,7 @@ impl Hub {
             budget: budget::Budget::new(options.read_budget_bytes),
             options,
             topics: Mutex::new(HashMap::new()),
+            stop: Stop::follow(&shutdown),
             shutdown,
             sweep_above: std::sync::atomic::AtomicUsize::new(MIN_SWEEP),
             resyncs: std::sync::atomic::AtomicU8::new(0),
@@ -164,6 +168,11 @@ impl Hub {
 
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.shutdown
+    }
+
+    /// The shutdown for loops that look at it at every wake-up (see [`Stop`]).
+    pub fn stop(&self) -> &Stop {
+        &self.stop
     }
 
     pub fn options(&self) -> &HubOptions {

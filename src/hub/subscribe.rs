@@ -13,19 +13,18 @@
 //! page is handed out.
 
 use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::budget::Reservation;
 
 use super::read::Position;
 use super::{Hub, HubError, TopicState};
 use crate::model::{Cursor, Gap, GapReason, Seq, Since, SlowPolicy, Topic, TopicList};
+use crate::stop::StopWait;
 use crate::wire::Encoded;
 
 /// Messages read from the store per catch-up step.
@@ -92,11 +91,10 @@ pub struct TopicEvents {
     turn: PageTurn,
     /// Held while `pending` has a catch-up page in it.
     hold: Option<PageHold>,
-    /// The hub's shutdown, awaited through one future for the subscription's life: a
-    /// `cancelled()` per message joined and left the token's waiter list — a lock every
-    /// subscription shares — and `is_cancelled()` per message took it too (the fan-out
-    /// profile at 10,000 subscribers, docs/BENCHMARKS.md).
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The hub's shutdown, awaited through one future for the subscription's life: a poll of
+    /// the token's own future takes two locks every subscription shares, once per delivered
+    /// message (the fan-out profile at 10,000 subscribers, docs/BENCHMARKS.md).
+    shutdown: StopWait,
 }
 
 impl TopicEvents {
@@ -124,8 +122,7 @@ impl TopicEvents {
                 continue;
             }
             // The broadcast first: a message already there is taken without touching the
-            // shutdown (whose poll takes its lock); the shutdown is polled when the
-            // subscription is about to wait, once per wake-up.
+            // shutdown, which is looked at when the subscription is about to wait.
             let received = tokio::select! {
                 biased;
                 received = self.rx.recv() => received,
@@ -332,7 +329,7 @@ impl Hub {
                     ended: false,
                     turn: turn.clone(),
                     hold: None,
-                    shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
+                    shutdown: self.stop.wait(),
                 })
                 .collect(),
         })
