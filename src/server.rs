@@ -260,6 +260,9 @@ impl<I, G> Counted<I, G> {
     }
 }
 
+/// Vectored writes up to this many bytes are copied into one buffer and sent with one `send`.
+const COALESCE_BELOW: usize = 2048;
+
 /// The write timeout of one connection: a write or flush that stays pending (the peer's
 /// receive window and our send buffer are full: it stopped reading) for the timeout fails
 /// with `TimedOut`, which ends the connection — an SSE or NDJSON stream, a WebSocket, or a
@@ -332,7 +335,22 @@ impl<I: AsyncWrite + Unpin, G: Unpin> AsyncWrite for Counted<I, G> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        // hyper hands an event of a stream over as three slices (chunk size, data, CRLF). A
+        // small write goes out from one copy with `send`: on Linux, `writev` of a few short
+        // slices takes longer than the copy, through the VFS's generic vectored path (the
+        // fan-out profile: once per delivered message; docs/BENCHMARKS.md).
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let polled = if bufs.len() > 1 && total <= COALESCE_BELOW {
+            let mut joined = [0u8; COALESCE_BELOW];
+            let mut at = 0;
+            for b in bufs {
+                joined[at..at + b.len()].copy_from_slice(b);
+                at += b.len();
+            }
+            Pin::new(&mut self.io).poll_write(cx, &joined[..at])
+        } else {
+            Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        };
         self.stall.watch(cx, polled)
     }
 

@@ -138,80 +138,90 @@ pub(super) struct Bookends {
     pub at_shutdown: Option<fn() -> Bytes>,
 }
 
+/// What [`event_body`] carries from one frame to the next.
+struct BodyState<E> {
+    events: BoxStream<'static, (usize, Event)>,
+    encode: E,
+    keepalive: Keepalive,
+    /// The first frame, until it is sent.
+    prelude: Option<Bytes>,
+    done: bool,
+    _open: OpenStream,
+    /// When the last event went out. An event records it rather than moving the keepalive
+    /// timer: reading the clock costs less than moving a timer, once per delivered message;
+    /// the timer is moved only when it fires too early.
+    last_event: Instant,
+    /// Whether the subscription ended with the hub's shutdown.
+    stop: Stop,
+}
+
 /// A response body that carries a subscription's events as `encode` renders them, with a
-/// keepalive after each idle `keepalive`, ending when the subscription ends or on shutdown.
+/// keepalive after each idle `keepalive`, ending when the subscription ends: at the hub's
+/// shutdown (`stop`), which ends every subscription, with the `at_shutdown` frame.
 pub(super) fn event_body<E>(
     transport: &'static str,
     events: BoxStream<'static, (usize, Event)>,
     bookends: Bookends,
     keepalive_frame: &'static [u8],
     keepalive: Duration,
-    shutdown: &Stop,
+    stop: &Stop,
     encode: E,
 ) -> Body
 where
     E: FnMut(usize, &Event) -> Option<Bytes> + Send + 'static,
 {
-    // The keepalive timer and the shutdown are each one future for the body's life, polled
-    // after the events, so only when the stream is about to wait: with one delivery per
-    // wake-up that is once per delivered message, so both answer from what they hold
-    // ([`Keepalive`], [`crate::stop::StopWait`]; docs/BENCHMARKS.md, the profile).
-    let state = (
+    // The keepalive timer is one future for the body's life, polled after the events, so
+    // only when the stream is about to wait: with one delivery per wake-up that is once per
+    // delivered message, so it answers from the clock until due ([`Keepalive`];
+    // docs/BENCHMARKS.md, the profile). The shutdown needs no wait of its own here: it ends
+    // the subscription, whose end is seen first.
+    let state = BodyState {
         events,
         encode,
-        Keepalive::new(keepalive),
-        shutdown.wait(),
-        bookends.prelude,
-        false,
-        OpenStream::new(transport),
-        // When the last event went out. An event records it rather than resetting the
-        // keepalive timer: reading the clock costs less than moving a timer, once per
-        // delivered message; the timer is moved only when it fires too early.
-        Instant::now(),
-        // Whether the subscription ended with the hub's shutdown.
-        shutdown.clone(),
-    );
+        keepalive: Keepalive::new(keepalive),
+        prelude: bookends.prelude,
+        done: false,
+        _open: OpenStream::new(transport),
+        last_event: Instant::now(),
+        stop: stop.clone(),
+    };
     let at_shutdown = bookends.at_shutdown;
     let body = stream::unfold(state, move |mut st| async move {
-        if let Some(first) = st.4.take() {
+        if let Some(first) = st.prelude.take() {
             return Some((Ok::<_, Infallible>(first), st));
         }
         loop {
-            if st.5 {
+            if st.done {
                 return None;
             }
             tokio::select! {
                 biased;
-                event = st.0.next() => {
+                event = st.events.next() => {
                     let Some((i, event)) = event else {
-                        // The subscription ended. At a shutdown (which ends subscriptions
-                        // too) the last frame still says when to come back.
-                        st.5 = true;
-                        return if st.8.is_stopped() {
+                        // The subscription ended. At a shutdown (which ends subscriptions)
+                        // the last frame still says when to come back.
+                        st.done = true;
+                        return if st.stop.is_stopped() {
                             at_shutdown.map(|frame| (Ok(frame()), st))
                         } else {
                             None
                         };
                     };
-                    st.7 = Instant::now();
+                    st.last_event = Instant::now();
                     if matches!(event, Event::Disconnected) {
-                        st.5 = true;
+                        st.done = true;
                     }
-                    if let Some(bytes) = (st.1)(i, &event) {
+                    if let Some(bytes) = (st.encode)(i, &event) {
                         return Some((Ok(bytes), st));
                     }
                 }
-                _ = &mut st.3 => {
-                    st.5 = true;
-                    return at_shutdown.map(|frame| (Ok(frame()), st));
-                }
-                now = &mut st.2 => {
-                    let due = st.7 + keepalive;
+                now = &mut st.keepalive => {
+                    let due = st.last_event + keepalive;
                     if now < due {
-                        st.2.reset(due);
+                        st.keepalive.reset(due);
                         continue;
                     }
-                    st.2.reset(now + keepalive);
+                    st.keepalive.reset(now + keepalive);
                     return Some((Ok(Bytes::from_static(keepalive_frame)), st));
                 }
             }

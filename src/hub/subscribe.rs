@@ -190,7 +190,7 @@ impl TopicEvents {
                 hub.budget.wait_for_room(max_bytes).await;
                 Some(turn)
             } => held,
-            _ = self.hub.shutdown.cancelled() => None,
+            () = &mut self.shutdown => None,
         };
         let Some(turn) = acquired else {
             self.ended = true;
@@ -233,11 +233,11 @@ impl TopicEvents {
         }
     }
 
-    pub fn into_stream(self) -> BoxStream<'static, Event> {
-        stream::unfold(
-            self,
-            |mut sub| async move { sub.next().await.map(|e| (e, sub)) },
-        )
+    /// The events as `(i, event)`, for a subscription whose topic `i` this is.
+    fn into_indexed_stream(self, i: usize) -> BoxStream<'static, (usize, Event)> {
+        stream::unfold(self, move |mut sub| async move {
+            sub.next().await.map(|e| ((i, e), sub))
+        })
         .boxed()
     }
 }
@@ -264,7 +264,7 @@ impl Subscription {
             .topics
             .into_iter()
             .enumerate()
-            .map(|(i, t)| t.into_stream().map(move |e| (i, e)).boxed())
+            .map(|(i, t)| t.into_indexed_stream(i))
             .collect();
         if streams.len() == 1
             && let Some(only) = streams.pop()
