@@ -15,8 +15,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 
+use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 use tokio::sync::futures::OwnedNotified;
 use tokio_util::sync::CancellationToken;
@@ -28,19 +29,34 @@ pub struct Stop {
     notify: Arc<Notify>,
 }
 
+impl Default for Stop {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Stop {
-    /// Follows `token`: once it is cancelled, the flag is set, then every wait is woken. Must
-    /// be called inside a tokio runtime.
-    pub fn follow(token: &CancellationToken) -> Self {
-        let stop = Stop {
+    /// A stop of its own, stopped by [`Stop::stop`].
+    pub fn new() -> Self {
+        Stop {
             stopped: Arc::new(AtomicBool::new(false)),
             notify: Arc::new(Notify::new()),
-        };
+        }
+    }
+
+    /// Stops: the flag is set, then every wait is woken.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Follows `token`: stops once it is cancelled. Must be called inside a tokio runtime.
+    pub fn follow(token: &CancellationToken) -> Self {
+        let stop = Stop::new();
         let (token, set) = (token.clone(), stop.clone());
         tokio::spawn(async move {
             token.cancelled().await;
-            set.stopped.store(true, Ordering::SeqCst);
-            set.notify.notify_waiters();
+            set.stop();
         });
         stop
     }
@@ -55,7 +71,7 @@ impl Stop {
             // Made before the flag is first read: a wake-up between the two still reaches it.
             notified: Box::pin(self.notify.clone().notified_owned()),
             stopped: self.stopped.clone(),
-            registered: None,
+            registered: Registered::Nothing,
         }
     }
 }
@@ -65,7 +81,32 @@ pub struct StopWait {
     stopped: Arc<AtomicBool>,
     notified: Pin<Box<OwnedNotified>>,
     /// The waker the waiter list holds for this wait.
-    registered: Option<Waker>,
+    registered: Registered,
+}
+
+enum Registered {
+    /// Not polled yet.
+    Nothing,
+    /// The polling task's own waker, as long as it stays the same one.
+    Task(Waker),
+    /// A relay, once the polling waker changed: a waker of `futures`' `FuturesUnordered` (a
+    /// WebSocket's subscriptions) never says it `will_wake` like its own clone, which made
+    /// every poll register with the waiter list again, under its lock (the fan-out profile).
+    /// The waiter list holds the relay's waker; a poll only hands the relay the task's.
+    Relay(Arc<Relay>),
+}
+
+/// Wakes whichever waker it was last given.
+struct Relay(AtomicWaker);
+
+impl Wake for Relay {
+    fn wake(self: Arc<Self>) {
+        self.0.wake();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.wake();
+    }
 }
 
 impl Future for StopWait {
@@ -75,16 +116,38 @@ impl Future for StopWait {
         if self.stopped.load(Ordering::Acquire) {
             return Poll::Ready(());
         }
-        if let Some(waker) = &self.registered
-            && waker.will_wake(cx.waker())
+        let waker = match &self.registered {
+            Registered::Task(waker) if waker.will_wake(cx.waker()) => {
+                // The waiter list wakes this task when the stop comes, after setting the flag.
+                return Poll::Pending;
+            }
+            Registered::Relay(relay) => {
+                relay.0.register(cx.waker());
+                // A stop between the first look and the registration woke the old waker.
+                if self.stopped.load(Ordering::Acquire) {
+                    return Poll::Ready(());
+                }
+                return Poll::Pending;
+            }
+            Registered::Nothing => cx.waker().clone(),
+            Registered::Task(_) => {
+                let relay = Arc::new(Relay(AtomicWaker::new()));
+                relay.0.register(cx.waker());
+                self.registered = Registered::Relay(relay.clone());
+                Waker::from(relay)
+            }
+        };
+        if self
+            .notified
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_ready()
         {
-            // The waiter list wakes this task when the stop comes, after setting the flag.
-            return Poll::Pending;
-        }
-        if self.notified.as_mut().poll(cx).is_ready() {
             return Poll::Ready(());
         }
-        self.registered = Some(cx.waker().clone());
+        if matches!(self.registered, Registered::Nothing) {
+            self.registered = Registered::Task(waker);
+        }
         Poll::Pending
     }
 }
@@ -122,6 +185,32 @@ mod tests {
         assert!(stop.is_stopped());
         // A wait made after the stop is ready at once.
         stop.wait().await;
+    }
+
+    #[tokio::test]
+    async fn a_wait_polled_by_ever_new_wakers_is_woken_through_the_last() {
+        let stop = Stop::new();
+        let mut wait = stop.wait();
+        // Polled with one waker, then awaited by a task of its own: the change of waker
+        // hands the wait over to a relay.
+        for _ in 0..3 {
+            assert!(futures_util::FutureExt::now_or_never(&mut wait).is_none());
+        }
+        let waiter = tokio::spawn(wait);
+        tokio::task::yield_now().await;
+        stop.stop();
+        waiter.await.expect("woken");
+    }
+
+    #[tokio::test]
+    async fn a_stop_of_its_own_wakes_its_waits() {
+        let stop = Stop::new();
+        let waiter = tokio::spawn(stop.wait());
+        tokio::task::yield_now().await;
+        assert!(!stop.is_stopped());
+        stop.stop();
+        waiter.await.expect("woken");
+        assert!(stop.is_stopped());
     }
 
     #[tokio::test]

@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use axum::Extension;
@@ -16,11 +18,11 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, 
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use bytes::Bytes;
-use futures_util::stream::{BoxStream, SelectAll, SplitSink, StreamExt};
+use futures_util::stream::{BoxStream, SelectAll, SplitSink, Stream, StreamExt};
+use futures_util::task::AtomicWaker;
 use futures_util::{FutureExt, SinkExt};
 use serde_json::Value;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::auth::{AuthPending, Caller};
 use super::error::{ApiError, FrameRefusal};
@@ -29,8 +31,10 @@ use super::schema;
 use super::state::AppState;
 use super::streaming::{Keepalive, OpenStream};
 use crate::hub::{Event, PageTurn, SlowPolicy};
-use crate::model::{NewMessage, Since, Topic, TopicList};
+use crate::model::{Gap, NewMessage, Seq, Since, Topic, TopicList};
+use crate::stop::Stop;
 use crate::server::ClientAddr;
+use crate::wire::Encoded;
 use crate::wire::frames::ws_gap;
 use crate::wire::ws::{
     CLOSE_RESTARTING, CLOSE_SILENT_PEER, CLOSE_UNAUTHORIZED, Close, Command, Reply, auth_ok_frame,
@@ -151,10 +155,11 @@ struct Session {
     client: Option<IpAddr>,
     sink: Option<Outbox>,
     socket: Option<WebSocket>,
-    /// Each subscription's events, then `None` once it ends on its own (not by unsubscribe).
-    subs: SelectAll<BoxStream<'static, (Topic, Option<Event>)>>,
+    /// Each subscription's deliveries, then [`Delivery::Ended`] once it ends on its own (not
+    /// by unsubscribe).
+    subs: SelectAll<BoxStream<'static, Delivery>>,
     /// Each subscribed topic's cancel switch (unsubscribe, resubscribe).
-    active: HashMap<Topic, CancellationToken>,
+    active: HashMap<Topic, Stop>,
     /// Per topic subscribed through a consumer: the highest seq written to the socket, which
     /// an `auto` consumer advances to.
     written: HashMap<Topic, Arc<AtomicU64>>,
@@ -192,7 +197,8 @@ impl Session {
             return;
         };
         let _open = OpenStream::new("ws");
-        let (sink, mut incoming) = socket.split();
+        let (sink, incoming) = socket.split();
+        let mut incoming = WokenOnly::new(incoming);
         self.sink = Some(sink);
         if let Some((topics, since)) = initial {
             for topic in topics.iter() {
@@ -258,8 +264,8 @@ impl Session {
                         return;
                     }
                 }
-                Some((topic, event)) = self.subs.next(), if !self.subs.is_empty() => {
-                    if self.deliver_ready(topic, event).await.is_err() {
+                Some(delivery) = self.subs.next(), if !self.subs.is_empty() => {
+                    if self.deliver_ready(delivery).await.is_err() {
                         return;
                     }
                 }
@@ -281,14 +287,14 @@ impl Session {
     /// then flushes once: a socket that fell behind gets its pending frames in one write, not
     /// one write each (docs/BENCHMARKS.md, the fan-out profile). A consumer's position moves
     /// only once the frames are flushed.
-    async fn deliver_ready(&mut self, topic: Topic, event: Option<Event>) -> Result<(), ()> {
+    async fn deliver_ready(&mut self, first: Delivery) -> Result<(), ()> {
         let mut written = Vec::new();
-        self.deliver(topic, event, &mut written).await?;
+        self.deliver(first, &mut written).await?;
         for _ in 1..WRITE_BATCH {
             // Polling with a no-op waker is sound here: a subscription woken meanwhile stays
             // queued in `SelectAll`, which the loop's next `select!` polls with its own waker.
             match self.subs.next().now_or_never() {
-                Some(Some((topic, event))) => self.deliver(topic, event, &mut written).await?,
+                Some(Some(delivery)) => self.deliver(delivery, &mut written).await?,
                 _ => break,
             }
         }
@@ -306,27 +312,29 @@ impl Session {
     /// collects the consumer positions it moves once flushed.
     async fn deliver(
         &mut self,
-        topic: Topic,
-        event: Option<Event>,
+        delivery: Delivery,
         written: &mut Vec<(Arc<AtomicU64>, u64)>,
     ) -> Result<(), ()> {
-        let Some(event) = event else {
-            return self.ended(topic).await;
-        };
-        let bytes = match &event {
-            Event::Message(enc) => {
+        let (bytes, position) = match delivery {
+            Delivery::Message(enc) => {
                 self.deliveries.increment(1);
-                enc.ws()
+                let sent = self.written.get(&enc.msg.topic);
+                let position = sent.map(|sent| (sent.clone(), enc.msg.seq));
+                (enc.ws(), position)
             }
-            Event::Gap { gap, .. } => ws_gap(gap),
-            Event::Disconnected => {
+            Delivery::Gap(topic, gap, after) => {
+                let position = self.written.get(&topic).map(|sent| (sent.clone(), after));
+                (ws_gap(&gap), position)
+            }
+            Delivery::Disconnected(topic) => {
                 // This topic's subscription ended (slow consumer, `disconnect` policy); the
-                // cancel keeps its end from being reported again as a failure.
-                if let Some(token) = self.active.remove(&topic) {
-                    token.cancel();
+                // stop keeps its end from being reported again as a failure.
+                if let Some(stop) = self.active.remove(&topic) {
+                    stop.stop();
                 }
                 return self.send_text(disconnect_frame(&topic)).await;
             }
+            Delivery::Ended(topic) => return self.ended(topic).await,
         };
         match Utf8Bytes::try_from(bytes) {
             Ok(text) => {
@@ -334,9 +342,7 @@ impl Session {
                     Some(sink) => sink.feed(WsMessage::Text(text)).await.map_err(|_| ())?,
                     None => return Err(()),
                 }
-                if let (Some(sent), Some(after)) = (self.written.get(&topic), event.after()) {
-                    written.push((sent.clone(), after));
-                }
+                written.extend(position);
                 Ok(())
             }
             Err(_) => Ok(()),
@@ -499,8 +505,8 @@ impl Session {
                 ))
             }
             Command::Unsubscribe { topic } => {
-                if let Some(token) = self.active.remove(&topic) {
-                    token.cancel();
+                if let Some(stop) = self.active.remove(&topic) {
+                    stop.stop();
                 }
                 Ok(ok_frame(id, Reply::Unsubscribed { topic: &topic }))
             }
@@ -556,16 +562,18 @@ impl Session {
     /// Adds a subscription's events, replacing an earlier subscription to the topic.
     fn track(&mut self, topic: Topic, events: BoxStream<'static, Option<Event>>) {
         self.written.remove(&topic);
-        let token = CancellationToken::new();
-        if let Some(old) = self.active.insert(topic.clone(), token.clone()) {
-            old.cancel();
+        let stop = Stop::new();
+        if let Some(old) = self.active.insert(topic.clone(), stop.clone()) {
+            old.stop();
         }
         // The end marker is inside `take_until`: an unsubscribe or a replacing subscribe
-        // cancels the stream before it, so only an end of the hub's own is reported.
+        // stops the stream before it, so only an end of the hub's own is reported. The stop
+        // is polled at every wake-up of the socket, so it is a [`Stop`], which answers from
+        // a flag when polled again.
         let events = events
             .chain(futures_util::stream::once(async { None }))
-            .take_until(token.cancelled_owned())
-            .map(move |event| (topic.clone(), event))
+            .take_until(stop.wait())
+            .map(move |event| Delivery::of(&topic, event))
             .boxed();
         self.subs.push(events);
     }
@@ -600,6 +608,103 @@ impl Session {
             sub.into_stream().map(|(_, event)| Some(event)).boxed(),
         );
         Ok(next)
+    }
+}
+
+/// What a subscription of the socket yields. A message names its topic itself: taking a
+/// copy of the topic's name (an `Arc` every subscriber of it shares) per delivered message
+/// was a contended count on two cores (docs/BENCHMARKS.md, the profile).
+enum Delivery {
+    Message(Arc<Encoded>),
+    /// A gap of the topic, and the position after it.
+    Gap(Topic, Gap, Seq),
+    /// The topic's subscription fell behind with the `disconnect` policy.
+    Disconnected(Topic),
+    /// The topic's subscription ended on its own (its store read failed, or the shutdown).
+    Ended(Topic),
+}
+
+impl Delivery {
+    fn of(topic: &Topic, event: Option<Event>) -> Self {
+        match event {
+            Some(Event::Message(enc)) => Delivery::Message(enc),
+            Some(Event::Gap { gap, after }) => Delivery::Gap(topic.clone(), gap, after),
+            Some(Event::Disconnected) => Delivery::Disconnected(topic.clone()),
+            None => Delivery::Ended(topic.clone()),
+        }
+    }
+}
+
+/// A stream polled only after it woke. The session's `select!` looks at the socket's read
+/// side at every wake-up, once per delivered message, and each look took the split's lock
+/// and readied tungstenite's read buffer (zeroing it) for a read that found nothing
+/// (docs/BENCHMARKS.md, the profile). The inner stream gets a waker of its own that notes the
+/// wake before waking the task; polled without one since its last `Pending`, this answers
+/// `Pending` at once, which is all the inner stream could answer.
+struct WokenOnly<S> {
+    inner: S,
+    flag: Arc<WakeFlag>,
+    waker: Waker,
+    /// The task's waker that `flag` wakes.
+    registered: Option<Waker>,
+}
+
+struct WakeFlag {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<S> WokenOnly<S> {
+    fn new(inner: S) -> Self {
+        let flag = Arc::new(WakeFlag {
+            // Never polled: the first poll reaches the inner stream.
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        WokenOnly {
+            inner,
+            waker: Waker::from(flag.clone()),
+            flag,
+            registered: None,
+        }
+    }
+}
+
+impl<S: Stream + Unpin> Stream for WokenOnly<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        let this = &mut *self;
+        // The task's waker first, so that a wake from now on reaches this task.
+        if !this
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            this.flag.task.register(cx.waker());
+            this.registered = Some(cx.waker().clone());
+        }
+        if !this.flag.woken.load(Ordering::Acquire) || !this.flag.woken.swap(false, Ordering::AcqRel)
+        {
+            return Poll::Pending;
+        }
+        let polled = Pin::new(&mut this.inner).poll_next(&mut Context::from_waker(&this.waker));
+        if polled.is_ready() {
+            // More may be ready without another wake.
+            this.flag.woken.store(true, Ordering::Release);
+        }
+        polled
     }
 }
 
