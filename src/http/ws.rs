@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
@@ -32,8 +32,8 @@ use super::state::AppState;
 use super::streaming::{Keepalive, OpenStream};
 use crate::hub::{Event, PageTurn, SlowPolicy};
 use crate::model::{Gap, NewMessage, Seq, Since, Topic, TopicList};
-use crate::stop::Stop;
 use crate::server::ClientAddr;
+use crate::stop::Stop;
 use crate::wire::Encoded;
 use crate::wire::frames::ws_gap;
 use crate::wire::ws::{
@@ -695,7 +695,8 @@ impl<S: Stream + Unpin> Stream for WokenOnly<S> {
             this.flag.task.register(cx.waker());
             this.registered = Some(cx.waker().clone());
         }
-        if !this.flag.woken.load(Ordering::Acquire) || !this.flag.woken.swap(false, Ordering::AcqRel)
+        if !this.flag.woken.load(Ordering::Acquire)
+            || !this.flag.woken.swap(false, Ordering::AcqRel)
         {
             return Poll::Pending;
         }
