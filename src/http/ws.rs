@@ -645,8 +645,6 @@ struct WokenOnly<S> {
     inner: S,
     flag: Arc<WakeFlag>,
     waker: Waker,
-    /// The task's waker that `flag` wakes.
-    registered: Option<Waker>,
 }
 
 struct WakeFlag {
@@ -676,7 +674,6 @@ impl<S> WokenOnly<S> {
             inner,
             waker: Waker::from(flag.clone()),
             flag,
-            registered: None,
         }
     }
 }
@@ -686,15 +683,9 @@ impl<S: Stream + Unpin> Stream for WokenOnly<S> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
         let this = &mut *self;
-        // The task's waker first, so that a wake from now on reaches this task.
-        if !this
-            .registered
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            this.flag.task.register(cx.waker());
-            this.registered = Some(cx.waker().clone());
-        }
+        // The task's waker first, so that a wake from now on reaches this task. At every poll:
+        // a wake takes the waker out of the `AtomicWaker`.
+        this.flag.task.register(cx.waker());
         if !this.flag.woken.load(Ordering::Acquire)
             || !this.flag.woken.swap(false, Ordering::AcqRel)
         {
@@ -728,6 +719,38 @@ mod tests {
     use super::*;
     use std::pin::Pin;
     use std::task::{Context, Poll};
+
+    /// Every item reaches a reader that waits between them: each wake of the inner stream
+    /// reaches the task, the second and later ones too (a wake takes the task's waker out of
+    /// the flag, so it is registered again at every poll).
+    #[tokio::test]
+    async fn a_stream_polled_only_when_woken_misses_no_wake() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+        let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+        let inner = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|v| (v, rx))
+        }));
+        let mut stream = WokenOnly::new(inner);
+        tokio::spawn(async move {
+            for i in 0..50 {
+                tx.send(i).expect("open");
+                // The next item goes out only once this one was read.
+                if ack_rx.recv().await.is_none() {
+                    return;
+                }
+            }
+        });
+        let read = async {
+            for i in 0..50 {
+                assert_eq!(stream.next().await, Some(i));
+                ack_tx.send(i).expect("open");
+            }
+        };
+        // A lost wake would hang the reader: fail instead.
+        tokio::time::timeout(std::time::Duration::from_secs(60), read)
+            .await
+            .expect("every item read");
+    }
 
     /// A peer that reads nothing: every write and flush waits forever.
     struct Unread;
