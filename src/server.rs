@@ -263,6 +263,21 @@ impl<I, G> Counted<I, G> {
 /// Vectored writes up to this many bytes are copied into one buffer and sent with one `send`.
 const COALESCE_BELOW: usize = 2048;
 
+/// Writes `bufs` (at most `N` bytes in all) with one `poll_write` of a copy.
+fn send_joined<const N: usize, W: AsyncWrite>(
+    io: Pin<&mut W>,
+    cx: &mut Context<'_>,
+    bufs: &[std::io::IoSlice<'_>],
+) -> Poll<std::io::Result<usize>> {
+    let mut joined = [0u8; N];
+    let mut at = 0;
+    for b in bufs {
+        joined[at..at + b.len()].copy_from_slice(b);
+        at += b.len();
+    }
+    io.poll_write(cx, &joined[..at])
+}
+
 /// The write timeout of one connection: a write or flush that stays pending (the peer's
 /// receive window and our send buffer are full: it stopped reading) for the timeout fails
 /// with `TimedOut`, which ends the connection — an SSE or NDJSON stream, a WebSocket, or a
@@ -339,17 +354,15 @@ impl<I: AsyncWrite + Unpin, G: Unpin> AsyncWrite for Counted<I, G> {
         // small write goes out from one copy with `send`: on Linux, `writev` of a few short
         // slices takes longer than the copy, through the VFS's generic vectored path (the
         // fan-out profile: once per delivered message; docs/BENCHMARKS.md).
+        // The copy's buffer comes in two sizes, so that a typical event does not zero 2 KiB
+        // on the stack to copy ~150 bytes.
         let total: usize = bufs.iter().map(|b| b.len()).sum();
-        let polled = if bufs.len() > 1 && total <= COALESCE_BELOW {
-            let mut joined = [0u8; COALESCE_BELOW];
-            let mut at = 0;
-            for b in bufs {
-                joined[at..at + b.len()].copy_from_slice(b);
-                at += b.len();
-            }
-            Pin::new(&mut self.io).poll_write(cx, &joined[..at])
-        } else {
+        let polled = if bufs.len() < 2 || total > COALESCE_BELOW {
             Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        } else if total <= 512 {
+            send_joined::<512, _>(Pin::new(&mut self.io), cx, bufs)
+        } else {
+            send_joined::<COALESCE_BELOW, _>(Pin::new(&mut self.io), cx, bufs)
         };
         self.stall.watch(cx, polled)
     }

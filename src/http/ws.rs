@@ -322,8 +322,11 @@ impl Session {
                 let position = sent.map(|sent| (sent.clone(), enc.msg.seq));
                 (enc.ws(), position)
             }
-            Delivery::Gap(topic, gap, after) => {
-                let position = self.written.get(&topic).map(|sent| (sent.clone(), after));
+            Delivery::Gap(gap, after) => {
+                let position = self
+                    .written
+                    .get(&gap.topic)
+                    .map(|sent| (sent.clone(), after));
                 (ws_gap(&gap), position)
             }
             Delivery::Disconnected(topic) => {
@@ -611,13 +614,13 @@ impl Session {
     }
 }
 
-/// What a subscription of the socket yields. A message names its topic itself: taking a
+/// What a subscription of the socket yields. A message and a gap name their topic: taking a
 /// copy of the topic's name (an `Arc` every subscriber of it shares) per delivered message
 /// was a contended count on two cores (docs/BENCHMARKS.md, the profile).
 enum Delivery {
     Message(Arc<Encoded>),
-    /// A gap of the topic, and the position after it.
-    Gap(Topic, Gap, Seq),
+    /// A gap (which names its topic), and the position after it.
+    Gap(Gap, Seq),
     /// The topic's subscription fell behind with the `disconnect` policy.
     Disconnected(Topic),
     /// The topic's subscription ended on its own (its store read failed, or the shutdown).
@@ -628,7 +631,7 @@ impl Delivery {
     fn of(topic: &Topic, event: Option<Event>) -> Self {
         match event {
             Some(Event::Message(enc)) => Delivery::Message(enc),
-            Some(Event::Gap { gap, after }) => Delivery::Gap(topic.clone(), gap, after),
+            Some(Event::Gap { gap, after }) => Delivery::Gap(gap, after),
             Some(Event::Disconnected) => Delivery::Disconnected(topic.clone()),
             None => Delivery::Ended(topic.clone()),
         }
