@@ -332,7 +332,7 @@ pub(super) enum StreamKind {
 /// gives (moving an `auto` consumer back). `since` is refused with a consumer.
 pub(super) fn stream_consumer(
     params: &super::extract::Params,
-    headers: &axum::http::HeaderMap,
+    last_event_id: Option<&str>,
     max_topics: usize,
 ) -> Result<Option<(ConsumerName, Option<crate::model::Cursor>)>, ApiError> {
     let Some(name) = params.get("consumer")? else {
@@ -344,15 +344,9 @@ pub(super) fn stream_consumer(
             "since: a read through a consumer starts where the consumer stands; seek it instead",
         ));
     }
-    let last = match headers.get("last-event-id") {
-        Some(v) => {
-            let text = v
-                .to_str()
-                .map_err(|_| ApiError::bad_request("Last-Event-ID is not visible ASCII"))?;
-            Some(crate::model::Cursor::parse_bounded(text, max_topics)?)
-        }
-        None => None,
-    };
+    let last = last_event_id
+        .map(|text| crate::model::Cursor::parse_bounded(text, max_topics))
+        .transpose()?;
     Ok(Some((name, last)))
 }
 

@@ -30,6 +30,12 @@ pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a s
         .transpose()
 }
 
+/// A header copied out as text, for a handler that drops the request's headers before it
+/// waits (see `streaming::stream_request`): the result owns nothing of the request.
+pub fn header_owned(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {
+    header_str(headers, name).map(|v| v.map(str::to_owned))
+}
+
 /// The `Idempotency-Key` header, validated (publish and job submit share it).
 pub fn idempotency_key_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     idempotency_key(header_str(headers, "idempotency-key")?)

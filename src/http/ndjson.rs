@@ -50,10 +50,12 @@ async fn ndjson(
     query: QueryPairs,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let req = stream_request(&state, &caller, path, query, &headers).await?;
-    if let Some((name, last)) =
-        super::consumers::stream_consumer(&req.params, &headers, state.options.max_topics)?
-    {
+    let req = stream_request(&state, &caller, path, query, headers).await?;
+    if let Some((name, last)) = super::consumers::stream_consumer(
+        &req.params,
+        req.last_event_id.as_deref(),
+        state.options.max_topics,
+    )? {
         let kind = super::consumers::StreamKind::Ndjson;
         return super::consumers::stream(&state, req.topics, name, last, kind).await;
     }

@@ -81,6 +81,10 @@ async fn poll(
     query: QueryPairs,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    // Read, then dropped before any wait (see `streaming::stream_request`): a held poll would
+    // keep hyper's request buffer beside the one it reserves for the next read.
+    let prefer_wait = extract::prefer_wait(&headers);
+    drop(headers);
     let topics = TopicList::parse(&path_param(path)?, state.options.max_topics)?;
     for topic in topics.iter() {
         caller.subscribe(&state.jobs, topic).await?;
@@ -116,7 +120,7 @@ async fn poll(
     // The query wins over `Prefer: wait` when both are given.
     let wait = match params.get("wait")? {
         Some(v) => extract::parse_seconds("wait", v)?,
-        None => extract::prefer_wait(&headers)?.unwrap_or_default(),
+        None => prefer_wait?.unwrap_or_default(),
     }
     .min(state.options.max_wait);
     if let Some(name) = consumer {

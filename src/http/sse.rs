@@ -59,7 +59,7 @@ async fn sse(
     query: QueryPairs,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let req = stream_request(&state, &caller, path, query, &headers).await?;
+    let req = stream_request(&state, &caller, path, query, headers).await?;
     let raw = match req.params.get("raw")? {
         None | Some("0") | Some("false") => false,
         Some("1") | Some("true") | Some("") => true,
@@ -69,9 +69,11 @@ async fn sse(
             )));
         }
     };
-    if let Some((name, last)) =
-        super::consumers::stream_consumer(&req.params, &headers, state.options.max_topics)?
-    {
+    if let Some((name, last)) = super::consumers::stream_consumer(
+        &req.params,
+        req.last_event_id.as_deref(),
+        state.options.max_topics,
+    )? {
         let kind = super::consumers::StreamKind::Sse { raw };
         return super::consumers::stream(&state, req.topics, name, last, kind).await;
     }

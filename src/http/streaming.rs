@@ -18,7 +18,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::extract::{Params, QueryPairs, path_param};
+use super::extract::{Params, QueryPairs, header_owned, path_param};
 use super::state::AppState;
 use crate::hub::{Event, SlowPolicy, Subscription};
 use crate::model::{Cursor, Seq, Since, Topic, TopicList};
@@ -30,29 +30,33 @@ pub(super) struct StreamRequest {
     pub since: Since,
     pub slow: SlowPolicy,
     pub params: Params,
+    /// The `Last-Event-ID` header, visible ASCII.
+    pub last_event_id: Option<String>,
 }
 
 /// Parses the topics, `since` (default `now`; `Last-Event-ID` wins when given) and `slow`.
+///
+/// The headers are taken by value and dropped before the first wait: their values share the
+/// buffer hyper read the request into, and while they live hyper reserves a second buffer for
+/// the connection's next read (8 KiB, and on a busy hub often a used one, resident), which a
+/// stream would then hold for its whole life (docs/BENCHMARKS.md, idle memory).
 pub(super) async fn stream_request(
     state: &AppState,
     caller: &Caller,
     path: Result<Path<String>, PathRejection>,
     query: QueryPairs,
-    headers: &HeaderMap,
+    headers: HeaderMap,
 ) -> Result<StreamRequest, ApiError> {
+    let last_event_id = header_owned(&headers, "last-event-id");
+    drop(headers);
     let topics = TopicList::parse(&path_param(path)?, state.options.max_topics)?;
     for topic in topics.iter() {
         caller.subscribe(&state.jobs, topic).await?;
     }
     let params = Params::from(query)?;
-    let last_event_id = match headers.get("last-event-id") {
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| ApiError::bad_request("Last-Event-ID is not visible ASCII"))?,
-        ),
-        None => None,
-    };
-    let since = match last_event_id.or(params.get("since")?) {
+    let last_event_id =
+        last_event_id.map_err(|_| ApiError::bad_request("Last-Event-ID is not visible ASCII"))?;
+    let since = match last_event_id.as_deref().or(params.get("since")?) {
         Some(s) => Since::parse_bounded(s, state.options.max_topics)?,
         None => Since::Now,
     };
@@ -65,6 +69,7 @@ pub(super) async fn stream_request(
         since,
         slow,
         params,
+        last_event_id,
     })
 }
 

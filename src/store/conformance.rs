@@ -1864,6 +1864,21 @@ async fn finished_jobs_are_purged_with_their_topics() {
             None,
             "{name}: its topic went with it"
         );
+        assert_eq!(
+            store.log.bounds(&old.id.topic()).await.unwrap(),
+            None,
+            "{name}: and so did its bounds"
+        );
+        assert_eq!(
+            store
+                .log
+                .bounds(&young.id.topic())
+                .await
+                .unwrap()
+                .map(|b| (b.first_seq, b.last_seq)),
+            Some((1, 2)),
+            "{name}: a kept job's topic keeps its bounds"
+        );
         assert!(store.jobs.get(&young.id).await.unwrap().is_some(), "{name}");
         assert!(
             store.jobs.get(&waiting.id).await.unwrap().is_some(),

@@ -28,6 +28,7 @@ use rusqlite::{Connection, Transaction};
 use tokio::sync::oneshot;
 
 use self::read::ReadPool;
+use self::topics::CommittedBounds;
 use self::writer::{Deferred, Op, Writer, WriterHealth};
 use super::consumers::{ConsumerStore, StoredConsumer};
 use super::follow::{CommitFeed, FeedSlot, Follow};
@@ -70,6 +71,8 @@ pub struct SqliteLog {
     lock: std::fs::File,
     /// `limits.max_topics_total`, shared with the writer, which counts the topics.
     max_topics: Arc<std::sync::atomic::AtomicU64>,
+    /// Each topic's committed bounds, kept by the writer.
+    bounds: CommittedBounds,
 }
 
 impl SqliteLog {
@@ -118,10 +121,12 @@ impl SqliteLog {
         let feed = FeedSlot::new();
         let health = WriterHealth::default();
         let max_topics = Arc::new(std::sync::atomic::AtomicU64::new(MAX_TOPICS_TOTAL));
+        let bounds = CommittedBounds::of(&topics);
         let mut writer = Writer {
             health: health.clone(),
             conn,
             topics,
+            bounds: bounds.clone(),
             retention,
             max_topics: max_topics.clone(),
             feed: feed.sender(),
@@ -137,6 +142,7 @@ impl SqliteLog {
             feed,
             health,
             lock,
+            bounds,
         })
     }
 
@@ -304,8 +310,8 @@ impl Log for SqliteLog {
     }
 
     fn bounds(&self, topic: &Topic) -> BoxFuture<'_, StoreResult<Option<LogBounds>>> {
-        let topic = topic.clone();
-        self.with_reader(move |tx| read::bounds(tx, &topic))
+        let bounds = self.bounds.get(topic);
+        Box::pin(async move { Ok(bounds) })
     }
 
     fn seek_time(&self, topic: &Topic, time: Millis) -> BoxFuture<'_, StoreResult<Seq>> {

@@ -146,10 +146,6 @@ pub(super) fn messages(
     })
 }
 
-pub(super) fn bounds(tx: &Transaction<'_>, topic: &Topic) -> rusqlite::Result<Option<LogBounds>> {
-    Ok(read_bounds(tx, topic)?.map(|(_, b)| b))
-}
-
 /// The position just before the first retained message at or after `time`.
 pub(super) fn seek_time(
     tx: &Transaction<'_>,

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::topics::{TopicRow, load_topics, save_row, time_at};
+use super::topics::{CommittedBounds, TopicRow, load_topics, save_row, time_at};
 use crate::model::{Millis, Seq, Topic, now_millis};
 use crate::store::log::Retention;
 
@@ -15,6 +15,7 @@ const RETENTION_CHUNK: u64 = 2000;
 pub(super) struct Retainer<'a> {
     pub(super) conn: &'a mut Connection,
     pub(super) topics: &'a mut HashMap<Topic, TopicRow>,
+    pub(super) bounds: &'a CommittedBounds,
     pub(super) retention: Retention,
 }
 
@@ -118,6 +119,7 @@ impl Retainer<'_> {
         let done = updated.count <= self.retention.max_messages
             && updated.oldest_time.is_none_or(|t| t >= oldest_allowed);
         self.topics.insert(topic.clone(), updated);
+        self.bounds.publish(self.topics, [topic]);
         Ok((removed as u64, done))
     }
 }

@@ -1,10 +1,11 @@
 //! The writer's cache of the `topics` rows: each topic's counter, bounds and totals.
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use crate::model::{Millis, Seq, Topic};
+use crate::model::{LogBounds, Millis, Seq, Topic};
 
 /// The writer's cached copy of a `topics` row. The writer is the only one that changes
 /// these rows, so its cache is authoritative.
@@ -19,6 +20,60 @@ pub(super) struct TopicRow {
     pub(super) last_time: Millis,
     /// Time of the oldest retained message, to apply age retention without a query.
     pub(super) oldest_time: Option<Millis>,
+}
+
+impl TopicRow {
+    pub(super) fn bounds(&self) -> LogBounds {
+        LogBounds {
+            first_seq: self.first_seq,
+            last_seq: self.head,
+            deleted_through: self.deleted_through,
+        }
+    }
+}
+
+/// Every topic's bounds as last committed, for `bounds` to answer without a connection or a
+/// blocking thread (a storm of subscribers from `now` asks it once each). The writer, which
+/// holds every row, publishes a topic's bounds after each commit that changed them and
+/// before it answers that commit's callers, so a reader never sees bounds older than a write
+/// it was told of; a topic dropped altogether leaves the map with its row.
+#[derive(Clone, Default)]
+pub(super) struct CommittedBounds(Arc<RwLock<HashMap<Topic, LogBounds>>>);
+
+impl CommittedBounds {
+    pub(super) fn of(rows: &HashMap<Topic, TopicRow>) -> Self {
+        let map = rows
+            .iter()
+            .map(|(t, row)| (t.clone(), row.bounds()))
+            .collect();
+        CommittedBounds(Arc::new(RwLock::new(map)))
+    }
+
+    /// After a commit: `changed` as the writer's `rows` now have them.
+    pub(super) fn publish<'a>(
+        &self,
+        rows: &HashMap<Topic, TopicRow>,
+        changed: impl IntoIterator<Item = &'a Topic>,
+    ) {
+        // A std lock: held only to copy a few values in or out, never across an await.
+        let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
+        for topic in changed {
+            match (rows.get(topic), map.get_mut(topic)) {
+                (Some(row), Some(bounds)) => *bounds = row.bounds(),
+                (Some(row), None) => {
+                    map.insert(topic.clone(), row.bounds());
+                }
+                (None, _) => {
+                    map.remove(topic);
+                }
+            }
+        }
+    }
+
+    pub(super) fn get(&self, topic: &Topic) -> Option<LogBounds> {
+        let map = self.0.read().unwrap_or_else(|p| p.into_inner());
+        map.get(topic).copied()
+    }
 }
 
 pub(super) fn load_topics(conn: &Connection) -> rusqlite::Result<HashMap<Topic, TopicRow>> {

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use super::append::{admit, apply_append, apply_delete, apply_drop_topic};
 use super::retention::Retainer;
-use super::topics::{TopicRow, load_topics, save_row};
+use super::topics::{CommittedBounds, TopicRow, load_topics, save_row};
 use crate::model::{
     Appended, Message, Millis, NewMessage, StoreError, StoreResult, Topic, now_millis,
 };
@@ -81,6 +81,8 @@ pub(super) struct Writer {
     pub(super) health: WriterHealth,
     pub(super) conn: Connection,
     pub(super) topics: HashMap<Topic, TopicRow>,
+    /// The rows' bounds as committed, for the readers.
+    pub(super) bounds: CommittedBounds,
     pub(super) retention: Retention,
     /// `limits.max_topics_total`, set by the handle.
     pub(super) max_topics: Arc<AtomicU64>,
@@ -112,6 +114,7 @@ impl Writer {
                 let more = Retainer {
                     conn: &mut self.conn,
                     topics: &mut self.topics,
+                    bounds: &self.bounds,
                     retention: self.retention,
                 }
                 .step();
@@ -126,6 +129,8 @@ impl Writer {
         metrics::histogram!("plexus_store_commit_ops").record(ops.len() as f64);
         let mut replies = Vec::with_capacity(ops.len());
         let mut dirty: HashSet<Topic> = HashSet::new();
+        // Topics whose bounds change beside the appends' (`dirty`): deleted or dropped.
+        let mut emptied: Vec<Topic> = Vec::new();
         let mut committed: Vec<Arc<Message>> = Vec::new();
         let outcome = (|| -> rusqlite::Result<()> {
             let tx = self.conn.transaction()?;
@@ -154,7 +159,10 @@ impl Writer {
                     }
                     Op::Delete { topic, reply } => {
                         match apply_delete(&tx, &mut self.topics, &topic) {
-                            Ok(found) => replies.push(Reply::Delete(reply, found)),
+                            Ok(found) => {
+                                replies.push(Reply::Delete(reply, found));
+                                emptied.push(topic);
+                            }
                             Err(e) => {
                                 replies.push(Reply::Delete(reply, false));
                                 return Err(e);
@@ -170,7 +178,9 @@ impl Writer {
                         let ids = super::jobs::finished_before(&tx, before, limit)?;
                         for id in &ids {
                             super::jobs::delete(&tx, id)?;
-                            apply_drop_topic(&tx, &mut self.topics, &id.topic())?;
+                            let topic = id.topic();
+                            apply_drop_topic(&tx, &mut self.topics, &topic)?;
+                            emptied.push(topic);
                         }
                         let purged = ids.len();
                         replies.push(Reply::Deferred(Box::new(move |committed| {
@@ -219,6 +229,8 @@ impl Writer {
         match outcome {
             Ok(()) => {
                 self.health.set(None);
+                self.bounds
+                    .publish(&self.topics, dirty.iter().chain(&emptied));
                 if !committed.is_empty() {
                     let _ = self.feed.send(committed);
                 }
