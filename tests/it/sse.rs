@@ -240,3 +240,25 @@ async fn sse_last_event_id_wins_over_since() {
     .await;
     assert_eq!(single_topic_seqs(&sse.events(2).await), vec![4, 5]);
 }
+
+/// A stream's head: the three headers every stream has, and a request id only when the client
+/// sent one (a made-up one would double the header map an idle stream keeps; docs/API.md).
+/// Every other response carries an id, made when the client sent none.
+#[tokio::test]
+async fn a_stream_echoes_only_a_request_id_its_client_sent() {
+    let server = Server::start(&[]).await;
+    for path in ["/v1/topics/t/sse", "/v1/topics/t/stream"] {
+        let resp = server.get(path, &[]).await;
+        assert_eq!(resp.status(), 200, "{path}");
+        let headers = resp.headers();
+        assert_eq!(headers["cache-control"], "no-cache", "{path}");
+        assert_eq!(headers["x-accel-buffering"], "no", "{path}");
+        assert!(headers.get("x-request-id").is_none(), "{path}: {headers:?}");
+        let resp = server.get(path, &[("x-request-id", "trace-7")]).await;
+        assert_eq!(resp.headers()["x-request-id"], "trace-7", "{path}");
+    }
+    let resp = server.get("/v1/topics", &[]).await;
+    assert_eq!(resp.status(), 200);
+    let made = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(!made.is_empty(), "a made id on a plain response");
+}
