@@ -18,9 +18,9 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, 
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use bytes::Bytes;
+use futures_util::SinkExt;
 use futures_util::stream::{BoxStream, SelectAll, SplitSink, Stream, StreamExt};
 use futures_util::task::AtomicWaker;
-use futures_util::{FutureExt, SinkExt};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -157,7 +157,7 @@ struct Session {
     socket: Option<WebSocket>,
     /// Each subscription's deliveries, then [`Delivery::Ended`] once it ends on its own (not
     /// by unsubscribe).
-    subs: SelectAll<BoxStream<'static, Delivery>>,
+    subs: Subscriptions,
     /// Each subscribed topic's cancel switch (unsubscribe, resubscribe).
     active: HashMap<Topic, Stop>,
     /// Per topic subscribed through a consumer: the highest seq written to the socket, which
@@ -184,7 +184,7 @@ impl Session {
             client,
             sink: None,
             socket: Some(socket),
-            subs: SelectAll::new(),
+            subs: Subscriptions::default(),
             active: HashMap::new(),
             written: HashMap::new(),
             turn: PageTurn::new(),
@@ -291,10 +291,11 @@ impl Session {
         let mut written = Vec::new();
         self.deliver(first, &mut written).await?;
         for _ in 1..WRITE_BATCH {
-            // Polling with a no-op waker is sound here: a subscription woken meanwhile stays
-            // queued in `SelectAll`, which the loop's next `select!` polls with its own waker.
-            match self.subs.next().now_or_never() {
-                Some(Some(delivery)) => self.deliver(delivery, &mut written).await?,
+            // Polled with this task's waker, not a no-op one: a subscription polled directly
+            // (`Subscriptions`) keeps the waker it was last polled with.
+            let next = std::future::poll_fn(|cx| Poll::Ready(self.subs.poll_next_unpin(cx))).await;
+            match next {
+                Poll::Ready(Some(delivery)) => self.deliver(delivery, &mut written).await?,
                 _ => break,
             }
         }
@@ -557,28 +558,28 @@ impl Session {
         let sent = Arc::new(AtomicU64::new(0));
         let (next, events) =
             super::consumers::events(&self.state, topic.clone(), name, sent.clone()).await?;
-        self.track(topic.clone(), events.map(Some).boxed());
+        self.track(topic.clone(), events);
         self.written.insert(topic, sent);
         Ok(next)
     }
 
     /// Adds a subscription's events, replacing an earlier subscription to the topic.
-    fn track(&mut self, topic: Topic, events: BoxStream<'static, Option<Event>>) {
+    fn track(&mut self, topic: Topic, events: BoxStream<'static, Event>) {
         self.written.remove(&topic);
         let stop = Stop::new();
         if let Some(old) = self.active.insert(topic.clone(), stop.clone()) {
             old.stop();
         }
-        // The end marker is inside `take_until`: an unsubscribe or a replacing subscribe
-        // stops the stream before it, so only an end of the hub's own is reported. The stop
-        // is polled at every wake-up of the socket, so it is a [`Stop`], which answers from
-        // a flag when polled again.
-        let events = events
-            .chain(futures_util::stream::once(async { None }))
-            .take_until(stop.wait())
-            .map(move |event| Delivery::of(&topic, event))
-            .boxed();
-        self.subs.push(events);
+        let stopped = stop.wait();
+        self.subs.push(
+            Tracked {
+                events,
+                topic,
+                stopped,
+                done: false,
+            }
+            .boxed(),
+        );
     }
 
     /// Subscribes one topic (replacing an earlier subscription to it); returns its start cursor.
@@ -606,11 +607,100 @@ impl Session {
             )
             .await?;
         let next = sub.start_cursor().to_string();
-        self.track(
-            topic,
-            sub.into_stream().map(|(_, event)| Some(event)).boxed(),
-        );
+        self.track(topic, sub.into_stream().map(|(_, event)| event).boxed());
         Ok(next)
+    }
+}
+
+/// The socket's subscriptions as one stream. The first is polled directly, with the task's
+/// waker; the others through a `SelectAll`, whose wakers and ready queue were ~15 % of the
+/// session's CPU per delivery for a socket following one topic, as most do (docs/BENCHMARKS.md,
+/// the profile). The two take turns first after a delivery, so a busy first topic cannot starve
+/// the others.
+#[derive(Default)]
+struct Subscriptions {
+    first: Option<BoxStream<'static, Delivery>>,
+    rest: SelectAll<BoxStream<'static, Delivery>>,
+    rest_first: bool,
+}
+
+impl Subscriptions {
+    fn push(&mut self, events: BoxStream<'static, Delivery>) {
+        match self.first {
+            None => self.first = Some(events),
+            Some(_) => self.rest.push(events),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none() && self.rest.is_empty()
+    }
+}
+
+impl Stream for Subscriptions {
+    type Item = Delivery;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        let this = self.get_mut();
+        for rest in [this.rest_first, !this.rest_first] {
+            if rest {
+                if !this.rest.is_empty()
+                    && let Poll::Ready(Some(delivery)) = this.rest.poll_next_unpin(cx)
+                {
+                    this.rest_first = false;
+                    return Poll::Ready(Some(delivery));
+                }
+            } else if let Some(first) = this.first.as_mut() {
+                match first.poll_next_unpin(cx) {
+                    Poll::Ready(Some(delivery)) => {
+                        this.rest_first = true;
+                        return Poll::Ready(Some(delivery));
+                    }
+                    Poll::Ready(None) => this.first = None,
+                    Poll::Pending => {}
+                }
+            }
+        }
+        if this.is_empty() {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// One subscription of the socket: its events as deliveries, then [`Delivery::Ended`] if
+/// they end on their own; nothing more once its switch is stopped (an unsubscribe or a
+/// replacing subscribe, so only an end of the hub's own is reported). One type where a chain
+/// of four combinators was, as the session polls it once per delivered message; the switch
+/// is a [`Stop`], which answers from a flag when polled again.
+struct Tracked {
+    events: BoxStream<'static, Event>,
+    topic: Topic,
+    stopped: crate::stop::StopWait,
+    done: bool,
+}
+
+impl Stream for Tracked {
+    type Item = Delivery;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if Pin::new(&mut this.stopped).poll(cx).is_ready() {
+            this.done = true;
+            return Poll::Ready(None);
+        }
+        match this.events.poll_next_unpin(cx) {
+            Poll::Ready(Some(event)) => Poll::Ready(Some(Delivery::of(&this.topic, Some(event)))),
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(Some(Delivery::of(&this.topic, None)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -648,6 +738,8 @@ struct WokenOnly<S> {
     inner: S,
     flag: Arc<WakeFlag>,
     waker: Waker,
+    /// The task's waker last put in `flag.task`, while it is known to be still there.
+    registered: Option<Waker>,
 }
 
 struct WakeFlag {
@@ -677,6 +769,7 @@ impl<S> WokenOnly<S> {
             inner,
             waker: Waker::from(flag.clone()),
             flag,
+            registered: None,
         }
     }
 }
@@ -686,14 +779,24 @@ impl<S: Stream + Unpin> Stream for WokenOnly<S> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
         let this = &mut *self;
-        // The task's waker first, so that a wake from now on reaches this task. At every poll:
-        // a wake takes the waker out of the `AtomicWaker`.
-        this.flag.task.register(cx.waker());
+        // No wake since this task's waker was put in the `AtomicWaker`: it is still there (a
+        // wake sets the flag before it takes the waker out), so there is nothing to do.
         if !this.flag.woken.load(Ordering::Acquire)
-            || !this.flag.woken.swap(false, Ordering::AcqRel)
+            && this
+                .registered
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
         {
             return Poll::Pending;
         }
+        // The task's waker first, so that a wake from now on reaches this task.
+        this.flag.task.register(cx.waker());
+        if !this.flag.woken.swap(false, Ordering::AcqRel) {
+            this.registered = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        // A wake was taken: it may have taken the waker registered above with it.
+        this.registered = None;
         let polled = Pin::new(&mut this.inner).poll_next(&mut Context::from_waker(&this.waker));
         if polled.is_ready() {
             // More may be ready without another wake.
@@ -722,6 +825,77 @@ mod tests {
     use super::*;
     use std::pin::Pin;
     use std::task::{Context, Poll};
+
+    fn ended(name: &str) -> Delivery {
+        Delivery::Ended(name.parse().unwrap())
+    }
+
+    fn name(delivery: &Delivery) -> String {
+        match delivery {
+            Delivery::Ended(topic) => topic.to_string(),
+            _ => panic!("expected an end marker"),
+        }
+    }
+
+    /// Every subscription's deliveries come out, the first's and the others', a busy first
+    /// does not starve the others, and the whole ends once every one has.
+    #[tokio::test]
+    async fn subscriptions_yield_every_stream_in_turns() {
+        let mut subs = Subscriptions::default();
+        assert!(subs.is_empty());
+        subs.push(futures_util::stream::repeat_with(|| ended("busy")).boxed());
+        subs.push(futures_util::stream::iter([ended("b1"), ended("b2")]).boxed());
+        subs.push(futures_util::stream::iter([ended("c1")]).boxed());
+        let mut seen = Vec::new();
+        for _ in 0..8 {
+            seen.push(name(&subs.next().await.unwrap()));
+        }
+        let others: Vec<_> = seen.iter().filter(|n| *n != "busy").collect();
+        assert_eq!(others.len(), 3, "the others got their turns: {seen:?}");
+        assert!(others.contains(&&"b1".to_string()) && others.contains(&&"c1".to_string()));
+        let mut subs = Subscriptions::default();
+        subs.push(futures_util::stream::iter([ended("a")]).boxed());
+        subs.push(futures_util::stream::iter([ended("b")]).boxed());
+        let mut names = vec![
+            name(&subs.next().await.unwrap()),
+            name(&subs.next().await.unwrap()),
+        ];
+        names.sort();
+        assert_eq!(names, ["a", "b"]);
+        assert!(subs.next().await.is_none(), "ends once every one has");
+        assert!(subs.is_empty());
+        // A subscription added after the first ended takes its place.
+        subs.push(futures_util::stream::iter([ended("later")]).boxed());
+        assert_eq!(name(&subs.next().await.unwrap()), "later");
+    }
+
+    /// The first subscription is polled with the task's own waker: an item sent while the
+    /// reader waits wakes it (polling it with a no-op waker would lose that wake).
+    #[tokio::test]
+    async fn a_directly_polled_subscription_wakes_its_reader() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Delivery>();
+        let mut subs = Subscriptions::default();
+        let events = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|delivery| (delivery, rx))
+        });
+        subs.push(events.boxed());
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                got.push(name(&subs.next().await.unwrap()));
+            }
+            got
+        });
+        for n in ["x", "y", "z"] {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            tx.send(ended(n)).unwrap();
+        }
+        let got = tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .expect("every item woke the reader")
+            .unwrap();
+        assert_eq!(got, ["x", "y", "z"]);
+    }
 
     /// Every item reaches a reader that waits between them: each wake of the inner stream
     /// reaches the task, the second and later ones too (a wake takes the task's waker out of
