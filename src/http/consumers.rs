@@ -364,7 +364,7 @@ pub(super) async fn stream(
 
     use futures_util::stream;
 
-    use super::streaming::{OpenStream, streaming_response};
+    use super::streaming::{NDJSON_TYPE, OpenStream, SSE_TYPE, streaming_response};
     use crate::consumers::ReadSpec;
     use crate::wire::frames;
 
@@ -384,8 +384,8 @@ pub(super) async fn stream(
         state.consumers.rewind(&name, &back).await?;
     }
     let (transport, content_type, keepalive) = match kind {
-        StreamKind::Sse { .. } => ("sse", "text/event-stream", frames::SSE_KEEPALIVE),
-        StreamKind::Ndjson => ("ndjson", "application/x-ndjson", frames::NDJSON_KEEPALIVE),
+        StreamKind::Sse { .. } => ("sse", SSE_TYPE, frames::SSE_KEEPALIVE),
+        StreamKind::Ndjson => ("ndjson", NDJSON_TYPE, frames::NDJSON_KEEPALIVE),
     };
     struct St {
         consumers: std::sync::Arc<crate::consumers::Consumers>,

@@ -13,7 +13,9 @@ use super::error::ApiError;
 use super::extract::QueryPairs;
 use super::schema;
 use super::state::AppState;
-use super::streaming::{Bookends, Positions, event_body, stream_request, streaming_response};
+use super::streaming::{
+    Bookends, NDJSON_TYPE, Positions, event_body, stream_request, streaming_response,
+};
 use crate::hub::Event;
 use crate::model::Since;
 use crate::wire::frames::{NDJSON_KEEPALIVE, ndjson_disconnect, ndjson_gap};
@@ -85,5 +87,5 @@ async fn ndjson(
         state.hub.stop(),
         encode,
     );
-    Ok(streaming_response("application/x-ndjson", body))
+    Ok(streaming_response(NDJSON_TYPE, body))
 }

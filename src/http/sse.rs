@@ -17,7 +17,9 @@ use super::error::ApiError;
 use super::extract::QueryPairs;
 use super::schema;
 use super::state::AppState;
-use super::streaming::{Bookends, Positions, event_body, stream_request, streaming_response};
+use super::streaming::{
+    Bookends, Positions, SSE_TYPE, event_body, stream_request, streaming_response,
+};
 use crate::hub::Event;
 use crate::model::Since;
 use crate::wire::frames::{
@@ -115,5 +117,5 @@ async fn sse(
         state.hub.stop(),
         encode,
     );
-    Ok(streaming_response("text/event-stream", body))
+    Ok(streaming_response(SSE_TYPE, body))
 }

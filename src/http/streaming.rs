@@ -281,8 +281,12 @@ impl Future for Keepalive {
     }
 }
 
+/// The content type of a Server-Sent Events stream.
+pub(super) const SSE_TYPE: &str = "text/event-stream";
+/// The content type of an NDJSON stream.
+pub(super) const NDJSON_TYPE: &str = "application/x-ndjson";
 /// The content types of the event streams [`streaming_response`] makes.
-const STREAM_TYPES: [&str; 2] = ["text/event-stream", "application/x-ndjson"];
+const STREAM_TYPES: [&str; 2] = [SSE_TYPE, NDJSON_TYPE];
 
 /// Whether `response` is an event stream (SSE or NDJSON) made here.
 pub(super) fn is_stream(response: &Response) -> bool {

@@ -694,10 +694,10 @@ impl Stream for Tracked {
             return Poll::Ready(None);
         }
         match this.events.poll_next_unpin(cx) {
-            Poll::Ready(Some(event)) => Poll::Ready(Some(Delivery::of(&this.topic, Some(event)))),
+            Poll::Ready(Some(event)) => Poll::Ready(Some(Delivery::of(&this.topic, event))),
             Poll::Ready(None) => {
                 this.done = true;
-                Poll::Ready(Some(Delivery::of(&this.topic, None)))
+                Poll::Ready(Some(Delivery::Ended(this.topic.clone())))
             }
             Poll::Pending => Poll::Pending,
         }
@@ -718,12 +718,11 @@ enum Delivery {
 }
 
 impl Delivery {
-    fn of(topic: &Topic, event: Option<Event>) -> Self {
+    fn of(topic: &Topic, event: Event) -> Self {
         match event {
-            Some(Event::Message(enc)) => Delivery::Message(enc),
-            Some(Event::Gap { gap, after }) => Delivery::Gap(gap, after),
-            Some(Event::Disconnected) => Delivery::Disconnected(topic.clone()),
-            None => Delivery::Ended(topic.clone()),
+            Event::Message(enc) => Delivery::Message(enc),
+            Event::Gap { gap, after } => Delivery::Gap(gap, after),
+            Event::Disconnected => Delivery::Disconnected(topic.clone()),
         }
     }
 }
