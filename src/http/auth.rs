@@ -2,13 +2,9 @@
 //! and `/openapi.json` needs one when `auth.mode = required` (401 otherwise); each handler
 //! then asks the [`Caller`] for the right it needs (403 otherwise).
 
-use std::sync::Arc;
-
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, Uri, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use crate::auth::{Authenticator, Principal, ReadAccess};
@@ -58,35 +54,32 @@ fn query_token(uri: &Uri) -> Option<String> {
         .and_then(percent_decode)
 }
 
-/// The middleware: authenticates, or answers 401.
-pub async fn authenticate(
-    State(auth): State<Arc<Authenticator>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+/// Authenticates the request: its [`Principal`] goes into its extensions, or `401`. The open
+/// paths and the dashboard's files need no credential.
+pub fn authenticate(auth: &Authenticator, req: &mut Request) -> Result<(), ApiError> {
     if OPEN_PATHS.contains(&req.uri().path()) {
-        return next.run(req).await;
+        return Ok(());
     }
     // The dashboard's files hold no data; the page must load to ask for a token.
     if matches!(*req.method(), Method::GET | Method::HEAD)
         && super::dashboard::is_page(req.uri().path())
     {
-        return next.run(req).await;
+        return Ok(());
     }
     let credential = bearer(req.headers()).or_else(|| query_token(req.uri()));
     match auth.authenticate(credential.as_deref()) {
         Ok(principal) => {
             req.extensions_mut().insert(principal);
-            next.run(req).await
+            Ok(())
         }
         // A browser WebSocket cannot send headers: with no credential at all, the socket
         // opens and its first frame must be `{"op":"auth"}` (docs/API.md §13), so no token
         // travels in a URL. The handler refuses subscriptions at connect without one.
         Err(crate::auth::AuthError::Missing) if req.uri().path() == WS_PATH => {
             req.extensions_mut().insert(AuthPending);
-            next.run(req).await
+            Ok(())
         }
-        Err(e) => ApiError::unauthorized(e.to_string()).into_response(),
+        Err(e) => Err(ApiError::unauthorized(e.to_string())),
     }
 }
 

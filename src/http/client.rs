@@ -5,26 +5,23 @@
 //! choose its own address.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::HeaderMap;
-use axum::middleware::Next;
-use axum::response::Response;
 
 use crate::model::Cidr;
 use crate::server::ClientAddr;
 
-/// The middleware; a no-op when no proxy is trusted.
-pub async fn resolve(State(trusted): State<Arc<[Cidr]>>, mut req: Request, next: Next) -> Response {
+/// Replaces the request's client by the one a trusted proxy forwarded for; a no-op when no
+/// proxy is trusted.
+pub fn resolve(trusted: &[Cidr], req: &mut Request) {
     if !trusted.is_empty()
         && let Some(ClientAddr(peer)) = req.extensions().get::<ClientAddr>().copied()
-        && let Some(client) = forwarded_client(&trusted, peer.ip(), req.headers())
+        && let Some(client) = forwarded_client(trusted, peer.ip(), req.headers())
     {
         req.extensions_mut()
             .insert(ClientAddr(SocketAddr::new(client, 0)));
     }
-    next.run(req).await
 }
 
 /// The client a trusted `peer` forwarded for, if `peer` is trusted and named one.

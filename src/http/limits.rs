@@ -7,8 +7,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 
 use super::auth::OPEN_PATHS;
@@ -85,47 +84,61 @@ impl RateLimiter {
     }
 }
 
-/// The middleware.
-pub async fn limit(State(limiter): State<Arc<RateLimiter>>, req: Request, next: Next) -> Response {
+/// The request's client takes a token: `429` when it has none. The open paths are never
+/// limited.
+pub fn admit(limiter: &RateLimiter, req: &Request) -> Result<(), ApiError> {
     if OPEN_PATHS.contains(&req.uri().path()) {
-        return next.run(req).await;
+        return Ok(());
     }
     if let Some(ClientAddr(addr)) = req.extensions().get::<ClientAddr>()
         && let Err(retry_after) = limiter.check(addr.ip(), Instant::now())
     {
-        return ApiError::too_many_requests(retry_after).into_response();
+        return Err(ApiError::too_many_requests(retry_after));
     }
-    next.run(req).await
+    Ok(())
 }
 
 /// The body timeout (`limits.body_timeout`): a request body from which nothing arrives for
 /// that long fails the request with `408`, and the connection is closed (a stalled client
-/// would otherwise hold its connection and the handler's task forever).
-pub async fn body_deadline(
-    State(timeout): State<std::time::Duration>,
-    req: Request,
-    next: Next,
-) -> Response {
-    use axum::body::HttpBody;
-    if req.body().is_end_stream() {
-        return next.run(req).await;
+/// would otherwise hold its connection and the handler's task forever). `watch` puts the
+/// request's body under the deadline; `verdict` replaces the answer of a request whose body
+/// expired.
+pub struct BodyDeadline(Option<Arc<std::sync::atomic::AtomicBool>>);
+
+impl BodyDeadline {
+    /// `req` with its body under the deadline (a request without a body is left as it is).
+    pub fn watch(timeout: std::time::Duration, req: Request) -> (Request, BodyDeadline) {
+        use axum::body::HttpBody;
+        if req.body().is_end_stream() {
+            return (req, BodyDeadline(None));
+        }
+        let expired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = expired.clone();
+        let req = req.map(|inner| {
+            axum::body::Body::new(Deadline {
+                inner,
+                timeout,
+                timer: None,
+                expired: seen,
+                started: tokio::time::Instant::now(),
+                received: 0,
+            })
+        });
+        (req, BodyDeadline(Some(expired)))
     }
-    let expired = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let seen = expired.clone();
-    let req = req.map(|inner| {
-        axum::body::Body::new(Deadline {
-            inner,
-            timeout,
-            timer: None,
-            expired: seen,
-            started: tokio::time::Instant::now(),
-            received: 0,
-        })
-    });
-    let response = next.run(req).await;
-    if !expired.load(std::sync::atomic::Ordering::Relaxed) {
-        return response;
+
+    /// The handler's `response`, or a `408` when the body expired.
+    pub fn verdict(self, response: Response, timeout: std::time::Duration) -> Response {
+        match self.0 {
+            Some(expired) if expired.load(std::sync::atomic::Ordering::Relaxed) => {
+                request_timeout(timeout)
+            }
+            _ => response,
+        }
     }
+}
+
+fn request_timeout(timeout: std::time::Duration) -> Response {
     let mut response = ApiError::request_timeout(format!(
         "the request body made no progress for {} s, or arrived slower than {} bytes/s after \
          its first {} s",

@@ -28,6 +28,7 @@ mod dashboard;
 mod epcp;
 pub mod error;
 mod extract;
+mod gate;
 mod jobs;
 mod lab;
 pub mod limits;
@@ -53,14 +54,18 @@ pub use state::{AppParts, AppState, HttpOptions, LabRunner, LabSlot, LabStartErr
 /// The whole API as one router.
 pub fn router(state: AppState) -> Router {
     let cors = cors(&state.options.cors_origins);
-    let origins = std::sync::Arc::new(origin::OriginPolicy {
-        active: state.auth.mode() == crate::auth::AuthMode::Open
-            || state.options.cors_origins.is_empty(),
-        allowed: state.options.cors_origins.clone(),
-    });
-    let state_proxies: std::sync::Arc<[crate::model::Cidr]> =
-        state.options.trusted_proxies.clone().into();
-    let router = Router::new()
+    let policy = gate::Policy {
+        proxies: state.options.trusted_proxies.clone(),
+        origins: origin::OriginPolicy {
+            active: state.auth.mode() == crate::auth::AuthMode::Open
+                || state.options.cors_origins.is_empty(),
+            allowed: state.options.cors_origins.clone(),
+        },
+        limiter: state.limiter.clone(),
+        auth: state.auth.clone(),
+        body_timeout: state.options.body_timeout,
+    };
+    let routes = Router::new()
         .merge(publish::routes(&state.options))
         .merge(poll::routes())
         .merge(admin::routes())
@@ -79,30 +84,11 @@ pub fn router(state: AppState) -> Router {
         .merge(dashboard::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        // A body that stalls fails the request (408) instead of holding it forever.
-        .layer(axum::middleware::from_fn_with_state(
-            state.options.body_timeout,
-            limits::body_deadline,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.auth.clone(),
-            auth::authenticate,
-        ))
-        // A client over its rate is refused before anything else is done.
-        .layer(axum::middleware::from_fn_with_state(
-            state.limiter.clone(),
-            limits::limit,
-        ))
-        // Web pages against an open hub: DNS rebinding and foreign origins (403).
-        .layer(axum::middleware::from_fn_with_state(origins, origin::guard))
-        .with_state(state)
-        // Every request, refused ones included, gets an id and a log line.
-        .layer(axum::middleware::from_fn(trace::trace))
-        // First of all: the client behind a trusted proxy, for the rate limit and the logs.
-        .layer(axum::middleware::from_fn_with_state(
-            state_proxies,
-            client::resolve,
-        ));
+        .with_state(state);
+    // Every request passes the gate before it is routed, refused ones included: the client
+    // behind a trusted proxy, an id and a log line, foreign origins (403), the rate limit
+    // (429), the credential (401), and the body timeout (408).
+    let router = Router::new().fallback_service(gate::Gate::new(routes, policy));
     // Outermost: a browser's preflight is answered without credentials.
     match cors {
         Some(cors) => router.layer(cors),

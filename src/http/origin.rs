@@ -8,12 +8,8 @@
 //! state-changing request or a WebSocket upgrade. A request without `Origin` (curl, servers)
 //! is not a browser's cross-site request and passes.
 
-use std::sync::Arc;
-
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, Method, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use crate::server::Listening;
@@ -26,41 +22,39 @@ pub struct OriginPolicy {
     pub allowed: Vec<String>,
 }
 
-pub async fn guard(State(policy): State<Arc<OriginPolicy>>, req: Request, next: Next) -> Response {
+/// The check: `403` for a foreign `Host` or `Origin`.
+pub fn check(policy: &OriginPolicy, req: &Request) -> Result<(), ApiError> {
     if !policy.active {
-        return next.run(req).await;
+        return Ok(());
     }
     let host = req
         .headers()
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
     let loopback = req
         .extensions()
         .get::<Listening>()
         .is_some_and(|l| l.loopback);
     if loopback
-        && let Some(host) = &host
+        && let Some(host) = host
         && !is_loopback_host(host)
     {
-        return ApiError::forbidden(format!(
+        return Err(ApiError::forbidden(format!(
             "this hub listens on loopback and answers only loopback names; Host {host:?} is not one"
-        ))
-        .into_response();
+        )));
     }
     let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
         || is_websocket_upgrade(req.headers());
     if changes_state && let Some(origin) = req.headers().get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("null");
-        if !policy.allows(origin) && !same_origin(origin, host.as_deref()) {
-            return ApiError::forbidden(format!(
+        if !policy.allows(origin) && !same_origin(origin, host) {
+            return Err(ApiError::forbidden(format!(
                 "origin {origin:?} is not in cors.allowed_origins"
-            ))
-            .into_response();
+            )));
         }
     }
-    next.run(req).await
+    Ok(())
 }
 
 impl OriginPolicy {
