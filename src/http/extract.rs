@@ -4,9 +4,8 @@
 use std::time::Duration;
 
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 
@@ -115,30 +114,66 @@ pub fn body_limit<S>(route: MethodRouter<S>, limit: usize) -> MethodRouter<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    route
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn_with_state(
-            limit,
-            refuse_declared_oversize,
-        ))
+    route.layer(BodyLimit(limit))
 }
 
-async fn refuse_declared_oversize(
-    State(limit): State<usize>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    match declared {
-        Some(length) if length > limit as u64 => ApiError::too_large(format!(
-            "the body is larger than {limit} bytes (Content-Length: {length})"
-        ))
-        .into_response(),
-        _ => next.run(request).await,
+/// [`body_limit`]'s layer: axum's `DefaultBodyLimit` behind the `Content-Length` check, as
+/// one service with no boxed future of its own (it runs on every publish).
+#[derive(Clone, Copy)]
+struct BodyLimit(usize);
+
+impl<S> tower::Layer<S> for BodyLimit {
+    type Service = BodyLimited<<DefaultBodyLimit as tower::Layer<S>>::Service>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BodyLimited {
+            inner: tower::Layer::layer(&DefaultBodyLimit::max(self.0), inner),
+            limit: self.0,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct BodyLimited<S> {
+    inner: S,
+    limit: usize,
+}
+
+impl<S> tower::Service<Request> for BodyLimited<S>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future =
+        futures_util::future::Either<std::future::Ready<Result<Response, S::Error>>, S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        use futures_util::future::Either;
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match declared {
+            Some(length) if length > self.limit as u64 => {
+                let detail = format!(
+                    "the body is larger than {} bytes (Content-Length: {length})",
+                    self.limit
+                );
+                Either::Left(std::future::ready(Ok(
+                    ApiError::too_large(detail).into_response()
+                )))
+            }
+            _ => Either::Right(self.inner.call(request)),
+        }
     }
 }
 
