@@ -61,7 +61,7 @@ fn asset(name: &str) -> Option<(&'static str, &'static [u8])> {
 }
 
 /// The page's routes; they need no state, so this file sits at the bottom of `http/` beside
-/// `error` (the credential middleware asks it which paths are the page's).
+/// `error` (the credential check asks it which paths are the page's).
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(index))

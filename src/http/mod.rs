@@ -4,11 +4,12 @@
 //! The files point one way, so that no two import each other:
 //! - at the bottom, what every handler shares: `state` (`AppState`, `HttpOptions`), `error`
 //!   (the one mapping of errors to problems and to WebSocket error statuses), `extract` (our
-//!   parsing of paths, queries, headers and bodies), `auth` (the `Caller` and its middleware),
-//!   `limits` (rate, body timeout), `client` (the client behind a trusted proxy), `origin`
-//!   (Host and Origin checks of an open hub) and `trace` (middleware), `schema` (the
+//!   parsing of paths, queries, headers and bodies), `auth` (the `Caller` and the credential
+//!   check), `limits` (rate, body timeout), `client` (the client behind a trusted proxy),
+//!   `origin` (Host and Origin checks of an open hub), `trace` (request id and log line) and
+//!   `gate` (the one service before routing that runs those checks in turn), `schema` (the
 //!   OpenAPI schema types), and `dashboard` (the embedded single-page app at `/`, which needs
-//!   no state; the credential middleware asks it which paths are the page's);
+//!   no state; the credential check asks it which paths are the page's);
 //! - over those, `streaming`: what every stream shares (its parameters, the cursor after each
 //!   event, the open-stream gauge, keepalives, ending on shutdown); SSE and NDJSON are built
 //!   on it, the WebSocket takes its gauge and keeps its own ping and close handshake, since

@@ -154,7 +154,7 @@ fn operations(
 
 /// With `auth.mode = required`: the security schemes (a bearer token, or the same credential
 /// as `access_token` in the query), required everywhere but on the open paths, and the
-/// middleware's `401` on every other operation.
+/// gate's `401` on every other operation.
 fn require_credentials(doc: &mut utoipa::openapi::OpenApi) {
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme(

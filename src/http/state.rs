@@ -51,7 +51,7 @@ impl Default for HttpOptions {
     }
 }
 
-/// Shared by every handler: a cheap handle, one reference count per clone. Each middleware
+/// Shared by every handler: a cheap handle, one reference count per clone. Each route
 /// layer and each `State` extractor clones it per request; with its nine `Arc`s side by side
 /// that was nine atomic increments and decrements each time (docs/BENCHMARKS.md, durable
 /// publish).
