@@ -13,7 +13,7 @@ use axum::extract::rejection::PathRejection;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::stream::{self, BoxStream, StreamExt};
+use futures_util::stream::{BoxStream, StreamExt};
 use tokio::time::{Instant, Sleep};
 
 use super::auth::Caller;
@@ -143,26 +143,13 @@ pub(super) struct Bookends {
     pub at_shutdown: Option<fn() -> Bytes>,
 }
 
-/// What [`event_body`] carries from one frame to the next.
-struct BodyState<E> {
-    events: BoxStream<'static, (usize, Event)>,
-    encode: E,
-    keepalive: Keepalive,
-    /// The first frame, until it is sent.
-    prelude: Option<Bytes>,
-    done: bool,
-    _open: OpenStream,
-    /// When the last event went out. An event records it rather than moving the keepalive
-    /// timer: reading the clock costs less than moving a timer, once per delivered message;
-    /// the timer is moved only when it fires too early.
-    last_event: Instant,
-    /// Whether the subscription ended with the hub's shutdown.
-    stop: Stop,
-}
-
 /// A response body that carries a subscription's events as `encode` renders them, with a
 /// keepalive after each idle `keepalive`, ending when the subscription ends: at the hub's
 /// shutdown (`stop`), which ends every subscription, with the `at_shutdown` frame.
+///
+/// A body written by hand rather than a stream of futures: a frame is one `poll_frame` on
+/// state that stays where it is (an `unfold` moved the whole state into a new future and
+/// back for every frame, and `Body::from_stream` put two adapters between it and hyper).
 pub(super) fn event_body<E>(
     transport: &'static str,
     events: BoxStream<'static, (usize, Event)>,
@@ -173,66 +160,100 @@ pub(super) fn event_body<E>(
     encode: E,
 ) -> Body
 where
-    E: FnMut(usize, &Event) -> Option<Bytes> + Send + 'static,
+    E: FnMut(usize, &Event) -> Option<Bytes> + Send + Unpin + 'static,
 {
-    // The keepalive timer is one future for the body's life, polled after the events, so
-    // only when the stream is about to wait: with one delivery per wake-up that is once per
-    // delivered message, so it answers from the clock until due ([`Keepalive`];
-    // docs/BENCHMARKS.md, the profile). The shutdown needs no wait of its own here: it ends
-    // the subscription, whose end is seen first.
-    let state = BodyState {
+    Body::new(EventBody {
         events,
         encode,
-        keepalive: Keepalive::new(keepalive),
+        timer: Keepalive::new(keepalive),
+        keepalive,
+        keepalive_frame,
         prelude: bookends.prelude,
+        at_shutdown: bookends.at_shutdown,
         done: false,
         _open: OpenStream::new(transport),
         last_event: Instant::now(),
         stop: stop.clone(),
-    };
-    let at_shutdown = bookends.at_shutdown;
-    let body = stream::unfold(state, move |mut st| async move {
-        if let Some(first) = st.prelude.take() {
-            return Some((Ok::<_, Infallible>(first), st));
+    })
+}
+
+/// [`event_body`]'s body.
+struct EventBody<E> {
+    events: BoxStream<'static, (usize, Event)>,
+    encode: E,
+    /// The keepalive timer: one future for the body's life, polled after the events, so only
+    /// when the stream is about to wait. With one delivery per wake-up that is once per
+    /// delivered message, so it answers from the clock until due ([`Keepalive`];
+    /// docs/BENCHMARKS.md, the profile). The shutdown needs no wait of its own here: it ends
+    /// the subscription, whose end is seen first.
+    timer: Keepalive,
+    keepalive: Duration,
+    keepalive_frame: &'static [u8],
+    /// The first frame, until it is sent.
+    prelude: Option<Bytes>,
+    at_shutdown: Option<fn() -> Bytes>,
+    done: bool,
+    _open: OpenStream,
+    /// When the last event went out. An event records it rather than moving the keepalive
+    /// timer: reading the clock costs less than moving a timer, once per delivered message;
+    /// the timer is moved only when it fires too early.
+    last_event: Instant,
+    /// Whether the subscription ended with the hub's shutdown.
+    stop: Stop,
+}
+
+impl<E> http_body::Body for EventBody<E>
+where
+    E: FnMut(usize, &Event) -> Option<Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        let frame = |bytes: Bytes| Poll::Ready(Some(Ok(http_body::Frame::data(bytes))));
+        if let Some(first) = this.prelude.take() {
+            return frame(first);
         }
         loop {
-            if st.done {
-                return None;
+            if this.done {
+                return Poll::Ready(None);
             }
-            tokio::select! {
-                biased;
-                event = st.events.next() => {
-                    let Some((i, event)) = event else {
-                        // The subscription ended. At a shutdown (which ends subscriptions)
-                        // the last frame still says when to come back.
-                        st.done = true;
-                        return if st.stop.is_stopped() {
-                            at_shutdown.map(|frame| (Ok(frame()), st))
-                        } else {
-                            None
-                        };
+            // The events first: a keepalive is due only when none is ready.
+            if let Poll::Ready(next) = this.events.poll_next_unpin(cx) {
+                let Some((i, event)) = next else {
+                    // The subscription ended. At a shutdown (which ends subscriptions) the
+                    // last frame still says when to come back.
+                    this.done = true;
+                    return match this.at_shutdown {
+                        Some(last) if this.stop.is_stopped() => frame(last()),
+                        _ => Poll::Ready(None),
                     };
-                    st.last_event = Instant::now();
-                    if matches!(event, Event::Disconnected) {
-                        st.done = true;
-                    }
-                    if let Some(bytes) = (st.encode)(i, &event) {
-                        return Some((Ok(bytes), st));
-                    }
+                };
+                this.last_event = Instant::now();
+                if matches!(event, Event::Disconnected) {
+                    this.done = true;
                 }
-                now = &mut st.keepalive => {
-                    let due = st.last_event + keepalive;
-                    if now < due {
-                        st.keepalive.reset(due);
-                        continue;
-                    }
-                    st.keepalive.reset(now + keepalive);
-                    return Some((Ok(Bytes::from_static(keepalive_frame)), st));
+                match (this.encode)(i, &event) {
+                    Some(bytes) => return frame(bytes),
+                    None => continue,
                 }
             }
+            let Poll::Ready(now) = Pin::new(&mut this.timer).poll(cx) else {
+                return Poll::Pending;
+            };
+            let due = this.last_event + this.keepalive;
+            if now < due {
+                this.timer.reset(due);
+                continue;
+            }
+            this.timer.reset(now + this.keepalive);
+            return frame(Bytes::from_static(this.keepalive_frame));
         }
-    });
-    Body::from_stream(body)
+    }
 }
 
 /// A timer for keepalives and pings, looked at once per wake-up of its stream: until it is
