@@ -92,6 +92,6 @@ impl Policy {
             Ok(response) => response,
             Err(never) => match never {},
         };
-        deadline.verdict(response, self.body_timeout)
+        deadline.verdict(response)
     }
 }

@@ -103,14 +103,24 @@ pub fn admit(limiter: &RateLimiter, req: &Request) -> Result<(), ApiError> {
 /// would otherwise hold its connection and the handler's task forever). `watch` puts the
 /// request's body under the deadline; `verdict` replaces the answer of a request whose body
 /// expired.
-pub struct BodyDeadline(Option<Arc<std::sync::atomic::AtomicBool>>);
+pub struct BodyDeadline {
+    /// Set by the body when it expires; `None` for a request without a body.
+    expired: Option<Arc<std::sync::atomic::AtomicBool>>,
+    timeout: std::time::Duration,
+}
 
 impl BodyDeadline {
     /// `req` with its body under the deadline (a request without a body is left as it is).
     pub fn watch(timeout: std::time::Duration, req: Request) -> (Request, BodyDeadline) {
         use axum::body::HttpBody;
         if req.body().is_end_stream() {
-            return (req, BodyDeadline(None));
+            return (
+                req,
+                BodyDeadline {
+                    expired: None,
+                    timeout,
+                },
+            );
         }
         let expired = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let seen = expired.clone();
@@ -124,14 +134,20 @@ impl BodyDeadline {
                 received: 0,
             })
         });
-        (req, BodyDeadline(Some(expired)))
+        (
+            req,
+            BodyDeadline {
+                expired: Some(expired),
+                timeout,
+            },
+        )
     }
 
     /// The handler's `response`, or a `408` when the body expired.
-    pub fn verdict(self, response: Response, timeout: std::time::Duration) -> Response {
-        match self.0 {
+    pub fn verdict(self, response: Response) -> Response {
+        match self.expired {
             Some(expired) if expired.load(std::sync::atomic::Ordering::Relaxed) => {
-                request_timeout(timeout)
+                request_timeout(self.timeout)
             }
             _ => response,
         }

@@ -24,21 +24,15 @@ fn request_id(req: &Request) -> (String, bool) {
         .unwrap_or_else(|| (made_id(NEXT_ID.fetch_add(1, Ordering::Relaxed)), false))
 }
 
-/// `{pid:x}-{n:x}`, without the formatting machinery (it is made for every request).
+/// `{pid:x}-{n:x}`: the process's part is formatted once, only the counter per request.
 fn made_id(n: u64) -> String {
+    use std::fmt::Write;
     static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let prefix = PREFIX.get_or_init(|| format!("{:x}-", std::process::id()));
     let mut id = String::with_capacity(prefix.len() + 16);
     id.push_str(prefix);
-    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
-    for shift in (0..digits).rev() {
-        let nibble = ((n >> (shift * 4)) & 0xf) as u8;
-        id.push(char::from(if nibble < 10 {
-            b'0' + nibble
-        } else {
-            b'a' + nibble - 10
-        }));
-    }
+    // Writing to a String cannot fail.
+    let _ = write!(id, "{n:x}");
     id
 }
 
