@@ -40,9 +40,7 @@ pub fn routes() -> Router<AppState> {
 async fn metrics(State(state): State<AppState>) -> Response {
     use std::fmt::Write;
     use std::sync::atomic::Ordering::Relaxed;
-    let mut out = crate::observe::prometheus()
-        .map(|handle| handle.render())
-        .unwrap_or_default();
+    let mut out = crate::observe::render().unwrap_or_default();
     let conns = &state.connections;
     let accepted = conns.accepted.load(Relaxed);
     let _ = write!(

@@ -410,9 +410,8 @@ pub(super) async fn stream(
         done: false,
         _open: OpenStream::new(transport),
     };
-    let deliveries = metrics::counter!("plexus_deliveries_total", "transport" => transport);
+    let deliveries = crate::observe::deliveries(transport);
     let body = stream::unfold(st, move |mut st| {
-        let deliveries = deliveries.clone();
         async move {
             if !st.started {
                 st.started = true;

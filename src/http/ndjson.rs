@@ -66,7 +66,7 @@ async fn ndjson(
         .subscribe(&req.topics, &req.since, &Since::Now, req.slow)
         .await?;
     let mut positions = Positions::of(&sub);
-    let deliveries = metrics::counter!("plexus_deliveries_total", "transport" => "ndjson");
+    let deliveries = crate::observe::deliveries("ndjson");
     let encode = move |i: usize, event: &Event| -> Option<Bytes> {
         positions.record(i, event);
         if matches!(event, Event::Message(_)) {

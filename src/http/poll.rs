@@ -37,8 +37,7 @@ pub(super) struct PollBody<'a> {
 /// A read through a consumer as a poll answers it (each envelope with its `delivery`),
 /// counted as delivered; also the page an ack with `read` answers.
 pub(super) fn consumer_page(got: &Delivered) -> PollBody<'_> {
-    metrics::counter!("plexus_deliveries_total", "transport" => "poll")
-        .increment(got.messages.len() as u64);
+    deliveries().increment(got.messages.len() as u64);
     PollBody {
         messages: got
             .messages
@@ -143,8 +142,7 @@ async fn poll(
             wait,
         })
         .await?;
-    metrics::counter!("plexus_deliveries_total", "transport" => "poll")
-        .increment(result.messages.len() as u64);
+    deliveries().increment(result.messages.len() as u64);
     let body = PollBody {
         messages: result.messages.iter().map(|m| Envelope::of(m)).collect(),
         next: result.next.to_string(),
@@ -152,4 +150,10 @@ async fn poll(
     };
     // Serialised here, while the borrowed messages are alive.
     Ok(Json(body).into_response())
+}
+
+/// The tally of messages answered to polls, looked up once (a poll answers on every request).
+fn deliveries() -> &'static crate::observe::Tally {
+    static TALLY: std::sync::OnceLock<&'static crate::observe::Tally> = std::sync::OnceLock::new();
+    TALLY.get_or_init(|| crate::observe::deliveries("poll"))
 }

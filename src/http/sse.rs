@@ -84,7 +84,7 @@ async fn sse(
         .subscribe(&req.topics, &req.since, &Since::Now, req.slow)
         .await?;
     let single = sub.topics.len() == 1;
-    let deliveries = metrics::counter!("plexus_deliveries_total", "transport" => "sse");
+    let deliveries = crate::observe::deliveries("sse");
     let mut positions = Positions::of(&sub);
     let encode = move |i: usize, event: &Event| -> Option<Bytes> {
         if let Event::Message(enc) = event

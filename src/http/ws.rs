@@ -167,7 +167,7 @@ struct Session {
     /// them, however many subscribe frames it sends (docs/API.md, WebSocket).
     turn: PageTurn,
     /// Looked up once: a `counter!` per message costs a registry lookup per delivery.
-    deliveries: metrics::Counter,
+    deliveries: &'static crate::observe::Tally,
 }
 
 impl Session {
@@ -188,7 +188,7 @@ impl Session {
             active: HashMap::new(),
             written: HashMap::new(),
             turn: PageTurn::new(),
-            deliveries: metrics::counter!("plexus_deliveries_total", "transport" => "ws"),
+            deliveries: crate::observe::deliveries("ws"),
         }
     }
 

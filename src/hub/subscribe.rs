@@ -15,15 +15,21 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use futures_util::stream::{self, BoxStream, StreamExt};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::stream::{self, BoxStream, Stream, StreamExt};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::ReusableBoxFuture;
 
 use super::budget::Reservation;
 
 use super::read::Position;
 use super::{Hub, HubError, TopicState};
-use crate::model::{Cursor, Gap, GapReason, Seq, Since, SlowPolicy, Topic, TopicList};
+use crate::model::{Cursor, Gap, GapReason, Message, Seq, Since, SlowPolicy, Topic, TopicList};
 use crate::stop::StopWait;
 use crate::wire::Encoded;
 
@@ -78,14 +84,23 @@ struct PageHold {
     _bytes: Reservation,
 }
 
-/// A subscription to one topic.
+/// A subscription to one topic: a [`Stream`] of its events, `None` once it ended (disconnect
+/// policy, store failure, or hub shutdown).
+///
+/// Written by hand rather than as an `async fn` behind `stream::unfold`: that moved the whole
+/// subscription into a new future and back for every delivered message. Here a delivery is
+/// one poll of the broadcast's receive, kept in one reused box (the fan-out profile,
+/// docs/BENCHMARKS.md).
 pub struct TopicEvents {
     hub: Arc<Hub>,
     state: Arc<TopicState>,
-    rx: broadcast::Receiver<Arc<Encoded>>,
+    /// The broadcast's next receive; it owns the receiver and hands it back with what it got.
+    live: ReusableBoxFuture<'static, Received>,
     pos: Position,
     policy: SlowPolicy,
     catching_up: bool,
+    /// The catch-up page being fetched, while catching up.
+    fetching: Option<BoxFuture<'static, Option<Fetched>>>,
     pending: VecDeque<Event>,
     ended: bool,
     turn: PageTurn,
@@ -93,8 +108,41 @@ pub struct TopicEvents {
     hold: Option<PageHold>,
     /// The hub's shutdown, awaited through one future for the subscription's life: a poll of
     /// the token's own future takes two locks every subscription shares, once per delivered
-    /// message (the fan-out profile at 10,000 subscribers, docs/BENCHMARKS.md).
+    /// message (the fan-out profile at 10,000 subscribers, docs/BENCHMARKS.md). Looked at only
+    /// when the subscription is about to wait.
     shutdown: StopWait,
+}
+
+type Receiver = broadcast::Receiver<Arc<Encoded>>;
+type Received = (Result<Arc<Encoded>, RecvError>, Receiver);
+
+/// One receive from the broadcast, owning the receiver for as long as it waits.
+async fn receive(mut rx: Receiver) -> Received {
+    let received = rx.recv().await;
+    (received, rx)
+}
+
+/// A catch-up page as read: the turn taken for it, the position after it, and the read.
+struct Fetched {
+    turn: OwnedSemaphorePermit,
+    pos: Position,
+    read: Result<Page, HubError>,
+}
+
+/// What a catch-up read found: the gaps before the messages, and the messages.
+type Page = (Vec<Gap>, Vec<Arc<Message>>);
+
+/// One page from the store after `pos`, once the subscription's turn and room in the hub's
+/// budget are there; `None` if the turn can no longer be had.
+async fn fetch_page(hub: Arc<Hub>, turn: Arc<Semaphore>, mut pos: Position) -> Option<Fetched> {
+    let turn = turn.acquire_owned().await.ok()?;
+    let max_bytes = hub.options.max_read_bytes;
+    hub.budget.wait_for_room(max_bytes).await;
+    let read = hub
+        .read_topic(&mut pos, CATCHUP_PAGE, max_bytes)
+        .await
+        .map(|(gaps, messages, _)| (gaps, messages));
+    Some(Fetched { turn, pos, read })
 }
 
 impl TopicEvents {
@@ -102,52 +150,24 @@ impl TopicEvents {
         &self.pos.topic
     }
 
-    /// The next event; `None` once the subscription ended (disconnect policy, store failure,
-    /// or hub shutdown).
-    pub async fn next(&mut self) -> Option<Event> {
-        loop {
-            if let Some(event) = self.pending.pop_front() {
-                if self.pending.is_empty() {
-                    // The page is handed out: the next topic's turn, and the bytes go back.
-                    self.hold = None;
+    /// What the broadcast handed over: the next message, or the reason to go to the store.
+    fn take_live(&mut self, received: Result<Arc<Encoded>, RecvError>) -> Option<Event> {
+        match received {
+            Ok(enc) => {
+                let seq = enc.msg.seq;
+                if seq == self.pos.after + 1 {
+                    self.pos.after = seq;
+                    return Some(Event::Message(enc));
                 }
-                return Some(event);
-            }
-            self.hold = None;
-            if self.ended {
-                return None;
-            }
-            if self.catching_up {
-                self.catch_up().await;
-                continue;
-            }
-            // The broadcast first: a message already there is taken without touching the
-            // shutdown, which is looked at when the subscription is about to wait.
-            let received = tokio::select! {
-                biased;
-                received = self.rx.recv() => received,
-                _ = &mut self.shutdown => {
-                    // Done: the future is not polled again.
-                    self.ended = true;
-                    return None;
+                if seq > self.pos.after {
+                    // A hole (we subscribed mid-commit, or the topic was reset): the store knows.
+                    self.catching_up = true;
                 }
-            };
-            match received {
-                Ok(enc) => {
-                    let seq = enc.msg.seq;
-                    if seq == self.pos.after + 1 {
-                        self.pos.after = seq;
-                        return Some(Event::Message(enc));
-                    }
-                    if seq > self.pos.after {
-                        // A hole (we subscribed mid-commit, or the topic was reset): the store knows.
-                        self.catching_up = true;
-                    }
-                }
-                Err(RecvError::Lagged(_)) => self.fell_behind(),
-                Err(RecvError::Closed) => return None,
             }
+            Err(RecvError::Lagged(_)) => self.fell_behind(),
+            Err(RecvError::Closed) => self.ended = true,
         }
+        None
     }
 
     fn fell_behind(&mut self) {
@@ -178,27 +198,19 @@ impl TopicEvents {
         }
     }
 
-    /// One page from the store after the cursor; level with the head when it comes back empty.
-    /// Waits for the subscription's turn and for room in the hub's budget first.
-    async fn catch_up(&mut self) {
-        let max_bytes = self.hub.options.max_read_bytes;
-        let turn = self.turn.0.clone();
-        let hub = self.hub.clone();
-        let acquired = tokio::select! {
-            held = async move {
-                let turn = turn.acquire_owned().await.ok()?;
-                hub.budget.wait_for_room(max_bytes).await;
-                Some(turn)
-            } => held,
-            () = &mut self.shutdown => None,
-        };
-        let Some(turn) = acquired else {
+    /// Takes a catch-up page: level with the head when it came back empty.
+    fn take_page(&mut self, fetched: Option<Fetched>) {
+        let Some(Fetched {
+            turn,
+            mut pos,
+            read,
+        }) = fetched
+        else {
             self.ended = true;
             return;
         };
-        let mut pos = self.pos.clone();
-        match self.hub.read_topic(&mut pos, CATCHUP_PAGE, max_bytes).await {
-            Ok((gaps, messages, _)) => {
+        match read {
+            Ok((gaps, messages)) => {
                 if gaps.is_empty() && messages.is_empty() {
                     self.catching_up = false;
                 }
@@ -232,13 +244,53 @@ impl TopicEvents {
             }
         }
     }
+}
 
-    /// The events as `(i, event)`, for a subscription whose topic `i` this is.
-    fn into_indexed_stream(self, i: usize) -> BoxStream<'static, (usize, Event)> {
-        stream::unfold(self, move |mut sub| async move {
-            sub.next().await.map(|e| ((i, e), sub))
-        })
-        .boxed()
+impl Stream for TopicEvents {
+    type Item = Event;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(event) = this.pending.pop_front() {
+                if this.pending.is_empty() {
+                    // The page is handed out: the next topic's turn, and the bytes go back.
+                    this.hold = None;
+                }
+                return Poll::Ready(Some(event));
+            }
+            if this.hold.is_some() {
+                this.hold = None;
+            }
+            if this.ended {
+                this.fetching = None;
+                return Poll::Ready(None);
+            }
+            if this.catching_up {
+                let fetching = this.fetching.get_or_insert_with(|| {
+                    fetch_page(this.hub.clone(), this.turn.0.clone(), this.pos.clone()).boxed()
+                });
+                if let Poll::Ready(fetched) = fetching.as_mut().poll(cx) {
+                    this.fetching = None;
+                    this.take_page(fetched);
+                    continue;
+                }
+            } else if let Poll::Ready((received, rx)) = this.live.poll(cx) {
+                // The next receive waits in the same box; it is polled when asked for.
+                this.live.set(receive(rx));
+                if let Some(event) = this.take_live(received) {
+                    return Poll::Ready(Some(event));
+                }
+                continue;
+            }
+            // About to wait: the shutdown ends the subscription (the future is not polled again).
+            if Pin::new(&mut this.shutdown).poll(cx).is_ready() {
+                this.ended = true;
+                this.fetching = None;
+                return Poll::Ready(None);
+            }
+            return Poll::Pending;
+        }
     }
 }
 
@@ -264,7 +316,7 @@ impl Subscription {
             .topics
             .into_iter()
             .enumerate()
-            .map(|(i, t)| t.into_indexed_stream(i))
+            .map(|(i, t)| t.map(move |event| (i, event)).boxed())
             .collect();
         if streams.len() == 1
             && let Some(only) = streams.pop()
@@ -321,10 +373,11 @@ impl Hub {
                 .map(|((state, rx), pos)| TopicEvents {
                     hub: self.clone(),
                     state,
-                    rx,
+                    live: ReusableBoxFuture::new(receive(rx)),
                     pos,
                     policy,
                     catching_up: !level,
+                    fetching: None,
                     pending: VecDeque::new(),
                     ended: false,
                     turn: turn.clone(),
