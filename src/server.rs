@@ -466,6 +466,9 @@ async fn serve_http1<I>(
     let mut shutdown = shutdown.wait();
     loop {
         tokio::select! {
+            // In this order, without drawing a random one at every wake-up: the shutdown is
+            // looked at whenever the connection waits.
+            biased;
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");

@@ -90,8 +90,8 @@ async fn sse(
         if let Event::Message(enc) = event
             && single
         {
-            // The shared frame carries the seq as its id: no cursor to render.
-            positions.record(i, event);
+            // The shared frame carries the seq as its id: no cursor to render, and none to
+            // keep (a gap's id is its own position; a disconnect's frame carries none).
             deliveries.increment(1);
             return Some(enc.sse(raw));
         }

@@ -13,14 +13,14 @@ use axum::extract::rejection::PathRejection;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::stream::{BoxStream, StreamExt};
+use futures_util::stream::StreamExt;
 use tokio::time::{Instant, Sleep};
 
 use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::{Params, QueryPairs, header_owned, path_param};
 use super::state::AppState;
-use crate::hub::{Event, SlowPolicy, Subscription};
+use crate::hub::{Event, Events, SlowPolicy, Subscription};
 use crate::model::{Cursor, Seq, Since, Topic, TopicList};
 use crate::stop::Stop;
 
@@ -152,7 +152,7 @@ pub(super) struct Bookends {
 /// back for every frame, and `Body::from_stream` put two adapters between it and hyper).
 pub(super) fn event_body<E>(
     transport: &'static str,
-    events: BoxStream<'static, (usize, Event)>,
+    events: Events,
     bookends: Bookends,
     keepalive_frame: &'static [u8],
     keepalive: Duration,
@@ -179,7 +179,8 @@ where
 
 /// [`event_body`]'s body.
 struct EventBody<E> {
-    events: BoxStream<'static, (usize, Event)>,
+    /// In place, not boxed: one allocation fewer to touch per delivered message.
+    events: Events,
     encode: E,
     /// The keepalive timer: one future for the body's life, polled after the events, so only
     /// when the stream is about to wait. With one delivery per wake-up that is once per
@@ -286,16 +287,16 @@ impl Future for Keepalive {
     type Output = Instant;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Instant> {
-        if let Some(waker) = &self.registered
+        let now = Instant::now();
+        if now < self.due
+            && let Some(waker) = &self.registered
             && waker.will_wake(cx.waker())
-            && !self.sleep.is_elapsed()
         {
-            // The timer wakes this task when it is due (not even the clock is read: that was
-            // a tenth of what the body costs a delivery).
+            // The timer wakes this task when it is due.
             return Poll::Pending;
         }
         if self.sleep.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Instant::now().max(self.due));
+            return Poll::Ready(now.max(self.due));
         }
         self.registered = Some(cx.waker().clone());
         Poll::Pending

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 pub use crate::model::SlowPolicy;
 pub use budget::Reservation;
 pub use read::{ReadRequest, ReadResult};
-pub use subscribe::{Event, PageTurn, Subscription, TopicEvents};
+pub use subscribe::{Event, Events, PageTurn, Subscription, TopicEvents};
 
 use crate::model::{Appended, StoreError, TopicInfo};
 use crate::model::{Message, NewMessage, Seq, Topic};
