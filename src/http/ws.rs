@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use bytes::Bytes;
 use futures_util::SinkExt;
-use futures_util::stream::{BoxStream, SelectAll, SplitSink, Stream, StreamExt};
+use futures_util::stream::{BoxStream, SelectAll, Stream, StreamExt};
 use futures_util::task::AtomicWaker;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -143,8 +143,6 @@ async fn upgrade(
         .into_response())
 }
 
-type Outbox = SplitSink<WebSocket, WsMessage>;
-
 struct Session {
     state: AppState,
     /// `None` until the first frame authenticates a socket that came without a credential.
@@ -153,7 +151,8 @@ struct Session {
     heard: bool,
     /// The address whose request-rate bucket every frame is charged to, as the upgrade was.
     client: Option<IpAddr>,
-    sink: Option<Outbox>,
+    /// Read and written by this task alone, unsplit: a split socket took a lock for each
+    /// read and each write (the WebSocket fan-out profile, docs/BENCHMARKS.md).
     socket: Option<WebSocket>,
     /// Each subscription's deliveries, then [`Delivery::Ended`] once it ends on its own (not
     /// by unsubscribe).
@@ -182,7 +181,6 @@ impl Session {
             caller,
             heard: false,
             client,
-            sink: None,
             socket: Some(socket),
             subs: Subscriptions::default(),
             active: HashMap::new(),
@@ -193,13 +191,8 @@ impl Session {
     }
 
     async fn run(mut self, initial: Option<(TopicList, Since)>) {
-        let Some(socket) = self.socket.take() else {
-            return;
-        };
         let _open = OpenStream::new("ws");
-        let (sink, incoming) = socket.split();
-        let mut incoming = WokenOnly::new(incoming);
-        self.sink = Some(sink);
+        let mut incoming = WokenOnly::new();
         if let Some((topics, since)) = initial {
             for topic in topics.iter() {
                 let answer = match self
@@ -234,7 +227,10 @@ impl Session {
                     self.close(CLOSE_UNAUTHORIZED).await;
                     return;
                 }
-                frame = incoming.next() => {
+                frame = std::future::poll_fn(|cx| match self.socket.as_mut() {
+                    Some(socket) => incoming.poll_next(socket, cx),
+                    None => Poll::Ready(None),
+                }) => {
                     let Some(Ok(frame)) = frame else { return };
                     last_heard = Instant::now();
                     let answer = match frame {
@@ -299,8 +295,8 @@ impl Session {
                 _ => break,
             }
         }
-        match self.sink.as_mut() {
-            Some(sink) => sink.flush().await.map_err(|_| ())?,
+        match self.socket.as_mut() {
+            Some(socket) => socket.flush().await.map_err(|_| ())?,
             None => return Err(()),
         }
         for (sent, after) in written {
@@ -342,8 +338,8 @@ impl Session {
         };
         match Utf8Bytes::try_from(bytes) {
             Ok(text) => {
-                match self.sink.as_mut() {
-                    Some(sink) => sink.feed(WsMessage::Text(text)).await.map_err(|_| ())?,
+                match self.socket.as_mut() {
+                    Some(socket) => socket.feed(WsMessage::Text(text)).await.map_err(|_| ())?,
                     None => return Err(()),
                 }
                 written.extend(position);
@@ -371,8 +367,8 @@ impl Session {
     }
 
     async fn send(&mut self, message: WsMessage) -> Result<(), ()> {
-        match self.sink.as_mut() {
-            Some(sink) => sink.send(message).await.map_err(|_| ()),
+        match self.socket.as_mut() {
+            Some(socket) => socket.send(message).await.map_err(|_| ()),
             None => Err(()),
         }
     }
@@ -387,8 +383,8 @@ impl Session {
             code: close.code,
             reason: Utf8Bytes::from_static(close.reason),
         }));
-        if let Some(sink) = self.sink.as_mut() {
-            let _ = tokio::time::timeout(CLOSE_WITHIN, sink.send(frame)).await;
+        if let Some(socket) = self.socket.as_mut() {
+            let _ = tokio::time::timeout(CLOSE_WITHIN, socket.send(frame)).await;
         }
     }
 
@@ -396,11 +392,11 @@ impl Session {
     /// would just drop, and a browser would report 1006 (`wasClean = false`). The answer is
     /// tungstenite's: when it read the client's Close it queued a Close frame echoing its code
     /// and reason (1002 for a code that may not be sent), and refuses any frame of ours after
-    /// it. Closing the sink flushes that echo, within [`CLOSE_WITHIN`]; the connection ends when
+    /// it. Closing the socket flushes that echo, within [`CLOSE_WITHIN`]; the connection ends when
     /// the session drops the socket.
     async fn answer_close(&mut self) {
-        if let Some(sink) = self.sink.as_mut() {
-            close_within(sink, CLOSE_WITHIN).await;
+        if let Some(socket) = self.socket.as_mut() {
+            close_within(socket, CLOSE_WITHIN).await;
         }
     }
 
@@ -727,14 +723,13 @@ impl Delivery {
     }
 }
 
-/// A stream polled only after it woke. The session's `select!` looks at the socket's read
-/// side at every wake-up, once per delivered message, and each look took the split's lock
-/// and readied tungstenite's read buffer (zeroing it) for a read that found nothing
-/// (docs/BENCHMARKS.md, the profile). The inner stream gets a waker of its own that notes the
+/// A gate that lets a stream be polled only after it woke. The session's `select!` looks at
+/// the socket's read side at every wake-up, once per delivered message, and each look readied
+/// tungstenite's read buffer (zeroing it) for a read that found nothing (docs/BENCHMARKS.md,
+/// the profile). The inner stream gets a waker of its own that notes the
 /// wake before waking the task; polled without one since its last `Pending`, this answers
 /// `Pending` at once, which is all the inner stream could answer.
-struct WokenOnly<S> {
-    inner: S,
+struct WokenOnly {
     flag: Arc<WakeFlag>,
     waker: Waker,
     /// The task's waker last put in `flag.task`, while it is known to be still there.
@@ -757,15 +752,14 @@ impl Wake for WakeFlag {
     }
 }
 
-impl<S> WokenOnly<S> {
-    fn new(inner: S) -> Self {
+impl WokenOnly {
+    fn new() -> Self {
         let flag = Arc::new(WakeFlag {
             // Never polled: the first poll reaches the inner stream.
             woken: AtomicBool::new(true),
             task: AtomicWaker::new(),
         });
         WokenOnly {
-            inner,
             waker: Waker::from(flag.clone()),
             flag,
             registered: None,
@@ -773,11 +767,14 @@ impl<S> WokenOnly<S> {
     }
 }
 
-impl<S: Stream + Unpin> Stream for WokenOnly<S> {
-    type Item = S::Item;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
-        let this = &mut *self;
+impl WokenOnly {
+    /// Polls `inner` if it woke since it was last polled (here, and only here).
+    fn poll_next<S: Stream + Unpin>(
+        &mut self,
+        inner: &mut S,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<S::Item>> {
+        let this = self;
         // No wake since this task's waker was put in the `AtomicWaker`: it is still there (a
         // wake sets the flag before it takes the waker out), so there is nothing to do.
         if !this.flag.woken.load(Ordering::Acquire)
@@ -796,7 +793,7 @@ impl<S: Stream + Unpin> Stream for WokenOnly<S> {
         }
         // A wake was taken: it may have taken the waker registered above with it.
         this.registered = None;
-        let polled = Pin::new(&mut this.inner).poll_next(&mut Context::from_waker(&this.waker));
+        let polled = Pin::new(inner).poll_next(&mut Context::from_waker(&this.waker));
         if polled.is_ready() {
             // More may be ready without another wake.
             this.flag.woken.store(true, Ordering::Release);
@@ -906,7 +903,8 @@ mod tests {
         let inner = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|v| (v, rx))
         }));
-        let mut stream = WokenOnly::new(inner);
+        let mut inner = inner;
+        let mut gate = WokenOnly::new();
         tokio::spawn(async move {
             for i in 0..50 {
                 tx.send(i).expect("open");
@@ -918,7 +916,8 @@ mod tests {
         });
         let read = async {
             for i in 0..50 {
-                assert_eq!(stream.next().await, Some(i));
+                let next = std::future::poll_fn(|cx| gate.poll_next(&mut inner, cx)).await;
+                assert_eq!(next, Some(i));
                 ack_tx.send(i).expect("open");
             }
         };
