@@ -627,6 +627,19 @@ fn print(name: &str, r: &Report, args: &FanoutBench) {
             String::new()
         }
     );
+    // The shape of the latency: a fixed delay shifts every quantile alike, a slower delivery
+    // rate stretches the later ones.
+    let q = |p: f64| r.latency.quantile(p);
+    println!(
+        "  {:<10} latency ms: p0.1 {:.2}  p1 {:.2}  p10 {:.2}  p25 {:.2}  p75 {:.2}  p90 {:.2}",
+        "",
+        q(0.001),
+        q(0.01),
+        q(0.1),
+        q(0.25),
+        q(0.75),
+        q(0.9)
+    );
 }
 
 pub async fn run(args: FanoutBench) -> Result<(), LabError> {
