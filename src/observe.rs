@@ -3,7 +3,7 @@
 //! for `GET /metrics`. Families are listed in docs/CONFIG.md's companion, docs/ARCHITECTURE.md.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{OnceLock, RwLock};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -83,12 +83,22 @@ fn shard() -> usize {
 }
 
 /// Every tally made, by transport (a handful, made once each and kept for the process).
-static TALLIES: Mutex<Vec<(&'static str, &'static Tally)>> = Mutex::new(Vec::new());
+static TALLIES: RwLock<Vec<(&'static str, &'static Tally)>> = RwLock::new(Vec::new());
 
-/// The tally of `plexus_deliveries_total` for `transport`.
+/// The tally of `plexus_deliveries_total` for `transport`: a shared look-up once made (a poll
+/// asks for it at every answer).
 pub fn deliveries(transport: &'static str) -> &'static Tally {
-    let mut tallies = TALLIES.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, tally)) = tallies.iter().find(|(t, _)| *t == transport) {
+    let find = |tallies: &[(&'static str, &'static Tally)]| {
+        tallies
+            .iter()
+            .find(|(t, _)| *t == transport)
+            .map(|(_, tally)| *tally)
+    };
+    if let Some(tally) = find(&TALLIES.read().unwrap_or_else(|p| p.into_inner())) {
+        return tally;
+    }
+    let mut tallies = TALLIES.write().unwrap_or_else(|p| p.into_inner());
+    if let Some(tally) = find(&tallies) {
         return tally;
     }
     prometheus();
@@ -103,7 +113,7 @@ pub fn deliveries(transport: &'static str) -> &'static Tally {
 /// The Prometheus text exposition, every tally folded in first; `None` without the recorder.
 pub fn render() -> Option<String> {
     let handle = prometheus()?;
-    for (_, tally) in TALLIES.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+    for (_, tally) in TALLIES.read().unwrap_or_else(|p| p.into_inner()).iter() {
         tally.fold();
     }
     Some(handle.render())

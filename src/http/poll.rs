@@ -37,7 +37,7 @@ pub(super) struct PollBody<'a> {
 /// A read through a consumer as a poll answers it (each envelope with its `delivery`),
 /// counted as delivered; also the page an ack with `read` answers.
 pub(super) fn consumer_page(got: &Delivered) -> PollBody<'_> {
-    deliveries().increment(got.messages.len() as u64);
+    crate::observe::deliveries("poll").increment(got.messages.len() as u64);
     PollBody {
         messages: got
             .messages
@@ -142,7 +142,7 @@ async fn poll(
             wait,
         })
         .await?;
-    deliveries().increment(result.messages.len() as u64);
+    crate::observe::deliveries("poll").increment(result.messages.len() as u64);
     let body = PollBody {
         messages: result.messages.iter().map(|m| Envelope::of(m)).collect(),
         next: result.next.to_string(),
@@ -150,10 +150,4 @@ async fn poll(
     };
     // Serialised here, while the borrowed messages are alive.
     Ok(Json(body).into_response())
-}
-
-/// The tally of messages answered to polls, looked up once (a poll answers on every request).
-fn deliveries() -> &'static crate::observe::Tally {
-    static TALLY: std::sync::OnceLock<&'static crate::observe::Tally> = std::sync::OnceLock::new();
-    TALLY.get_or_init(|| crate::observe::deliveries("poll"))
 }

@@ -153,7 +153,7 @@ struct Session {
     client: Option<IpAddr>,
     /// Read and written by this task alone, unsplit: a split socket took a lock for each
     /// read and each write (the WebSocket fan-out profile, docs/BENCHMARKS.md).
-    socket: Option<WebSocket>,
+    socket: WebSocket,
     /// Each subscription's deliveries, then [`Delivery::Ended`] once it ends on its own (not
     /// by unsubscribe).
     subs: Subscriptions,
@@ -181,7 +181,7 @@ impl Session {
             caller,
             heard: false,
             client,
-            socket: Some(socket),
+            socket,
             subs: Subscriptions::default(),
             active: HashMap::new(),
             written: HashMap::new(),
@@ -227,10 +227,7 @@ impl Session {
                     self.close(CLOSE_UNAUTHORIZED).await;
                     return;
                 }
-                frame = std::future::poll_fn(|cx| match self.socket.as_mut() {
-                    Some(socket) => incoming.poll_next(socket, cx),
-                    None => Poll::Ready(None),
-                }) => {
+                frame = std::future::poll_fn(|cx| incoming.poll_next(&mut self.socket, cx)) => {
                     let Some(Ok(frame)) = frame else { return };
                     last_heard = Instant::now();
                     let answer = match frame {
@@ -295,10 +292,7 @@ impl Session {
                 _ => break,
             }
         }
-        match self.socket.as_mut() {
-            Some(socket) => socket.flush().await.map_err(|_| ())?,
-            None => return Err(()),
-        }
+        self.socket.flush().await.map_err(|_| ())?;
         for (sent, after) in written {
             sent.fetch_max(after, Ordering::Relaxed);
         }
@@ -338,10 +332,10 @@ impl Session {
         };
         match Utf8Bytes::try_from(bytes) {
             Ok(text) => {
-                match self.socket.as_mut() {
-                    Some(socket) => socket.feed(WsMessage::Text(text)).await.map_err(|_| ())?,
-                    None => return Err(()),
-                }
+                self.socket
+                    .feed(WsMessage::Text(text))
+                    .await
+                    .map_err(|_| ())?;
                 written.extend(position);
                 Ok(())
             }
@@ -367,10 +361,7 @@ impl Session {
     }
 
     async fn send(&mut self, message: WsMessage) -> Result<(), ()> {
-        match self.socket.as_mut() {
-            Some(socket) => socket.send(message).await.map_err(|_| ()),
-            None => Err(()),
-        }
+        self.socket.send(message).await.map_err(|_| ())
     }
 
     async fn send_text(&mut self, text: String) -> Result<(), ()> {
@@ -383,9 +374,7 @@ impl Session {
             code: close.code,
             reason: Utf8Bytes::from_static(close.reason),
         }));
-        if let Some(socket) = self.socket.as_mut() {
-            let _ = tokio::time::timeout(CLOSE_WITHIN, socket.send(frame)).await;
-        }
+        let _ = tokio::time::timeout(CLOSE_WITHIN, self.socket.send(frame)).await;
     }
 
     /// Completes the close handshake a client started (RFC 6455 §5.5.1); without it the socket
@@ -395,9 +384,7 @@ impl Session {
     /// it. Closing the socket flushes that echo, within [`CLOSE_WITHIN`]; the connection ends when
     /// the session drops the socket.
     async fn answer_close(&mut self) {
-        if let Some(socket) = self.socket.as_mut() {
-            close_within(socket, CLOSE_WITHIN).await;
-        }
+        close_within(&mut self.socket, CLOSE_WITHIN).await;
     }
 
     /// Answers one text frame; `false` when the socket must close for want of a credential.
@@ -609,8 +596,7 @@ impl Session {
 /// waker; the others through a `SelectAll`, whose wakers and ready queue were ~15 % of the
 /// session's CPU per delivery for a socket following one topic, as most do (docs/BENCHMARKS.md,
 /// the profile). The two take turns first after a delivery, so a busy first topic cannot starve
-/// the others.
-/// Held in place, not boxed: a delivery touches one allocation fewer per level.
+/// the others. Held in place, not boxed: a delivery touches one allocation fewer per level.
 struct Subscriptions<S = Tracked> {
     first: Option<S>,
     rest: SelectAll<S>,
@@ -926,10 +912,9 @@ mod tests {
     async fn a_stream_polled_only_when_woken_misses_no_wake() {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
         let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
-        let inner = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        let mut inner = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|v| (v, rx))
         }));
-        let mut inner = inner;
         let mut gate = WokenOnly::new();
         tokio::spawn(async move {
             for i in 0..50 {

@@ -263,7 +263,6 @@ impl Stream for TopicEvents {
                 this.hold = None;
             }
             if this.ended {
-                this.fetching = None;
                 return Poll::Ready(None);
             }
             if this.catching_up {
