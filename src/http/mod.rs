@@ -44,6 +44,7 @@ mod state;
 mod streaming;
 mod trace;
 mod webhooks;
+mod websocket;
 mod ws;
 
 use axum::Router;

@@ -13,9 +13,7 @@ use std::time::Duration;
 use axum::Extension;
 use axum::Router;
 use axum::extract::State;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::any;
 use bytes::Bytes;
 use futures_util::SinkExt;
@@ -23,6 +21,9 @@ use futures_util::stream::{BoxStream, SelectAll, Stream, StreamExt};
 use futures_util::task::AtomicWaker;
 use serde_json::Value;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
 use super::auth::{AuthPending, Caller};
 use super::error::{ApiError, FrameRefusal};
@@ -30,12 +31,12 @@ use super::extract::{Params, QueryPairs};
 use super::schema;
 use super::state::AppState;
 use super::streaming::{Keepalive, OpenStream};
+use super::websocket::{NotAnUpgrade, Socket, Upgrade, send_frames};
 use crate::hub::{Event, PageTurn, SlowPolicy};
 use crate::model::{Gap, NewMessage, Seq, Since, Topic, TopicList};
 use crate::server::ClientAddr;
-use crate::stop::Stop;
 use crate::wire::Encoded;
-use crate::wire::frames::ws_gap;
+use crate::wire::frames::ws_gap_frame;
 use crate::wire::ws::{
     CLOSE_RESTARTING, CLOSE_SILENT_PEER, CLOSE_UNAUTHORIZED, Close, Command, Reply, auth_ok_frame,
     decode_client_frame, disconnect_frame, error_frame, ok_frame, subscription_error_frame,
@@ -85,7 +86,7 @@ async fn upgrade(
     pending: Option<Extension<AuthPending>>,
     client: Option<Extension<ClientAddr>>,
     query: QueryPairs,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<Upgrade, NotAnUpgrade>,
 ) -> Result<Response, ApiError> {
     // No credential at all: the socket opens, and its first frame must be `auth`.
     let caller = match (caller, pending) {
@@ -100,9 +101,8 @@ async fn upgrade(
             "no credential: send Authorization: Bearer, or upgrade and send an auth frame",
         ));
     }
-    let ws = ws.map_err(|e| {
-        ApiError::bad_request(format!("not a WebSocket upgrade: {}", e.body_text()))
-    })?;
+    let ws =
+        ws.map_err(|e| ApiError::bad_request(format!("not a WebSocket upgrade: {}", e.reason())))?;
     let params = Params::from(query)?;
     let initial = match params.get("topic")? {
         Some(_) if caller.is_none() => {
@@ -129,18 +129,17 @@ async fn upgrade(
     };
     // Frames up to our limit get an answer; beyond 4x it the socket is closed (1009).
     let limit = state.options.max_ws_frame_bytes;
-    Ok(ws
+    let config = WebSocketConfig::default()
         // tungstenite's defaults (128 KiB each way) would cost an idle socket ~140 KiB.
         .read_buffer_size(4096)
         .write_buffer_size(4096)
-        .max_message_size(limit.saturating_mul(4))
-        .max_frame_size(limit.saturating_mul(4))
-        .on_upgrade(move |socket| async move {
-            Session::new(state, caller, client, socket)
-                .run(initial)
-                .await;
-        })
-        .into_response())
+        .max_message_size(Some(limit.saturating_mul(4)))
+        .max_frame_size(Some(limit.saturating_mul(4)));
+    Ok(ws.on_upgrade(config, move |socket| async move {
+        Session::new(state, caller, client, socket)
+            .run(initial)
+            .await;
+    }))
 }
 
 struct Session {
@@ -152,13 +151,17 @@ struct Session {
     /// The address whose request-rate bucket every frame is charged to, as the upgrade was.
     client: Option<IpAddr>,
     /// Read and written by this task alone, unsplit: a split socket took a lock for each
-    /// read and each write (the WebSocket fan-out profile, docs/BENCHMARKS.md).
-    socket: WebSocket,
+    /// read and each write (the WebSocket fan-out profile, docs/BENCHMARKS.md). Message
+    /// frames are written as encoded once for every socket ([`send_frames`]).
+    socket: Socket,
     /// Each subscription's deliveries, then [`Delivery::Ended`] once it ends on its own (not
     /// by unsubscribe).
     subs: Subscriptions,
-    /// Each subscribed topic's cancel switch (unsubscribe, resubscribe).
-    active: HashMap<Topic, Stop>,
+    /// Each subscribed topic's subscription, by the number [`Self::track`] gave it: an
+    /// unsubscribe or a resubscribe takes it out of `subs`.
+    active: HashMap<Topic, u64>,
+    /// The number of the next subscription.
+    next_id: u64,
     /// Per topic subscribed through a consumer: the highest seq written to the socket, which
     /// an `auto` consumer advances to.
     written: HashMap<Topic, Arc<AtomicU64>>,
@@ -174,7 +177,7 @@ impl Session {
         state: AppState,
         caller: Option<Caller>,
         client: Option<IpAddr>,
-        socket: WebSocket,
+        socket: Socket,
     ) -> Self {
         Session {
             state,
@@ -184,6 +187,7 @@ impl Session {
             socket,
             subs: Subscriptions::default(),
             active: HashMap::new(),
+            next_id: 0,
             written: HashMap::new(),
             turn: PageTurn::new(),
             deliveries: crate::observe::deliveries("ws"),
@@ -248,8 +252,9 @@ impl Session {
                             self.answer_close().await;
                             return;
                         }
-                        // Pongs to pings are sent by the protocol layer.
-                        WsMessage::Ping(_) | WsMessage::Pong(_) => None,
+                        // Pongs to pings are sent by the protocol layer; a raw frame is
+                        // never read.
+                        WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => None,
                     };
                     if let Some(answer) = answer
                         && self.send_text(answer).await.is_err()
@@ -277,69 +282,76 @@ impl Session {
     }
 
     /// Delivers `event` and every event already waiting behind it (up to [`WRITE_BATCH`]),
-    /// then flushes once: a socket that fell behind gets its pending frames in one write, not
-    /// one write each (docs/BENCHMARKS.md, the fan-out profile). A consumer's position moves
-    /// only once the frames are flushed.
+    /// in one write: a socket that fell behind gets its pending frames in one write, not one
+    /// write each (docs/BENCHMARKS.md, the fan-out profile). A consumer's position moves only
+    /// once the frames are written.
     async fn deliver_ready(&mut self, first: Delivery) -> Result<(), ()> {
+        let mut batch = Batch::default();
         let mut written = Vec::new();
-        self.deliver(first, &mut written).await?;
+        self.deliver(first, &mut batch, &mut written).await?;
         for _ in 1..WRITE_BATCH {
             // Polled with this task's waker, not a no-op one: a subscription polled directly
             // (`Subscriptions`) keeps the waker it was last polled with.
             let next = std::future::poll_fn(|cx| Poll::Ready(self.subs.poll_next_unpin(cx))).await;
             match next {
-                Poll::Ready(Some(delivery)) => self.deliver(delivery, &mut written).await?,
+                Poll::Ready(Some(delivery)) => {
+                    self.deliver(delivery, &mut batch, &mut written).await?;
+                }
                 _ => break,
             }
         }
-        self.socket.flush().await.map_err(|_| ())?;
+        self.write(&mut batch).await?;
         for (sent, after) in written {
             sent.fetch_max(after, Ordering::Relaxed);
         }
         Ok(())
     }
 
-    /// Queues one event's frame without flushing (see [`Self::deliver_ready`]); `written`
-    /// collects the consumer positions it moves once flushed.
+    /// Adds one event's frame to `batch` (see [`Self::deliver_ready`]); `written` collects the
+    /// consumer positions it moves once written. A frame sent through tungstenite (a notice)
+    /// goes after the batch so far, which is written first.
     async fn deliver(
         &mut self,
         delivery: Delivery,
+        batch: &mut Batch,
         written: &mut Vec<(Arc<AtomicU64>, u64)>,
     ) -> Result<(), ()> {
-        let (bytes, position) = match delivery {
+        let (frame, position) = match delivery {
             Delivery::Message(enc) => {
                 self.deliveries.increment(1);
                 let sent = self.written.get(&enc.msg.topic);
                 let position = sent.map(|sent| (sent.clone(), enc.msg.seq));
-                (enc.ws(), position)
+                (enc.ws_frame(), position)
             }
             Delivery::Gap(gap, after) => {
                 let position = self
                     .written
                     .get(&gap.topic)
                     .map(|sent| (sent.clone(), after));
-                (ws_gap(&gap), position)
+                (ws_gap_frame(&gap), position)
             }
             Delivery::Disconnected(topic) => {
-                // This topic's subscription ended (slow consumer, `disconnect` policy); the
-                // stop keeps its end from being reported again as a failure.
-                if let Some(stop) = self.active.remove(&topic) {
-                    stop.stop();
-                }
+                // This topic's subscription ended (slow consumer, `disconnect` policy); taken
+                // out, its end is not reported again as a failure.
+                self.untrack(&topic);
+                self.write(batch).await?;
                 return self.send_text(disconnect_frame(&topic)).await;
             }
-            Delivery::Ended(topic) => return self.ended(topic).await,
-        };
-        match Utf8Bytes::try_from(bytes) {
-            Ok(text) => {
-                self.socket
-                    .feed(WsMessage::Text(text))
-                    .await
-                    .map_err(|_| ())?;
-                written.extend(position);
-                Ok(())
+            Delivery::Ended(topic) => {
+                self.write(batch).await?;
+                return self.ended(topic).await;
             }
-            Err(_) => Ok(()),
+        };
+        batch.push(frame);
+        written.extend(position);
+        Ok(())
+    }
+
+    /// Writes the frames batched so far.
+    async fn write(&mut self, batch: &mut Batch) -> Result<(), ()> {
+        match batch.take() {
+            Some(frames) => send_frames(&mut self.socket, frames).await.map_err(|_| ()),
+            None => Ok(()),
         }
     }
 
@@ -371,7 +383,7 @@ impl Session {
     /// Starts the close handshake with `close`, within [`CLOSE_WITHIN`].
     async fn close(&mut self, close: Close) {
         let frame = WsMessage::Close(Some(CloseFrame {
-            code: close.code,
+            code: CloseCode::from(close.code),
             reason: Utf8Bytes::from_static(close.reason),
         }));
         let _ = tokio::time::timeout(CLOSE_WITHIN, self.socket.send(frame)).await;
@@ -492,9 +504,7 @@ impl Session {
                 ))
             }
             Command::Unsubscribe { topic } => {
-                if let Some(stop) = self.active.remove(&topic) {
-                    stop.stop();
-                }
+                self.untrack(&topic);
                 Ok(ok_frame(id, Reply::Unsubscribed { topic: &topic }))
             }
             Command::Publish { topic, event, data } => {
@@ -549,17 +559,22 @@ impl Session {
     /// Adds a subscription's events, replacing an earlier subscription to the topic.
     fn track(&mut self, topic: Topic, events: Source) {
         self.written.remove(&topic);
-        let stop = Stop::new();
-        if let Some(old) = self.active.insert(topic.clone(), stop.clone()) {
-            old.stop();
-        }
-        let stopped = stop.wait();
+        self.untrack(&topic);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.active.insert(topic.clone(), id);
         self.subs.push(Tracked {
-            events,
+            events: Some(events),
             topic,
-            stopped,
-            done: false,
+            id,
         });
+    }
+
+    /// Ends the topic's subscription, if any: nothing more of it is delivered.
+    fn untrack(&mut self, topic: &Topic) {
+        if let Some(id) = self.active.remove(topic) {
+            self.subs.remove(topic, id);
+        }
     }
 
     /// Subscribes one topic (replacing an earlier subscription to it); returns its start cursor.
@@ -592,6 +607,37 @@ impl Session {
     }
 }
 
+/// Whole frames to be written together: a lone frame as the bytes every socket shares, more
+/// copied after it into one buffer.
+#[derive(Default)]
+struct Batch {
+    first: Option<Bytes>,
+    more: Option<bytes::BytesMut>,
+}
+
+impl Batch {
+    fn push(&mut self, frame: Bytes) {
+        match (&self.first, &mut self.more) {
+            (None, _) => self.first = Some(frame),
+            (Some(first), None) => {
+                let mut more = bytes::BytesMut::with_capacity((first.len() + frame.len()) * 4);
+                more.extend_from_slice(first);
+                more.extend_from_slice(&frame);
+                self.more = Some(more);
+            }
+            (Some(_), Some(more)) => more.extend_from_slice(&frame),
+        }
+    }
+
+    fn take(&mut self) -> Option<Bytes> {
+        let first = self.first.take();
+        match self.more.take() {
+            Some(more) => Some(more.freeze()),
+            None => first,
+        }
+    }
+}
+
 /// The socket's subscriptions as one stream. The first is polled directly, with the task's
 /// waker; the others through a `SelectAll`, whose wakers and ready queue were ~15 % of the
 /// session's CPU per delivery for a socket following one topic, as most do (docs/BENCHMARKS.md,
@@ -601,6 +647,9 @@ struct Subscriptions<S = Tracked> {
     first: Option<S>,
     rest: SelectAll<S>,
     rest_first: bool,
+    /// Entries of `rest` ended by [`Subscriptions::remove`]: never woken again, they are
+    /// dropped from `rest` once they outnumber the others.
+    dead: usize,
 }
 
 impl<S: Stream + Unpin> Default for Subscriptions<S> {
@@ -609,6 +658,7 @@ impl<S: Stream + Unpin> Default for Subscriptions<S> {
             first: None,
             rest: SelectAll::new(),
             rest_first: false,
+            dead: 0,
         }
     }
 }
@@ -623,6 +673,37 @@ impl<S: Stream<Item = Delivery> + Unpin> Subscriptions<S> {
 
     fn is_empty(&self) -> bool {
         self.first.is_none() && self.rest.is_empty()
+    }
+}
+
+impl Subscriptions<Tracked> {
+    /// Ends subscription `id` of `topic` at once: the first is dropped; one of the others is
+    /// emptied in place (a `SelectAll` cannot give an entry back), and the emptied ones are
+    /// swept out once they outnumber the live ones.
+    fn remove(&mut self, topic: &Topic, id: u64) {
+        if self
+            .first
+            .as_ref()
+            .is_some_and(|t| t.id == id && t.topic == *topic)
+        {
+            self.first = None;
+            return;
+        }
+        if let Some(tracked) = self
+            .rest
+            .iter_mut()
+            .find(|t| t.id == id && t.topic == *topic && t.events.is_some())
+        {
+            tracked.events = None;
+            self.dead += 1;
+        }
+        if self.dead * 2 > self.rest.len() {
+            let live = std::mem::take(&mut self.rest)
+                .into_iter()
+                .filter(|t| t.events.is_some());
+            self.rest = futures_util::stream::select_all(live);
+            self.dead = 0;
+        }
     }
 }
 
@@ -659,15 +740,16 @@ impl<S: Stream<Item = Delivery> + Unpin> Stream for Subscriptions<S> {
 }
 
 /// One subscription of the socket: its events as deliveries, then [`Delivery::Ended`] if
-/// they end on their own; nothing more once its switch is stopped (an unsubscribe or a
-/// replacing subscribe, so only an end of the hub's own is reported). One type where a chain
-/// of four combinators was, as the session polls it once per delivered message; the switch
-/// is a [`Stop`], which answers from a flag when polled again.
+/// they end on their own. An unsubscribe or a replacing subscribe takes it out of the
+/// session's [`Subscriptions`] (which empties it in place when it cannot drop it), so a
+/// delivery polls no cancel switch of its own: that was a cache miss per delivered message at
+/// 10,000 sockets (docs/BENCHMARKS.md, the WebSocket profile).
 struct Tracked {
-    events: Source,
+    /// `None` once ended: by the hub (after [`Delivery::Ended`]) or by the session.
+    events: Option<Source>,
     topic: Topic,
-    stopped: crate::stop::StopWait,
-    done: bool,
+    /// Which subscription of the topic this is: the session's number for it.
+    id: u64,
 }
 
 /// Where a subscription of the socket reads: the hub (held in place), or a durable consumer.
@@ -694,17 +776,13 @@ impl Stream for Tracked {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
         let this = self.get_mut();
-        if this.done {
+        let Some(events) = this.events.as_mut() else {
             return Poll::Ready(None);
-        }
-        if Pin::new(&mut this.stopped).poll(cx).is_ready() {
-            this.done = true;
-            return Poll::Ready(None);
-        }
-        match this.events.poll_next_unpin(cx) {
+        };
+        match events.poll_next_unpin(cx) {
             Poll::Ready(Some(event)) => Poll::Ready(Some(Delivery::of(&this.topic, event))),
             Poll::Ready(None) => {
-                this.done = true;
+                this.events = None;
                 Poll::Ready(Some(Delivery::Ended(this.topic.clone())))
             }
             Poll::Pending => Poll::Pending,
@@ -936,6 +1014,48 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(60), read)
             .await
             .expect("every item read");
+    }
+
+    /// A removed subscription delivers nothing more and leaves nothing behind: the first is
+    /// dropped, one of the others is emptied in place, and the emptied ones are swept out once
+    /// they outnumber the live ones (a client subscribing and unsubscribing a quiet topic in a
+    /// loop grows nothing).
+    #[tokio::test]
+    async fn removed_subscriptions_end_at_once_and_are_swept() {
+        let topic: Topic = "t".parse().unwrap();
+        let other: Topic = "u".parse().unwrap();
+        let tracked = |topic: &Topic, id| Tracked {
+            events: Some(Source::Consumer(futures_util::stream::pending().boxed())),
+            topic: topic.clone(),
+            id,
+        };
+        let mut subs = Subscriptions::<Tracked>::default();
+        subs.push(tracked(&topic, 0));
+        subs.push(tracked(&other, 1));
+        for id in 2..1000 {
+            subs.push(tracked(&topic, id));
+            subs.remove(&topic, id);
+        }
+        assert!(subs.rest.len() <= 3, "swept: {} left", subs.rest.len());
+        // Another topic's number, or a number already removed, removes nothing.
+        subs.remove(&other, 0);
+        subs.remove(&topic, 5);
+        assert!(subs.first.is_some());
+        subs.remove(&topic, 0);
+        assert!(subs.first.is_none(), "the first is dropped");
+        assert!(!subs.is_empty(), "the other topic's lives on");
+        subs.remove(&other, 1);
+        assert!(subs.is_empty(), "nothing is left");
+        assert!(subs.next().await.is_none());
+        // One that ended on its own is reported once, then is gone.
+        let mut ended = Subscriptions::<Tracked>::default();
+        ended.push(Tracked {
+            events: Some(Source::Consumer(futures_util::stream::empty().boxed())),
+            topic: topic.clone(),
+            id: 7,
+        });
+        assert!(matches!(ended.next().await, Some(Delivery::Ended(t)) if t == topic));
+        assert!(ended.next().await.is_none());
     }
 
     /// A peer that reads nothing: every write and flush waits forever.

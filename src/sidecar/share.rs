@@ -26,7 +26,7 @@ use crate::wire::Encoded;
 use crate::wire::base64;
 use crate::wire::frames::{
     NDJSON_KEEPALIVE, SSE_DISCONNECT, SSE_KEEPALIVE, SSE_RETRY, ndjson_disconnect, ndjson_gap,
-    sse_gap, sse_retry_at_shutdown, ws_gap,
+    sse_gap, sse_retry_at_shutdown, ws_gap_frame, ws_payload,
 };
 use crate::wire::ws::disconnect_frame;
 
@@ -352,7 +352,7 @@ fn frame_gap(g: &Gap, after: u64, format: Format) -> Bytes {
     match format {
         Format::Sse { .. } => sse_gap(&after.to_string(), g),
         Format::Ndjson => ndjson_gap(g),
-        Format::Ws => ws_gap(g),
+        Format::Ws => ws_payload(&ws_gap_frame(g)),
     }
 }
 

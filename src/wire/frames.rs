@@ -106,8 +106,16 @@ impl Encoded {
             .clone()
     }
 
-    /// The WebSocket text frame `{"op":"message",…envelope}` (valid UTF-8 JSON).
+    /// The payload of the WebSocket text frame `{"op":"message",…envelope}` (valid UTF-8
+    /// JSON).
     pub fn ws(&self) -> Bytes {
+        let frame = self.ws_frame();
+        ws_payload(&frame)
+    }
+
+    /// The whole WebSocket text frame (head and payload, unmasked, as a server sends it),
+    /// made once: every socket following the topic writes these same bytes.
+    pub fn ws_frame(&self) -> Bytes {
         self.ws
             .get_or_init(|| {
                 #[derive(Serialize)]
@@ -116,14 +124,60 @@ impl Encoded {
                     #[serde(flatten)]
                     envelope: Envelope<'a>,
                 }
-                json_bytes(&WsMessage {
+                ws_text_frame(&WsMessage {
                     op: "message",
                     envelope: self.envelope(),
                 })
-                .freeze()
             })
             .clone()
     }
+}
+
+/// The longest head of a WebSocket frame a server sends: no mask, a 64-bit length.
+const WS_HEAD_MAX: usize = 10;
+
+/// `value` as JSON in one final, unmasked WebSocket text frame (RFC 6455 §5.2). The JSON is
+/// written after room for the longest head, then the head is written just before it: no copy.
+pub fn ws_text_frame<T: Serialize>(value: &T) -> Bytes {
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_bytes(0, WS_HEAD_MAX);
+    let mut writer = buf.writer();
+    // Serialising our own structs into memory cannot fail.
+    let _ = serde_json::to_writer(&mut writer, value);
+    let mut buf = writer.into_inner();
+    let len = buf.len() - WS_HEAD_MAX;
+    let mut head = [0u8; WS_HEAD_MAX];
+    head[0] = 0x81; // FIN, text
+    let head = match len {
+        0..=125 => {
+            head[1] = len as u8;
+            &head[..2]
+        }
+        126..=0xffff => {
+            head[1] = 126;
+            head[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            &head[..4]
+        }
+        _ => {
+            head[1] = 127;
+            head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            &head[..10]
+        }
+    };
+    let start = WS_HEAD_MAX - head.len();
+    buf[start..WS_HEAD_MAX].copy_from_slice(head);
+    let _ = buf.split_to(start);
+    buf.freeze()
+}
+
+/// The payload of a frame [`ws_text_frame`] made (a view of the same bytes).
+pub fn ws_payload(frame: &Bytes) -> Bytes {
+    let head = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    frame.slice(head.min(frame.len())..)
 }
 
 fn json_bytes<T: Serialize>(value: &T) -> BytesMut {
@@ -219,19 +273,18 @@ pub fn ndjson_gap(gap: &Gap) -> Bytes {
     buf.freeze()
 }
 
-/// A gap as a WebSocket frame: `{"op":"gap","topic",…}`.
-pub fn ws_gap(gap: &Gap) -> Bytes {
+/// A gap as a whole WebSocket text frame (see [`ws_text_frame`]): `{"op":"gap","topic",…}`.
+pub fn ws_gap_frame(gap: &Gap) -> Bytes {
     #[derive(Serialize)]
     struct Frame<'a> {
         op: &'static str,
         #[serde(flatten)]
         gap: GapJson<'a>,
     }
-    json_bytes(&Frame {
+    ws_text_frame(&Frame {
         op: "gap",
         gap: GapJson::of(gap),
     })
-    .freeze()
 }
 
 #[cfg(test)]
@@ -306,12 +359,36 @@ mod tests {
         assert!(SSE_DISCONNECT.starts_with(b":") && SSE_DISCONNECT.ends_with(b"\n\n"));
     }
 
+    /// A frame's head is the shortest RFC 6455 allows for its length, unmasked and final,
+    /// and the payload after it is exactly the JSON.
+    #[test]
+    fn ws_text_frames_carry_the_json_behind_the_shortest_head() {
+        for (len, head) in [
+            (2, vec![0x81, 2]),
+            (125, vec![0x81, 125]),
+            (126, vec![0x81, 126, 0, 126]),
+            (65535, vec![0x81, 126, 0xff, 0xff]),
+            (65536, vec![0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]),
+            (70000, vec![0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]),
+        ] {
+            let text = "x".repeat(len - 2);
+            let frame = ws_text_frame(&text);
+            assert_eq!(&frame[..head.len()], &head[..], "the head of {len} bytes");
+            assert_eq!(frame.len(), head.len() + len);
+            let payload = ws_payload(&frame);
+            assert_eq!(payload.len(), len);
+            assert_eq!(serde_json::from_slice::<String>(&payload).unwrap(), text);
+        }
+    }
+
     #[test]
     fn ws_and_lines_are_made_once() {
         let enc = Encoded::new(Arc::new(msg(b"x")));
         let a = enc.ws();
         let b = enc.ws();
         assert_eq!(a.as_ptr(), b.as_ptr(), "the same bytes are shared");
+        let frame = enc.ws_frame();
+        assert_eq!(&frame[2..], &a[..], "the frame carries the same payload");
         let v: serde_json::Value = serde_json::from_slice(&a).unwrap();
         assert_eq!(v["op"], "message");
         assert_eq!(v["seq"], 7);

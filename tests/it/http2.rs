@@ -315,3 +315,79 @@ async fn the_client_publishes_a_batch_all_or_nothing_over_http2() {
         "nothing of the refused batch was stored"
     );
 }
+
+/// A WebSocket over HTTP/2 (RFC 8441): an extended CONNECT with `:protocol websocket` is
+/// answered `200`, and the stream then carries the socket both ways: a subscribe's answer, and
+/// the messages published to the topic, small and large.
+#[tokio::test]
+async fn a_websocket_rides_an_http2_stream_by_extended_connect() {
+    use futures_util::SinkExt;
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let server = Server::start(&[]).await;
+    let tcp = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("an HTTP/2 connection");
+    tokio::spawn(conn);
+    let mut request = hyper::Request::builder()
+        .method(hyper::Method::CONNECT)
+        .uri(server.url("/v1/ws"))
+        .header("sec-websocket-version", "13")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut response = timeout(READ_TIMEOUT, send.send_request(request))
+        .await
+        .expect("an answer")
+        .expect("the CONNECT is answered");
+    assert_eq!(response.status(), 200, "{:?}", response.headers());
+    let upgraded = hyper::upgrade::on(&mut response).await.expect("upgraded");
+    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
+    ws.send(Message::text(
+        r#"{"op":"subscribe","id":1,"topic":"h2.ws"}"#.to_string(),
+    ))
+    .await
+    .unwrap();
+    let ok = read_text(&mut ws).await;
+    assert_eq!(
+        (ok["op"].as_str(), ok["id"].as_u64()),
+        (Some("ok"), Some(1)),
+        "{ok}"
+    );
+    let bodies = ["small".to_string(), "w".repeat(70_000)];
+    for body in &bodies {
+        server.publish("h2.ws", body.clone()).await;
+    }
+    for (seq, body) in bodies.iter().enumerate() {
+        let m = read_text(&mut ws).await;
+        assert_eq!(m["op"], "message", "{m}");
+        assert_eq!(m["seq"].as_u64(), Some(seq as u64 + 1), "{m}");
+        assert_eq!(m["data"].as_str(), Some(body.as_str()));
+    }
+}
+
+/// The next text frame of a WebSocket as JSON, skipping pings.
+async fn read_text<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    loop {
+        let frame = timeout(READ_TIMEOUT, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("the socket is open")
+            .expect("a frame");
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = frame {
+            return serde_json::from_str(text.as_str()).expect("a JSON frame");
+        }
+    }
+}

@@ -357,3 +357,44 @@ async fn ws_resume_with_since_is_exact() {
     server.publish("t", "sentinel").await;
     assert_eq!(seqs(&ws.events(1).await), vec![10]);
 }
+
+/// Message frames are written as the hub encoded them, once for every socket, beside the
+/// answers tungstenite writes: a payload of each length a frame's head can state (7, 16 and
+/// 64 bits) reaches two sockets whole and in order, with the answers to their own frames
+/// between them.
+#[tokio::test]
+async fn ws_messages_of_every_frame_length_arrive_whole_beside_answers() {
+    let server = Server::start(&[]).await;
+    let bodies = ["x".repeat(10), "y".repeat(300), "z".repeat(100_000)];
+    let mut sockets = Vec::new();
+    for _ in 0..2 {
+        let mut ws = Ws::connect(&server, "").await;
+        let mut early = Vec::new();
+        ws.ok(json!({"op":"subscribe","id":1,"topic":"big"}), &mut early)
+            .await;
+        assert!(early.is_empty(), "{early:?}");
+        sockets.push(ws);
+    }
+    // The first socket's messages, read while it waits for its answers.
+    let mut first = Vec::new();
+    for (i, body) in bodies.iter().enumerate() {
+        server.publish("big", body.clone()).await;
+        // An answer of tungstenite's on the same socket, between message frames.
+        let ok = sockets[0]
+            .ok(
+                json!({"op":"subscribe","id":10 + i,"topic":format!("other{i}")}),
+                &mut first,
+            )
+            .await;
+        assert_eq!(ok["id"], json!(10 + i), "{ok}");
+    }
+    let missing = bodies.len() - first.len();
+    first.extend(sockets[0].events(missing).await);
+    let second = sockets[1].events(bodies.len()).await;
+    for (n, got) in [first, second].iter().enumerate() {
+        assert_eq!(seqs(got), [1, 2, 3], "socket {n}");
+        for (frame, body) in got.iter().zip(&bodies) {
+            assert_eq!(frame["data"].as_str(), Some(body.as_str()), "socket {n}");
+        }
+    }
+}
