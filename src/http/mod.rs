@@ -13,7 +13,8 @@
 //! - over those, `streaming`: what every stream shares (its parameters, the cursor after each
 //!   event, the open-stream gauge, keepalives, ending on shutdown); SSE and NDJSON are built
 //!   on it, the WebSocket takes its gauge and keeps its own ping and close handshake, since
-//!   frames flow both ways on it;
+//!   frames flow both ways on it; and `websocket`, the WebSocket's upgrade and connection
+//!   (message frames written as encoded, beside tungstenite);
 //! - above them the handlers, each registering its own routes: `publish`, `poll`, `sse`,
 //!   `ndjson`, `ws`, `admin`, `jobs`, `consumers`, `webhooks`;
 //! - on top `openapi`, which names the handlers, and this file, which assembles the router.
