@@ -13,6 +13,7 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::FromRequestParts;
@@ -22,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -152,6 +153,25 @@ pub async fn send_frames(socket: &mut Socket, mut frames: Bytes) -> io::Result<(
     std::future::poll_fn(|cx| io.poll_send(cx, &mut frames)).await
 }
 
+/// Completes a close handshake the peer started: tungstenite, having read the peer's Close,
+/// answers with its own and stops. It hands that echo to [`Io`], which may only queue it (the
+/// socket full, or a pong still queued), and tungstenite does not flush again once closed: so
+/// the queue is written out here. Gives up after `limit` (a peer that reads nothing); whether
+/// the echo went out.
+pub async fn answer_close<T>(socket: &mut WebSocketStream<Io<T>>, limit: Duration) -> bool
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let answered = async {
+        // The sink's close, which flushes the echo tungstenite holds (its own `close` would
+        // send a second Close, refused after the peer's). It ends with an error once the echo
+        // is handed over, the peer having closed: not a failure.
+        let _ = futures_util::SinkExt::close(socket).await;
+        socket.get_mut().flush().await.is_ok()
+    };
+    tokio::time::timeout(limit, answered).await.unwrap_or(false)
+}
+
 /// The upgraded connection, written by two hands (see the module's text).
 pub struct Io<T = TokioIo<Upgraded>> {
     inner: T,
@@ -252,7 +272,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Io<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::AsyncReadExt;
+    use tokio_tungstenite::tungstenite::Message;
 
     /// Over a pipe that takes a few bytes at a time, tungstenite's writes are taken whole at
     /// once (queued), and frames written after them follow them: nothing is reordered or cut.
@@ -285,5 +307,69 @@ mod tests {
         expected.extend([b'c'; 40]);
         assert_eq!(all, expected);
         assert_eq!(io.queued.capacity(), 0, "an emptied queue keeps no buffer");
+    }
+
+    /// Polls `fut` once, with the test task's waker.
+    async fn poll_once<F: Future + Unpin>(mut fut: F) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await
+    }
+
+    /// The echo of a peer's Close reaches the peer whole, after what was queued before it,
+    /// though the socket could take only part of it when it was answered: a browser would
+    /// otherwise see the connection end without the echo (1006, not clean).
+    #[tokio::test]
+    async fn a_close_is_answered_after_what_was_queued() {
+        let (near, far) = tokio::io::duplex(64);
+        let mut server = WebSocketStream::from_raw_socket(Io::new(near), Role::Server, None).await;
+        let mut client = WebSocketStream::from_raw_socket(far, Role::Client, None).await;
+        let big = "q".repeat(10_000);
+        // Handed to the connection, which takes 64 bytes and queues the rest.
+        server.feed(Message::text(big.clone())).await.unwrap();
+        assert!(poll_once(server.flush()).await.is_pending());
+        assert!(server.get_ref().queued.len() > 9_000, "queued, not written");
+        client.send(Message::Close(None)).await.unwrap();
+        let peer = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(Ok(message)) = client.next().await {
+                got.push(message);
+            }
+            got
+        });
+        let closed = server.next().await.unwrap().unwrap();
+        assert!(matches!(closed, Message::Close(_)), "{closed:?}");
+        assert!(answer_close(&mut server, Duration::from_secs(30)).await);
+        drop(server);
+        let got = tokio::time::timeout(Duration::from_secs(30), peer)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.len(), 2, "the text, then the echo");
+        assert_eq!(got[0], Message::text(big));
+        assert!(matches!(got[1], Message::Close(_)), "{:?}", got[1]);
+    }
+
+    /// Answering a Close gives up on a peer that reads nothing, instead of holding the
+    /// session's task and its socket forever.
+    #[tokio::test]
+    async fn answering_a_close_gives_up_on_a_peer_that_never_reads() {
+        let (near, far) = tokio::io::duplex(64);
+        let mut server = WebSocketStream::from_raw_socket(Io::new(near), Role::Server, None).await;
+        let mut client = WebSocketStream::from_raw_socket(far, Role::Client, None).await;
+        server
+            .feed(Message::text("r".repeat(10_000)))
+            .await
+            .unwrap();
+        assert!(poll_once(server.flush()).await.is_pending());
+        client.send(Message::Close(None)).await.unwrap();
+        let closed = server.next().await.unwrap().unwrap();
+        assert!(matches!(closed, Message::Close(_)), "{closed:?}");
+        // The client keeps its end open and reads nothing.
+        let answered = tokio::time::timeout(
+            Duration::from_secs(30),
+            answer_close(&mut server, Duration::from_millis(50)),
+        )
+        .await;
+        assert_eq!(answered, Ok(false), "gives up within its limit");
+        drop(client);
     }
 }
