@@ -11,13 +11,36 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// A free loopback port (the listener that found it is closed again).
+/// A free loopback port for a server of ours, never the same one twice in a process. Taken
+/// below the kernel's ephemeral range (read from `/proc`), where no `bind(0)` of another test
+/// and no outgoing connection's own port lands: a port found by `bind(0)` and closed again
+/// could be handed out again at once, and a cluster asks for twelve in a row (a node that
+/// found its port taken never answered). Starts at a random place, so that concurrent test
+/// processes spread out; each candidate is bound once to check that it is free.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener
-        .local_addr()
-        .expect("read the ephemeral port")
-        .port()
+    use std::hash::BuildHasher;
+    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = if ephemeral_low > 12_000 {
+        (10_000, ephemeral_low)
+    } else {
+        // An unusual range: anywhere the kernel hands out.
+        (1024, u16::MAX)
+    };
+    let span = u64::from(high - low);
+    let start = std::collections::hash_map::RandomState::new().hash_one(0u8) % span;
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    for i in 0..span {
+        let port = low + ((start + i) % span) as u16;
+        if !taken.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            taken.push(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port between {low} and {high}");
 }
 
 /// One `redis-server` process.
