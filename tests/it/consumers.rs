@@ -836,6 +836,17 @@ async fn bad_input(engine: Engine) {
 }
 
 /// Waits until the consumer's position on `topic` is `seq`.
+/// Waits until the hub holds no open stream of `transport` (its gauge at 0): a client that
+/// closed is gone from the hub too. Until then a message published may still be written to
+/// the closed connection, and an `auto` consumer then counts it as sent.
+async fn until_closed(server: &Server, transport: &str) {
+    let series = format!("plexus_streams_open{{transport=\"{transport}\"}} 0");
+    crate::kit::eventually(&format!("no open {transport} stream"), || async {
+        server.metrics().await.contains(&series).then_some(())
+    })
+    .await;
+}
+
 async fn until_delivered(server: &Server, name: &str, topic: &str, seq: u64) {
     crate::kit::eventually(&format!("{name} at {topic}:{seq}"), || async {
         let f = figures(server, name, topic).await;
@@ -858,6 +869,7 @@ async fn event_source(engine: Engine) {
     assert_eq!(ids, ["1", "2", "3", "4", "5"]);
     assert_eq!(got[0].json()["delivery"], json!(1), "{:?}", got[0]);
     drop(sse);
+    until_closed(&server, "sse").await;
     until_delivered(&server, "es", "t", 5).await;
     server.publish_n("t", 5, "n").await;
     let mut sse = Sse::open(&server, path, &[]).await;
@@ -968,6 +980,7 @@ async fn websocket(engine: Engine) {
     let need = 3 - others.iter().filter(|m| m["delivery"].is_u64()).count();
     others.extend(ws.events(need).await);
     drop(ws);
+    until_closed(&server, "ws").await;
     until_delivered(&server, "wa", "t", 3).await;
     server.publish("t", "m4").await;
     let mut ws = Ws::connect(&server, "").await;
