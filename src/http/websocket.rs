@@ -190,6 +190,10 @@ impl<T: AsyncWrite + Unpin> Io<T> {
 
     /// Writes what is queued; ready once nothing is.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The common case, once per delivered message: nothing queued, nothing to let go.
+        if self.queued.capacity() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         while !self.queued.is_empty() {
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.queued))?;
             if n == 0 {

@@ -610,30 +610,35 @@ impl Session {
 /// Whole frames to be written together: a lone frame as the bytes every socket shares, more
 /// copied after it into one buffer.
 #[derive(Default)]
-struct Batch {
-    first: Option<Bytes>,
-    more: Option<bytes::BytesMut>,
+enum Batch {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(bytes::BytesMut),
 }
 
 impl Batch {
     fn push(&mut self, frame: Bytes) {
-        match (&self.first, &mut self.more) {
-            (None, _) => self.first = Some(frame),
-            (Some(first), None) => {
-                let mut more = bytes::BytesMut::with_capacity((first.len() + frame.len()) * 4);
-                more.extend_from_slice(first);
-                more.extend_from_slice(&frame);
-                self.more = Some(more);
+        *self = match std::mem::take(self) {
+            Batch::Empty => Batch::One(frame),
+            Batch::One(first) => {
+                let mut many = bytes::BytesMut::with_capacity((first.len() + frame.len()) * 4);
+                many.extend_from_slice(&first);
+                many.extend_from_slice(&frame);
+                Batch::Many(many)
             }
-            (Some(_), Some(more)) => more.extend_from_slice(&frame),
-        }
+            Batch::Many(mut many) => {
+                many.extend_from_slice(&frame);
+                Batch::Many(many)
+            }
+        };
     }
 
     fn take(&mut self) -> Option<Bytes> {
-        let first = self.first.take();
-        match self.more.take() {
-            Some(more) => Some(more.freeze()),
-            None => first,
+        match std::mem::take(self) {
+            Batch::Empty => None,
+            Batch::One(frame) => Some(frame),
+            Batch::Many(many) => Some(many.freeze()),
         }
     }
 }
@@ -647,9 +652,6 @@ struct Subscriptions<S = Tracked> {
     first: Option<S>,
     rest: SelectAll<S>,
     rest_first: bool,
-    /// Entries of `rest` ended by [`Subscriptions::remove`]: never woken again, they are
-    /// dropped from `rest` once they outnumber the others.
-    dead: usize,
 }
 
 impl<S: Stream + Unpin> Default for Subscriptions<S> {
@@ -658,7 +660,6 @@ impl<S: Stream + Unpin> Default for Subscriptions<S> {
             first: None,
             rest: SelectAll::new(),
             rest_first: false,
-            dead: 0,
         }
     }
 }
@@ -678,8 +679,10 @@ impl<S: Stream<Item = Delivery> + Unpin> Subscriptions<S> {
 
 impl Subscriptions<Tracked> {
     /// Ends subscription `id` of `topic` at once: the first is dropped; one of the others is
-    /// emptied in place (a `SelectAll` cannot give an entry back), and the emptied ones are
-    /// swept out once they outnumber the live ones.
+    /// emptied in place (a `SelectAll` cannot give an entry back; never woken again, it stays
+    /// until swept), and the emptied ones are swept out once they outnumber the live ones.
+    /// Counted here, not kept: an unsubscribe is rare, and `SelectAll` drops on its own an
+    /// emptied entry that was already woken.
     fn remove(&mut self, topic: &Topic, id: u64) {
         if self
             .first
@@ -695,14 +698,13 @@ impl Subscriptions<Tracked> {
             .find(|t| t.id == id && t.topic == *topic && t.events.is_some())
         {
             tracked.events = None;
-            self.dead += 1;
         }
-        if self.dead * 2 > self.rest.len() {
+        let dead = self.rest.iter().filter(|t| t.events.is_none()).count();
+        if dead * 2 > self.rest.len() {
             let live = std::mem::take(&mut self.rest)
                 .into_iter()
                 .filter(|t| t.events.is_some());
             self.rest = futures_util::stream::select_all(live);
-            self.dead = 0;
         }
     }
 }
