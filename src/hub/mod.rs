@@ -2,6 +2,7 @@
 //! It knows neither HTTP nor storage details: it speaks `model` types and calls a [`Log`].
 
 mod budget;
+mod live;
 mod read;
 mod subscribe;
 
@@ -10,7 +11,7 @@ use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::model::SlowPolicy;
@@ -104,7 +105,7 @@ impl Default for HubOptions {
 /// always reaches them (no lost wake-up, no timer).
 struct TopicState {
     head: watch::Sender<Seq>,
-    live: broadcast::Sender<Arc<Encoded>>,
+    live: Arc<live::Feed>,
 }
 
 /// The hub. Cheap to share behind an `Arc`.
@@ -205,7 +206,7 @@ impl Hub {
             self.follow.follow(topic);
             Arc::new(TopicState {
                 head: watch::Sender::new(0),
-                live: broadcast::Sender::new(LIVE_BUFFER),
+                live: Arc::new(live::Feed::new(LIVE_BUFFER)),
             })
         });
         f(state)
@@ -227,10 +228,7 @@ impl Hub {
     }
 
     /// The topic's state and a receiver of its live broadcast, for streams and long polls.
-    fn subscribe_live(
-        &self,
-        topic: &Topic,
-    ) -> (Arc<TopicState>, broadcast::Receiver<Arc<Encoded>>) {
+    fn subscribe_live(&self, topic: &Topic) -> (Arc<TopicState>, live::Receiver) {
         self.with_state(topic, |s| (s.clone(), s.live.subscribe()))
     }
 
@@ -268,7 +266,7 @@ impl Hub {
             };
             let seq = msg.seq;
             if state.live.receiver_count() > 0 {
-                let _ = state.live.send(Arc::new(Encoded::new(msg)));
+                state.live.send(Arc::new(Encoded::new(msg)));
             }
             state.head.send_modify(|head| *head = (*head).max(seq));
         }

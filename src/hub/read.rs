@@ -117,7 +117,7 @@ impl Hub {
             waiting.increment(1.0);
             let woken = loop {
                 let received = tokio::select! {
-                    r = live.recv() => r,
+                    r = live.recv(pos.after) => r,
                     _ = tokio::time::sleep_until(deadline) => break None,
                     _ = self.shutdown.cancelled() => break None,
                 };

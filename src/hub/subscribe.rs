@@ -21,12 +21,12 @@ use std::task::{Context, Poll};
 
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{self, BoxStream, Stream, StreamExt};
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::ReusableBoxFuture;
 
 use super::budget::Reservation;
 
+use super::live::Receiver;
 use super::read::Position;
 use super::{Hub, HubError, TopicState};
 use crate::model::{Cursor, Gap, GapReason, Message, Seq, Since, SlowPolicy, Topic, TopicList};
@@ -89,13 +89,13 @@ struct PageHold {
 ///
 /// Written by hand rather than as an `async fn` behind `stream::unfold`: that moved the whole
 /// subscription into a new future and back for every delivered message. Here a delivery is
-/// one poll of the broadcast's receive, kept in one reused box (the fan-out profile,
+/// one poll of the topic's live feed, whose receiver is kept in place (the fan-out profile,
 /// docs/BENCHMARKS.md).
 pub struct TopicEvents {
     hub: Arc<Hub>,
     state: Arc<TopicState>,
-    /// The broadcast's next receive; it owns the receiver and hands it back with what it got.
-    live: ReusableBoxFuture<'static, Received>,
+    /// The topic's live feed.
+    live: Receiver,
     pos: Position,
     policy: SlowPolicy,
     catching_up: bool,
@@ -111,15 +111,6 @@ pub struct TopicEvents {
     /// message (the fan-out profile at 10,000 subscribers, docs/BENCHMARKS.md). Looked at only
     /// when the subscription is about to wait.
     shutdown: StopWait,
-}
-
-type Receiver = broadcast::Receiver<Arc<Encoded>>;
-type Received = (Result<Arc<Encoded>, RecvError>, Receiver);
-
-/// One receive from the broadcast, owning the receiver for as long as it waits.
-async fn receive(mut rx: Receiver) -> Received {
-    let received = rx.recv().await;
-    (received, rx)
 }
 
 /// A catch-up page as read: the turn taken for it, the position after it, and the read.
@@ -274,9 +265,7 @@ impl Stream for TopicEvents {
                     this.take_page(fetched);
                     continue;
                 }
-            } else if let Poll::Ready((received, rx)) = this.live.poll(cx) {
-                // The next receive waits in the same box; it is polled when asked for.
-                this.live.set(receive(rx));
+            } else if let Poll::Ready(received) = this.live.poll_recv(this.pos.after, cx) {
                 if let Some(event) = this.take_live(received) {
                     return Poll::Ready(Some(event));
                 }
@@ -327,6 +316,7 @@ impl Subscription {
 
 /// A subscription's events as `(topic index, event)`. One topic, as most subscriptions
 /// follow, is polled in place: a delivery touches one allocation fewer than through a box.
+#[allow(clippy::large_enum_variant)] // in place on purpose (above)
 pub enum Events {
     One(TopicEvents),
     Many(stream::SelectAll<BoxStream<'static, (usize, Event)>>),
@@ -389,7 +379,7 @@ impl Hub {
                 .map(|((state, rx), pos)| TopicEvents {
                     hub: self.clone(),
                     state,
-                    live: ReusableBoxFuture::new(receive(rx)),
+                    live: rx,
                     pos,
                     policy,
                     catching_up: !level,
