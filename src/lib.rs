@@ -10,6 +10,8 @@
 //! - [`store`]: the traits `Log` (messages), `JobStore` (jobs) and `Follow` (the commit feed)
 //!   and their engines (`memory`, `sqlite/`, `redis/`), opened as one [`store::Engine`]; the only
 //!   place that knows storage. The sqlite schema is versioned with forward migrations.
+//! - [`feed`]: a broadcast whose waiting readers leave their wakers in one array (the hub's
+//!   per-topic live feed, and the fan-out baseline's).
 //! - [`hub`]: per-topic heads, broadcasts and wake-ups, cursor resolution and gaps; knows no
 //!   HTTP, no SQL.
 //! - [`jobs`]: job states, leases, retries with backoff; events on `_jobs.{id}`.
@@ -43,6 +45,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod consumers;
+pub mod feed;
 pub mod http;
 pub mod hub;
 pub mod jobs;

@@ -2,7 +2,6 @@
 //! It knows neither HTTP nor storage details: it speaks `model` types and calls a [`Log`].
 
 mod budget;
-mod live;
 mod read;
 mod subscribe;
 
@@ -19,6 +18,7 @@ pub use budget::Reservation;
 pub use read::{ReadRequest, ReadResult};
 pub use subscribe::{Event, Events, PageTurn, Subscription, TopicEvents};
 
+use crate::feed::{self, Feed};
 use crate::model::{Appended, StoreError, TopicInfo};
 use crate::model::{Message, NewMessage, Seq, Topic};
 use crate::stop::Stop;
@@ -105,7 +105,7 @@ impl Default for HubOptions {
 /// always reaches them (no lost wake-up, no timer).
 struct TopicState {
     head: watch::Sender<Seq>,
-    live: Arc<live::Feed>,
+    live: Arc<Feed<Arc<Encoded>>>,
 }
 
 /// The hub. Cheap to share behind an `Arc`.
@@ -206,7 +206,7 @@ impl Hub {
             self.follow.follow(topic);
             Arc::new(TopicState {
                 head: watch::Sender::new(0),
-                live: Arc::new(live::Feed::new(LIVE_BUFFER)),
+                live: Arc::new(Feed::new(LIVE_BUFFER)),
             })
         });
         f(state)
@@ -228,7 +228,7 @@ impl Hub {
     }
 
     /// The topic's state and a receiver of its live broadcast, for streams and long polls.
-    fn subscribe_live(&self, topic: &Topic) -> (Arc<TopicState>, live::Receiver) {
+    fn subscribe_live(&self, topic: &Topic) -> (Arc<TopicState>, feed::Receiver<Arc<Encoded>>) {
         self.with_state(topic, |s| (s.clone(), s.live.subscribe()))
     }
 
@@ -266,7 +266,7 @@ impl Hub {
             };
             let seq = msg.seq;
             if state.live.receiver_count() > 0 {
-                state.live.send(Arc::new(Encoded::new(msg)));
+                state.live.send(Arc::new(Encoded::new(msg)), seq);
             }
             state.head.send_modify(|head| *head = (*head).max(seq));
         }

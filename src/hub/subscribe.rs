@@ -26,9 +26,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::budget::Reservation;
 
-use super::live::Receiver;
 use super::read::Position;
 use super::{Hub, HubError, TopicState};
+use crate::feed::Receiver;
 use crate::model::{Cursor, Gap, GapReason, Message, Seq, Since, SlowPolicy, Topic, TopicList};
 use crate::stop::StopWait;
 use crate::wire::Encoded;
@@ -95,7 +95,7 @@ pub struct TopicEvents {
     hub: Arc<Hub>,
     state: Arc<TopicState>,
     /// The topic's live feed.
-    live: Receiver,
+    live: Receiver<Arc<Encoded>>,
     pos: Position,
     policy: SlowPolicy,
     catching_up: bool,

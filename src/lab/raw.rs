@@ -36,6 +36,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{broadcast, mpsc};
 
 use super::LabError;
+use crate::feed::{Feed, Receiver};
 use crate::model::{format_rfc3339_millis, now_millis};
 
 /// Frames held for subscribers that fell behind. A subscriber further behind than this lags,
@@ -46,6 +47,8 @@ const MAX_WRITE: usize = 64 * 1024;
 
 /// One message, encoded once for every kind of subscriber.
 struct Frames {
+    /// Its number in the publish sequence.
+    seq: u64,
     /// SSE in HTTP/1.1 chunked coding (hyper's `Transfer-Encoding: chunked`).
     sse_chunked: Bytes,
     /// SSE as an HTTP/2 data frame carries it.
@@ -73,17 +76,14 @@ struct Hub {
     /// The publish sequence, locked while a message is encoded and queued so that frames go
     /// out in seq order; never held across an await.
     seq: Mutex<u64>,
-    frames: broadcast::Sender<Arc<Frames>>,
+    frames: Arc<Feed<Arc<Frames>>>,
     /// To the fan-out task, in seq order.
     queued: mpsc::UnboundedSender<Arc<Frames>>,
 }
 
 /// Sends every message queued for it, back to back, then waits for more. It yields once after
 /// waking, as the writers do, so that the publishes answered meanwhile join the group.
-async fn fan_out(
-    frames: broadcast::Sender<Arc<Frames>>,
-    mut queued: mpsc::UnboundedReceiver<Arc<Frames>>,
-) {
+async fn fan_out(frames: Arc<Feed<Arc<Frames>>>, mut queued: mpsc::UnboundedReceiver<Arc<Frames>>) {
     let mut group = Vec::new();
     while queued.recv_many(&mut group, 1024).await > 0 {
         tokio::task::yield_now().await;
@@ -91,8 +91,8 @@ async fn fan_out(
             group.push(more);
         }
         for message in group.drain(..) {
-            // No receiver (nobody subscribed yet) is not an error.
-            let _ = frames.send(message);
+            let seq = message.seq;
+            frames.send(message, seq);
         }
     }
 }
@@ -104,7 +104,7 @@ pub async fn serve(listen: &str) -> Result<(), LabError> {
 
 /// Serves the baseline on a bound listener until the process ends.
 pub async fn serve_on(listener: TcpListener) -> Result<(), LabError> {
-    let (frames, _) = broadcast::channel(BACKLOG);
+    let frames = Arc::new(Feed::new(BACKLOG));
     let (queued, waiting) = mpsc::unbounded_channel();
     tokio::spawn(fan_out(frames.clone(), waiting));
     let hub = Arc::new(Hub {
@@ -162,8 +162,7 @@ async fn connection(stream: tokio::net::TcpStream, hub: Arc<Hub>) -> std::io::Re
                 write.write_all(&chunked(b"retry: 2000\n\n")).await?;
                 Kind::Sse
             };
-            let frames = hub.frames.subscribe();
-            let writer = tokio::spawn(writer(write, kind, frames));
+            let writer = tokio::spawn(writer(write, kind, subscribe(&hub)));
             // Read (and discard) until the peer closes, then stop the writer.
             let mut sink = [0u8; 256];
             while matches!(read.read(&mut sink).await, Ok(n) if n > 0) {}
@@ -190,29 +189,54 @@ async fn connection(stream: tokio::net::TcpStream, hub: Arc<Hub>) -> std::io::Re
     }
 }
 
+/// A reader of the frames from the next one published, and the number it is at.
+fn subscribe(hub: &Hub) -> (Receiver<Arc<Frames>>, u64) {
+    // Read first: a frame published after the read is above it, and one before the
+    // subscription is not the reader's.
+    let after = hub.frames.newest();
+    (hub.frames.subscribe(), after)
+}
+
 /// Takes one frame, or waits for it, then every frame already pending, up to `MAX_WRITE`
 /// bytes; `None` when the channel closed. A subscriber that lagged past the backlog gets
 /// what is left, and the bench counts the rest as lost.
 async fn pending(
-    frames: &mut broadcast::Receiver<Arc<Frames>>,
+    frames: &mut Receiver<Arc<Frames>>,
+    after: &mut u64,
     pick: impl Fn(&Frames) -> &Bytes,
 ) -> Option<Bytes> {
     let first = loop {
-        match frames.recv().await {
+        match frames.recv(*after).await {
             Ok(f) => break f,
             Err(broadcast::error::RecvError::Lagged(_)) => continue,
             Err(broadcast::error::RecvError::Closed) => return None,
         }
     };
-    // Let the other tasks run once before writing: frames published meanwhile then share
-    // this write. Without it a saturated baseline writes one frame per wake-up while the hub,
-    // whose group commit hands its subscribers several messages per wake-up, writes fewer and
-    // larger ones: the hub beat the baseline that way (docs/BENCHMARKS.md).
+    let mut last = first.seq;
+    // Behind (another frame is already there): let the other tasks run once before writing,
+    // so that frames published meanwhile share this write. Without it a saturated baseline
+    // writes one frame per wake-up while the hub, whose group commit hands its subscribers
+    // several messages per wake-up, writes fewer and larger ones: the hub beat the baseline
+    // that way. Level (nothing more there, as at a moderate rate), it writes at once: the
+    // hub beat a baseline that yielded then too, by the wake-up that costs (docs/BENCHMARKS.md).
+    let mut ahead = match frames.try_recv() {
+        Ok(next) => Some(next),
+        Err(broadcast::error::TryRecvError::Lagged(_)) => None,
+        Err(_) => {
+            *after = last;
+            return Some(pick(&first).clone());
+        }
+    };
     tokio::task::yield_now().await;
     let mut out: Option<BytesMut> = None;
     loop {
-        match frames.try_recv() {
+        let next = match ahead.take() {
+            Some(next) => Ok(next),
+            None => frames.try_recv(),
+        };
+        match next {
             Ok(next) => {
+                last = next.seq;
                 let buf = out.get_or_insert_with(|| {
                     let mut b = BytesMut::with_capacity(MAX_WRITE.min(pick(&first).len() * 16));
                     b.put_slice(pick(&first));
@@ -227,6 +251,7 @@ async fn pending(
             Err(_) => break,
         }
     }
+    *after = last;
     // A lone frame goes out as the shared bytes, without a copy.
     Some(out.map_or_else(|| pick(&first).clone(), BytesMut::freeze))
 }
@@ -234,9 +259,9 @@ async fn pending(
 async fn writer(
     mut socket: OwnedWriteHalf,
     kind: Kind,
-    mut frames: broadcast::Receiver<Arc<Frames>>,
+    (mut frames, mut after): (Receiver<Arc<Frames>>, u64),
 ) {
-    while let Some(bytes) = pending(&mut frames, |f| kind.frame(f)).await {
+    while let Some(bytes) = pending(&mut frames, &mut after, |f| kind.frame(f)).await {
         if socket.write_all(&bytes).await.is_err() {
             return;
         }
@@ -267,12 +292,12 @@ async fn http2(stream: tokio::net::TcpStream, hub: Arc<Hub>) {
                     .header("content-type", "application/json")
                     .body(Body::new(Box::pin(once)))
             } else {
-                let frames = hub.frames.subscribe();
                 let prelude = Bytes::from_static(b"retry: 2000\n\n");
-                let events = stream::unfold(frames, |mut frames| async move {
-                    let bytes = pending(&mut frames, |f| &f.sse).await?;
-                    Some((Ok(Frame::data(bytes)), frames))
-                });
+                let events =
+                    stream::unfold(subscribe(&hub), |(mut frames, mut after)| async move {
+                        let bytes = pending(&mut frames, &mut after, |f| &f.sse).await?;
+                        Some((Ok(Frame::data(bytes)), (frames, after)))
+                    });
                 let body = futures_util::StreamExt::chain(
                     stream::once(async move { Ok(Frame::data(prelude)) }),
                     events,
@@ -331,6 +356,7 @@ fn publish(hub: &Hub, body: &[u8]) -> String {
     ws.put_slice(ws_payload.as_bytes());
     // Queued under the seq's lock, so the fan-out task sends in seq order.
     let _ = hub.queued.send(Arc::new(Frames {
+        seq,
         sse_chunked: chunked(sse.as_bytes()),
         sse: Bytes::from(sse),
         ws: ws.freeze(),

@@ -1,12 +1,13 @@
-//! A topic's live feed: the broadcast of its committed messages, and the readers waiting for
-//! the next one.
+//! A live feed: a broadcast of numbered messages, and the readers waiting for the next one.
+//! The hub keeps one per topic (`hub`); the fan-out baseline one for its frames (`lab::raw`),
+//! so that both wake their readers the same, fastest way found.
 //!
 //! The messages go through tokio's broadcast, which keeps them for readers that fall a little
 //! behind. The readers do not wait inside it: its receive is a future that must stay pinned
 //! while it waits, so a reader polled by hand (a subscription) kept it in a box of its own,
-//! and a send walked the waiting futures, one box each. At 10,000 readers of a topic both are
-//! a cache miss per reader per message (the fan-out profile, docs/BENCHMARKS.md). Here a
-//! waiting reader leaves its waker in a slot of one array, which a send empties in one pass.
+//! and a send walked the waiting futures, one box each. At 10,000 readers both are a cache
+//! miss per reader per message (the fan-out profile, docs/BENCHMARKS.md). Here a waiting
+//! reader leaves its waker in a slot of one array, which a send empties in one pass.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,12 +15,10 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
-use crate::model::Seq;
-use crate::wire::Encoded;
-
-/// The sending side, kept in the topic's state.
-pub(super) struct Feed {
-    tx: broadcast::Sender<Arc<Encoded>>,
+/// The sending side. Each message carries a number (a topic's seq) that grows from one send
+/// to the next.
+pub struct Feed<T> {
+    tx: broadcast::Sender<T>,
     /// Read by every reader at every wake-up; written once a send. On a line of its own: the
     /// slots' lock beside it is written by every reader that goes to wait.
     signal: Line<Signal>,
@@ -31,7 +30,7 @@ pub(super) struct Feed {
 struct Line<T>(T);
 
 struct Signal {
-    /// The highest seq sent: a reader already past it has nothing to receive.
+    /// The highest number sent: a reader already past it has nothing to receive.
     newest: AtomicU64,
     /// Counts the sends that woke readers. A reader whose waker went into its slot in the
     /// current round is still there (only a send, or the reader leaving, takes it out).
@@ -49,7 +48,7 @@ struct Slots {
     spare: Vec<Waker>,
 }
 
-impl Feed {
+impl<T: Clone> Feed<T> {
     pub fn new(capacity: usize) -> Self {
         Feed {
             tx: broadcast::Sender::new(capacity),
@@ -65,8 +64,13 @@ impl Feed {
         self.tx.receiver_count()
     }
 
+    /// The highest number sent so far.
+    pub fn newest(&self) -> u64 {
+        self.signal.0.newest.load(Ordering::Acquire)
+    }
+
     /// A reader from the next message sent on.
-    pub fn subscribe(self: &Arc<Self>) -> Receiver {
+    pub fn subscribe(self: &Arc<Self>) -> Receiver<T> {
         let rx = self.tx.subscribe();
         let mut slots = self.lock();
         let slot = slots.free.pop().unwrap_or_else(|| {
@@ -83,12 +87,12 @@ impl Feed {
         }
     }
 
-    /// Sends a message and wakes the readers waiting for one.
-    pub fn send(&self, enc: Arc<Encoded>) {
-        let seq = enc.msg.seq;
-        let _ = self.tx.send(enc);
-        // After the send: a reader that sees this seq finds the message in the broadcast.
-        self.signal.0.newest.fetch_max(seq, Ordering::AcqRel);
+    /// Sends message `number` and wakes the readers waiting for one.
+    pub fn send(&self, message: T, number: u64) {
+        // Nobody subscribed is no error.
+        let _ = self.tx.send(message);
+        // After the send: a reader that sees this number finds the message in the broadcast.
+        self.signal.0.newest.fetch_max(number, Ordering::AcqRel);
         self.wake();
     }
 
@@ -116,14 +120,18 @@ impl Feed {
     }
 
     fn lock(&self) -> MutexGuard<'_, Slots> {
-        self.slots.0.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.slots.0)
     }
 }
 
-/// A reader of a topic's live feed.
-pub(super) struct Receiver {
-    rx: broadcast::Receiver<Arc<Encoded>>,
-    feed: Arc<Feed>,
+fn lock(slots: &Mutex<Slots>) -> MutexGuard<'_, Slots> {
+    slots.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A reader of a feed.
+pub struct Receiver<T> {
+    rx: broadcast::Receiver<T>,
+    feed: Arc<Feed<T>>,
     slot: usize,
     /// The round its waker went into its slot in, if it did.
     round: Option<u64>,
@@ -131,21 +139,17 @@ pub(super) struct Receiver {
     waker: Option<Waker>,
 }
 
-impl Receiver {
+impl<T: Clone> Receiver<T> {
     /// The next message sent, or why there is none (lagged past the broadcast's buffer, or
-    /// closed). `after` is the reader's position: while nothing above it was sent, the
+    /// closed). `after` is the number the reader is at: while nothing above it was sent, the
     /// broadcast is not asked (its empty answer takes its lock); what it holds at or below
     /// `after` is received once something above it was sent.
-    pub fn poll_recv(
-        &mut self,
-        after: Seq,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Arc<Encoded>, RecvError>> {
+    pub fn poll_recv(&mut self, after: u64, cx: &mut Context<'_>) -> Poll<Result<T, RecvError>> {
         let mut registered = false;
         loop {
             if self.feed.signal.0.newest.load(Ordering::Acquire) > after {
                 match self.rx.try_recv() {
-                    Ok(enc) => return Poll::Ready(Ok(enc)),
+                    Ok(message) => return Poll::Ready(Ok(message)),
                     Err(TryRecvError::Lagged(n)) => return Poll::Ready(Err(RecvError::Lagged(n))),
                     Err(TryRecvError::Closed) => return Poll::Ready(Err(RecvError::Closed)),
                     Err(TryRecvError::Empty) => {}
@@ -162,12 +166,12 @@ impl Receiver {
     }
 
     /// Waits for the next message sent (see [`Receiver::poll_recv`]).
-    pub async fn recv(&mut self, after: Seq) -> Result<Arc<Encoded>, RecvError> {
+    pub async fn recv(&mut self, after: u64) -> Result<T, RecvError> {
         std::future::poll_fn(|cx| self.poll_recv(after, cx)).await
     }
 
     /// A message already sent and not yet received, without waiting.
-    pub fn try_recv(&mut self) -> Result<Arc<Encoded>, TryRecvError> {
+    pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
         self.rx.try_recv()
     }
 
@@ -178,7 +182,7 @@ impl Receiver {
     }
 
     fn register(&mut self, waker: &Waker) {
-        let mut slots = self.feed.lock();
+        let mut slots = lock(&self.feed.slots.0);
         let round = self.feed.signal.0.round.load(Ordering::Acquire);
         if let Some(slot) = slots.wakers.get_mut(self.slot) {
             let was_waiting = slot.replace(waker.clone()).is_some();
@@ -194,9 +198,9 @@ impl Receiver {
     }
 }
 
-impl Drop for Receiver {
+impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
-        let mut slots = self.feed.lock();
+        let mut slots = lock(&self.feed.slots.0);
         if slots
             .wakers
             .get_mut(self.slot)
@@ -212,7 +216,6 @@ impl Drop for Receiver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Message, Topic};
     use std::sync::atomic::AtomicUsize;
     use std::task::Wake;
 
@@ -229,19 +232,14 @@ mod tests {
         (count.clone(), Waker::from(count))
     }
 
-    fn message(seq: Seq) -> Arc<Encoded> {
-        Arc::new(Encoded::new(Arc::new(Message {
-            topic: "t".parse::<Topic>().expect("a valid topic"),
-            seq,
-            time: 0,
-            event: None,
-            data: bytes::Bytes::from_static(b"{}"),
-        })))
+    /// Sends `n`, numbered `n`.
+    fn send(feed: &Feed<u64>, n: u64) {
+        feed.send(n, n);
     }
 
-    fn seq_of(polled: Poll<Result<Arc<Encoded>, RecvError>>) -> Option<Seq> {
+    fn got(polled: Poll<Result<u64, RecvError>>) -> Option<u64> {
         match polled {
-            Poll::Ready(Ok(enc)) => Some(enc.msg.seq),
+            Poll::Ready(Ok(n)) => Some(n),
             _ => None,
         }
     }
@@ -255,19 +253,19 @@ mod tests {
         assert!(rx.poll_recv(0, &mut cx).is_pending());
         // Polled again while waiting: no second registration, still pending.
         assert!(rx.poll_recv(0, &mut cx).is_pending());
-        feed.send(message(1));
-        feed.send(message(2));
+        send(&feed, 1);
+        send(&feed, 2);
         assert_eq!(
             count.0.load(Ordering::SeqCst),
             1,
             "woken once, by the first send"
         );
-        assert_eq!(seq_of(rx.poll_recv(0, &mut cx)), Some(1));
-        assert_eq!(seq_of(rx.poll_recv(1, &mut cx)), Some(2));
+        assert_eq!(got(rx.poll_recv(0, &mut cx)), Some(1));
+        assert_eq!(got(rx.poll_recv(1, &mut cx)), Some(2));
         assert!(rx.poll_recv(2, &mut cx).is_pending());
-        feed.send(message(3));
+        send(&feed, 3);
         assert_eq!(count.0.load(Ordering::SeqCst), 2);
-        assert_eq!(seq_of(rx.poll_recv(2, &mut cx)), Some(3));
+        assert_eq!(got(rx.poll_recv(2, &mut cx)), Some(3));
     }
 
     #[test]
@@ -276,12 +274,12 @@ mod tests {
         let mut rx = feed.subscribe();
         let (_, waker) = counting();
         let mut cx = Context::from_waker(&waker);
-        feed.send(message(4));
-        // The reader's position is already 4 (it read the store): nothing to receive yet.
+        send(&feed, 4);
+        // The reader is at 4 already (it read the store): nothing to receive yet.
         assert!(rx.poll_recv(4, &mut cx).is_pending());
-        feed.send(message(5));
-        assert_eq!(seq_of(rx.poll_recv(4, &mut cx)), Some(4));
-        assert_eq!(seq_of(rx.poll_recv(4, &mut cx)), Some(5));
+        send(&feed, 5);
+        assert_eq!(got(rx.poll_recv(4, &mut cx)), Some(4));
+        assert_eq!(got(rx.poll_recv(4, &mut cx)), Some(5));
     }
 
     #[test]
@@ -290,8 +288,8 @@ mod tests {
         let mut rx = feed.subscribe();
         let (_, waker) = counting();
         let mut cx = Context::from_waker(&waker);
-        for seq in 1..=5 {
-            feed.send(message(seq));
+        for n in 1..=5 {
+            send(&feed, n);
         }
         assert!(matches!(
             rx.poll_recv(0, &mut cx),
@@ -313,7 +311,7 @@ mod tests {
             rx.poll_recv(0, &mut Context::from_waker(&waker2))
                 .is_pending()
         );
-        feed.send(message(1));
+        send(&feed, 1);
         assert_eq!(first.0.load(Ordering::SeqCst), 0);
         assert_eq!(second.0.load(Ordering::SeqCst), 1);
     }
@@ -331,7 +329,7 @@ mod tests {
         assert_eq!(slots.wakers.len(), 1, "one slot, reused");
         assert_eq!(slots.waiting, 0);
         drop(slots);
-        feed.send(message(1));
+        send(&feed, 1);
         assert_eq!(count.0.load(Ordering::SeqCst), 0);
     }
 
@@ -344,17 +342,17 @@ mod tests {
                 tokio::spawn(async move {
                     let mut after = 0;
                     while after < 500 {
-                        let enc = rx.recv(after).await.expect("no lag within the buffer");
-                        assert_eq!(enc.msg.seq, after + 1);
-                        after = enc.msg.seq;
+                        let n = rx.recv(after).await.expect("no lag within the buffer");
+                        assert_eq!(n, after + 1);
+                        after = n;
                     }
                     after
                 })
             })
             .collect();
-        for seq in 1..=500 {
-            feed.send(message(seq));
-            if seq % 50 == 0 {
+        for n in 1..=500 {
+            send(&feed, n);
+            if n % 50 == 0 {
                 tokio::task::yield_now().await;
             }
         }
