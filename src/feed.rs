@@ -170,6 +170,12 @@ impl<T: Clone> Receiver<T> {
         std::future::poll_fn(|cx| self.poll_recv(after, cx)).await
     }
 
+    /// Whether a message numbered above `after` was sent: one the reader may still find in
+    /// the broadcast. Asks no lock.
+    pub fn sent_above(&self, after: u64) -> bool {
+        self.feed.newest() > after
+    }
+
     /// A message already sent and not yet received, without waiting.
     pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
         self.rx.try_recv()
@@ -274,7 +280,9 @@ mod tests {
         let mut rx = feed.subscribe();
         let (_, waker) = counting();
         let mut cx = Context::from_waker(&waker);
+        assert!(!rx.sent_above(0));
         send(&feed, 4);
+        assert!(rx.sent_above(3) && !rx.sent_above(4));
         // The reader is at 4 already (it read the store): nothing to receive yet.
         assert!(rx.poll_recv(4, &mut cx).is_pending());
         send(&feed, 5);

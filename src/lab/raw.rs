@@ -219,14 +219,13 @@ async fn pending(
     // several messages per wake-up, writes fewer and larger ones: the hub beat the baseline
     // that way. Level (nothing more there, as at a moderate rate), it writes at once: the
     // hub beat a baseline that yielded then too, by the wake-up that costs (docs/BENCHMARKS.md).
-    let mut ahead = match frames.try_recv() {
-        Ok(next) => Some(next),
-        Err(broadcast::error::TryRecvError::Lagged(_)) => None,
-        Err(_) => {
-            *after = last;
-            return Some(pick(&first).clone());
-        }
-    };
+    // Whether another is there is told by the feed's newest number, without the broadcast's
+    // lock that its empty answer takes.
+    if !frames.sent_above(last) {
+        *after = last;
+        return Some(pick(&first).clone());
+    }
+    let mut ahead = frames.try_recv().ok();
     tokio::task::yield_now().await;
     let mut out: Option<BytesMut> = None;
     loop {
