@@ -118,14 +118,12 @@ impl<T: Clone> Feed<T> {
             slots.spare = woken;
         }
     }
-
-    fn lock(&self) -> MutexGuard<'_, Slots> {
-        lock(&self.slots.0)
-    }
 }
 
-fn lock(slots: &Mutex<Slots>) -> MutexGuard<'_, Slots> {
-    slots.lock().unwrap_or_else(|p| p.into_inner())
+impl<T> Feed<T> {
+    fn lock(&self) -> MutexGuard<'_, Slots> {
+        self.slots.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// A reader of a feed.
@@ -188,7 +186,7 @@ impl<T: Clone> Receiver<T> {
     }
 
     fn register(&mut self, waker: &Waker) {
-        let mut slots = lock(&self.feed.slots.0);
+        let mut slots = self.feed.lock();
         let round = self.feed.signal.0.round.load(Ordering::Acquire);
         if let Some(slot) = slots.wakers.get_mut(self.slot) {
             let was_waiting = slot.replace(waker.clone()).is_some();
@@ -206,7 +204,7 @@ impl<T: Clone> Receiver<T> {
 
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
-        let mut slots = lock(&self.feed.slots.0);
+        let mut slots = self.feed.lock();
         if slots
             .wakers
             .get_mut(self.slot)

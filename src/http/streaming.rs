@@ -290,9 +290,7 @@ impl Keepalive {
         self.sleep.as_mut().reset(due);
         self.registered = None;
     }
-}
 
-impl Keepalive {
     /// Polls the timer, `now` read by the caller.
     pub fn poll_at(&mut self, now: Instant, cx: &mut Context<'_>) -> Poll<Instant> {
         if now < self.due

@@ -835,7 +835,6 @@ async fn bad_input(engine: Engine) {
     assert_eq!(figures(&server, "e", "t").await["ack_pending"], json!(1));
 }
 
-/// Waits until the consumer's position on `topic` is `seq`.
 /// Waits until the hub holds no open stream of `transport` (its gauge at 0): a client that
 /// closed is gone from the hub too. Until then a message published may still be written to
 /// the closed connection, and an `auto` consumer then counts it as sent.
@@ -847,6 +846,7 @@ async fn until_closed(server: &Server, transport: &str) {
     .await;
 }
 
+/// Waits until the consumer's position on `topic` is `seq`.
 async fn until_delivered(server: &Server, name: &str, topic: &str, seq: u64) {
     crate::kit::eventually(&format!("{name} at {topic}:{seq}"), || async {
         let f = figures(server, name, topic).await;
